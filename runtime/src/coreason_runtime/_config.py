@@ -1,0 +1,66 @@
+"""Where the runtime keeps its state and how it finds its models and oracle."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "OracleConfig", "RuntimeConfig", "coreason_home", "model_cache_dir"]
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def coreason_home() -> Path:
+    """``$COREASON_HOME`` (default ``~/.coreason``), created on first use."""
+    home = Path(os.environ.get("COREASON_HOME", "~/.coreason")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def model_cache_dir() -> Path:
+    """Where converted models live: ``$COREASON_MODEL_CACHE`` or ``$COREASON_HOME/models``."""
+    explicit = os.environ.get("COREASON_MODEL_CACHE")
+    path = Path(explicit).expanduser() if explicit else coreason_home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """A remote OpenAI-compatible tier. The key is kept out of ``repr``."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> OracleConfig | None:
+        """Read ``COREASON_ORACLE_BASE_URL``/``_MODEL``/``_API_KEY``; ``None`` if unset."""
+        base_url = os.environ.get("COREASON_ORACLE_BASE_URL")
+        if not base_url:
+            return None
+        return cls(
+            base_url=base_url,
+            model=os.environ.get("COREASON_ORACLE_MODEL", "default"),
+            api_key=os.environ.get("COREASON_ORACLE_API_KEY") or None,
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings for one :class:`~coreason_runtime.Coordinator`."""
+
+    home: Path = field(default_factory=coreason_home)
+    model: str = field(default_factory=lambda: os.environ.get("COREASON_MODEL", DEFAULT_MODEL))
+    oracle: OracleConfig | None = field(default_factory=OracleConfig.from_env)
+    budget_backend: str = field(
+        default_factory=lambda: os.environ.get("COREASON_BUDGET_BACKEND", "sqlite"))
+    redis_url: str | None = field(default_factory=lambda: os.environ.get("COREASON_REDIS_URL"))
+    weight_in: float = 1.0
+    weight_out: float = 3.0
+    compile_timeout: float = 5.0
+    local_timeout: float = 120.0
+    max_tokens: int = 256
+    max_attempts_per_tier: int = 3

@@ -1,0 +1,310 @@
+"""Every error coreason raises, in one place, each carrying structured fields.
+
+The hierarchy::
+
+    CoreasonError (Exception)
+    ├── ConfigurationError (+ValueError) ......... bad settings, missing optional extra
+    │   └── MissingExtraError (+ImportError)
+    ├── SchemaError (+ValueError) ................ not a schema, invalid schema
+    │   ├── SchemaCompileError ................... no grammar can be built (deterministic)
+    │   ├── SchemaCompileTimeout (+TimeoutError)  compile took longer than allowed
+    │   └── OracleSchemaLimitError ............... schema breaks OpenAI strict-mode limits
+    ├── RequestError (+ValueError) ............... empty prompt, bad parameters
+    ├── ValidationFailure (+ValueError) .......... output parsed but failed validation (retryable)
+    ├── BudgetError
+    │   ├── BudgetExceededError .................. ceiling crossed: bypasses every retry
+    │   ├── UnknownWorkflowError (+LookupError)
+    │   ├── InvalidCeilingError (+ValueError)
+    │   └── LedgerBackendError ................... the ledger store failed; nothing was charged
+    ├── TierError
+    │   ├── TierUnavailableError (+ConnectionError) unreachable server, no model
+    │   ├── AuthenticationError (+PermissionError)  401 / 403
+    │   ├── RateLimitError ....................... 429 after honouring Retry-After
+    │   ├── ProtocolError ........................ malformed SSE, stream cut mid-way
+    │   ├── TierTimeoutError (+TimeoutError)
+    │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
+    ├── EpistemicYieldError ...................... every tier failed: a human must answer
+    ├── DecodeError .............................. decode sessions, span repair, thunks
+    ├── SchedulerError ........................... DAGs, critical-path and slack schedulers
+    ├── TransactionError ......................... two-phase tool calls, what-if gates
+    ├── CacheError ............................... canonical forms, stores, checkpoints
+    ├── SimulationError .......................... solvers, invariants, refinement
+    └── BanditError .............................. growing RBF network, bandits
+
+Subsystems add their specific errors below the base of their section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from coreason_runtime.tensor._types import Attempt
+
+__all__ = [
+    "AuthenticationError",
+    "BanditError",
+    "BudgetError",
+    "BudgetExceededError",
+    "CacheError",
+    "ConfigurationError",
+    "CoreasonError",
+    "DecodeError",
+    "EpistemicYieldError",
+    "GrammarDeadEndError",
+    "InvalidCeilingError",
+    "LedgerBackendError",
+    "MissingExtraError",
+    "OracleSchemaLimitError",
+    "ProtocolError",
+    "RateLimitError",
+    "RequestError",
+    "SchedulerError",
+    "SchemaCompileError",
+    "SchemaCompileTimeout",
+    "SchemaError",
+    "SimulationError",
+    "TierError",
+    "TierTimeoutError",
+    "TierUnavailableError",
+    "TransactionError",
+    "UnknownWorkflowError",
+    "ValidationFailure",
+]
+
+
+class CoreasonError(Exception):
+    """Base of every coreason error.
+
+    Structured fields are keyword-only and default to ``None``: ``workflow_id``, ``tier``,
+    ``attempts`` (every attempt made so far), ``ledger`` (a snapshot of the workflow's
+    ledger) and ``retryable``.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str | None = None,
+        tier: str | None = None,
+        attempts: Sequence[Attempt] = (),
+        ledger: Any = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.workflow_id = workflow_id
+        self.tier = tier
+        self.attempts: list[Attempt] = list(attempts)
+        self.ledger = ledger
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+class ConfigurationError(CoreasonError, ValueError):
+    """A setting is missing or wrong."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        msg = (
+            f"{package!r} is not installed; install it with "
+            f"`pip install 'coreason-runtime[{extra}]'`"
+        )
+        super().__init__(msg)
+        self.package = package
+        self.extra = extra
+
+
+# --- schemas and requests ------------------------------------------------------------------
+
+
+class SchemaError(CoreasonError, ValueError):
+    """The object given as a schema is not a pydantic model or a valid JSON schema."""
+
+
+class SchemaCompileError(SchemaError):
+    """No grammar can be compiled from the schema: deterministic, never retried."""
+
+
+class SchemaCompileTimeout(SchemaError, TimeoutError):
+    """Compiling the schema took longer than the compile timeout; the local tier is skipped."""
+
+    retryable = False
+
+
+class OracleSchemaLimitError(SchemaError):
+    """The schema exceeds OpenAI strict-mode limits; checked before any spend."""
+
+
+class RequestError(CoreasonError, ValueError):
+    """A request's own parameters are wrong (empty prompt, max_tokens < 1, unknown tier)."""
+
+
+class ValidationFailure(CoreasonError, ValueError):
+    """A tier's output did not validate against the schema. Retryable with the error fed back."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, output: str = "", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.output = output
+
+
+# --- budgets -------------------------------------------------------------------------------
+
+
+class BudgetError(CoreasonError):
+    """Base of ledger and ceiling errors."""
+
+
+class BudgetExceededError(BudgetError):
+    """The workflow's ceiling Ω was crossed or would be crossed; bypasses every retry.
+
+    ``ceiling``, ``spent`` and ``requested`` are the ledger's figures at the moment of refusal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        ceiling: float | None = None,
+        spent: float | None = None,
+        requested: float | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, **fields)
+        self.ceiling = ceiling
+        self.spent = spent
+        self.requested = requested
+
+
+class UnknownWorkflowError(BudgetError, LookupError):
+    """No ledger exists for this workflow id."""
+
+
+class InvalidCeilingError(BudgetError, ValueError):
+    """A ceiling or weight that is not a positive finite number."""
+
+
+class LedgerBackendError(BudgetError):
+    """The ledger store failed (locked, unreachable); the operation was not applied."""
+
+    retryable = True
+
+
+# --- tiers ---------------------------------------------------------------------------------
+
+
+class TierError(CoreasonError):
+    """A tier failed to produce output for reasons other than validation."""
+
+
+class TierUnavailableError(TierError, ConnectionError):
+    """The tier cannot be reached or is not configured."""
+
+
+class AuthenticationError(TierError, PermissionError):
+    """The remote tier refused the credentials (401/403). The key itself is never shown."""
+
+
+class RateLimitError(TierError):
+    """The remote tier kept answering 429 after Retry-After was honoured."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after = retry_after
+
+
+class ProtocolError(TierError):
+    """The remote stream was malformed or cut off mid-way."""
+
+    retryable = True
+
+
+class TierTimeoutError(TierError, TimeoutError):
+    """The tier did not finish within its timeout."""
+
+    retryable = False
+
+
+class GrammarDeadEndError(TierError):
+    """The grammar allowed no token the model could produce; escalate rather than retry."""
+
+
+# --- the Oracle Circuit --------------------------------------------------------------------
+
+
+class EpistemicYieldError(CoreasonError):
+    """Every tier failed: the question goes to a human. ``attempts`` holds every attempt.
+
+    ``schema`` is the JSON schema the answer must satisfy and ``prompt`` the question, so a
+    form can be built from the error alone.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        prompt: str | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, **fields)
+        self.schema = schema
+        self.prompt = prompt
+
+
+# --- decode engine -------------------------------------------------------------------------
+
+
+class DecodeError(CoreasonError):
+    """A decode session, span repair or thunk operation failed; the session is unchanged."""
+
+
+# --- scheduling ----------------------------------------------------------------------------
+
+
+class SchedulerError(CoreasonError):
+    """A DAG or schedule is invalid, or a scheduled job failed."""
+
+
+# --- transactions --------------------------------------------------------------------------
+
+
+class TransactionError(CoreasonError):
+    """A two-phase tool call or what-if gate was used out of order or failed."""
+
+
+# --- caches --------------------------------------------------------------------------------
+
+
+class CacheError(CoreasonError):
+    """Canonicalisation, a store, or a checkpoint failed."""
+
+
+# --- simulation ----------------------------------------------------------------------------
+
+
+class SimulationError(CoreasonError):
+    """A solver, invariant or refinement step failed or was given unusable parameters."""
+
+
+# --- bandits -------------------------------------------------------------------------------
+
+
+class BanditError(CoreasonError, ValueError):
+    """The growing RBF network or a bandit was given unusable input."""

@@ -1,0 +1,54 @@
+"""Fixtures shared by every test: an isolated $COREASON_HOME, a bus, real servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coreason_runtime import EventBus
+
+# Servers and models each live in their own fixture module.
+pytest_plugins = [
+    "tests._fixtures.servers",
+    "tests._fixtures.models",
+    "tests._fixtures.serve",
+]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$COREASON_HOME`` for one test."""
+    path = tmp_path / "coreason-home"
+    path.mkdir()
+    monkeypatch.setenv("COREASON_HOME", str(path))
+    for var in ("COREASON_ORACLE_BASE_URL", "COREASON_ORACLE_MODEL", "COREASON_ORACLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return path
+
+
+@pytest.fixture
+def bus() -> EventBus:
+    return EventBus()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (the JSON-schema sample lives there)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "shared" / "data", here / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    pytest.skip("shared/data is not beside this checkout")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never let a test write into the developer's real ~/.coreason."""
+    if "COREASON_HOME" not in os.environ or not os.environ["COREASON_HOME"].startswith(
+        str(tmp_path_factory.getbasetemp())
+    ):
+        monkeypatch.setenv("COREASON_HOME", str(tmp_path_factory.mktemp("home")))
+    yield
