@@ -29,7 +29,11 @@ The hierarchy::
     ├── TransactionError ......................... two-phase tool calls, what-if gates
     ├── CacheError ............................... canonical forms, stores, checkpoints
     ├── SimulationError .......................... solvers, invariants, refinement
-    └── BanditError .............................. growing RBF network, bandits
+    └── BanditError (+ValueError) ................ growing RBF network, bandits
+        ├── ContextDimensionError ................ context of the wrong dimension
+        ├── InvalidRewardError ................... NaN or infinite reward
+        ├── InvalidBudgetError ................... negative growth budget
+        └── InvalidArmError ...................... arm index out of range
 
 Subsystems add their specific errors below the base of their section.
 """
@@ -49,11 +53,15 @@ __all__ = [
     "BudgetExceededError",
     "CacheError",
     "ConfigurationError",
+    "ContextDimensionError",
     "CoreasonError",
     "DecodeError",
     "EpistemicYieldError",
     "GrammarDeadEndError",
+    "InvalidArmError",
+    "InvalidBudgetError",
     "InvalidCeilingError",
+    "InvalidRewardError",
     "LedgerBackendError",
     "MissingExtraError",
     "OracleSchemaLimitError",
@@ -308,3 +316,19 @@ class SimulationError(CoreasonError):
 
 class BanditError(CoreasonError, ValueError):
     """The growing RBF network or a bandit was given unusable input."""
+
+
+class ContextDimensionError(BanditError):
+    """A context vector does not have the dimension the network or policy was built for."""
+
+
+class InvalidRewardError(BanditError):
+    """A reward is NaN or infinite; nothing was updated."""
+
+
+class InvalidBudgetError(BanditError):
+    """A growth budget (or an amount to lower it by) is negative or not an integer."""
+
+
+class InvalidArmError(BanditError):
+    """An arm index outside ``0 .. K-1``; nothing was updated."""
