@@ -26,7 +26,23 @@ The hierarchy::
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
     ├── DecodeError .............................. decode sessions, span repair, thunks
     ├── SchedulerError ........................... DAGs, critical-path and slack schedulers
+    │   ├── InvalidDAGError ...................... malformed DAG or task (not a ValueError:
+    │   │   │                                      raised inside pydantic validators, unwrapped)
+    │   │   ├── DAGCycleError
+    │   │   ├── UnknownDependencyError (+LookupError)
+    │   │   └── InvalidEstimateError ............. negative ETA/budget, p_succ outside [0, 1]
+    │   ├── WorkerDiedError ...................... a worker process vanished or was killed
+    │   ├── TaskBudgetExceededError .............. a task or DAG crossed its wall/FLOP budget
+    │   ├── TaskFailedError ...................... a task failed every attempt
+    │   └── ConstraintError (+ValueError) ........ a constraint could not report a slack
     ├── TransactionError ......................... two-phase tool calls, what-if gates
+    │   ├── PreconditionError (+ValueError) ...... prepare() refused: inputs or bounds wrong
+    │   ├── NoConsumerError (+ValueError) ........ a consumer list naming nothing
+    │   ├── TransactionStateError ................ operation out of order
+    │   │   └── TransactionAbortedError .......... commit after abort
+    │   ├── UnknownTransactionError (+LookupError)
+    │   ├── ToolRunError ......................... the heavy run exited non-zero
+    │   └── AuditLogError ........................ the durable log could not be written
     ├── CacheError ............................... canonical forms, stores, checkpoints
     ├── SimulationError .......................... solvers, invariants, refinement
     └── BanditError (+ValueError) ................ growing RBF network, bandits
@@ -47,24 +63,31 @@ if TYPE_CHECKING:
     from coreason_runtime.tensor._types import Attempt
 
 __all__ = [
+    "AuditLogError",
     "AuthenticationError",
     "BanditError",
     "BudgetError",
     "BudgetExceededError",
     "CacheError",
     "ConfigurationError",
+    "ConstraintError",
     "ContextDimensionError",
     "CoreasonError",
+    "DAGCycleError",
     "DecodeError",
     "EpistemicYieldError",
     "GrammarDeadEndError",
     "InvalidArmError",
     "InvalidBudgetError",
     "InvalidCeilingError",
+    "InvalidDAGError",
+    "InvalidEstimateError",
     "InvalidRewardError",
     "LedgerBackendError",
     "MissingExtraError",
+    "NoConsumerError",
     "OracleSchemaLimitError",
+    "PreconditionError",
     "ProtocolError",
     "RateLimitError",
     "RequestError",
@@ -73,12 +96,20 @@ __all__ = [
     "SchemaCompileTimeout",
     "SchemaError",
     "SimulationError",
+    "TaskBudgetExceededError",
+    "TaskFailedError",
     "TierError",
     "TierTimeoutError",
     "TierUnavailableError",
+    "ToolRunError",
+    "TransactionAbortedError",
     "TransactionError",
+    "TransactionStateError",
+    "UnknownDependencyError",
+    "UnknownTransactionError",
     "UnknownWorkflowError",
     "ValidationFailure",
+    "WorkerDiedError",
 ]
 
 
@@ -290,11 +321,87 @@ class SchedulerError(CoreasonError):
     """A DAG or schedule is invalid, or a scheduled job failed."""
 
 
+class InvalidDAGError(SchedulerError):
+    """A DAG or task description is malformed; nothing was scheduled.
+
+    Deliberately not a ``ValueError``: it is raised inside pydantic validators, which would
+    otherwise wrap it into a ``ValidationError`` and lose the type.
+    """
+
+
+class DAGCycleError(InvalidDAGError):
+    """The dependencies form a cycle; ``cycle`` lists the task ids on it."""
+
+    def __init__(self, message: str, *, cycle: Sequence[str] = (), **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.cycle = list(cycle)
+
+
+class UnknownDependencyError(InvalidDAGError, LookupError):
+    """A task depends on a task id the DAG does not hold."""
+
+
+class InvalidEstimateError(InvalidDAGError):
+    """A negative ETA or budget, or a success probability outside [0, 1]."""
+
+
+class WorkerDiedError(SchedulerError):
+    """A worker process died (killed by a signal or vanished) while running a task."""
+
+    retryable = True
+
+
+class TaskBudgetExceededError(SchedulerError):
+    """A task or DAG crossed its wall-clock or FLOP budget and was stopped."""
+
+
+class TaskFailedError(SchedulerError):
+    """A task failed on every attempt it was allowed."""
+
+
+class ConstraintError(SchedulerError, ValueError):
+    """A hard constraint could not compute its slack (bad units, bad parameters)."""
+
+
 # --- transactions --------------------------------------------------------------------------
 
 
 class TransactionError(CoreasonError):
     """A two-phase tool call or what-if gate was used out of order or failed."""
+
+
+class PreconditionError(TransactionError, ValueError):
+    """prepare() refused the call: a precondition or a cost bound does not hold."""
+
+
+class NoConsumerError(TransactionError, ValueError):
+    """The consumer list names nothing, so no heavy run could ever be needed."""
+
+
+class TransactionStateError(TransactionError):
+    """The operation does not fit the transaction's state (e.g. commit of a failed call)."""
+
+
+class TransactionAbortedError(TransactionStateError):
+    """The transaction was aborted; it can no longer be committed."""
+
+
+class UnknownTransactionError(TransactionError, LookupError):
+    """No transaction with this id is in the audit log."""
+
+
+class ToolRunError(TransactionError):
+    """The heavy run exited with a non-zero status; ``returncode`` holds it."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.returncode = returncode
+
+
+class AuditLogError(TransactionError):
+    """The durable audit log could not be read or written; the decision was not applied."""
+
+    retryable = True
 
 
 # --- caches --------------------------------------------------------------------------------
