@@ -1,0 +1,107 @@
+"""Ledger records and the backend interface every ledger store implements."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Charge", "Ledger", "LedgerBackend", "ReservationRecord"]
+
+
+class Ledger(BaseModel):
+    """A workflow's account: ceiling Ω, what was spent, what is reserved by requests in flight."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    ceiling: float | None = Field(description="Ω; None means no ceiling")
+    spent: float = 0.0
+    reserved: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+    by_tier: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def remaining(self) -> float:
+        """Ω − spent − reserved (``inf`` without a ceiling)."""
+        if self.ceiling is None:
+            return math.inf
+        return self.ceiling - self.spent - self.reserved
+
+    @property
+    def fraction_spent(self) -> float:
+        if not self.ceiling:
+            return 0.0
+        return self.spent / self.ceiling
+
+
+class Charge(BaseModel):
+    """One settled request: appended to the ledger's history, never rewritten."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    tier: str
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    ts: float
+    reservation_id: str
+    note: str = ""
+
+
+class ReservationRecord(BaseModel):
+    """A reservation as stored: its grant and the consumption last checkpointed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reservation_id: str
+    workflow_id: str
+    tier: str
+    granted: float
+    consumed: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    pid: int = 0
+    host: str = ""
+    created: float = 0.0
+
+
+@runtime_checkable
+class LedgerBackend(Protocol):
+    """A ledger store. Every method is atomic across threads and, where the store allows,
+    across processes; a method that raises has changed nothing."""
+
+    def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger: ...
+
+    def get(self, workflow_id: str) -> Ledger | None: ...
+
+    def list(self) -> list[Ledger]: ...
+
+    def reset(self, workflow_id: str) -> Ledger: ...
+
+    def delete(self, workflow_id: str) -> None: ...
+
+    def reserve(self, record: ReservationRecord, minimum: float) -> float:
+        """Grant ``min(record.granted, remaining)``; raise BudgetExceededError, changing
+        nothing, if that is below ``minimum``. Returns the grant."""
+        ...
+
+    def checkpoint(self, record: ReservationRecord) -> None:
+        """Persist the consumption so far, so a crash loses no charge."""
+        ...
+
+    def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
+        """Release the reservation and add the charge, in one step."""
+        ...
+
+    def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]: ...
+
+    def orphans(self) -> list[ReservationRecord]:
+        """Reservations whose owning process is gone (crashed mid-request)."""
+        ...
+
+    def close(self) -> None: ...

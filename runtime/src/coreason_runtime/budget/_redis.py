@@ -1,0 +1,208 @@
+"""Ledgers in Redis: atomic check-and-charge by Lua scripts, shared by every worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from coreason_runtime._exceptions import (
+    BudgetExceededError,
+    LedgerBackendError,
+    MissingExtraError,
+    UnknownWorkflowError,
+)
+from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+
+__all__ = ["RedisLedgerBackend"]
+
+# KEYS[1] ledger hash, KEYS[2] reservation hash; ARGV: want, minimum, record json, id
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local ceiling = redis.call('HGET', KEYS[1], 'ceiling')
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local want = tonumber(ARGV[1])
+local grant = want
+local available = want
+if ceiling and ceiling ~= '' then
+  available = tonumber(ceiling) - spent - reserved
+  if available < grant then grant = available end
+end
+if grant < tonumber(ARGV[2]) then return {0, tostring(available)} end
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', grant)
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[4] .. ':granted', tostring(grant))
+return {1, tostring(grant)}
+"""
+
+# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list;
+# ARGV: id, cost, tokens_in, tokens_out, tier, charge json
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local granted = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':granted') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local left = reserved - granted
+if left < 0 then left = 0 end
+redis.call('HSET', KEYS[1], 'reserved', tostring(left))
+redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'tokens_in', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'tokens_out', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'requests', 1)
+redis.call('HINCRBYFLOAT', KEYS[1], 'tier:' .. ARGV[5], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':granted')
+redis.call('RPUSH', KEYS[3], ARGV[6])
+return 1
+"""
+
+
+class RedisLedgerBackend:
+    """Ledgers as Redis hashes under ``prefix``; every read-check-write is one Lua script.
+
+    Parameters
+    ----------
+    url:
+        ``redis://host:port/db``.
+    prefix:
+        Key namespace, so several projects can share one server.
+    """
+
+    def __init__(self, url: str, prefix: str = "coreason:budget") -> None:
+        try:
+            import redis
+        except ImportError as e:
+            raise MissingExtraError("redis", "redis") from e
+        self._redis_mod = redis
+        self.url = url
+        self.prefix = prefix
+        self._r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0)
+        try:
+            self._reserve = self._r.register_script(_RESERVE)
+            self._settle = self._r.register_script(_SETTLE)
+            self._r.ping()
+        except redis.RedisError as e:
+            msg = f"cannot reach the Redis ledger store at {url}: {e}"
+            raise LedgerBackendError(msg) from e
+
+    def _k(self, workflow_id: str) -> str:
+        return f"{self.prefix}:ledger:{workflow_id}"
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_mod.RedisError as e:
+            msg = f"Redis ledger store at {self.url} failed: {e}"
+            raise LedgerBackendError(msg) from e
+
+    def _ledger(self, workflow_id: str, h: dict[str, str]) -> Ledger:
+        ceiling = h.get("ceiling")
+        return Ledger(
+            workflow_id=workflow_id,
+            ceiling=float(ceiling) if ceiling not in (None, "") else None,
+            spent=float(h.get("spent", 0)),
+            reserved=float(h.get("reserved", 0)),
+            tokens_in=int(h.get("tokens_in", 0)),
+            tokens_out=int(h.get("tokens_out", 0)),
+            requests=int(h.get("requests", 0)),
+            by_tier={k[5:]: float(v) for k, v in h.items() if k.startswith("tier:")},
+        )
+
+    def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger:
+        self._call(self._r.hset, self._k(workflow_id), "ceiling",
+                   "" if ceiling is None else repr(float(ceiling)))
+        self._call(self._r.sadd, f"{self.prefix}:workflows", workflow_id)
+        return self._require(workflow_id)
+
+    def _require(self, workflow_id: str) -> Ledger:
+        led = self.get(workflow_id)
+        if led is None:
+            msg = f"no ledger for workflow {workflow_id!r}; set one with budgets.set(...)"
+            raise UnknownWorkflowError(msg, workflow_id=workflow_id)
+        return led
+
+    def get(self, workflow_id: str) -> Ledger | None:
+        h = self._call(self._r.hgetall, self._k(workflow_id))
+        return self._ledger(workflow_id, h) if h else None
+
+    def list(self) -> list[Ledger]:
+        names = sorted(self._call(self._r.smembers, f"{self.prefix}:workflows"))
+        return [led for n in names if (led := self.get(n)) is not None]
+
+    def reset(self, workflow_id: str) -> Ledger:
+        led = self._require(workflow_id)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(self._k(workflow_id), f"{self.prefix}:charges:{workflow_id}")
+        pipe.hset(self._k(workflow_id), mapping={
+            "ceiling": "" if led.ceiling is None else repr(led.ceiling),
+            "reserved": repr(led.reserved),
+        })
+        self._call(pipe.execute)
+        return self._require(workflow_id)
+
+    def delete(self, workflow_id: str) -> None:
+        self._require(workflow_id)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(self._k(workflow_id), f"{self.prefix}:charges:{workflow_id}")
+        pipe.srem(f"{self.prefix}:workflows", workflow_id)
+        self._call(pipe.execute)
+
+    def reserve(self, record: ReservationRecord, minimum: float) -> float:
+        ok, value = self._call(
+            self._reserve,
+            keys=[self._k(record.workflow_id), f"{self.prefix}:reservations"],
+            args=[repr(record.granted), repr(minimum), record.model_dump_json(),
+                  record.reservation_id],
+        )
+        if ok == -1:
+            msg = f"no ledger for workflow {record.workflow_id!r}; set one with budgets.set(...)"
+            raise UnknownWorkflowError(msg, workflow_id=record.workflow_id)
+        if ok == 0:
+            led = self.get(record.workflow_id)
+            msg = (
+                f"workflow {record.workflow_id!r}: request needs at least {minimum:g} but "
+                f"only {max(float(value), 0):g} is left"
+            )
+            raise BudgetExceededError(
+                msg, workflow_id=record.workflow_id, tier=record.tier,
+                ceiling=led.ceiling if led else None, spent=led.spent if led else None,
+                requested=minimum, ledger=led)
+        return float(value)
+
+    def checkpoint(self, record: ReservationRecord) -> None:
+        self._call(self._r.hset, f"{self.prefix}:reservations", record.reservation_id,
+                   record.model_dump_json())
+
+    def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
+        out = self._call(
+            self._settle,
+            keys=[self._k(record.workflow_id), f"{self.prefix}:reservations",
+                  f"{self.prefix}:charges:{record.workflow_id}"],
+            args=[record.reservation_id, repr(charge.cost), charge.tokens_in, charge.tokens_out,
+                  charge.tier, charge.model_dump_json()],
+        )
+        if out == -1:
+            msg = f"no ledger for workflow {record.workflow_id!r}"
+            raise UnknownWorkflowError(msg, workflow_id=record.workflow_id)
+        return self._require(record.workflow_id)
+
+    def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
+        raw = self._call(self._r.lrange, f"{self.prefix}:charges:{workflow_id}", -limit, -1)
+        return [Charge.model_validate_json(x) for x in raw]
+
+    def orphans(self) -> list[ReservationRecord]:
+        # Reservations in a shared store belong to many hosts; a record older than an hour
+        # whose request never settled is treated as orphaned.
+        raw = self._call(self._r.hgetall, f"{self.prefix}:reservations")
+        cutoff = time.time() - 3600
+        out = []
+        for key, value in raw.items():
+            if key.endswith(":granted"):
+                continue
+            rec = ReservationRecord.model_validate(json.loads(value))
+            if rec.created < cutoff:
+                granted = float(raw.get(f"{key}:granted", rec.granted))
+                out.append(rec.model_copy(update={"granted": granted}))
+        return out
+
+    def close(self) -> None:
+        self._r.close()

@@ -1,0 +1,337 @@
+"""Ledgers in SQLite (WAL): atomic check-and-charge across threads and processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from coreason_runtime._exceptions import BudgetExceededError, LedgerBackendError, UnknownWorkflowError
+from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+
+__all__ = ["MemoryLedgerBackend", "SQLiteLedgerBackend"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledgers (
+    workflow_id TEXT PRIMARY KEY,
+    ceiling REAL,
+    spent REAL NOT NULL DEFAULT 0,
+    reserved REAL NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    by_tier TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    reservation_id TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    granted REAL NOT NULL,
+    consumed REAL NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    ts REAL NOT NULL,
+    reservation_id TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS charges_wf ON charges(workflow_id, id);
+"""
+
+
+def _ledger(row: sqlite3.Row) -> Ledger:
+    return Ledger(
+        workflow_id=row["workflow_id"],
+        ceiling=row["ceiling"],
+        spent=row["spent"],
+        reserved=row["reserved"],
+        tokens_in=row["tokens_in"],
+        tokens_out=row["tokens_out"],
+        requests=row["requests"],
+        by_tier=json.loads(row["by_tier"]),
+    )
+
+
+def _record(row: sqlite3.Row) -> ReservationRecord:
+    return ReservationRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118 (sqlite3.Row)
+
+
+class SQLiteLedgerBackend:
+    """Ledgers in one SQLite file; writes run in ``BEGIN IMMEDIATE`` transactions.
+
+    Parameters
+    ----------
+    path:
+        The database file (created with its tables on first use).
+    busy_timeout:
+        Seconds to wait for another writer before failing with ``LedgerBackendError``.
+    """
+
+    def __init__(self, path: Path | str, busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            msg = f"ledger store {self.path} is unavailable: {e}"
+            raise LedgerBackendError(msg) from e
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _require(self, db: sqlite3.Connection, workflow_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,)).fetchone()
+        if row is None:
+            msg = f"no ledger for workflow {workflow_id!r}; set one with budgets.set(...)"
+            raise UnknownWorkflowError(msg, workflow_id=workflow_id)
+        return row  # type: ignore[no-any-return]
+
+    def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO ledgers(workflow_id, ceiling) VALUES(?, ?) "
+                "ON CONFLICT(workflow_id) DO UPDATE SET ceiling=excluded.ceiling",
+                (workflow_id, ceiling),
+            )
+            return _ledger(self._require(db, workflow_id))
+
+    def get(self, workflow_id: str) -> Ledger | None:
+        row = self._conn().execute(
+            "SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,)).fetchone()
+        return None if row is None else _ledger(row)
+
+    def list(self) -> list[Ledger]:
+        rows = self._conn().execute("SELECT * FROM ledgers ORDER BY workflow_id").fetchall()
+        return [_ledger(r) for r in rows]
+
+    def reset(self, workflow_id: str) -> Ledger:
+        with self._tx() as db:
+            self._require(db, workflow_id)
+            db.execute(
+                "UPDATE ledgers SET spent=0, tokens_in=0, tokens_out=0, requests=0, "
+                "by_tier='{}' WHERE workflow_id=?", (workflow_id,))
+            db.execute("DELETE FROM charges WHERE workflow_id=?", (workflow_id,))
+            return _ledger(self._require(db, workflow_id))
+
+    def delete(self, workflow_id: str) -> None:
+        with self._tx() as db:
+            self._require(db, workflow_id)
+            for table in ("ledgers", "charges", "reservations"):
+                db.execute(f"DELETE FROM {table} WHERE workflow_id=?", (workflow_id,))  # noqa: S608
+
+    def reserve(self, record: ReservationRecord, minimum: float) -> float:
+        with self._tx() as db:
+            row = self._require(db, record.workflow_id)
+            ceiling = row["ceiling"]
+            available = (
+                record.granted if ceiling is None
+                else ceiling - row["spent"] - row["reserved"]
+            )
+            grant = min(record.granted, available)
+            if grant < minimum:
+                msg = (
+                    f"workflow {record.workflow_id!r}: request needs at least {minimum:g} but "
+                    f"only {max(available, 0):g} of Ω={ceiling:g} is left "
+                    f"(spent {row['spent']:g}, reserved {row['reserved']:g})"
+                )
+                raise BudgetExceededError(
+                    msg, workflow_id=record.workflow_id, tier=record.tier, ceiling=ceiling,
+                    spent=row["spent"], requested=minimum, ledger=_ledger(row))
+            db.execute("UPDATE ledgers SET reserved=reserved+? WHERE workflow_id=?",
+                       (grant, record.workflow_id))
+            db.execute(
+                "INSERT INTO reservations(reservation_id, workflow_id, tier, granted, consumed, "
+                "tokens_in, tokens_out, pid, host, created) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (record.reservation_id, record.workflow_id, record.tier, grant, 0.0, 0, 0,
+                 record.pid, record.host, record.created),
+            )
+            return grant
+
+    def checkpoint(self, record: ReservationRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE reservations SET consumed=?, tokens_in=?, tokens_out=? "
+                "WHERE reservation_id=?",
+                (record.consumed, record.tokens_in, record.tokens_out, record.reservation_id),
+            )
+
+    def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
+        with self._tx() as db:
+            res = db.execute("SELECT granted FROM reservations WHERE reservation_id=?",
+                             (record.reservation_id,)).fetchone()
+            row = self._require(db, record.workflow_id)
+            by_tier = json.loads(row["by_tier"])
+            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
+            release = res["granted"] if res is not None else 0.0
+            db.execute(
+                "UPDATE ledgers SET reserved=MAX(reserved-?, 0), spent=spent+?, "
+                "tokens_in=tokens_in+?, tokens_out=tokens_out+?, requests=requests+1, by_tier=? "
+                "WHERE workflow_id=?",
+                (release, charge.cost, charge.tokens_in, charge.tokens_out,
+                 json.dumps(by_tier), record.workflow_id),
+            )
+            db.execute("DELETE FROM reservations WHERE reservation_id=?",
+                       (record.reservation_id,))
+            db.execute(
+                "INSERT INTO charges(workflow_id, tier, tokens_in, tokens_out, cost, ts, "
+                "reservation_id, note) VALUES(?,?,?,?,?,?,?,?)",
+                (charge.workflow_id, charge.tier, charge.tokens_in, charge.tokens_out,
+                 charge.cost, charge.ts, charge.reservation_id, charge.note),
+            )
+            return _ledger(self._require(db, record.workflow_id))
+
+    def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
+        rows = self._conn().execute(
+            "SELECT workflow_id, tier, tokens_in, tokens_out, cost, ts, reservation_id, note "
+            "FROM charges WHERE workflow_id=? ORDER BY id DESC LIMIT ?",
+            (workflow_id, limit)).fetchall()
+        return [Charge(**dict(r)) for r in reversed(rows)]
+
+    def orphans(self) -> list[ReservationRecord]:
+        host = socket.gethostname()
+        rows = self._conn().execute("SELECT * FROM reservations").fetchall()
+        return [
+            _record(r) for r in rows
+            if r["host"] == host and r["pid"] != os.getpid() and not psutil.pid_exists(r["pid"])
+        ]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class MemoryLedgerBackend:
+    """Ledgers in this process only (tests, scratch work); same semantics as SQLite."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ledgers: dict[str, Ledger] = {}
+        self._reservations: dict[str, ReservationRecord] = {}
+        self._charges: dict[str, list[Charge]] = {}
+
+    def _require(self, workflow_id: str) -> Ledger:
+        ledger = self._ledgers.get(workflow_id)
+        if ledger is None:
+            msg = f"no ledger for workflow {workflow_id!r}; set one with budgets.set(...)"
+            raise UnknownWorkflowError(msg, workflow_id=workflow_id)
+        return ledger
+
+    def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger:
+        with self._lock:
+            old = self._ledgers.get(workflow_id) or Ledger(workflow_id=workflow_id, ceiling=None)
+            self._ledgers[workflow_id] = new = old.model_copy(update={"ceiling": ceiling})
+            return new
+
+    def get(self, workflow_id: str) -> Ledger | None:
+        return self._ledgers.get(workflow_id)
+
+    def list(self) -> list[Ledger]:
+        return sorted(self._ledgers.values(), key=lambda led: led.workflow_id)
+
+    def reset(self, workflow_id: str) -> Ledger:
+        with self._lock:
+            old = self._require(workflow_id)
+            new = Ledger(workflow_id=workflow_id, ceiling=old.ceiling, reserved=old.reserved)
+            self._ledgers[workflow_id] = new
+            self._charges.pop(workflow_id, None)
+            return new
+
+    def delete(self, workflow_id: str) -> None:
+        with self._lock:
+            self._require(workflow_id)
+            del self._ledgers[workflow_id]
+            self._charges.pop(workflow_id, None)
+
+    def reserve(self, record: ReservationRecord, minimum: float) -> float:
+        with self._lock:
+            led = self._require(record.workflow_id)
+            grant = min(record.granted, led.remaining)
+            if grant < minimum:
+                msg = (
+                    f"workflow {record.workflow_id!r}: request needs at least {minimum:g} but "
+                    f"only {max(led.remaining, 0):g} of Ω={led.ceiling:g} is left"
+                )
+                raise BudgetExceededError(
+                    msg, workflow_id=record.workflow_id, tier=record.tier, ceiling=led.ceiling,
+                    spent=led.spent, requested=minimum, ledger=led)
+            self._ledgers[record.workflow_id] = led.model_copy(
+                update={"reserved": led.reserved + grant})
+            self._reservations[record.reservation_id] = record.model_copy(
+                update={"granted": grant})
+            return grant
+
+    def checkpoint(self, record: ReservationRecord) -> None:
+        with self._lock:
+            if record.reservation_id in self._reservations:
+                self._reservations[record.reservation_id] = record
+
+    def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
+        with self._lock:
+            led = self._require(record.workflow_id)
+            res = self._reservations.pop(record.reservation_id, None)
+            by_tier = dict(led.by_tier)
+            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
+            new = led.model_copy(update={
+                "reserved": max(led.reserved - (res.granted if res else 0.0), 0.0),
+                "spent": led.spent + charge.cost,
+                "tokens_in": led.tokens_in + charge.tokens_in,
+                "tokens_out": led.tokens_out + charge.tokens_out,
+                "requests": led.requests + 1,
+                "by_tier": by_tier,
+            })
+            self._ledgers[record.workflow_id] = new
+            self._charges.setdefault(record.workflow_id, []).append(charge)
+            return new
+
+    def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
+        return list(self._charges.get(workflow_id, []))[-limit:]
+
+    def orphans(self) -> list[ReservationRecord]:
+        return []
+
+    def close(self) -> None:
+        pass
+

@@ -1,0 +1,137 @@
+"""Schemas as the router sees them: normalised, hashed, validated, and compiled per tier."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from coreason_runtime._exceptions import CoreasonError, SchemaError, ValidationFailure
+
+__all__ = ["CompiledSchema", "SchemaSpec", "schema_key"]
+
+
+def schema_key(json_schema: dict[str, Any]) -> str:
+    """A stable hash of a JSON schema (keys sorted), used to key compile caches."""
+    canonical = json.dumps(json_schema, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class SchemaSpec:
+    """A user's schema, normalised: the JSON schema plus how to validate an output against it.
+
+    ``model`` is the pydantic model when one was given; otherwise outputs validate with
+    ``jsonschema`` against ``json_schema`` and the value is the parsed JSON.
+    """
+
+    json_schema: dict[str, Any]
+    key: str
+    name: str
+    model: type[BaseModel] | None = None
+
+    @classmethod
+    def from_user(cls, schema: Any) -> SchemaSpec:
+        """Accept a pydantic model class or a raw JSON schema dict.
+
+        Raises
+        ------
+        SchemaError
+            For anything else, or a dict that is not a valid JSON schema.
+        """
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            try:
+                js = schema.model_json_schema()
+            except Exception as e:
+                msg = f"cannot build a JSON schema from {schema.__name__}: {e}"
+                raise SchemaError(msg) from e
+            return cls(json_schema=js, key=schema_key(js), name=schema.__name__, model=schema)
+        if isinstance(schema, dict):
+            if not schema:
+                msg = "an empty schema accepts anything; give at least a 'type'"
+                raise SchemaError(msg)
+            try:
+                validator_cls = jsonschema.validators.validator_for(schema)
+                validator_cls.check_schema(schema)
+            except jsonschema.SchemaError as e:
+                msg = f"not a valid JSON schema: {e.message} (at {'/'.join(map(str, e.path))})"
+                raise SchemaError(msg) from e
+            title = schema.get("title")
+            name = title if isinstance(title, str) and title else "Output"
+            return cls(json_schema=schema, key=schema_key(schema), name=name)
+        kind = schema.__name__ if isinstance(schema, type) else type(schema).__name__
+        msg = (
+            f"expected a pydantic BaseModel subclass or a JSON schema dict, got {kind}; "
+            "wrap plain types in a model, e.g. `class Answer(BaseModel): value: int`"
+        )
+        raise SchemaError(msg)
+
+    def validate_text(self, text: str) -> Any:
+        """Parse and validate a tier's output; returns the value.
+
+        Raises
+        ------
+        ValidationFailure
+            With the exact error text, to be fed back to the model.
+        """
+        if self.model is not None:
+            try:
+                return self.model.model_validate_json(text)
+            except PydanticValidationError as e:
+                raise ValidationFailure(str(e), output=text) from e
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            msg = f"output is not valid JSON: {e}"
+            raise ValidationFailure(msg, output=text) from e
+        validator_cls = jsonschema.validators.validator_for(self.json_schema)
+        errors = sorted(
+            validator_cls(self.json_schema).iter_errors(value), key=lambda err: list(err.path)
+        )
+        if errors:
+            msg = "; ".join(
+                f"{'/'.join(map(str, err.absolute_path)) or '<root>'}: {err.message}"
+                for err in errors[:5]
+            )
+            raise ValidationFailure(msg, output=text)
+        return value
+
+    def validate_value(self, value: Any) -> Any:
+        """Validate a Python value (a human's answer); returns the model instance or value."""
+        if self.model is not None:
+            try:
+                return TypeAdapter(self.model).validate_python(value)
+            except PydanticValidationError as e:
+                raise ValidationFailure(str(e), output=repr(value)) from e
+        return self.validate_text(json.dumps(value))
+
+
+@dataclass
+class CompiledSchema:
+    """A schema compiled for every kind of tier; a field is ``None`` where compiling failed.
+
+    ``grammar`` is the local tier's grammar (llguidance); ``openai`` the ``response_format``
+    body for a strict OpenAI-compatible server, with ``residue`` the keywords strict mode
+    cannot express (enforced by validation afterwards); ``regex`` a regular expression for
+    SGLang-style servers where one exists. ``errors`` says, per form, why it is missing.
+    """
+
+    spec: SchemaSpec
+    grammar: Any = None
+    openai: dict[str, Any] | None = None
+    residue: dict[str, Any] = field(default_factory=dict)
+    regex: str | None = None
+    errors: dict[str, CoreasonError] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    def validate_text(self, text: str) -> Any:
+        return self.spec.validate_text(text)

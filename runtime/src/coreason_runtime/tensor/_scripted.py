@@ -1,0 +1,75 @@
+"""ScriptedTier: a tier that replays scripted outputs, the test double shipped with the seam."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Union
+
+from coreason_runtime._exceptions import CoreasonError
+from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
+
+__all__ = ["ScriptedTier"]
+
+Step = Union[str, CoreasonError, Callable[[TierRequest], str]]
+
+
+class ScriptedTier:
+    """Answers each call with the next scripted step: a string (the output), an exception (to
+    raise), or a function of the request. Tokens are counted as whitespace-separated words and
+    charged to the meter like a real tier, so budgets behave as with a model.
+
+    Parameters
+    ----------
+    name:
+        The tier's name in results and ledgers (``"local"``, ``"oracle"`` ...).
+    steps:
+        Consumed in order; the last one repeats when ``repeat_last`` is true.
+    steerable:
+        Whether the router should treat it as a grammar-constrained tier.
+    """
+
+    def __init__(self, name: str, steps: Iterable[Step], *, steerable: bool = False,
+                 repeat_last: bool = False, model: str = "scripted") -> None:
+        self.name = name
+        self.steerable = steerable
+        self.model = model
+        self._steps = list(steps)
+        self._repeat_last = repeat_last
+        self._lock = threading.Lock()
+        self.requests: list[TierRequest] = []
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        return max(len(text.split()), 1)
+
+    def count_prompt(self, messages: list[dict[str, str]]) -> int:
+        return sum(self.count_tokens(m["content"]) for m in messages)
+
+    def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
+        with self._lock:
+            self.requests.append(request)
+            if not self._steps:
+                msg = f"scripted tier {self.name!r} has no steps left"
+                raise CoreasonError(msg, tier=self.name)
+            step = self._steps[0] if (self._repeat_last and len(self._steps) == 1) \
+                else self._steps.pop(0)
+        tokens_in = self.count_prompt(request.messages)
+        meter.charge(tokens_in=tokens_in)
+        if isinstance(step, CoreasonError):
+            raise step
+        text = step(request) if callable(step) else step
+        pieces = text.split(" ")
+        produced: list[str] = []
+        for piece in pieces[: request.max_tokens]:
+            if hasattr(meter, "check"):
+                meter.check(tokens_out=1)
+            meter.charge(tokens_out=1)
+            produced.append(piece)
+        out = " ".join(produced)
+        finish = "stop" if len(produced) == len(pieces) else "length"
+        return TierOutput(text=out, tokens_in=tokens_in, tokens_out=len(produced),
+                          model=self.model, finish_reason=finish)
+
+    def __repr__(self) -> str:
+        return f"<ScriptedTier {self.name!r} steps_left={len(self._steps)}>"
