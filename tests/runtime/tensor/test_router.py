@@ -1,0 +1,202 @@
+"""The router's cascade, correction loop and budget enforcement, on scripted tiers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pydantic import BaseModel
+
+from coreason_runtime import (
+    AuthenticationError,
+    BudgetExceededError,
+    Coordinator,
+    EpistemicYieldError,
+    EventType,
+    GrammarDeadEndError,
+    RequestError,
+    SchemaCompileError,
+    SchemaError,
+    UnknownWorkflowError,
+    ValidationFailure,
+)
+from coreason_runtime.tensor import CompiledSchema, ScriptedTier
+
+
+class Derivative(BaseModel):
+    expression: str
+    derivative: str
+
+
+GOOD = '{"expression": "x**2", "derivative": "2*x"}'
+
+
+@pytest.fixture
+def rt(home) -> Iterator[Coordinator]:
+    runtime = Coordinator()
+    runtime.budgets.set("wf", ceiling=10_000)
+    yield runtime
+    runtime.close()
+
+
+def test_local_answer_is_validated_into_the_model(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", [GOOD], steerable=True)])
+    res = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+    assert res.value == Derivative(expression="x**2", derivative="2*x")
+    assert res.tier == "local"
+    assert res.cost == rt.budgets.spent("wf") > 0
+
+
+def test_raw_json_schema_gives_a_dict(rt: Coordinator) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    rt.router.set_tiers([ScriptedTier("local", ['{"n": 4}'])])
+    assert rt.router.generate(schema, "four", workflow_id="wf").value == {"n": 4}
+
+
+def test_validation_error_text_is_fed_back_to_the_next_attempt(rt: Coordinator) -> None:
+    local = ScriptedTier("local", ['{"expression": "x**2"}', GOOD])
+    rt.router.set_tiers([local])
+    res = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+    assert [a.ok for a in res.attempts] == [False, True]
+    second = local.requests[1].messages
+    assert second[-2] == {"role": "assistant", "content": '{"expression": "x**2"}'}
+    assert "derivative" in second[-1]["content"] and "Field required" in second[-1]["content"]
+
+
+def test_at_most_three_attempts_per_tier_then_escalation(rt: Coordinator) -> None:
+    local = ScriptedTier("local", ["nope"] * 5)
+    oracle = ScriptedTier("oracle", [GOOD])
+    rt.router.set_tiers([local, oracle])
+    escalations = []
+    rt.bus.subscribe(escalations.append, EventType.ESCALATED)
+    res = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+    assert res.tier == "oracle"
+    assert len(local.requests) == 3
+    assert [a.tier for a in res.attempts] == ["local"] * 3 + ["oracle"]
+    assert escalations[0].data["from_tier"] == "local"
+
+
+def test_deterministic_failure_is_not_retried(rt: Coordinator) -> None:
+    local = ScriptedTier("local", [GrammarDeadEndError("no legal token")] * 3)
+    rt.router.set_tiers([local, ScriptedTier("oracle", [GOOD])])
+    res = rt.router.generate(Derivative, "q", workflow_id="wf")
+    assert len(local.requests) == 1
+    assert res.attempts[0].error_type == "GrammarDeadEndError"
+
+
+def test_authentication_failure_escalates_without_retry(rt: Coordinator) -> None:
+    oracle = ScriptedTier("oracle", [AuthenticationError("401")] * 3)
+    rt.router.set_tiers([ScriptedTier("local", ["x"] * 3), oracle])
+    with pytest.raises(EpistemicYieldError):
+        rt.router.generate(Derivative, "q", workflow_id="wf")
+    assert len(oracle.requests) == 1
+
+
+def test_every_tier_failing_yields_with_every_attempt(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", ["a"] * 3), ScriptedTier("oracle", ["b"] * 3)])
+    with pytest.raises(EpistemicYieldError) as info:
+        rt.router.generate(Derivative, "q", workflow_id="wf")
+    err = info.value
+    assert [(a.tier, a.index) for a in err.attempts] == [
+        ("local", 1), ("local", 2), ("local", 3), ("oracle", 1), ("oracle", 2), ("oracle", 3)]
+    assert all(a.error_type == "ValidationFailure" for a in err.attempts)
+    assert sum(a.cost for a in err.attempts) == rt.budgets.spent("wf")
+    assert err.schema is not None and err.prompt == "q"
+
+
+def test_human_answer_resolves_a_yield_as_tier_human(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", ["a"] * 3)])
+    with pytest.raises(EpistemicYieldError) as info:
+        rt.router.generate(Derivative, "q", workflow_id="wf")
+    res = rt.router.resolve_yield(info.value, {"expression": "x", "derivative": "1"})
+    assert res.tier == "human" and res.value.derivative == "1"
+    assert "human" in rt.budgets.get("wf").by_tier
+
+
+def test_invalid_human_answer_is_rejected(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", ["a"] * 3)])
+    with pytest.raises(EpistemicYieldError) as info:
+        rt.router.generate(Derivative, "q", workflow_id="wf")
+    with pytest.raises(ValidationFailure):
+        rt.router.resolve_yield(info.value, {"expression": "x"})
+
+
+def test_tiers_argument_restricts_the_cascade(rt: Coordinator) -> None:
+    local = ScriptedTier("local", [GOOD])
+    rt.router.set_tiers([local, ScriptedTier("oracle", [GOOD])])
+    res = rt.router.generate(Derivative, "q", workflow_id="wf", tiers=["oracle"])
+    assert res.tier == "oracle" and local.requests == []
+
+
+def test_unknown_tier_name_is_a_request_error(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", [GOOD])])
+    with pytest.raises(RequestError, match="COREASON_ORACLE_BASE_URL"):
+        rt.router.generate(Derivative, "q", workflow_id="wf", tiers=["oracle"])
+
+
+def test_budget_cut_off_bypasses_every_retry_and_escalation(rt: Coordinator) -> None:
+    rt.budgets.set("tight", ceiling=60)
+    long_answer = " ".join(["tok"] * 200)
+    local = ScriptedTier("local", [long_answer] * 3)
+    oracle = ScriptedTier("oracle", [GOOD])
+    rt.router.set_tiers([local, oracle])
+    with pytest.raises(BudgetExceededError) as info:
+        rt.router.generate(Derivative, "go", workflow_id="tight", max_tokens=500,
+                           system="be brief")
+    assert len(local.requests) == 1 and oracle.requests == []
+    ledger = rt.budgets.get("tight")
+    assert ledger.spent == 60 and ledger.reserved == 0
+    assert info.value.workflow_id == "tight"
+
+
+@pytest.mark.parametrize("bad", [int, "a string", 42, {}, {"type": "no-such-type"}])
+def test_not_a_schema_is_refused_before_any_spend(rt: Coordinator, bad: object) -> None:
+    rt.router.set_tiers([ScriptedTier("local", [GOOD])])
+    with pytest.raises(SchemaError):
+        rt.router.generate(bad, "q", workflow_id="wf")
+    assert rt.budgets.spent("wf") == 0
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_empty_prompt_is_refused(rt: Coordinator, prompt: str) -> None:
+    with pytest.raises(RequestError):
+        rt.router.generate(Derivative, prompt, workflow_id="wf")
+
+
+def test_unknown_workflow_is_refused_before_any_spend(rt: Coordinator) -> None:
+    local = ScriptedTier("local", [GOOD])
+    rt.router.set_tiers([local])
+    with pytest.raises(UnknownWorkflowError):
+        rt.router.generate(Derivative, "q", workflow_id="never-set")
+    assert local.requests == []
+
+
+def test_uncompilable_schema_skips_the_steerable_tier(rt: Coordinator) -> None:
+    def compiler(spec, tier):
+        compiled = CompiledSchema(spec=spec, openai={"type": "json_schema"})
+        if getattr(tier, "steerable", False):
+            compiled.errors["grammar"] = SchemaCompileError("unsupported keyword")
+        return compiled
+
+    local = ScriptedTier("local", [GOOD], steerable=True)
+    rt.router._compiler = compiler
+    rt.router.set_tiers([local, ScriptedTier("oracle", [GOOD])])
+    res = rt.router.generate(Derivative, "q", workflow_id="wf")
+    assert res.tier == "oracle" and local.requests == []
+    assert res.attempts[0].skipped and res.attempts[0].error_type == "SchemaCompileError"
+
+
+def test_request_events_are_published_in_order(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", ["bad", GOOD])])
+    seen: list[EventType] = []
+    rt.bus.subscribe(lambda e: seen.append(e.type), ["request", "attempt"])
+    rt.router.generate(Derivative, "q", workflow_id="wf")
+    assert seen == [EventType.REQUEST_STARTED, EventType.ATTEMPT_STARTED,
+                    EventType.ATTEMPT_FAILED, EventType.ATTEMPT_STARTED,
+                    EventType.ATTEMPT_FINISHED, EventType.REQUEST_FINISHED]
+
+
+def test_submit_returns_a_future_with_the_result(rt: Coordinator) -> None:
+    rt.router.set_tiers([ScriptedTier("local", [GOOD])])
+    fut = rt.router.submit(Derivative, "q", workflow_id="wf")
+    assert fut.result(timeout=10).tier == "local"
