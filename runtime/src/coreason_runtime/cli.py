@@ -1,0 +1,176 @@
+"""The `coreason` command: ask, serve, budget, models, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from coreason_runtime._exceptions import CoreasonError
+
+__all__ = ["build_parser", "main"]
+
+
+def _runtime(args: argparse.Namespace) -> Any:
+    from coreason_runtime import Coordinator, RuntimeConfig
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "model", None):
+        overrides["model"] = args.model
+    return Coordinator(RuntimeConfig(**overrides)) if overrides else Coordinator()
+
+
+def _load_schema(text: str) -> dict[str, Any]:
+    path = Path(text)
+    raw = path.read_text() if path.is_file() else text
+    try:
+        schema = json.loads(raw)
+    except json.JSONDecodeError as e:
+        msg = f"--schema must be a JSON schema or a file holding one: {e}"
+        raise SystemExit(msg) from e
+    if not isinstance(schema, dict):
+        msg = "--schema must be a JSON object"
+        raise SystemExit(msg)
+    return schema
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """One structured request; prints the JSON value, then its tier and cost on stderr."""
+    schema = _load_schema(args.schema)
+    with _runtime(args) as rt:
+        if args.workflow and args.ceiling is not None:
+            rt.budgets.set(args.workflow, ceiling=args.ceiling)
+        res = rt.router.generate(
+            schema, args.prompt, workflow_id=args.workflow, max_tokens=args.max_tokens,
+            tiers=args.tiers.split(",") if args.tiers else None, seed=args.seed)
+        print(json.dumps(res.value, indent=2))
+        print(f"tier={res.tier} cost={res.cost:g} attempts={len(res.attempts)} "
+              f"spent={rt.budgets.spent(res.workflow_id):g}", file=sys.stderr)
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """Show, set, reset or delete ledgers."""
+    from coreason_runtime import Coordinator
+
+    with Coordinator() as rt:
+        cage = rt.budgets
+        if args.action == "set":
+            if args.workflow is None or args.ceiling is None:
+                raise SystemExit("usage: coreason budget set WORKFLOW CEILING")
+            cage.set(args.workflow, ceiling=args.ceiling)
+        elif args.action == "reset":
+            if args.workflow is None:
+                raise SystemExit("usage: coreason budget reset WORKFLOW")
+            cage.reset(args.workflow)
+        elif args.action == "delete":
+            if args.workflow is None:
+                raise SystemExit("usage: coreason budget delete WORKFLOW")
+            cage.delete(args.workflow)
+        ledgers = [cage.get(args.workflow)] if args.workflow and args.action != "delete" \
+            else cage.workflows()
+        if args.json:
+            print(json.dumps([led.model_dump() for led in ledgers], indent=2))
+            return 0
+        print(f"{'workflow':<24} {'ceiling':>12} {'spent':>12} {'reserved':>10} "
+              f"{'in':>8} {'out':>8}  by tier")
+        for led in ledgers:
+            ceiling = "-" if led.ceiling is None else f"{led.ceiling:g}"
+            tiers = ", ".join(f"{k}={v:g}" for k, v in sorted(led.by_tier.items()))
+            print(f"{led.workflow_id:<24} {ceiling:>12} {led.spent:>12g} {led.reserved:>10g} "
+                  f"{led.tokens_in:>8} {led.tokens_out:>8}  {tiers}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from coreason_runtime.models import _cli
+
+    if args.action == "pull":
+        return int(_cli.cmd_pull(args) or 0)
+    return int(_cli.cmd_list(args) or 0)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from coreason_runtime.serve import _cli
+
+    return int(_cli.cmd_serve(args) or 0)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark script (or all) from the repository's benchmarks/ folder."""
+    root = Path(args.root).resolve()
+    bench_dir = root / "benchmarks"
+    if not bench_dir.is_dir():
+        msg = f"no benchmarks/ folder under {root}; run from the repository or pass --root"
+        raise SystemExit(msg)
+    if args.name in (None, "all"):
+        return subprocess.call([sys.executable, str(bench_dir / "run_all.py")])
+    name = args.name if args.name.startswith("bench_") else f"bench_{args.name}"
+    script = bench_dir / f"{name.removesuffix('.py')}.py"
+    if not script.is_file():
+        known = sorted(p.stem for p in bench_dir.glob("bench_*.py"))
+        msg = f"no benchmark {args.name!r}; known: {', '.join(known)}"
+        raise SystemExit(msg)
+    return subprocess.call([sys.executable, str(script)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coreason", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="one structured request through the router")
+    ask.add_argument("prompt")
+    ask.add_argument("--schema", required=True, help="a JSON schema, or a file holding one")
+    ask.add_argument("--workflow", "-w", default=None)
+    ask.add_argument("--ceiling", type=float, default=None, help="set Ω for --workflow first")
+    ask.add_argument("--tiers", default=None, help="comma-separated, e.g. local or oracle")
+    ask.add_argument("--max-tokens", type=int, default=None)
+    ask.add_argument("--seed", type=int, default=None)
+    ask.add_argument("--model", default=None, help="local model id or folder")
+    ask.set_defaults(func=cmd_ask)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible server over the local tier")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=None)
+    serve.add_argument("--token", default=None, help="require this bearer token")
+    serve.set_defaults(func=cmd_serve)
+
+    budget = sub.add_parser("budget", help="show / set / reset ledgers")
+    budget.add_argument("action", choices=["show", "set", "reset", "delete"], nargs="?",
+                        default="show")
+    budget.add_argument("workflow", nargs="?")
+    budget.add_argument("ceiling", nargs="?", type=float)
+    budget.add_argument("--json", action="store_true")
+    budget.set_defaults(func=cmd_budget)
+
+    models = sub.add_parser("models", help="provision / list local models")
+    models.add_argument("action", choices=["pull", "list"], nargs="?", default="list")
+    models.add_argument("name", nargs="?", default=None)
+    models.set_defaults(func=cmd_models)
+
+    bench = sub.add_parser("bench", help="run a benchmark (writes its row to BENCHMARKS.md)")
+    bench.add_argument("name", nargs="?", default=None)
+    bench.add_argument("--root", default=".")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``coreason`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CoreasonError as e:
+        print(f"coreason: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
