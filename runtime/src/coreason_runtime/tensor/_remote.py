@@ -1,0 +1,457 @@
+"""The remote oracle tier: an OpenAI-compatible server, streamed and metered chunk by chunk."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import tenacity
+
+from coreason_runtime._config import OracleConfig
+from coreason_runtime._events import EventType
+from coreason_runtime._exceptions import (
+    AuthenticationError,
+    BudgetExceededError,
+    ConfigurationError,
+    CoreasonError,
+    MissingExtraError,
+    OracleSchemaLimitError,
+    ProtocolError,
+    RateLimitError,
+    TierError,
+    TierTimeoutError,
+    TierUnavailableError,
+)
+from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
+
+if TYPE_CHECKING:
+    from openai import OpenAI, Stream
+    from openai.types.chat import ChatCompletionChunk
+
+    from coreason_runtime._coordinator import Coordinator
+    from coreason_runtime._events import EventBus
+
+__all__ = ["RemoteTier"]
+
+logger = logging.getLogger("coreason_runtime.tensor.remote")
+
+_REDACTED = "[REDACTED]"
+# Sent when no key is configured, so the SDK never falls back to $OPENAI_API_KEY and leaks a
+# real OpenAI key to whatever server base_url names.
+_NO_KEY = "coreason-no-key"
+_TOKENS_EVENT_EVERY = 16
+
+
+class RemoteTier:
+    """A black-box tier behind an OpenAI-compatible ``/v1/chat/completions``.
+
+    The schema goes out as a strict ``response_format`` (``request.schema.openai``, built by the
+    compiler); the answer streams back and is metered as it arrives: each content chunk is
+    charged with ``meter.charge(tokens_out=n)`` before it is kept, the prompt tokens when the
+    server reports them, and the final ``usage`` trues the count up. ``n`` is a lower bound on
+    the chunk's real tokens, because meters take no credits: 1 per chunk (every content chunk
+    holds at least one token), or, with ``token_counter``, the growth of the count of all text
+    so far less one (the last token may still be growing). When the meter raises
+    :class:`BudgetExceededError` the HTTP stream is closed at once, so the overshoot is at most
+    one chunk. Only what really arrived is ever charged.
+
+    Parameters
+    ----------
+    config:
+        Where the server is, which model, the key (never shown anywhere) and the timeout.
+    bus:
+        Where ``tokens.batch`` and rate-limit ``runtime.log`` events go; optional.
+    token_counter:
+        Counts the tokens of a text fragment; without one each content chunk counts as 1.
+    rate_limit_attempts:
+        How many requests to make in all while the server answers 429.
+    max_retry_wait:
+        The longest single wait honoured for ``Retry-After``; a longer one fails at once.
+    """
+
+    name = "oracle"
+    steerable = False
+
+    def __init__(
+        self,
+        config: OracleConfig,
+        bus: EventBus | None = None,
+        *,
+        token_counter: Callable[[str], int] | None = None,
+        rate_limit_attempts: int = 3,
+        max_retry_wait: float = 20.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not config.base_url:
+            msg = "the oracle needs a base URL (COREASON_ORACLE_BASE_URL)"
+            raise ConfigurationError(msg)
+        if rate_limit_attempts < 1 or max_retry_wait < 0:
+            msg = "rate_limit_attempts must be >= 1 and max_retry_wait >= 0"
+            raise ConfigurationError(msg)
+        self.config = config
+        self.bus = bus
+        self.model = config.model
+        self.token_counter = token_counter
+        self.rate_limit_attempts = rate_limit_attempts
+        self.max_retry_wait = max_retry_wait
+        self._sleep = sleep
+        self._client: OpenAI | None = None
+
+    # --- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, bus: EventBus | None = None) -> RemoteTier | None:
+        """The tier configured by ``COREASON_ORACLE_*``, or ``None`` when none is set."""
+        config = OracleConfig.from_env()
+        return None if config is None else cls(config, bus)
+
+    @classmethod
+    def for_runtime(cls, rt: Coordinator) -> RemoteTier | None:
+        """The runtime's oracle (``rt.config.oracle``) on ``rt.bus``, or ``None`` if unset."""
+        config = rt.config.oracle
+        return None if config is None else cls(config, rt.bus)
+
+    def _openai(self) -> OpenAI:
+        if self._client is None:
+            try:
+                import openai
+            except ImportError as e:
+                raise MissingExtraError("openai", "oracle") from e
+            # Retries are ours (tenacity, Retry-After honoured, bounded); the SDK's are off.
+            self._client = openai.OpenAI(
+                api_key=self.config.api_key or _NO_KEY,
+                base_url=self.config.base_url,
+                max_retries=0,
+                timeout=self.config.timeout,
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Release the HTTP connection pool. Idempotent."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __repr__(self) -> str:
+        key = "set" if self.config.api_key else "none"
+        return f"RemoteTier(base_url={self.config.base_url!r}, model={self.model!r}, key={key})"
+
+    # --- the Tier protocol -------------------------------------------------------------------
+
+    def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
+        """Ask the server once (429s retried within bounds) and stream the answer through ``meter``.
+
+        Raises
+        ------
+        OracleSchemaLimitError
+            (or the compiler's own error) when the schema has no strict OpenAI form.
+        BudgetExceededError
+            From ``meter``; the stream was closed at the chunk that crossed the ceiling.
+        AuthenticationError, RateLimitError, TierUnavailableError, ProtocolError,
+        TierTimeoutError
+            For 401/403, persistent 429, an unreachable server, a malformed or cut stream, and
+            a timeout; messages never contain the key.
+        """
+        response_format = self._response_format(request)
+        max_out = min(request.max_tokens, meter.max_out)
+        if max_out < 1:
+            msg = f"no output tokens left in the reservation (max_out={meter.max_out})"
+            raise BudgetExceededError(msg, workflow_id=request.workflow_id, tier=self.name)
+        timeout = request.timeout if request.timeout is not None else self.config.timeout
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.messages,
+            "response_format": response_format,
+            "max_completion_tokens": max_out,
+            "temperature": request.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "timeout": timeout,
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RateLimitError),
+            stop=self._stop_rate_limited,
+            wait=_wait_retry_after,
+            sleep=self._sleep,
+            before_sleep=lambda rs: self._log_rate_limited(rs, request),
+            reraise=True,
+        )
+        try:
+            stream = retrying(self._open, body, request)
+        except RateLimitError as e:
+            msg = (
+                f"the oracle at {self.config.base_url} still answered 429 after "
+                f"{retrying.statistics.get('attempt_number', 1)} request(s); "
+                f"retry after {e.retry_after if e.retry_after is not None else 'unknown'}s"
+            )
+            raise RateLimitError(
+                msg, retry_after=e.retry_after, workflow_id=request.workflow_id, tier=self.name
+            ) from e
+        # The timeout bounds the answer itself; honoured Retry-After waits come before it.
+        deadline = time.monotonic() + timeout
+        return self._consume(stream, request, meter, deadline, timeout)
+
+    # --- one attempt: opening the stream -----------------------------------------------------
+
+    def _response_format(self, request: TierRequest) -> dict[str, Any]:
+        compiled = request.schema
+        if compiled.openai is None:
+            err = compiled.errors.get("openai")
+            if err is None:
+                msg = f"schema {compiled.spec.name!r} has no strict OpenAI form"
+                err = OracleSchemaLimitError(msg, workflow_id=request.workflow_id, tier=self.name)
+            raise err
+        if compiled.openai.get("type") == "json_schema":
+            return compiled.openai
+        return {"type": "json_schema", "json_schema": compiled.openai}
+
+    def _open(self, body: dict[str, Any], request: TierRequest) -> Stream[ChatCompletionChunk]:
+        import openai
+
+        try:
+            return self._openai().chat.completions.create(**body)  # type: ignore[no-any-return]
+        except openai.APIError as e:
+            raise self._translate(e, request, started=False) from self._scrubbed(e)
+
+    def _stop_rate_limited(self, rs: tenacity.RetryCallState) -> bool:
+        if rs.attempt_number >= self.rate_limit_attempts:
+            return True
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        wait = getattr(exc, "retry_after", None)
+        return wait is not None and wait > self.max_retry_wait
+
+    def _log_rate_limited(self, rs: tenacity.RetryCallState, request: TierRequest) -> None:
+        wait = rs.next_action.sleep if rs.next_action is not None else 0.0
+        logger.info("oracle rate-limited; retrying in %.2fs (attempt %d)", wait, rs.attempt_number)
+        if self.bus is not None:
+            self.bus.emit(EventType.LOG, workflow_id=request.workflow_id, source="tier.oracle",
+                          message="rate limited", retry_in=wait, attempt=rs.attempt_number)
+
+    # --- streaming and metering --------------------------------------------------------------
+
+    def _consume(
+        self,
+        stream: Stream[ChatCompletionChunk],
+        request: TierRequest,
+        meter: Meter,
+        deadline: float,
+        timeout: float,
+    ) -> TierOutput:
+        import openai
+
+        parts: list[str] = []
+        charged_in = charged_out = 0
+        usage_in: int | None = None
+        usage_out: int | None = None
+        finish: str | None = None
+        model = self.model
+        unreported = 0
+        chunks = _iter_chunks(stream)
+        try:
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except openai.APITimeoutError as e:
+                    msg = f"the oracle stalled for more than {timeout:g}s mid-stream"
+                    raise TierTimeoutError(
+                        msg, workflow_id=request.workflow_id, tier=self.name
+                    ) from self._scrubbed(e)
+                except openai.APIError as e:
+                    raise self._translate(e, request, started=True) from self._scrubbed(e)
+                except (ValueError, TypeError, AttributeError, KeyError) as e:
+                    msg = f"malformed stream from the oracle: {self._scrub(str(e))}"
+                    raise ProtocolError(
+                        msg, workflow_id=request.workflow_id, tier=self.name
+                    ) from self._scrubbed(e)
+                model = chunk.model or model
+                usage = chunk.usage
+                if usage is not None:
+                    usage_out = usage.completion_tokens
+                    if usage_in is None and usage.prompt_tokens is not None:
+                        usage_in = usage.prompt_tokens
+                        meter.charge(tokens_in=usage_in)
+                        charged_in = usage_in
+                for choice in chunk.choices or ():
+                    delta = choice.delta
+                    text = delta.content if delta is not None else None
+                    if text:
+                        n = self._count(text, parts, charged_out)
+                        # Charged before it is kept: a refusal closes the stream here.
+                        meter.charge(tokens_out=n)
+                        charged_out += n
+                        unreported += n
+                        parts.append(text)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+                if unreported >= _TOKENS_EVENT_EVERY:
+                    self._emit_tokens(request, unreported, charged_out)
+                    unreported = 0
+                if time.monotonic() > deadline:
+                    msg = f"the oracle did not finish within {timeout:g}s"
+                    raise TierTimeoutError(msg, workflow_id=request.workflow_id, tier=self.name)
+        finally:
+            stream.close()
+            if unreported:
+                self._emit_tokens(request, unreported, charged_out)
+        if finish is None:
+            msg = (
+                f"the oracle's stream ended before a finish_reason ({charged_out} output tokens "
+                "received): cut off mid-way"
+            )
+            raise ProtocolError(msg, workflow_id=request.workflow_id, tier=self.name)
+        if usage_out is not None and usage_out > charged_out:
+            # True-up to the server's own count; charges were lower bounds, so never negative.
+            meter.charge(tokens_out=usage_out - charged_out)
+            charged_out = usage_out
+        elif usage_out is not None and usage_out < charged_out:
+            logger.warning("oracle reported %d output tokens, %d were charged (no credit)",
+                           usage_out, charged_out)
+        return TierOutput(
+            text="".join(parts),
+            tokens_in=charged_in,
+            tokens_out=charged_out,
+            model=model,
+            finish_reason=finish,
+            extra={"usage_reported": usage_out is not None},
+        )
+
+    def _count(self, text: str, before: list[str], charged: int) -> int:
+        if self.token_counter is None:
+            return 1
+        so_far = int(self.token_counter("".join(before) + text))
+        return max(0, so_far - 1 - charged)
+
+    def count_prompt(self, messages: list[dict[str, str]]) -> int:
+        """An estimate of the prompt's tokens, for the router's reservation."""
+        if self.token_counter is None:
+            return sum(len(m["content"]) // 3 + 8 for m in messages)
+        return sum(int(self.token_counter(m["content"])) + 8 for m in messages)
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def _emit_tokens(self, request: TierRequest, delta: int, total: int) -> None:
+        if self.bus is not None:
+            self.bus.emit(EventType.TOKENS, workflow_id=request.workflow_id, source="tier.oracle",
+                          tier=self.name, tokens_out=delta, total_out=total)
+
+    # --- errors, with the key scrubbed -------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        key = self.config.api_key
+        return text.replace(key, _REDACTED) if key else text
+
+    def _scrubbed(self, exc: BaseException) -> BaseException:
+        """Redact the key from ``exc`` and its causes in place (args, message, body, headers)."""
+        key = self.config.api_key
+        seen: set[int] = set()
+        cur: BaseException | None = exc
+        while cur is not None and id(cur) not in seen:
+            seen.add(id(cur))
+            if key:
+                cur.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in cur.args)
+                for attr in ("message", "body", "doc"):
+                    value = getattr(cur, attr, None)
+                    if isinstance(value, str):
+                        setattr(cur, attr, self._scrub(value))
+                    elif isinstance(value, dict):
+                        setattr(cur, attr, _scrub_obj(value, key))
+            request = getattr(cur, "request", None)
+            headers = getattr(request, "headers", None)
+            if headers is not None and "authorization" in headers:
+                headers["authorization"] = f"Bearer {_REDACTED}"
+            cur = cur.__cause__ or cur.__context__
+        return exc
+
+    def _translate(self, e: Exception, request: TierRequest, *, started: bool) -> CoreasonError:
+        import openai
+
+        fields: dict[str, Any] = {"workflow_id": request.workflow_id, "tier": self.name}
+        where = self.config.base_url
+        detail = self._scrub(getattr(e, "message", None) or str(e))
+        if isinstance(e, openai.APITimeoutError):
+            msg = f"the oracle at {where} did not answer in time"
+            return TierTimeoutError(msg, **fields)
+        if isinstance(e, openai.APIConnectionError):
+            if started:
+                msg = f"the oracle's stream broke mid-way: {detail} ({_root(e)})"
+                return ProtocolError(msg, **fields)
+            msg = f"the oracle at {where} is unreachable: {detail} ({_root(e)})"
+            return TierUnavailableError(msg, **fields)
+        if isinstance(e, openai.APIStatusError):
+            status = e.status_code
+            if status in (401, 403):
+                msg = f"the oracle at {where} refused the credentials (HTTP {status}): {detail}"
+                return AuthenticationError(msg, **fields)
+            if status == 429:
+                retry_after = _retry_after(e.response.headers)
+                msg = f"the oracle at {where} is rate-limiting (HTTP 429): {detail}"
+                return RateLimitError(msg, retry_after=retry_after, **fields)
+            if status >= 500:
+                msg = f"the oracle at {where} failed (HTTP {status}): {detail}"
+                return TierUnavailableError(msg, retryable=True, **fields)
+            msg = f"the oracle at {where} rejected the request (HTTP {status}): {detail}"
+            return TierError(msg, **fields)
+        if started:
+            msg = f"the oracle sent an error mid-stream: {detail}"
+            return ProtocolError(msg, **fields)
+        msg = f"the oracle request failed: {detail}"
+        return TierError(msg, **fields)
+
+
+def _iter_chunks(stream: Stream[ChatCompletionChunk]) -> Iterator[ChatCompletionChunk]:
+    yield from stream
+
+
+def _root(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return type(e).__name__
+
+
+def _scrub_obj(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(key, _REDACTED)
+    if isinstance(value, dict):
+        return {k: _scrub_obj(v, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_obj(v, key) for v in value]
+    return value
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+def _wait_retry_after(rs: tenacity.RetryCallState) -> float:
+    exc = rs.outcome.exception() if rs.outcome is not None else None
+    wait = getattr(exc, "retry_after", None)
+    if wait is not None:
+        return float(wait)
+    return float(min(8.0, 0.5 * 2 ** (rs.attempt_number - 1)))
