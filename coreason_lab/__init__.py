@@ -1,0 +1,71 @@
+"""coreason-lab: ``%%coreason`` magics, live dashboards and the Oracle Circuit for Jupyter.
+
+Load it in a notebook with ``%load_ext coreason_lab``; ``%coreason help`` lists the verbs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coreason_lab._ask import AskHandle
+from coreason_lab._comm import TARGET as COMM_TARGET
+from coreason_lab._comm import CommBridge
+from coreason_lab._control import Controls, GatedTier, WorkflowAborted
+from coreason_lab._display import ResultDisplay
+from coreason_lab._magics import CoreasonMagics
+from coreason_lab._oracle_circuit import OracleForm
+from coreason_lab._steps import Invariant, InvariantViolation, Thunk
+from coreason_lab._throttle import Throttle
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COMM_TARGET",
+    "AskHandle",
+    "CommBridge",
+    "Controls",
+    "CoreasonMagics",
+    "GatedTier",
+    "Invariant",
+    "InvariantViolation",
+    "OracleForm",
+    "ResultDisplay",
+    "Throttle",
+    "Thunk",
+    "WorkflowAborted",
+    "__version__",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+_loaded: dict[int, CoreasonMagics] = {}
+
+
+def load_ipython_extension(ipython: Any, runtime: Any = None) -> CoreasonMagics:
+    """``%load_ext coreason_lab``: register ``%coreason``/``%%coreason`` and the settings.
+
+    ``runtime`` (a Coordinator) is for tests and embedding; by default the magics use
+    ``Coordinator.default()`` on first use. Loading twice keeps the first instance.
+    """
+    existing = _loaded.get(id(ipython))
+    if existing is not None:
+        return existing
+    magics = CoreasonMagics(shell=ipython, runtime=runtime)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)  # so `%config CoreasonMagics` finds it
+    _loaded[id(ipython)] = magics
+    return magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext coreason_lab``: close dashboards, comms and throttles; the runtime and its
+    ledgers stay (they belong to the kernel, not to the extension)."""
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    magics.close()
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)
+    ipython.magics_manager.magics["line"].pop("coreason", None)
+    ipython.magics_manager.magics["cell"].pop("coreason", None)

@@ -1,0 +1,155 @@
+"""The kernel side of the ``coreason`` comm: throttled event batches out, intents in.
+
+Protocol (JSON, one dict per message):
+
+kernel → frontend
+    ``{"type": "hello", "version", "intents", "workflows": [{workflow_id, state}], "ledgers"}``
+        once, when the frontend opens the comm;
+    ``{"type": "events", "events": [Event as JSON ...], "dropped": int}``
+        at most ``max_per_second`` times a second while the comm is open;
+    ``{"type": "ack", "intent", "workflow_id", "state"}`` after an intent was applied;
+    ``{"type": "snapshot", "ledgers": [...], "workflows": [...]}`` on request;
+    ``{"type": "error", "message"}`` for a malformed message (nothing was changed).
+frontend → kernel
+    ``{"type": "intent", "intent": "pause"|"resume"|"abort"|"preempt", "workflow_id": str}``;
+    ``{"type": "snapshot"}``; ``{"type": "freeze"}`` / ``{"type": "unfreeze"}``.
+
+Comm messages arrive on the shell channel, so while a cell blocks the main shell they wait;
+a frontend that must act during a running cell sends them on an ipykernel 7 subshell (each
+subshell runs its own thread), or the work runs with ``--background``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from coreason_runtime import Event
+
+from coreason_lab._control import INTENTS, Controls
+from coreason_lab._display import redact
+from coreason_lab._throttle import Throttle
+
+__all__ = ["TARGET", "CommBridge", "event_json"]
+
+TARGET = "coreason"
+MAX_EVENTS_PER_MESSAGE = 500
+logger = logging.getLogger("coreason_lab.comm")
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event as JSON-safe data; unknown payload objects become strings, secrets are cut."""
+    body = event.model_dump(mode="python")
+    body["type"] = event.type.value
+    body["data"] = json.loads(json.dumps(event.data, default=str))
+    return redact(body)  # type: ignore[no-any-return]
+
+
+def _ledgers(runtime: Any) -> list[dict[str, Any]]:
+    try:
+        return [led.model_dump(mode="json") for led in runtime.budgets.workflows()]
+    except Exception:  # a snapshot without ledgers beats no snapshot
+        logger.exception("reading ledgers for the side panel failed")
+        return []
+
+
+class CommBridge:
+    """Registers the ``coreason`` comm target; one throttle per open comm.
+
+    Parameters
+    ----------
+    runtime, controls:
+        What the comm reports on and what its intents act on.
+    max_per_second:
+        Event batches per second per open comm.
+    """
+
+    def __init__(self, runtime: Any, controls: Controls, max_per_second: float = 10.0) -> None:
+        self.runtime = runtime
+        self.controls = controls
+        self.max_per_second = max_per_second
+        self.open_comms: dict[str, tuple[Any, Throttle]] = {}
+        self._registered = False
+
+    def register(self) -> bool:
+        """Register the target with the kernel's comm manager; False outside a kernel."""
+        try:
+            from comm import get_comm_manager
+
+            manager = get_comm_manager()
+            manager.register_target(TARGET, self.on_open)
+        except Exception:  # no kernel (plain IPython): there is no frontend to talk to
+            logger.debug("no comm manager; the %s comm is not available", TARGET)
+            return False
+        self._registered = True
+        return True
+
+    def unregister(self) -> None:
+        for comm_id in list(self.open_comms):
+            self._closed(comm_id)
+        if self._registered:
+            from comm import get_comm_manager
+
+            get_comm_manager().unregister_target(TARGET, self.on_open)
+            self._registered = False
+
+    # --- one comm -------------------------------------------------------------------------------
+
+    def on_open(self, comm: Any, open_msg: dict[str, Any]) -> None:
+        throttle = Throttle(self.runtime.bus, None, max_per_second=self.max_per_second)
+
+        def sink(batch: list[Event]) -> None:
+            events = batch[-MAX_EVENTS_PER_MESSAGE:]
+            comm.send({"type": "events", "events": [event_json(e) for e in events],
+                       "dropped": throttle.dropped + len(batch) - len(events)})
+
+        throttle.attach(sink)
+        self.open_comms[comm.comm_id] = (comm, throttle)
+        comm.on_msg(lambda msg: self.on_msg(comm, msg))
+        comm.on_close(lambda _msg: self._closed(comm.comm_id))
+        from coreason_lab import __version__
+
+        comm.send({"type": "hello", "version": __version__, "intents": list(INTENTS),
+                   "workflows": self._workflows(), "ledgers": _ledgers(self.runtime)})
+
+    def _workflows(self) -> list[dict[str, str]]:
+        return [{"workflow_id": c.workflow_id, "state": c.state}
+                for c in self.controls.workflows()]
+
+    def on_msg(self, comm: Any, msg: dict[str, Any]) -> None:
+        data = msg.get("content", {}).get("data")
+        reply = self.handle(data, comm.comm_id)
+        comm.send(reply)
+
+    def handle(self, data: Any, comm_id: str | None = None) -> dict[str, Any]:
+        """Apply one frontend message; returns the reply. Never raises on bad input."""
+        if not isinstance(data, dict):
+            got = type(data).__name__
+            return {"type": "error", "message": f"expected a JSON object, got {got}"}
+        kind = data.get("type", "intent")
+        if kind == "snapshot":
+            return {"type": "snapshot", "ledgers": _ledgers(self.runtime),
+                    "workflows": self._workflows()}
+        if kind in ("freeze", "unfreeze") and comm_id in self.open_comms:
+            throttle = self.open_comms[comm_id][1]
+            throttle.pause() if kind == "freeze" else throttle.resume()
+            return {"type": "ack", "intent": kind}
+        if kind != "intent":
+            return {"type": "error", "message": f"unknown message type {kind!r}"}
+        intent, workflow = data.get("intent"), data.get("workflow_id")
+        if intent not in INTENTS:
+            return {"type": "error",
+                    "message": f"unknown intent {intent!r}; expected one of {list(INTENTS)}"}
+        if not isinstance(workflow, str) or not workflow:
+            return {"type": "error", "message": "an intent needs a workflow_id"}
+        ctl = self.controls.apply(intent, workflow, origin="comm")
+        return {"type": "ack", "intent": intent, "workflow_id": workflow, "state": ctl.state}
+
+    def _closed(self, comm_id: str) -> None:
+        entry = self.open_comms.pop(comm_id, None)
+        if entry is not None:
+            entry[1].close()
+
+    def close(self) -> None:
+        self.unregister()

@@ -1,0 +1,214 @@
+"""Pause, resume, preempt and abort intents, applied cooperatively at the next checkpoint.
+
+A running request cannot be interrupted from outside its thread without corrupting a ledger,
+so control is cooperative: work in a workflow passes through :meth:`Controls.checkpoint` at
+every metered token (see :class:`GatedMeter`) and between DAG steps. A paused workflow blocks
+there until resumed; an aborted one raises :class:`WorkflowAborted` there, which the router
+treats like a budget refusal (no retry, no escalation) and whose charge so far is settled.
+Intents come from magics (``%coreason pause``), dashboard buttons and the ``coreason`` comm,
+from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from coreason_runtime import BudgetExceededError, EventBus, EventType
+
+__all__ = ["INTENTS", "Controls", "GatedMeter", "GatedTier", "WorkflowAborted", "WorkflowControl"]
+
+INTENTS = ("pause", "resume", "abort", "preempt")
+
+
+class WorkflowAborted(BudgetExceededError):
+    """The workflow was aborted by its operator.
+
+    A subclass of :class:`BudgetExceededError` on purpose: an abort withdraws the budget, so it
+    must bypass every retry and escalation exactly as a crossed ceiling does.
+    """
+
+
+@dataclass
+class WorkflowControl:
+    """The control state of one workflow: ``running``, ``paused``, ``preempted``, ``aborted``."""
+
+    workflow_id: str
+    state: str = "running"
+    _go: threading.Event = field(default_factory=threading.Event, repr=False)
+    waiting: int = 0
+    tokens_out: int = 0
+
+    def __post_init__(self) -> None:
+        self._go.set()
+
+    @property
+    def paused(self) -> bool:
+        return self.state in ("paused", "preempted")
+
+    @property
+    def aborted(self) -> bool:
+        return self.state == "aborted"
+
+
+class Controls:
+    """Per-workflow gates shared by every request, run and view of one runtime.
+
+    Parameters
+    ----------
+    bus:
+        Where state changes are announced (``decode.paused``, ``decode.resumed``,
+        ``task.preempted``, ``task.resumed``, ``task.aborted``), so views and the side
+        panel see them.
+    """
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._lock = threading.Lock()
+        self._flows: dict[str, WorkflowControl] = {}
+        self.listeners: list[Callable[[WorkflowControl], None]] = []
+
+    def get(self, workflow_id: str) -> WorkflowControl:
+        with self._lock:
+            ctl = self._flows.get(workflow_id)
+            if ctl is None:
+                ctl = self._flows[workflow_id] = WorkflowControl(workflow_id)
+            return ctl
+
+    def workflows(self) -> list[WorkflowControl]:
+        with self._lock:
+            return list(self._flows.values())
+
+    def state(self, workflow_id: str) -> str:
+        with self._lock:
+            ctl = self._flows.get(workflow_id)
+        return ctl.state if ctl is not None else "running"
+
+    # --- intents ------------------------------------------------------------------------------
+
+    def apply(self, intent: str, workflow_id: str, **data: Any) -> WorkflowControl:
+        """Apply one of :data:`INTENTS`; unknown intents raise ``ValueError``."""
+        handlers = {"pause": self.pause, "resume": self.resume, "abort": self.abort,
+                    "preempt": self.preempt}
+        if intent not in handlers:
+            msg = f"unknown intent {intent!r}; expected one of {', '.join(INTENTS)}"
+            raise ValueError(msg)
+        return handlers[intent](workflow_id, **data)
+
+    def pause(self, workflow_id: str, **data: Any) -> WorkflowControl:
+        """Block the workflow at its next checkpoint until :meth:`resume`."""
+        return self._set(workflow_id, "paused", EventType.DECODE_PAUSED, data)
+
+    def preempt(self, workflow_id: str, **data: Any) -> WorkflowControl:
+        """Like :meth:`pause`, but announced as a preemption (the DAG view marks the task)."""
+        return self._set(workflow_id, "preempted", EventType.TASK_PREEMPTED, data)
+
+    def resume(self, workflow_id: str, **data: Any) -> WorkflowControl:
+        ctl = self.get(workflow_id)
+        kind = EventType.TASK_RESUMED if ctl.state == "preempted" else EventType.DECODE_RESUMED
+        return self._set(workflow_id, "running", kind, data)
+
+    def abort(self, workflow_id: str, **data: Any) -> WorkflowControl:
+        """Make the workflow's next checkpoint raise :class:`WorkflowAborted`."""
+        return self._set(workflow_id, "aborted", EventType.TASK_ABORTED, data)
+
+    def clear(self, workflow_id: str) -> None:
+        """Forget an aborted (or any) state: the next request in this workflow runs normally."""
+        with self._lock:
+            ctl = self._flows.pop(workflow_id, None)
+        if ctl is not None:
+            ctl._go.set()
+
+    def _set(self, workflow_id: str, state: str, kind: EventType,
+             data: dict[str, Any]) -> WorkflowControl:
+        ctl = self.get(workflow_id)
+        with self._lock:
+            previous = ctl.state
+            ctl.state = state
+            if ctl.paused:
+                ctl._go.clear()
+            else:
+                ctl._go.set()  # resume and abort both wake whoever waits at the gate
+        if previous != state:
+            self._bus.emit(kind, workflow_id=workflow_id, source="coreason_lab.controls",
+                           intent=state, previous=previous, **data)
+            for listener in list(self.listeners):
+                listener(ctl)
+        return ctl
+
+    # --- the gate -----------------------------------------------------------------------------
+
+    def checkpoint(self, workflow_id: str | None) -> None:
+        """Return at once if the workflow runs; block while paused; raise if aborted.
+
+        Raises
+        ------
+        WorkflowAborted
+            The operator aborted this workflow.
+        """
+        if workflow_id is None:
+            return
+        with self._lock:
+            ctl = self._flows.get(workflow_id)
+        if ctl is None:
+            return
+        if ctl.paused:
+            ctl.waiting += 1
+            try:
+                while ctl.paused:
+                    ctl._go.wait(0.5)
+            finally:
+                ctl.waiting -= 1
+        if ctl.aborted:
+            msg = f"workflow {workflow_id!r} was aborted by its operator"
+            raise WorkflowAborted(msg, workflow_id=workflow_id)
+
+
+class GatedMeter:
+    """A :class:`~coreason_runtime.tensor.Meter` that passes a checkpoint before each charge.
+
+    Tiers charge as tokens are consumed (the local tier per token, a streaming tier per
+    chunk), so a pause takes effect within one token and an abort stops the decode there.
+    """
+
+    def __init__(self, inner: Any, controls: Controls, workflow_id: str | None) -> None:
+        self._inner = inner
+        self._controls = controls
+        self._workflow_id = workflow_id
+
+    @property
+    def max_out(self) -> int:
+        return int(self._inner.max_out)
+
+    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        self._controls.checkpoint(self._workflow_id)
+        self._inner.charge(tokens_in=tokens_in, tokens_out=tokens_out)
+        if tokens_out and self._workflow_id is not None:
+            self._controls.get(self._workflow_id).tokens_out += tokens_out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class GatedTier:
+    """Wraps any tier so its meter passes :meth:`Controls.checkpoint` (pause/abort per token)."""
+
+    def __init__(self, inner: Any, controls: Controls) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._controls = controls
+        if hasattr(inner, "steerable"):
+            self.steerable = inner.steerable
+
+    def complete(self, request: Any, meter: Any) -> Any:
+        workflow_id = getattr(request, "workflow_id", None)
+        self._controls.checkpoint(workflow_id)
+        return self.inner.complete(request, GatedMeter(meter, self._controls, workflow_id))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"GatedTier({self.inner!r})"

@@ -1,0 +1,94 @@
+"""Rich displays: results with their provenance in the output metadata, secrets never shown."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from typing import Any
+
+__all__ = ["ResultDisplay", "redact", "status_html"]
+
+_SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|bearer)", re.I)
+_SECRET_ENV = ("COREASON_ORACLE_API_KEY", "OPENAI_API_KEY")
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with secret-looking keys dropped and known key values masked."""
+    secrets = [os.environ[v] for v in _SECRET_ENV if os.environ.get(v)]
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    return value
+
+
+class ResultDisplay:
+    """Wraps a router Result for display: HTML with tier, attempts, cost and provenance;
+    ``application/json`` with the value; metadata ``coreason`` = model, revision, tokens, seed.
+    """
+
+    def __init__(self, result: Any, *, name: str | None = None) -> None:
+        self.result = result
+        self.name = name
+
+    def metadata(self) -> dict[str, Any]:
+        meta = dict(self.result.metadata()) if hasattr(self.result, "metadata") else {}
+        meta.setdefault("tier", getattr(self.result, "tier", None))
+        meta.setdefault("model", getattr(self.result, "model", None))
+        meta.setdefault("revision", getattr(self.result, "revision", None))
+        meta.setdefault("seed", getattr(self.result, "seed", None))
+        meta.setdefault("tokens_in", getattr(self.result, "tokens_in", None))
+        meta.setdefault("tokens_out", getattr(self.result, "tokens_out", None))
+        return redact(meta)  # type: ignore[no-any-return]
+
+    def _value_jsonable(self) -> Any:
+        value = self.result.value
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json")
+        return json.loads(json.dumps(value, default=str))
+
+    def _repr_html_(self) -> str:
+        inner = self.result._repr_html_() if hasattr(self.result, "_repr_html_") else \
+            f"<pre>{html.escape(repr(self.result))}</pre>"
+        target = f"<small>→ <code>{html.escape(self.name)}</code></small>" if self.name else ""
+        return str(redact(f"{inner}{target}"))
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+        data = {
+            "text/plain": str(redact(repr(self.result))),
+            "text/html": self._repr_html_(),
+            "application/json": redact(self._value_jsonable()),
+        }
+        meta = {"coreason": self.metadata()}
+        return data, {"application/json": {"expanded": False}, **meta}
+
+    def __repr__(self) -> str:
+        return str(redact(repr(self.result)))
+
+
+def status_html(ledgers: list[Any], controls: list[Any], handles: list[Any],
+                thunks: dict[str, Any], invariants: dict[str, Any]) -> str:
+    """One HTML block for ``%coreason status``."""
+    led_rows = "".join(
+        f"<tr><td>{html.escape(led.workflow_id)}</td>"
+        f"<td>{'∞' if led.ceiling is None else f'{led.ceiling:g}'}</td>"
+        f"<td>{led.spent:g}</td><td>{getattr(led, 'tokens_in', 0)}</td>"
+        f"<td>{getattr(led, 'tokens_out', 0)}</td>"
+        f"<td>{html.escape(', '.join(f'{k}: {v:g}' for k, v in (led.by_tier or {}).items()))}"
+        "</td></tr>" for led in ledgers)
+    ctl = ", ".join(f"{html.escape(c.workflow_id)}: {c.state}" for c in controls) or "none"
+    hs = ", ".join(html.escape(repr(h)) for h in handles) or "none"
+    th = ", ".join(html.escape(repr(t)) for t in thunks.values()) or "none"
+    inv = ", ".join(html.escape(n) for n in invariants) or "none"
+    return (
+        "<div class='coreason-status'><table><tr><th>workflow</th><th>Ω</th><th>C spent</th>"
+        f"<th>T in</th><th>T out</th><th>by tier</th></tr>{led_rows}</table>"
+        f"<b>controls</b> {ctl}<br><b>requests</b> {hs}<br><b>steps</b> {th}<br>"
+        f"<b>invariants</b> {inv}</div>")

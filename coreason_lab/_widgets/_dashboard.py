@@ -1,0 +1,130 @@
+"""The dashboard: four views behind one throttle, plus buttons that send control intents."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as W
+from coreason_runtime import Event
+
+from coreason_lab._control import Controls
+from coreason_lab._throttle import Throttle
+from coreason_lab._widgets._views import BudgetView, CacheView, DagView, DecodeView, View
+
+__all__ = ["VIEWS", "Dashboard"]
+
+VIEWS: dict[str, type[View]] = {
+    "budget": BudgetView, "dag": DagView, "cache": CacheView, "decode": DecodeView,
+}
+
+
+class Dashboard:
+    """Live views of one runtime, fed by the event bus through a :class:`Throttle`.
+
+    Parameters
+    ----------
+    runtime:
+        The Coordinator (its bus feeds the views; its ledgers are the budget view's truth).
+    controls:
+        Where the pause / resume / preempt / abort buttons send their intents.
+    workflow:
+        Show and control one workflow; ``None`` shows all and controls the one picked.
+    views:
+        Which of ``budget``, ``dag``, ``cache``, ``decode`` to show.
+    max_updates_per_second, max_points:
+        The throttle's rate and the cap on points kept per series.
+    start:
+        Start the throttle's delivery thread (tests drive ``throttle.pump`` instead).
+    """
+
+    def __init__(self, runtime: Any, controls: Controls, *, workflow: str | None = None,
+                 views: Sequence[str] = tuple(VIEWS), max_updates_per_second: float = 10.0,
+                 max_points: int = 500, start: bool = True) -> None:
+        unknown = [v for v in views if v not in VIEWS]
+        if unknown:
+            msg = f"unknown view(s) {unknown}; choose from {', '.join(VIEWS)}"
+            raise ValueError(msg)
+        self.runtime = runtime
+        self.controls = controls
+        self.workflow = workflow
+        self.views: dict[str, View] = {}
+        for name in views:
+            if name == "budget":
+                self.views[name] = BudgetView(max_points, workflow=workflow)
+            elif name == "dag":
+                self.views[name] = DagView()
+            elif name == "cache":
+                self.views[name] = CacheView(max_points)
+            else:
+                self.views[name] = DecodeView()
+        areas = sorted({a for v in self.views.values() for a in v.areas} | {"budget"})
+        self.throttle = Throttle(runtime.bus, areas, max_per_second=max_updates_per_second,
+                                 start=start)
+        self.picker = W.Combobox(placeholder="workflow", value=workflow or "",
+                                 options=self._workflow_options())
+        self.status = W.HTML()
+        buttons = []
+        for intent, style, icon in (("pause", "warning", "pause"), ("resume", "success", "play"),
+                                    ("preempt", "info", "step-forward"),
+                                    ("abort", "danger", "stop")):
+            b = W.Button(description=intent, button_style=style, icon=icon,
+                         layout=W.Layout(width="90px"))
+            b.on_click(lambda _b, i=intent: self.intent(i))
+            buttons.append(b)
+        self.freeze = W.ToggleButton(description="freeze view", value=False,
+                                     tooltip="stop updating the views; the runtime keeps going")
+        self.freeze.observe(self._on_freeze, "value")
+        tabs = W.Tab(children=[v.widget for v in self.views.values()])
+        for i, v in enumerate(self.views.values()):
+            tabs.set_title(i, v.title)
+        self.widget = W.VBox([W.HBox([self.picker, *buttons, self.freeze]), self.status, tabs])
+        self.throttle.attach(self.deliver)
+        self.deliver(runtime.bus.history(areas))  # what happened before the dashboard opened
+
+    def _workflow_options(self) -> list[str]:
+        names = {c.workflow_id for c in self.controls.workflows()}
+        # the dashboard still opens if the ledger store is unavailable
+        with contextlib.suppress(Exception):
+            names |= {led.workflow_id for led in self.runtime.budgets.workflows()}
+        return sorted(names)
+
+    def deliver(self, batch: list[Event]) -> None:
+        """Hand a batch to every view (each takes the areas it wants) and refresh status."""
+        for view in self.views.values():
+            mine = [e for e in batch if e.area in view.areas]
+            if mine or isinstance(view, BudgetView):
+                view.update(mine, self.runtime)
+        states = ", ".join(f"{c.workflow_id}: {c.state}" for c in self.controls.workflows())
+        self.status.value = (f"<small>{self.throttle!r}"
+                             f"{' · ' + states if states else ''}</small>")
+        options = self._workflow_options()
+        if list(self.picker.options) != options:
+            self.picker.options = options
+
+    def intent(self, intent: str, workflow: str | None = None) -> None:
+        """Send a control intent for ``workflow`` (default: the picked one)."""
+        target = workflow or self.workflow or self.picker.value
+        if not target:
+            self.status.value = "<small style='color:#d62728'>pick a workflow first</small>"
+            return
+        self.controls.apply(intent, target, origin="dashboard")
+        self.throttle.flush()
+
+    def _on_freeze(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self.throttle.pause()
+        else:
+            self.throttle.resume()
+
+    def close(self) -> None:
+        """Unsubscribe and close the widgets; the runtime is untouched. Idempotent."""
+        self.throttle.close()
+        self.widget.close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Dashboard views={list(self.views)} {self.throttle!r}>"

@@ -1,0 +1,226 @@
+"""The four live views: each renders its state object into widgets, in one batched update."""
+
+from __future__ import annotations
+
+import html
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as W
+from coreason_runtime import Event
+
+from coreason_lab._widgets._state import BudgetState, CacheState, DagState, DecodeState
+
+__all__ = ["BudgetView", "CacheView", "DagView", "DecodeView", "View"]
+
+STATE_COLOURS = {
+    "pending": "#b0b0b0", "running": "#1f77b4", "done": "#2ca02c", "failed": "#d62728",
+    "preempted": "#ff7f0e", "aborted": "#7f0000",
+}
+SPAN_STYLES = {
+    "text": "", "repaired": "background:#ffe08a;text-decoration:underline wavy #c77c00",
+    "injected": "background:#d7ecff", "thunk": "background:#d9f7d9;font-weight:bold",
+}
+
+
+def _figure(title: str, height: int = 260, **layout: Any) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.FigureWidget()
+    fig.update_layout(title=title, height=height, margin={"l": 40, "r": 10, "t": 36, "b": 30},
+                      legend={"orientation": "h"}, **layout)
+    return fig
+
+
+class View:
+    """A view: ``area`` says which events it wants; ``update`` folds them and re-renders."""
+
+    areas: tuple[str, ...] = ()
+    title = ""
+    widget: W.Widget
+
+    def update(self, events: Sequence[Event], runtime: Any = None) -> None:
+        raise NotImplementedError
+
+
+class BudgetView(View):
+    """Budget burn-down per workflow: C against Ω over time, C per tier, tokens in and out."""
+
+    areas = ("budget", "request")
+    title = "Budget"
+
+    def __init__(self, max_points: int = 500, workflow: str | None = None) -> None:
+        self.state = BudgetState(max_points)
+        self.workflow = workflow
+        self.burn = _figure("C spent against Ω", xaxis_title="time (s)", yaxis_title="C")
+        self.tiers = _figure("C per tier", barmode="stack")
+        self.table = W.HTML()
+        self._burn_traces: dict[str, int] = {}
+        self._tier_traces: dict[str, int] = {}
+        self._t0 = time.time()
+        self.widget = W.VBox([self.table, W.HBox([self.burn, self.tiers])])
+
+    def update(self, events: Sequence[Event], runtime: Any = None) -> None:
+        self.state.apply(events)
+        if runtime is not None:
+            if self.workflow is not None:
+                led = runtime.budgets.get(self.workflow)
+                ledgers = [led] if led is not None else []
+            else:
+                ledgers = runtime.budgets.workflows()
+            self.state.refresh(ledgers)
+        self.render()
+
+    def render(self) -> None:
+        flows = [f for f in self.state.flows.values()
+                 if self.workflow is None or f.workflow_id == self.workflow]
+        for f in flows:  # traces are added outside batch_update (plotly requires it)
+            if f.workflow_id not in self._burn_traces:
+                self.burn.add_scatter(name=f"C {f.workflow_id}", mode="lines+markers")
+                self.burn.add_scatter(name=f"Ω {f.workflow_id}", mode="lines",
+                                      line={"dash": "dash"})
+                self._burn_traces[f.workflow_id] = len(self.burn.data) - 2
+            for tier in f.by_tier:
+                if tier not in self._tier_traces:
+                    self.tiers.add_bar(name=tier)
+                    self._tier_traces[tier] = len(self.tiers.data) - 1
+        names = [f.workflow_id for f in flows]
+        with self.burn.batch_update():
+            for f in flows:
+                i = self._burn_traces[f.workflow_id]
+                xs = [round(t - self._t0, 3) for t, _ in f.burn]
+                self.burn.data[i].x, self.burn.data[i].y = xs, [c for _, c in f.burn]
+                if f.ceiling is not None and xs:
+                    self.burn.data[i + 1].x = [xs[0], xs[-1]]
+                    self.burn.data[i + 1].y = [f.ceiling, f.ceiling]
+        with self.tiers.batch_update():
+            for tier, i in self._tier_traces.items():
+                self.tiers.data[i].x = names
+                self.tiers.data[i].y = [f.by_tier.get(tier, 0.0) for f in flows]
+        rows = "".join(
+            f"<tr><td>{html.escape(f.workflow_id)}</td>"
+            f"<td>{'∞' if f.ceiling is None else f'{f.ceiling:g}'}</td><td>{f.spent:g}</td>"
+            f"<td>{f.reserved:g}</td><td>{f.tokens_in}</td><td>{f.tokens_out}</td>"
+            f"<td>{f.exceeded}</td></tr>" for f in flows)
+        self.table.value = (
+            "<table class='coreason-budget'><tr><th>workflow</th><th>Ω</th><th>C spent</th>"
+            "<th>reserved</th><th>T in</th><th>T out</th><th>refusals</th></tr>"
+            f"{rows}</table>")
+
+
+class DagView(View):
+    """The live task DAG: nodes coloured by state, the critical path drawn in red."""
+
+    areas = ("sched", "task", "thunk")
+    title = "Tasks"
+
+    def __init__(self, max_nodes: int = 200) -> None:
+        self.state = DagState(max_nodes)
+        self.fig = _figure("Task DAG (critical path in red)", height=300, showlegend=False,
+                           xaxis={"visible": False}, yaxis={"visible": False})
+        self.fig.add_scatter(mode="lines", line={"color": "#c0c0c0", "width": 1},
+                             hoverinfo="skip", name="edges")
+        self.fig.add_scatter(mode="lines", line={"color": "#d62728", "width": 4},
+                             hoverinfo="skip", name="critical")
+        self.fig.add_scatter(mode="markers+text", textposition="top center",
+                             marker={"size": 18, "line": {"width": 2}}, name="tasks")
+        self.widget = self.fig
+
+    def update(self, events: Sequence[Event], runtime: Any = None) -> None:
+        self.state.apply(events)
+        self.render()
+
+    def positions(self) -> dict[str, tuple[float, float]]:
+        layers = self.state.layers()
+        rows: dict[int, int] = {}
+        pos: dict[str, tuple[float, float]] = {}
+        for name in sorted(self.state.nodes, key=lambda n: (layers[n], n)):
+            depth = layers[name]
+            pos[name] = (float(depth), float(-rows.get(depth, 0)))
+            rows[depth] = rows.get(depth, 0) + 1
+        return pos
+
+    def render(self) -> None:
+        pos = self.positions()
+        crit = self.state.critical_path()
+        crit_edges = set(itertools.pairwise(crit))
+        ex: list[float | None] = []
+        ey: list[float | None] = []
+        cx: list[float | None] = []
+        cy: list[float | None] = []
+        for name, node in self.state.nodes.items():
+            for dep in node.deps:
+                if dep in pos:
+                    xs, ys = (cx, cy) if (dep, name) in crit_edges else (ex, ey)
+                    xs += [pos[dep][0], pos[name][0], None]
+                    ys += [pos[dep][1], pos[name][1], None]
+        names = list(pos)
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y = ex, ey
+            self.fig.data[1].x, self.fig.data[1].y = cx, cy
+            nodes = self.fig.data[2]
+            nodes.x = [pos[n][0] for n in names]
+            nodes.y = [pos[n][1] for n in names]
+            nodes.text = names
+            nodes.hovertext = [f"{n}: {self.state.nodes[n].state}" for n in names]
+            nodes.marker.color = [STATE_COLOURS.get(self.state.nodes[n].state, "#b0b0b0")
+                                  for n in names]
+            nodes.marker.line.color = ["#d62728" if n in crit else "#ffffff" for n in names]
+
+
+class CacheView(View):
+    """Cache hits, misses and the hit ratio over time."""
+
+    areas = ("cache",)
+    title = "Caches"
+
+    def __init__(self, max_points: int = 500) -> None:
+        self.state = CacheState(max_points)
+        self.fig = _figure("Cache hit ratio", yaxis={"range": [0, 1]})
+        self.fig.add_scatter(mode="lines", name="hit ratio")
+        self.counts = W.HTML()
+        self._t0 = time.time()
+        self.widget = W.VBox([self.counts, self.fig])
+
+    def update(self, events: Sequence[Event], runtime: Any = None) -> None:
+        self.state.apply(events)
+        self.render()
+
+    def render(self) -> None:
+        s = self.state
+        xs = [round(t - self._t0, 3) for t, _, _ in s.series]
+        ys = [h / (h + m) if h + m else 0.0 for _, h, m in s.series]
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y = xs, ys
+        per = ", ".join(f"{html.escape(k)}: {h}/{h + m}" for k, (h, m) in s.by_cache.items())
+        self.counts.value = (f"<b>hits</b> {s.hits} · <b>misses</b> {s.misses} · "
+                             f"<b>ratio</b> {s.ratio:.2f} · admitted {s.admits} · "
+                             f"evicted {s.evicts}<br><small>{per}</small>")
+
+
+class DecodeView(View):
+    """The decode stream, with repaired spans and forced thunks highlighted."""
+
+    areas = ("tokens", "decode", "thunk")
+    title = "Decode"
+
+    def __init__(self, max_chars: int = 4000) -> None:
+        self.state = DecodeState(max_chars)
+        self.html = W.HTML()
+        self.widget = self.html
+
+    def update(self, events: Sequence[Event], runtime: Any = None) -> None:
+        self.state.apply(events)
+        self.render()
+
+    def render(self) -> None:
+        s = self.state
+        body = "".join(
+            f"<span class='coreason-{kind}' style='{SPAN_STYLES.get(kind, '')}'>"
+            f"{html.escape(text)}</span>" for text, kind in s.spans)
+        self.html.value = (
+            f"<div><small>{html.escape(s.state)} · {s.tokens} tokens · {s.repairs} repaired"
+            f" · {s.forced} thunks forced</small><pre style='white-space:pre-wrap'>{body}"
+            "</pre></div>")

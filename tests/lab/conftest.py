@@ -1,0 +1,51 @@
+"""Fixtures for the Jupyter layer: a runtime on scripted tiers and a bare InteractiveShell."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import coreason_lab
+from coreason_runtime import Coordinator, RuntimeConfig
+from coreason_runtime.tensor import ScriptedTier
+
+
+@pytest.fixture
+def rt(home: Path) -> Iterator[Coordinator]:
+    """A Coordinator in a tmp home, SQLite ledgers, no model: tiers are set per test."""
+    runtime = Coordinator(RuntimeConfig(home=home, oracle=None))
+    runtime.router.set_tiers([ScriptedTier("local", ['{"value": 42}'], repeat_last=True)])
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="session")
+def _shell() -> InteractiveShell:
+    return InteractiveShell.instance()
+
+
+@pytest.fixture
+def ip(_shell: InteractiveShell, rt: Coordinator) -> Iterator[InteractiveShell]:
+    """The shell with ``%load_ext coreason_lab`` done against ``rt``, and a clean namespace."""
+    _shell.reset(new_session=False)
+    coreason_lab.load_ipython_extension(_shell, runtime=rt)
+    _shell.run_cell("from pydantic import BaseModel\n"
+                    "class Answer(BaseModel):\n    value: int\n")
+    yield _shell
+    coreason_lab.unload_ipython_extension(_shell)
+    _shell.config.pop("CoreasonMagics", None)  # %config in one test must not leak into the next
+    _shell.reset(new_session=False)
+
+
+@pytest.fixture
+def magics(ip: InteractiveShell) -> coreason_lab.CoreasonMagics:
+    return coreason_lab.load_ipython_extension(ip)
+
+
+def tiers(rt: Coordinator, *tier: Any) -> None:
+    """Replace the cascade (the magics re-wrap it with the control gate on the next ask)."""
+    rt.router.set_tiers(list(tier))
