@@ -1,0 +1,501 @@
+"""CPCS: the async critical-path scheduler that starts, pauses, resumes and stops real jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from coreason_runtime._events import EventBus, EventType
+from coreason_runtime._exceptions import (
+    ConfigurationError,
+    SchedulerError,
+    TaskBudgetExceededError,
+    TaskFailedError,
+    UnknownDependencyError,
+    WorkerDiedError,
+)
+from coreason_runtime.sched._critical import POLICIES, Policy, TaskView, allocate, critical_path
+from coreason_runtime.sched._dag import SubgoalDAG, TaskSpec
+from coreason_runtime.sched._jobs import Job
+from coreason_runtime.sched._probes import Estimate, Probe
+
+if TYPE_CHECKING:
+    from coreason_runtime._coordinator import Coordinator
+
+__all__ = ["Action", "DAGResult", "Scheduler", "TaskRecord"]
+
+Action = Callable[[TaskSpec, int], Job]
+"""Starts attempt ``n`` (1-based) of a task and returns its running :class:`Job`."""
+
+_TERMINAL = ("done", "failed", "aborted")
+
+
+class TaskRecord(BaseModel):
+    """What happened to one task."""
+
+    state: str
+    attempts: int = 0
+    run_s: float = 0.0
+    flops: float = 0.0
+    preemptions: int = 0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+
+class DAGResult(BaseModel):
+    """The outcome of one DAG: ``status`` is succeeded, failed, over_budget or cancelled."""
+
+    dag_id: str
+    workflow_id: str | None = None
+    status: str
+    makespan: float
+    critical_path: list[str]
+    tasks: dict[str, TaskRecord]
+    error: str | None = None
+
+
+@dataclass
+class _Task:
+    spec: TaskSpec
+    order: int
+    state: str = "waiting"  # waiting, ready, running, paused, done, failed, aborted
+    attempts: int = 0
+    job: Job | None = None
+    ready_since: float = 0.0
+    attempt_run_s: float = 0.0
+    attempt_flops: float = 0.0
+    last: float = 0.0
+    rec: TaskRecord = field(default_factory=lambda: TaskRecord(state="waiting"))
+
+
+@dataclass
+class _Dag:
+    dag: SubgoalDAG
+    actions: Mapping[str, Action]
+    policy: Policy
+    tasks: dict[str, _Task]
+    submitted: float
+    future: asyncio.Future[DAGResult]
+    path: list[str] = field(default_factory=list)
+    status: str | None = None
+    error: str | None = None
+    error_type: type[SchedulerError] = TaskFailedError
+
+
+class Scheduler:
+    """Schedules subgoal DAGs on this machine's cores, preempting off-path jobs physically.
+
+    Every ``tick_s`` seconds it polls the jobs, enforces budgets, recomputes each DAG's
+    expected critical path (ETA/p_succ with retries) and gives the cores to the tasks with
+    the longest expected remaining path: off-path jobs are paused (SIGSTOP or cgroup freeze,
+    the decode engine's own pause for decode sessions), reniced and moved off the critical
+    path's cores.
+
+    Parameters
+    ----------
+    bus:
+        Where schedule decisions, preemptions and task events are published.
+    cores, gpus:
+        Capacity; defaults to the CPUs this process may use and no GPU.
+    tick_s:
+        Decision period, 0.05–0.2 s is typical.
+    policy:
+        ``"cpcs"`` (default), or ``"heft"``, ``"fifo"``, ``"dask"`` to compare.
+    hysteresis:
+        How much (relative) a waiting task must out-rank a running one to preempt it.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus | None = None,
+        *,
+        cores: int | None = None,
+        gpus: int = 0,
+        tick_s: float = 0.1,
+        policy: str = "cpcs",
+        hysteresis: float = 0.1,
+        pin_cpus: bool = True,
+        source: str = "sched",
+    ) -> None:
+        if policy not in POLICIES:
+            msg = f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}"
+            raise ConfigurationError(msg)
+        if not 0.001 <= tick_s <= 10:
+            msg = f"tick_s must be between 0.001 and 10 seconds, got {tick_s}"
+            raise ConfigurationError(msg)
+        self.bus = bus or EventBus()
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self.cores = cores or len(self.cpus)
+        self.gpus = gpus
+        self.tick_s = tick_s
+        self.policy_name = policy
+        self.hysteresis = hysteresis
+        self.pin_cpus = pin_cpus
+        self.source = source
+        self._dags: dict[str, _Dag] = {}
+        self._lock = threading.RLock()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._rt: Coordinator | None = None
+        self._last_decision: tuple[str, ...] = ()
+        self._priority_set: dict[str, tuple[bool, tuple[int, ...]]] = {}
+
+    @classmethod
+    def for_runtime(cls, rt: Coordinator, **kwargs: Any) -> Scheduler:
+        """The scheduler of a Coordinator: publishes on ``rt.bus``, runs on ``rt.loop``."""
+        sched = cls(rt.bus, **kwargs)
+        sched._rt = rt
+        return sched
+
+    # --- public API --------------------------------------------------------------------------
+
+    async def run(self, dag: SubgoalDAG | str, actions: Mapping[str, Action], *,
+                  check: bool = True) -> DAGResult:
+        """Run ``dag`` to completion; each task's attempts are started by ``actions[id]``.
+
+        Raises :class:`TaskFailedError`, :class:`WorkerDiedError` or
+        :class:`TaskBudgetExceededError` (each with ``.result``) when ``check`` and the DAG
+        did not succeed.
+        """
+        if isinstance(dag, str):
+            dag = SubgoalDAG.from_json(dag)
+        missing = [t.id for t in dag.tasks if t.id not in actions]
+        if missing:
+            msg = f"no action given for tasks {missing}"
+            raise UnknownDependencyError(msg, workflow_id=dag.workflow_id)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        policy: Policy = POLICIES[self.policy_name]()
+        with self._lock:
+            if dag.id in self._dags:
+                msg = f"a DAG with id {dag.id!r} is already running"
+                raise SchedulerError(msg, workflow_id=dag.workflow_id)
+            state = _Dag(dag=dag, actions=actions, policy=policy, submitted=now,
+                         future=loop.create_future(),
+                         tasks={t.id: _Task(spec=t, order=i) for i, t in enumerate(dag.tasks)})
+            self._dags[dag.id] = state
+        self._emit(EventType.DAG_SUBMITTED, dag, spec=dag.model_dump(mode="json"))
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = loop.create_task(self._loop())
+        result = await state.future
+        if check and result.status != "succeeded":
+            err = state.error_type(result.error or result.status, workflow_id=dag.workflow_id)
+            err.result = result  # type: ignore[attr-defined]
+            raise err
+        return result
+
+    def run_sync(self, dag: SubgoalDAG | str, actions: Mapping[str, Action], *,
+                 check: bool = True) -> DAGResult:
+        """Blocking :meth:`run`: on the Coordinator's loop when there is one."""
+        if self._rt is not None:
+            return self._rt.submit(self.run(dag, actions, check=check)).result()
+        return asyncio.run(self.run(dag, actions, check=check))
+
+    def update_estimate(self, dag_id: str, task_id: str, *, eta: float | None = None,
+                        p_succ: float | None = None, source: str = "probe") -> TaskSpec:
+        """Change a task's t̂ and/or p_succ online; the next tick re-plans with it.
+
+        Bad values raise :class:`InvalidEstimateError` and leave the task unchanged.
+        """
+        with self._lock:
+            spec = self._task(dag_id, task_id).spec
+            new = spec.model_copy()
+            if eta is not None:
+                new.eta = eta  # validate_assignment checks it on a copy first
+            if p_succ is not None:
+                new.p_succ = p_succ
+            spec.eta, spec.p_succ = new.eta, new.p_succ
+        self._emit(EventType.SCHEDULE_DECIDED, self._dags[dag_id].dag, reason="estimate",
+                   task=task_id, eta=spec.eta, p_succ=spec.p_succ, by=source)
+        return spec
+
+    def apply_probe(self, dag_id: str, task_id: str, probe: Probe) -> Estimate:
+        """Run a cheap probe (compile check, pilot run, verifier hint) and apply its estimate."""
+        spec = self._task(dag_id, task_id).spec
+        est = probe.run(spec)
+        self.update_estimate(dag_id, task_id, eta=est.eta, p_succ=est.p_succ,
+                             source=type(probe).__name__)
+        return est
+
+    def cancel(self, dag_id: str, task_ids: list[str] | None = None, *,
+               reason: str = "plan changed") -> None:
+        """Abort tasks (or the whole DAG): jobs are killed, dependants aborted, DAG cancelled."""
+        with self._lock:
+            d = self._dags.get(dag_id)
+            if d is None:
+                return
+            ids = task_ids if task_ids is not None else list(d.tasks)
+            for tid in ids:
+                self._abort(d, self._task(dag_id, tid), reason)
+            if d.status is None:
+                d.status, d.error = "cancelled", f"cancelled: {reason}"
+
+    def critical_path(self, dag_id: str) -> list[str]:
+        with self._lock:
+            return list(self._dags[dag_id].path) if dag_id in self._dags else []
+
+    def close(self) -> None:
+        """Kill every job still running. Idempotent."""
+        with self._lock:
+            for d in self._dags.values():
+                for t in d.tasks.values():
+                    if t.job is not None and t.state in ("running", "paused"):
+                        t.job.kill()
+                        t.state = "aborted"
+        if self._loop_task is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop_task.get_loop().call_soon_threadsafe(self._loop_task.cancel)
+
+    # --- the tick ----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            with self._lock:
+                self._tick()
+                if not self._dags:
+                    self._loop_task = None
+                    return
+            await asyncio.sleep(self.tick_s)
+
+    def _task(self, dag_id: str, task_id: str) -> _Task:
+        d = self._dags.get(dag_id)
+        if d is None or task_id not in d.tasks:
+            msg = f"no task {task_id!r} in a running DAG {dag_id!r}"
+            raise UnknownDependencyError(msg)
+        return d.tasks[task_id]
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for d in list(self._dags.values()):
+            self._account(d, now)
+            self._poll(d, now)
+            self._enforce(d, now)
+            self._promote(d, now)
+            self._finish_if_done(d, now)
+        self._decide(now)
+
+    def _account(self, d: _Dag, now: float) -> None:
+        for t in d.tasks.values():
+            if t.state != "running":
+                continue
+            dt = now - t.last
+            t.last = now
+            t.attempt_run_s += dt
+            t.rec.run_s += dt
+            reported = t.job.flops_used() if t.job is not None else None
+            spec = t.spec
+            est = spec.flops * min(t.attempt_run_s / spec.eta, 1.0) if spec.eta > 0 else spec.flops
+            delta = (reported if reported is not None else est) - t.attempt_flops
+            t.attempt_flops += delta
+            t.rec.flops += delta
+
+    def _poll(self, d: _Dag, now: float) -> None:
+        for t in d.tasks.values():
+            if t.state not in ("running", "paused") or t.job is None:
+                continue
+            out = t.job.poll()
+            if out is None:
+                continue
+            t.job = None
+            if out.ok:
+                t.state = t.rec.state = "done"
+                t.rec.finished = now
+                self._emit(EventType.TASK_FINISHED, d.dag, task=t.spec.id, attempt=t.attempts,
+                           run_s=t.rec.run_s)
+                continue
+            self._failed_attempt(d, t, out.error or "failed", died=out.died)
+
+    def _failed_attempt(self, d: _Dag, t: _Task, error: str, *, died: bool) -> None:
+        retry = t.attempts < t.spec.max_attempts
+        t.rec.error = error
+        self._emit(EventType.TASK_FAILED, d.dag, task=t.spec.id, attempt=t.attempts,
+                   error=error, worker_died=died, will_retry=retry)
+        if retry:
+            t.state = "ready"
+            return
+        t.state = t.rec.state = "failed"
+        if d.status is None:
+            d.status = "failed"
+            d.error = f"task {t.spec.id!r} failed after {t.attempts} attempt(s): {error}"
+            d.error_type = WorkerDiedError if died else TaskFailedError
+
+    def _enforce(self, d: _Dag, now: float) -> None:
+        for t in d.tasks.values():
+            b = t.spec.budget
+            over = (b.wall_s is not None and t.rec.run_s > b.wall_s) or (
+                b.flops is not None and t.rec.flops > b.flops)
+            if over and t.state in ("running", "paused"):
+                what = f"wall {t.rec.run_s:.3f}s / {b.wall_s}s, flops {t.rec.flops:.3g} / {b.flops}"
+                self._abort(d, t, f"over budget ({what})")
+                t.state = t.rec.state = "failed"
+                if d.status is None:
+                    d.status, d.error = "over_budget", f"task {t.spec.id!r} over budget: {what}"
+                    d.error_type = TaskBudgetExceededError
+        b = d.dag.budget
+        spent = sum(t.rec.flops for t in d.tasks.values())
+        if d.status is None and ((b.wall_s is not None and now - d.submitted > b.wall_s) or (
+                b.flops is not None and spent > b.flops)):
+            d.status = "over_budget"
+            wall = now - d.submitted
+            d.error = f"DAG {d.dag.id!r} over budget (wall {wall:.3f}s, flops {spent:.3g})"
+            d.error_type = TaskBudgetExceededError
+
+    def _promote(self, d: _Dag, now: float) -> None:
+        if d.status is not None:
+            return
+        for t in d.tasks.values():
+            if t.state == "waiting" and all(d.tasks[x].state == "done" for x in t.spec.deps):
+                t.state, t.ready_since = "ready", now
+
+    def _abort(self, d: _Dag, t: _Task, reason: str) -> None:
+        if t.state in _TERMINAL:
+            return
+        if t.job is not None:
+            t.job.kill()
+            t.job = None
+        t.state = t.rec.state = "aborted"
+        t.rec.error = t.rec.error or reason
+        self._emit(EventType.TASK_ABORTED, d.dag, task=t.spec.id, reason=reason)
+
+    def _finish_if_done(self, d: _Dag, now: float) -> None:
+        if d.status is None and all(t.state == "done" for t in d.tasks.values()):
+            d.status = "succeeded"
+        if d.status is None:
+            return
+        for t in d.tasks.values():
+            self._abort(d, t, f"DAG {d.status}")
+        result = DAGResult(
+            dag_id=d.dag.id, workflow_id=d.dag.workflow_id, status=d.status,
+            makespan=now - d.submitted, critical_path=d.path, error=d.error,
+            tasks={tid: t.rec.model_copy(update={"attempts": t.attempts})
+                   for tid, t in d.tasks.items()},
+        )
+        del self._dags[d.dag.id]
+        if not d.future.done():
+            d.future.set_result(result)
+
+    # --- allocation --------------------------------------------------------------------------
+
+    def _views(self, d: _Dag) -> list[TaskView]:
+        return [
+            TaskView(id=tid, deps=t.spec.deps, eta=t.spec.eta, p_succ=t.spec.p_succ,
+                     attempts_left=t.spec.max_attempts - t.attempts + (
+                         1 if t.state in ("running", "paused") else 0),
+                     ready_since=t.ready_since, elapsed=t.attempt_run_s, order=t.order,
+                     cores=t.spec.resources.cpu_cores, gpus=t.spec.resources.gpu)
+            for tid, t in d.tasks.items() if t.state not in _TERMINAL
+        ]
+
+    def _decide(self, now: float) -> None:
+        candidates: list[TaskView] = []
+        prios: dict[str, float] = {}
+        running: list[str] = []
+        where: dict[str, tuple[_Dag, _Task]] = {}
+        on_path: set[str] = set()
+        preemptive = False
+        for d in self._dags.values():
+            views = self._views(d)
+            path, length = critical_path(views)
+            if path != d.path:
+                d.path = path
+                self._emit(EventType.CRITICAL_PATH, d.dag, path=path, expected_s=length)
+            preemptive = preemptive or d.policy.preemptive
+            local = d.policy.priorities(views)
+            for v in views:
+                t = d.tasks[v.id]
+                if t.state not in ("ready", "running", "paused"):
+                    continue
+                key = f"{d.dag.id}/{v.id}"
+                where[key] = (d, t)
+                prios[key] = local[v.id]
+                v.id = key
+                candidates.append(v)
+                if t.state == "running":
+                    running.append(key)
+                if v.id.split("/", 1)[1] in path:
+                    on_path.add(key)
+        chosen = allocate(candidates, prios, cores=self.cores, gpus=self.gpus, running=running,
+                          preemptive=preemptive, hysteresis=self.hysteresis)
+        chosen_set = set(chosen)
+        started, paused, resumed = [], [], []
+        for key in running:
+            if key not in chosen_set:
+                d, t = where[key]
+                self._pause(d, t)
+                paused.append(key)
+        for key in chosen:
+            d, t = where[key]
+            if t.state == "paused":
+                self._resume(d, t)
+                resumed.append(key)
+            elif t.state == "ready":
+                self._start(d, t, now)
+                started.append(key)
+        self._prioritise(chosen, on_path, where)
+        decision = tuple(sorted(k for k in chosen if where[k][1].state == "running"))
+        if started or paused or resumed or decision != self._last_decision:
+            self._last_decision = decision
+            self.bus.emit(EventType.SCHEDULE_DECIDED, source=self.source, policy=self.policy_name,
+                          running=list(decision), started=started, preempted=paused,
+                          resumed=resumed)
+
+    def _start(self, d: _Dag, t: _Task, now: float) -> None:
+        t.attempts += 1
+        t.attempt_run_s = 0.0
+        t.attempt_flops = 0.0
+        t.last = now
+        if t.rec.started is None:
+            t.rec.started = now - d.submitted
+        try:
+            t.job = d.actions[t.spec.id](t.spec, t.attempts)
+        except Exception as e:  # the action could not start: a failed attempt, typed below
+            t.job = None
+            self._failed_attempt(d, t, f"could not start: {type(e).__name__}: {e}", died=False)
+            return
+        t.state = t.rec.state = "running"
+        self._emit(EventType.TASK_STARTED, d.dag, task=t.spec.id, attempt=t.attempts,
+                   pid=getattr(t.job, "pid", None), kind=t.spec.kind.value)
+
+    def _pause(self, d: _Dag, t: _Task) -> None:
+        assert t.job is not None
+        t.job.pause()
+        t.state = t.rec.state = "paused"
+        t.rec.preemptions += 1
+        self._emit(EventType.TASK_PREEMPTED, d.dag, task=t.spec.id, attempt=t.attempts,
+                   pid=getattr(t.job, "pid", None))
+
+    def _resume(self, d: _Dag, t: _Task) -> None:
+        assert t.job is not None
+        t.job.resume()
+        t.state = t.rec.state = "running"
+        t.last = time.monotonic()
+        self._emit(EventType.TASK_RESUMED, d.dag, task=t.spec.id, attempt=t.attempts)
+
+    def _prioritise(self, chosen: list[str], on_path: set[str],
+                    where: dict[str, tuple[_Dag, _Task]]) -> None:
+        """On-path jobs: nice 0 and their own cores; off-path: reniced onto the rest."""
+        free = list(self.cpus)
+        ordered = sorted(chosen, key=lambda k: k not in on_path)
+        for key in ordered:
+            _, t = where[key]
+            if t.job is None or t.state != "running":
+                continue
+            n = max(1, min(t.spec.resources.cpu_cores, len(free)))
+            cpus = tuple(free[:n]) if self.pin_cpus and len(free) >= n else ()
+            if self.pin_cpus and len(free) > n:
+                free = free[n:]
+            want = (key in on_path, cpus)
+            if self._priority_set.get(key) != want:
+                self._priority_set[key] = want
+                t.job.set_priority(key in on_path, list(cpus) or None)
+
+    def _emit(self, type: EventType, dag: SubgoalDAG, **data: Any) -> None:
+        self.bus.emit(type, workflow_id=dag.workflow_id, source=self.source, dag_id=dag.id, **data)
