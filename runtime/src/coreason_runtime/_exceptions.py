@@ -25,6 +25,10 @@ The hierarchy::
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
     ├── DecodeError .............................. decode sessions, span repair, thunks
+    │   ├── SessionStateError .................... resume without pause, inject when finished
+    │   ├── SpanError (+ValueError) .............. span out of range or over a special token
+    │   ├── VerifierError ........................ a verifier raised instead of judging
+    │   └── ThunkError (+LookupError) ............ unknown or cyclic thunk, expander failed
     ├── SchedulerError ........................... DAGs, critical-path and slack schedulers
     │   ├── InvalidDAGError ...................... malformed DAG or task (not a ValueError:
     │   │   │                                      raised inside pydantic validators, unwrapped)
@@ -44,7 +48,17 @@ The hierarchy::
     │   ├── ToolRunError ......................... the heavy run exited non-zero
     │   └── AuditLogError ........................ the durable log could not be written
     ├── CacheError ............................... canonical forms, stores, checkpoints
+    │   ├── ExpressionParseError (+ValueError) ... unparsable or forbidden expression text
+    │   ├── ExpressionTooLargeError (+ValueError)  over a size limit
+    │   ├── CacheBackendError (+ConnectionError) . store failed; nothing applied (retryable)
+    │   └── CheckpointError ...................... chain cannot resume / out of restarts
     ├── SimulationError .......................... solvers, invariants, refinement
+    │   ├── CFLViolationError (+ValueError) ...... a fixed step breaks the stability bound
+    │   ├── DimensionError (+ValueError) ......... a PDE or parameter set mixes units
+    │   ├── GridTooLargeError (+MemoryError) ..... the grid would not fit in memory
+    │   ├── InvariantViolationError .............. an invariant failed and could not be repaired
+    │   │   └── InvariantUnsatisfiableError ...... an invariant fails on the initial state
+    │   └── NonFiniteStateError (+ArithmeticError) NaN/Inf appeared; state rolled back
     └── BanditError (+ValueError) ................ growing RBF network, bandits
         ├── ContextDimensionError ................ context of the wrong dimension
         ├── InvalidRewardError ................... NaN or infinite reward
@@ -68,24 +82,34 @@ __all__ = [
     "BanditError",
     "BudgetError",
     "BudgetExceededError",
+    "CFLViolationError",
+    "CacheBackendError",
     "CacheError",
+    "CheckpointError",
     "ConfigurationError",
     "ConstraintError",
     "ContextDimensionError",
     "CoreasonError",
     "DAGCycleError",
     "DecodeError",
+    "DimensionError",
     "EpistemicYieldError",
+    "ExpressionParseError",
+    "ExpressionTooLargeError",
     "GrammarDeadEndError",
+    "GridTooLargeError",
     "InvalidArmError",
     "InvalidBudgetError",
     "InvalidCeilingError",
     "InvalidDAGError",
     "InvalidEstimateError",
     "InvalidRewardError",
+    "InvariantUnsatisfiableError",
+    "InvariantViolationError",
     "LedgerBackendError",
     "MissingExtraError",
     "NoConsumerError",
+    "NonFiniteStateError",
     "OracleSchemaLimitError",
     "PreconditionError",
     "ProtocolError",
@@ -95,9 +119,12 @@ __all__ = [
     "SchemaCompileError",
     "SchemaCompileTimeout",
     "SchemaError",
+    "SessionStateError",
     "SimulationError",
+    "SpanError",
     "TaskBudgetExceededError",
     "TaskFailedError",
+    "ThunkError",
     "TierError",
     "TierTimeoutError",
     "TierUnavailableError",
@@ -109,6 +136,7 @@ __all__ = [
     "UnknownTransactionError",
     "UnknownWorkflowError",
     "ValidationFailure",
+    "VerifierError",
     "WorkerDiedError",
 ]
 
@@ -314,6 +342,22 @@ class DecodeError(CoreasonError):
     """A decode session, span repair or thunk operation failed; the session is unchanged."""
 
 
+class SessionStateError(DecodeError):
+    """An operation that the session's state forbids: resume without pause, inject when done."""
+
+
+class SpanError(DecodeError, ValueError):
+    """A span is out of range, empty, or covers a special token; nothing was changed."""
+
+
+class VerifierError(DecodeError):
+    """A verifier raised instead of returning a verdict; the session is unchanged."""
+
+
+class ThunkError(DecodeError, LookupError):
+    """A thunk is unknown, cyclic, or its expander failed; nothing was spliced."""
+
+
 # --- scheduling ----------------------------------------------------------------------------
 
 
@@ -411,11 +455,66 @@ class CacheError(CoreasonError):
     """Canonicalisation, a store, or a checkpoint failed."""
 
 
+class ExpressionParseError(CacheError, ValueError):
+    """SymPy cannot parse the text, or it uses syntax the guarded parser forbids."""
+
+
+class ExpressionTooLargeError(CacheError, ValueError):
+    """An expression (or a cache entry) is over a size limit; nothing was stored."""
+
+
+class CacheBackendError(CacheError, ConnectionError):
+    """The cache store failed (Redis gone, SQLite locked); the operation was not applied."""
+
+    retryable = True
+
+
+class CheckpointError(CacheError):
+    """A proof chain could not be resumed or ran out of restarts."""
+
+
 # --- simulation ----------------------------------------------------------------------------
 
 
 class SimulationError(CoreasonError):
     """A solver, invariant or refinement step failed or was given unusable parameters."""
+
+
+class CFLViolationError(SimulationError, ValueError):
+    """A fixed time step exceeds the stability (CFL) bound at the start of a run."""
+
+
+class DimensionError(SimulationError, ValueError):
+    """The terms of a PDE, or a dimensionless group, do not have consistent units."""
+
+
+class GridTooLargeError(SimulationError, MemoryError):
+    """The requested grid would not fit in the memory allowed; nothing was allocated."""
+
+
+class InvariantViolationError(SimulationError):
+    """A declared invariant failed and refinement could not restore it.
+
+    ``invariant`` names it, ``value`` is the measured residual, ``region`` the block's
+    ``(x0, x1, y0, y1)`` when the failure is local, ``t`` the simulation time.
+    """
+
+    def __init__(self, message: str, *, invariant: str = "", value: float | None = None,
+                 region: tuple[float, float, float, float] | None = None,
+                 t: float | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.invariant = invariant
+        self.value = value
+        self.region = region
+        self.t = t
+
+
+class InvariantUnsatisfiableError(InvariantViolationError):
+    """An invariant does not hold even on the initial state, so it never can be enforced."""
+
+
+class NonFiniteStateError(SimulationError, ArithmeticError):
+    """NaN or Inf appeared in the state; the step was discarded and the last good state kept."""
 
 
 # --- bandits -------------------------------------------------------------------------------
