@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import html
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,6 +85,7 @@ class AskHandle:
         self.form: Any = None
         self.started = time.time()
         self.finished: float | None = None
+        self._finished = threading.Event()
         self._ns = namespace
         self._controls = controls
         self._open_circuit = open_circuit
@@ -105,7 +107,7 @@ class AskHandle:
     def status(self) -> str:
         """``running``, ``paused``, ``preempted``, ``done``, ``failed``, ``aborted``, or
         ``awaiting human``."""
-        if not self.future.done():
+        if not self._finished.is_set():
             state = self._controls.state(self.workflow_id)
             return state if state in ("paused", "preempted") else "running"
         if self.result_obj is not None:
@@ -127,7 +129,7 @@ class AskHandle:
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the request finishes (or ``timeout``); returns :attr:`status`."""
-        concurrent.futures.wait([self.future], timeout=timeout)
+        self._finished.wait(timeout)
         return self.status
 
     def result(self, timeout: float | None = None) -> Any:
@@ -186,6 +188,7 @@ class AskHandle:
         if isinstance(self.error, WorkflowAborted):
             self._controls.clear(self.workflow_id)
         self._throttle.close()
+        self._finished.set()
         self._render()
 
     def _render(self) -> None:

@@ -12,6 +12,7 @@ from any thread.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ class WorkflowControl:
     _go: threading.Event = field(default_factory=threading.Event, repr=False)
     waiting: int = 0
     tokens_out: int = 0
+    changed_at: float = 0.0
+    blocked_at: float | None = None
 
     def __post_init__(self) -> None:
         self._go.set()
@@ -127,6 +130,8 @@ class Controls:
         with self._lock:
             previous = ctl.state
             ctl.state = state
+            ctl.changed_at = time.time()
+            ctl.blocked_at = None
             if ctl.paused:
                 ctl._go.clear()
             else:
@@ -155,6 +160,8 @@ class Controls:
         if ctl is None:
             return
         if ctl.paused:
+            if ctl.blocked_at is None:
+                ctl.blocked_at = time.time()  # when the work really stopped (pause latency)
             ctl.waiting += 1
             try:
                 while ctl.paused:

@@ -375,7 +375,7 @@ class CoreasonMagics(Magics):
     def handle_thunk(self, args: Any, cell: str | None) -> Any:
         assert cell is not None
         try:
-            tree = ast.parse(cell)
+            ast.parse(cell)
         except SyntaxError as e:
             msg = f"%%coreason thunk {args.name}: the body does not parse: {e}"
             raise UsageError(msg) from e
@@ -385,8 +385,6 @@ class CoreasonMagics(Magics):
                 msg = f"%%coreason thunk {args.name}: --after names {dep!r}, which is neither " \
                       f"a declared step nor a variable.{suggest(dep, list(self.thunks))}"
                 raise UsageError(msg)
-        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        deps += sorted(n for n in used if n in self.thunks and n not in deps and n != args.name)
         thunk = Thunk(args.name, cell, deps=deps, namespace=self.ns, bus=self.runtime.bus,
                       workflow_id=self._workflow(args.workflow), resolve=self.thunks.get,
                       checkpoint=self.controls.checkpoint)

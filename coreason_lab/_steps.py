@@ -64,7 +64,7 @@ class Thunk:
                  checkpoint: Callable[[str | None], None] | None = None) -> None:
         self.name = name
         self.code = code
-        self.deps = list(deps)
+        self._after = list(deps)
         self.workflow_id = workflow_id
         self._ns = namespace
         self._bus = bus
@@ -74,9 +74,17 @@ class Thunk:
         self._value: Any = _UNSET
         self.error: BaseException | None = None
         self.duration_s: float | None = None
-        ast.parse(code, filename=f"<thunk {name}>")  # syntax errors surface at declaration
+        tree = ast.parse(code, filename=f"<thunk {name}>")  # syntax errors surface here
+        self._names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - {name})
         bus.emit(EventType.THUNK_DECLARED, workflow_id=workflow_id, source="coreason_lab",
                  name=name, deps=self.deps)
+
+    @property
+    def deps(self) -> list[str]:
+        """``--after`` names, then every declared step the body mentions (resolved now, so a
+        step declared after this one is still found)."""
+        found = [n for n in self._names if n not in self._after and self._resolve(n) is not None]
+        return [*self._after, *found]
 
     @property
     def forced(self) -> bool:

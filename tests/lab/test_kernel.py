@@ -1,0 +1,66 @@
+"""Controls while a cell runs, in a real kernel: the pause magic, and the comm on a subshell."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab._kernel import SLOW_TIER, Kernel
+
+pytestmark = pytest.mark.notebook
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    home = tmp_path_factory.mktemp("kernel-home")
+    k = Kernel({"COREASON_HOME": str(home), "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+    k.run(SLOW_TIER)
+    yield k
+    k.close()
+
+
+def test_pause_magic_stops_a_background_ask_until_resume(kernel: Kernel) -> None:
+    kernel.run("%coreason budget bg 1000000")
+    kernel.run("%%coreason ask Answer -w bg --background -o bg_value\nslow question")
+    kernel.run("assert _until(lambda: _m.controls.get('bg').tokens_out > 0)")
+    kernel.run("%coreason pause bg")  # the next cell, while the ask still decodes
+    out = kernel.run(
+        "assert _until(lambda: _m.controls.get('bg').waiting == 1)\n"
+        "n1 = bg_value_handle.tokens_out; time.sleep(0.2); n2 = bg_value_handle.tokens_out\n"
+        "print(bg_value_handle.status, n1 == n2, n1 < 200)")
+    assert out.split() == ["paused", "True", "True"]
+    kernel.run("%coreason resume bg")
+    out = kernel.run("print(bg_value_handle.wait(60), bg_value_handle.error, bg_value.value)")
+    assert out.split() == ["done", "None", "1"]
+
+
+def test_comm_intent_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> None:
+    kernel.run("%coreason budget fg 1000000")
+    comm_id = uuid.uuid4().hex
+    kernel.send_shell("comm_open", {"comm_id": comm_id, "target_name": "coreason", "data": {}})
+    kernel.drain_iopub(lambda d: d.get("type") == "hello")
+    sub = kernel.create_subshell()
+    running = kernel.execute_nowait("%%coreason ask Answer -w fg -o fg_value\nslow question")
+    probe = kernel.execute_nowait(
+        "print(_until(lambda: _m.controls.get('fg').tokens_out > 0))", subshell=sub)
+    assert kernel.shell_reply(probe)["content"]["status"] == "ok"
+    kernel.send_shell("comm_msg", {"comm_id": comm_id, "data": {
+        "type": "intent", "intent": "pause", "workflow_id": "fg"}}, subshell=sub)
+    kernel.drain_iopub(lambda d: d.get("type") == "ack")
+    assert kernel.comm_msgs[-1] == {"type": "ack", "intent": "pause", "workflow_id": "fg",
+                                    "state": "paused"}
+    check = kernel.execute_nowait(
+        "assert _until(lambda: _m.controls.get('fg').waiting == 1)", subshell=sub)
+    assert kernel.shell_reply(check)["content"]["status"] == "ok"
+    kernel.send_shell("comm_msg", {"comm_id": comm_id, "data": {
+        "type": "intent", "intent": "resume", "workflow_id": "fg"}}, subshell=sub)
+    assert kernel.shell_reply(running, timeout=120)["content"]["status"] == "ok"
+    kernel.drain_iopub(lambda d: "decode.resumed" in {e["type"] for e in d.get("events", [])})
+    assert kernel.run("print(fg_value.value)").strip() == "1"
+    events = [e for m in kernel.comm_msgs if m.get("type") == "events" for e in m["events"]]
+    kinds = [e["type"] for e in events if e["workflow_id"] == "fg"]
+    assert kinds.index("decode.paused") < kinds.index("decode.resumed")

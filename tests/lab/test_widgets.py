@@ -1,0 +1,96 @@
+"""Dashboard state folded from events, and the views rendering it."""
+
+from __future__ import annotations
+
+from coreason_lab._widgets import CacheState, DagState, DagView, DecodeState, DecodeView
+from coreason_runtime import Event, EventType
+
+
+def ev(kind: EventType, wf: str | None = "wf", ts: float = 0.0, **data: object) -> Event:
+    return Event(type=kind, workflow_id=wf, ts=ts, data=dict(data))
+
+
+def test_dag_state_follows_task_events() -> None:
+    s = DagState()
+    s.apply([ev(EventType.DAG_SUBMITTED, nodes=[{"id": "a"}, {"id": "b", "deps": ["a"]}]),
+             ev(EventType.TASK_STARTED, task="a"), ev(EventType.TASK_FINISHED, task="a"),
+             ev(EventType.TASK_STARTED, task="b"), ev(EventType.TASK_PREEMPTED, task="b")])
+    assert {n: x.state for n, x in s.nodes.items()} == {"a": "done", "b": "preempted"}
+
+
+def test_dag_state_accepts_edges_and_other_field_names() -> None:
+    s = DagState()
+    s.apply([ev(EventType.DAG_SUBMITTED, tasks=["x", "y"], edges=[["x", "y"]]),
+             ev(EventType.TASK_ABORTED, task_id="y")])
+    assert s.nodes["y"].deps == ["x"] and s.nodes["y"].state == "aborted"
+
+
+def test_dag_state_ignores_payloads_it_cannot_read() -> None:
+    s = DagState()
+    s.apply([ev(EventType.TASK_STARTED, something="else"),
+             ev(EventType.DAG_SUBMITTED, nodes="not a list", edges=[1, 2, [3]])])
+    assert s.nodes == {} and s.ignored == 1
+
+
+def test_critical_path_is_the_longest_chain_by_duration() -> None:
+    s = DagState()
+    s.apply([ev(EventType.DAG_SUBMITTED, nodes=[
+        {"id": "a"}, {"id": "b", "deps": ["a"]}, {"id": "c", "deps": ["a"]},
+        {"id": "d", "deps": ["b", "c"]}]),
+        ev(EventType.TASK_FINISHED, task="a", duration_s=1.0),
+        ev(EventType.TASK_FINISHED, task="b", duration_s=0.1),
+        ev(EventType.TASK_FINISHED, task="c", duration_s=5.0),
+        ev(EventType.TASK_FINISHED, task="d", duration_s=1.0)])
+    assert s.critical_path() == ["a", "c", "d"]
+
+
+def test_a_published_critical_path_wins() -> None:
+    s = DagState()
+    s.apply([ev(EventType.DAG_SUBMITTED, nodes=["a", "b"]),
+             ev(EventType.CRITICAL_PATH, path=["b"])])
+    assert s.critical_path() == ["b"]
+
+
+def test_dag_state_caps_the_number_of_nodes() -> None:
+    s = DagState(max_nodes=3)
+    s.apply([ev(EventType.TASK_STARTED, task=str(i)) for i in range(10)])
+    assert len(s.nodes) == 3
+
+
+def test_dag_view_colours_nodes_and_draws_the_critical_path() -> None:
+    v = DagView()
+    v.update([ev(EventType.DAG_SUBMITTED, nodes=[{"id": "a"}, {"id": "b", "deps": ["a"]}]),
+              ev(EventType.TASK_STARTED, task="b")])
+    nodes, critical = v.fig.data[2], v.fig.data[1]
+    assert list(nodes.text) == ["a", "b"]
+    assert list(nodes.marker.color) == ["#b0b0b0", "#1f77b4"]
+    assert [x for x in critical.x if x is not None] == [0.0, 1.0]
+
+
+def test_cache_state_counts_hits_misses_and_ratio() -> None:
+    s = CacheState()
+    s.apply([ev(EventType.CACHE_HIT, cache="subgoal"), ev(EventType.CACHE_MISS, cache="subgoal"),
+             ev(EventType.CACHE_HIT, cache="kv"), ev(EventType.PREFIX_REUSED)])
+    assert (s.hits, s.misses, s.ratio) == (3, 1, 0.75)
+    assert s.by_cache["subgoal"] == [1, 1] and len(s.series) == 1
+
+
+def test_decode_state_marks_repairs_and_forced_thunks() -> None:
+    s = DecodeState()
+    s.apply([ev(EventType.TOKENS, text="d/dx x^2 = "), ev(EventType.SPAN_REPAIRED, text="2x"),
+             ev(EventType.THUNK_FORCED, name="lemma", summary="True"),
+             ev(EventType.TOKENS, text=" done")])
+    assert list(s.spans) == [("d/dx x^2 = ", "text"), ("2x", "repaired"),
+                             ("⟦lemma=True⟧", "thunk"), (" done", "text")]
+
+
+def test_decode_state_keeps_only_the_last_characters() -> None:
+    s = DecodeState(max_chars=10)
+    s.apply([ev(EventType.TOKENS, text="0123456789"), ev(EventType.SPAN_REPAIRED, text="abcd")])
+    assert "".join(t for t, _ in s.spans) == "456789abcd" and s.chars == 10
+
+
+def test_decode_view_highlights_repaired_spans() -> None:
+    v = DecodeView()
+    v.update([ev(EventType.TOKENS, text="x"), ev(EventType.SPAN_REPAIRED, text="<y>")])
+    assert "class='coreason-repaired'" in v.html.value and "&lt;y&gt;" in v.html.value
