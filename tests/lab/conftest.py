@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from coreason_runtime import Coordinator, RuntimeConfig
+from coreason_runtime.tensor import ScriptedTier
 from IPython.core.interactiveshell import InteractiveShell
 
 import coreason_lab
-from coreason_runtime import Coordinator, RuntimeConfig
-from coreason_runtime.tensor import ScriptedTier
 
 
 @pytest.fixture

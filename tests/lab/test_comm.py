@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 from comm.base_comm import BaseComm
+from coreason_runtime import Coordinator, Event, EventType
 
 from coreason_lab import CommBridge, Controls
 from coreason_lab._comm import event_json
-from coreason_runtime import Coordinator, Event, EventType
 
 
 class RecordingComm(BaseComm):

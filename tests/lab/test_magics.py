@@ -6,13 +6,13 @@ import threading
 import time
 
 import pytest
+from coreason_runtime import BudgetExceededError, Coordinator, EventType
+from coreason_runtime.tensor import ScriptedTier
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import TraitError
 
 from coreason_lab import CoreasonMagics, ResultDisplay
-from coreason_runtime import BudgetExceededError, Coordinator, EventType
-from coreason_runtime.tensor import ScriptedTier
 from tests.lab.conftest import tiers
 
 

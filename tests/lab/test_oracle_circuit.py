@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from coreason_runtime import Coordinator, EpistemicYieldError, EventType
+from coreason_runtime.tensor import ScriptedTier
 from IPython.core.interactiveshell import InteractiveShell
 
 from coreason_lab import CoreasonMagics, OracleForm
 from coreason_lab._oracle_circuit import field_kind
-from coreason_runtime import Coordinator, EpistemicYieldError, EventType
-from coreason_runtime.tensor import ScriptedTier
 from tests.lab.conftest import tiers
 
 SCHEMA_CELL = (

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from coreason_runtime import Coordinator, EventType
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from coreason_lab import CoreasonMagics, InvariantViolation, Thunk
-from coreason_runtime import Coordinator, EventType
 
 
 def test_a_thunk_body_runs_only_when_forced(ip: InteractiveShell) -> None:

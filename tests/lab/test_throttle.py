@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from coreason_lab import Throttle
 from coreason_runtime import Event, EventBus, EventType
+
+from coreason_lab import Throttle
 
 
 class Clock:

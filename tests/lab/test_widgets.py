@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from coreason_lab._widgets import CacheState, DagState, DagView, DecodeState, DecodeView
 from coreason_runtime import Event, EventType
+
+from coreason_lab._widgets import CacheState, DagState, DagView, DecodeState, DecodeView
 
 
 def ev(kind: EventType, wf: str | None = "wf", ts: float = 0.0, **data: object) -> Event:
