@@ -168,6 +168,9 @@ class DagState:
                     n.duration = ev.ts - n.started
 
     def _submit(self, d: dict[str, Any]) -> None:
+        spec = d.get("spec")
+        if isinstance(spec, dict):  # the scheduler publishes the whole SubgoalDAG
+            d = {**spec, **{k: v for k, v in d.items() if k != "spec"}}
         nodes = pick(d, "nodes", "tasks", default=[])
         for item in nodes if isinstance(nodes, (list, tuple)) else []:
             if isinstance(item, dict):
@@ -281,6 +284,8 @@ class DecodeState:
         self.repairs = 0
         self.forced = 0
         self.state = "idle"
+        self._base = 0
+        self._last = 0
 
     def _add(self, text: str, kind: str) -> None:
         if not text:
@@ -303,19 +308,26 @@ class DecodeState:
         for ev in events:
             d, kind = ev.data, ev.type.value
             if kind == "tokens.batch":
-                self.tokens += int(_num(pick(d, "count", "n", "n_tokens"), 0))
+                count = pick(d, "count", "n", "n_tokens")
+                if count is not None:
+                    self.tokens += int(_num(count))
+                elif isinstance(d.get("tokens"), int):  # running total of one request
+                    total = d["tokens"]
+                    self._base += self._last if total < self._last else 0
+                    self._last = total
+                    self.tokens = self._base + total
                 text = pick(d, "text", "delta", "chunk")
                 self._add(str(text) if text is not None else "", "text")
             elif kind == "decode.span_repaired":
                 self.repairs += 1
-                self._add(str(pick(d, "text", "new", "replacement", "span", default="")),
+                self._add(str(pick(d, "new_text", "text", "new", "replacement", default="")),
                           "repaired")
             elif kind == "decode.injected":
                 self._add(str(pick(d, "text", "injected", default="")), "injected")
             elif kind == "thunk.forced":
                 self.forced += 1
                 label = pick(d, "name", "thunk", default="thunk")
-                value = pick(d, "summary", "value", "text", default="")
+                value = pick(d, "summary", "value", "expansion", "text", default="")
                 self._add(f"⟦{label}={value}⟧" if value != "" else f"⟦{label}⟧", "thunk")
             elif kind in ("decode.started", "decode.resumed"):
                 self.state = "decoding"

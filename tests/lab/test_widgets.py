@@ -26,6 +26,20 @@ def test_dag_state_accepts_edges_and_other_field_names() -> None:
     assert s.nodes["y"].deps == ["x"] and s.nodes["y"].state == "aborted"
 
 
+def test_dag_state_reads_the_schedulers_subgoal_dag() -> None:
+    s = DagState()
+    s.apply([ev(EventType.DAG_SUBMITTED, dag_id="d", spec={
+        "id": "d", "tasks": [{"id": "lemma", "deps": []}, {"id": "proof", "deps": ["lemma"]}]})])
+    assert s.nodes["proof"].deps == ["lemma"]
+
+
+def test_decode_state_counts_tokens_from_running_totals() -> None:
+    s = DecodeState()
+    s.apply([ev(EventType.TOKENS, delta="a", tokens=4), ev(EventType.TOKENS, delta="b", tokens=9),
+             ev(EventType.TOKENS, delta="c", tokens=2)])
+    assert s.tokens == 11 and "".join(t for t, _ in s.spans) == "abc"
+
+
 def test_dag_state_ignores_payloads_it_cannot_read() -> None:
     s = DagState()
     s.apply([ev(EventType.TASK_STARTED, something="else"),
