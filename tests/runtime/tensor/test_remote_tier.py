@@ -22,8 +22,10 @@ from coreason_runtime import (
 )
 from coreason_runtime.budget import BudgetCage
 from coreason_runtime.tensor import CompiledSchema, SchemaSpec, TierRequest, UnmeteredMeter
+from coreason_runtime.tensor._compiler import UniversalCompiler
 from coreason_runtime.tensor._remote import RemoteTier
 
+from tests._fixtures.serve import ServeProcess
 from tests._fixtures.servers import free_port
 from tests.runtime.tensor._faulty_server import running
 
@@ -264,3 +266,86 @@ def test_no_key_configured_never_sends_openai_api_key(monkeypatch: pytest.Monkey
             request(), UnmeteredMeter())
         sent = server.received[0]
     assert KEY not in sent.headers.get("authorization", "")
+
+
+# --- against a real `coreason serve` -------------------------------------------------------
+
+
+class CountingMeter(UnmeteredMeter):
+    """Records every charge, to see the stream metered chunk by chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charges: list[tuple[int, int]] = []
+
+    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        self.charges.append((tokens_in, tokens_out))
+        super().charge(tokens_in, tokens_out)
+
+
+SMALL = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]}},
+    "required": ["ok", "color"],
+    "additionalProperties": False,
+}
+
+
+def served_tier(server: ServeProcess, key: str | None = None) -> RemoteTier:
+    return RemoteTier(OracleConfig(base_url=server.base_url, model=server.model,
+                                   api_key=key or server.token))
+
+
+@pytest.mark.serve
+def test_oracle_over_coreason_serve_streams_strict_json_with_exact_usage(
+    serve_process: ServeProcess,
+) -> None:
+    schema = UniversalCompiler().compile(SchemaSpec.from_user(SMALL))
+    assert schema.openai is not None and schema.openai["json_schema"]["strict"] is True
+    meter = CountingMeter()
+    tier = served_tier(serve_process)
+    out = tier.complete(request(schema, max_tokens=40, temperature=1.0, seed=4), meter)
+    tier.close()
+    assert schema.validate_text(out.text) is not None
+    assert out.finish_reason == "stop"
+    assert len([c for c in meter.charges if c[1]]) > 2  # charged as the chunks arrived
+    assert (meter.tokens_in, meter.tokens_out) == (out.tokens_in, out.tokens_out)
+    assert out.tokens_in > 0 and out.extra["usage_reported"] is True
+
+
+@pytest.mark.serve
+def test_oracle_with_a_wrong_key_is_refused_by_coreason_serve(
+    serve_process: ServeProcess,
+) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        served_tier(serve_process, key=KEY).complete(request(compiled(SMALL)), UnmeteredMeter())
+    assert KEY not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.serve
+def test_ledger_matches_coreason_serves_usage_exactly(serve_process: ServeProcess) -> None:
+    cage = BudgetCage()
+    cage.set("wf-oracle", 10_000)
+    tier = served_tier(serve_process)
+    req = request(compiled(SMALL), max_tokens=40, temperature=1.0, seed=9)
+    reservation = cage.open("wf-oracle", tier.count_prompt(req.messages), 40, "oracle")
+    out = tier.complete(req, reservation)
+    reservation.settle()
+    assert cage.spent("wf-oracle") == out.tokens_in + 3 * out.tokens_out
+    assert out.tokens_in > 0 and out.tokens_out > 0
+
+
+@pytest.mark.serve
+@pytest.mark.model
+def test_oracle_over_real_smollm2_answers_valid_json(serve_real: ServeProcess) -> None:
+    answer = {"type": "object", "properties": {"sum": {"type": "integer"}},
+              "required": ["sum"], "additionalProperties": False}
+    schema = UniversalCompiler().compile(SchemaSpec.from_user(answer))
+    meter = UnmeteredMeter()
+    out = served_tier(serve_real).complete(
+        TierRequest(messages=[{"role": "user", "content": "What is 2 + 3? Answer in JSON."}],
+                    schema=schema, max_tokens=12, workflow_id="wf-real", timeout=120.0),
+        meter)
+    value = schema.validate_text(out.text)
+    assert isinstance(value["sum"], int)
+    assert (meter.tokens_in, meter.tokens_out) == (out.tokens_in, out.tokens_out)

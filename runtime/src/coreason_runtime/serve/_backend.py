@@ -1,0 +1,68 @@
+"""What the server needs from a tier: compile a schema, decode (free or constrained), stream."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from coreason_runtime._exceptions import SchemaCompileError
+from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+from coreason_runtime.tensor._types import Meter, TierOutput
+
+if TYPE_CHECKING:
+    from coreason_runtime.serve._host import Job
+
+__all__ = ["Backend", "TierBackend", "adapt"]
+
+
+class Backend(Protocol):
+    """The server's view of its model; every call runs on the model thread."""
+
+    def compile(self, json_schema: dict[str, Any]) -> CompiledSchema: ...
+
+    def generate(self, job: Job, meter: Meter) -> TierOutput: ...
+
+
+class TierBackend:
+    """Serves a steerable tier (the ``LocalTier``) through its ``complete_text``.
+
+    A ``response_format`` schema compiles with the tier's compiler; the answer is decoded under
+    its grammar mask, with the same JSON hint the tier gives the router's requests. Text is
+    streamed through ``on_delta`` as it is decoded.
+    """
+
+    def __init__(self, tier: Any) -> None:
+        self.tier = tier
+
+    def compile(self, json_schema: dict[str, Any]) -> CompiledSchema:
+        spec = SchemaSpec.from_user(json_schema)
+        own = getattr(self.tier, "compile", None)
+        compiled: CompiledSchema = own(spec) if callable(own) else self.tier.compiler.compile(spec)
+        if compiled.grammar is None:
+            err = compiled.errors.get("grammar")
+            if err is None:
+                msg = f"no grammar could be built for schema {spec.name!r}"
+                err = SchemaCompileError(msg)
+            raise err
+        return compiled
+
+    def generate(self, job: Job, meter: Meter) -> TierOutput:
+        messages = job.messages
+        if job.schema is not None:
+            messages = self.tier.schema_messages(messages, job.schema)
+        out: TierOutput = self.tier.complete_text(
+            messages, job.max_tokens, grammar=job.schema, on_delta=job.on_text,
+            temperature=job.temperature, seed=job.seed, meter=meter, workflow_id="serve",
+        )
+        return out
+
+    def close(self) -> None:
+        closer = getattr(self.tier, "close", None)
+        if callable(closer):
+            closer()
+
+
+def adapt(tier: Any) -> Backend:
+    """The backend for ``tier`` (already a backend, or a tier to wrap)."""
+    if hasattr(tier, "generate") and hasattr(tier, "compile"):
+        return tier  # type: ignore[no-any-return]
+    return TierBackend(tier)

@@ -1,0 +1,164 @@
+"""The one model every client shares: loaded in the background, used one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from coreason_runtime._exceptions import BudgetExceededError, CoreasonError
+from coreason_runtime.serve._backend import Backend, adapt
+
+__all__ = ["ClientGone", "Job", "ModelHost", "ServeMeter"]
+
+logger = logging.getLogger("coreason_runtime.serve")
+T = TypeVar("T")
+
+State = Literal["loading", "ok", "error"]
+
+
+class ClientGone(BudgetExceededError):
+    """Raised from the meter when the client hung up: stops decoding at the next token.
+
+    A :class:`BudgetExceededError` because every tier lets that one through untouched.
+    """
+
+
+class ServeMeter:
+    """The meter a served request decodes under: its ``max_tokens`` and its client's liveness."""
+
+    def __init__(self, max_out: int, cancelled: threading.Event) -> None:
+        self._max_out = max_out
+        self._cancelled = cancelled
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    @property
+    def max_out(self) -> int:
+        return self._max_out - self.tokens_out
+
+    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        if self._cancelled.is_set():
+            msg = "the client disconnected"
+            raise ClientGone(msg, tier="local")
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+
+
+@dataclass
+class Job:
+    """One served request, decoded on the model thread."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    schema: Any = None
+    on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class ModelHost:
+    """Owns the backend: loads it off the event loop and serialises every use of it.
+
+    ``source`` is a ready tier or a zero-argument loader returning one; a loader runs on a
+    background thread so ``/health`` answers ``"loading"`` meanwhile. All model work runs on
+    one worker thread, so requests queue in arrival order and never interleave on the model.
+    """
+
+    def __init__(self, source: Any, model_name: str) -> None:
+        self.model_name = model_name
+        self._source = source
+        self._backend: Backend | None = None
+        self._error: str | None = None
+        self._ready = threading.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="coreason-serve-model"
+        )
+        self._waiting = 0
+        self.served = 0
+        self.cancelled = 0
+        self._count_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        if not callable(source) or hasattr(source, "complete"):
+            self._backend = adapt(source)
+            self._ready.set()
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading in the background (no-op if already loaded or loading)."""
+        if self._ready.is_set() or self._loader is not None:
+            return
+        self._loader = threading.Thread(target=self._load, name="coreason-serve-load",
+                                        daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            self._backend = adapt(self._source())
+        except Exception as e:  # reported by /health and every request, never raised away
+            logger.exception("loading model %r failed", self.model_name)
+            self._error = f"{type(e).__name__}: {e}"
+        finally:
+            self._ready.set()
+
+    @property
+    def state(self) -> State:
+        if not self._ready.is_set():
+            return "loading"
+        return "ok" if self._backend is not None else "error"
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for or running on the model."""
+        return self._waiting
+
+    def record(self, *, cancelled: bool) -> None:
+        """Count a finished request (``cancelled``: its client hung up mid-way)."""
+        with self._count_lock:
+            if cancelled:
+                self.cancelled += 1
+            else:
+                self.served += 1
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            msg = (
+                f"model {self.model_name!r} is still loading"
+                if self.state == "loading"
+                else f"model {self.model_name!r} failed to load: {self._error}"
+            )
+            raise CoreasonError(msg)
+        return self._backend
+
+    # --- serialised work ---------------------------------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the model thread, after every request queued before it."""
+        with self._count_lock:
+            self._waiting += 1
+        try:
+            future = self._executor.submit(fn, *args)
+            return await asyncio.wrap_future(future)
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        closer = getattr(self._backend, "close", None)
+        if callable(closer):
+            closer()

@@ -1,0 +1,91 @@
+"""The server's model host in-process: background loading, and one model use at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from coreason_runtime import TierUnavailableError
+from coreason_runtime.serve import create_app
+from coreason_runtime.serve._host import ModelHost
+from coreason_runtime.tensor import ScriptedTier
+from fastapi.testclient import TestClient
+
+
+def test_jobs_run_one_at_a_time_in_arrival_order() -> None:
+    host = ModelHost(ScriptedTier("local", []), "m")
+    active = 0
+    peak = 0
+    order: list[int] = []
+    lock = threading.Lock()
+
+    def job(i: int) -> int:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)
+        with lock:
+            active -= 1
+            order.append(i)
+        return i
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(host.run(job, i) for i in range(5))))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        host.close()
+    assert results == [0, 1, 2, 3, 4]
+    assert order == [0, 1, 2, 3, 4]
+    assert peak == 1
+
+
+def test_health_says_loading_until_the_loader_returns_then_ok() -> None:
+    release = threading.Event()
+
+    def loader() -> ScriptedTier:
+        release.wait(30)
+        return ScriptedTier("local", ["{}"])
+
+    app = create_app(loader, model_name="slow-model")
+    with TestClient(app) as c:
+        first = c.get("/health")
+        refused = c.post("/v1/chat/completions",
+                         json={"messages": [{"role": "user", "content": "hi"}]})
+        release.set()
+        app.state.host.wait_ready(30)
+        second = c.get("/health")
+    assert (first.status_code, first.json()["status"]) == (503, "loading")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "model_loading"
+    assert refused.headers["retry-after"] == "1"
+    assert (second.status_code, second.json()["status"]) == (200, "ok")
+
+
+def test_a_failed_load_is_reported_by_health_and_requests() -> None:
+    def loader() -> ScriptedTier:
+        msg = "no such model"
+        raise TierUnavailableError(msg)
+
+    app = create_app(loader, model_name="missing")
+    with TestClient(app) as c:
+        app.state.host.wait_ready(30)
+        health = c.get("/health").json()
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert health["status"] == "error"
+    assert "no such model" in health["error"]
+    assert r.status_code == 503
+
+
+def test_token_from_the_environment_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COREASON_SERVE_TOKEN", "env-token")
+    app = create_app(ScriptedTier("local", []), model_name="m")
+    with TestClient(app) as c:
+        refused = c.get("/v1/models")
+        allowed = c.get("/v1/models", headers={"Authorization": "Bearer env-token"})
+    assert refused.status_code == 401
+    assert allowed.status_code == 200
