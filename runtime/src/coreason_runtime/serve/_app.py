@@ -80,14 +80,18 @@ def create_app(
     app.state.host = host
 
     def _error(status: int, message: str, type_: str = "invalid_request_error",
-               code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(error_body(message, type_, code), status_code=status, headers=headers)
+               code: str | None = None, headers: dict[str, str] | None = None,
+               param: str | None = None) -> JSONResponse:
+        return JSONResponse(error_body(message, type_, code, param), status_code=status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
+        what = str(first.get("msg", "bad value")).removeprefix("Value error, ")
+        return _error(400, f"invalid request: {where}: {what}" if where else
+                      f"invalid request: {what}", param=where or None)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Callable[[Request], Any]) -> Response:

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ChatMessage",
@@ -20,6 +20,9 @@ __all__ = [
     "new_completion_id",
     "usage_body",
 ]
+
+
+_UNSUPPORTED = ("tools", "functions", "tool_choice", "stop", "logprobs", "logit_bias", "audio")
 
 
 class ChatMessage(BaseModel):
@@ -90,6 +93,16 @@ class ChatRequest(BaseModel):
         for m in messages:
             m.text()
         return messages
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> ChatRequest:
+        # Refused rather than silently ignored: a client relying on them would be misled.
+        extra = self.model_extra or {}
+        named = [k for k in _UNSUPPORTED if extra.get(k) not in (None, False, [], {})]
+        if named:
+            msg = f"not supported by coreason serve: {', '.join(named)}"
+            raise ValueError(msg)
+        return self
 
     def chat(self) -> list[dict[str, str]]:
         """Messages as ``{"role", "content"}`` dicts (``developer`` read as ``system``)."""
