@@ -444,8 +444,7 @@ class CoreasonMagics(Magics):
             raise UsageError(f"%coreason run: {e}") from e
         if self.controls.state(wf) == "aborted":
             self.controls.clear(wf)
-        future = self.runtime.call(lambda: runner.run(order, wf))
-        report = self.wait(future, wf)
+        report = self.wait(runner.submit(order, wf), wf)
         if args.check and self.invariants:
             report.invariants = runner.check(list(self.invariants), wf).results
         return report

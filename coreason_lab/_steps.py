@@ -236,6 +236,7 @@ class RunReport:
 
     workflow_id: str
     states: dict[str, str] = field(default_factory=dict)
+    status: str = "succeeded"
     durations: dict[str, float] = field(default_factory=dict)
     critical_path: list[str] = field(default_factory=list)
     invariants: list[InvariantResult] = field(default_factory=list)

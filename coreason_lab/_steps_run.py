@@ -1,20 +1,20 @@
-"""Running declared steps as a DAG on the runtime thread, and checking invariants.
+"""Running declared steps as a DAG under the runtime's scheduler, and checking invariants.
 
-``coreason_runtime.sched`` (the critical-path scheduler) takes this over when the runtime
-provides it; until then steps run one at a time in dependency order, each announced with
-``task.*`` events, and a pause or abort takes effect between steps (and inside any request a
-step makes).
+The scheduler (``coreason_runtime.sched``) publishes the DAG, every task's start, finish,
+failure, preemption and abort, and the critical path, which is what the dashboard's DAG view
+draws. A pause or abort reaches a step at its control checkpoints (before its body, and at
+every metered token of any request it makes).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import html
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coreason_runtime import EventType
+from coreason_runtime import EventType, SchedulerError
 
 from coreason_lab._control import Controls, WorkflowAborted
 from coreason_lab._steps import (
@@ -59,61 +59,69 @@ class StepRunner:
         self.thunks = thunks
         self.invariants = invariants
         self.ns = namespace
+        self._runs = 0
 
     def order(self, targets: list[str]) -> list[str]:
         return dependency_order(targets, {n: t.deps for n, t in self.thunks.items()})
 
-    def run(self, order: list[str], workflow_id: str) -> RunReport:
-        """Force ``order`` one step at a time; raises the first step's error after marking the
-        rest aborted. Runs on the runtime thread."""
-        bus = self.runtime.bus
-        report = RunReport(workflow_id, states={n: "pending" for n in order})
-        bus.emit(EventType.DAG_SUBMITTED, workflow_id=workflow_id, source="coreason_lab",
-                 nodes=[{"id": n, "deps": [d for d in self.thunks[n].deps if d in order]}
-                        for n in order])
-        for i, name in enumerate(order):
-            thunk = self.thunks[name]
-            try:
-                self.controls.checkpoint(workflow_id)
-            except WorkflowAborted:
-                self._abort_rest(order[i:], workflow_id, report, "aborted by operator")
-                raise
-            if thunk.forced:
-                report.states[name] = "done"
-                report.durations[name] = thunk.duration_s or 0.0
-                bus.emit(EventType.TASK_FINISHED, workflow_id=workflow_id,
-                         source="coreason_lab", task=name, cached=True, duration_s=0.0)
-                continue
-            report.states[name] = "running"
-            bus.emit(EventType.TASK_STARTED, workflow_id=workflow_id, source="coreason_lab",
-                     task=name, deps=thunk.deps)
-            t0 = time.perf_counter()
-            try:
-                thunk.force()
-            except BaseException as e:
-                report.states[name] = "aborted" if isinstance(e, WorkflowAborted) else "failed"
-                kind = EventType.TASK_ABORTED if isinstance(e, WorkflowAborted) \
-                    else EventType.TASK_FAILED
-                bus.emit(kind, workflow_id=workflow_id, source="coreason_lab", task=name,
-                         error=f"{type(e).__name__}: {e}")
-                self._abort_rest(order[i + 1:], workflow_id, report, f"{name} failed")
-                raise
-            report.durations[name] = time.perf_counter() - t0
-            report.states[name] = "done"
-            bus.emit(EventType.TASK_FINISHED, workflow_id=workflow_id, source="coreason_lab",
-                     task=name, duration_s=report.durations[name])
-        report.critical_path = self._critical_path(order, report.durations)
-        bus.emit(EventType.CRITICAL_PATH, workflow_id=workflow_id, source="coreason_lab",
-                 path=report.critical_path,
-                 length_s=sum(report.durations.get(n, 0.0) for n in report.critical_path))
-        return report
+    def submit(self, order: list[str], workflow_id: str) -> concurrent.futures.Future[RunReport]:
+        """Hand the steps to the runtime's critical-path scheduler as one DAG.
 
-    def _abort_rest(self, names: list[str], workflow_id: str, report: RunReport,
-                    reason: str) -> None:
-        for name in names:
-            report.states[name] = "aborted"
-            self.runtime.bus.emit(EventType.TASK_ABORTED, workflow_id=workflow_id,
-                                  source="coreason_lab", task=name, reason=reason)
+        Each step runs as an in-process job on its own thread (independent steps in
+        parallel, up to the cores); it passes the workflow's control gate before its body, so
+        pause holds it and abort stops it, and an abort also cancels the DAG.
+        """
+        from coreason_runtime.sched import InProcessJob, Scheduler, SubgoalDAG, TaskSpec
+
+        sched = self.runtime.engine("scheduler", Scheduler.for_runtime)
+        self._runs += 1
+        dag = SubgoalDAG(id=f"lab-run-{id(self)}-{self._runs}", workflow_id=workflow_id, tasks=[
+            TaskSpec(id=name, deps=[d for d in self.thunks[name].deps if d in order],
+                     eta=self.thunks[name].duration_s or 1.0, max_attempts=1,
+                     meta={"source": "coreason_lab"})
+            for name in order])
+
+        def action(name: str) -> Any:
+            def target(gate: Any) -> bool:
+                gate.checkpoint()
+                self.controls.checkpoint(workflow_id)
+                self.thunks[name].force()
+                return True  # a step's value may be falsy; success is "did not raise"
+
+            return lambda spec, attempt: InProcessJob(target)
+
+        def on_control(ctl: Any) -> None:
+            if ctl.workflow_id == workflow_id and ctl.aborted:
+                sched.cancel(dag.id, reason="aborted by operator")
+
+        self.controls.listeners.append(on_control)
+
+        async def run() -> RunReport:
+            try:
+                result = await sched.run(dag, {n: action(n) for n in order}, check=False)
+            finally:
+                self.controls.listeners.remove(on_control)
+            return self._report(result, order, workflow_id)
+
+        return self.runtime.submit(run())  # type: ignore[no-any-return]
+
+    def _report(self, result: Any, order: list[str], workflow_id: str) -> RunReport:
+        report = RunReport(workflow_id, states={n: result.tasks[n].state for n in order},
+                           durations={n: result.tasks[n].run_s for n in order},
+                           status=result.status)
+        # the scheduler's path is the *remaining* one; the report shows the whole chain
+        report.critical_path = self._critical_path(order, report.durations)
+        if result.status == "succeeded":
+            return report
+        failed = [self.thunks[n] for n in order if result.tasks[n].state == "failed"]
+        for thunk in failed:
+            if thunk.error is not None:
+                raise thunk.error  # the step's own exception, as if it ran in the cell
+        if self.controls.state(workflow_id) == "aborted" or result.status == "cancelled":
+            msg = f"run of workflow {workflow_id!r} was aborted: {result.error}"
+            raise WorkflowAborted(msg, workflow_id=workflow_id)
+        msg = f"run of workflow {workflow_id!r} {result.status}: {result.error}"
+        raise SchedulerError(msg, workflow_id=workflow_id)
 
     def _critical_path(self, order: list[str], durations: dict[str, float]) -> list[str]:
         best: dict[str, tuple[float, list[str]]] = {}
