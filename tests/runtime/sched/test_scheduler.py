@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import threading
 import time
@@ -79,7 +80,11 @@ def test_outranked_job_is_physically_stopped_then_resumed(bus: EventBus) -> None
         if e.type == EventType.TASK_STARTED:
             pids[e.data["task"]] = e.data["pid"]
         if e.type == EventType.TASK_PREEMPTED:
-            states.append(psutil.Process(pids[e.data["task"]]).status())
+            proc = psutil.Process(pids[e.data["task"]])
+            deadline = time.monotonic() + 2.0
+            while proc.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+                time.sleep(0.001)
+            states.append(proc.status())
 
     bus.subscribe(on_event)
     sched = Scheduler(bus, cores=1, tick_s=0.05)
@@ -165,6 +170,34 @@ def test_dag_over_flop_budget_is_stopped(bus: EventBus) -> None:
     with pytest.raises(TaskBudgetExceededError) as info:
         _run(Scheduler(bus, tick_s=0.05), dag, {"a": lambda s, n: CallableJob(_sleepy, 5)})
     assert info.value.result.status == "over_budget"  # type: ignore[attr-defined]
+
+
+def test_cancelling_a_branch_kills_it_and_lets_the_rest_finish(bus: EventBus) -> None:
+    dag = SubgoalDAG(tasks=[TaskSpec(id="keep", eta=0.3), TaskSpec(id="drop", eta=5.0),
+                            TaskSpec(id="after_drop", eta=0.1, deps=["drop"])])
+    jobs: dict[str, CallableJob] = {}
+
+    def start(name: str, seconds: float):  # type: ignore[no-untyped-def]
+        def action(spec, attempt):  # type: ignore[no-untyped-def]
+            jobs[name] = CallableJob(_sleepy, seconds)
+            return jobs[name]
+        return action
+
+    sched = Scheduler(bus, cores=2, tick_s=0.05)
+    actions = {"keep": start("keep", 0.4), "drop": start("drop", 30),
+               "after_drop": start("after_drop", 0)}
+
+    async def main():  # type: ignore[no-untyped-def]
+        run = asyncio.create_task(sched.run(dag, actions))
+        await asyncio.sleep(0.2)
+        assert sched.cancel("dag", ["drop"]) == ["drop", "after_drop"]
+        return await run
+
+    result = asyncio.run(main())
+    assert result.status == "succeeded"
+    assert result.tasks["keep"].state == "done"
+    assert result.tasks["after_drop"].state == "aborted"
+    assert jobs["drop"].proc.exitcode is not None
 
 
 def test_missing_action_is_an_unknown_dependency(bus: EventBus) -> None:
@@ -277,3 +310,16 @@ def test_cgroup_freeze_stops_the_whole_group() -> None:
         assert "frozen 0" in (job.freezer.path / "cgroup.events").read_text()  # type: ignore[union-attr]
     finally:
         job.kill()
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs an NVIDIA GPU")
+def test_gpu_job_stream_priority_follows_the_critical_path() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    job = InProcessJob(lambda gate: None, gpu=True)
+    high = job.gate.stream.priority
+    job.set_priority(False, None)
+    assert job.gate.stream.priority > high  # larger number = lower priority in CUDA

@@ -181,10 +181,15 @@ class ProcessJob:
 
     Build it from an argv (:meth:`spawn`) or wrap a ``subprocess.Popen`` /
     ``multiprocessing.Process`` whose child called ``os.setsid()``.
+
+    With ``confirm=False`` (default) ``pause()`` returns once SIGSTOP is sent: the kernel
+    handles it before the worker can run user code again, so the core is free at once. With
+    ``confirm=True`` it also waits until /proc reports the process stopped (slower under
+    CPU contention, since the stop is processed when the worker is next scheduled).
     """
 
     def __init__(self, proc: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess,
-                 *, freezer: CgroupFreezer | None = None) -> None:
+                 *, freezer: CgroupFreezer | None = None, confirm: bool = False) -> None:
         self.proc = proc
         pid = proc.pid
         if pid is None:
@@ -192,6 +197,7 @@ class ProcessJob:
             raise SchedulerError(msg)
         self.pid: int = pid
         self.freezer = freezer
+        self.confirm = confirm
         self.paused = False
         self._killed = False
         self._stderr: Any = None
@@ -199,7 +205,8 @@ class ProcessJob:
             freezer.add(self.pid)
 
     @classmethod
-    def spawn(cls, argv: Sequence[str], *, freeze: bool = False, **popen: Any) -> ProcessJob:
+    def spawn(cls, argv: Sequence[str], *, freeze: bool = False, confirm: bool = False,
+              **popen: Any) -> ProcessJob:
         """Start ``argv`` in a new session (its own process group)."""
         popen.setdefault("stdout", subprocess.DEVNULL)
         # a file, not a pipe: a chatty job can never block on a full pipe
@@ -207,7 +214,7 @@ class ProcessJob:
             "stderr", tempfile.TemporaryFile())  # noqa: SIM115 - closed by _release()
         proc = subprocess.Popen(list(argv), start_new_session=True, **popen)
         freezer = CgroupFreezer(f"{proc.pid}") if freeze else None
-        job = cls(proc, freezer=freezer)
+        job = cls(proc, freezer=freezer, confirm=confirm)
         job._stderr = err if hasattr(err, "read") else None
         return job
 
@@ -222,7 +229,8 @@ class ProcessJob:
             self.freezer.freeze()
         else:
             self._signal_group(signal.SIGSTOP)
-            _wait_state(self.pid, stopped=True)
+            if self.confirm:
+                _wait_state(self.pid, stopped=True)
         self.paused = True
 
     def resume(self) -> None:
@@ -232,7 +240,8 @@ class ProcessJob:
             self.freezer.thaw()
         else:
             self._signal_group(signal.SIGCONT)
-            _wait_state(self.pid, stopped=False)
+            if self.confirm:
+                _wait_state(self.pid, stopped=False)
         self.paused = False
 
     def kill(self) -> None:
@@ -318,12 +327,13 @@ def _child_main(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
 class CallableJob(ProcessJob):
     """Run ``fn(*args)`` in a forked worker process; falsy-but-not-None or raising = failure."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, freeze: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Any], *args: Any, freeze: bool = False,
+                 confirm: bool = False) -> None:
         ctx = multiprocessing.get_context("fork")
         proc = ctx.Process(target=_child_main, args=(fn, args), daemon=True)
         proc.start()
         freezer = CgroupFreezer(f"{proc.pid}") if freeze else None
-        super().__init__(proc, freezer=freezer)
+        super().__init__(proc, freezer=freezer, confirm=confirm)
 
 
 # --- in-process work -----------------------------------------------------------------------
@@ -336,6 +346,7 @@ class PauseGate:
         self._running = threading.Event()
         self._running.set()
         self.cancelled = False
+        self.stream: Any = None  # a CUDA stream whose priority follows the critical path
 
     def pause(self) -> None:
         self._running.clear()
@@ -359,9 +370,13 @@ class InProcessJob:
     """
 
     def __init__(self, target: Callable[[PauseGate], Any], *,
-                 handle: Preemptible | None = None) -> None:
+                 handle: Preemptible | None = None, gpu: bool = False) -> None:
         self.gate = PauseGate()
         self.handle = handle
+        self.gpu = gpu
+        self._streams: dict[bool, Any] = {}
+        if gpu:
+            self.gate.stream = self._stream(True)
         self._outcome: JobOutcome | None = None
         self._flops: float | None = None
         self._thread = threading.Thread(target=self._run, args=(target,), daemon=True)
@@ -392,8 +407,19 @@ class InProcessJob:
             with contextlib.suppress(Exception):
                 self.handle.resume()
 
+    def _stream(self, critical: bool) -> Any:
+        if critical not in self._streams:
+            self._streams[critical] = cuda_stream(critical)
+        return self._streams[critical]
+
     def set_priority(self, critical: bool, cpus: Sequence[int] | None) -> None:
-        return None  # threads share the process's niceness and affinity
+        """Threads share the process's niceness and affinity; GPU work switches stream.
+
+        The target picks ``gate.stream`` up at its next launch (``torch.cuda.stream(...)``),
+        so on-path kernels go to the high-priority stream, off-path ones to the low one.
+        """
+        if self.gpu:
+            self.gate.stream = self._stream(critical)
 
     def report_flops(self, flops: float) -> None:
         self._flops = flops

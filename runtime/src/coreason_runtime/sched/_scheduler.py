@@ -74,6 +74,7 @@ class _Task:
     attempt_run_s: float = 0.0
     attempt_flops: float = 0.0
     last: float = 0.0
+    cancelled: bool = False
     rec: TaskRecord = field(default_factory=lambda: TaskRecord(state="waiting"))
 
 
@@ -122,7 +123,7 @@ class Scheduler:
         gpus: int = 0,
         tick_s: float = 0.1,
         policy: str = "cpcs",
-        hysteresis: float = 0.1,
+        hysteresis: float = 0.2,
         pin_cpus: bool = True,
         source: str = "sched",
     ) -> None:
@@ -226,17 +227,38 @@ class Scheduler:
         return est
 
     def cancel(self, dag_id: str, task_ids: list[str] | None = None, *,
-               reason: str = "plan changed") -> None:
-        """Abort tasks (or the whole DAG): jobs are killed, dependants aborted, DAG cancelled."""
+               reason: str = "plan changed") -> list[str]:
+        """A plan change: abort tasks and everything depending on them (or the whole DAG).
+
+        Their jobs are killed and ``TASK_ABORTED`` is published for each (tool transactions
+        listening on the bus drop them as consumers). The rest of the DAG goes on; it
+        succeeds once every remaining task is done. Returns the ids aborted.
+        """
         with self._lock:
             d = self._dags.get(dag_id)
             if d is None:
-                return
-            ids = task_ids if task_ids is not None else list(d.tasks)
-            for tid in ids:
-                self._abort(d, self._task(dag_id, tid), reason)
-            if d.status is None:
+                return []
+            if task_ids is None:
                 d.status, d.error = "cancelled", f"cancelled: {reason}"
+                d.error_type = SchedulerError
+                return []
+            for tid in task_ids:
+                self._task(dag_id, tid)  # unknown ids raise before anything changes
+            succ = d.dag.successors()
+            doomed, stack = set(), list(task_ids)
+            while stack:
+                tid = stack.pop()
+                if tid not in doomed:
+                    doomed.add(tid)
+                    stack.extend(succ[tid])
+            aborted = []
+            for tid in sorted(doomed, key=lambda x: d.tasks[x].order):
+                t = d.tasks[tid]
+                if t.state not in _TERMINAL:
+                    t.cancelled = True
+                    self._abort(d, t, reason)
+                    aborted.append(tid)
+            return aborted
 
     def critical_path(self, dag_id: str) -> list[str]:
         with self._lock:
@@ -366,7 +388,7 @@ class Scheduler:
         self._emit(EventType.TASK_ABORTED, d.dag, task=t.spec.id, reason=reason)
 
     def _finish_if_done(self, d: _Dag, now: float) -> None:
-        if d.status is None and all(t.state == "done" for t in d.tasks.values()):
+        if d.status is None and all(t.state == "done" or t.cancelled for t in d.tasks.values()):
             d.status = "succeeded"
         if d.status is None:
             return
@@ -413,14 +435,15 @@ class Scheduler:
                 t = d.tasks[v.id]
                 if t.state not in ("ready", "running", "paused"):
                     continue
-                key = f"{d.dag.id}/{v.id}"
+                tid = v.id
+                key = f"{d.dag.id}/{tid}"
                 where[key] = (d, t)
-                prios[key] = local[v.id]
+                prios[key] = local[tid]
                 v.id = key
                 candidates.append(v)
                 if t.state == "running":
                     running.append(key)
-                if v.id.split("/", 1)[1] in path:
+                if tid in path:
                     on_path.add(key)
         chosen = allocate(candidates, prios, cores=self.cores, gpus=self.gpus, running=running,
                           preemptive=preemptive, hysteresis=self.hysteresis)

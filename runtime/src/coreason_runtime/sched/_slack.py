@@ -4,8 +4,9 @@ A constraint's slack is >= 0 when it holds and its size says how much room is le
 by the constraint's ``scale`` so units, side conditions and deadlines compare). Each candidate
 action predicts the slacks it will leave; the scheduler funds the one whose predicted slack
 vector, sorted ascending, is lexicographically largest (max-min, then the second smallest...).
-Constraints already violated that no candidate can bring back to >= 0 are *lost*: they are
-reported and left out of the objective, so effort is not poured into hopeless ones.
+Constraints already violated that no candidate action can raise at all (a missed deadline:
+running the job only keeps its slack where it is) are *lost*: they are reported and left out
+of the objective, so effort is not poured into hopeless ones.
 """
 
 from __future__ import annotations
@@ -189,8 +190,8 @@ class SlackScheduler:
         if not affordable:
             return None
         predictions = [(a, self._predicted(a, current)) for a in affordable]
-        rescuable = {n for _, p in predictions for n, s in p.items() if s >= 0}
-        self.lost = {n for n, s in current.items() if s < 0 and n not in rescuable}
+        raisable = {n for _, p in predictions for n, s in p.items() if s > current.get(n, s)}
+        self.lost = {n for n, s in current.items() if s < 0 and n not in raisable}
         best: tuple[tuple[float, ...], float] | None = None
         chosen: SlackAction | None = None
         for a, pred in predictions:
