@@ -93,3 +93,13 @@ def test_a_cousin_branch_grafts_a_sub_proof_instead_of_recomputing(
 def test_a_chain_without_goal_or_checkpoints_is_a_typed_error(cache: SubgoalCache) -> None:
     with pytest.raises(CheckpointError):
         ProofChain(cache, "never-started")
+
+
+def test_a_grafted_step_keeps_the_form_the_tactic_produced(cache: SubgoalCache) -> None:
+    steps = [Step("expand", sympy.expand), Step("factor", sympy.factor)]
+    ProofChain(cache, "proof", "main", goal="(x+1)**3 - (x-1)**3").run(steps)
+    cousin = ProofChain(cache, "proof", "alt", goal="(y+1)**3 - (y-1)**3")
+    cousin.run(steps)
+    y = sympy.Symbol("y")
+    assert cousin.grafts == 2
+    assert cousin.state == sympy.factor(6 * y**2 + 2)

@@ -27,8 +27,8 @@ What is *not* caught (these miss, they never produce a wrong hit):
 
 * trigonometric, exponential and logarithmic identities (``sin²x + cos²x`` vs ``1``,
   ``exp(x)·exp(x)`` is caught by SymPy itself but ``log(x·y)`` vs ``log x + log y`` is not);
-* affine arguments that differ between occurrences (``x·sin(2x)``) or shifted polynomial
-  arguments after expansion (``(2x+1)³`` expands first, then has no affine site);
+* affine arguments that differ between occurrences (``x·sin(2x)``), and shifted polynomial
+  arguments once expanded (``(2x+1)³`` written so is caught, ``8x³+12x²+6x+1`` is not);
 * symmetric renamings beyond the tie-break budget (more than 120 permutations), where the
   order falls back to the original names;
 * equal definite integrals with different bounds, sums with symbolic lower bounds, integration
@@ -183,7 +183,12 @@ class CanonicalForm:
 
     def to_user(self, result: sympy.Basic) -> sympy.Basic:
         """Map a result of the canonical problem back to the user's problem."""
-        out = result.xreplace(dict(self.back))
+        if self.op.startswith("step:"):
+            # a proof step's result *is* its form (factored, expanded …): rename only
+            with sympy.evaluate(False):
+                out = result.xreplace(dict(self.back))
+        else:
+            out = result.xreplace(dict(self.back))
         for name, user_f in self.functions_back.items():
             out = out.replace(sympy.Function(name), user_f)
         if self.kind == "equation":
@@ -195,6 +200,9 @@ class CanonicalForm:
         out = result if self.kind == "equation" else result / self.scale
         for name, canon_f in self.functions_forward.items():
             out = out.replace(sympy.Function(name), canon_f)
+        if self.op.startswith("step:"):
+            with sympy.evaluate(False):
+                return out.xreplace(dict(self.forward))
         return out.xreplace(dict(self.forward))
 
 
@@ -338,7 +346,8 @@ def canonicalize(
 def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> CanonicalForm:
     kind, body, parts = _structure(expr, op or "")
     op = op or _DEFAULT_OP[kind]
-    body = normal_form(_rationalize(body))
+    raw_body = _rationalize(body)
+    body = normal_form(raw_body)
     parts = [_rationalize(p) if isinstance(p, sympy.Basic) else p for p in parts]
     bound: sympy.Symbol | None = None
     if kind in ("integral", "sum") and parts and isinstance(parts[0], sympy.Symbol):
@@ -364,10 +373,15 @@ def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> C
         inverse = u + lo
     elif kind in ("integral", "derivative") and bound is not None \
             and isinstance(body, sympy.Expr):
-        affine = _affine(body, bound)
+        # as written first, so that (2x+1)**2 is seen before expansion hides it, then the
+        # normal form
+        affine = _affine(raw_body, bound) if isinstance(raw_body, sympy.Expr) else None
+        source = raw_body
+        if affine is None:
+            affine, source = _affine(body, bound), body
         if affine is not None:
             a, b = affine
-            body = normal_form(body.xreplace({bound: (u - b) / a}))
+            body = normal_form(source.xreplace({bound: (u - b) / a}))
             back_bound = a * bound + b
             inverse = (u - b) / a
             substitution = f"u = {a}*{bound} + {b}"

@@ -82,7 +82,11 @@ def from_tree(tree: Any) -> Any:
         if cls is None:
             msg = f"unknown SymPy class {tag!r} in a cache entry"
             raise CacheError(msg)
-        return cls(*[from_tree(a) for a in tree[1]])
+        args = [from_tree(a) for a in tree[1]]
+        if cls in (sympy.Add, sympy.Mul, sympy.Pow):
+            # rebuilt exactly as stored: 2*(3*x**2 + 1) must not be distributed again
+            return cls(*args, evaluate=False)
+        return cls(*args)
     except CacheError:
         raise
     except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
