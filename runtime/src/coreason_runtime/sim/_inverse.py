@@ -113,13 +113,15 @@ class DiffusionInverseProblem:
         return FitResult(n, kappa, solves, work, time.perf_counter() - t0)
 
     def ladder(self, fidelities: list[int], *, kappa0: float, gate: WhatIfGate | None = None,
-               order: int = 2) -> LadderResult:
+               order: int = 2, safety: float = 1.25) -> LadderResult:
         """Fit at each fidelity in turn; with a ``gate``, ask it before every escalation.
 
         The gate's dry run is Richardson's estimate from the last two fits (the first needs
         one tiny surrogate fit at half the lowest fidelity, counted as a dry run): the
-        current error is ``|κ_n - κ_{n/2}| / (2^p - 1)``, escalating removes ``1 - 2^-p`` of
-        it, and costs ``2^(d+2)`` times the last fit (``d = 2`` dimensions, explicit step).
+        current error is ``safety · |κ_n - κ_{n/2}| / (2^p - 1)``, escalating removes
+        ``1 - 2^-p`` of it, and costs ``(n'/n)^4`` times the last fit (cells × explicit
+        steps in 2D). ``safety`` is Roache's grid-convergence-index factor (1.25): the
+        Richardson estimate is too small while the coarsest grids are not yet asymptotic.
         """
         out = LadderResult()
         prev: FitResult | None = None
@@ -129,7 +131,7 @@ class DiffusionInverseProblem:
                 cur = out.fits[-1]
                 if prev.n >= cur.n:  # pragma: no cover - fidelities are increasing
                     break
-                err = abs(cur.kappa - prev.kappa) / (2**order - 1)
+                err = safety * abs(cur.kappa - prev.kappa) / (2**order - 1)
                 pred = Prediction(err * (1 - 2.0**-order), cur.cell_updates * (n / cur.n) ** 4,
                                   {"from": cur.n, "to": n, "kappa": cur.kappa,
                                    "estimated_error": err})
