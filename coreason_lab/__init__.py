@@ -1,11 +1,14 @@
 """coreason-lab: ``%%coreason`` magics, live dashboards and the Oracle Circuit for Jupyter.
 
 Load it in a notebook with ``%load_ext coreason_lab``; ``%coreason help`` lists the verbs.
+Using ``%coreason`` before loading the extension fails with IPython's own
+"UsageError: Line magic function `%coreason` not found": there is nothing to register until
+the extension is loaded, so load it first (or list it in ``c.InteractiveShellApp.extensions``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as _Any
 
 from coreason_lab._ask import AskHandle
 from coreason_lab._comm import TARGET as COMM_TARGET
@@ -41,7 +44,7 @@ __all__ = [
 _loaded: dict[int, CoreasonMagics] = {}
 
 
-def load_ipython_extension(ipython: Any, runtime: Any = None) -> CoreasonMagics:
+def load_ipython_extension(ipython: _Any, runtime: _Any = None) -> CoreasonMagics:
     """``%load_ext coreason_lab``: register ``%coreason``/``%%coreason`` and the settings.
 
     ``runtime`` (a Coordinator) is for tests and embedding; by default the magics use
@@ -58,7 +61,7 @@ def load_ipython_extension(ipython: Any, runtime: Any = None) -> CoreasonMagics:
     return magics
 
 
-def unload_ipython_extension(ipython: Any) -> None:
+def unload_ipython_extension(ipython: _Any) -> None:
     """``%unload_ext coreason_lab``: close dashboards, comms and throttles; the runtime and its
     ledgers stay (they belong to the kernel, not to the extension)."""
     magics = _loaded.pop(id(ipython), None)
@@ -69,3 +72,8 @@ def unload_ipython_extension(ipython: Any) -> None:
         ipython.configurables.remove(magics)
     ipython.magics_manager.magics["line"].pop("coreason", None)
     ipython.magics_manager.magics["cell"].pop("coreason", None)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the side panel built from labextension/ (see pyproject.toml)."""
+    return [{"src": "labextension", "dest": "coreason-lab"}]
