@@ -1,0 +1,23 @@
+"""Local models, offline: find, convert once to safetensors, load per process."""
+
+from __future__ import annotations
+
+from coreason_runtime.models._loader import (
+    LoadedModel,
+    ModelInfo,
+    list_models,
+    load_model,
+    load_tokenizer,
+    pull,
+)
+from coreason_runtime.models._tiny import tiny_llama
+
+__all__ = [
+    "LoadedModel",
+    "ModelInfo",
+    "list_models",
+    "load_model",
+    "load_tokenizer",
+    "pull",
+    "tiny_llama",
+]

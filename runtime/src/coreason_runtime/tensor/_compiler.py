@@ -1,0 +1,327 @@
+"""UniversalCompiler: one schema in; an llguidance grammar, a strict OpenAI form, a regex out."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from coreason_runtime._events import EventType
+from coreason_runtime._exceptions import (
+    CoreasonError,
+    OracleSchemaLimitError,
+    SchemaCompileError,
+    SchemaCompileTimeout,
+)
+from coreason_runtime.tensor._openai_strict import OpenAILimits, to_openai_strict, to_regex
+from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+
+if TYPE_CHECKING:
+    from coreason_runtime._events import EventBus
+
+__all__ = ["JSON_OPTIONS", "LocalGrammar", "TokenizerInfo", "UniversalCompiler", "tokenizer_info"]
+
+# Compact but readable JSON: one space after ',' and ':', no free whitespace. A model can then
+# neither pad forever with whitespace nor spend tokens on it.
+JSON_OPTIONS: dict[str, Any] = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The llguidance view of a tokenizer, and a stable identity to key compile caches with."""
+
+    ll: Any
+    ident: str
+    vocab_size: int
+    eos_token_id: int
+
+
+_TOKINFO: dict[int, tuple[Any, TokenizerInfo]] = {}
+_TOKINFO_LOCK = threading.Lock()
+
+
+def tokenizer_info(obj: Any) -> TokenizerInfo | None:
+    """Build (once per object) the :class:`TokenizerInfo` for a tokenizer-like object.
+
+    Accepts ``None``, a :class:`TokenizerInfo`, a ``LoadedModel`` (its tokenizer, sized to the
+    model's vocabulary) or a fast Hugging Face tokenizer.
+    """
+    if obj is None or isinstance(obj, TokenizerInfo):
+        return obj
+    with _TOKINFO_LOCK:
+        hit = _TOKINFO.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+    import llguidance.hf
+
+    if hasattr(obj, "tokenizer") and hasattr(obj, "model"):  # a LoadedModel
+        tok = obj.tokenizer
+        # The mask spans the larger of the two: a model may pad its vocabulary, or (a tiny test
+        # model) cut it short, in which case the logits it lacks are simply never allowed.
+        n_vocab = max(int(obj.model.config.vocab_size), len(tok))
+        ident = f"{obj.name}@{obj.revision}"
+    else:
+        tok = obj
+        n_vocab = len(tok)
+        backend = tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else repr(tok)
+        ident = "tok-" + hashlib.sha256(backend.encode()).hexdigest()[:16]
+    try:
+        ll = llguidance.hf.from_tokenizer(tok, n_vocab=n_vocab)
+    except ValueError as e:
+        msg = f"the local tier needs a fast Hugging Face tokenizer: {e}"
+        raise SchemaCompileError(msg) from e
+    info = TokenizerInfo(ll=ll, ident=ident, vocab_size=n_vocab, eos_token_id=int(tok.eos_token_id))
+    with _TOKINFO_LOCK:
+        _TOKINFO[id(obj)] = (obj, info)
+    return info
+
+
+@dataclass
+class LocalGrammar:
+    """An llguidance grammar, with a ready matcher for the tokenizer it was compiled against.
+
+    :meth:`matcher` hands out fresh matchers: a copy of the compiled prototype when the
+    tokenizer matches (cheap), otherwise a new compile.
+    """
+
+    grammar: str
+    tokenizer_ident: str | None
+    compile_seconds: float
+    _proto: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def matcher(self, info: TokenizerInfo) -> Any:
+        """A fresh ``LLMatcher`` at the start of the grammar.
+
+        Raises
+        ------
+        SchemaCompileError
+            The grammar does not compile against this tokenizer.
+        """
+        if self._proto is not None and info.ident == self.tokenizer_ident:
+            with self._lock:
+                return self._proto.deep_copy()
+        return _new_matcher(info, self.grammar)
+
+
+def _new_matcher(info: TokenizerInfo, grammar: str) -> Any:
+    import llguidance
+
+    m = llguidance.LLMatcher(info.ll, grammar, log_level=0)
+    if m.is_error():
+        msg = f"llguidance cannot compile the schema: {m.get_error()}"
+        raise SchemaCompileError(msg)
+    return m
+
+
+def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> LocalGrammar:
+    """Compile a JSON schema to an llguidance grammar (and matcher, given a tokenizer).
+
+    Raises
+    ------
+    SchemaCompileError
+        Unsupported keywords, invalid or unsatisfiable schemas: deterministic, never retried.
+    """
+    import llguidance
+
+    started = time.perf_counter()
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json_schema, defaults=JSON_OPTIONS  # type: ignore[arg-type]  # a TypedDict at heart
+        )
+    except (ValueError, TypeError) as e:
+        msg = f"llguidance cannot read the schema: {e}"
+        raise SchemaCompileError(msg) from e
+    if info is None:
+        err = llguidance.LLMatcher.validate_grammar(grammar)
+        if err and not err.startswith("WARNING"):
+            msg = f"llguidance cannot compile the schema: {err}"
+            raise SchemaCompileError(msg)
+        return LocalGrammar(grammar, None, time.perf_counter() - started)
+    proto = _new_matcher(info, grammar)
+    # An unsatisfiable schema compiles to a grammar that allows nothing at all.
+    if not proto.is_accepting() and not any(proto.compute_bitmask()):
+        msg = "the schema is unsatisfiable: no JSON value satisfies it"
+        raise SchemaCompileError(msg)
+    return LocalGrammar(grammar, info.ident, time.perf_counter() - started, _proto=proto)
+
+
+# One process-wide cache: a compile that outlives its caller's timeout still fills it.
+_Entry = LocalGrammar | SchemaCompileError
+_CACHE: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()
+_INFLIGHT: dict[tuple[str, str], concurrent.futures.Future[_Entry]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache_put(key: tuple[str, str], entry: _Entry) -> None:
+    with _CACHE_LOCK:
+        _CACHE[key] = entry
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        _INFLIGHT.pop(key, None)
+
+
+def _grammar_future(
+    key: tuple[str, str], json_schema: dict[str, Any], info: TokenizerInfo | None
+) -> concurrent.futures.Future[_Entry]:
+    """The cached result, the compile already running, or a new compile in a daemon thread."""
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            done: concurrent.futures.Future[_Entry] = concurrent.futures.Future()
+            done.set_result(_CACHE[key])
+            return done
+        running = _INFLIGHT.get(key)
+        if running is not None:
+            return running
+        fut: concurrent.futures.Future[_Entry] = concurrent.futures.Future()
+        _INFLIGHT[key] = fut
+
+    def work() -> None:
+        try:
+            entry: _Entry = compile_grammar(json_schema, info)
+        except SchemaCompileError as e:
+            entry = e
+        except Exception as e:  # a crash inside the grammar engine is a compile failure too
+            entry = SchemaCompileError(f"llguidance failed on the schema: {e!r}")
+        _cache_put(key, entry)
+        fut.set_result(entry)
+
+    # A daemon thread, not an executor: a pathological compile must never block exit.
+    threading.Thread(target=work, name="coreason-compile", daemon=True).start()
+    return fut
+
+
+def closed_objects(schema: Any) -> Any:
+    """A copy of ``schema`` where objects that do not mention extra keys forbid them.
+
+    Used for pydantic models, which ignore extra keys anyway: the grammar then never lets a
+    model wander into keys nobody reads.
+    """
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: closed_objects(sub) for name, sub in v.items()}
+        elif k in _SUBSCHEMAS:
+            out[k] = closed_objects(v)
+        else:
+            out[k] = v
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+_SUBSCHEMAS = frozenset({"items", "anyOf", "oneOf", "allOf", "not", "prefixItems",
+                         "additionalProperties", "if", "then", "else"})
+
+
+def clear_cache() -> None:
+    """Forget every compiled grammar (tests, benchmarks)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+class UniversalCompiler:
+    """Compiles a :class:`SchemaSpec` for every kind of tier, cached by schema and tokenizer.
+
+    Parameters
+    ----------
+    tokenizer
+        What the local tier decodes with (a ``LoadedModel``, a fast HF tokenizer or a
+        :class:`TokenizerInfo`); ``None`` compiles the grammar without a tokenizer check.
+    timeout
+        Seconds to wait for a grammar compile; past it the local tier is skipped
+        (:class:`SchemaCompileTimeout` in ``errors["grammar"]``) while the compile goes on in
+        the background and fills the cache for next time.
+    bus
+        Where ``schema.compiled`` events go.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        timeout: float = 5.0,
+        bus: EventBus | None = None,
+        *,
+        openai_limits: OpenAILimits | None = None,
+    ) -> None:
+        self.info = tokenizer_info(tokenizer)
+        self.timeout = timeout
+        self.bus = bus
+        self.openai_limits = openai_limits or OpenAILimits()
+
+    @classmethod
+    def for_runtime(cls, rt: Any, tokenizer: Any = None) -> UniversalCompiler:
+        return cls(tokenizer, timeout=rt.config.compile_timeout, bus=rt.bus)
+
+    @property
+    def tokenizer_ident(self) -> str:
+        return self.info.ident if self.info is not None else "-"
+
+    def compile(self, spec: SchemaSpec | Any, *, timeout: float | None = None) -> CompiledSchema:
+        """Compile every form; a form that fails is ``None`` with its typed error in ``errors``.
+
+        Raises
+        ------
+        SchemaError
+            ``spec`` is not a schema at all (only when given a raw user schema).
+        """
+        if not isinstance(spec, SchemaSpec):
+            spec = SchemaSpec.from_user(spec)
+        started = time.perf_counter()
+        errors: dict[str, CoreasonError] = {}
+        grammar: LocalGrammar | None = None
+        wait = self.timeout if timeout is None else timeout
+        target, key = spec.json_schema, spec.key
+        if spec.model is not None:
+            target, key = closed_objects(spec.json_schema), f"{spec.key}:closed"
+        fut = _grammar_future((key, self.tokenizer_ident), target, self.info)
+        try:
+            entry = fut.result(timeout=wait)
+        except concurrent.futures.TimeoutError:
+            msg = f"compiling schema {spec.name!r} took longer than {wait:g} s; local tier skipped"
+            errors["grammar"] = SchemaCompileTimeout(msg)
+        else:
+            if isinstance(entry, SchemaCompileError):
+                errors["grammar"] = entry
+            else:
+                grammar = entry
+        openai: dict[str, Any] | None = None
+        residue: dict[str, Any] = {}
+        try:
+            openai, residue = to_openai_strict(spec.json_schema, spec.name, self.openai_limits)
+        except OracleSchemaLimitError as e:
+            errors["openai"] = e
+        regex: str | None = None
+        try:
+            regex = to_regex(spec.json_schema)
+        except SchemaCompileError as e:
+            errors["regex"] = e
+        compiled = CompiledSchema(
+            spec=spec, grammar=grammar, openai=openai, residue=residue, regex=regex,
+            errors=errors, compile_seconds=time.perf_counter() - started,
+        )
+        if self.bus is not None:
+            self.bus.emit(
+                EventType.SCHEMA_COMPILED, source="compiler", key=spec.key, name=spec.name,
+                seconds=compiled.compile_seconds,
+                forms=[f for f, v in (("grammar", grammar), ("openai", openai), ("regex", regex))
+                       if v is not None],
+                errors={k: f"{type(v).__name__}: {v}" for k, v in errors.items()},
+            )
+        return compiled

@@ -1,0 +1,236 @@
+"""The local tier: masked decoding over an explicit KV cache, budgets, prefix reuse, events."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from coreason_runtime import (
+    BudgetExceededError,
+    EventBus,
+    EventType,
+    GrammarDeadEndError,
+    RequestError,
+    SchemaCompileError,
+    TierTimeoutError,
+)
+from coreason_runtime.models import LoadedModel, tiny_llama
+from coreason_runtime.tensor._compiler import UniversalCompiler
+from coreason_runtime.tensor._local import LocalTier
+from coreason_runtime.tensor._schema import CompiledSchema
+from coreason_runtime.tensor._types import SteerableTier, TierRequest, UnmeteredMeter
+from pydantic import BaseModel, Field
+
+
+class Reading(BaseModel):
+    """Bounded on purpose: a random model must be able to finish it within max_tokens."""
+
+    sensor: str = Field(max_length=12)
+    ok: bool
+    level: int = Field(ge=0, le=99)
+    unit: str = Field(pattern="^(m|s|kg)$")
+
+
+class CeilingMeter:
+    """A meter with a hard ceiling on output tokens, raising like the BudgetCage does."""
+
+    def __init__(self, max_in: int = 10**9, max_out: int = 10**9) -> None:
+        self.max_in, self.limit_out = max_in, max_out
+        self.tokens_in = self.tokens_out = 0
+
+    @property
+    def max_out(self) -> int:
+        return self.limit_out - self.tokens_out
+
+    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        over_in = self.tokens_in + tokens_in > self.max_in
+        if over_in or self.tokens_out + tokens_out > self.limit_out:
+            msg = "ceiling crossed"
+            raise BudgetExceededError(msg, ceiling=float(self.max_in + self.limit_out))
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Two OpenMP threads spin against each other on a loaded 2-core box; one is faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tier(tiny_model: LoadedModel) -> LocalTier:
+    return LocalTier(tiny_model, UniversalCompiler(tiny_model, timeout=30.0))
+
+
+@pytest.fixture(scope="module")
+def reading(tier: LocalTier) -> CompiledSchema:
+    return tier.compiler.compile(Reading)
+
+
+def _request(schema: CompiledSchema, **kw: Any) -> TierRequest:
+    base: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "Report the sensor."}],
+        "schema": schema, "max_tokens": 120, "workflow_id": "wf-local",
+    }
+    return TierRequest(**{**base, **kw})
+
+
+def test_local_tier_is_steerable(tier: LocalTier) -> None:
+    assert isinstance(tier, SteerableTier)
+    assert tier.name == "local"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_random_model_under_the_mask_produces_valid_json(
+    tier: LocalTier, reading: CompiledSchema, seed: int
+) -> None:
+    out = tier.complete(_request(reading, temperature=1.0, seed=seed), UnmeteredMeter())
+    value = reading.validate_text(out.text)
+    assert isinstance(value, Reading)
+    assert out.finish_reason == "stop"
+
+
+def test_greedy_decoding_is_deterministic(tier: LocalTier, reading: CompiledSchema) -> None:
+    a = tier.complete(_request(reading), UnmeteredMeter()).text
+    b = tier.complete(_request(reading), UnmeteredMeter()).text
+    assert a == b
+
+
+def test_same_seed_samples_the_same_answer(tier: LocalTier, reading: CompiledSchema) -> None:
+    a = tier.complete(_request(reading, temperature=1.0, seed=7), UnmeteredMeter()).text
+    b = tier.complete(_request(reading, temperature=1.0, seed=7), UnmeteredMeter()).text
+    assert a == b
+
+
+def test_output_reports_the_tokens_it_charged(tier: LocalTier, reading: CompiledSchema) -> None:
+    meter = UnmeteredMeter()
+    out = tier.complete(_request(reading), meter)
+    assert meter.tokens_in == out.tokens_in > 0
+    # every sampled token is charged, the end-of-sequence token included when it was sampled
+    assert meter.tokens_out in {out.tokens_out, out.tokens_out + 1}
+
+
+def test_prompt_over_budget_raises_before_decoding(
+    tier: LocalTier, reading: CompiledSchema
+) -> None:
+    meter = CeilingMeter(max_in=5)
+    with pytest.raises(BudgetExceededError):
+        tier.complete(_request(reading), meter)
+    assert meter.tokens_out == 0
+
+
+def test_output_budget_stops_decoding(tier: LocalTier, reading: CompiledSchema) -> None:
+    meter = CeilingMeter(max_out=4)
+    with pytest.raises(BudgetExceededError):
+        tier.complete(_request(reading), meter)
+    assert meter.tokens_out == 4
+
+
+def test_reused_prefix_gives_the_same_answer(tiny_model: LoadedModel) -> None:
+    bus = EventBus()
+    fresh = LocalTier(tiny_model, bus=bus)
+    schema = fresh.compiler.compile(Reading)
+    cold = fresh.complete(_request(schema), UnmeteredMeter())
+    warm = fresh.complete(_request(schema), UnmeteredMeter())
+    assert warm.text == cold.text
+    assert cold.extra["reused_tokens"] == 0
+    assert warm.extra["reused_tokens"] == warm.tokens_in - 1
+    events = bus.history([EventType.PREFIX_REUSED])
+    assert events[-1].data == {"reused": warm.tokens_in - 1, "prefill": 1}
+
+
+def test_prefix_cache_stays_within_its_token_bound(tiny_model: LoadedModel) -> None:
+    small = LocalTier(tiny_model, prefix_cache_tokens=400)
+    schema = small.compiler.compile(Reading)
+    for word in ("alpha", "beta", "gamma"):
+        msgs = [{"role": "user", "content": f"{word} " * 40}]
+        small.complete(_request(schema, messages=msgs), UnmeteredMeter())
+        assert small.prefix_cache.tokens <= 400
+
+
+def test_tokens_stream_as_events(tiny_model: LoadedModel) -> None:
+    bus = EventBus()
+    streaming = LocalTier(tiny_model, bus=bus, stream_every=4)
+    schema = streaming.compiler.compile(Reading)
+    out = streaming.complete(_request(schema), UnmeteredMeter())
+    events = bus.history([EventType.TOKENS])
+    assert "".join(e.data["delta"] for e in events) == out.text
+    assert {(e.workflow_id, e.data["tier"]) for e in events} == {("wf-local", "local")}
+
+
+def test_timeout_raises_tier_timeout(tier: LocalTier, reading: CompiledSchema) -> None:
+    with pytest.raises(TierTimeoutError):
+        tier.complete(_request(reading, timeout=0.0), UnmeteredMeter())
+
+
+def test_max_tokens_cuts_the_answer_short(tier: LocalTier, reading: CompiledSchema) -> None:
+    out = tier.complete(_request(reading, max_tokens=3), UnmeteredMeter())
+    assert out.finish_reason == "length"
+    assert out.tokens_out == 3
+
+
+def test_zero_max_tokens_is_a_request_error(tier: LocalTier, reading: CompiledSchema) -> None:
+    with pytest.raises(RequestError):
+        tier.complete(_request(reading, max_tokens=0), UnmeteredMeter())
+
+
+def test_schema_without_grammar_raises_its_compile_error(tier: LocalTier) -> None:
+    bad = tier.compiler.compile({"type": "integer", "minimum": 5, "maximum": 1})
+    with pytest.raises(SchemaCompileError):
+        tier.complete(_request(bad), UnmeteredMeter())
+
+
+def test_model_that_cannot_spell_the_grammar_is_a_dead_end(model_tokenizer: Any) -> None:
+    mute = LocalTier(tiny_llama(model_tokenizer, seed=0, head_size=8))
+    schema = mute.compiler.compile(Reading)
+    with pytest.raises(GrammarDeadEndError):
+        mute.complete(_request(schema), UnmeteredMeter())
+
+
+def test_concurrent_requests_match_serial_ones(tier: LocalTier, reading: CompiledSchema) -> None:
+    expected = tier.complete(_request(reading), UnmeteredMeter()).text
+    results: list[str] = []
+
+    def run() -> None:
+        results.append(tier.complete(_request(reading), UnmeteredMeter()).text)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected] * 3
+
+
+def test_complete_text_streams_an_unconstrained_answer(tier: LocalTier) -> None:
+    deltas: list[str] = []
+    out = tier.complete_text([{"role": "user", "content": "hi"}], 12, on_delta=deltas.append,
+                             ignore_eos=True)
+    assert out.tokens_out == 12
+    assert "".join(deltas) == out.text
+
+
+def test_complete_text_honours_a_grammar(tier: LocalTier, reading: CompiledSchema) -> None:
+    out = tier.complete_text([{"role": "user", "content": "hi"}], 120, grammar=reading,
+                             temperature=1.0, seed=5)
+    assert isinstance(reading.validate_text(out.text), Reading)
+
+
+@pytest.mark.model
+def test_real_model_answers_with_valid_json(real_model: LoadedModel) -> None:
+    class Sum(BaseModel):
+        result: int
+
+    real = LocalTier(real_model)
+    schema = real.compiler.compile(Sum)
+    req = TierRequest(messages=[{"role": "user", "content": "What is 2 + 3?"}], schema=schema,
+                      max_tokens=16, workflow_id="wf-real")
+    out = real.complete(req, UnmeteredMeter())
+    assert isinstance(schema.validate_text(out.text), Sum)
+    assert out.model == real_model.name
