@@ -57,6 +57,7 @@ def load_ipython_extension(ipython: _Any, runtime: _Any = None) -> CoreasonMagic
     ipython.register_magics(magics)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)  # so `%config CoreasonMagics` finds it
+    magics.register_comm()  # a no-op outside a kernel (plain IPython has no frontend)
     _loaded[id(ipython)] = magics
     return magics
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from coreason_runtime import Event
@@ -65,12 +66,33 @@ class CommBridge:
         Event batches per second per open comm.
     """
 
-    def __init__(self, runtime: Any, controls: Controls, max_per_second: float = 10.0) -> None:
-        self.runtime = runtime
-        self.controls = controls
+    def __init__(self, runtime: Any = None, controls: Controls | None = None,
+                 max_per_second: float = 10.0, *,
+                 provider: Callable[[], tuple[Any, Controls]] | None = None) -> None:
+        if provider is None and (runtime is None or controls is None):
+            msg = "CommBridge needs a runtime and controls, or a provider of both"
+            raise ValueError(msg)
+        self._runtime = runtime
+        self._controls = controls
+        self._provider = provider
         self.max_per_second = max_per_second
         self.open_comms: dict[str, tuple[Any, Throttle]] = {}
         self._registered = False
+
+    def _resolve(self) -> None:
+        if self._provider is not None:  # the runtime starts when the frontend first connects
+            self._runtime, self._controls = self._provider()
+
+    @property
+    def runtime(self) -> Any:
+        self._resolve()
+        return self._runtime
+
+    @property
+    def controls(self) -> Controls:
+        self._resolve()
+        assert self._controls is not None
+        return self._controls
 
     def register(self) -> bool:
         """Register the target with the kernel's comm manager; False outside a kernel."""

@@ -104,9 +104,15 @@ class CoreasonMagics(Magics):
             self._controls = None
         if self._controls is None:
             self._controls = Controls(self._runtime.bus)
-            self.bridge = CommBridge(self._runtime, self._controls, self.max_updates_per_second)
-            self.bridge.register()
         return self._runtime
+
+    def register_comm(self) -> bool:
+        """Register the ``coreason`` comm target now (at ``%load_ext``), so a side panel can
+        connect before any magic ran; the runtime itself starts on the first connection."""
+        if self.bridge is None:
+            self.bridge = CommBridge(provider=lambda: (self.runtime, self.controls),
+                                     max_per_second=self.max_updates_per_second)
+        return self.bridge.register()
 
     @property
     def controls(self) -> Controls:

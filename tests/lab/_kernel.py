@@ -10,9 +10,10 @@ from typing import Any
 from jupyter_client.manager import start_new_kernel
 
 # A tier that decodes like a small local model: one token every ``delay`` seconds, each
-# charged to the meter as it is produced (so the control gate sees every token).
+# charged to the meter as it is produced (so the control gate sees every token), until the
+# test sets ``finish`` (or max_tokens is reached), so a test never races the decode's end.
 SLOW_TIER = '''
-import time
+import threading, time
 from pydantic import BaseModel
 from coreason_runtime import Coordinator
 from coreason_runtime.tensor import TierOutput
@@ -22,16 +23,19 @@ class Answer(BaseModel):
 
 class SlowTier:
     name, steerable, model = "local", False, "slow"
-    def __init__(self, tokens=200, delay=0.01):
-        self.tokens, self.delay = tokens, delay
+    def __init__(self, delay=0.01):
+        self.delay, self.finish = delay, threading.Event()
     def complete(self, request, meter):
         meter.charge(tokens_in=10)
-        for _ in range(self.tokens):
+        n = 0
+        while n < request.max_tokens and not self.finish.is_set():
             time.sleep(self.delay)
             meter.charge(tokens_out=1)
-        return TierOutput(text='{"value": 1}', tokens_in=10, tokens_out=self.tokens, model="slow")
+            n += 1
+        return TierOutput(text='{"value": 1}', tokens_in=10, tokens_out=n, model="slow")
 
-Coordinator.default().router.set_tiers([SlowTier()])
+_tier = SlowTier()
+Coordinator.default().router.set_tiers([_tier])
 %load_ext coreason_lab
 _m = get_ipython().magics_manager.registry["CoreasonMagics"]
 def _until(pred, timeout=20.0):
