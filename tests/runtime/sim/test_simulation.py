@@ -158,3 +158,22 @@ def test_dam_break_refines_at_the_waves_and_conserves_mass() -> None:
     assert sim.grid.error_l2(exact) < coarse.grid.error_l2(exact)
     assert abs(result.mass_drift) < 1e-12
     assert 0 < sim.grid.n_refined < sim.grid.nb**2
+
+
+def test_positivity_loss_refines_the_block_and_retries_then_fails_loudly() -> None:
+    # cfl=1.2 puts κΔt/h² at 0.3, past the 1/4 bound: the peak cell goes negative. The
+    # watchdog refines the offending block and repeats the window; the fine cells use the
+    # same over-large fraction, so the invariant still fails and the run stops loudly.
+    bus = EventBus()
+    nonneg = Invariant.symbolic("u >= 0", u_sym >= 0, [u_sym], "pointwise")
+    sharp = gaussian_pulse(kappa=1.0, sigma=0.01, centre=(0.3, 0.35))
+    sim = MultiFidelitySimulation(Diffusion(1.0, cfl=1.2), sharp, n=32, block=8, factor=2,
+                                  watchdog=Watchdog(tol=1e9), invariants=[nonneg], bus=bus)
+    with pytest.raises(InvariantViolationError, match="u >= 0") as info:
+        sim.run(2e-3)
+    assert info.value.region is not None
+    assert sim.t == 0.0
+    retried = bus.history([EventType.INVARIANT_VIOLATED])[0]
+    assert retried.data["action"] == "refine and retry"
+    refined = bus.history([EventType.CELL_REFINED])
+    assert refined and {e.data["reason"] for e in refined} == {"invariant"}

@@ -84,7 +84,7 @@ def get_backend(name: str = "numpy", *, device: str | None = None) -> Backend:
     try:
         import torch
     except ImportError as e:  # pragma: no cover - torch is in the dev env
-        raise MissingExtraError("torch", "torch") from e
+        raise MissingExtraError("torch", "local") from e
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -27,7 +27,10 @@ _SIDES = ((0, 0), (0, 1), (1, 0), (1, 1))
 _TEMPORARIES = 14  # arrays alive at once per cell during a step (fluxes, padded copies)
 
 
-def _available_bytes() -> int:
+def _available_bytes(backend: Backend | None = None) -> int:
+    if backend is not None and backend.device is not None and backend.device.startswith("cuda"):
+        free, _total = backend.xp.cuda.mem_get_info()
+        return int(free)
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
@@ -44,7 +47,8 @@ class BlockGrid:
         block: coarse cells per block side; must divide ``n``.
         factor: refinement factor of a refined block (2–4).
         backend: a :class:`Backend` (NumPy when omitted).
-        memory_limit: bytes the grid may use; default half the available memory.
+        memory_limit: bytes the grid may use; default half the free memory of the device
+            the arrays live on (host RAM, or the GPU's for a CUDA backend).
 
     Raises:
         GridTooLargeError: even the coarse grid would not fit in ``memory_limit``.
@@ -65,14 +69,15 @@ class BlockGrid:
         if not 2 <= factor <= 4:
             msg = f"refinement factor must be 2, 3 or 4; got {factor}"
             raise SimulationError(msg)
-        limit = memory_limit if memory_limit is not None else _available_bytes() // 2
+        backend = backend or get_backend("numpy")
+        limit = memory_limit if memory_limit is not None else _available_bytes(backend) // 2
         coarse_bytes = 8 * physics.ncomp * n * n * _TEMPORARIES
         if coarse_bytes > limit:
             msg = (f"a {n}x{n} grid with {physics.ncomp} components needs about "
                    f"{coarse_bytes / 2**20:.0f} MiB; the limit is {limit / 2**20:.0f} MiB")
             raise GridTooLargeError(msg)
         self.physics = physics
-        self.backend = backend or get_backend("numpy")
+        self.backend = backend
         self.n, self.bs, self.r = n, block, factor
         self.nb = n // block
         self.m = block * factor
