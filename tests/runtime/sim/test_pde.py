@@ -97,3 +97,26 @@ def test_invariants_from_heat_law_conserve_mass_and_keep_u_nonnegative() -> None
     state = np.array([[[0.0, 2.0]]])
     margin = next(i for i in invs if i.kind == "pointwise").fn(state)
     assert margin.tolist() == [[0.0, 2.0]]
+
+
+def test_diffusion_solver_step_matches_the_derived_ftcs_bound() -> None:
+    from coreason_runtime.sim import Diffusion, get_backend
+
+    eq, u = heat()
+    bound = float(ConservationLaw.from_pde(eq, u, t, (x, y)).ftcs_bound())
+    solver = Diffusion(kappa=2.0, cfl=1.0)
+    h = 0.01
+    assert solver.max_dt(get_backend(), np.zeros((1, 2, 2)), h) == pytest.approx(bound * h**2 / 2.0)
+
+
+def test_shallow_water_solver_speed_matches_the_derived_eigenvalues() -> None:
+    from coreason_runtime.sim import ShallowWater, get_backend
+
+    eqs, fields = shallow_water()
+    law = ConservationLaw.from_pde(eqs, fields, t, (x, y))
+    state = {sp.Symbol("h"): 2.0, sp.Symbol("hu"): 3.0, sp.Symbol("hv"): -1.0, g: 9.81}
+    sx = max(abs(float(s.subs(state))) for s in law.wave_speeds(0))
+    sy = max(abs(float(s.subs(state))) for s in law.wave_speeds(1))
+    u = np.array([2.0, 3.0, -1.0]).reshape(3, 1, 1)
+    solver = ShallowWater(g=9.81, cfl=1.0)
+    assert solver.max_dt(get_backend(), u, 0.1) == pytest.approx(0.1 / (sx + sy))
