@@ -1,0 +1,60 @@
+"""Decode sessions over an explicit KV cache: pause/resume/inject, span repair, lazy thunks."""
+
+from __future__ import annotations
+
+from coreason_runtime.decode._engine import DecodeEngine, Preemptible
+from coreason_runtime.decode._kv import KVSnapshot, crop_to, kv_max_abs_diff
+from coreason_runtime.decode._offsets import TokenText
+from coreason_runtime.decode._repair import RepairResult, SpanContext, check_span, repair_span
+from coreason_runtime.decode._sampler import Sampler
+from coreason_runtime.decode._session import Checkpoint, DecodeSession, SessionState, Step
+from coreason_runtime.decode._thunks import (
+    DemandExecutor,
+    Expander,
+    ModelExpander,
+    Thunk,
+    expander,
+    parse_thunks,
+    thunkify,
+)
+from coreason_runtime.decode._verify import (
+    SchemaVerifier,
+    StepFailure,
+    SympyVerifier,
+    UnitsVerifier,
+    Verdict,
+    Verifier,
+    locate_failures,
+)
+
+__all__ = [
+    "Checkpoint",
+    "DecodeEngine",
+    "DecodeSession",
+    "DemandExecutor",
+    "Expander",
+    "KVSnapshot",
+    "ModelExpander",
+    "Preemptible",
+    "RepairResult",
+    "Sampler",
+    "SchemaVerifier",
+    "SessionState",
+    "SpanContext",
+    "Step",
+    "StepFailure",
+    "SympyVerifier",
+    "Thunk",
+    "TokenText",
+    "UnitsVerifier",
+    "Verdict",
+    "Verifier",
+    "check_span",
+    "crop_to",
+    "expander",
+    "kv_max_abs_diff",
+    "locate_failures",
+    "parse_thunks",
+    "repair_span",
+    "thunkify",
+]

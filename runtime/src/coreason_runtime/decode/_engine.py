@@ -1,0 +1,387 @@
+"""The DecodeEngine: owns the model lock and runs the most urgent runnable session."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from coreason_runtime._events import EventBus, EventType
+from coreason_runtime._exceptions import ConfigurationError, DecodeError, RequestError
+from coreason_runtime.decode._kv import new_cache
+from coreason_runtime.decode._offsets import TokenText
+from coreason_runtime.decode._sampler import Sampler
+from coreason_runtime.decode._session import DecodeSession, SessionState, _Interrupted
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache
+
+    from coreason_runtime._coordinator import Coordinator
+
+__all__ = ["DecodeEngine", "Preemptible"]
+
+# llguidance tokenizers per HF tokenizer (kept alive with it, so the id stays unique)
+_LL_TOKENIZERS: dict[int, tuple[Any, Any]] = {}
+_LL_LOCK = threading.Lock()
+
+
+@runtime_checkable
+class Preemptible(Protocol):
+    """Anything a scheduler can park and wake: decode sessions, simulations, tool runs."""
+
+    @property
+    def priority(self) -> int: ...
+
+    def pause(self, *, wait: bool = True, timeout: float | None = 10.0) -> float: ...
+
+    def resume(self, ctx_delta: Any = None) -> None: ...
+
+
+def _decoder_layers(model: Any) -> Sequence[Any]:
+    """The model's list of decoder blocks (the boundaries where a pause can land)."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    msg = f"cannot find the {n} decoder layers of {type(model).__name__}"
+    raise ConfigurationError(msg)
+
+
+class DecodeEngine:
+    """Runs decode sessions over one causal LM, one step at a time, most urgent first.
+
+    The engine holds the model lock: every forward pass of every session goes through
+    :meth:`forward` under it. Forward pre-hooks on the decoder layers let a pause (or a more
+    urgent session) abandon a forward pass at the next layer boundary. Sessions submitted
+    with :meth:`submit` run on the engine's own thread, highest ``priority`` first; a
+    session can also be driven on the caller's thread with :meth:`DecodeSession.run`.
+
+    Parameters
+    ----------
+    model, tokenizer:
+        A transformers causal LM (Llama-like) and its tokenizer.
+    bus:
+        Where DECODE_*, SPAN_REPAIRED, THUNK_* and VERIFIER_FAILED events go.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, bus: EventBus | None = None) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.bus = bus or EventBus()
+        self.lock = threading.RLock()
+        self.text = TokenText(tokenizer)
+        self.device = next(model.parameters()).device
+        self.use_streams = self.device.type == "cuda" and torch.cuda.is_available()
+        self._current: DecodeSession | None = None
+        # False: a pause waits for the token step to end (the baseline the benchmark measures)
+        self.layer_checks = True
+        self._hooks = [
+            layer.register_forward_pre_hook(self._check_interrupt)
+            for layer in _decoder_layers(model)
+        ]
+        eos = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
+        for extra in ("<|im_end|>", "<|endoftext|>"):
+            tid = tokenizer.convert_tokens_to_ids(extra)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                eos.add(tid)
+        flat: set[int] = set()
+        for e in eos:
+            if isinstance(e, int):
+                flat.add(e)
+            elif isinstance(e, (list, tuple)):
+                flat.update(int(x) for x in e)
+        self.stop_ids: frozenset[int] = frozenset(flat)
+        self._ll_tokenizer: Any = None
+        self._sessions: list[DecodeSession] = []
+        self._sched = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def for_runtime(cls, rt: Coordinator) -> DecodeEngine:
+        """The runtime's engine over its default local model (``rt.config.model``)."""
+        from coreason_runtime.models import load_model
+
+        loaded = load_model(rt.config.model)
+        return cls(loaded.model, loaded.tokenizer, bus=rt.bus)
+
+    # --- text --------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens added."""
+        return [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)]
+
+    def chat_ids(
+        self, user: str, *, system: str | None = None, assistant_prefix: str = ""
+    ) -> list[int]:
+        """A chat prompt ending where the assistant's answer starts (plus ``assistant_prefix``)."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            ids = [int(t) for t in (ids["input_ids"] if isinstance(ids, dict) else ids)]
+        else:
+            ids = self.encode((f"{system}\n" if system else "") + f"{user}\n")
+        extra = self.encode(assistant_prefix) if assistant_prefix else []
+        return [int(t) for t in ids] + extra
+
+    # --- grammar -----------------------------------------------------------------------------
+
+    def new_matcher(self, grammar: str) -> Any:
+        """An llguidance LLMatcher for ``grammar`` (Lark, regex or JSON grammar string)."""
+        import llguidance
+        import llguidance.hf
+
+        if self._ll_tokenizer is None:
+            key = id(self.tokenizer)
+            with _LL_LOCK:
+                if key not in _LL_TOKENIZERS:  # building it walks the whole vocabulary
+                    _LL_TOKENIZERS[key] = (
+                        self.tokenizer,
+                        llguidance.hf.from_tokenizer(self.tokenizer),
+                    )
+                self._ll_tokenizer = _LL_TOKENIZERS[key][1]
+        matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            msg = f"invalid grammar: {matcher.get_error()}"
+            raise RequestError(msg)
+        return matcher
+
+    def mask_logits(self, matcher: Any, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with every token the grammar forbids set to -inf (a copy).
+
+        The bitmask is unpacked with numpy rather than llguidance's torch.compile'd kernel,
+        whose first call compiles for tens of seconds on CPU.
+        """
+        out = logits.clone()
+        if matcher is None:
+            return out
+        import numpy as np
+        import torch
+
+        n_vocab = min(int(self._ll_tokenizer.vocab_size), out.numel())
+        bits = np.unpackbits(
+            np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little"
+        )
+        allowed = torch.zeros(out.numel(), dtype=torch.bool)
+        allowed[:n_vocab] = torch.from_numpy(bits[:n_vocab].astype(bool))
+        return out.masked_fill(~allowed.to(out.device), float("-inf"))
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def new_stream(self, priority: int) -> Any:
+        """A CUDA stream whose hardware priority follows the session's (None on CPU)."""
+        if not self.use_streams:
+            return None
+        import torch
+
+        # lower numbers are more urgent; out-of-range values clamp to the device's range
+        return torch.cuda.Stream(device=self.device, priority=-1 if priority > 0 else 0)  # type: ignore[no-untyped-call]
+
+    @contextlib.contextmanager
+    def stream_context(self, stream: Any) -> Iterator[None]:
+        if stream is None:
+            yield
+            return
+        import torch
+
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
+
+    # --- the forward pass --------------------------------------------------------------------
+
+    def _check_interrupt(self, module: Any, args: Any) -> None:
+        session = self._current
+        if session is not None and self.layer_checks and session._interrupt.is_set():
+            raise _Interrupted
+
+    def forward(
+        self, session: DecodeSession, ids: Sequence[int], *, interruptible: bool
+    ) -> torch.Tensor:
+        """Append ``ids`` to ``session.cache``; returns the next-token logits (1-D, float32).
+
+        With ``interruptible`` a pause abandons the pass at a layer boundary by raising
+        ``_Interrupted``; the caller crops the cache back.
+        """
+        return self._run(session.cache, ids, session if interruptible else None)
+
+    def _run(
+        self, cache: DynamicCache, ids: Sequence[int], session: DecodeSession | None
+    ) -> torch.Tensor:
+        import torch
+
+        with self.lock, torch.no_grad():
+            self._current = session
+            try:
+                out = self.model(
+                    input_ids=torch.tensor([list(ids)], device=self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            finally:
+                self._current = None
+        logits: torch.Tensor = out.logits[0, -1].float()
+        return logits
+
+    def prefill(self, ids: Sequence[int]) -> tuple[DynamicCache, torch.Tensor]:
+        """A fresh cache holding ``ids`` and the next-token logits: the full-recompute reference."""
+        cache = new_cache(self.model.config)
+        logits = self._run(cache, ids, None)
+        return cache, logits
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def session(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        chat: bool = True,
+        system: str | None = None,
+        assistant_prefix: str = "",
+        priority: int = 0,
+        sampler: Sampler | None = None,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        pause_on: Sequence[str] = (),
+        grammar: str | None = None,
+        workflow_id: str | None = None,
+        name: str | None = None,
+    ) -> DecodeSession:
+        """A new session; a string prompt is wrapped in the chat template unless ``chat=False``."""
+        if isinstance(prompt, str):
+            if not prompt:
+                msg = "the prompt is empty"
+                raise RequestError(msg)
+            ids = (
+                self.chat_ids(prompt, system=system, assistant_prefix=assistant_prefix)
+                if chat
+                else self.encode(prompt)
+            )
+        else:
+            ids = [int(t) for t in prompt]
+        return DecodeSession(
+            self,
+            ids,
+            priority=priority,
+            sampler=sampler,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            pause_on=pause_on,
+            grammar=grammar,
+            workflow_id=workflow_id,
+            name=name,
+        )
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> DecodeSession:
+        """Create a session and decode it to the end on this thread."""
+        s = self.session(prompt, **kwargs)
+        s.run()
+        return s
+
+    def submit(self, session: DecodeSession) -> DecodeSession:
+        """Queue ``session`` on the engine's thread; a more urgent one preempts the current."""
+        if self._closed:
+            msg = "this DecodeEngine is closed"
+            raise DecodeError(msg)
+        if session.engine is not self:
+            msg = f"session {session.id} belongs to another engine"
+            raise RequestError(msg)
+        session._begin()
+        with self._sched:
+            if session not in self._sessions:
+                self._sessions.append(session)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="coreason-decode", daemon=True
+                )
+                self._thread.start()
+        self._reschedule()
+        return session
+
+    def _runnable(self) -> list[DecodeSession]:
+        return [s for s in self._sessions if s.state is SessionState.RUNNING and not s._executing]
+
+    def _reschedule(self) -> None:
+        """Wake the loop and preempt the running session if a more urgent one is runnable."""
+        with self._sched:
+            running = [s for s in self._sessions if s._executing]
+            waiting = self._runnable()
+            if running and waiting and max(w.priority for w in waiting) > running[0].priority:
+                running[0]._interrupt.set()
+            self._sched.notify_all()
+
+    def _loop(self) -> None:
+        last: DecodeSession | None = None
+        while True:
+            with self._sched:
+                self._sessions = [s for s in self._sessions if s.state is not SessionState.FINISHED]
+                while not self._closed and not self._runnable():
+                    self._sched.wait(0.5)
+                    self._sessions = [
+                        s for s in self._sessions if s.state is not SessionState.FINISHED
+                    ]
+                if self._closed:
+                    return
+                # most urgent first; among equals, keep running the one that ran last
+                chosen = max(self._runnable(), key=lambda s: (s.priority, s is last))
+            if (
+                last is not None
+                and last is not chosen
+                and last.state is SessionState.RUNNING
+                and not last.preempted
+            ):  # preempted at a token boundary
+                last.preempted = True
+                last._emit(
+                    EventType.DECODE_PAUSED,
+                    offset=len(last),
+                    reason="preempted",
+                    in_forward=False,
+                    by=chosen.id,
+                )
+            if chosen.preempted:
+                chosen.preempted = False
+                chosen._emit(EventType.DECODE_RESUMED, offset=len(chosen), reason="rescheduled")
+            try:
+                chosen._drive_one()
+            except Exception as e:  # a failing session is finished, the engine keeps going
+                chosen._finish(f"error: {type(e).__name__}: {e}")
+                chosen._emit(
+                    EventType.DECODE_FINISHED,
+                    offset=len(chosen),
+                    reason=chosen.finish_reason,
+                    n_generated=chosen.n_generated,
+                )
+                continue
+            if chosen.preempted:  # abandoned mid-forward for a more urgent session
+                chosen._emit(
+                    EventType.DECODE_PAUSED, offset=len(chosen), reason="preempted", in_forward=True
+                )
+            last = chosen
+
+    def close(self) -> None:
+        """Stop the engine thread and remove the layer hooks. Idempotent."""
+        with self._sched:
+            self._closed = True
+            self._sched.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<DecodeEngine {type(self.model).__name__} on {self.device} "
+            f"sessions={len(self._sessions)}>"
+        )

@@ -1,0 +1,546 @@
+"""Verifiers that find the wrong step (SymPy, units, JSON schema) and map it to a token span."""
+
+from __future__ import annotations
+
+import json
+import re
+import tokenize
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from coreason_runtime._events import EventType
+from coreason_runtime._exceptions import VerifierError
+
+if TYPE_CHECKING:
+    from coreason_runtime.decode._session import DecodeSession
+
+__all__ = [
+    "SchemaVerifier",
+    "StepFailure",
+    "SympyVerifier",
+    "UnitsVerifier",
+    "Verdict",
+    "Verifier",
+    "locate_failures",
+]
+
+THUNK_RE = re.compile(r"⟦\s*([A-Za-z_][\w.]*)\s*(?:\((.*?)\))?\s*⟧")
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A step a verifier rejects. Character offsets are into the text that was checked.
+
+    ``start``/``end`` cover the wrong claim (e.g. the right-hand side of a derivative);
+    ``token_start``/``token_end`` are filled in by :func:`locate_failures`.
+    """
+
+    step: int
+    start: int
+    end: int
+    line_start: int
+    line_end: int
+    kind: str
+    claim: str
+    message: str
+    expected: str | None = None
+    token_start: int | None = None
+    token_end: int | None = None
+
+
+@dataclass
+class Verdict:
+    """What a verifier found: failures, how many steps it could check, thunks it needs."""
+
+    failures: list[StepFailure] = field(default_factory=list)
+    checked: int = 0
+    needs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Checks a reasoning text step by step."""
+
+    name: str
+
+    def check(self, text: str) -> Verdict: ...
+
+
+def _lines(text: str) -> Iterator[tuple[int, int, str]]:
+    """(index, start offset, line) for every non-blank line."""
+    pos = 0
+    idx = 0
+    for line in text.splitlines(keepends=True):
+        if line.strip():
+            yield idx, pos, line.rstrip("\n")
+            idx += 1
+        pos += len(line)
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Shrink ``[start, end)`` past surrounding blanks and trailing punctuation."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] in ".,;:"):
+        end -= 1
+    return start, end
+
+
+# --- SymPy ------------------------------------------------------------------------------------
+
+_FUNCS = (
+    "sin",
+    "cos",
+    "tan",
+    "sec",
+    "csc",
+    "cot",
+    "exp",
+    "log",
+    "ln",
+    "sqrt",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asin",
+    "acos",
+    "atan",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "pi",
+    "E",
+)
+_SAFE_RE = re.compile(r"^[0-9A-Za-z+\-*/^().,\s]*$")
+_IDENT_RE = re.compile(r"[A-Za-z]+")
+_UNICODE = {"−": "-", "·": "*", "×": "*", "²": "^2", "³": "^3", "⁴": "^4", "π": "pi", "√": "sqrt"}
+_PREFIX = r"^\s*(?:(?:step\s*)?\d+[.):]\s*|[-*•]\s*|so,?\s*|then,?\s*|thus,?\s*|therefore,?\s*)?"
+_DERIV = re.compile(
+    _PREFIX + r"(?:d/d([a-z])\s*(?:of\s*)?|the derivative of\s*)(.+?)\s*(?:=|is)\s*(.+)$", re.I
+)
+_PRIME = re.compile(_PREFIX + r"([a-zA-Z])'\(([a-z])\)\s*=\s*(.+)$")
+_DEF = re.compile(_PREFIX + r"([a-zA-Z])\(([a-z])\)\s*=\s*(.+)$")
+_INTEG = re.compile(_PREFIX + r"(?:∫|int\b|integral of)\s*(.+?)\s*d([a-z])\s*=\s*(.+)$", re.I)
+_SIMP = re.compile(_PREFIX + r"(?:simplify|expand|factor)\s*:?\s*(.+?)\s*=\s*(.+)$", re.I)
+_SOLVE = re.compile(
+    _PREFIX + r"solve\s*:?\s*(.+?=.+?)\s*(?:for\s*[a-z]\s*)?(?::|=>|⇒|→|gives)\s*(.+)$", re.I
+)
+_EQ = re.compile(_PREFIX + r"(.+?)\s*=\s*(.+)$")
+
+
+def _parse(text: str) -> Any:
+    """A SymPy expression from calculus-text notation (``3x^2``, ``sin x``, ``e^x``)."""
+    import sympy
+    from sympy.parsing.sympy_parser import (
+        convert_xor,
+        implicit_multiplication_application,
+        parse_expr,
+        standard_transformations,
+    )
+
+    for k, v in _UNICODE.items():
+        text = text.replace(k, v)
+    text = text.strip().rstrip(".,;")
+    if not text or not _SAFE_RE.match(text) or len(text) > 200:
+        msg = f"not a plain expression: {text!r}"
+        raise ValueError(msg)
+    for ident in _IDENT_RE.findall(text):
+        if ident not in _FUNCS and len(ident) > 1 and not all(c in "xyztabcnkC" for c in ident):
+            msg = f"unknown name {ident!r} in {text!r}"
+            raise ValueError(msg)
+    local = {
+        "e": sympy.E,
+        "ln": sympy.log,
+        "arcsin": sympy.asin,
+        "arccos": sympy.acos,
+        "arctan": sympy.atan,
+        "C": sympy.Symbol("C"),
+        "E": sympy.E,
+    }
+    tr = (*standard_transformations, implicit_multiplication_application, convert_xor)
+    return parse_expr(text, local_dict=local, transformations=tr, evaluate=True)
+
+
+def _caret(expr: Any) -> str:
+    return str(expr).replace("**", "^")
+
+
+def _same(a: Any, b: Any) -> bool:
+    import sympy
+
+    diff = sympy.simplify(sympy.expand(a - b))
+    return bool(diff == 0)
+
+
+class SympyVerifier:
+    """Checks derivatives, integrals, simplifications and equation solving with SymPy.
+
+    Recognised steps (one per line): ``d/dx EXPR = RESULT``, ``f'(x) = RESULT`` after
+    ``f(x) = EXPR``, ``∫ EXPR dx = RESULT`` (checked by differentiating the result),
+    ``simplify EXPR = RESULT``, ``solve EQ: x = a, x = b``, and plain ``A = B`` identities.
+    Lines it cannot read are skipped (with ``strict``, a ``d/dx`` step whose result cannot be
+    read is a failure); a line holding a thunk ``⟦name(...)⟧`` is reported in
+    ``needs`` because it cannot be checked until the thunk is forced.
+    """
+
+    name = "sympy"
+
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = strict
+
+    def check(self, text: str) -> Verdict:
+        verdict = Verdict()
+        defs: dict[str, Any] = {}
+        for idx, pos, line in _lines(text):
+            thunks = THUNK_RE.findall(line)
+            if thunks:  # needed only if the line is a step this verifier would check
+                probe = THUNK_RE.sub("T", line)
+                if any(p.match(probe) for p in (_DERIV, _PRIME, _INTEG, _SOLVE, _SIMP, _EQ)):
+                    verdict.needs.extend(name for name, _ in thunks)
+                continue
+            failure = self._check_line(idx, pos, line, defs)
+            if failure is None:
+                continue
+            if isinstance(failure, StepFailure):
+                verdict.failures.append(failure)
+            verdict.checked += 1
+        return verdict
+
+    def _fail(
+        self,
+        idx: int,
+        pos: int,
+        line: str,
+        m: re.Match[str],
+        group: int,
+        kind: str,
+        expected: Any,
+        message: str,
+    ) -> StepFailure:
+        s, e = _strip_span(line, m.start(group), m.end(group))
+        return StepFailure(
+            idx,
+            pos + s,
+            pos + e,
+            pos,
+            pos + len(line),
+            kind,
+            line[s:e],
+            message,
+            None if expected is None else _caret(expected),
+        )
+
+    def _check_line(
+        self, idx: int, pos: int, line: str, defs: dict[str, Any]
+    ) -> StepFailure | bool | None:
+        """A failure, True (checked and right) or None (not a step this verifier reads)."""
+        import sympy
+
+        checks: list[tuple[re.Pattern[str], str]] = [
+            (_DERIV, "derivative"),
+            (_PRIME, "derivative"),
+            (_INTEG, "integral"),
+            (_SOLVE, "solve"),
+            (_SIMP, "simplify"),
+            (_DEF, "definition"),
+            (_EQ, "identity"),
+        ]
+        for pattern, kind in checks:
+            m = pattern.match(line)
+            if not m:
+                continue
+            try:
+                if kind == "derivative" and pattern is _DERIV:
+                    var = sympy.Symbol(m.group(1) or "x")
+                    expected = sympy.diff(_parse(m.group(2)), var)
+                    try:
+                        got = _parse(m.group(3))
+                    except (
+                        ValueError,
+                        TypeError,
+                        SyntaxError,
+                        sympy.SympifyError,
+                        tokenize.TokenError,
+                    ) as e:
+                        if not self.strict:
+                            raise
+                        return self._fail(
+                            idx, pos, line, m, 3, kind, expected, f"cannot read the result: {e}"
+                        )
+                    group = 3
+                elif kind == "derivative":
+                    fname, var = m.group(1), sympy.Symbol(m.group(2))
+                    if fname not in defs:
+                        return None
+                    expected, got, group = sympy.diff(defs[fname], var), _parse(m.group(3)), 3
+                elif kind == "integral":
+                    var = sympy.Symbol(m.group(2))
+                    integrand, got = _parse(m.group(1)), _parse(m.group(3))
+                    if _same(sympy.diff(got, var), integrand):
+                        return True
+                    expected = sympy.integrate(integrand, var)
+                    return self._fail(
+                        idx,
+                        pos,
+                        line,
+                        m,
+                        3,
+                        kind,
+                        expected,
+                        f"d/d{var} of the result is not the integrand",
+                    )
+                elif kind == "solve":
+                    lhs, rhs = m.group(1).split("=", 1)
+                    eq = _parse(lhs) - _parse(rhs)
+                    var = sorted(eq.free_symbols, key=str)[0]
+                    want = set(sympy.solve(eq, var))
+                    vals = re.findall(r"=\s*([^,;]+?)(?=\s*(?:,|;|\bor\b|\band\b|$))", m.group(2))
+                    got_set = {_parse(v) for v in vals}
+                    if got_set and {sympy.nsimplify(g) for g in got_set} == want:
+                        return True
+                    return self._fail(
+                        idx,
+                        pos,
+                        line,
+                        m,
+                        2,
+                        kind,
+                        sorted(want, key=str),
+                        f"the solutions are {sorted(want, key=str)}",
+                    )
+                elif kind == "definition":
+                    defs[m.group(1)] = _parse(m.group(3))
+                    return None
+                elif kind == "simplify":
+                    expected, got, group = _parse(m.group(1)), _parse(m.group(2)), 2
+                else:  # plain identity: only when the left side is more than a name
+                    left = m.group(1).strip()
+                    if re.fullmatch(r"[A-Za-z]\w*", left) or "=" in m.group(2):
+                        return None
+                    expected, got, group = _parse(left), _parse(m.group(2)), 2
+            except (
+                ValueError,
+                TypeError,
+                SyntaxError,
+                AttributeError,
+                sympy.SympifyError,
+                NotImplementedError,
+                IndexError,
+                tokenize.TokenError,
+            ):
+                return None
+            if _same(got, expected):
+                return True
+            return self._fail(
+                idx,
+                pos,
+                line,
+                m,
+                group,
+                kind,
+                expected,
+                f"expected {_caret(expected)}, got {_caret(got)}",
+            )
+        return None
+
+
+# --- units ------------------------------------------------------------------------------------
+
+_QTY_SIDE = re.compile(r"[^=]+")
+
+
+class UnitsVerifier:
+    """Checks that every side of ``a = b = c`` lines carrying units agrees (pint).
+
+    Sides that are not quantities (a symbol such as ``F`` or ``m a``) are skipped; among the
+    rest, each must have the first one's dimensionality and magnitude (relative ``rtol``).
+    """
+
+    name = "units"
+
+    def __init__(self, rtol: float = 1e-3) -> None:
+        import pint
+
+        self.ureg: Any = pint.UnitRegistry()
+        self.rtol = rtol
+
+    def _quantity(self, text: str) -> Any:
+        import pint
+
+        t = text.strip().rstrip(".,;")
+        if not t or not re.search(r"\d", t) or not re.search(r"[A-Za-zΩµ°]", t):
+            return None
+        try:
+            q = self.ureg.parse_expression(t.replace("^", "**").replace("·", "*").replace("×", "*"))
+        except (
+            pint.errors.PintError,
+            SyntaxError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            KeyError,
+            ZeroDivisionError,
+        ):
+            return None
+        return q if isinstance(q, self.ureg.Quantity) and not q.dimensionless else None
+
+    def check(self, text: str) -> Verdict:
+        verdict = Verdict()
+        for idx, pos, line in _lines(text):
+            if "=" not in line:
+                continue
+            sides = [
+                (m.start(), m.end(), self._quantity(m.group())) for m in _QTY_SIDE.finditer(line)
+            ]
+            sides = [s for s in sides if s[2] is not None]
+            if len(sides) < 2:
+                continue
+            verdict.checked += 1
+            ref = sides[0][2]
+            for s, e, q in sides[1:]:
+                if q.dimensionality != ref.dimensionality:
+                    msg = (f"{q.units} ({q.dimensionality}) does not match "
+                           f"{ref.units} ({ref.dimensionality})")
+                elif abs(q.to(ref.units).magnitude - ref.magnitude) > self.rtol * max(
+                    abs(ref.magnitude), 1e-12
+                ):
+                    msg = f"{q} is {q.to(ref.units):~P}, not {ref:~P}"
+                else:
+                    continue
+                a, b = _strip_span(line, s, e)
+                verdict.failures.append(
+                    StepFailure(
+                        idx,
+                        pos + a,
+                        pos + b,
+                        pos,
+                        pos + len(line),
+                        "units",
+                        line[a:b],
+                        msg,
+                        f"{ref:~P}",
+                    )
+                )
+                break
+        return verdict
+
+
+# --- JSON schema ------------------------------------------------------------------------------
+
+
+class SchemaVerifier:
+    """Validates the JSON object in the text against a JSON schema (jsonschema).
+
+    Each error is located at the offending value in the text (or at the parse error).
+    """
+
+    name = "schema"
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        import jsonschema
+
+        self.schema = schema
+        self.validator = jsonschema.Draft202012Validator(schema)
+
+    def check(self, text: str) -> Verdict:
+        verdict = Verdict()
+        start = text.find("{")
+        if start < 0:
+            return verdict
+        try:
+            obj, end = json.JSONDecoder().raw_decode(text, start)
+        except json.JSONDecodeError as e:
+            ls, le = _line_bounds(text, e.pos)
+            verdict.failures.append(
+                StepFailure(
+                    _line_index(text, e.pos),
+                    ls,
+                    le,
+                    ls,
+                    le,
+                    "json",
+                    text[ls:le],
+                    f"invalid JSON: {e.msg}",
+                )
+            )
+            verdict.checked = 1
+            return verdict
+        verdict.checked = 1
+        for err in sorted(self.validator.iter_errors(obj), key=lambda er: list(map(str, er.path))):
+            c0, c1 = _locate(text, start, end, list(err.path))
+            ls, le = _line_bounds(text, c0)
+            verdict.failures.append(
+                StepFailure(
+                    _line_index(text, c0), c0, c1, ls, le, "schema", text[c0:c1], err.message
+                )
+            )
+        return verdict
+
+
+def _line_bounds(text: str, pos: int) -> tuple[int, int]:
+    ls = text.rfind("\n", 0, pos) + 1
+    le = text.find("\n", pos)
+    return ls, len(text) if le < 0 else le
+
+
+def _line_index(text: str, pos: int) -> int:
+    return sum(1 for _, p, _ in _lines(text) if p <= pos) - 1
+
+
+def _locate(text: str, start: int, end: int, path: list[Any]) -> tuple[int, int]:
+    """Character span of the value at ``path`` inside the JSON text ``text[start:end]``."""
+    lo, hi = start, end
+    for key in path:
+        if isinstance(key, int):
+            return lo, hi
+        m = re.compile(r'"' + re.escape(str(key)) + r'"\s*:\s*').search(text, lo, hi)
+        if not m:
+            return lo, hi
+        try:
+            _, vend = json.JSONDecoder().raw_decode(text, m.end())
+        except json.JSONDecodeError:
+            return m.start(), hi
+        lo, hi = m.end(), vend
+    return lo, hi
+
+
+# --- mapping to the session -------------------------------------------------------------------
+
+
+def locate_failures(
+    session: DecodeSession, verifier: Verifier
+) -> tuple[Verdict, list[StepFailure]]:
+    """Run ``verifier`` on the session's output and map each failure to a token span.
+
+    Publishes VERIFIER_FAILED per failure (with token offsets). A verifier that raises is
+    wrapped in :class:`VerifierError`; the session is never touched.
+    """
+    text = session.output_text
+    try:
+        verdict = verifier.check(text)
+    except Exception as e:
+        msg = f"verifier {getattr(verifier, 'name', verifier)!r} raised {type(e).__name__}: {e}"
+        raise VerifierError(msg) from e
+    located = []
+    for f in verdict.failures:
+        t0, t1 = session.char_span_to_tokens(f.start, f.end)
+        f = replace(f, token_start=t0, token_end=t1)
+        located.append(f)
+        session._emit(
+            EventType.VERIFIER_FAILED,
+            verifier=verifier.name,
+            step=f.step,
+            kind=f.kind,
+            claim=f.claim,
+            expected=f.expected,
+            message=f.message,
+            start=t0,
+            end=t1,
+        )
+    verdict.failures = located
+    return verdict, located
