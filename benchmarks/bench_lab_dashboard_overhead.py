@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_section  # noqa: E402
 from tests.lab._kernel import Kernel  # noqa: E402
 
-TOKENS = int(os.environ.get("BENCH_TOKENS", "64"))
+TOKENS = int(os.environ.get("BENCH_TOKENS", "48"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 
 SETUP = f'''
@@ -31,12 +31,14 @@ from coreason_runtime import Coordinator
 %load_ext coreason_lab
 rt = Coordinator.default()
 _m = get_ipython().magics_manager.registry["CoreasonMagics"]
-tier = rt.router.tier("local").load()
+from coreason_runtime.tensor._local import LocalTier
+tier = LocalTier.for_runtime(rt)  # the real local tier, publishing tokens.batch on rt.bus
 rt.budgets.set("bench", 10_000_000)
 MESSAGES = [{{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}}]
 def decode():
     c0, w0 = time.process_time(), time.perf_counter()
-    out = tier.complete_text(MESSAGES, max_tokens={TOKENS}, ignore_eos=True, workflow_id="bench")
+    out = tier.complete_text(MESSAGES, max_tokens={TOKENS}, ignore_eos=True, workflow_id="bench",
+                             timeout=3600)
     return {{"cpu": time.process_time() - c0, "wall": time.perf_counter() - w0,
              "tokens": out.tokens_out}}
 decode()  # warm-up: first forward passes, allocator

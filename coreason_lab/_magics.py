@@ -14,7 +14,7 @@ from IPython.display import HTML, display
 from pydantic import BaseModel
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 
-from coreason_lab._args import VERBS, build_parser, parse_line, suggest
+from coreason_lab._args import VERBS, DashboardArgs, build_parser, parse_line, suggest
 from coreason_lab._ask import AskHandle, resolve_schema, split_schema_cell
 from coreason_lab._comm import CommBridge
 from coreason_lab._control import Controls, GatedTier
@@ -324,7 +324,7 @@ class CoreasonMagics(Magics):
             raise UsageError(msg)
         self._gate_tiers()
         if args.dashboard or (args.dashboard is None and self.show_dashboard_on_ask):
-            display(self.handle_dashboard(type("A", (), {"workflow": wf, "views": None})(), None))
+            display(self.handle_dashboard(DashboardArgs(workflow=wf), None))
         kwargs = {"workflow_id": wf, "tiers": tiers,
                   "max_tokens": args.max_tokens or (self.max_tokens or None)}
         router = self.runtime.router

@@ -293,3 +293,23 @@ def test_dashboard_button_intent_pauses_the_workflow(ip: InteractiveShell,
     dash = line(ip, "dashboard -w wf")
     dash.intent("pause")  # type: ignore[attr-defined]
     assert magics.controls.state("wf") == "paused"
+
+
+def test_show_dashboard_on_ask_opens_the_workflows_dashboard(ip: InteractiveShell,
+                                                            magics: CoreasonMagics) -> None:
+    ip.run_line_magic("config", "CoreasonMagics.show_dashboard_on_ask = True")
+    line(ip, "budget wf 1000")
+    cell(ip, "ask Answer -w wf", "six times seven?")
+    assert magics.dashboard is not None and magics.dashboard.workflow == "wf"
+
+
+def test_unload_closes_the_dashboard_and_keeps_the_ledgers(ip: InteractiveShell,
+                                                           rt: Coordinator) -> None:
+    import coreason_lab
+
+    line(ip, "budget wf 1000")
+    dash = line(ip, "dashboard")
+    coreason_lab.unload_ipython_extension(ip)
+    assert dash.throttle.closed and rt.budgets.get("wf").ceiling == 1000  # type: ignore[attr-defined]
+    assert "coreason" not in ip.magics_manager.magics["line"]
+    coreason_lab.load_ipython_extension(ip, runtime=rt)
