@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 from typing import Any
@@ -30,7 +29,7 @@ def redact(value: Any) -> Any:
 
 class ResultDisplay:
     """Wraps a router Result for display: HTML with tier, attempts, cost and provenance;
-    ``application/json`` with the value; metadata ``coreason`` = model, revision, tokens, seed.
+    output metadata ``coreason`` = tier, model, revision, tokens in/out, seed, cost, attempts.
     """
 
     def __init__(self, result: Any, *, name: str | None = None) -> None:
@@ -47,12 +46,6 @@ class ResultDisplay:
         meta.setdefault("tokens_out", getattr(self.result, "tokens_out", None))
         return redact(meta)  # type: ignore[no-any-return]
 
-    def _value_jsonable(self) -> Any:
-        value = self.result.value
-        if hasattr(value, "model_dump"):
-            return value.model_dump(mode="json")
-        return json.loads(json.dumps(value, default=str))
-
     def _repr_html_(self) -> str:
         inner = self.result._repr_html_() if hasattr(self.result, "_repr_html_") else \
             f"<pre>{html.escape(repr(self.result))}</pre>"
@@ -61,13 +54,13 @@ class ResultDisplay:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None
                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+        # no application/json: JupyterLab ranks its JSON viewer above HTML and would hide
+        # the provenance table; the value's JSON is one click away in the HTML.
         data = {
             "text/plain": str(redact(repr(self.result))),
             "text/html": self._repr_html_(),
-            "application/json": redact(self._value_jsonable()),
         }
-        meta = {"coreason": self.metadata()}
-        return data, {"application/json": {"expanded": False}, **meta}
+        return data, {"coreason": self.metadata()}
 
     def __repr__(self) -> str:
         return str(redact(repr(self.result)))
