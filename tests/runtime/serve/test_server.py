@@ -174,6 +174,19 @@ def test_client_hanging_up_mid_stream_stops_decoding(serve_process: ServeProcess
     assert health["cancelled"] == before + 1
 
 
+def test_client_giving_up_on_a_long_completion_stops_decoding(
+    serve_process: ServeProcess,
+) -> None:
+    before = serve_process.health()["cancelled"]
+    assert isinstance(before, int)
+    with client(serve_process) as c, pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", json=chat(max_tokens=4000, seed=3), timeout=1.0)
+    deadline = time.monotonic() + 60
+    while serve_process.health()["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert serve_process.health()["cancelled"] == before + 1
+
+
 def test_concurrent_clients_share_the_model_and_all_get_valid_answers(
     serve_process: ServeProcess,
 ) -> None:

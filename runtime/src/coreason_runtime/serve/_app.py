@@ -9,10 +9,10 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -40,6 +40,10 @@ __all__ = ["create_app"]
 logger = logging.getLogger("coreason_runtime.serve")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class _Unauthorized(Exception):
+    """No valid bearer token on a ``/v1`` request; answered with an OpenAI-style 401."""
 
 
 def create_app(
@@ -93,18 +97,23 @@ def create_app(
         return _error(400, f"invalid request: {where}: {what}" if where else
                       f"invalid request: {what}", param=where or None)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        if token is not None and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(
-                value.strip().encode(), token.encode()
-            ):
-                return _error(401, "invalid or missing bearer token", "invalid_request_error",
-                              "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        response: Response = await call_next(request)
-        return response
+    # A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware wraps the ASGI
+    # receive channel and would hide client disconnects from the endpoints.
+    async def require_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            raise _Unauthorized
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+        return _error(401, "invalid or missing bearer token", "invalid_request_error",
+                      "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(require_token)]
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -115,13 +124,13 @@ def create_app(
             body["error"] = host.error
         return JSONResponse(body, status_code=200 if host.state == "ok" else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=guarded)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": model_name, "object": "model", "created": int(time.time()),
              "owned_by": "coreason"}]}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, dependencies=guarded)
     async def chat_completions(body: ChatRequest, raw: Request) -> Response:
         if host.state != "ok":
             status = 503
@@ -157,12 +166,15 @@ def create_app(
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _stream(host, job, cid, model_name, include_usage)
         task = asyncio.ensure_future(host.run(_generate, host, job))
+        task.add_done_callback(_observed)
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             if not task.done() and await raw.is_disconnected():
                 job.cancelled.set()  # nobody will read the answer: stop decoding it
         try:
             out = task.result()
+        except ClientGone:
+            return Response(status_code=499)  # nobody is left to read it
         except (RequestError, SchemaError) as e:
             return _error(400, str(e))
         except CoreasonError as e:
@@ -172,6 +184,12 @@ def create_app(
                                             out.tokens_in, out.tokens_out))
 
     return app
+
+
+def _observed(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished task's exception, so one nobody awaits (client gone) is not logged."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _generate(host: ModelHost, job: Job) -> TierOutput:
@@ -204,7 +222,12 @@ def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool
 
     async def events() -> AsyncIterator[str]:
         task = asyncio.ensure_future(host.run(_generate, host, job))
-        task.add_done_callback(lambda _: queue.put_nowait(None))
+
+        def finished(t: asyncio.Future[TierOutput]) -> None:
+            queue.put_nowait(None)
+            _observed(t)
+
+        task.add_done_callback(finished)
         try:
             yield sse(chunk_body(cid, model, created, delta={"role": "assistant", "content": ""},
                                  with_usage_field=include_usage))
