@@ -48,10 +48,12 @@ def main() -> None:
         notes=(
             f"{SETS} job sets × {JOBS} jobs per row, 2 cores, 0.05 s preemption quantum, same "
             "simulator and the same job sets for both policies. The ±0% row is a control "
-            "without ETA noise. CSS's advantage comes from treating a deadline whose slack "
-            "cannot be brought back to >= 0 as lost (the job is dropped and its core funds "
-            "savable jobs), where EDF keeps running doomed jobs under overload; at low load "
-            "the two mostly agree. Simulated, not real processes: the live mechanism for "
+            "without ETA noise. Deadlines are tight (1.2–4 × ETA) and arrivals bursty, so "
+            "EDF misses some even below full load. CSS's advantage comes from treating a "
+            "violated deadline that no action can raise as lost (the job is dropped and its "
+            "core funds savable jobs), where EDF keeps running doomed jobs; funding the "
+            "smallest slack first (least laxity) does the rest. Simulated, not real "
+            "processes: the live mechanism for "
             "preemption is measured in bench_sched_preempt and bench_sched_makespan. "
             f"Wall time {time.perf_counter() - t0:.0f} s."
         ),

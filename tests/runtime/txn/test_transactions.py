@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from coreason_runtime import EventBus, EventType
+from coreason_runtime import Coordinator, EventBus, EventType
 from coreason_runtime._exceptions import (
     NoConsumerError,
     PreconditionError,
@@ -140,6 +140,17 @@ def test_events_cover_prepare_commit_and_abort(tt: ToolTransactions) -> None:
     assert kinds.count(EventType.TXN_PREPARED) == 2
     assert EventType.TXN_COMMITTED in kinds
     assert EventType.TXN_ABORTED in kinds
+
+
+def test_for_runtime_logs_in_the_runtime_home_and_publishes_on_its_bus(home: Path) -> None:
+    with Coordinator() as rt:
+        tt = ToolTransactions.for_runtime(rt)
+        seen: list[str] = []
+        rt.bus.subscribe(lambda e: seen.append(e.type.value), ["txn"])
+        tt.prepare(SQUARE, {"x": 2}, est_cost=1.0, consumers=["a"]).abort()
+        tt.close()
+    assert (rt.home / "txn" / "audit.sqlite3").exists()
+    assert seen == ["txn.prepared", "txn.aborted"]
 
 
 _COORDINATOR = textwrap.dedent("""

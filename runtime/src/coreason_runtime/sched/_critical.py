@@ -188,7 +188,7 @@ def allocate(
     gpus: int,
     running: Iterable[str] = (),
     preemptive: bool,
-    hysteresis: float = 0.1,
+    hysteresis: float = 0.2,
 ) -> list[str]:
     """Which candidates (ready, running or paused) run now, greedily by priority.
 
