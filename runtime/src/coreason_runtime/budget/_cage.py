@@ -60,9 +60,10 @@ class Reservation:
     real consumption to the ledger exactly once.
     """
 
-    def __init__(self, cage: BudgetCage, record: ReservationRecord) -> None:
+    def __init__(self, cage: BudgetCage, record: ReservationRecord, estimated_in: int = 0) -> None:
         self._cage = cage
         self.record = record
+        self.estimated_in = estimated_in
         self.granted = record.granted
         self.tokens_in = 0
         self.tokens_out = 0
@@ -85,8 +86,10 @@ class Reservation:
 
     @property
     def max_out(self) -> int:
-        """Output tokens that still fit in the grant."""
-        left = self.granted - self.consumed
+        """Output tokens that still fit in the grant, keeping room for the prompt tokens that
+        were reserved but not yet charged (a stream learns its prompt size only at the end)."""
+        pending_in = max(self.estimated_in - self.tokens_in, 0)
+        left = self.granted - self.consumed - self._cage.weight_in * pending_in
         return max(int(math.floor(left / self._cage.weight_out + 1e-9)), 0)
 
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
@@ -300,7 +303,7 @@ class BudgetCage:
         record = record.model_copy(update={"granted": grant})
         self.bus.emit(EventType.BUDGET_RESERVED, workflow_id=workflow_id, source="budget",
                       tier=tier, granted=grant, wanted=self.cost(tokens_in, max_out))
-        return Reservation(self, record)
+        return Reservation(self, record, estimated_in=tokens_in)
 
     @contextmanager
     def reserve(self, workflow_id: str, tokens_in: int, max_out: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from coreason_runtime.tensor._correction import REPAIRS, is_retryable, reask
 from coreason_runtime.tensor._router import TensorRouter
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec, schema_key
@@ -17,11 +19,32 @@ from coreason_runtime.tensor._types import (
     UnmeteredMeter,
 )
 
+
+
+def __getattr__(name: str) -> Any:
+    # The tiers and the compiler import heavy optional packages: load them on first use.
+    if name == "LocalTier":
+        from coreason_runtime.tensor._local import LocalTier
+
+        return LocalTier
+    if name == "RemoteTier":
+        from coreason_runtime.tensor._remote import RemoteTier
+
+        return RemoteTier
+    if name == "UniversalCompiler":
+        from coreason_runtime.tensor._compiler import UniversalCompiler
+
+        return UniversalCompiler
+    raise AttributeError(name)
+
+
 __all__ = [
     "REPAIRS",
     "Attempt",
     "CompiledSchema",
+    "LocalTier",
     "Meter",
+    "RemoteTier",
     "Result",
     "SchemaSpec",
     "ScriptedTier",
@@ -30,6 +53,7 @@ __all__ = [
     "Tier",
     "TierOutput",
     "TierRequest",
+    "UniversalCompiler",
     "UnmeteredMeter",
     "is_retryable",
     "reask",

@@ -93,6 +93,7 @@ class TensorRouter:
         self._executor = executor
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
+        self._fallback_compiler: Any = None
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> TensorRouter:
@@ -146,7 +147,17 @@ class TensorRouter:
             result = own(spec)
             assert isinstance(result, CompiledSchema)
             return result
-        return CompiledSchema(spec=spec)
+        compiler = getattr(tier, "compiler", None) or self._default_compiler()
+        compiled: CompiledSchema = compiler.compile(spec)
+        return compiled
+
+    def _default_compiler(self) -> Any:
+        """A tokenizer-free UniversalCompiler (OpenAI strict form, regex, portable grammar)."""
+        if self._fallback_compiler is None:
+            from coreason_runtime.tensor._compiler import UniversalCompiler
+
+            self._fallback_compiler = UniversalCompiler(None, bus=self.bus)
+        return self._fallback_compiler
 
     # --- the request -------------------------------------------------------------------------
 
@@ -317,8 +328,8 @@ class TensorRouter:
         self.bus.emit(EventType.ATTEMPT_STARTED, workflow_id=wf, source="router",
                       tier=tier.name, attempt=index)
         t0 = time.monotonic()
-        meter = self.budgets.open(wf, self._estimate_prompt(tier, conv.messages), max_tokens,
-                                  tier.name)
+        meter = self.budgets.open(wf, self._estimate_prompt(tier, conv.messages, compiled),
+                                  max_tokens, tier.name)
         output: TierOutput | None = None
         try:
             output = tier.complete(request, meter)
@@ -356,7 +367,13 @@ class TensorRouter:
                       schema_key=compiled.key)
 
     @staticmethod
-    def _estimate_prompt(tier: Tier, messages: list[dict[str, str]]) -> int:
+    def _estimate_prompt(tier: Tier, messages: list[dict[str, str]],
+                         compiled: CompiledSchema | None = None) -> int:
+        """Prompt tokens to reserve for: exact where the tier can tokenise, else generous."""
+        encode = getattr(tier, "encode_messages", None)
+        framing = getattr(tier, "schema_messages", None)
+        if callable(encode) and callable(framing) and compiled is not None:
+            return len(encode(framing(messages, compiled)))
         counter = getattr(tier, "count_prompt", None)
         if callable(counter):
             return int(counter(messages))

@@ -33,15 +33,9 @@ class LazyLocalTier:
         """Load the model and build the real tier (idempotent)."""
         with self._lock:
             if self._tier is None:
-                from coreason_runtime.models import load_model
-                from coreason_runtime.tensor._compiler import UniversalCompiler
                 from coreason_runtime.tensor._local import LocalTier
 
-                loaded = load_model(self._rt.config.model)
-                compiler = UniversalCompiler.for_tokenizer(
-                    loaded.tokenizer, timeout=self._rt.config.compile_timeout, bus=self._rt.bus)
-                self._tier = LocalTier(loaded, compiler, bus=self._rt.bus,
-                                       timeout=self._rt.config.local_timeout)
+                self._tier = LocalTier.for_runtime(self._rt)
             return self._tier
 
     @property
@@ -49,10 +43,7 @@ class LazyLocalTier:
         return self._rt.config.model
 
     def compile(self, spec: SchemaSpec) -> CompiledSchema:
-        return self.load().compile(spec)  # type: ignore[no-any-return]
-
-    def count_prompt(self, messages: list[dict[str, str]]) -> int:
-        return int(self.load().count_prompt(messages))
+        return self.load().compiler.compile(spec)  # type: ignore[no-any-return]
 
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
         return self.load().complete(request, meter)  # type: ignore[no-any-return]
