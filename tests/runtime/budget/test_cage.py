@@ -59,7 +59,9 @@ def test_grant_is_clipped_to_what_is_left(cage: BudgetCage) -> None:
     cage.set("wf", ceiling=50)
     res = cage.open("wf", tokens_in=20, max_out=100, tier="local")
     assert res.granted == 50
-    assert res.max_out == 16
+    assert res.max_out == 10  # (50 − 20 reserved for the prompt) / 3
+    res.charge(tokens_in=20)
+    assert res.max_out == 10
     res.settle()
 
 
