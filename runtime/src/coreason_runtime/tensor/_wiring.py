@@ -48,7 +48,16 @@ class LazyLocalTier:
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
         return self.load().complete(request, meter)  # type: ignore[no-any-return]
 
+    def close(self) -> None:
+        """Close the real tier if it was ever loaded; never load a model just to close it."""
+        tier = self._tier
+        closer = getattr(tier, "close", None)
+        if callable(closer):
+            closer()
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self.load(), name)
 
 
