@@ -220,17 +220,34 @@ def _content_and_factor(body: sympy.Expr, bound: sympy.Symbol | None, op: str
     return scale, rest
 
 
+def _linear(expr: sympy.Basic, x: sympy.Symbol) -> tuple[sympy.Expr, sympy.Expr] | None:
+    """``(a, b)`` when ``expr`` is syntactically ``a·x + b`` with ``a, b`` free of ``x``."""
+    if expr == x:
+        return sympy.S.One, sympy.S.Zero
+    if x not in expr.free_symbols:
+        return sympy.S.Zero, expr
+    if isinstance(expr, sympy.Add):
+        a_sum, b_sum = [], []
+        for term in expr.args:
+            lin = _linear(term, x)
+            if lin is None:
+                return None
+            a_sum.append(lin[0])
+            b_sum.append(lin[1])
+        return sympy.Add(*a_sum), sympy.Add(*b_sum)
+    if isinstance(expr, sympy.Mul):
+        indep, dep = expr.as_independent(x, as_Add=False)
+        return (indep, sympy.S.Zero) if dep == x else None
+    return None
+
+
 def _affine_sites(expr: sympy.Basic, x: sympy.Symbol) -> set[tuple[sympy.Expr, sympy.Expr]] | None:
-    """Every maximal affine subexpression ``a·x + b`` holding ``x``; ``None`` if ``x`` is bare
-    in a non-affine position that cannot be split further."""
+    """Every maximal affine subexpression ``a·x + b`` holding ``x``."""
     if x not in expr.free_symbols:
         return set()
-    if isinstance(expr, sympy.Expr):
-        d = sympy.diff(expr, x)
-        if d != 0 and x not in d.free_symbols:
-            b = sympy.expand(expr - d * x)
-            if x not in b.free_symbols:
-                return {(d, b)}
+    lin = _linear(expr, x)
+    if lin is not None and lin[0] != 0:
+        return {lin}
     out: set[tuple[sympy.Expr, sympy.Expr]] = set()
     for arg in expr.args:
         sub = _affine_sites(arg, x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -92,6 +93,7 @@ class SubgoalCache:
         self._lock = threading.Lock()
         self._counts: dict[str, list[int]] = {}
         self.false_hits_blocked = 0
+        self._verdicts: dict[tuple[Any, ...], bool] = {}
         self._request_verifiers: dict[str, tuple[RequestVerifier, str]] = {
             "auto": (_auto_request_verifier, verifier_hash(_auto_request_verifier)),
         }
@@ -140,8 +142,7 @@ class SubgoalCache:
 
     def canonical(self, problem: str | sympy.Basic, op: str | None = None) -> CanonicalForm:
         """The canonical form (and key) of ``problem`` under this cache's verifier."""
-        return canonicalize(problem, op, verifier_version=self.verifier.version,
-                            limits=self.limits)
+        return _canonical_memo(problem, op, self.verifier.version, self.limits)
 
     def get(self, problem: str | sympy.Basic | CanonicalForm, op: str | None = None, *,
             workflow_id: str | None = None) -> CacheHit | None:
@@ -159,12 +160,27 @@ class SubgoalCache:
         except (CacheError, KeyError, TypeError, ValueError) as e:
             self._miss(form.key, form.kind, workflow_id, f"undecodable: {e}")
             return None
-        if not self.verifier.check(form, result):
+        if not self._check(form, entry, result):
             with self._lock:
                 self.false_hits_blocked += 1
             self._miss(form.key, form.kind, workflow_id, "verification_failed")
             return None
         return self._hit(form.key, form.kind, entry, result, workflow_id, form)
+
+    def _check(self, form: CanonicalForm, entry: Entry, result: Any) -> bool:
+        """The verifier's verdict; the same check on the same inputs is remembered, since
+        it is a pure function of (problem, stored artifact, result)."""
+        memo_key = (form.original, form.op, entry.key, json.dumps(entry.artifact["result"]))
+        with self._lock:
+            known = self._verdicts.get(memo_key)
+        if known is not None:
+            return known
+        verdict = bool(self.verifier.check(form, result))
+        with self._lock:
+            if len(self._verdicts) >= 4096:
+                self._verdicts.pop(next(iter(self._verdicts)))
+            self._verdicts[memo_key] = verdict
+        return verdict
 
     def put(self, problem: str | sympy.Basic | CanonicalForm, result: sympy.Basic,
             op: str | None = None, *, workflow_id: str, project: str | None = None,
@@ -346,6 +362,13 @@ class SubgoalCache:
 
     def close(self) -> None:
         self.store.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_memo(problem: str | sympy.Basic, op: str | None, version: str, limits: Limits
+                    ) -> CanonicalForm:
+    """Canonicalisation is a pure function of its inputs: remember recent ones."""
+    return canonicalize(problem, op, verifier_version=version, limits=limits)
 
 
 def _auto_request_verifier(prompt: str, value_json: str) -> bool:

@@ -111,12 +111,31 @@ def numeric_equal(
     return False
 
 
+def _central_difference(f: sympy.Basic, z: sympy.Symbol, z0: sympy.Rational, order: int
+                        ) -> complex | None:
+    """The ``order``-th derivative of ``f`` at ``z0`` by a central difference (h = 1e-8, values
+    at 60 digits, so the O(h²) error and the round-off both stay below 1e-12)."""
+    h = sympy.Rational(1, 10**8)
+    total = sympy.Integer(0)
+    for k in range(order + 1):
+        at = sympy.Float(z0 + (sympy.Rational(order, 2) - k) * h, 60)
+        try:
+            val = sympy.N(f.xreplace({z: at}), 60)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        total += (-1) ** k * math.comb(order, k) * val
+    out = _value(total / h**order, {}, dps=30)
+    return out
+
+
 class SympyVerifier:
     """The built-in verifier for SymPy subgoals, by kind of problem.
 
-    * integral: ``d/dx result == integrand`` at random points (indefinite), or ``result``
-      against numerical quadrature (definite);
-    * derivative: ``result`` against SymPy's own derivative of the original, numerically;
+    * integral: ``d/dx result == integrand`` at random points, the derivative of the
+      candidate taken by a 60-digit central difference (indefinite), or ``result`` against
+      numerical quadrature (definite);
+    * derivative: ``result`` against a central difference of the original body at random
+      points (no symbolic work is redone);
     * limit: ``result`` against the function evaluated (30 digits) ever closer to the point;
     * sum: against ``mpmath.nsum`` (infinite) or direct summation for small upper bounds;
     * equation: every solution substituted back gives 0;
@@ -157,6 +176,8 @@ class SympyVerifier:
         assert isinstance(original, sympy.Integral)
         if result.has(sympy.Integral):
             return False
+        if len(original.limits) == 1 and len(original.limits[0]) == 1:
+            return self._antiderivative(original, result)
         if all(len(lim) == 1 for lim in original.limits):
             deriv = result
             for lim in reversed(original.limits):
@@ -172,8 +193,54 @@ class SympyVerifier:
                 return False
         return True
 
+    def _antiderivative(self, original: sympy.Integral, result: sympy.Basic) -> bool:
+        """d/dx result == integrand at random points, the derivative taken numerically."""
+        (z,) = original.limits[0]
+        others = sorted(original.free_symbols - {z}, key=str)
+        rng = random.Random(self.seed)
+        integrand, candidate = _concretize(original.function), _concretize(result)
+        good = 0
+        for _ in range(self.points * 4):
+            point = {s: sympy.Rational(rng.randint(300, 2100), 1000) for s in others}
+            z0 = sympy.Rational(rng.randint(300, 2100), 1000)
+            want = _value(integrand.xreplace(point), {z: z0})
+            got = _central_difference(candidate.xreplace(point), z, z0, 1)
+            if want is None or got is None:
+                continue
+            if not _close(got, want, 1e-6):
+                return False
+            good += 1
+            if good >= 3:
+                return True
+        return False
+
     def _derivative(self, original: sympy.Basic, result: sympy.Basic) -> bool:
-        return self._eq(original.doit(), result)
+        assert isinstance(original, sympy.Derivative)
+        if len(original.variable_count) != 1:
+            return self._eq(original.doit(), result)
+        # numerically, without redoing the symbolic work: mpmath differentiates the body
+        (z, order), = original.variable_count
+        others = sorted(original.free_symbols - {z}, key=str)
+        rng = random.Random(self.seed)
+        body = _concretize(original.expr)
+        good = 0
+        for _ in range(self.points * 4):
+            point = {s: sympy.Rational(rng.randint(300, 2100), 1000) for s in others}
+            z0 = sympy.Rational(rng.randint(300, 2100), 1000)
+            f = body.xreplace(point)
+            want = _value(_concretize(result).xreplace(point), {z: z0})
+            if want is None:
+                continue
+
+            got = _central_difference(f, z, z0, int(order))
+            if got is None:
+                continue
+            if not _close(got, want, 1e-6):
+                return False
+            good += 1
+            if good >= 3:
+                return True
+        return False
 
     def _limit(self, original: sympy.Basic, result: sympy.Basic) -> bool:
         body, z, z0, direction = original.args
@@ -184,11 +251,13 @@ class SympyVerifier:
         target = result.xreplace(point)
         sign = -1 if str(direction) == "-" else 1
         with mpmath.workdps(60):
+            # Floats, not Rationals: (1 + 2/10**16)**(10**16) must not be computed exactly
             if z0 in (sympy.oo, -sympy.oo):
-                probes = [sympy.Integer(10) ** k * (1 if z0 == sympy.oo else -1)
+                probes = [sympy.Float(10**k * (1 if z0 == sympy.oo else -1), 60)
                           for k in (12, 16)]
             else:
-                probes = [z0 + sign * sympy.Integer(10) ** (-k) for k in (12, 16)]
+                probes = [sympy.Float(z0 + sign * sympy.Rational(1, 10**k), 60)
+                          for k in (12, 16)]
             values = [_value(body, {z: p}, dps=60) for p in probes]
         if target in (sympy.oo, -sympy.oo):
             want = 1 if target == sympy.oo else -1
