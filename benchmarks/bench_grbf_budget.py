@@ -73,7 +73,7 @@ def main() -> None:
     write_section(
         "bench_grbf_budget",
         "A growth budget of 32 (or 200) units keeps ≥ 95% of the uncapped network's cumulative "
-        "reward on a drifting contextual bandit (T = 20,000, d = 5, K = 5, 20 seeds).",
+        "reward on a drifting contextual bandit (T = 20,000, d = 5, K = 5).",
         ["network", "peak live units", "cum. reward", "cum. mean reward", "reward / uncapped",
          "worst seed", "growths refused", "≥ 95%"],
         rows,
