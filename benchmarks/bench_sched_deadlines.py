@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_section  # noqa: E402
 from coreason_runtime.sched._sim import random_deadline_jobs, simulate_deadlines  # noqa: E402
+
+from benchmarks._report import write_section  # noqa: E402
 
 SETS = 100
 JOBS = 40

@@ -24,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_section  # noqa: E402
 from coreason_runtime.sched import (  # noqa: E402
     POLICIES,
     CallableJob,
@@ -33,6 +32,8 @@ from coreason_runtime.sched import (  # noqa: E402
     upward_ranks,
 )
 from coreason_runtime.sched._sim import random_layered_dag, realise, simulate  # noqa: E402
+
+from benchmarks._report import write_section  # noqa: E402
 
 N_DAGS = 200
 REAL_DAGS = 4
@@ -105,8 +106,8 @@ def real_runs() -> tuple[list[list[object]], str]:
                 t.eta = t.eta * scale
             sim_cpcs = simulate(dag, realise_scaled(real, scale), POLICIES["cpcs"]()).makespan
             for policy in ("fifo", "heft", "cpcs"):
-                actions = {t.id: (lambda s, n, tid=t.id: CallableJob(
-                    _spin, dur[tid][n - 1], real.successes[tid][n - 1])) for t in dag.tasks}
+                actions = {t.id: (lambda s, n, d=dur[t.id], ok=real.successes[t.id]: CallableJob(
+                    _spin, d[n - 1], ok[n - 1])) for t in dag.tasks}
                 sched = Scheduler(cores=2, tick_s=0.05, policy=policy)
                 t0 = time.perf_counter()
                 asyncio.run(sched.run(dag.model_copy(deep=True), actions))
@@ -172,7 +173,8 @@ def main() -> None:
         "bench_sched_makespan",
         "CPCS makespan ≥ 20% below FIFO, ≥ 5% below HEFT when p_succ < 1, and below Dask's "
         "scheduler, on 200 random layered DAGs.",
-        ["run", "FIFO s", "HEFT s", "Dask s", "CPCS s", "sim rows: lower bound s; real rows: simulated CPCS s"],
+        ["run", "FIFO s", "HEFT s", "Dask s", "CPCS s",
+         "sim rows: lower bound s; real rows: simulated CPCS s"],
         rows,
         notes="Mean per-DAG makespan ratios (lower is better for CPCS):\n\n" + "\n".join(notes)
         + "\n\nThe simulator is the same for every policy (common random numbers: each "

@@ -17,8 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_section  # noqa: E402
 from coreason_runtime.sched import CgroupFreezer, ProcessJob  # noqa: E402
+
+from benchmarks._report import write_section  # noqa: E402
 
 N = 400
 SPIN = [sys.executable, "-I", "-S", "-c", "while True: pass"]

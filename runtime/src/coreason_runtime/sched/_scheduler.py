@@ -401,8 +401,9 @@ class Scheduler:
                    for tid, t in d.tasks.items()},
         )
         del self._dags[d.dag.id]
-        if not d.future.done():
-            d.future.set_result(result)
+        # the tick may run on another loop (thread) than the one awaiting this DAG
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
+            d.future.get_loop().call_soon_threadsafe(_resolve, d.future, result)
 
     # --- allocation --------------------------------------------------------------------------
 
@@ -522,3 +523,8 @@ class Scheduler:
 
     def _emit(self, type: EventType, dag: SubgoalDAG, **data: Any) -> None:
         self.bus.emit(type, workflow_id=dag.workflow_id, source=self.source, dag_id=dag.id, **data)
+
+
+def _resolve(future: asyncio.Future[DAGResult], result: DAGResult) -> None:
+    if not future.done():
+        future.set_result(result)

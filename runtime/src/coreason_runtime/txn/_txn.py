@@ -364,7 +364,7 @@ class ToolTransactions:
             except Exception as e:  # the run happened; its output is the tool's problem
                 rc_error = f"output could not be parsed: {type(e).__name__}: {e}"
             else:
-                late = {"finished_before_abort": True} if txn._abort_reason else {}
+                late: dict[str, Any] = {"finished_before_abort": True} if txn._abort_reason else {}
                 self.log.record(txn.id, "committed", state="committed", returncode=0,
                                 cpu_s=cpu, result=stdout.decode(errors="replace"), **late)
                 self._close(txn)
