@@ -10,6 +10,14 @@ import pytest
 
 from coreason_runtime import EventBus
 
+# The converted model is read from where `scripts/setup.sh` put it (`coreason models pull` into
+# $COREASON_HOME/models) before any test moves $COREASON_HOME to a temporary folder; tests,
+# their servers and their notebook kernels inherit this.
+os.environ.setdefault(
+    "COREASON_MODEL_CACHE",
+    str(Path(os.environ.get("COREASON_HOME", "~/.coreason")).expanduser() / "models"),
+)
+
 # Servers and models each live in their own fixture module.
 pytest_plugins = [
     "tests._fixtures.servers",

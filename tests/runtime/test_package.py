@@ -17,7 +17,10 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_runtime_imports_no_jupyter_module() -> None:
     loaded = _modules_after(
-        "import coreason_runtime, coreason_runtime.budget, coreason_runtime.tensor")
+        "import coreason_runtime\n"
+        "for name in ('budget', 'tensor', 'tensor._local', 'tensor._remote', 'models', 'serve',"
+        " 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal', 'cli'):\n"
+        "    __import__('coreason_runtime.' + name)")
     jupyterish = {m for m in loaded if m.split(".")[0] in {
         "IPython", "ipywidgets", "ipykernel", "jupyter_client", "jupyter_core", "anywidget",
         "traitlets", "comm", "nbformat", "coreason_lab"}}

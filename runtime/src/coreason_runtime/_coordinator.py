@@ -15,8 +15,14 @@ from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from coreason_runtime.bandit import BanditLab
     from coreason_runtime.budget import BudgetCage
+    from coreason_runtime.cache import SubgoalCache
+    from coreason_runtime.decode import DecodeEngine
+    from coreason_runtime.sched import Scheduler
+    from coreason_runtime.sim import WhatIfGate
     from coreason_runtime.tensor import TensorRouter
+    from coreason_runtime.txn import ToolTransactions
 
 __all__ = ["Coordinator"]
 
@@ -134,6 +140,48 @@ class Coordinator:
         from coreason_runtime.tensor import TensorRouter
 
         return self.engine("router", TensorRouter.for_runtime)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The critical-path scheduler: DAGs of tasks, physical preemption, budgets."""
+        from coreason_runtime.sched import Scheduler
+
+        return self.engine("scheduler", Scheduler.for_runtime)
+
+    @property
+    def txn(self) -> ToolTransactions:
+        """Two-phase tool calls with a durable audit log (recovers a crashed run on first use)."""
+        from coreason_runtime.txn import ToolTransactions
+
+        return self.engine("txn", ToolTransactions.for_runtime)
+
+    @property
+    def cache(self) -> SubgoalCache:
+        """The subgoal cache on canonical forms, consulted by the router before any tier."""
+        from coreason_runtime.cache import SubgoalCache
+
+        return self.engine("cache", SubgoalCache.for_runtime)
+
+    @property
+    def decode(self) -> DecodeEngine:
+        """Decode sessions over an explicit KV cache: pause, inject, repair, thunks."""
+        from coreason_runtime.decode import DecodeEngine
+
+        return self.engine("decode", DecodeEngine.for_runtime)
+
+    @property
+    def whatif(self) -> WhatIfGate:
+        """The what-if gate: an expensive escalation runs only if a dry run predicts it pays."""
+        from coreason_runtime.sim import WhatIfGate
+
+        return self.engine("whatif", WhatIfGate.for_runtime)
+
+    @property
+    def bandit(self) -> BanditLab:
+        """Growth budgets for growing RBF networks, and bandit runs under them."""
+        from coreason_runtime.bandit import BanditLab
+
+        return self.engine("bandit", BanditLab.for_runtime)
 
     # --- shutdown ----------------------------------------------------------------------------
 
