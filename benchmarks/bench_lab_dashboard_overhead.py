@@ -17,12 +17,15 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread: on a shared, oversubscribed machine OpenMP spin-waiting would dominate the
+# kernel's CPU time and drown what is being measured.
+THREADS = os.environ.get("BENCH_THREADS", "1")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
 from tests.lab._kernel import Kernel  # noqa: E402
 
-TOKENS = int(os.environ.get("BENCH_TOKENS", "48"))
+TOKENS = int(os.environ.get("BENCH_TOKENS", "32"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 
 SETUP = f'''
@@ -51,7 +54,7 @@ def main() -> None:
     cache = os.environ.get("COREASON_MODEL_CACHE") or str(model_cache_dir())
     home = tempfile.mkdtemp(prefix="bench-lab-")
     k = Kernel({"COREASON_HOME": home, "COREASON_MODEL_CACHE": cache,
-                "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+                "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": THREADS}, cwd=str(ROOT))
     samples: dict[str, list[dict[str, float]]] = {"none": [], "dashboard": [], "comm": []}
     try:
         k.run(SETUP, timeout=600)
@@ -99,7 +102,8 @@ def main() -> None:
         ["subscribers", "kernel CPU s (median)", "wall s", "tokens/s", "view updates/s",
          "CPU overhead"],
         rows,
-        notes=(f"Scale: SmolLM2-135M-Instruct (fp32, CPU), {TOKENS} tokens per decode with "
+        notes=(f"Scale: SmolLM2-135M-Instruct (fp32, CPU, {THREADS} torch thread), {TOKENS} "
+               "tokens per decode with "
                f"`ignore_eos`, {REPS} interleaved repetitions per row, medians. Kernel CPU = "
                "`time.process_time()` of the kernel process (all its threads: torch, runtime, "
                "throttle, iopub) over the decode. No browser renders the widgets, but every "

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread: on a shared, oversubscribed machine OpenMP spin-waiting would dominate the
+# kernel's CPU time and drown what is being measured.
+THREADS = os.environ.get("BENCH_THREADS", "1")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
@@ -118,7 +121,7 @@ def main() -> None:
     cache = os.environ.get("COREASON_MODEL_CACHE") or str(model_cache_dir())
     home = tempfile.mkdtemp(prefix="bench-lab-")
     k = Kernel({"COREASON_HOME": home, "COREASON_MODEL_CACHE": cache,
-                "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+                "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": THREADS}, cwd=str(ROOT))
     results: dict[str, list[dict[str, float]]] = {"magic": [], "comm": []}
     skipped = {"magic": 0, "comm": 0}
     try:
@@ -157,7 +160,8 @@ def main() -> None:
         ["path", "trials", "intent → decode stopped, ms (median)", "max ms",
          "kernel part, ms (median)", "one token, ms (baseline)"],
         rows,
-        notes=(f"Real kernel (jupyter_client over ZMQ), SmolLM2-135M-Instruct on the CPU, "
+        notes=(f"Real kernel (jupyter_client over ZMQ), SmolLM2-135M-Instruct on the CPU "
+               f"({THREADS} torch thread), "
                f"`%%coreason ask Essay -n 200`, intent sent after ≥ 8 tokens; {TRIALS} trials "
                f"per path ({skipped['magic'] + skipped['comm']} skipped because the decode had "
                "already finished). 'Decode stopped' is when the decode thread blocked at the "
