@@ -41,7 +41,7 @@ def main() -> None:
     same = 0
     for i, prompt in enumerate(PROMPTS[:trials]):
         t0 = time.perf_counter()
-        s = engine.session(prompt, max_new_tokens=out_len)
+        s = engine.session(prompt, max_new_tokens=out_len, min_new_tokens=out_len)
         s.run()  # full generation: what a full regeneration costs
         full = time.perf_counter() - t0
         n_out = s.n_generated
@@ -60,7 +60,11 @@ def main() -> None:
         # 2) truncate at the span and continue decoding to the same length
         s.restore(wrong)
         t0 = time.perf_counter()
-        t = engine.session(list(s.tokens[:start]), max_new_tokens=len(original) - start)
+        t = engine.session(
+            list(s.tokens[:start]),
+            max_new_tokens=len(original) - start,
+            min_new_tokens=len(original) - start,
+        )
         t.run()
         trunc = time.perf_counter() - t0
         roi_t.append(roi)
@@ -121,7 +125,7 @@ def main() -> None:
         rows,
         notes=(
             f"SmolLM2-135M-Instruct, fp32, CPU, greedy; {trials} prompts, outputs of "
-            f"{out_len} new tokens (fewer if the model stopped). A {span_len}-token span at the "
+            f"{out_len} new tokens (end-of-turn masked until then). A {span_len}-token span at the "
             f"middle is overwritten with a wrong claim, then fixed three ways. Full "
             f"regeneration time is the original decode from the prompt. Greedy RoI repair "
             f"restored the original output exactly in {same}/{trials} trials (tokens per fix "

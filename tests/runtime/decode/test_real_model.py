@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from coreason_runtime.decode import DecodeEngine, Sampler, SessionState, SympyVerifier, repair_span
 
+from tests._fixtures.serve import shared_model_cache
 from tests.runtime.decode.conftest import assert_consistent
 
 pytestmark = pytest.mark.model
@@ -58,3 +60,18 @@ def test_pause_mid_forward_on_the_real_model_resumes_identically(real_engine: De
     s.resume()
     s.run()
     assert s.tokens == ref.tokens
+
+
+def test_for_runtime_builds_an_engine_on_the_runtime_bus(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coreason_runtime import Coordinator, EventType
+
+    monkeypatch.setenv("COREASON_MODEL_CACHE", str(shared_model_cache()))
+    with Coordinator() as rt:
+        engine = rt.engine("decode", DecodeEngine.for_runtime)
+        s = engine.session("Hi", max_new_tokens=1)
+        s.run()
+        assert engine.bus is rt.bus
+        assert rt.bus.history([EventType.DECODE_FINISHED])
+        engine.close()

@@ -137,3 +137,13 @@ def test_eager_expansion_forces_everything(engine: DecodeEngine) -> None:
     assert ex.force_all() == ["da", "db", "dc"]
     assert "a = 3*x^2\nb = cos(x)\nc = 5*x^4\n" in s.output_text
     assert_consistent(s)
+
+
+def test_thunk_in_a_session_never_run_is_spliced_before_prefill(engine: DecodeEngine) -> None:
+    s = engine.session("Work:", max_new_tokens=2)
+    s.inject(BODY)
+    ex = DemandExecutor(s, default=expander(_derivs))
+    assert ex.resolve() == ["db"]
+    assert "b = cos(x)\n" in s.text
+    s.run()
+    assert_consistent(s)

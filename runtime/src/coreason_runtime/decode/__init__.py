@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coreason_runtime.decode._checkers import SchemaVerifier, UnitsVerifier
 from coreason_runtime.decode._engine import DecodeEngine, Preemptible
 from coreason_runtime.decode._kv import KVSnapshot, crop_to, kv_max_abs_diff
 from coreason_runtime.decode._offsets import TokenText
@@ -18,10 +19,8 @@ from coreason_runtime.decode._thunks import (
     thunkify,
 )
 from coreason_runtime.decode._verify import (
-    SchemaVerifier,
     StepFailure,
     SympyVerifier,
-    UnitsVerifier,
     Verdict,
     Verifier,
     locate_failures,

@@ -173,9 +173,11 @@ def repair_span(
         ):
             msg = f"pause session {session.id} before repairing a span"
             raise SessionStateError(msg)
-        if not session._prefilled:
-            msg = f"session {session.id} has not been prefilled yet; run it first"
+        if not session._prefilled and replacement is None:
+            msg = f"session {session.id} has no KV yet to re-decode from; run it first"
             raise SessionStateError(msg)
+        if not session._prefilled:  # nothing computed yet: the splice is a token edit
+            return _splice_tokens_only(session, start, end, replacement, reason)  # type: ignore[arg-type]
         session._executing = True
     t0 = time.perf_counter()
     engine = session.engine
@@ -333,6 +335,55 @@ def _splice(
         accepted,
         0.0,
     )
+
+
+def _splice_tokens_only(
+    session: DecodeSession, start: int, end: int, replacement: Replacement, reason: str | None
+) -> RepairResult:
+    """Splice into a session whose context was never prefilled (no KV to keep exact)."""
+    engine = session.engine
+    tokens = list(session.tokens)
+    old_text = engine.text.text(tokens[start:end])
+    if callable(replacement):
+        ctx = SpanContext(
+            engine.text.text(tokens[session.prompt_len : start]),
+            old_text,
+            engine.text.text(tokens[end:]),
+            start,
+            end,
+            reason,
+        )
+        try:
+            replacement = replacement(ctx)
+        except Exception as e:
+            msg = f"the replacement for span [{start}, {end}) failed: {type(e).__name__}: {e}"
+            raise DecodeError(msg) from e
+    new = (
+        engine.encode(replacement)
+        if isinstance(replacement, str)
+        else [int(t) for t in replacement]
+    )
+    session._tokens = tokens[:start] + new + tokens[end:]
+    session._origins = (
+        session._origins[:start] + [Origin.REPAIRED] * len(new) + session._origins[end:]
+    )
+    result = RepairResult(
+        start, end, start + len(new), old_text, engine.text.text(new), 0, 0, 1, True, 0.0
+    )
+    session._emit(
+        EventType.SPAN_REPAIRED,
+        start=start,
+        old_end=end,
+        new_end=result.new_end,
+        old_text=old_text,
+        new_text=result.new_text,
+        decoded_tokens=0,
+        prefilled_tokens=0,
+        candidates=1,
+        accepted=True,
+        reason=reason,
+    )
+    return result
 
 
 def _replay_matcher(session: DecodeSession) -> None:

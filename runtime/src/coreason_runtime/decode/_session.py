@@ -105,6 +105,7 @@ class DecodeSession:
         priority: int = 0,
         sampler: Sampler | None = None,
         max_new_tokens: int = 256,
+        min_new_tokens: int = 0,
         stop: Sequence[str] = (),
         pause_on: Sequence[str] = (),
         grammar: str | None = None,
@@ -123,6 +124,7 @@ class DecodeSession:
         self._priority = priority
         self.sampler = sampler or Sampler()
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
         self.stop = tuple(stop)
         self.pause_on = tuple(pause_on)
         self._tokens: list[int] = [int(t) for t in prompt_ids]
@@ -484,6 +486,8 @@ class DecodeSession:
             return self._finish("grammar")
         assert self.next_logits is not None
         logits = self.engine.mask_logits(self.matcher, self.next_logits)
+        if self.n_generated < self.min_new_tokens:  # too early to stop: mask every stop token
+            logits[list(self.engine.stop_ids)] = float("-inf")
         rng = self.generator.get_state()
         tok = self.sampler.sample(logits, self.generator)
         if tok in self.engine.stop_ids:
