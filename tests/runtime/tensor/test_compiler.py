@@ -203,3 +203,10 @@ def test_denullify_lets_strict_answers_validate(compiler: UniversalCompiler) -> 
     assert spec.validate_value(value) == Derivative(expression="x**2", derivative="2*x")
 
 
+
+
+def test_model_and_its_tokenizer_share_compiled_grammars(
+    tiny_model: Any, model_tokenizer: Any
+) -> None:
+    by_model = UniversalCompiler(tiny_model).compile(Point).grammar
+    assert UniversalCompiler(model_tokenizer).compile(Point).grammar is by_model

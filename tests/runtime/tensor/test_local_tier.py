@@ -20,6 +20,7 @@ from coreason_runtime import (
 from coreason_runtime.models import LoadedModel, tiny_llama
 from coreason_runtime.tensor._compiler import UniversalCompiler
 from coreason_runtime.tensor._local import LocalTier
+from coreason_runtime.tensor._prefix import PrefixCache
 from coreason_runtime.tensor._schema import CompiledSchema
 from coreason_runtime.tensor._types import SteerableTier, TierRequest, UnmeteredMeter
 from pydantic import BaseModel, Field
@@ -234,3 +235,40 @@ def test_real_model_answers_with_valid_json(real_model: LoadedModel) -> None:
     out = real.complete(req, UnmeteredMeter())
     assert isinstance(schema.validate_text(out.text), Sum)
     assert out.model == real_model.name
+
+
+def _cache_of(n: int, fill: float) -> Any:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer in range(2):
+        cache.update(torch.full((1, 1, n, 2), fill), torch.full((1, 1, n, 2), fill), layer)
+    return cache
+
+
+def test_prefix_cache_reuses_the_longest_shared_prefix() -> None:
+    pc = PrefixCache(max_tokens=100)
+    pc.store([1, 2, 3], _cache_of(3, 1.0))
+    pc.store([1, 2, 9, 9, 9], _cache_of(5, 2.0))
+    cache, reused = pc.lookup([1, 2, 9, 9, 7, 7])
+    assert reused == 4
+    assert cache.get_seq_length() == 4
+    assert float(cache.layers[0].keys[0, 0, 0, 0]) == 2.0
+
+
+def test_prefix_cache_leaves_one_prompt_token_to_prefill() -> None:
+    pc = PrefixCache(max_tokens=100)
+    pc.store([1, 2, 3], _cache_of(3, 1.0))
+    _, reused = pc.lookup([1, 2, 3])
+    assert reused == 2
+
+
+def test_prefix_cache_evicts_least_recently_used_entries() -> None:
+    pc = PrefixCache(max_tokens=6)
+    pc.store([1, 1, 1], _cache_of(3, 1.0))
+    pc.store([2, 2, 2], _cache_of(3, 2.0))
+    pc.lookup([1, 1, 1, 5])  # touch the first entry
+    pc.store([3, 3, 3], _cache_of(3, 3.0))
+    assert pc.tokens == 6
+    assert pc.lookup([2, 2, 2, 5])[1] == 0
+    assert pc.lookup([1, 1, 1, 5])[1] == 3

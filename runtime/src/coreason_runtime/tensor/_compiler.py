@@ -68,12 +68,14 @@ def tokenizer_info(obj: Any) -> TokenizerInfo | None:
         # The mask spans the larger of the two: a model may pad its vocabulary, or (a tiny test
         # model) cut it short, in which case the logits it lacks are simply never allowed.
         n_vocab = max(int(obj.model.config.vocab_size), len(tok))
-        ident = f"{obj.name}@{obj.revision}"
     else:
         tok = obj
         n_vocab = len(tok)
-        backend = tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else repr(tok)
-        ident = "tok-" + hashlib.sha256(backend.encode()).hexdigest()[:16]
+    # Identity by content, so a compiler built from a tokenizer and a tier built from the
+    # model share compiled grammars.
+    backend = tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else repr(tok)
+    digest = hashlib.sha256(f"{backend}|{tok.eos_token_id}".encode()).hexdigest()[:16]
+    ident = f"tok-{digest}-{n_vocab}"
     try:
         ll = llguidance.hf.from_tokenizer(tok, n_vocab=n_vocab)
     except ValueError as e:
@@ -98,6 +100,7 @@ class LocalGrammar:
     compile_seconds: float
     _proto: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _others: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def matcher(self, info: TokenizerInfo) -> Any:
         """A fresh ``LLMatcher`` at the start of the grammar.
@@ -107,10 +110,13 @@ class LocalGrammar:
         SchemaCompileError
             The grammar does not compile against this tokenizer.
         """
-        if self._proto is not None and info.ident == self.tokenizer_ident:
-            with self._lock:
+        with self._lock:
+            if self._proto is not None and info.ident == self.tokenizer_ident:
                 return self._proto.deep_copy()
-        return _new_matcher(info, self.grammar)
+            proto = self._others.get(info.ident)
+            if proto is None:  # another tokenizer: compile once for it, then copy
+                proto = self._others[info.ident] = _new_matcher(info, self.grammar)
+            return proto.deep_copy()
 
 
 def _new_matcher(info: TokenizerInfo, grammar: str) -> Any:
@@ -297,8 +303,8 @@ class UniversalCompiler:
             msg = f"compiling schema {spec.name!r} took longer than {wait:g} s; local tier skipped"
             errors["grammar"] = SchemaCompileTimeout(msg)
         else:
-            if isinstance(entry, SchemaCompileError):
-                errors["grammar"] = entry
+            if isinstance(entry, SchemaCompileError):  # a copy: the cached one is shared
+                errors["grammar"] = SchemaCompileError(entry.message, tier="local")
             else:
                 grammar = entry
         openai: dict[str, Any] | None = None

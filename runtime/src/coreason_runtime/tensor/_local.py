@@ -45,6 +45,8 @@ class _Run:
     reused: int
     seconds: float
     mask_seconds: float
+    forward_seconds: float = 0.0
+    prefill_seconds: float = 0.0
 
 
 class LocalTier:
@@ -130,6 +132,11 @@ class LocalTier:
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
         """Decode one answer under ``request.schema``'s grammar, charging ``meter`` as it goes.
 
+        Greedy when ``request.temperature`` is 0, else sampled from a generator seeded with
+        ``request.seed`` (0 when unset, so every answer can be reproduced). The prompt is
+        charged once before decoding, each output token as it is produced; the decoder stops
+        before a token the meter's reservation (``max_out``) no longer covers.
+
         Raises
         ------
         BudgetExceededError
@@ -147,10 +154,9 @@ class LocalTier:
         grammar = request.schema.grammar
         if not isinstance(grammar, LocalGrammar):
             err = request.schema.errors.get("grammar")
-            if isinstance(err, CoreasonError):
-                err.tier = self.name
-                err.workflow_id = request.workflow_id
-                raise err
+            if isinstance(err, CoreasonError):  # a fresh instance: the recorded one is shared
+                raise type(err)(err.message, workflow_id=request.workflow_id,
+                                tier=self.name) from err
             msg = f"schema {request.schema.spec.name!r} has no local grammar"
             raise SchemaCompileError(msg, workflow_id=request.workflow_id, tier=self.name)
         messages = self.schema_messages(request.messages, request.schema)
@@ -214,6 +220,8 @@ class LocalTier:
                 "prefill_tokens": run.prompt_tokens - run.reused,
                 "seconds": run.seconds,
                 "mask_seconds": run.mask_seconds,
+                "forward_seconds": run.forward_seconds,
+                "prefill_seconds": run.prefill_seconds,
             },
         )
 
@@ -246,7 +254,7 @@ class LocalTier:
         gen = torch.Generator().manual_seed(seed if seed is not None else 0)
         tokens: list[int] = []
         finish = "length"
-        mask_seconds = 0.0
+        mask_seconds = forward_seconds = prefill_seconds = 0.0
         streamed = ""
         started = time.perf_counter()
 
@@ -281,7 +289,9 @@ class LocalTier:
             fed = list(prompt)
             consistent = False  # a forward pass cut short leaves layers of unequal length
             try:
+                t0 = time.perf_counter()
                 logits = self._forward(model, prompt[reused:], cache, device)
+                prefill_seconds = time.perf_counter() - t0
                 consistent = True
                 while True:
                     if time.monotonic() > deadline:
@@ -292,7 +302,6 @@ class LocalTier:
                         matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
                         allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")
                         allowed = allowed[: logits.shape[-1]].astype(bool)
-                        mask_seconds += time.perf_counter() - t0
                         if matcher.is_error():
                             msg = f"grammar error: {matcher.get_error()}"
                             raise fail(msg, GrammarDeadEndError)
@@ -305,6 +314,7 @@ class LocalTier:
                             break
                         logits = logits.masked_fill(
                             torch.from_numpy(~allowed).to(logits.device), float("-inf"))
+                        mask_seconds += time.perf_counter() - t0
                     if ignore_eos:
                         logits[eos] = float("-inf")
                     if len(tokens) >= max_new:
@@ -317,9 +327,13 @@ class LocalTier:
                     token = self._choose(logits, temperature, gen)
                     meter.charge(tokens_out=1)
                     tokens.append(token)
-                    if matcher is not None and not matcher.consume_token(token):
-                        msg = f"grammar rejected token {token}: {matcher.get_error()}"
-                        raise fail(msg, GrammarDeadEndError)
+                    if matcher is not None:
+                        t0 = time.perf_counter()
+                        consumed = matcher.consume_token(token)
+                        mask_seconds += time.perf_counter() - t0
+                        if not consumed:
+                            msg = f"grammar rejected token {token}: {matcher.get_error()}"
+                            raise fail(msg, GrammarDeadEndError)
                     if len(tokens) % self.stream_every == 0:
                         flush()
                     if token == eos and not ignore_eos:
@@ -334,7 +348,9 @@ class LocalTier:
                             finish = "stop"
                         break
                     consistent = False
+                    t0 = time.perf_counter()
                     logits = self._forward(model, [token], cache, device)
+                    forward_seconds += time.perf_counter() - t0
                     fed.append(token)
                     consistent = True
             finally:
@@ -342,7 +358,7 @@ class LocalTier:
                     self.prefix_cache.store(fed, cache)
         flush(final=True)
         return _Run(tokens, finish, len(prompt), reused, time.perf_counter() - started,
-                    mask_seconds)
+                    mask_seconds, forward_seconds, prefill_seconds)
 
     @staticmethod
     def _forward(model: Any, ids: list[int], cache: Any, device: str) -> Any:
