@@ -147,6 +147,7 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             _write_converted(gguf, tmp, name)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
