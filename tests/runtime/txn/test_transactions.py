@@ -118,6 +118,29 @@ def test_a_call_with_another_live_consumer_survives_one_dropping(tt: ToolTransac
     assert txn.commit(timeout=30) == 16
 
 
+def test_a_new_prepare_naming_a_dropped_consumer_is_needed_again(tt: ToolTransactions) -> None:
+    tt.prepare(SQUARE, {"x": 1}, est_cost=1.0, consumers=["solve"]).abort()
+    tt.drop_consumer("solve")  # the old plan's task went away
+    txn = tt.prepare(SQUARE, {"x": 6}, est_cost=1.0, consumers=["solve"])  # a new plan
+    assert txn.commit(timeout=30) == 36
+
+
+def test_close_with_a_run_in_flight_kills_it_and_records_the_abort(tmp_path: Path) -> None:
+    manager = ToolTransactions(tmp_path / "home", EventBus())
+    txn = manager.prepare(SLEEPER, {"s": 30}, est_cost=1.0, consumers=["a"])
+    future = txn.start()
+    pid = manager.log.get(txn.id)["run_pid"]
+    manager.close()
+    with pytest.raises(TransactionAbortedError):
+        future.result(timeout=10)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    reopened = ToolTransactions(tmp_path / "home", recover=False)
+    try:
+        assert _decisions(reopened, txn.id)[-2:] == ["aborted", "reaped"]
+    finally:
+        reopened.close()
+
+
 def test_failing_run_raises_tool_run_error_with_status(tt: ToolTransactions) -> None:
     failing = CommandTool("failing", lambda i: ["sh", "-c", "echo oops >&2; exit 3"])
     txn = tt.prepare(failing, {}, est_cost=1.0, consumers=["a"])
@@ -180,7 +203,10 @@ def test_restart_after_kill_9_resolves_undecided_and_kills_orphans(tmp_path: Pat
     os.kill(coord.pid, signal.SIGKILL)
     coord.wait()
     coord.stdout.close()
-    time.sleep(0.5)  # the quick run finishes while no coordinator is alive
+    rc_file = home / "txn" / "runs" / f"{finishing}.rc"
+    deadline = time.monotonic() + 30
+    while not rc_file.exists() and time.monotonic() < deadline:  # the quick run finishes
+        time.sleep(0.05)  # while no coordinator is alive
     assert psutil.pid_exists(pid)
     tt = ToolTransactions(home)
     try:

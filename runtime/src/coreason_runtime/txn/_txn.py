@@ -111,6 +111,7 @@ class Transaction:
         self.workflow_id = workflow_id
         self._future: concurrent.futures.Future[Any] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._watcher: threading.Thread | None = None
         self._abort_reason: str | None = None
         self._cpu_at_kill = 0.0
         self._lock = threading.Lock()
@@ -259,6 +260,8 @@ class ToolTransactions:
         txn = Transaction(self, txn_id, tool, inputs, est_cost, names, workflow_id)
         with self._lock:
             self._open[txn_id] = txn
+            # naming a dropped consumer again declares it live: a new plan may reuse task ids
+            self._dropped.difference_update(names)
         self._emit(EventType.TXN_PREPARED, txn, est_cost=est_cost, consumers=names)
         return txn
 
@@ -327,8 +330,9 @@ class ToolTransactions:
         self._emit(EventType.TXN_COMMITTED, txn, phase="running", pid=proc.pid)
         os.write(gate_w, b"go\n")
         os.close(gate_w)
-        threading.Thread(target=self._watch, args=(txn, proc), daemon=True,
-                         name=f"txn-{txn.id}").start()
+        txn._watcher = threading.Thread(target=self._watch, args=(txn, proc), daemon=True,
+                                        name=f"txn-{txn.id}")
+        txn._watcher.start()
 
     def _watch(self, txn: Transaction, proc: subprocess.Popen[bytes]) -> None:
         _, status, usage = os.wait4(proc.pid, 0)
@@ -477,12 +481,17 @@ class ToolTransactions:
         report.interrupted.append(row["id"])
 
     def close(self) -> None:
-        """Abort every open call (killing running ones) and close the log."""
+        """Abort every open call (killing running ones), wait for their runs to be reaped and
+        recorded, and close the log."""
         self._sub.unsubscribe()
         with self._lock:
             open_txns = list(self._open.values())
         for t in open_txns:
             t.abort("runtime closing")
+        # the watchers still write how each run ended: the log must outlive them
+        for t in open_txns:
+            if t._watcher is not None:
+                t._watcher.join(timeout=10)
         self.log.close()
 
     def _emit(self, type: EventType, txn: Transaction, **data: Any) -> None:
