@@ -209,13 +209,20 @@ class ProcessJob:
               **popen: Any) -> ProcessJob:
         """Start ``argv`` in a new session (its own process group)."""
         popen.setdefault("stdout", subprocess.DEVNULL)
-        # a file, not a pipe: a chatty job can never block on a full pipe
-        err = popen.setdefault(
-            "stderr", tempfile.TemporaryFile())  # noqa: SIM115 - closed by _release()
-        proc = subprocess.Popen(list(argv), start_new_session=True, **popen)
+        own_err = "stderr" not in popen  # only a file we opened is ours to read and close
+        if own_err:
+            # a file, not a pipe: a chatty job can never block on a full pipe
+            popen["stderr"] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
+        err = popen["stderr"]
+        try:
+            proc = subprocess.Popen(list(argv), start_new_session=True, **popen)
+        except BaseException:
+            if own_err:
+                err.close()
+            raise
         freezer = CgroupFreezer(f"{proc.pid}") if freeze else None
         job = cls(proc, freezer=freezer, confirm=confirm)
-        job._stderr = err if hasattr(err, "read") else None
+        job._stderr = err if own_err else None
         return job
 
     def _signal_group(self, sig: int) -> None:

@@ -147,7 +147,9 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._rt: Coordinator | None = None
         self._last_decision: tuple[str, ...] = ()
-        self._priority_set: dict[str, tuple[bool, tuple[int, ...]]] = {}
+        # what each running job was last given, keyed by task: (job, on path, cpus); a retry's
+        # new job compares unequal, so it gets its priority too
+        self._priority_set: dict[str, tuple[Job, bool, tuple[int, ...]]] = {}
 
     @classmethod
     def for_runtime(cls, rt: Coordinator, **kwargs: Any) -> Scheduler:
@@ -265,13 +267,15 @@ class Scheduler:
             return list(self._dags[dag_id].path) if dag_id in self._dags else []
 
     def close(self) -> None:
-        """Kill every job still running. Idempotent."""
+        """Kill every job still running; every DAG still running ends ``cancelled``. Idempotent."""
         with self._lock:
-            for d in self._dags.values():
-                for t in d.tasks.values():
-                    if t.job is not None and t.state in ("running", "paused"):
-                        t.job.kill()
-                        t.state = "aborted"
+            now = time.monotonic()
+            for d in list(self._dags.values()):
+                if d.status is None:
+                    d.status, d.error = "cancelled", "cancelled: scheduler closed"
+                    d.error_type = SchedulerError
+                self._finish_if_done(d, now)  # kills its jobs and resolves whoever awaits it
+            self._priority_set.clear()
         if self._loop_task is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop_task.get_loop().call_soon_threadsafe(self._loop_task.cancel)
@@ -516,10 +520,12 @@ class Scheduler:
             cpus = tuple(free[:n]) if self.pin_cpus and len(free) >= n else ()
             if self.pin_cpus and len(free) > n:
                 free = free[n:]
-            want = (key in on_path, cpus)
-            if self._priority_set.get(key) != want:
-                self._priority_set[key] = want
+            last = self._priority_set.get(key)
+            if last is None or last[0] is not t.job or last[1:] != (key in on_path, cpus):
+                self._priority_set[key] = (t.job, key in on_path, cpus)
                 t.job.set_priority(key in on_path, list(cpus) or None)
+        for key in [k for k in self._priority_set if k not in where]:
+            del self._priority_set[key]  # finished or aborted: forget its job
 
     def _emit(self, type: EventType, dag: SubgoalDAG, **data: Any) -> None:
         self.bus.emit(type, workflow_id=dag.workflow_id, source=self.source, dag_id=dag.id, **data)
