@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pydantic import BaseModel
-
 from coreason_runtime import (
     AuthenticationError,
     BudgetExceededError,
@@ -21,6 +19,7 @@ from coreason_runtime import (
     ValidationFailure,
 )
 from coreason_runtime.tensor import CompiledSchema, ScriptedTier
+from pydantic import BaseModel
 
 
 class Derivative(BaseModel):
@@ -200,3 +199,21 @@ def test_submit_returns_a_future_with_the_result(rt: Coordinator) -> None:
     rt.router.set_tiers([ScriptedTier("local", [GOOD])])
     fut = rt.router.submit(Derivative, "q", workflow_id="wf")
     assert fut.result(timeout=10).tier == "local"
+
+
+def test_strict_mode_nulls_in_optional_fields_are_dropped_before_validation(
+    rt: Coordinator,
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+              "required": ["a"]}
+    rt.router.set_tiers([ScriptedTier("oracle", ['{"a": "x", "b": null}'])])
+    assert rt.router.generate(schema, "q", workflow_id="wf").value == {"a": "x"}
+
+
+def test_format_keywords_are_enforced_by_validation(rt: Coordinator) -> None:
+    schema = {"type": "object", "properties": {"day": {"type": "string", "format": "date"}},
+              "required": ["day"]}
+    rt.router.set_tiers([ScriptedTier("oracle", ['{"day": "yesterday"}'] * 3)])
+    with pytest.raises(EpistemicYieldError) as info:
+        rt.router.generate(schema, "q", workflow_id="wf")
+    assert "date" in (info.value.attempts[0].error or "")

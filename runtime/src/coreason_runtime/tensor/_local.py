@@ -321,7 +321,13 @@ class LocalTier:
                         finish = "length"
                         break
                     if meter.max_out <= 0:
-                        meter.charge(tokens_out=1)  # the meter raises when crossing
+                        # Stop *before* the token that would cross the ceiling: a meter that
+                        # can check ahead raises without charging a token never produced.
+                        check = getattr(meter, "check", None)
+                        if callable(check):
+                            check(tokens_out=1)
+                        else:
+                            meter.charge(tokens_out=1)
                         msg = "the budget reservation allows no more output tokens"
                         raise BudgetExceededError(msg, workflow_id=workflow_id, tier=self.name)
                     token = self._choose(logits, temperature, gen)

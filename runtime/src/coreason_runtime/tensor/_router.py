@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -333,7 +334,7 @@ class TensorRouter:
         output: TierOutput | None = None
         try:
             output = tier.complete(request, meter)
-            value = compiled.validate_text(output.text)
+            value = compiled.validate_text(self._from_strict(tier, compiled, output.text))
         except CoreasonError as e:
             if e.tier is None:
                 e.tier = tier.name
@@ -365,6 +366,19 @@ class TensorRouter:
                       cost=sum(a.cost for a in conv.attempts), workflow_id=wf,
                       text=output.text, model=output.model, seed=seed,
                       schema_key=compiled.key)
+
+    @staticmethod
+    def _from_strict(tier: Tier, compiled: CompiledSchema, text: str) -> str:
+        """Undo OpenAI strict mode's forced nulls in optional fields before validation."""
+        if _is_steerable(tier) or compiled.openai is None:
+            return text
+        from coreason_runtime.tensor._openai_strict import denullify
+
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return text  # validation reports it, with the exact error
+        return json.dumps(denullify(value, compiled.spec.json_schema))
 
     @staticmethod
     def _estimate_prompt(tier: Tier, messages: list[dict[str, str]],

@@ -90,9 +90,9 @@ class SchemaSpec:
             msg = f"output is not valid JSON: {e}"
             raise ValidationFailure(msg, output=text) from e
         validator_cls = jsonschema.validators.validator_for(self.json_schema)
-        errors = sorted(
-            validator_cls(self.json_schema).iter_errors(value), key=lambda err: list(err.path)
-        )
+        validator = validator_cls(self.json_schema,
+                                  format_checker=validator_cls.FORMAT_CHECKER)
+        errors = sorted(validator.iter_errors(value), key=lambda err: list(err.path))
         if errors:
             msg = "; ".join(
                 f"{'/'.join(map(str, err.absolute_path)) or '<root>'}: {err.message}"
