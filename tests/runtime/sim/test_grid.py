@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from coreason_runtime._exceptions import GridTooLargeError, SimulationError
+from coreason_runtime._exceptions import ConfigurationError, GridTooLargeError, SimulationError
 from coreason_runtime.sim import BlockGrid, Diffusion, ShallowWater, dam_break, gaussian_pulse
 
 
@@ -34,6 +34,20 @@ def test_refluxing_conserves_shallow_water_mass_to_round_off() -> None:
         grid.step(grid.max_dt())
     assert abs(grid.totals()[0] - m0) / m0 < 1e-13
     assert grid.coarse_numpy()[0].min() > 0
+
+
+@pytest.mark.parametrize("block", [(-1, 0), (0, 4)])
+def test_refining_a_block_off_the_grid_is_refused_and_changes_nothing(
+    block: tuple[int, int],
+) -> None:
+    grid = random_grid(Diffusion(1.0))
+    before = grid.coarse_numpy().copy()
+    with pytest.raises(SimulationError, match="outside"):
+        grid.refine([(1, 1), block])
+    with pytest.raises(SimulationError, match="outside"):
+        grid.coarsen([block])
+    assert grid.n_refined == 0 and not grid.refined.any()
+    np.testing.assert_array_equal(grid.coarse_numpy(), before)
 
 
 def test_refine_and_coarsen_keep_every_block_average() -> None:
@@ -92,3 +106,8 @@ def test_refinement_is_capped_by_the_memory_limit() -> None:
 def test_bad_block_or_factor_is_rejected(block: int, factor: int) -> None:
     with pytest.raises(SimulationError):
         BlockGrid(Diffusion(1.0), np.zeros((1, 8, 8)), block=block, factor=factor)
+
+
+def test_dam_break_with_a_lower_upstream_depth_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="hl > hr"):
+        dam_break(hl=1.0, hr=2.0)

@@ -99,6 +99,8 @@ def test_hooks_residual_refine_and_check_invariants() -> None:
     assert sim.refine((31, 0), reason="manual")
     assert bus.history([EventType.CELL_REFINED])[-1].data["reason"] == "manual"
     assert sim.check_invariants() == []
+    with pytest.raises(SimulationError, match="outside the domain"):
+        sim.residual((-0.1, 0.5))  # would wrap to the far side's block
 
 
 def test_fixed_step_breaking_cfl_is_refused_at_the_start() -> None:

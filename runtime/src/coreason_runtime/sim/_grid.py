@@ -103,6 +103,15 @@ class BlockGrid:
         """The block holding coarse cell ``(i, j)``."""
         return i // self.bs, j // self.bs
 
+    def _blocks(self, blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``blocks`` as int pairs, each checked to lie on the grid (NumPy would wrap -1)."""
+        out = [(int(a), int(b)) for a, b in blocks]
+        bad = [blk for blk in out if not (0 <= blk[0] < self.nb and 0 <= blk[1] < self.nb)]
+        if bad:
+            msg = f"blocks {bad} are outside the {self.nb}x{self.nb} block grid"
+            raise SimulationError(msg)
+        return out
+
     def region(self, block: tuple[int, int]) -> tuple[float, float, float, float]:
         """``(x0, x1, y0, y1)`` of a block."""
         w = self.bs * self.hc
@@ -273,7 +282,7 @@ class BlockGrid:
         Fine data come from ``init(block)`` (shape ``(ncomp, m, m)``) when given, else from a
         conservative slope-limited prolongation of the coarse cells.
         """
-        new = list(dict.fromkeys((int(a), int(b)) for a, b in blocks if not self.refined[a, b]))
+        new = list(dict.fromkeys(b for b in self._blocks(blocks) if not self.refined[b]))
         room = self.max_fine_blocks - self.n_refined
         new = new[:max(room, 0)]
         if not new:
@@ -303,7 +312,7 @@ class BlockGrid:
 
     def coarsen(self, blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """Drop the fine data of ``blocks``; their coarse cells keep the fine averages."""
-        gone = {(int(a), int(b)) for a, b in blocks if self.refined[a, b]}
+        gone = {b for b in self._blocks(blocks) if self.refined[b]}
         if not gone:
             return []
         keep = [k for k, blk in enumerate(self.blocks) if blk not in gone]

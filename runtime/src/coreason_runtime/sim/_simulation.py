@@ -130,6 +130,9 @@ class MultiFidelitySimulation:
         if self.last is None:
             msg = "no watchdog window has run yet"
             raise SimulationError(msg)
+        if len(x) != 2 or not all(0.0 <= c <= self.grid.length for c in x):
+            msg = f"point {tuple(x)} is outside the domain [0, {self.grid.length}]^2"
+            raise SimulationError(msg)
         i = min(int(x[0] / self.grid.hc), self.grid.n - 1)
         j = min(int(x[1] / self.grid.hc), self.grid.n - 1)
         return float(self.last.residual[self.grid.block_of(i, j)])
