@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from coreason_runtime import ConfigurationError
 from coreason_runtime.sim import (
     Diffusion,
     MultiFidelitySimulation,
@@ -44,12 +45,12 @@ def test_torch_backend_defaults_to_cuda_only_when_available() -> None:
 def test_asking_for_cuda_without_cuda_is_an_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
-    with pytest.raises(ValueError, match="cuda"):
+    with pytest.raises(ConfigurationError, match="cuda"):
         get_backend("torch", device="cuda")
 
 
 def test_unknown_backend_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ConfigurationError, match="unknown backend"):
         get_backend("jax")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from coreason_runtime import EventBus
+from coreason_runtime import ConfigurationError, EventBus
 from coreason_runtime._events import EventType
 from coreason_runtime.sim import Prediction, WhatIfGate
 
@@ -65,7 +65,7 @@ def test_decisions_are_published_with_their_prediction() -> None:
 
 
 def test_gate_rejects_non_finite_thresholds() -> None:
-    with pytest.raises(ValueError, match="min_gain"):
+    with pytest.raises(ConfigurationError, match="min_gain"):
         WhatIfGate(min_gain=math.inf)
-    with pytest.raises(ValueError, match="max_cost"):
+    with pytest.raises(ConfigurationError, match="max_cost"):
         WhatIfGate(max_cost=0.0)

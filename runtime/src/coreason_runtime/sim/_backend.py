@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from coreason_runtime._exceptions import MissingExtraError
+from coreason_runtime._exceptions import ConfigurationError, MissingExtraError
 
 __all__ = ["Backend", "get_backend"]
 
@@ -74,13 +74,14 @@ def get_backend(name: str = "numpy", *, device: str | None = None) -> Backend:
 
     Raises:
         MissingExtraError: torch was asked for but is not installed.
-        ValueError: an unknown backend name or a CUDA device without CUDA.
+        ConfigurationError: an unknown backend name or a CUDA device without CUDA (a
+            ``ValueError``).
     """
     if name == "numpy":
         return Backend("numpy", np)
     if name != "torch":
         msg = f"unknown backend {name!r}; use 'numpy' or 'torch'"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     try:
         import torch
     except ImportError as e:  # pragma: no cover - torch is in the dev env
@@ -89,5 +90,5 @@ def get_backend(name: str = "numpy", *, device: str | None = None) -> Backend:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         msg = "device 'cuda' was requested but torch.cuda.is_available() is False"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     return Backend("torch", torch, device=device, dtype=torch.float64)

@@ -10,6 +10,8 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import erf
 
+from coreason_runtime._exceptions import ConfigurationError
+
 __all__ = ["Case", "dam_break", "gaussian_pulse", "radial_bump"]
 
 Exact = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -82,7 +84,7 @@ def dam_break(*, hl: float = 2.0, hr: float = 1.0, x0: float = 0.5, g: float = 9
     """A wet-bed dam break along x: Stoker's exact solution until a wave hits a wall."""
     if not hl > hr > 0:
         msg = f"dam break needs hl > hr > 0; got hl={hl}, hr={hr}"
-        raise ValueError(msg)
+        raise ConfigurationError(msg)
     hm, um, s = _stoker(hl, hr, g)
     cl, cm = math.sqrt(g * hl), math.sqrt(g * hm)
     t_valid = min(x0 / cl, (length - x0) / s)

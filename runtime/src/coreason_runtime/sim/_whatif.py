@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from coreason_runtime._events import EventType
+from coreason_runtime._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
@@ -73,10 +74,10 @@ class WhatIfGate:
         for label, v in (("min_gain", min_gain), ("min_ratio", min_ratio)):
             if not math.isfinite(v):
                 msg = f"{label} must be finite; got {v}"
-                raise ValueError(msg)
+                raise ConfigurationError(msg)
         if not max_cost > 0:
             msg = f"max_cost must be positive; got {max_cost}"
-            raise ValueError(msg)
+            raise ConfigurationError(msg)
         self.min_gain, self.min_ratio, self.max_cost = min_gain, min_ratio, max_cost
         self.bus, self.workflow_id, self.source = bus, workflow_id, source
         self.decisions: list[Decision[Any]] = []
