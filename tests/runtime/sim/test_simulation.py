@@ -179,3 +179,18 @@ def test_positivity_loss_refines_the_block_and_retries_then_fails_loudly() -> No
     assert retried.data["action"] == "refine and retry"
     refined = bus.history([EventType.CELL_REFINED])
     assert refined and {e.data["reason"] for e in refined} == {"invariant"}
+
+
+def test_positivity_loss_with_no_room_to_refine_fails_loudly_at_once() -> None:
+    # as above, but the memory limit leaves room for no fine block: the retry cannot refine,
+    # so the violation must not be carried on as if a later regrid could repair it
+    nonneg = Invariant.symbolic("u >= 0", u_sym >= 0, [u_sym], "pointwise")
+    sharp = gaussian_pulse(kappa=1.0, sigma=0.01, centre=(0.3, 0.35))
+    coarse_only = 8 * 32 * 32 * 14 + 1024  # the coarse grid's bytes, and not one block more
+    sim = MultiFidelitySimulation(Diffusion(1.0, cfl=1.2), sharp, n=32, block=8, factor=2,
+                                  watchdog=Watchdog(tol=1e9), invariants=[nonneg],
+                                  memory_limit=coarse_only)
+    assert sim.grid.max_fine_blocks == 0
+    with pytest.raises(InvariantViolationError, match="u >= 0"):
+        sim.run(2e-3)
+    assert sim.t == 0.0

@@ -255,7 +255,9 @@ class MultiFidelitySimulation:
             self._emit(EventType.INVARIANT_VIOLATED, invariant=v.invariant, value=v.value,
                        t=v.t, block=None if v.block is None else list(v.block),
                        region=None if v.region is None else list(v.region))
-            fixable = v.block is not None and not g.refined[v.block] and self.watchdog is not None
+            # fixable only if refinement can still happen there: a watchdog, and room for a block
+            fixable = (v.block is not None and not g.refined[v.block] and self.watchdog is not None
+                       and g.n_refined < g.max_fine_blocks)
             if not fixable:
                 self._restore(snap)
                 where = f" in block {v.block}" if v.block is not None else ""
