@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +13,14 @@ from coreason_runtime import Event
 
 from coreason_lab._control import Controls
 from coreason_lab._throttle import Throttle
-from coreason_lab._widgets._views import BudgetView, CacheView, DagView, DecodeView, View
+from coreason_lab._widgets._views import (
+    FIGURE_INTERVAL_S,
+    BudgetView,
+    CacheView,
+    DagView,
+    DecodeView,
+    View,
+)
 
 __all__ = ["VIEWS", "Dashboard"]
 
@@ -65,6 +74,8 @@ class Dashboard:
         self.picker = W.Combobox(placeholder="workflow", value=workflow or "",
                                  options=self._workflow_options())
         self.status = W.HTML()
+        self._options_at = 0.0
+        self._redraw: threading.Timer | None = None
         buttons = []
         for intent, style, icon in (("pause", "warning", "pause"), ("resume", "success", "play"),
                                     ("preempt", "info", "step-forward"),
@@ -92,16 +103,33 @@ class Dashboard:
 
     def deliver(self, batch: list[Event]) -> None:
         """Hand a batch to every view (each takes the areas it wants) and refresh status."""
+        areas = [e.type.value.split(".", 1)[0] for e in batch]
         for view in self.views.values():
-            mine = [e for e in batch if e.area in view.areas]
+            mine = [e for e, a in zip(batch, areas, strict=True) if a in view.areas]
             if mine or isinstance(view, BudgetView):
                 view.update(mine, self.runtime)
+        if any(v.stale for v in self.views.values()) and self._redraw is None:
+            # a plot skipped during the burst is drawn once it is due, even if no event follows
+            self._redraw = threading.Timer(FIGURE_INTERVAL_S, self._redraw_stale)
+            self._redraw.daemon = True
+            self._redraw.start()
         states = ", ".join(f"{c.workflow_id}: {c.state}" for c in self.controls.workflows())
         self.status.value = (f"<small>{self.throttle!r}"
                              f"{' · ' + states if states else ''}</small>")
-        options = self._workflow_options()
-        if list(self.picker.options) != options:
-            self.picker.options = options
+        now = time.monotonic()
+        if now - self._options_at >= 1.0:  # the ledger store is read at most once a second
+            self._options_at = now
+            options = self._workflow_options()
+            if list(self.picker.options) != options:
+                self.picker.options = options
+
+    def _redraw_stale(self) -> None:
+        self._redraw = None
+        if self.throttle.closed:
+            return
+        for view in self.views.values():
+            if view.stale:
+                view.render()
 
     def intent(self, intent: str, workflow: str | None = None) -> None:
         """Send a control intent for ``workflow`` (default: the picked one)."""
@@ -121,6 +149,8 @@ class Dashboard:
     def close(self) -> None:
         """Unsubscribe and close the widgets; the runtime is untouched. Idempotent."""
         self.throttle.close()
+        if self._redraw is not None:
+            self._redraw.cancel()
         self.widget.close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

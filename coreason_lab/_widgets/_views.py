@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as W
+import numpy as np
 from coreason_runtime import Event
 
 from coreason_lab._widgets._state import BudgetState, CacheState, DagState, DecodeState
@@ -19,10 +20,11 @@ STATE_COLOURS = {
     "pending": "#b0b0b0", "running": "#1f77b4", "done": "#2ca02c", "failed": "#d62728",
     "preempted": "#ff7f0e", "aborted": "#7f0000",
 }
-SPAN_STYLES = {
-    "text": "", "repaired": "background:#ffe08a;text-decoration:underline wavy #c77c00",
-    "injected": "background:#d7ecff", "thunk": "background:#d9f7d9;font-weight:bold",
-}
+SPAN_CSS = (
+    "<style>.coreason-repaired{background:#ffe08a;text-decoration:underline wavy #c77c00}"
+    ".coreason-injected{background:#d7ecff}"
+    ".coreason-thunk{background:#d9f7d9;font-weight:bold}</style>")
+MAX_SPANS = 300  # the HTML is resent whole on each redraw: keep it small
 
 
 def _figure(title: str, height: int = 260, **layout: Any) -> Any:
@@ -34,12 +36,33 @@ def _figure(title: str, height: int = 260, **layout: Any) -> Any:
     return fig
 
 
+FIGURE_INTERVAL_S = 0.5  # plots redraw ≤ 2/s; tables and text follow every batch (≤ 10/s)
+
+
 class View:
-    """A view: ``area`` says which events it wants; ``update`` folds them and re-renders."""
+    """A view: ``area`` says which events it wants; ``update`` folds them and re-renders.
+
+    Figures are the expensive part (plotly validates every array it is given), so a view
+    redraws its plots at most every ``FIGURE_INTERVAL_S`` and marks itself ``stale`` when it
+    skipped one; the dashboard then calls :meth:`render` once more after the burst.
+    """
 
     areas: tuple[str, ...] = ()
     title = ""
     widget: W.Widget
+    stale = False
+    _figure_at = -1e9
+
+    def _figure_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._figure_at < FIGURE_INTERVAL_S:
+            self.stale = True
+            return False
+        self._figure_at, self.stale = now, False
+        return True
+
+    def render(self) -> None:
+        raise NotImplementedError
 
     def update(self, events: Sequence[Event], runtime: Any = None) -> None:
         raise NotImplementedError
@@ -59,6 +82,7 @@ class BudgetView(View):
         self.table = W.HTML()
         self._burn_traces: dict[str, int] = {}
         self._tier_traces: dict[str, int] = {}
+        self._last: dict[str, Any] = {}
         self._t0 = time.time()
         self.widget = W.VBox([self.table, W.HBox([self.burn, self.tiers])])
 
@@ -86,19 +110,38 @@ class BudgetView(View):
                 if tier not in self._tier_traces:
                     self.tiers.add_bar(name=tier)
                     self._tier_traces[tier] = len(self.tiers.data) - 1
+        # Only what changed is sent, as numpy arrays: plotly validates plain lists element by
+        # element, which would cost the kernel more than the decode it is watching.
+        burn_key = {f.workflow_id: (len(f.burn), f.burn[-1] if f.burn else None, f.ceiling)
+                    for f in flows}
         names = [f.workflow_id for f in flows]
-        with self.burn.batch_update():
-            for f in flows:
-                i = self._burn_traces[f.workflow_id]
-                xs = [round(t - self._t0, 3) for t, _ in f.burn]
-                self.burn.data[i].x, self.burn.data[i].y = xs, [c for _, c in f.burn]
-                if f.ceiling is not None and xs:
-                    self.burn.data[i + 1].x = [xs[0], xs[-1]]
-                    self.burn.data[i + 1].y = [f.ceiling, f.ceiling]
-        with self.tiers.batch_update():
-            for tier, i in self._tier_traces.items():
-                self.tiers.data[i].x = names
-                self.tiers.data[i].y = [f.by_tier.get(tier, 0.0) for f in flows]
+        tier_key = (names, [sorted(f.by_tier.items()) for f in flows])
+        changed = burn_key != self._last.get("burn") or tier_key != self._last.get("tiers")
+        if changed and self._figure_due():
+            self._draw(flows, burn_key, tier_key)
+        self._table(flows)
+
+    def _draw(self, flows: list[Any], burn_key: Any, tier_key: Any) -> None:
+        names = tier_key[0]
+        if burn_key != self._last.get("burn"):
+            self._last["burn"] = burn_key
+            with self.burn.batch_update():
+                for f in flows:
+                    i = self._burn_traces[f.workflow_id]
+                    pts = np.asarray(f.burn, dtype=float).reshape(-1, 2)
+                    xs = np.round(pts[:, 0] - self._t0, 3)
+                    self.burn.data[i].x, self.burn.data[i].y = xs, pts[:, 1]
+                    if f.ceiling is not None and len(xs):
+                        self.burn.data[i + 1].x = np.array([xs[0], xs[-1]])
+                        self.burn.data[i + 1].y = np.array([f.ceiling, f.ceiling])
+        if tier_key != self._last.get("tiers"):
+            self._last["tiers"] = tier_key
+            with self.tiers.batch_update():
+                for tier, i in self._tier_traces.items():
+                    self.tiers.data[i].x = names
+                    self.tiers.data[i].y = np.array([f.by_tier.get(tier, 0.0) for f in flows])
+
+    def _table(self, flows: list[Any]) -> None:
         rows = "".join(
             f"<tr><td>{html.escape(f.workflow_id)}</td>"
             f"<td>{'∞' if f.ceiling is None else f'{f.ceiling:g}'}</td><td>{f.spent:g}</td>"
@@ -127,6 +170,8 @@ class DagView(View):
         self.fig.add_scatter(mode="markers+text", textposition="top center",
                              marker={"size": 18, "line": {"width": 2}}, name="tasks")
         self.widget = self.fig
+        self._last: list[tuple[str, str, tuple[str, ...]]] = []
+        self._last_critical: list[str] | None = None
 
     def update(self, events: Sequence[Event], runtime: Any = None) -> None:
         self.state.apply(events)
@@ -143,6 +188,12 @@ class DagView(View):
         return pos
 
     def render(self) -> None:
+        key = [(n.name, n.state, tuple(n.deps)) for n in self.state.nodes.values()]
+        if key == self._last and self.state.given_critical == self._last_critical:
+            return
+        if not self._figure_due():
+            return
+        self._last, self._last_critical = key, self.state.given_critical
         pos = self.positions()
         crit = self.state.critical_path()
         crit_edges = set(itertools.pairwise(crit))
@@ -161,8 +212,8 @@ class DagView(View):
             self.fig.data[0].x, self.fig.data[0].y = ex, ey
             self.fig.data[1].x, self.fig.data[1].y = cx, cy
             nodes = self.fig.data[2]
-            nodes.x = [pos[n][0] for n in names]
-            nodes.y = [pos[n][1] for n in names]
+            nodes.x = np.array([pos[n][0] for n in names])
+            nodes.y = np.array([pos[n][1] for n in names])
             nodes.text = names
             nodes.hovertext = [f"{n}: {self.state.nodes[n].state}" for n in names]
             nodes.marker.color = [STATE_COLOURS.get(self.state.nodes[n].state, "#b0b0b0")
@@ -181,6 +232,7 @@ class CacheView(View):
         self.fig = _figure("Cache hit ratio", yaxis={"range": [0, 1]})
         self.fig.add_scatter(mode="lines", name="hit ratio")
         self.counts = W.HTML()
+        self._drawn: tuple[int, Any] = (0, None)
         self._t0 = time.time()
         self.widget = W.VBox([self.counts, self.fig])
 
@@ -190,10 +242,14 @@ class CacheView(View):
 
     def render(self) -> None:
         s = self.state
-        xs = [round(t - self._t0, 3) for t, _, _ in s.series]
-        ys = [h / (h + m) if h + m else 0.0 for _, h, m in s.series]
-        with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = xs, ys
+        if s.series and (len(s.series), s.series[-1]) != self._drawn and self._figure_due():
+            pts = np.asarray(s.series, dtype=float).reshape(-1, 3)
+            total = pts[:, 1] + pts[:, 2]
+            with self.fig.batch_update():
+                self.fig.data[0].x = np.round(pts[:, 0] - self._t0, 3)
+                self.fig.data[0].y = np.divide(pts[:, 1], total, out=np.zeros_like(total),
+                                               where=total > 0)
+            self._drawn = (len(s.series), s.series[-1])
         per = ", ".join(f"{html.escape(k)}: {h}/{h + m}" for k, (h, m) in s.by_cache.items())
         self.counts.value = (f"<b>hits</b> {s.hits} · <b>misses</b> {s.misses} · "
                              f"<b>ratio</b> {s.ratio:.2f} · admitted {s.admits} · "
@@ -217,10 +273,12 @@ class DecodeView(View):
 
     def render(self) -> None:
         s = self.state
+        spans = list(s.spans)[-MAX_SPANS:]
         body = "".join(
-            f"<span class='coreason-{kind}' style='{SPAN_STYLES.get(kind, '')}'>"
-            f"{html.escape(text)}</span>" for text, kind in s.spans)
+            html.escape(text) if kind == "text"
+            else f"<span class='coreason-{kind}'>{html.escape(text)}</span>"
+            for text, kind in spans)
         self.html.value = (
-            f"<div><small>{html.escape(s.state)} · {s.tokens} tokens · {s.repairs} repaired"
-            f" · {s.forced} thunks forced</small><pre style='white-space:pre-wrap'>{body}"
-            "</pre></div>")
+            f"<div>{SPAN_CSS}<small>{html.escape(s.state)} · {s.tokens} tokens · {s.repairs} "
+            f"repaired · {s.forced} thunks forced</small><pre style='white-space:pre-wrap'>"
+            f"{body}</pre></div>")
