@@ -42,6 +42,7 @@ from coreason_runtime.cache import (  # noqa: E402
     safe_parse,
 )
 from coreason_runtime.cache._canonical import _evaluate  # noqa: E402
+from coreason_runtime.cache._subgoal import _canonical_memo  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
 
@@ -114,6 +115,16 @@ def workload(n_bases: int, seed: int = 7) -> list[tuple[str, sympy.Basic]]:
     return out
 
 
+def _agree(problem: sympy.Basic, got: sympy.Basic, want: sympy.Basic) -> bool:
+    """Independent check: equal values; antiderivatives may differ by a constant."""
+    if isinstance(problem, sympy.Integral) and all(len(lim) == 1 for lim in problem.limits):
+        z = problem.limits[0][0]
+        return numeric_equal(sympy.diff(got, z), sympy.diff(want, z), points=3, rtol=1e-6)
+    if isinstance(got, list) or isinstance(want, list):
+        return sorted(map(str, got)) == sorted(map(str, want))
+    return numeric_equal(got, want, points=3, rtol=1e-6)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bases", type=int, default=40)
@@ -142,6 +153,7 @@ def main() -> None:
     results = {}
     for label in ("cold", "warm"):
         clear_cache()
+        _canonical_memo.cache_clear()  # as in a fresh kernel: nothing remembered in-process
         cache = SubgoalCache(SQLiteStore(tmp / "scch.sqlite"))
         wrong = 0
         t0 = time.perf_counter()
@@ -153,9 +165,10 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         stats = cache.stats()
         hits = sum(v["hits"] for v in stats["by_kind"].values())
-        for got, want in zip(results[label], plain, strict=True):
-            if not numeric_equal(got, want, points=3, rtol=1e-6):
+        for (_kind, p), got, want in zip(problems, results[label], plain, strict=True):
+            if not _agree(p, got, want):
                 wrong += 1
+                print(f"  disagreement on {p}: cache {got} vs plain {want}", flush=True)
         results[label + "_stats"] = (elapsed, hits, stats["false_hits_blocked"], wrong)
         print(f"SCCH {label}: {elapsed:.1f}s, {hits} hits, {wrong} wrong", flush=True)
         cache.close()
@@ -178,8 +191,16 @@ def main() -> None:
         f"Hit-rate ratio SCCH/cacheit on the cold pass: **{ratio:.2f}×** (goal ≥ 2×). "
         f"End-to-end speedup on the repeated workload (warm store vs plain): "
         f"**{t_plain / warm_t:.2f}×** (goal ≥ 5×); on the first pass: {t_plain / cold_t:.2f}×. "
+        f"Against the cacheit memo's time: warm {t_cacheit / warm_t:.2f}×, cold "
+        f"{t_cacheit / cold_t:.2f}× (canonicalising and verifying every subgoal costs "
+        "~50–100 ms, more than a cheap derivative or limit). Each pass starts with SymPy's "
+        "cache and the in-process canonical-form memo cleared; the warm pass is a new "
+        "SubgoalCache on the same SQLite file (a second kernel): it resolves each exact "
+        "spelling through the alias stored by the first pass (no re-canonicalisation) and "
+        "verifies every hit again. "
         "False hits = returned values that disagree with the plain result at random points "
-        "(independent of the cache's own verifier); 'blocked' counts hits the verifier refused. "
+        "(antiderivatives: their derivatives; independent of the cache's own verifier); "
+        "'blocked' counts hits the verifier refused. "
         "cacheit's exact memo only hits identical structures (exact repeats and commuted terms, "
         "which SymPy already orders); renamed, rescaled, shifted and expanded variants miss it. "
         f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared "

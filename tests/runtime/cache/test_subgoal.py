@@ -124,3 +124,23 @@ def test_a_cache_on_redis_shares_entries_between_two_workers(redis_url: str, bus
     b = SubgoalCache(RedisStore(redis_url), bus=bus)
     a.solve("integrate(exp(2*x)*x, x)", workflow_id="worker-a")
     assert b.get("integrate(exp(2*y)*y, y)", workflow_id="worker-b") is not None
+
+
+def test_an_exact_repeat_in_another_kernel_skips_canonicalisation_but_is_verified(
+        home: Path, bus: EventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreason_runtime.cache import _subgoal
+
+    first = SubgoalCache(SQLiteStore(home / "shared.sqlite"), bus=bus)
+    first.solve("integrate(x*cos(3*x), x)", workflow_id="kernel-1")
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("canonicalised again")
+
+    monkeypatch.setattr(_subgoal, "_canonical_memo", refuse)
+    second = SubgoalCache(SQLiteStore(home / "shared.sqlite"), bus=bus)
+    checks: list[bool] = []
+    original_check = second.verifier.check
+    monkeypatch.setattr(second.verifier, "check",
+                        lambda f, r: checks.append(True) or original_check(f, r))
+    hit = second.get("integrate(x*cos(3*x), x)", workflow_id="kernel-2")
+    assert hit is not None and checks == [True]

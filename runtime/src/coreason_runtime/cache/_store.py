@@ -136,6 +136,16 @@ class CacheStore(ABC):
     def drop_checkpoints(self, chain: str, after: int) -> None:
         """Remove the checkpoints of ``chain`` with an index above ``after``."""
 
+    def get_alias(self, key: str) -> dict[str, Any] | None:
+        """The alias stored under ``key``. Aliases (exact spelling → canonical-form maps) live
+        beside the checkpoints, not among the entries: they are neither counted nor evicted."""
+        found = self.checkpoints(f"alias:{key}")
+        return found[0][1] if found else None
+
+    def put_alias(self, key: str, payload: dict[str, Any]) -> None:
+        """Store an alias (overwrites: an alias is a pure function of its key)."""
+        self.save_checkpoint(f"alias:{key}", 0, payload)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

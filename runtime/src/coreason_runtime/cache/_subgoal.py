@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import threading
 import time
@@ -16,9 +17,9 @@ import sympy
 
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import CacheBackendError, CacheError
-from coreason_runtime.cache._canonical import CanonicalForm, canonicalize
-from coreason_runtime.cache._codec import from_tree, to_tree
-from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits
+from coreason_runtime.cache._canonical import CanonicalForm, _evaluate, canonicalize
+from coreason_runtime.cache._codec import form_from_tree, form_to_tree, from_tree, to_tree
+from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits, check_size, safe_parse
 from coreason_runtime.cache._prompt import (
     PromptForm,
     canonical_prompt,
@@ -141,8 +142,38 @@ class SubgoalCache:
     # --- SymPy subgoals ----------------------------------------------------------------------
 
     def canonical(self, problem: str | sympy.Basic, op: str | None = None) -> CanonicalForm:
-        """The canonical form (and key) of ``problem`` under this cache's verifier."""
-        return _canonical_memo(problem, op, self.verifier.version, self.limits)
+        """The canonical form (and key) of ``problem`` under this cache's verifier.
+
+        A problem met before *in exactly this spelling* (by any kernel sharing the store) is
+        found through its alias — the stored maps of its canonical form — without redoing the
+        canonicalisation; every hit is still verified.
+        """
+        if isinstance(problem, str):
+            original = _evaluate(safe_parse(problem, limits=self.limits))
+        else:
+            check_size(problem, self.limits)
+            original = problem
+        akey, spelling = self._alias_key(original, op)
+        try:
+            alias = self.store.get_alias(akey)
+        except CacheBackendError:
+            alias = None
+        if alias is not None and alias.get("spelling") == spelling:
+            with contextlib.suppress(CacheError):
+                form: CanonicalForm = form_from_tree(alias["form"], original)
+                return form
+        fresh = _canonical_memo(original, op, self.verifier.version, self.limits)
+        self._remember_alias(fresh, akey, spelling)
+        return fresh
+
+    def _alias_key(self, original: sympy.Basic, op: str | None) -> tuple[str, str]:
+        spelling = f"alias|{op}|{sympy.srepr(original)}|{self.verifier.version}"
+        return hashlib.sha256(spelling.encode()).hexdigest(), spelling
+
+    def _remember_alias(self, form: CanonicalForm, akey: str, spelling: str) -> None:
+        """Store the maps of ``form`` under the exact spelling of its problem."""
+        with contextlib.suppress(CacheError):
+            self.store.put_alias(akey, {"spelling": spelling, "form": form_to_tree(form)})
 
     def get(self, problem: str | sympy.Basic | CanonicalForm, op: str | None = None, *,
             workflow_id: str | None = None) -> CacheHit | None:
