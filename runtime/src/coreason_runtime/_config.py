@@ -64,3 +64,5 @@ class RuntimeConfig:
     local_timeout: float = 120.0
     max_tokens: int = 256
     max_attempts_per_tier: int = 3
+    subgoal_cache: bool = field(
+        default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "1") != "0")

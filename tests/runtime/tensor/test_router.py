@@ -217,3 +217,23 @@ def test_format_keywords_are_enforced_by_validation(rt: Coordinator) -> None:
     with pytest.raises(EpistemicYieldError) as info:
         rt.router.generate(schema, "q", workflow_id="wf")
     assert "date" in (info.value.attempts[0].error or "")
+
+
+def test_repeated_question_is_answered_by_the_verified_cache_at_no_cost(
+    rt: Coordinator,
+) -> None:
+    local = ScriptedTier("local", [GOOD])
+    rt.router.set_tiers([local])
+    first = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+    again = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+    assert (first.tier, again.tier) == ("local", "cache")
+    assert again.value == first.value and again.cost == 0
+    assert len(local.requests) == 1
+
+
+def test_cache_can_be_bypassed_per_request(rt: Coordinator) -> None:
+    local = ScriptedTier("local", [GOOD, GOOD])
+    rt.router.set_tiers([local])
+    rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+    assert rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf",
+                              cache=False).tier == "local"

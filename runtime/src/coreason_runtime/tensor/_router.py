@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
 
 __all__ = ["TensorRouter"]
+
+logger = logging.getLogger("coreason_runtime.router")
 
 SYSTEM_PROMPT = (
     "You are a careful assistant for mathematics, algorithms and physics. Answer with a single "
@@ -101,7 +104,7 @@ class TensorRouter:
         """The router of a Coordinator: its local model, then its oracle if configured."""
         from coreason_runtime.tensor._wiring import default_tiers
 
-        return cls(
+        router = cls(
             default_tiers(rt),
             rt.budgets,
             rt.bus,
@@ -109,6 +112,9 @@ class TensorRouter:
             default_max_tokens=rt.config.max_tokens,
             executor=lambda fn: rt.call(fn),
         )
+        if rt.config.subgoal_cache:
+            router.cache = rt.cache
+        return router
 
     # --- tiers -------------------------------------------------------------------------------
 
@@ -174,6 +180,7 @@ class TensorRouter:
         seed: int | None = None,
         system: str | None = None,
         timeout: float | None = None,
+        cache: bool = True,
     ) -> Result[Any]:
         """Answer ``prompt`` with a value that validates against ``schema``.
 
@@ -190,6 +197,9 @@ class TensorRouter:
             Restrict the cascade to these tier names, in the cascade's order.
         max_tokens:
             Output tokens per attempt (default from the config).
+        cache:
+            Consult (and feed) the subgoal cache, when one is attached; a verified hit is
+            answered by tier ``"cache"`` at no cost.
 
         Returns
         -------
@@ -224,7 +234,7 @@ class TensorRouter:
         started = time.monotonic()
         self.bus.emit(EventType.REQUEST_STARTED, workflow_id=wf, source="router",
                       schema=spec.name, schema_key=spec.key, tiers=[t.name for t in cascade])
-        cached = self._from_cache(spec, prompt, wf)
+        cached = self._from_cache(spec, prompt, wf) if cache else None
         if cached is not None:
             return cached
         conv = _Conversation([
@@ -245,7 +255,8 @@ class TensorRouter:
                               tier=result.tier, cost=result.cost,
                               attempts=len(result.attempts),
                               duration_s=time.monotonic() - started)
-                self._admit_to_cache(spec, prompt, result)
+                if cache:
+                    self._admit_to_cache(spec, prompt, result)
                 return result
 
         cost = sum(a.cost for a in conv.attempts)
@@ -420,8 +431,12 @@ class TensorRouter:
     def _from_cache(self, spec: SchemaSpec, prompt: str, wf: str) -> Result[Any] | None:
         if self.cache is None:
             return None
-        hit = self.cache.lookup_request(spec.key, prompt)
-        if hit is None:
+        try:
+            hit = self.cache.lookup_request(spec.key, prompt, workflow_id=wf)
+        except CoreasonError:
+            logger.exception("subgoal cache lookup failed; asking the tiers")
+            return None
+        if hit is None or hit.value_json is None:
             return None
         try:
             value = spec.validate_text(hit.value_json)
@@ -437,8 +452,11 @@ class TensorRouter:
         if self.cache is None or result.tier == "cache":
             return
         value = result.value
-        text = value.model_dump_json() if isinstance(value, BaseModel) else result.text
-        self.cache.admit_request(spec.key, prompt, text, result.workflow_id)
+        text = value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+        try:
+            self.cache.admit_request(spec.key, prompt, text, result.workflow_id)
+        except CoreasonError:  # a cache that refuses must never fail an answered request
+            logger.exception("subgoal cache admission failed")
 
     # --- the Oracle Circuit: a human answers -------------------------------------------------
 
