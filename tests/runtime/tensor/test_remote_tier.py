@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
-import time
+import threading
 import traceback
 from typing import Any
 
@@ -139,15 +140,11 @@ def test_403_raises_authentication_error() -> None:
 
 
 def test_429_then_200_waits_retry_after_and_succeeds() -> None:
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        time.sleep(seconds)
+    slept: list[float] = []  # the wait asked for is what matters; sleeping it proves nothing
 
     with running("rate_limited", fail_first=1, retry_after="1") as server:
         meter = UnmeteredMeter()
-        out = tier_for(server.base_url, sleep=sleep).complete(request(), meter)
+        out = tier_for(server.base_url, sleep=slept.append).complete(request(), meter)
         requests_made = len(server.received)
     assert slept == [1.0]
     assert requests_made == 2
@@ -210,6 +207,20 @@ def test_budget_ceiling_closes_the_stream_within_one_chunk() -> None:
         reservation.settle()
     assert reservation.tokens_out == 5
     assert cage.spent("wf-oracle") == 15
+
+
+def test_threads_starting_at_once_share_one_http_client() -> None:
+    tier = tier_for("http://127.0.0.1:9/v1")
+    barrier = threading.Barrier(8)
+
+    def build() -> object:
+        barrier.wait()
+        return tier._openai()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        clients = list(pool.map(lambda _: build(), range(8)))
+    tier.close()
+    assert len({id(c) for c in clients}) == 1
 
 
 # --- the key -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,9 @@ class RemoteTier:
         self.max_retry_wait = max_retry_wait
         self._sleep = sleep
         self._client: OpenAI | None = None
+        # the router calls one tier from many threads: two clients built at once would leave
+        # one (and its connection pool) unclosed
+        self._client_lock = threading.Lock()
 
     # --- construction ------------------------------------------------------------------------
 
@@ -115,25 +119,27 @@ class RemoteTier:
         return None if config is None else cls(config, rt.bus)
 
     def _openai(self) -> OpenAI:
-        if self._client is None:
-            try:
-                import openai
-            except ImportError as e:
-                raise MissingExtraError("openai", "oracle") from e
-            # Retries are ours (tenacity, Retry-After honoured, bounded); the SDK's are off.
-            self._client = openai.OpenAI(
-                api_key=self.config.api_key or _NO_KEY,
-                base_url=self.config.base_url,
-                max_retries=0,
-                timeout=self.config.timeout,
-            )
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    import openai
+                except ImportError as e:
+                    raise MissingExtraError("openai", "oracle") from e
+                # Retries are ours (tenacity, Retry-After honoured, bounded); the SDK's are off.
+                self._client = openai.OpenAI(
+                    api_key=self.config.api_key or _NO_KEY,
+                    base_url=self.config.base_url,
+                    max_retries=0,
+                    timeout=self.config.timeout,
+                )
+            return self._client
 
     def close(self) -> None:
         """Release the HTTP connection pool. Idempotent."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def __repr__(self) -> str:
         key = "set" if self.config.api_key else "none"
