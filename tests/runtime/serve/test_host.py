@@ -89,3 +89,12 @@ def test_token_from_the_environment_is_required(monkeypatch: pytest.MonkeyPatch)
         allowed = c.get("/v1/models", headers={"Authorization": "Bearer env-token"})
     assert refused.status_code == 401
     assert allowed.status_code == 200
+
+
+def test_the_backend_of_a_host_still_loading_is_a_typed_unavailable_error() -> None:
+    host = ModelHost(lambda: ScriptedTier("local", []), "m")  # a loader, not yet started
+    try:
+        with pytest.raises(TierUnavailableError, match="still loading"):
+            host.backend  # noqa: B018 - the property access is what raises
+    finally:
+        host.close()

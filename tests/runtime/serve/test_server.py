@@ -216,7 +216,8 @@ def test_invalid_json_schema_gets_400(serve_process: ServeProcess) -> None:
 
 @pytest.mark.parametrize("bad", [{"messages": []}, {"n": 2}, {"max_tokens": 0},
                                  {"temperature": -1}, {"response_format": {"type": "yaml"}},
-                                 {"stop": ["\n"]}, {"tools": [{"type": "function"}]}])
+                                 {"stop": ["\n"]}, {"tools": [{"type": "function"}]},
+                                 {"seed": 2**64}])
 def test_malformed_requests_get_400_with_an_openai_error(
     serve_process: ServeProcess, bad: dict[str, Any],
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from coreason_runtime._exceptions import BudgetExceededError, CoreasonError
+from coreason_runtime._exceptions import BudgetExceededError, TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
 
 __all__ = ["ClientGone", "Job", "ModelHost", "ServeMeter"]
@@ -141,7 +141,7 @@ class ModelHost:
                 if self.state == "loading"
                 else f"model {self.model_name!r} failed to load: {self._error}"
             )
-            raise CoreasonError(msg)
+            raise TierUnavailableError(msg, tier="local")
         return self._backend
 
     # --- serialised work ---------------------------------------------------------------------

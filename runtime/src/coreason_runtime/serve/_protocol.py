@@ -83,7 +83,8 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    seed: int | None = None
+    # torch seeds are 64-bit: a larger one would fail on the model thread, not here
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     n: int = Field(default=1, ge=1, le=1)
     response_format: ResponseFormat | None = None
 
