@@ -90,3 +90,11 @@ def test_recovery_counts_rounds_until_regret_is_back_to_its_level() -> None:
 def test_recovery_is_the_whole_interval_when_never_recovered() -> None:
     regret = np.r_[np.full(1000, 0.1), np.full(1000, 1.0)]
     assert recovery_rounds(regret, [1000], window=100, before=500) == [1000]
+
+
+def test_a_network_on_a_named_budget_can_carry_its_own_name(bus: EventBus) -> None:
+    lab = BanditLab(bus)
+    net = lab.network(2, 2, "shared", name="arm-model")
+    net.update(np.array([0.5, 0.5]), 0, 1.0)
+    assert net.budget is lab.budgets["shared"]
+    assert [e.source for e in bus.history([EventType.RBF_GROWN])] == ["arm-model"]

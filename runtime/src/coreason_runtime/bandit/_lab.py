@@ -179,12 +179,17 @@ class BanditLab:
             raise BanditError(msg) from e
 
     def network(self, d: int, k: int, budget: str | int | None = None, **kw: Any) -> GrowingRBFNet:
-        """A GrowingRBFNet gated by the named budget (created uncapped if new) or a fresh cap."""
+        """A GrowingRBFNet gated by the named budget (created uncapped if new) or a fresh cap.
+
+        ``name`` (in ``kw``) names the network's events; it defaults to the budget's name, and
+        names the fresh budget when ``budget`` is an int or ``None``.
+        """
+        name = kw.pop("name", None)
         if isinstance(budget, str):
             gate = self.budgets.get(budget) or self.budget(budget)
         else:
-            gate = self.budget(kw.pop("name", "grbf"), budget)
-        return GrowingRBFNet(d, k, gate, bus=self.bus, name=gate.name, **kw)
+            gate = self.budget(name or "grbf", budget)
+        return GrowingRBFNet(d, k, gate, bus=self.bus, name=name or gate.name, **kw)
 
     def run(self, env: DriftingBandit, policy: Policy, **kw: Any) -> BanditRun:
         """:func:`run_bandit` publishing on the runtime's bus."""
