@@ -64,3 +64,12 @@ def test_pull_of_an_unknown_arm_is_a_typed_error() -> None:
 def test_nonpositive_horizon_is_rejected() -> None:
     with pytest.raises(BanditError):
         DriftingBandit(horizon=0)
+
+
+@pytest.mark.parametrize("t", [-1, 10])
+def test_a_round_outside_the_horizon_is_a_bandit_error(t: int) -> None:
+    env = DriftingBandit(horizon=10, seed=0)
+    with pytest.raises(BanditError):
+        env.pull(t, 0)
+    with pytest.raises(BanditError):
+        env.context(t)

@@ -92,15 +92,22 @@ class DriftingBandit:
             return []
         return list(range(self.change_every, self.horizon, self.change_every))
 
+    def _round(self, t: int) -> int:
+        if not 0 <= t < self.horizon:  # NumPy would read round -1 as the last one
+            msg = f"round must be in [0, {self.horizon}), got {t!r}"
+            raise BanditError(msg)
+        return int(t)
+
     def context(self, t: int) -> FloatArray:
         """The context shown at round ``t``."""
-        return np.asarray(self.contexts[t], dtype=np.float64)
+        return np.asarray(self.contexts[self._round(t)], dtype=np.float64)
 
     def pull(self, t: int, arm: int) -> float:
         """The noisy reward of ``arm`` at round ``t``."""
         if not 0 <= arm < self.k:
             msg = f"arm must be in [0, {self.k}), got {arm!r}"
             raise InvalidArmError(msg)
+        t = self._round(t)
         return float(self.means[t, arm] + self._noise[t, arm])
 
     def optimal(self) -> FloatArray:
