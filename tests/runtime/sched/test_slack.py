@@ -99,6 +99,13 @@ def test_a_violated_constraint_that_an_action_can_raise_is_not_lost() -> None:
     assert css.lost == set()
 
 
+def test_an_action_predicting_an_unknown_constraint_is_refused() -> None:
+    css = _three()
+    typo = SlackAction("typo", predict=lambda: {"d": 5.0})
+    with pytest.raises(ConstraintError, match="unknown constraints"):
+        css.choose([typo])
+
+
 def test_budget_excludes_unaffordable_actions() -> None:
     css = SlackScheduler([SideCondition("a", lambda: 0.0)], budget=1.0)
     pricey = SlackAction("pricey", predict=lambda: {"a": 9.0}, cost=5.0)

@@ -204,7 +204,12 @@ class SlackScheduler:
     @staticmethod
     def _predicted(action: SlackAction, current: Mapping[str, float]) -> dict[str, float]:
         pred = {n: s + action.others for n, s in current.items()}
-        pred.update(action.predict())
+        predicted = dict(action.predict())
+        unknown = sorted(set(predicted) - set(pred))
+        if unknown:  # a typo would silently join the max-min objective as a constraint
+            msg = f"action {action.name!r} predicts slacks for unknown constraints {unknown}"
+            raise ConstraintError(msg)
+        pred.update(predicted)
         return pred
 
     def step(self, actions: Sequence[SlackAction]) -> SlackAction | None:
