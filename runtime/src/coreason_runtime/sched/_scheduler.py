@@ -216,7 +216,8 @@ class Scheduler:
             if p_succ is not None:
                 new.p_succ = p_succ
             spec.eta, spec.p_succ = new.eta, new.p_succ
-        self._emit(EventType.SCHEDULE_DECIDED, self._dags[dag_id].dag, reason="estimate",
+            dag = self._dags[dag_id].dag  # here: once unlocked, the tick may finish the DAG
+        self._emit(EventType.SCHEDULE_DECIDED, dag, reason="estimate",
                    task=task_id, eta=spec.eta, p_succ=spec.p_succ, by=source)
         return spec
 
