@@ -137,14 +137,14 @@ def test_bad_context_is_a_typed_error_and_changes_nothing(bad: np.ndarray) -> No
     np.testing.assert_array_equal(net.weights, snapshot[2])
 
 
-@pytest.mark.parametrize("reward", [float("nan"), float("inf")])
-def test_non_finite_reward_is_a_typed_error_and_changes_nothing(reward: float) -> None:
+@pytest.mark.parametrize("reward", [float("nan"), float("inf"), "high", None])
+def test_non_finite_reward_is_a_typed_error_and_changes_nothing(reward: object) -> None:
     net = GrowingRBFNet(2, 2, None)
     x = np.array([0.3, 0.3])
     net.update(x, 0, 1.0)
     y = net.predict(x)
     with pytest.raises(InvalidRewardError):
-        net.update(x, 0, reward)
+        net.update(x, 0, reward)  # type: ignore[arg-type]
     np.testing.assert_array_equal(net.predict(x), y)
     assert net.t == 1
 

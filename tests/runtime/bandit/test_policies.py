@@ -98,12 +98,13 @@ def test_baseline_rejects_a_context_of_the_wrong_dimension() -> None:
         LinUCB(4, 3).select(np.zeros(5))
 
 
-def test_baseline_rejects_a_nan_reward_and_keeps_its_model() -> None:
+@pytest.mark.parametrize("reward", [float("nan"), "high"])
+def test_baseline_rejects_a_bad_reward_and_keeps_its_model(reward: object) -> None:
     pol = LinUCB(2, 2)
     pol.update(np.array([0.1, 0.2]), 0, 1.0)
     theta = pol._theta.copy()
     with pytest.raises(InvalidRewardError):
-        pol.update(np.array([0.1, 0.2]), 0, float("nan"))
+        pol.update(np.array([0.1, 0.2]), 0, reward)  # type: ignore[arg-type]
     np.testing.assert_array_equal(pol._theta, theta)
 
 

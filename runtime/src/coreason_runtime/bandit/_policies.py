@@ -60,7 +60,11 @@ def _check_feedback(arm: int, reward: float, k: int) -> tuple[int, float]:
     if isinstance(arm, bool) or not isinstance(arm, (int, np.integer)) or not 0 <= arm < k:
         msg = f"arm must be an integer in [0, {k}), got {arm!r}"
         raise InvalidArmError(msg)
-    r = float(reward)
+    try:
+        r = float(reward)
+    except (TypeError, ValueError) as e:
+        msg = f"reward must be a finite number, got {reward!r}"
+        raise InvalidRewardError(msg) from e
     if not math.isfinite(r):
         msg = f"reward must be finite, got {reward!r}"
         raise InvalidRewardError(msg)
