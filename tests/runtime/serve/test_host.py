@@ -98,3 +98,61 @@ def test_the_backend_of_a_host_still_loading_is_a_typed_unavailable_error() -> N
             host.backend  # noqa: B018 - the property access is what raises
     finally:
         host.close()
+
+
+class _ClosableBackend:
+    """A backend (the server's seam to its model) that only records being closed."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def compile(self, json_schema: object) -> object:
+        raise NotImplementedError
+
+    def generate(self, job: object, meter: object) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_model_that_finishes_loading_after_shutdown_is_still_released() -> None:
+    release = threading.Event()
+    backend = _ClosableBackend()
+
+    def loader() -> _ClosableBackend:
+        release.wait(30)
+        return backend
+
+    host = ModelHost(loader, "m")
+    host.start()
+    host.close()  # the server shuts down mid-load
+    release.set()
+    assert backend.closed.wait(10)
+    with pytest.raises(TierUnavailableError, match="shut down"):
+        host.backend  # noqa: B018 - the property access is what raises
+
+
+def test_close_waits_for_the_running_job_before_releasing_the_model() -> None:
+    backend = _ClosableBackend()
+    host = ModelHost(backend, "m")
+    started, finish = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def job() -> None:
+        started.set()
+        finish.wait(30)
+        seen.append(backend.closed.is_set())  # the model must still be open here
+
+    async def main() -> None:
+        running = asyncio.ensure_future(host.run(job))
+        await asyncio.to_thread(started.wait, 30)
+        closer = asyncio.ensure_future(asyncio.to_thread(host.close))
+        await asyncio.sleep(0.05)
+        finish.set()
+        await running
+        await closer
+
+    asyncio.run(main())
+    assert seen == [False]
+    assert backend.closed.is_set()

@@ -84,6 +84,7 @@ class ModelHost:
         self.cancelled = 0
         self._count_lock = threading.Lock()
         self._loader: threading.Thread | None = None
+        self._closed = False
         if not callable(source) or hasattr(source, "complete"):
             self._backend = adapt(source)
             self._ready.set()
@@ -100,10 +101,17 @@ class ModelHost:
 
     def _load(self) -> None:
         try:
-            self._backend = adapt(self._source())
+            backend = adapt(self._source())
         except Exception as e:  # reported by /health and every request, never raised away
             logger.exception("loading model %r failed", self.model_name)
             self._error = f"{type(e).__name__}: {e}"
+        else:
+            with self._count_lock:
+                closed = self._closed
+                if not closed:
+                    self._backend = backend
+            if closed:  # the server shut down while the model loaded: nobody will close it
+                _close(backend)
         finally:
             self._ready.set()
 
@@ -136,11 +144,12 @@ class ModelHost:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            msg = (
-                f"model {self.model_name!r} is still loading"
-                if self.state == "loading"
-                else f"model {self.model_name!r} failed to load: {self._error}"
-            )
+            if self._closed:
+                msg = f"model {self.model_name!r} has been shut down"
+            elif self.state == "loading":
+                msg = f"model {self.model_name!r} is still loading"
+            else:
+                msg = f"model {self.model_name!r} failed to load: {self._error}"
             raise TierUnavailableError(msg, tier="local")
         return self._backend
 
@@ -158,7 +167,20 @@ class ModelHost:
                 self._waiting -= 1
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        closer = getattr(self._backend, "close", None)
-        if callable(closer):
-            closer()
+        """Drop queued requests, wait for the one decoding, then release the model.
+
+        A model still loading is released by the loader once it is done.
+        """
+        with self._count_lock:
+            self._closed = True
+            backend, self._backend = self._backend, None
+        # never free the model under a running decode (clients are gone by shutdown, so it
+        # stops at its next token)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        _close(backend)
+
+
+def _close(backend: Any) -> None:
+    closer = getattr(backend, "close", None)
+    if callable(closer):
+        closer()
