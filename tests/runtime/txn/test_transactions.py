@@ -15,6 +15,7 @@ import psutil
 import pytest
 from coreason_runtime import Coordinator, EventBus, EventType
 from coreason_runtime._exceptions import (
+    AuditLogError,
     NoConsumerError,
     PreconditionError,
     ToolRunError,
@@ -223,3 +224,13 @@ def test_restart_after_kill_9_resolves_undecided_and_kills_orphans(tmp_path: Pat
             tt.get(undecided).commit()
     finally:
         tt.close()
+
+
+def test_reading_a_closed_audit_log_is_a_typed_error(tmp_path: Path) -> None:
+    manager = ToolTransactions(tmp_path / "home", EventBus())
+    txn = manager.prepare(SQUARE, {"x": 1}, est_cost=1.0, consumers=["a"])
+    manager.close()
+    with pytest.raises(AuditLogError):
+        manager.log.get(txn.id)
+    with pytest.raises(AuditLogError):
+        manager.log.decisions()

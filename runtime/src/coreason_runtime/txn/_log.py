@@ -89,6 +89,20 @@ class AuditLog:
                 msg = f"audit log write failed: {e}"
                 raise AuditLogError(msg) from e
 
+    @contextmanager
+    def _read(self, *, rows: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if rows:
+                self._db.row_factory = sqlite3.Row
+            try:
+                yield self._db
+            except sqlite3.Error as e:  # closed, locked past the timeout, corrupt
+                msg = f"audit log read failed: {e}"
+                raise AuditLogError(msg) from e
+            finally:
+                if rows:
+                    self._db.row_factory = None
+
     def insert(self, row: TxnRow, decision: str, **detail: Any) -> None:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -130,12 +144,8 @@ class AuditLog:
                    (txn_id, time.time(), decision, json.dumps(detail, default=str)))
 
     def get(self, txn_id: str) -> TxnRow:
-        with self._lock:
-            self._db.row_factory = sqlite3.Row
-            try:
-                row = self._db.execute("SELECT * FROM txns WHERE id = ?", (txn_id,)).fetchone()
-            finally:
-                self._db.row_factory = None
+        with self._read(rows=True) as db:
+            row = db.execute("SELECT * FROM txns WHERE id = ?", (txn_id,)).fetchone()
         if row is None:
             msg = f"no transaction {txn_id!r} in the audit log"
             raise UnknownTransactionError(msg)
@@ -143,14 +153,10 @@ class AuditLog:
 
     def in_states(self, *states: str) -> list[TxnRow]:
         marks = ", ".join("?" for _ in states)
-        with self._lock:
-            self._db.row_factory = sqlite3.Row
-            try:
-                rows = self._db.execute(
-                    f"SELECT * FROM txns WHERE state IN ({marks}) ORDER BY created", states
-                ).fetchall()
-            finally:
-                self._db.row_factory = None
+        with self._read(rows=True) as db:
+            rows = db.execute(
+                f"SELECT * FROM txns WHERE state IN ({marks}) ORDER BY created", states
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def decisions(self, txn_id: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
@@ -160,13 +166,13 @@ class AuditLog:
         if txn_id is not None:
             q += " WHERE txn_id = ?"
             args = (txn_id,)
-        with self._lock:
-            rows = self._db.execute(q + " ORDER BY seq", args).fetchall()
+        with self._read() as db:
+            rows = db.execute(q + " ORDER BY seq", args).fetchall()
         return [(t, d, json.loads(x)) for t, d, x in rows]
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM txns GROUP BY state").fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM txns GROUP BY state").fetchall()
         return {s: n for s, n in rows}
 
     def close(self) -> None:
