@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from coreason_runtime._exceptions import SimulationError
 from coreason_runtime.sim import WhatIfGate
 from coreason_runtime.sim._inverse import DiffusionInverseProblem
 
@@ -28,3 +30,18 @@ def test_gated_ladder_reaches_the_target_for_less_than_always_escalating(
     assert [f.n for f in gated.fits] == [32, 64]
     assert gated.refused and gate.refusals
     assert gated.cell_updates * 3 <= always.cell_updates
+
+
+def test_gated_ladder_starting_below_twice_the_sensor_grid_is_refused_up_front(
+        problem: DiffusionInverseProblem) -> None:
+    gate = WhatIfGate(min_gain=0.0)
+    with pytest.raises(SimulationError, match="multiple of 2x16"):
+        problem.ladder([16, 32], kappa0=0.8, gate=gate)
+    assert gate.decisions == []
+
+
+def test_sensors_blind_to_kappa_cannot_be_fitted() -> None:
+    # observed at t = 0 the pulse has not diffused yet: kappa leaves no trace to fit
+    blind = DiffusionInverseProblem(np.zeros((16, 16)), t_obs=0.0)
+    with pytest.raises(SimulationError, match="do not respond"):
+        blind.fit(16, 0.8)

@@ -106,7 +106,12 @@ class DiffusionInverseProblem:
             solves, work = solves + 2, work + w0 + w1
             jac = ((bumped - base) / dk).ravel()
             r = (base - self.observed).ravel()
-            step = float(jac @ r) / float(jac @ jac)
+            curvature = float(jac @ jac)
+            if not (curvature > 0 and np.isfinite(curvature)):
+                msg = (f"the sensors do not respond to kappa at kappa={kappa:.6g} on {n}x{n} "
+                       "(zero or non-finite Jacobian): kappa cannot be fitted from them")
+                raise SimulationError(msg)
+            step = float(jac @ r) / curvature
             kappa = max(kappa - step, 0.5 * kappa)
             if abs(step) < rtol * kappa:
                 break
@@ -123,6 +128,12 @@ class DiffusionInverseProblem:
         steps in 2D). ``safety`` is Roache's grid-convergence-index factor (1.25): the
         Richardson estimate is too small while the coarsest grids are not yet asymptotic.
         """
+        if gate is not None and fidelities and (fidelities[0] // 2) % self.sensors:
+            # the first escalation's dry run fits at half the lowest fidelity, which must
+            # still be a multiple of the sensor grid
+            msg = (f"with a gate the lowest fidelity must be a multiple of 2x{self.sensors} "
+                   f"sensors, got {fidelities[0]}")
+            raise SimulationError(msg)
         out = LadderResult()
         prev: FitResult | None = None
         for k, n in enumerate(fidelities):
