@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from coreason_runtime._exceptions import ConfigurationError
 from coreason_runtime.sim._backend import Backend
 
 __all__ = ["Diffusion", "Physics", "ShallowWater"]
@@ -58,6 +59,13 @@ def _pad_sym(a: np.ndarray, width: int) -> np.ndarray:
     return np.pad(a, ((width, width), (width, width)), mode="symmetric")
 
 
+def _positive(owner: str, **values: float) -> None:
+    for label, v in values.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            msg = f"{owner}: {label} must be a positive finite number, got {v!r}"
+            raise ConfigurationError(msg)
+
+
 def _jump(u0: np.ndarray) -> np.ndarray:
     p = _pad_sym(u0, 1)
     gx = 0.5 * (p[2:, 1:-1] - p[:-2, 1:-1])
@@ -80,6 +88,9 @@ class Diffusion:
     ncomp: int = 1
     names: tuple[str, ...] = ("u",)
     positive: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _positive("Diffusion", kappa=self.kappa, cfl=self.cfl)
 
     def flux(self, xp: Any, ul: Any, ur: Any, h: float, axis: int) -> Any:
         return (ul - ur) * (self.kappa / h)
@@ -126,6 +137,9 @@ class ShallowWater:
     ncomp: int = 3
     names: tuple[str, ...] = ("h", "hu", "hv")
     positive: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        _positive("ShallowWater", g=self.g, cfl=self.cfl)
 
     def flux(self, xp: Any, ul: Any, ur: Any, h: float, axis: int) -> Any:
         nrm, tan = 1 + axis, 2 - axis  # normal and tangential momentum components
