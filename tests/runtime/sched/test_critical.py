@@ -58,9 +58,10 @@ def test_fifo_prefers_the_earliest_ready() -> None:
     assert prios["early"] > prios["late"]
 
 
-def test_dask_order_gives_every_task_a_priority() -> None:
+def test_dask_order_ranks_every_task_and_the_join_after_its_inputs() -> None:
     prios = DaskOrderPolicy().priorities(_views())
     assert set(prios) == {"a", "b", "c"}
+    assert prios["c"] < min(prios["a"], prios["b"])  # dask runs c's inputs before c
 
 
 def test_allocate_preempts_a_clearly_outranked_running_task() -> None:
