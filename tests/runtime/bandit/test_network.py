@@ -99,6 +99,7 @@ def test_pruning_refunds_a_recycling_budget() -> None:
     rng = np.random.default_rng(0)
     for x in np.r_[rng.uniform(-1, -0.5, 300), rng.uniform(0.5, 1, 600)]:
         net.update(np.array([x]), 0, float(np.sin(6 * x)))
+    assert net.pruned > 0  # else remaining == 100 - units would hold without any refund
     assert budget.remaining == 100 - net.units
 
 
