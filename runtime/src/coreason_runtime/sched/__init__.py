@@ -27,7 +27,7 @@ from coreason_runtime.sched._jobs import (
     cuda_stream,
 )
 from coreason_runtime.sched._probes import CompileProbe, Estimate, HintProbe, PilotProbe, Probe
-from coreason_runtime.sched._scheduler import Action, DAGResult, Scheduler, TaskRecord
+from coreason_runtime.sched._scheduler import Scheduler
 from coreason_runtime.sched._slack import (
     Constraint,
     DeadlineConstraint,
@@ -37,6 +37,7 @@ from coreason_runtime.sched._slack import (
     TypeConstraint,
     UnitConstraint,
 )
+from coreason_runtime.sched._state import Action, DAGResult, TaskRecord
 
 __all__ = [
     "POLICIES",

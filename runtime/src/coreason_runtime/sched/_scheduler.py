@@ -7,11 +7,8 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
 
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
@@ -26,71 +23,12 @@ from coreason_runtime.sched._critical import POLICIES, Policy, TaskView, allocat
 from coreason_runtime.sched._dag import SubgoalDAG, TaskSpec
 from coreason_runtime.sched._jobs import Job
 from coreason_runtime.sched._probes import Estimate, Probe
+from coreason_runtime.sched._state import TERMINAL, Action, DAGResult, _Dag, _Task
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
 
-__all__ = ["Action", "DAGResult", "Scheduler", "TaskRecord"]
-
-Action = Callable[[TaskSpec, int], Job]
-"""Starts attempt ``n`` (1-based) of a task and returns its running :class:`Job`."""
-
-_TERMINAL = ("done", "failed", "aborted")
-
-
-class TaskRecord(BaseModel):
-    """What happened to one task."""
-
-    state: str
-    attempts: int = 0
-    run_s: float = 0.0
-    flops: float = 0.0
-    preemptions: int = 0
-    started: float | None = None
-    finished: float | None = None
-    error: str | None = None
-
-
-class DAGResult(BaseModel):
-    """The outcome of one DAG: ``status`` is succeeded, failed, over_budget or cancelled."""
-
-    dag_id: str
-    workflow_id: str | None = None
-    status: str
-    makespan: float
-    critical_path: list[str]
-    tasks: dict[str, TaskRecord]
-    error: str | None = None
-
-
-@dataclass
-class _Task:
-    spec: TaskSpec
-    order: int
-    state: str = "waiting"  # waiting, ready, running, paused, done, failed, aborted
-    attempts: int = 0
-    job: Job | None = None
-    ready_since: float = 0.0
-    attempt_run_s: float = 0.0
-    attempt_flops: float = 0.0
-    last: float = 0.0
-    cancelled: bool = False
-    rec: TaskRecord = field(default_factory=lambda: TaskRecord(state="waiting"))
-
-
-@dataclass
-class _Dag:
-    dag: SubgoalDAG
-    actions: Mapping[str, Action]
-    policy: Policy
-    tasks: dict[str, _Task]
-    submitted: float
-    future: asyncio.Future[DAGResult]
-    path: list[str] = field(default_factory=list)
-    status: str | None = None
-    error: str | None = None
-    error_type: type[SchedulerError] = TaskFailedError
-
+__all__ = ["Scheduler"]
 
 class Scheduler:
     """Schedules subgoal DAGs on this machine's cores, preempting off-path jobs physically.
@@ -257,7 +195,7 @@ class Scheduler:
             aborted = []
             for tid in sorted(doomed, key=lambda x: d.tasks[x].order):
                 t = d.tasks[tid]
-                if t.state not in _TERMINAL:
+                if t.state not in TERMINAL:
                     t.cancelled = True
                     self._abort(d, t, reason)
                     aborted.append(tid)
@@ -383,7 +321,7 @@ class Scheduler:
                 t.state, t.ready_since = "ready", now
 
     def _abort(self, d: _Dag, t: _Task, reason: str) -> None:
-        if t.state in _TERMINAL:
+        if t.state in TERMINAL:
             return
         if t.job is not None:
             t.job.kill()
@@ -419,7 +357,7 @@ class Scheduler:
                          1 if t.state in ("running", "paused") else 0),
                      ready_since=t.ready_since, elapsed=t.attempt_run_s, order=t.order,
                      cores=t.spec.resources.cpu_cores, gpus=t.spec.resources.gpu)
-            for tid, t in d.tasks.items() if t.state not in _TERMINAL
+            for tid, t in d.tasks.items() if t.state not in TERMINAL
         ]
 
     def _decide(self, now: float) -> None:
