@@ -22,8 +22,8 @@ PROMPT = (
     "Differentiate each expression with respect to x. Write one line per expression, "
     "in the form d/dx (EXPRESSION) = RESULT, with ^ for powers."
 )
-CANDIDATES = 3  # span candidates per wrong step, and whole-answer attempts for the retry
-LINE_TOKENS = 12
+CANDIDATES = int(os.environ.get("DIFF_CANDIDATES", "2"))  # per wrong step / whole answer
+LINE_TOKENS = 8
 
 
 def tasks(n: int, seed: int = 0) -> list[list[str]]:
@@ -48,7 +48,11 @@ def line_ok(line: str) -> bool:
 def answer(engine: Any, exprs: list[str], sampler: Any) -> Any:
     """Decode one answer: the runtime writes each 'd/dx (E) =' and the model the result."""
     s = engine.session(
-        PROMPT, max_new_tokens=LINE_TOKENS * len(exprs) + 8, sampler=sampler, pause_on=("\n",)
+        PROMPT,
+        max_new_tokens=LINE_TOKENS * len(exprs) + 8,
+        min_new_tokens=LINE_TOKENS * len(exprs) + 8,  # the runtime, not the model, ends it
+        sampler=sampler,
+        pause_on=("\n",),
     )
     for i, e in enumerate(exprs):
         s.inject(("\n" if i and not s.output_text.endswith("\n") else "") + f"d/dx ({e}) =")
@@ -72,7 +76,7 @@ def main() -> None:
     )
     from coreason_runtime.models import load_model
 
-    n = int(os.environ.get("DIFF_TASKS", "20"))
+    n = int(os.environ.get("DIFF_TASKS", "10"))
     import torch
 
     torch.set_num_threads(THREADS)  # the 2 cores are shared with other jobs
@@ -157,7 +161,11 @@ def main() -> None:
             f"(strict: an unreadable result is wrong). Repairs sample at T=0.7 and keep the "
             f"first candidate SymPy accepts. {gen_tokens} tokens were generated for the "
             f"first answers. Scaled down from 50 to {n} tasks (set DIFF_TASKS=50) because the "
-            f"shared machine decoded at ~0.5 s/token; torch threads: {THREADS}."
+            f"shared 2-core machine (load ~14) decoded at 0.5–1 s/token and a 20-task run did "
+            f"not finish in 15 minutes; torch threads: {THREADS}. At this size the model is "
+            f"rarely right, and two sampled candidates per span seldom find the answer: the "
+            f"repair is only as good as what re-decodes the span (escalating the span to a "
+            f"higher tier is the other option, shown in notebooks/02_decode_engine.ipynb)."
         ),
     )
 

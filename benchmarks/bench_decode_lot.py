@@ -57,7 +57,8 @@ def main() -> None:
     model_expander = ModelExpander(
         engine,
         max_new_tokens=16,
-        template="Differentiate {args} with respect to x. Reply with the derivative only.",
+        template="Differentiate {args} with respect to x.",
+        assistant_prefix="d/dx ({args}) =",
     )
     memo: dict[str, tuple[str, int]] = {}
 
@@ -82,6 +83,8 @@ def main() -> None:
         for mode in ("lazy", "eager"):
             s = engine.session("Work through the case analysis.", max_new_tokens=8)
             s.inject(body)
+            s.run(max_steps=1)  # the context is in the KV cache: splices go through RoI-S
+            s.pause()
             ex = DemandExecutor(s, default=expander)
             if mode == "lazy":
                 # the downstream step is the last line: force only what it names

@@ -49,9 +49,14 @@ def real_model() -> Any:
 
 @pytest.fixture
 def real_engine(real_model: Any) -> Iterator[DecodeEngine]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see `engine`: two threads thrash on a shared 2-core machine
     eng = DecodeEngine(real_model.model, real_model.tokenizer, bus=EventBus())
     yield eng
     eng.close()
+    torch.set_num_threads(threads)
 
 
 def assert_consistent(session: DecodeSession, atol: float = 1e-4) -> None:

@@ -209,7 +209,11 @@ def test_steps_carry_token_offsets(engine: DecodeEngine) -> None:
 
 
 def test_sessions_implement_the_preemptible_protocol(engine: DecodeEngine) -> None:
-    assert isinstance(engine.session("Q"), Preemptible)
+    from coreason_runtime.sched import Preemptible as SchedPreemptible
+
+    s = engine.session("Q")
+    assert isinstance(s, Preemptible)
+    assert isinstance(s, SchedPreemptible)
 
 
 def test_higher_priority_session_preempts_a_lower_one(engine: DecodeEngine, bus: EventBus) -> None:

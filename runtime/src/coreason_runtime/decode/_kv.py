@@ -99,6 +99,10 @@ def kv_max_abs_diff(a: DynamicCache, b: DynamicCache) -> float:
         return float("inf")
     worst = 0.0
     for la, lb in zip(layers_a, layers_b, strict=True):
+        if la.keys is None or lb.keys is None:
+            if la.keys is not lb.keys:
+                return float("inf")
+            continue
         if la.keys.shape != lb.keys.shape or la.values.shape != lb.values.shape:
             return float("inf")
         worst = max(

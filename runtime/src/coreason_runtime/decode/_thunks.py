@@ -78,7 +78,9 @@ class Expander(Protocol):
 class ModelExpander:
     """Expands a thunk by decoding a short answer with the local model (greedy).
 
-    ``template`` is formatted with ``name``, ``args`` and ``context``.
+    ``template`` (the user turn) and ``assistant_prefix`` (the start of the answer, which
+    steers a small model and is not part of the expansion) are formatted with ``name``,
+    ``args`` and ``context``.
     """
 
     def __init__(
@@ -98,15 +100,15 @@ class ModelExpander:
         return min(self.max_new_tokens, 8 + 2 * len(self.engine.encode(thunk.args)))
 
     def expand(self, thunk: Thunk, context: str) -> tuple[str, int]:
-        prompt = self.template.format(name=thunk.name, args=thunk.args, context=context)
+        fields = {"name": thunk.name, "args": thunk.args, "context": context}
         s = self.engine.generate(
-            prompt,
+            self.template.format(**fields),
             max_new_tokens=self.max_new_tokens,
             sampler=Sampler(),
             stop=("\n",),
-            assistant_prefix=self.assistant_prefix,
+            assistant_prefix=self.assistant_prefix.format(**fields),
         )
-        return self.assistant_prefix + s.output_text.strip(), s.n_generated
+        return s.output_text.strip(), s.n_generated
 
 
 class _CallableExpander:
