@@ -76,10 +76,27 @@ def test_pydantic_grammar_forbids_unknown_keys(compiler: UniversalCompiler) -> N
     assert not _accepts(compiler, compiled.grammar, '{"x": 1, "y": 2, "label": "a", "z": 3}')
 
 
-def test_raw_schema_keeps_additional_properties_open(compiler: UniversalCompiler) -> None:
+def test_raw_schema_is_closed_for_generation_by_default(compiler: UniversalCompiler) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     compiled = compiler.compile(schema)
-    assert _accepts(compiler, compiled.grammar, '{"a": 1, "b": true}')
+    assert _accepts(compiler, compiled.grammar, '{"a": 1}')
+    assert not _accepts(compiler, compiled.grammar, '{"a": 1, "b": true}')
+
+
+def test_faithful_compiler_keeps_additional_properties_open(
+    compiler: UniversalCompiler,
+) -> None:
+    faithful = UniversalCompiler(compiler.info, strict=False)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    compiled = faithful.compile(schema)
+    assert _accepts(faithful, compiled.grammar, '{"a": 1, "b": true}')
+
+
+def test_composed_schema_is_left_open(compiler: UniversalCompiler) -> None:
+    schema = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}},
+                        {"type": "object", "properties": {"b": {"type": "integer"}}}]}
+    compiled = compiler.compile(schema)
+    assert _accepts(compiler, compiled.grammar, '{"a": 1, "b": 2}')
 
 
 def test_regex_matches_the_grammar_layout(compiler: UniversalCompiler) -> None:

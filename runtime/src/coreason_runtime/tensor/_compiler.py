@@ -231,6 +231,12 @@ def closed_objects(schema: Any) -> Any:
     return out
 
 
+def _closable(schema: Any) -> bool:
+    """Whether closing objects keeps the schema's meaning (no object composition)."""
+    text = repr(schema)
+    return "'allOf'" not in text and "'unevaluatedProperties'" not in text
+
+
 _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
 _SUBSCHEMAS = frozenset({"items", "anyOf", "oneOf", "allOf", "not", "prefixItems",
                          "additionalProperties", "if", "then", "else"})
@@ -256,6 +262,13 @@ class UniversalCompiler:
         the background and fills the cache for next time.
     bus
         Where ``schema.compiled`` events go.
+    strict
+        Close objects that do not mention extra keys (as xgrammar's strict mode does): the
+        grammar then never lets a model wander into keys the schema does not name. Every
+        output still validates against the original schema; only the grammar is narrower.
+        Schemas combining objects with ``allOf``/``unevaluatedProperties`` are left open,
+        since closing their parts separately could change their meaning. ``strict=False``
+        compiles raw schemas faithfully (JSONSchemaBench measures that).
     """
 
     def __init__(
@@ -265,7 +278,9 @@ class UniversalCompiler:
         bus: EventBus | None = None,
         *,
         openai_limits: OpenAILimits | None = None,
+        strict: bool = True,
     ) -> None:
+        self.strict = strict
         self.info = tokenizer_info(tokenizer)
         self.timeout = timeout
         self.bus = bus
@@ -294,7 +309,7 @@ class UniversalCompiler:
         grammar: LocalGrammar | None = None
         wait = self.timeout if timeout is None else timeout
         target, key = spec.json_schema, spec.key
-        if spec.model is not None:
+        if spec.model is not None or (self.strict and _closable(spec.json_schema)):
             target, key = closed_objects(spec.json_schema), f"{spec.key}:closed"
         fut = _grammar_future((key, self.tokenizer_ident), target, self.info)
         try:
