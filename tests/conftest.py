@@ -18,6 +18,11 @@ os.environ.setdefault(
     str(Path(os.environ.get("COREASON_HOME", "~/.coreason")).expanduser() / "models"),
 )
 
+# One BLAS/OpenMP thread per process: test servers, notebook kernels and the test process share
+# two cores, and torch's spinning worker threads otherwise make each of them several times
+# slower (measured: 4–5 CPU-s against 0.6 CPU-s for one short answer of the real model).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Servers and models each live in their own fixture module.
 pytest_plugins = [
     "tests._fixtures.servers",
