@@ -27,6 +27,10 @@ export interface ILedger {
 export type Intent = 'pause' | 'resume' | 'abort' | 'preempt';
 
 const MAX_LOG = 60;
+/** The source of the events `Controls` publishes when a workflow's control state changes. */
+const CONTROL_SOURCE = 'coreason_lab.controls';
+/** Control states that override what the workflow is doing (its activity). */
+const HALTED = new Set(['paused', 'preempted', 'aborted']);
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -50,7 +54,10 @@ export class CoreasonPanel extends Widget {
   private _caches: HTMLElement;
   private _log: HTMLElement;
   private _ledgerState = new Map<string, ILedger>();
+  /** Control state per workflow (running, paused, preempted, aborted), from the kernel. */
   private _workflowState = new Map<string, string>();
+  /** What the workflow is doing (idle, running, refused, waiting for a human), from events. */
+  private _activity = new Map<string, string>();
   private _taskState = new Map<string, string>();
   private _criticalPath = new Set<string>();
   private _cache = { hits: 0, misses: 0 };
@@ -99,6 +106,7 @@ export class CoreasonPanel extends Widget {
   reset(): void {
     this._ledgerState.clear();
     this._workflowState.clear();
+    this._activity.clear();
     this._taskState.clear();
     this._criticalPath.clear();
     this._cache = { hits: 0, misses: 0 };
@@ -133,9 +141,23 @@ export class CoreasonPanel extends Widget {
     this.render();
   }
 
+  /** The state shown for a workflow: a halt overrides its activity. */
+  stateOf(workflowId: string): string {
+    const control = this._workflowState.get(workflowId) || 'running';
+    if (HALTED.has(control)) {
+      return control;
+    }
+    return this._activity.get(workflowId) || 'idle';
+  }
+
   private _apply(ev: IEvent): void {
     const wf = ev.workflow_id || undefined;
     const d = ev.data || {};
+    if (ev.source === CONTROL_SOURCE && wf && typeof d.intent === 'string') {
+      // pause / resume / preempt / abort from any origin: a magic, the dashboard, this panel
+      this._workflowState.set(wf, d.intent);
+      return;
+    }
     if (ev.type === 'budget.charged' && wf) {
       const old = this._ledgerState.get(wf);
       const byTier = { ...(old ? old.by_tier : {}) };
@@ -161,7 +183,7 @@ export class CoreasonPanel extends Widget {
         by_tier: old ? old.by_tier : {}
       });
     } else if (ev.type === 'budget.exceeded' && wf) {
-      this._workflowState.set(wf, 'cut off');
+      this._activity.set(wf, 'refused (over Ω)');
     } else if (ev.type.startsWith('task.')) {
       const task = String(d.task_id ?? d.task ?? d.name ?? '?');
       this._taskState.set(task, ev.type.slice(5));
@@ -172,11 +194,11 @@ export class CoreasonPanel extends Widget {
     } else if (ev.type === 'cache.miss') {
       this._cache.misses += 1;
     } else if (ev.type === 'request.started' && wf) {
-      this._workflowState.set(wf, 'running');
+      this._activity.set(wf, 'running');
     } else if (ev.type === 'request.finished' && wf) {
-      this._workflowState.set(wf, 'idle');
+      this._activity.set(wf, 'idle');
     } else if (ev.type === 'request.yielded' && wf) {
-      this._workflowState.set(wf, 'waiting for a human');
+      this._activity.set(wf, 'waiting for a human');
     }
   }
 
@@ -209,11 +231,14 @@ export class CoreasonPanel extends Widget {
       const led = this._ledgerState.get(name)!;
       const row = el('div', 'jp-CoreasonPanel-ledger');
       row.dataset.workflow = name;
-      const state = this._workflowState.get(name) || 'idle';
+      const state = this.stateOf(name);
+      const control = this._workflowState.get(name) || 'running';
+      row.dataset.state = state;
       const ceiling = led.ceiling === null ? '∞' : led.ceiling.toLocaleString();
-      row.appendChild(
-        el('div', 'jp-CoreasonPanel-ledgerTitle', `${name} — ${state}`)
-      );
+      const title = el('div', 'jp-CoreasonPanel-ledgerTitle');
+      title.appendChild(el('span', 'jp-CoreasonPanel-workflow', name));
+      title.appendChild(el('span', 'jp-CoreasonPanel-state', state));
+      row.appendChild(title);
       const bar = el('div', 'jp-CoreasonPanel-bar');
       const fill = el('div', 'jp-CoreasonPanel-barFill');
       const frac = led.ceiling ? Math.min(led.spent / led.ceiling, 1) : 0;
@@ -239,7 +264,12 @@ export class CoreasonPanel extends Widget {
         for (const intent of ['pause', 'resume', 'abort'] as Intent[]) {
           const button = el('button', 'jp-Button jp-mod-styled', intent);
           button.dataset.intent = intent;
-          button.disabled = this._send === null;
+          // pausing a paused workflow or resuming a running one would do nothing
+          button.disabled =
+            this._send === null ||
+            (intent === 'pause' && control === 'paused') ||
+            (intent === 'resume' && !HALTED.has(control)) ||
+            (intent === 'abort' && control === 'aborted');
           button.onclick = () => {
             if (this._send) {
               this._send(intent, name);
