@@ -57,8 +57,10 @@ def test_comm_intent_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> N
     assert kernel.comm_msgs[-1] == {"type": "ack", "intent": "pause", "workflow_id": "fg",
                                     "state": "paused"}
     check = kernel.execute_nowait(
-        "assert _until(lambda: _m.controls.get('fg').waiting == 1)", subshell=sub)
-    assert kernel.shell_reply(check)["content"]["status"] == "ok"
+        "assert _until(lambda: _m.controls.get('fg').waiting == 1), _m.controls.get('fg')",
+        subshell=sub)
+    reply = kernel.shell_reply(check)["content"]
+    assert reply["status"] == "ok", reply.get("evalue")
     kernel.send_shell("comm_msg", {"comm_id": comm_id, "data": {
         "type": "intent", "intent": "resume", "workflow_id": "fg"}}, subshell=sub)
     done = kernel.execute_nowait("_tier.finish.set()", subshell=sub)
