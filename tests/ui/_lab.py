@@ -173,13 +173,16 @@ CELL_DONE = """(i) => {
 }"""
 
 # Append a code cell with the given source, run it, return when its reply arrived.
-RUN_NEW_CELL = """async (source) => {
+RUN_NEW_CELL = """async ([source, wait]) => {
   const app = window.jupyterapp;
   const nb = app.shell.currentWidget;
   nb.content.activeCellIndex = nb.content.widgets.length - 1;
   await app.commands.execute('notebook:insert-cell-below');
   nb.content.activeCell.model.sharedModel.setSource(source);
-  await app.commands.execute('notebook:run-cell');
+  const done = app.commands.execute('notebook:run-cell');
+  if (wait) {
+    await done;
+  }
   return nb.content.widgets.length - 1;
 }"""
 

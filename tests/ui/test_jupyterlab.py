@@ -4,7 +4,8 @@ A real ``jupyter lab`` from the venv serves a copy of ``notebooks/00_tour.ipynb`
 every cell, checks that the dashboard's ipywidgets and plotly figures render and update, opens
 the coreason side panel, clicks *pause* on the tour's ledger and checks the kernel's runtime
 paused the workflow (the panel shows it, ``%coreason status`` reports it), then that a pause
-sent from a magic reaches the panel too. Screenshots land in ``test-artifacts/ui/``.
+sent from a magic reaches the panel too. A second, model-free test clicks resume while a cell
+sleeps on the main shell. Screenshots land in ``test-artifacts/ui/``.
 """
 
 from __future__ import annotations
@@ -51,11 +52,25 @@ CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets.map((c, i
     : []
 }))"""
 
-# The plotly figure traces of one cell's output, as plotly holds them on the graph div.
-FIGURE_TRACES = """(i) => Array.from(window.jupyterapp.shell.currentWidget.content.widgets[i].node
-  .querySelectorAll('.js-plotly-plot')).map(gd => (gd.data || []).map(t => ({
-    name: t.name || '', y: Array.from(t.y || [])
-  })))"""
+# The plotly figure traces of one cell's output, as plotly holds them on the graph div; plotly 6
+# may keep a numeric array base64-encoded ({dtype, bdata}), so that is decoded here.
+FIGURE_TRACES = """(i) => {
+  const types = { f8: Float64Array, f4: Float32Array, i4: Int32Array, i2: Int16Array,
+                  i1: Int8Array, u4: Uint32Array, u2: Uint16Array, u1: Uint8Array };
+  const values = y => {
+    if (!y) { return []; }
+    if (y.bdata !== undefined) {
+      const raw = atob(y.bdata);
+      const bytes = Uint8Array.from(raw, ch => ch.charCodeAt(0));
+      return Array.from(new (types[y.dtype] || Float64Array)(bytes.buffer));
+    }
+    return Array.from(y);
+  };
+  return Array.from(window.jupyterapp.shell.currentWidget.content.widgets[i].node
+    .querySelectorAll('.js-plotly-plot')).map(gd => (gd.data || []).map(t => ({
+      name: t.name || '', y: values(t.y)
+    })));
+}"""
 
 # Scroll cell i into view and tag its node, so selectors do not depend on cell positions.
 MARK_CELL = """async ([i, name]) => {
@@ -96,7 +111,7 @@ def _index_of(cells: list[dict[str, Any]], start: str) -> int:
 
 
 def _run_cell(page: Any, source: str) -> int:
-    index = int(page.evaluate(RUN_NEW_CELL, source))
+    index = int(page.evaluate(RUN_NEW_CELL, [source, True]))
     page.wait_for_function(KERNEL_IDLE)
     return index
 
@@ -144,6 +159,7 @@ def _drive(page: Any) -> None:
     page.wait_for_function(
         "(sel) => document.querySelector(sel).textContent.includes('25000')",
         arg=f"{node} table.coreason-budget")
+    page.evaluate(MARK_CELL, [dash, "dashboard"])
     page.wait_for_function(
         f"(i) => ({FIGURE_TRACES})(i).flat().some(t => t.name === 'Ω {WORKFLOW}'"
         " && t.y.length > 0 && t.y.every(y => y === 25000))", arg=dash)
@@ -170,3 +186,49 @@ def _drive(page: Any) -> None:
     assert f"{WORKFLOW}: running" in status
     _run_cell(page, f"%coreason pause {WORKFLOW}")
     page.wait_for_selector(f"{LEDGER}[data-state='paused']")
+
+
+@pytest.fixture
+def small_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
+    """``jupyter lab`` serving a two-cell notebook: the extension and one ledger (no model)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext coreason_lab"),
+                nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = tmp_path / "small.ipynb"
+    nbformat.write(nb, path)
+    home = tmp_path / "coreason-home"
+    home.mkdir()
+    server = start_lab(tmp_path, free_port(), [path], lab_env(home, model_cache))
+    yield server
+    stop_lab(server)
+
+
+@pytest.mark.timeout(150)
+def test_side_panel_intent_acts_while_a_cell_runs(small_lab: LabServer,
+                                                   chromium: Browser) -> None:
+    """JupyterLab 4.6 sends comm messages on an ipykernel 7 subshell (perCommTarget, its
+    default), so a click reaches the runtime while a cell holds the main shell."""
+    page = open_lab(chromium, small_lab, "small.ipynb")
+    run_cells_in_order(page, CELL_TIMEOUT_S)
+    page.click(".jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id='coreason-panel']")
+    page.click(f"{LEDGER} button[data-intent='pause']")
+    page.wait_for_selector(f"{LEDGER}[data-state='paused']")
+    busy = int(page.evaluate(
+        RUN_NEW_CELL, ["print('sleeping', flush=True)\nimport time\ntime.sleep(30)", False]))
+    page.wait_for_function(
+        "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
+        ".querySelector('.jp-OutputArea').textContent.includes('sleeping')", arg=busy)
+    page.click(f"{LEDGER} button[data-intent='resume']")
+    try:
+        page.wait_for_function(f"() => document.querySelector(\"{LEDGER}\").dataset.state "
+                               "!== 'paused'", timeout=20_000)
+        still_running = page.evaluate(
+            "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i]"
+            ".model.executionState", busy) == "running"
+    finally:
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
+    assert still_running  # the resume landed while the sleep still held the main shell
