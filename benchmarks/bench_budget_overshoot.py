@@ -143,7 +143,8 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
         chunks: list[int] = []
         cage = BudgetCage(SQLiteLedgerBackend(workdir / "stream.sqlite"), EventBus())
         tier = RemoteTier(OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="local"))
-        schema = {"type": "object", "properties": {"essay": {"type": "string"}},
+        schema = {"type": "object",
+                  "properties": {"essay": {"type": "string", "minLength": 1500}},
                   "required": ["essay"]}
         compiled = UniversalCompiler(None).compile(SchemaSpec.from_user(schema))
         router = TensorRouter([tier], cage, max_attempts_per_tier=1,
@@ -151,7 +152,8 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
         cage.bus.subscribe(lambda e: chunks.append(e.data.get("n", 0)), "tokens")
         prompt_estimate = router._estimate_prompt(tier, [
             {"role": "system", "content": "Write long essays."},
-            {"role": "user", "content": "Write a long essay about the heat equation."}])
+            {"role": "user", "content": "Write a long essay about the heat equation."}],
+            compiled)
         ceiling = prompt_estimate + 3 * 40  # room for ~40 output tokens of a 300-token answer
         cage.set("stream", ceiling=ceiling)
         try:

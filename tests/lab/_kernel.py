@@ -38,7 +38,7 @@ _tier = SlowTier()
 Coordinator.default().router.set_tiers([_tier])
 %load_ext coreason_lab
 _m = get_ipython().magics_manager.registry["CoreasonMagics"]
-def _until(pred, timeout=20.0):
+def _until(pred, timeout=90.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():

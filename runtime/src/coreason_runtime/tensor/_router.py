@@ -401,9 +401,17 @@ class TensorRouter:
             return len(encode(framing(messages, compiled)))
         counter = getattr(tier, "count_prompt", None)
         if callable(counter):
-            return int(counter(messages))
-        # No tokenizer: a generous estimate (≈3 characters a token plus chat framing).
-        return sum(len(m["content"]) // 3 + 8 for m in messages)
+            base = int(counter(messages))
+        else:
+            # No tokenizer: a generous estimate (≈3 characters a token plus chat framing).
+            base = sum(len(m["content"]) // 3 + 8 for m in messages)
+        if compiled is None:
+            return base
+        # A server puts the response schema into the prompt it bills for; JSON is dense
+        # (≈2 characters a token), and learning the true count only from the final usage
+        # would let a tight ceiling be crossed by the whole schema.
+        schema = compiled.openai if compiled.openai is not None else compiled.spec.json_schema
+        return base + len(json.dumps(schema, separators=(",", ":"))) // 2 + 16
 
     def _record_failure(self, conv: _Conversation, tier: Tier, wf: str, index: int,
                         tokens_in: int, tokens_out: int, cost: float, error: CoreasonError,
