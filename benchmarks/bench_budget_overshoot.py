@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from pydantic import BaseModel  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
-from coreason_runtime import BudgetExceededError, EventBus  # noqa: E402
+from coreason_runtime import BudgetExceededError, EpistemicYieldError, EventBus  # noqa: E402
 from coreason_runtime.budget import (  # noqa: E402
     BudgetCage,
     RedisLedgerBackend,
@@ -147,7 +147,7 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
                   "properties": {"essay": {"type": "string", "minLength": 1500}},
                   "required": ["essay"]}
         compiled = UniversalCompiler(None).compile(SchemaSpec.from_user(schema))
-        router = TensorRouter([tier], cage, max_attempts_per_tier=1,
+        router = TensorRouter([tier], cage, max_attempts_per_tier=1,  # one try: no retries
                               compiler=lambda spec, t: compiled)
         cage.bus.subscribe(lambda e: chunks.append(e.data.get("n", 0)), "tokens")
         prompt_estimate = router._estimate_prompt(tier, [
@@ -156,11 +156,14 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
             compiled)
         ceiling = prompt_estimate + 3 * 40  # room for ~40 output tokens of a 300-token answer
         cage.set("stream", ceiling=ceiling)
+        # The RemoteTier asks the server for at most what the grant affords, so the stream
+        # ends at the ceiling (the answer is then truncated and fails validation) or the
+        # meter closes it on the crossing chunk; either way the ledger is what arrived.
         try:
             router.generate(schema, "Write a long essay about the heat equation.",
                             workflow_id="stream", max_tokens=300, system="Write long essays.")
             cut = False
-        except BudgetExceededError:
+        except (BudgetExceededError, EpistemicYieldError):
             cut = True
         ledger = cage.get("stream")
         return {"cut": cut, "ceiling": ceiling, "spent": ledger.spent,
