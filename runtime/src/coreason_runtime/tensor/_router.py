@@ -376,7 +376,7 @@ class TensorRouter:
         return Result(value=value, tier=tier.name, attempts=list(conv.attempts),
                       cost=sum(a.cost for a in conv.attempts), workflow_id=wf,
                       text=output.text, model=output.model, seed=seed,
-                      schema_key=compiled.key)
+                      schema_key=compiled.key, revision=output.extra.get("revision"))
 
     @staticmethod
     def _from_strict(tier: Tier, compiled: CompiledSchema, text: str) -> str:

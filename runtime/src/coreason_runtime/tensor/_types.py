@@ -63,6 +63,7 @@ class Result(Generic[T]):
     model: str | None = None
     seed: int | None = None
     schema_key: str | None = None
+    revision: str | None = None
 
     @property
     def tokens_in(self) -> int:
@@ -77,6 +78,7 @@ class Result(Generic[T]):
         return {
             "tier": self.tier,
             "model": self.model,
+            "revision": self.revision,
             "seed": self.seed,
             "cost": self.cost,
             "tokens_in": self.tokens_in,
