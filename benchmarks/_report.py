@@ -47,7 +47,7 @@ def write_section(
 ) -> str:
     """Replace the block for ``name`` in BENCHMARKS.md; returns the block's markdown."""
     command = command or f".venv/bin/python benchmarks/{name}.py"
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
     lines = [
         f"<!-- bench:{name} -->",

@@ -26,9 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pydantic import BaseModel  # noqa: E402
-
-from benchmarks._report import write_section  # noqa: E402
 from coreason_runtime import BudgetExceededError, EpistemicYieldError, EventBus  # noqa: E402
 from coreason_runtime.budget import (  # noqa: E402
     BudgetCage,
@@ -36,6 +33,9 @@ from coreason_runtime.budget import (  # noqa: E402
     SQLiteLedgerBackend,
 )
 from coreason_runtime.tensor import ScriptedTier, TensorRouter  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+from benchmarks._report import write_section  # noqa: E402
 
 THREADS, PER_THREAD = 16, 100
 ANSWER = '{"n": 1}'
@@ -63,7 +63,7 @@ def _wait(port: int, timeout: float = 120.0) -> None:
 
 def run_router_threads(cage: BudgetCage, ceiling: float) -> dict[str, float]:
     cage.set("bench", ceiling=ceiling)
-    tier = ScriptedTier("local", [" ".join(["{\"n\":"] + ["1}"])], repeat_last=True)
+    tier = ScriptedTier("local", ['{"n": 1}'], repeat_last=True)  # 2 output "tokens"
     router = TensorRouter([tier], cage, max_attempts_per_tier=1)
     ok = refused = 0
     lock = threading.Lock()

@@ -114,7 +114,6 @@ def run(rt, task_list, tiers, wf) -> dict[str, float]:  # type: ignore[no-untype
 
 def main() -> None:
     import httpx
-
     from coreason_runtime import Coordinator, OracleConfig, RuntimeConfig
     from coreason_runtime.tensor import RemoteTier
     from coreason_runtime.tensor._wiring import LazyLocalTier

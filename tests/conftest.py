@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from coreason_runtime import EventBus
 
 # The converted model is read from where `scripts/setup.sh` put it (`coreason models pull` into
@@ -58,7 +57,9 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _no_real_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Never let a test write into the developer's real ~/.coreason."""
     if "COREASON_HOME" not in os.environ or not os.environ["COREASON_HOME"].startswith(
         str(tmp_path_factory.getbasetemp())

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,7 @@ __all__ = ["Event", "EventBus", "EventType", "Subscription"]
 logger = logging.getLogger("coreason_runtime.events")
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     """What happened. Values are ``"<area>.<verb>"`` so subscribers can filter by area."""
 
     # tensor engine: requests, attempts, tokens, escalation

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from coreason_runtime import (
     BudgetExceededError,
     EventType,

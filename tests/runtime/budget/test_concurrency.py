@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from coreason_runtime import BudgetExceededError
 from coreason_runtime.budget import BudgetCage, RedisLedgerBackend, SQLiteLedgerBackend
 

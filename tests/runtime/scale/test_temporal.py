@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from coreason_runtime import Coordinator, RuntimeConfig
 from coreason_runtime.scale import AskInput, make_worker, start_request
 from coreason_runtime.tensor import ScriptedTier

@@ -90,7 +90,7 @@ class Reservation:
         were reserved but not yet charged (a stream learns its prompt size only at the end)."""
         pending_in = max(self.estimated_in - self.tokens_in, 0)
         left = self.granted - self.consumed - self._cage.weight_in * pending_in
-        return max(int(math.floor(left / self._cage.weight_out + 1e-9)), 0)
+        return max(math.floor(left / self._cage.weight_out + 1e-9), 0)
 
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         """Raise :class:`BudgetExceededError` if consuming this much more would cross the grant.

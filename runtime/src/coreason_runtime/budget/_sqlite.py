@@ -13,7 +13,11 @@ from pathlib import Path
 
 import psutil
 
-from coreason_runtime._exceptions import BudgetExceededError, LedgerBackendError, UnknownWorkflowError
+from coreason_runtime._exceptions import (
+    BudgetExceededError,
+    LedgerBackendError,
+    UnknownWorkflowError,
+)
 from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
 
 __all__ = ["MemoryLedgerBackend", "SQLiteLedgerBackend"]
@@ -158,7 +162,7 @@ class SQLiteLedgerBackend:
         with self._tx() as db:
             self._require(db, workflow_id)
             for table in ("ledgers", "charges", "reservations"):
-                db.execute(f"DELETE FROM {table} WHERE workflow_id=?", (workflow_id,))  # noqa: S608
+                db.execute(f"DELETE FROM {table} WHERE workflow_id=?", (workflow_id,))
 
     def reserve(self, record: ReservationRecord, minimum: float) -> float:
         with self._tx() as db:

@@ -20,7 +20,6 @@ from coreason_runtime.tensor._types import (
 )
 
 
-
 def __getattr__(name: str) -> Any:
     # The tiers and the compiler import heavy optional packages: load them on first use.
     if name == "LocalTier":

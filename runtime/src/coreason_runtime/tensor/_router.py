@@ -82,7 +82,8 @@ class TensorRouter:
         max_attempts_per_tier: int = 3,
         default_max_tokens: int = 256,
         system_prompt: str = SYSTEM_PROMPT,
-        executor: Callable[[Callable[[], Result[Any]]], concurrent.futures.Future[Any]] | None = None,
+        executor: Callable[[Callable[[], Result[Any]]],
+                           concurrent.futures.Future[Any]] | None = None,
     ) -> None:
         if max_attempts_per_tier < 1:
             msg = f"max_attempts_per_tier must be >= 1, got {max_attempts_per_tier}"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import Union
 
 from coreason_runtime._exceptions import CoreasonError
 from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
 
 __all__ = ["ScriptedTier"]
 
-Step = Union[str, CoreasonError, Callable[[TierRequest], str]]
+Step = str | CoreasonError | Callable[[TierRequest], str]
 
 
 class ScriptedTier:
