@@ -42,7 +42,7 @@ log "installing build tools"
 if [ ! -f coreason_lab/labextension/package.json ] || \
    [ -n "$(find labextension/src labextension/style labextension/package.json -newer coreason_lab/labextension/package.json 2>/dev/null)" ]; then
   log "building the JupyterLab extension"
-  (cd labextension && npm ci --no-audit --no-fund --loglevel=error && PATH="$ROOT/.venv/bin:$PATH" npm run --silent build:prod)
+  (cd labextension && npm install --no-audit --no-fund --loglevel=error && PATH="$ROOT/.venv/bin:$PATH" npm run --silent build:prod)
 fi
 
 log "installing coreason-runtime[all] and coreason-lab[test] (editable)"
