@@ -257,3 +257,11 @@ def test_cache_can_be_bypassed_per_request(cached_rt: Coordinator) -> None:
     rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
     assert rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf",
                               cache=False).tier == "local"
+
+
+def test_retries_sample_with_rising_temperature_and_fresh_seeds(rt: Coordinator) -> None:
+    local = ScriptedTier("local", ["bad", "bad", GOOD])
+    rt.router.set_tiers([local])
+    rt.router.generate(Derivative, "q", workflow_id="wf", seed=7)
+    assert [r.temperature for r in local.requests] == [0.0, 0.4, 0.8]
+    assert [r.seed for r in local.requests] == [7, 8, 9]

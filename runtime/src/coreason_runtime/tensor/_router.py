@@ -335,9 +335,16 @@ class TensorRouter:
     def _attempt(self, tier: Tier, compiled: CompiledSchema, conv: _Conversation, wf: str,
                  index: int, max_tokens: int, temperature: float, seed: int | None,
                  timeout: float | None) -> Result[Any]:
+        # A greedy retry of a small model tends to repeat its wrong answer even with the
+        # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
+        retry_temperature = max(temperature, 0.4 * (index - 1))
+        retry_seed = seed if index == 1 or seed is None else seed + index - 1
+        if retry_seed is None and index > 1:
+            retry_seed = index - 1
         request = TierRequest(messages=list(conv.messages), schema=compiled,
-                              max_tokens=max_tokens, workflow_id=wf, temperature=temperature,
-                              seed=seed, timeout=timeout, attempt=index)
+                              max_tokens=max_tokens, workflow_id=wf,
+                              temperature=retry_temperature, seed=retry_seed, timeout=timeout,
+                              attempt=index)
         self.bus.emit(EventType.ATTEMPT_STARTED, workflow_id=wf, source="router",
                       tier=tier.name, attempt=index)
         t0 = time.monotonic()
