@@ -268,9 +268,15 @@ def test_dashboard_budget_view_shows_the_workflow(ip: InteractiveShell) -> None:
     line(ip, "budget wf 1000")
     dash = line(ip, "dashboard")
     cell(ip, "ask Answer -w wf", "six times seven?")
-    dash.throttle.flush()  # type: ignore[attr-defined]
-    table = dash.views["budget"].table.value  # type: ignore[attr-defined]
-    assert "<td>wf</td><td>1000</td><td>36</td>" in table
+    want = "<td>wf</td><td>1000</td><td>36</td>"
+    deadline = time.monotonic() + 30  # the throttle's thread may still hold the last batch
+    while True:
+        dash.throttle.flush()  # type: ignore[attr-defined]
+        table = dash.views["budget"].table.value  # type: ignore[attr-defined]
+        if want in table or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert want in table
 
 
 def test_dashboard_unknown_view_suggests(ip: InteractiveShell) -> None:
