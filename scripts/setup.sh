@@ -44,6 +44,7 @@ if [ ! -f coreason_lab/labextension/package.json ] || \
   log "building the JupyterLab extension"
   (cd labextension && npm install --no-audit --no-fund --loglevel=error && PATH="$ROOT/.venv/bin:$PATH" npm run --silent build:prod)
 fi
+cp labextension/install.json coreason_lab/labextension/install.json
 
 log "installing coreason-runtime[all] and coreason-lab[test] (editable)"
 "${PIP[@]}" --no-build-isolation -e "runtime[all]" -e ".[test]"
