@@ -13,10 +13,7 @@ ceiling is set so the request must be cut mid-stream; overshoot = spent − Ω, 
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +33,7 @@ from coreason_runtime.tensor import ScriptedTier, TensorRouter  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks._servers import redis_server, serve_subprocess  # noqa: E402
 
 THREADS, PER_THREAD = 16, 100
 ANSWER = '{"n": 1}'
@@ -43,22 +41,6 @@ ANSWER = '{"n": 1}'
 
 class N(BaseModel):
     n: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(port)
 
 
 def run_router_threads(cage: BudgetCage, ceiling: float) -> dict[str, float]:
@@ -123,24 +105,7 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
     from coreason_runtime.tensor._remote import RemoteTier
     from coreason_runtime.tensor._schema import SchemaSpec
 
-    port = _free_port()
-    env = dict(os.environ, COREASON_HOME=str(workdir))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait(port)
-        import httpx
-
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").json().get("status") == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        chunks: list[int] = []
+    with serve_subprocess(workdir) as port:
         cage = BudgetCage(SQLiteLedgerBackend(workdir / "stream.sqlite"), EventBus())
         tier = RemoteTier(OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="local"))
         schema = {"type": "object",
@@ -149,7 +114,6 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
         compiled = UniversalCompiler(None).compile(SchemaSpec.from_user(schema))
         router = TensorRouter([tier], cage, max_attempts_per_tier=1,  # one try: no retries
                               compiler=lambda spec, t: compiled)
-        cage.bus.subscribe(lambda e: chunks.append(e.data.get("n", 0)), "tokens")
         prompt_estimate = router._estimate_prompt(tier, [
             {"role": "system", "content": "Write long essays."},
             {"role": "user", "content": "Write a long essay about the heat equation."}],
@@ -170,9 +134,6 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
                 "overshoot_C": max(ledger.spent - ceiling, 0.0),
                 "overshoot_tokens": max(ledger.spent - ceiling, 0.0) / 3,
                 "tokens_out": ledger.tokens_out}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def main() -> None:
@@ -182,21 +143,10 @@ def main() -> None:
     sqlite = run_router_threads(BudgetCage(SQLiteLedgerBackend(workdir / "l.sqlite")), ceiling)
     rows.append(["router + cage, SQLite", f"{THREADS}×{PER_THREAD}", ceiling, sqlite["ok"],
                  sqlite["spent"], sqlite["overshoot"], f"{sqlite['seconds']:.1f}"])
-    redis_exe = shutil.which("redis-server")
-    if redis_exe:
-        port = _free_port()
-        proc = subprocess.Popen([redis_exe, "--bind", "127.0.0.1", "--port", str(port),
-                                 "--save", "", "--appendonly", "no"],
-                                stdout=subprocess.DEVNULL)
-        try:
-            _wait(port)
-            red = run_router_threads(
-                BudgetCage(RedisLedgerBackend(f"redis://127.0.0.1:{port}/0")), ceiling)
-            rows.append(["router + cage, Redis", f"{THREADS}×{PER_THREAD}", ceiling, red["ok"],
-                         red["spent"], red["overshoot"], f"{red['seconds']:.1f}"])
-        finally:
-            proc.terminate()
-            proc.wait()
+    with redis_server(workdir) as url:
+        red = run_router_threads(BudgetCage(RedisLedgerBackend(url)), ceiling)
+    rows.append(["router + cage, Redis", f"{THREADS}×{PER_THREAD}", ceiling, red["ok"],
+                 red["spent"], red["overshoot"], f"{red['seconds']:.1f}"])
     naive = run_naive_threads(ceiling / 10)
     rows.append(["baseline: check-then-charge, no reservation", f"{THREADS}×{PER_THREAD}",
                  ceiling / 10, naive["ok"], naive["spent"], naive["overshoot"], "-"])

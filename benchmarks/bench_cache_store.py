@@ -11,9 +11,7 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,32 +23,7 @@ sys.path.insert(0, str(ROOT))
 from coreason_runtime.cache import CacheStore, Entry, RedisStore, SQLiteStore  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        msg = "redis-server is not installed"
-        raise SystemExit(msg)
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.terminate()
-    msg = "redis-server did not start"
-    raise SystemExit(msg)
+from benchmarks._servers import redis_server  # noqa: E402
 
 
 def _entry(i: int) -> Entry:
@@ -91,18 +64,16 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=3000)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    proc, url = _start_redis(tmp)
     try:
-        results = {}
-        sqlite = SQLiteStore(tmp / "bench.sqlite")
-        results["SQLite (WAL, file)"] = _measure(sqlite, args.n)
-        sqlite.close()
-        redis_store = RedisStore(url)
-        results["Redis (127.0.0.1, Lua upsert)"] = _measure(redis_store, args.n)
-        redis_store.close()
+        with redis_server(tmp) as url:
+            results = {}
+            sqlite = SQLiteStore(tmp / "bench.sqlite")
+            results["SQLite (WAL, file)"] = _measure(sqlite, args.n)
+            sqlite.close()
+            redis_store = RedisStore(url)
+            results["Redis (127.0.0.1, Lua upsert)"] = _measure(redis_store, args.n)
+            redis_store.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
     rows = []
     for name, r in results.items():

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import sympy as sp  # noqa: E402
 from pydantic import BaseModel, ValidationInfo, field_validator  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks._servers import serve_subprocess  # noqa: E402
 
 N_TASKS = int(os.environ.get("ESCALATION_TASKS", "12"))
 PRICE_RATIO = 10.0
@@ -86,12 +85,6 @@ def tasks(n: int) -> list[tuple[type[BaseModel], str]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(rt, task_list, tiers, wf) -> dict[str, float]:  # type: ignore[no-untyped-def]
     from coreason_runtime import EpistemicYieldError
 
@@ -113,25 +106,12 @@ def run(rt, task_list, tiers, wf) -> dict[str, float]:  # type: ignore[no-untype
 
 
 def main() -> None:
-    import httpx
     from coreason_runtime import Coordinator, OracleConfig, RuntimeConfig
     from coreason_runtime.tensor import RemoteTier
     from coreason_runtime.tensor._wiring import LazyLocalTier
 
     home = Path(tempfile.mkdtemp(prefix="bench-escalation-"))
-    port = _free_port()
-    env = dict(os.environ, COREASON_HOME=str(home), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "coreason_runtime.serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").json().get("status") == "ok":
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.5)
+    with serve_subprocess(home) as port:
         rt = Coordinator(RuntimeConfig(home=home, oracle=None, subgoal_cache=False))
 
         class SamplingOracle(RemoteTier):
@@ -146,9 +126,6 @@ def main() -> None:
         cascade = run(rt, task_list, None, "cascade")
         direct = run(rt, task_list, ["oracle"], "oracle-only")
         rt.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     rows = []
     for name, r in (("cascade local → oracle → human", cascade),

@@ -338,9 +338,7 @@ class TensorRouter:
         # A greedy retry of a small model tends to repeat its wrong answer even with the
         # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
         retry_temperature = max(temperature, 0.4 * (index - 1))
-        retry_seed = seed if index == 1 or seed is None else seed + index - 1
-        if retry_seed is None and index > 1:
-            retry_seed = index - 1
+        retry_seed = seed if index == 1 else (seed or 0) + index - 1
         request = TierRequest(messages=list(conv.messages), schema=compiled,
                               max_tokens=max_tokens, workflow_id=wf,
                               temperature=retry_temperature, seed=retry_seed, timeout=timeout,
