@@ -1,4 +1,4 @@
-"""Pause latency while decoding: layer-boundary checks against waiting for the token step."""
+"""Pause latency while decoding: checks at layer boundaries and inside the LM head, against waiting for the token step."""
 
 from __future__ import annotations
 

@@ -177,7 +177,9 @@ class GatedMeter:
     """A :class:`~coreason_runtime.tensor.Meter` that passes a checkpoint before each charge.
 
     Tiers charge as tokens are consumed (the local tier per token, a streaming tier per
-    chunk), so a pause takes effect within one token and an abort stops the decode there.
+    chunk), so a pause takes effect within one token and an abort stops the decode there. The
+    local tier also calls :meth:`checkpoint` at every decoder-layer boundary of its forward
+    passes, so there a pause lands within a layer (a few ms) rather than a token.
     """
 
     def __init__(self, inner: Any, controls: Controls, workflow_id: str | None) -> None:
@@ -188,6 +190,10 @@ class GatedMeter:
     @property
     def max_out(self) -> int:
         return int(self._inner.max_out)
+
+    def checkpoint(self) -> None:
+        """Block while the workflow is paused; raise :class:`WorkflowAborted` if aborted."""
+        self._controls.checkpoint(self._workflow_id)
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self._controls.checkpoint(self._workflow_id)

@@ -272,3 +272,44 @@ def test_prefix_cache_evicts_least_recently_used_entries() -> None:
     assert pc.tokens == 6
     assert pc.lookup([2, 2, 2, 5])[1] == 0
     assert pc.lookup([1, 1, 1, 5])[1] == 3
+
+
+class CheckpointMeter(CeilingMeter):
+    """A gate meter: ``checkpoint()`` counts calls and raises on the ``stop_at``-th."""
+
+    def __init__(self, stop_at: int = 0) -> None:
+        super().__init__()
+        self.calls = 0
+        self.stop_at = stop_at
+
+    def checkpoint(self) -> None:
+        self.calls += 1
+        if self.calls == self.stop_at:
+            msg = "stopped inside a forward pass"
+            raise BudgetExceededError(msg)
+
+
+def test_a_gate_meter_is_checked_at_every_layer_boundary(tiny_model: LoadedModel) -> None:
+    from coreason_runtime.models import decoder_layers
+
+    fresh = LocalTier(tiny_model)
+    schema = fresh.compiler.compile(Reading)
+    meter = CheckpointMeter()
+    out = fresh.complete(_request(schema), meter)
+    # one pass per token but the last, plus the prefill; each passes every layer boundary
+    assert meter.calls >= len(decoder_layers(tiny_model.model)) * out.tokens_out
+
+
+def test_a_check_raising_mid_pass_stops_the_tier_and_caches_nothing_partial(
+    tiny_model: LoadedModel,
+) -> None:
+    fresh = LocalTier(tiny_model)
+    schema = fresh.compiler.compile(Reading)
+    meter = CheckpointMeter(stop_at=41)  # inside the forward pass of a later token
+    with pytest.raises(BudgetExceededError, match="inside a forward pass"):
+        fresh.complete(_request(schema), meter)
+    assert meter.tokens_out > 0
+    # the cut pass left layers of unequal length: nothing of it may be reused
+    again = fresh.complete(_request(schema), UnmeteredMeter())
+    ref = LocalTier(tiny_model).complete(_request(schema), UnmeteredMeter())
+    assert again.text == ref.text

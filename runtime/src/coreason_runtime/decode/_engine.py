@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import ConfigurationError, DecodeError, RequestError
+from coreason_runtime._exceptions import DecodeError, RequestError
 from coreason_runtime.decode._kv import new_cache
 from coreason_runtime.decode._offsets import TokenText
 from coreason_runtime.decode._sampler import Sampler
 from coreason_runtime.decode._session import DecodeSession, SessionState, _Interrupted
+from coreason_runtime.models._gate import LayerGate
 
 if TYPE_CHECKING:
     import torch
@@ -39,24 +40,13 @@ class Preemptible(Protocol):
     def resume(self, ctx_delta: Any = None) -> None: ...
 
 
-def _decoder_layers(model: Any) -> Sequence[Any]:
-    """The model's list of decoder blocks (the boundaries where a pause can land)."""
-    import torch
-
-    n = getattr(model.config, "num_hidden_layers", None)
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return list(module)
-    msg = f"cannot find the {n} decoder layers of {type(model).__name__}"
-    raise ConfigurationError(msg)
-
-
 class DecodeEngine:
     """Runs decode sessions over one causal LM, one step at a time, most urgent first.
 
     The engine holds the model lock: every forward pass of every session goes through
-    :meth:`forward` under it. Forward pre-hooks on the decoder layers let a pause (or a more
-    urgent session) abandon a forward pass at the next layer boundary. Sessions submitted
+    :meth:`forward` under it. A :class:`~coreason_runtime.models.LayerGate` checks at every
+    decoder-layer boundary and between the LM head's row blocks, so a pause (or a more urgent
+    session) abandons a forward pass within a fraction of a token step. Sessions submitted
     with :meth:`submit` run on the engine's own thread, highest ``priority`` first; a
     session can also be driven on the caller's thread with :meth:`DecodeSession.run`.
 
@@ -78,13 +68,9 @@ class DecodeEngine:
         self.text = TokenText(tokenizer)
         self.device = next(model.parameters()).device
         self.use_streams = self.device.type == "cuda" and torch.cuda.is_available()
-        self._current: DecodeSession | None = None
         # False: a pause waits for the token step to end (the baseline the benchmark measures)
         self.layer_checks = True
-        self._hooks = [
-            layer.register_forward_pre_hook(self._check_interrupt)
-            for layer in _decoder_layers(model)
-        ]
+        self.gate = LayerGate.for_model(self.model)
         eos = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
         for extra in ("<|im_end|>", "<|endoftext|>"):
             tid = tokenizer.convert_tokens_to_ids(extra)
@@ -200,10 +186,15 @@ class DecodeEngine:
 
     # --- the forward pass --------------------------------------------------------------------
 
-    def _check_interrupt(self, module: Any, args: Any) -> None:
-        session = self._current
-        if session is not None and self.layer_checks and session._interrupt.is_set():
-            raise _Interrupted
+    @staticmethod
+    def _interrupt_check(session: DecodeSession) -> Callable[[], None]:
+        interrupt = session._interrupt
+
+        def check() -> None:
+            if interrupt.is_set():
+                raise _Interrupted
+
+        return check
 
     def forward(
         self, session: DecodeSession, ids: Sequence[int], *, interruptible: bool
@@ -220,19 +211,12 @@ class DecodeEngine:
     ) -> torch.Tensor:
         import torch
 
-        with self.lock, torch.no_grad():
-            self._current = session
-            try:
-                out = self.model(
-                    input_ids=torch.tensor([list(ids)], device=self.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            finally:
-                self._current = None
-        logits: torch.Tensor = out.logits[0, -1].float()
-        return logits
+        check = None
+        if session is not None and self.layer_checks:
+            check = self._interrupt_check(session)
+        with self.lock, torch.no_grad(), self.gate.checking(check):
+            # a check at every layer boundary and between the LM head's row blocks
+            return self.gate.last_logits(torch.tensor([list(ids)], device=self.device), cache)
 
     def prefill(self, ids: Sequence[int]) -> tuple[DynamicCache, torch.Tensor]:
         """A fresh cache holding ``ids`` and the next-token logits: the full-recompute reference."""
@@ -372,15 +356,12 @@ class DecodeEngine:
             last = chosen
 
     def close(self) -> None:
-        """Stop the engine thread and remove the layer hooks. Idempotent."""
+        """Stop the engine thread. Idempotent; the model's layer gate stays with the model."""
         with self._sched:
             self._closed = True
             self._sched.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
 
     def __repr__(self) -> str:
         return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coreason_runtime.models._gate import LayerGate, decoder_layers
 from coreason_runtime.models._loader import (
     LoadedModel,
     ModelInfo,
@@ -13,8 +14,10 @@ from coreason_runtime.models._loader import (
 from coreason_runtime.models._tiny import tiny_llama
 
 __all__ = [
+    "LayerGate",
     "LoadedModel",
     "ModelInfo",
+    "decoder_layers",
     "list_models",
     "load_model",
     "load_tokenizer",

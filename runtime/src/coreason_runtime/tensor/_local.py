@@ -18,6 +18,7 @@ from coreason_runtime._exceptions import (
     SchemaCompileError,
     TierTimeoutError,
 )
+from coreason_runtime.models._gate import LayerGate
 from coreason_runtime.tensor._compiler import LocalGrammar, UniversalCompiler, tokenizer_info
 from coreason_runtime.tensor._prefix import PrefixCache
 from coreason_runtime.tensor._schema import CompiledSchema
@@ -279,6 +280,10 @@ class LocalTier:
                               tier=self.name, delta=delta, tokens=len(tokens))
 
         meter.charge(tokens_in=len(prompt))  # may raise BudgetExceededError: let it
+        # A meter that can checkpoint (a pause or abort gate) is checked inside every forward
+        # pass too, at each layer boundary: a pause lands within a layer, not a token.
+        check = getattr(meter, "checkpoint", None)
+        check = check if callable(check) else None
         with self._lock, torch.inference_mode():
             cache, reused = self.prefix_cache.lookup(prompt)
             if reused and self.bus is not None:
@@ -290,7 +295,7 @@ class LocalTier:
             consistent = False  # a forward pass cut short leaves layers of unequal length
             try:
                 t0 = time.perf_counter()
-                logits = self._forward(model, prompt[reused:], cache, device)
+                logits = self._forward(model, prompt[reused:], cache, device, check)
                 prefill_seconds = time.perf_counter() - t0
                 consistent = True
                 while True:
@@ -355,7 +360,7 @@ class LocalTier:
                         break
                     consistent = False
                     t0 = time.perf_counter()
-                    logits = self._forward(model, [token], cache, device)
+                    logits = self._forward(model, [token], cache, device, check)
                     forward_seconds += time.perf_counter() - t0
                     fed.append(token)
                     consistent = True
@@ -367,12 +372,14 @@ class LocalTier:
                     mask_seconds, forward_seconds, prefill_seconds)
 
     @staticmethod
-    def _forward(model: Any, ids: list[int], cache: Any, device: str) -> Any:
+    def _forward(model: Any, ids: list[int], cache: Any, device: str,
+                 check: Callable[[], None] | None) -> Any:
+        """Next-token logits; ``check`` runs at every layer boundary and inside the head."""
         import torch
 
-        inp = torch.tensor([ids], dtype=torch.long, device=device)
-        out = model(input_ids=inp, past_key_values=cache, use_cache=True)
-        return out.logits[0, -1].float()
+        gate = LayerGate.for_model(model)
+        with gate.checking(check):
+            return gate.last_logits(torch.tensor([ids], dtype=torch.long, device=device), cache)
 
     @staticmethod
     def _choose(logits: Any, temperature: float, gen: Any) -> int:

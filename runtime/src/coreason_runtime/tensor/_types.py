@@ -148,7 +148,9 @@ class Meter(Protocol):
     """Charges tokens as they are consumed; raises ``BudgetExceededError`` to stop a tier.
 
     ``max_out`` is how many output tokens the reservation still allows; a steerable tier stops
-    before exceeding it, a streaming tier stops at the chunk that crosses it.
+    before exceeding it, a streaming tier stops at the chunk that crosses it. A meter may also
+    offer ``checkpoint()`` (block while paused, raise to stop): the local tier then calls it
+    at every decoder-layer boundary of its forward passes.
     """
 
     @property

@@ -1,0 +1,144 @@
+"""Checkpoints inside a forward pass: at every decoder-layer boundary and inside the LM head.
+
+A token step of a causal LM on the CPU is tens of milliseconds, so a pause that waits for the
+step to end is slow. :class:`LayerGate` registers one forward pre-hook per decoder layer of a
+model (once per model, however many engines and tiers share it) and calls the check that the
+current thread installed with :meth:`LayerGate.checking`. A check may block (a pause that
+waits in place, the KV untouched by the layers not yet run) or raise (an interrupt or an
+abort: the pass is abandoned and the caller crops the cache back).
+
+The LM head is the largest single matrix product of a small model (SmolLM2-135M: 49,152 x
+576, ~11 ms on one CPU thread, four decoder layers' worth), so :meth:`LayerGate.last_logits`
+computes it in row blocks with the check between blocks. Every vocabulary row is still one dot
+product with the same hidden state; only the blocking of the product changes.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from coreason_runtime._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LayerGate", "decoder_layers"]
+
+Check = Callable[[], None]
+
+_GATES: weakref.WeakKeyDictionary[Any, LayerGate] = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def decoder_layers(model: Any) -> Sequence[Any]:
+    """The model's list of decoder blocks (the boundaries where a check runs)."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    msg = f"cannot find the {n} decoder layers of {type(model).__name__}"
+    raise ConfigurationError(msg)
+
+
+class LayerGate:
+    """The per-model hooks that run the calling thread's check at layer boundaries.
+
+    Get one with :meth:`for_model`; it lives as long as the model. ``head_rows`` is the row
+    block of the split LM head (``0``: one product, no checks inside the head).
+    """
+
+    head_rows = 4096
+
+    def __init__(self, model: Any) -> None:
+        self._local = threading.local()
+        self._model_ref = weakref.ref(model)
+        self.handles = [layer.register_forward_pre_hook(self._hook)
+                        for layer in decoder_layers(model)]
+        self._split_head = self._can_split(model)
+
+    @classmethod
+    def for_model(cls, model: Any) -> LayerGate:
+        with _GATES_LOCK:
+            gate = _GATES.get(model)
+            if gate is None:
+                gate = _GATES[model] = cls(model)
+            return gate
+
+    @staticmethod
+    def _can_split(model: Any) -> bool:
+        """A plain linear head with nothing after it (Llama, Qwen2, Mistral, ...)."""
+        import torch
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        cfg = model.config
+        return (type(head) is torch.nn.Linear and hasattr(model, "get_decoder")
+                and not getattr(cfg, "final_logit_softcapping", None)
+                and getattr(cfg, "logit_scale", None) is None)
+
+    # --- the check ---------------------------------------------------------------------------
+
+    @property
+    def check(self) -> Check | None:
+        return getattr(self._local, "check", None)
+
+    @contextmanager
+    def checking(self, check: Check | None) -> Iterator[None]:
+        """Run ``check`` at every boundary of forward passes made on this thread meanwhile."""
+        previous = self.check
+        self._local.check = check
+        try:
+            yield
+        finally:
+            self._local.check = previous
+
+    def _hook(self, module: Any, args: Any) -> None:
+        check = getattr(self._local, "check", None)
+        if check is not None:
+            check()
+
+    # --- the forward pass --------------------------------------------------------------------
+
+    def last_logits(self, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Append ``input_ids`` (shape ``[1, n]``) to ``cache``; next-token logits (1-D, fp32).
+
+        The caller holds whatever lock serialises the model and runs under ``no_grad`` or
+        ``inference_mode``. With a check installed and a splittable head, the head runs in
+        row blocks with the check between them.
+        """
+        model = self._model_ref()
+        assert model is not None
+        check = self.check
+        if check is None or not self._split_head or self.head_rows <= 0:
+            out = model(input_ids=input_ids, past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)
+            return out.logits[0, -1].float()
+        import torch
+
+        hidden = model.get_decoder()(input_ids=input_ids, past_key_values=cache,
+                                     use_cache=True).last_hidden_state[0, -1]
+        head = model.get_output_embeddings()
+        parts = []
+        for i, rows in enumerate(head.weight.split(self.head_rows)):
+            if i:
+                check()
+            parts.append(torch.mv(rows, hidden))
+        logits = torch.cat(parts)
+        if head.bias is not None:
+            logits = logits + head.bias
+        return logits.float()
+
+    def close(self) -> None:
+        """Remove the hooks (tests; the gate otherwise lives as long as its model)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        model = self._model_ref()
+        with _GATES_LOCK:
+            if model is not None and _GATES.get(model) is self:
+                del _GATES[model]
