@@ -10,7 +10,9 @@ the client sends a pause intent two ways:
 Latency = the moment the decode thread blocked at the control gate (kernel clock) minus the
 moment the client sent the intent (same machine, same clock). The kernel-side part alone
 (intent applied → decode blocked) is reported too. Baseline in the same run: the time one
-token takes to decode, which bounds the gate's delay (it checks before every token).
+token takes to decode, which is what a gate checked only between tokens would wait for; the
+local tier checks the gate at every decoder-layer boundary and between the LM head's row
+blocks, so the decode stops within a layer.
 """
 
 from __future__ import annotations
@@ -165,10 +167,11 @@ def main() -> None:
                f"`%%coreason ask Essay -n 200`, intent sent after ≥ 8 tokens; {TRIALS} trials "
                f"per path ({skipped['magic'] + skipped['comm']} skipped because the decode had "
                "already finished). 'Decode stopped' is when the decode thread blocked at the "
-               "control gate, which it passes before charging every token, so the kernel part "
-               "is bounded by one token's decode time. The magic path includes the kernel "
-               "executing a cell; the comm path needs ipykernel 7 subshells because the main "
-               "shell is busy with the running cell."),
+               "control gate, which the local tier passes at every decoder-layer boundary "
+               "and between the LM head's row blocks (`LayerGate`), so the kernel part is a "
+               "fraction of one token's decode time (the baseline column). The magic path "
+               "includes the kernel executing a cell; the comm path needs ipykernel 7 "
+               "subshells because the main shell is busy with the running cell."),
     )
     print(json.dumps(results, indent=1))
 
