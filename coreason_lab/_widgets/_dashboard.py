@@ -75,6 +75,8 @@ class Dashboard:
                                  options=self._workflow_options())
         self.status = W.HTML()
         self._options_at = 0.0
+        self._status_at = 0.0
+        self._status_states: str | None = None
         self._redraw: threading.Timer | None = None
         buttons = []
         for intent, style, icon in (("pause", "warning", "pause"), ("resume", "success", "play"),
@@ -114,9 +116,14 @@ class Dashboard:
             self._redraw.daemon = True
             self._redraw.start()
         states = ", ".join(f"{c.workflow_id}: {c.state}" for c in self.controls.workflows())
-        self.status.value = (f"<small>{self.throttle!r}"
-                             f"{' · ' + states if states else ''}</small>")
         now = time.monotonic()
+        # The status line carries the throttle's counters, which change with every batch:
+        # resent at once when a workflow's state changes, else at most once a second (each
+        # widget update is a message on iopub, which costs the kernel more than building it).
+        if states != self._status_states or now - self._status_at >= 1.0:
+            self._status_states, self._status_at = states, now
+            self.status.value = (f"<small>{self.throttle!r}"
+                                 f"{' · ' + states if states else ''}</small>")
         if now - self._options_at >= 1.0:  # the ledger store is read at most once a second
             self._options_at = now
             options = self._workflow_options()

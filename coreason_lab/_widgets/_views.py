@@ -36,7 +36,8 @@ def _figure(title: str, height: int = 260, **layout: Any) -> Any:
     return fig
 
 
-FIGURE_INTERVAL_S = 0.5  # plots redraw ≤ 2/s; tables and text follow every batch (≤ 10/s)
+FIGURE_INTERVAL_S = 1.0  # plots redraw ≤ 1/s; tables and text follow every batch (≤ 10/s)
+LEDGER_INTERVAL_S = 0.5  # the budget view reads the ledger store ≤ 2/s
 
 
 class View:
@@ -84,11 +85,20 @@ class BudgetView(View):
         self._tier_traces: dict[str, int] = {}
         self._last: dict[str, Any] = {}
         self._t0 = time.time()
+        self._ledgers_at = -1e9
+        self._known: set[str] = set()
         self.widget = W.VBox([self.table, W.HBox([self.burn, self.tiers])])
 
     def update(self, events: Sequence[Event], runtime: Any = None) -> None:
         self.state.apply(events)
-        if runtime is not None:
+        now = time.monotonic()
+        known = set(self.state.flows)
+        # The ledgers are the truth (events may be dropped) but reading them is a store query:
+        # at most every LEDGER_INTERVAL_S, or at once when a workflow appears or is reset.
+        due = (now - self._ledgers_at >= LEDGER_INTERVAL_S or known != self._known
+               or any(e.type.value in ("budget.set", "budget.reset") for e in events))
+        if runtime is not None and due:
+            self._ledgers_at, self._known = now, known
             if self.workflow is not None:
                 led = runtime.budgets.get(self.workflow)
                 ledgers = [led] if led is not None else []
@@ -266,6 +276,10 @@ class DecodeView(View):
         self.state = DecodeState(max_chars)
         self.html = W.HTML()
         self.widget = self.html
+        # Escaped HTML per span, kept across redraws: spans are immutable tuples, so only the
+        # few that changed since the last batch are escaped again (a redraw used to escape
+        # all ~300, the largest share of the dashboard's CPU while a decode streams).
+        self._fragments: dict[tuple[str, str], str] = {}
 
     def update(self, events: Sequence[Event], runtime: Any = None) -> None:
         self.state.apply(events)
@@ -274,10 +288,16 @@ class DecodeView(View):
     def render(self) -> None:
         s = self.state
         spans = list(s.spans)[-MAX_SPANS:]
-        body = "".join(
-            html.escape(text) if kind == "text"
-            else f"<span class='coreason-{kind}'>{html.escape(text)}</span>"
-            for text, kind in spans)
+        old, fragments = self._fragments, {}
+        for span in spans:
+            frag = old.get(span)
+            if frag is None:
+                text, kind = span
+                frag = (html.escape(text) if kind == "text"
+                        else f"<span class='coreason-{kind}'>{html.escape(text)}</span>")
+            fragments[span] = frag
+        self._fragments = fragments  # bounded: only the spans on screen
+        body = "".join(fragments[span] for span in spans)
         self.html.value = (
             f"<div>{SPAN_CSS}<small>{html.escape(s.state)} · {s.tokens} tokens · {s.repairs} "
             f"repaired · {s.forced} thunks forced</small><pre style='white-space:pre-wrap'>"
