@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import threading
 import time
 from collections.abc import Sequence
@@ -77,13 +78,14 @@ class Dashboard:
         self._options_at = 0.0
         self._status_at = 0.0
         self._status_states: str | None = None
+        self._render_lock = threading.Lock()
         self._redraw: threading.Timer | None = None
         buttons = []
         for intent, style, icon in (("pause", "warning", "pause"), ("resume", "success", "play"),
                                     ("preempt", "info", "step-forward"),
                                     ("abort", "danger", "stop")):
             b = W.Button(description=intent, button_style=style, icon=icon,
-                         layout=W.Layout(width="90px"))
+                         layout=W.Layout(width="auto", min_width="90px"))
             b.on_click(lambda _b, i=intent: self.intent(i))
             buttons.append(b)
         self.freeze = W.ToggleButton(description="freeze view", value=False,
@@ -105,6 +107,10 @@ class Dashboard:
 
     def deliver(self, batch: list[Event]) -> None:
         """Hand a batch to every view (each takes the areas it wants) and refresh status."""
+        with self._render_lock:  # the throttle thread and the stale-plot timer both render
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[Event]) -> None:
         areas = [e.type.value.split(".", 1)[0] for e in batch]
         for view in self.views.values():
             mine = [e for e, a in zip(batch, areas, strict=True) if a in view.areas]
@@ -122,8 +128,12 @@ class Dashboard:
         # widget update is a message on iopub, which costs the kernel more than building it).
         if states != self._status_states or now - self._status_at >= 1.0:
             self._status_states, self._status_at = states, now
-            self.status.value = (f"<small>{self.throttle!r}"
-                                 f"{' · ' + states if states else ''}</small>")
+            t = self.throttle
+            self.status.value = (
+                f"<small>{t.delivered_batches} updates · {t.delivered_events} events"
+                f"{f' · {t.dropped} dropped' if t.dropped else ''}"
+                f"{' · view frozen' if t.paused else ''}"
+                f"{' · ' + html.escape(states) if states else ''}</small>")
         if now - self._options_at >= 1.0:  # the ledger store is read at most once a second
             self._options_at = now
             options = self._workflow_options()
@@ -131,12 +141,13 @@ class Dashboard:
                 self.picker.options = options
 
     def _redraw_stale(self) -> None:
-        self._redraw = None
-        if self.throttle.closed:
-            return
-        for view in self.views.values():
-            if view.stale:
-                view.render()
+        with self._render_lock:
+            self._redraw = None
+            if self.throttle.closed:
+                return
+            for view in self.views.values():
+                if view.stale:
+                    view.render()
 
     def intent(self, intent: str, workflow: str | None = None) -> None:
         """Send a control intent for ``workflow`` (default: the picked one)."""

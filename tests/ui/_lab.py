@@ -219,6 +219,41 @@ def run_cells_in_order(page: Any, timeout_s: float, log: Any = print) -> None:
         log(f"cell {i} ran in {time.monotonic() - t:5.1f} s: {source.splitlines()[0][:60]}")
 
 
+RUN_ALL = """async () => {
+  const app = window.jupyterapp;
+  await app.shell.currentWidget.sessionContext.ready;
+  void app.commands.execute('notebook:run-all-cells');
+}"""
+
+# Code cells whose run has not finished: no execution count yet, or still executing.
+PENDING_CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+  .map((c, i) => [c, i])
+  .filter(([c, i]) => c.model.type === 'code' && c.model.sharedModel.getSource().trim() !== ''
+    && (c.model.executionCount === null || c.model.executionState !== 'idle'))
+  .map(([c, i]) => i)"""
+
+
+def run_all(page: Any, timeout_s: float, log: Any = print) -> None:
+    """Run the notebook with JupyterLab's own *Run All*, as a researcher would.
+
+    All cells are queued at once; a cell that raises without the ``raises-exception`` tag makes
+    the kernel abort the rest, which leaves them without an execution count. Fails naming
+    the cells that never ran.
+    """
+    t = time.monotonic()
+    page.evaluate(RUN_ALL)
+    page.wait_for_timeout(500)  # let the queue reach the kernel before polling for idle
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not page.evaluate(PENDING_CELLS) and page.evaluate(KERNEL_IDLE):
+            log(f"Run All finished in {time.monotonic() - t:5.1f} s")
+            return
+        page.wait_for_timeout(500)
+    pending = page.evaluate(PENDING_CELLS)
+    msg = f"Run All left cells {pending} unrun or running after {timeout_s:.0f} s"
+    raise AssertionError(msg)
+
+
 def cell_output_text(page: Any, index: int) -> str:
     return str(page.evaluate(
         "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
