@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
     home = tmp_path_factory.mktemp("kernel-home")
-    k = Kernel({"COREASON_HOME": str(home), "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+    # The router's subgoal cache is on: controls must act on requests it does not answer (each
+    # test asks its own question; a repeated one would be answered from the cache, no decode).
+    k = Kernel({"COREASON_HOME": str(home), "PYTHONPATH": str(ROOT),
+                "COREASON_SUBGOAL_CACHE": "1"}, cwd=str(ROOT))
     k.run(SLOW_TIER)
     yield k
     k.close()
@@ -26,7 +29,8 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
 def test_pause_magic_stops_a_background_ask_until_resume(kernel: Kernel) -> None:
     kernel.run("%coreason budget bg 1000000")
     kernel.run("_tier.finish.clear()")
-    kernel.run("%%coreason ask Answer -w bg --background -n 5000 -o bg_value\nslow question")
+    kernel.run("%%coreason ask Answer -w bg --background -n 5000 -o bg_value\n"
+               "slow question in the background")
     kernel.run("assert _until(lambda: _m.controls.get('bg').tokens_out > 0)")
     kernel.run("%coreason pause bg")  # the next cell, while the ask still decodes
     out = kernel.run(
@@ -47,7 +51,7 @@ def test_comm_intent_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> N
     sub = kernel.create_subshell()
     kernel.run("_tier.finish.clear()")
     running = kernel.execute_nowait("%%coreason ask Answer -w fg -n 20000 -o fg_value\nslow "
-                                    "question")
+                                    "question in the foreground")
     probe = kernel.execute_nowait(
         "print(_until(lambda: _m.controls.get('fg').tokens_out > 0))", subshell=sub)
     assert kernel.shell_reply(probe)["content"]["status"] == "ok"
