@@ -39,7 +39,6 @@ pytestmark = pytest.mark.ui
 
 TOUR = ROOT / "notebooks" / "00_tour.ipynb"
 WORKFLOW = "tour"
-TOUR_TIMEOUT_S = 420  # the whole tour: SmolLM2 loads, a few asks, a small DAG
 CELL_TIMEOUT_S = 240  # the first ask loads SmolLM2: 20 s idle, 130 s on a loaded 2-core box
 
 CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets.map((c, i) => ({
@@ -135,8 +134,8 @@ def test_tour_runs_in_jupyterlab_and_the_side_panel_pauses_its_workflow(
 
 
 def _drive(page: Any) -> None:
-    # 1. Run All, as a newcomer would: the tagged budget refusal must not stop the run
-    run_all(page, TOUR_TIMEOUT_S)
+    # 1. run every cell in order, each to its reply (Run All itself: the small-notebook test)
+    run_cells_in_order(page, CELL_TIMEOUT_S)
     cells = _cells(page)
     code = [c for c in cells if c["type"] == "code"]
     assert [c["index"] for c in code if c["count"] is None] == []  # every cell ran
@@ -196,8 +195,12 @@ def small_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
+    refused = nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} lots")  # a UsageError
+    refused.metadata["tags"] = ["raises-exception"]
     nb.cells = [nbformat.v4.new_code_cell("%load_ext coreason_lab"),
-                nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000")]
+                nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000"),
+                refused,
+                nbformat.v4.new_code_cell("after_the_refusal = True")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     path = tmp_path / "small.ipynb"
@@ -215,7 +218,12 @@ def test_side_panel_intent_acts_while_a_cell_runs(small_lab: LabServer,
     """JupyterLab 4.6 sends comm messages on an ipykernel 7 subshell (perCommTarget, its
     default), so a click reaches the runtime while a cell holds the main shell."""
     page = open_lab(chromium, small_lab, "small.ipynb")
-    run_cells_in_order(page, CELL_TIMEOUT_S)
+    # JupyterLab's Run All goes on past a cell tagged raises-exception (here a typed refusal)
+    run_all(page, CELL_TIMEOUT_S)
+    cells = [c for c in _cells(page) if c["type"] == "code"]
+    assert [c["count"] is not None for c in cells] == [True] * 4
+    assert "UsageError" in cell_output_text(page, cells[2]["index"])  # shown on stderr
+    assert not cells[3]["errors"]
     page.click(".jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id='coreason-panel']")
     page.click(f"{LEDGER} button[data-intent='pause']")
     page.wait_for_selector(f"{LEDGER}[data-state='paused']")

@@ -64,8 +64,7 @@ class RuntimeConfig:
     local_timeout: float = 120.0
     max_tokens: int = 256
     max_attempts_per_tier: int = 3
-    # Opt-in for now: with the router consulting the cache, an in-cell pause sent from the
-    # side panel during a foreground `%%coreason ask` was not applied (an open bug, see
-    # the README's known issues); the cache itself is on `rt.cache` either way.
+    # The router answers a question it has answered and verified before from `rt.cache` (any
+    # workflow, cost 0); COREASON_SUBGOAL_CACHE=0 makes every request go to the tiers.
     subgoal_cache: bool = field(
-        default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "0") == "1")
+        default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "1") != "0")

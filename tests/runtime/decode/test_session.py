@@ -214,6 +214,7 @@ def test_sessions_implement_the_preemptible_protocol(engine: DecodeEngine) -> No
     s = engine.session("Q")
     assert isinstance(s, Preemptible)
     assert isinstance(s, SchedPreemptible)
+    assert SchedPreemptible in Preemptible.__mro__  # one protocol, extended with a priority
 
 
 def test_higher_priority_session_preempts_a_lower_one(engine: DecodeEngine, bus: EventBus) -> None:

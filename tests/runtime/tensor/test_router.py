@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from coreason_runtime import (
@@ -230,11 +231,18 @@ def cached_rt(home) -> Iterator[Coordinator]:
     runtime.close()
 
 
-def test_router_without_the_cache_setting_asks_the_tier_every_time(rt: Coordinator) -> None:
+def test_router_without_the_cache_setting_asks_the_tier_every_time(home: Path) -> None:
+    from coreason_runtime import RuntimeConfig
+
+    rt = Coordinator(RuntimeConfig(home=home, subgoal_cache=False))
+    rt.budgets.set("wf", ceiling=10_000)
     local = ScriptedTier("local", [GOOD, GOOD])
     rt.router.set_tiers([local])
-    rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
-    assert rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf").tier == "local"
+    try:
+        rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
+        assert rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf").tier == "local"
+    finally:
+        rt.close()
 
 
 def test_repeated_question_is_answered_by_the_verified_cache_at_no_cost(

@@ -14,6 +14,7 @@ from coreason_runtime.decode._offsets import TokenText
 from coreason_runtime.decode._sampler import Sampler
 from coreason_runtime.decode._session import DecodeSession, SessionState, _Interrupted
 from coreason_runtime.models._gate import LayerGate
+from coreason_runtime.sched._jobs import Preemptible as SchedPreemptible
 
 if TYPE_CHECKING:
     import torch
@@ -29,15 +30,16 @@ _LL_LOCK = threading.Lock()
 
 
 @runtime_checkable
-class Preemptible(Protocol):
-    """Anything a scheduler can park and wake: decode sessions, simulations, tool runs."""
+class Preemptible(SchedPreemptible, Protocol):
+    """The scheduler's :class:`~coreason_runtime.sched.Preemptible` with a ``priority``:
+    what the engine parks and wakes (decode sessions; simulations and tool runs alike).
+
+    ``pause`` returns how long parking took (seconds); ``resume`` may take a context delta to
+    prefill before decoding goes on.
+    """
 
     @property
     def priority(self) -> int: ...
-
-    def pause(self, *, wait: bool = True, timeout: float | None = 10.0) -> float: ...
-
-    def resume(self, ctx_delta: Any = None) -> None: ...
 
 
 class DecodeEngine:

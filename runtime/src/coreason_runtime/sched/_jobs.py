@@ -41,9 +41,13 @@ OFF_PATH_NICE = 10
 
 @runtime_checkable
 class Preemptible(Protocol):
-    """Anything the scheduler can pause and resume (decode sessions, worker processes)."""
+    """Anything the scheduler can pause and resume (decode sessions, worker processes).
 
-    def pause(self) -> None: ...
+    The one protocol of the runtime: the decode engine's
+    :class:`~coreason_runtime.decode.Preemptible` extends it with a ``priority``.
+    """
+
+    def pause(self) -> object: ...
 
     def resume(self) -> None: ...
 
