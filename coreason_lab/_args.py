@@ -265,7 +265,7 @@ VERBS: dict[str, tuple[type[Any], Callable[[_Parser], None], str]] = {
     "check": (CheckArgs, _check, "evaluate declared invariants now"),
     "status": (StatusArgs, _nothing, "ledgers, running requests, steps, invariants"),
     "dashboard": (DashboardArgs, _dashboard, "live budget, DAG, cache and decode views"),
-    "pause": (ControlArgs, _control, "pause a workflow at its next token or step"),
+    "pause": (ControlArgs, _control, "pause a workflow at its next layer, token or step"),
     "resume": (ControlArgs, _control, "resume a paused workflow"),
     "abort": (ControlArgs, _control, "abort a workflow's running request or run"),
     "preempt": (ControlArgs, _control, "preempt a workflow: pause it and mark its task preempted"),

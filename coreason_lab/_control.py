@@ -2,7 +2,9 @@
 
 A running request cannot be interrupted from outside its thread without corrupting a ledger,
 so control is cooperative: work in a workflow passes through :meth:`Controls.checkpoint` at
-every metered token (see :class:`GatedMeter`) and between DAG steps. A paused workflow blocks
+every metered token (see :class:`GatedMeter`), at every decoder-layer boundary of the local
+model's forward passes (see :class:`~coreason_runtime.models.LayerGate`), and between DAG
+steps. A paused workflow blocks
 there until resumed; an aborted one raises :class:`WorkflowAborted` there, which the router
 treats like a budget refusal (no retry, no escalation) and whose charge so far is settled.
 Intents come from magics (``%coreason pause``), dashboard buttons and the ``coreason`` comm,
