@@ -23,28 +23,50 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from coreason_runtime import Event
 
 from coreason_lab._control import INTENTS, Controls
-from coreason_lab._display import redact
+from coreason_lab._display import redact, secret_values
 from coreason_lab._throttle import Throttle
 
-__all__ = ["TARGET", "CommBridge", "event_json"]
+__all__ = ["TARGET", "CommBridge", "event_json", "events_json"]
 
 TARGET = "coreason"
 MAX_EVENTS_PER_MESSAGE = 500
+# every spelling the key pattern of `redact` matches, lower-cased
+_SECRET_WORDS = ("apikey", "api_key", "api-key", "authorization", "secret", "password", "bearer")
 logger = logging.getLogger("coreason_lab.comm")
 
 
 def event_json(event: Event) -> dict[str, Any]:
     """An event as JSON-safe data; unknown payload objects become strings, secrets are cut."""
-    body = event.model_dump(mode="python")
+    return events_json([event])[0]
+
+
+def _body(event: Event) -> dict[str, Any]:
+    body = event.model_dump(mode="python", exclude={"data"})
     body["type"] = event.type.value
-    body["data"] = json.loads(json.dumps(event.data, default=str))
-    return redact(body)  # type: ignore[no-any-return]
+    body["data"] = event.data
+    return body
+
+
+def events_json(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """A batch of events as JSON-safe data, serialised once; secrets are cut.
+
+    The structural redaction (dropping secret-looking keys, masking key values) runs only when
+    the serialised batch could contain one: a batch whose text matches neither a secret key
+    name nor a known key value cannot (the common case, and the cheap one: the side panel
+    gets every event of the runtime).
+    """
+    text = json.dumps([_body(e) for e in events], default=str)
+    low = text.lower()  # substring tests: a regex over the whole batch costs more than the rest
+    if (any(word in low for word in _SECRET_WORDS)
+            or any(json.dumps(v)[1:-1] in text for v in secret_values())):
+        return redact(json.loads(text))  # type: ignore[no-any-return]
+    return json.loads(text)  # type: ignore[no-any-return]
 
 
 def _ledgers(runtime: Any) -> list[dict[str, Any]]:
@@ -123,7 +145,7 @@ class CommBridge:
 
         def sink(batch: list[Event]) -> None:
             events = batch[-MAX_EVENTS_PER_MESSAGE:]
-            comm.send({"type": "events", "events": [event_json(e) for e in events],
+            comm.send({"type": "events", "events": events_json(events),
                        "dropped": throttle.dropped + len(batch) - len(events)})
 
         throttle.attach(sink)

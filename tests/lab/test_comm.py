@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -89,3 +90,28 @@ def test_event_json_is_json_safe_and_hides_secrets(monkeypatch: pytest.MonkeyPat
                                                       "msg": "auth sk-SECRET"}))
     assert "api_key" not in body["data"] and body["data"]["msg"] == "auth ***"
     assert body["data"]["obj"].startswith("<object object")
+
+
+def test_events_json_cuts_secrets_anywhere_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreason_lab._comm import events_json
+
+    monkeypatch.setenv("COREASON_ORACLE_API_KEY", "sk-SECRET")
+    clean = Event(type=EventType.LOG, data={"msg": "nothing to hide", "n": 3})
+    keyed = Event(type=EventType.LOG, data={"nested": {"Authorization": "Bearer x"}})
+    valued = Event(type=EventType.LOG, data={"items": ["a", "key sk-SECRET here"]})
+    plain = events_json([clean, clean])  # the fast path: nothing secret-looking in the text
+    assert [b["data"] for b in plain] == [{"msg": "nothing to hide", "n": 3}] * 2
+    out = events_json([clean, keyed, valued])
+    assert out[0]["data"] == {"msg": "nothing to hide", "n": 3}
+    assert out[1]["data"] == {"nested": {}}
+    assert out[2]["data"] == {"items": ["a", "key *** here"]}
+    assert "sk-SECRET" not in json.dumps(out) and "Bearer" not in json.dumps(out)
+
+
+def test_the_fast_path_words_cover_the_secret_key_pattern() -> None:
+    from coreason_lab._comm import _SECRET_WORDS
+    from coreason_lab._display import SECRET_KEY
+
+    for key in ("API_KEY", "apiKey", "api-key", "Authorization", "client_secret", "PASSWORD",
+                "bearer_token"):
+        assert SECRET_KEY.search(key) and any(w in key.lower() for w in _SECRET_WORDS), key
