@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_section  # noqa: E402
 from tests.lab._kernel import Kernel  # noqa: E402
 
-TRIALS = int(os.environ.get("BENCH_TRIALS", "5"))
+TRIALS = int(os.environ.get("BENCH_TRIALS", "8"))
 
 SETUP = '''
 import time, json
