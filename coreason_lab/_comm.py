@@ -16,7 +16,11 @@ frontend → kernel
 
 Comm messages arrive on the shell channel, so while a cell blocks the main shell they wait;
 a frontend that must act during a running cell sends them on an ipykernel 7 subshell (each
-subshell runs its own thread), or the work runs with ``--background``.
+subshell runs its own thread), or the work runs with ``--background``. The subshell a message
+names is the one that handles it: ipykernel ≥ 7.4 would otherwise send it to the subshell of
+whichever request was current when the comm last sent (our event batches leave from a
+background thread, where that is whichever cell started last — often the blocked main shell),
+so the bridge turns that re-routing off for its comms.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ def events_json(events: Sequence[Event]) -> list[dict[str, Any]]:
             or any(json.dumps(v)[1:-1] in text for v in secret_values())):
         return redact(json.loads(text))  # type: ignore[no-any-return]
     return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _frontend_choice(_data: Any, subshell_id: str | None) -> str | None:
+    """Where ipykernel routes a message for our comm: the subshell the frontend named."""
+    return subshell_id
 
 
 def _ledgers(runtime: Any) -> list[dict[str, Any]]:
@@ -149,6 +158,8 @@ class CommBridge:
                        "dropped": throttle.dropped + len(batch) - len(events)})
 
         throttle.attach(sink)
+        if hasattr(comm, "_reply_subshell_for"):  # see the module docstring
+            comm._reply_subshell_for = _frontend_choice
         self.open_comms[comm.comm_id] = (comm, throttle)
         comm.on_msg(lambda msg: self.on_msg(comm, msg))
         comm.on_close(lambda _msg: self._closed(comm.comm_id))
