@@ -36,7 +36,7 @@ from coreason_lab._control import INTENTS, Controls
 from coreason_lab._display import redact, secret_values
 from coreason_lab._throttle import Throttle
 
-__all__ = ["TARGET", "CommBridge", "event_json", "events_json"]
+__all__ = ["TARGET", "CommBridge", "event_json", "events_json", "honour_frontend_subshell"]
 
 TARGET = "coreason"
 MAX_EVENTS_PER_MESSAGE = 500
@@ -76,6 +76,18 @@ def events_json(events: Sequence[Event]) -> list[dict[str, Any]]:
 def _frontend_choice(_data: Any, subshell_id: str | None) -> str | None:
     """Where ipykernel routes a message for our comm: the subshell the frontend named."""
     return subshell_id
+
+
+def honour_frontend_subshell(comm: Any) -> None:
+    """Let the frontend's choice of subshell decide which thread handles ``comm``'s messages.
+
+    ipykernel ≥ 7.4 sends a comm's incoming messages to the subshell whose request was current
+    when the comm last sent; a comm that sends from a background thread (event batches, widget
+    updates) or was opened by a cell would have a click queued behind the running cell. A
+    no-op for comms without that routing (other kernels, older ipykernel, no kernel).
+    """
+    if comm is not None and hasattr(comm, "_reply_subshell_for"):
+        comm._reply_subshell_for = _frontend_choice
 
 
 def _ledgers(runtime: Any) -> list[dict[str, Any]]:
@@ -158,8 +170,7 @@ class CommBridge:
                        "dropped": throttle.dropped + len(batch) - len(events)})
 
         throttle.attach(sink)
-        if hasattr(comm, "_reply_subshell_for"):  # see the module docstring
-            comm._reply_subshell_for = _frontend_choice
+        honour_frontend_subshell(comm)
         self.open_comms[comm.comm_id] = (comm, throttle)
         comm.on_msg(lambda msg: self.on_msg(comm, msg))
         comm.on_close(lambda _msg: self._closed(comm.comm_id))

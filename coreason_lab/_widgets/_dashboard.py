@@ -12,6 +12,7 @@ from typing import Any
 import ipywidgets as W
 from coreason_runtime import Event
 
+from coreason_lab._comm import honour_frontend_subshell
 from coreason_lab._control import Controls
 from coreason_lab._throttle import Throttle
 from coreason_lab._widgets._views import (
@@ -94,7 +95,10 @@ class Dashboard:
         tabs = W.Tab(children=[v.widget for v in self.views.values()])
         for i, v in enumerate(self.views.values()):
             tabs.set_title(i, v.title)
+        self.buttons = dict(zip(("pause", "resume", "preempt", "abort"), buttons, strict=True))
         self.widget = W.VBox([W.HBox([self.picker, *buttons, self.freeze]), self.status, tabs])
+        for control in (self.picker, *buttons, self.freeze):  # clicks act while a cell runs
+            honour_frontend_subshell(getattr(control, "comm", None))
         self.throttle.attach(self.deliver)
         self.deliver(runtime.bus.history(areas))  # what happened before the dashboard opened
 

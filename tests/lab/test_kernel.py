@@ -78,3 +78,31 @@ def test_comm_intent_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> N
     events = [e for m in kernel.comm_msgs if m.get("type") == "events" for e in m["events"]]
     kinds = [e["type"] for e in events if e["workflow_id"] == "fg"]
     assert kinds.index("decode.paused") < kinds.index("decode.resumed")
+
+
+def test_dashboard_button_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> None:
+    """The dashboard's buttons were opened by a cell on the main shell; a click that the
+    frontend sends on a subshell must be handled there, not queued behind the running cell."""
+    kernel.run("%coreason budget fg2 1000000")
+    ids = kernel.run("_d = %coreason dashboard --workflow fg2\n"
+                     "print(_d.buttons['pause'].model_id, _d.buttons['resume'].model_id)").split()
+    sub = kernel.create_subshell()
+    kernel.run("_tier.finish.clear()")
+    running = kernel.execute_nowait("%%coreason ask Answer -w fg2 -n 20000 -o fg2_value\n"
+                                    "a question asked while the dashboard is open")
+    kernel.drain_iopub(lambda d: "attempt.started" in {e["type"] for e in d.get("events", [])})
+    click = {"method": "custom", "content": {"event": "click"}}
+    kernel.send_shell("comm_msg", {"comm_id": ids[0], "data": click}, subshell=sub)
+    check = kernel.execute_nowait(
+        "assert _until(lambda: _m.controls.get('fg2').waiting == 1), _m.controls.get('fg2')",
+        subshell=sub)
+    reply = kernel.shell_reply(check)["content"]
+    assert reply["status"] == "ok", reply.get("evalue")
+    kernel.send_shell("comm_msg", {"comm_id": ids[1], "data": click}, subshell=sub)
+    done = kernel.execute_nowait(
+        "assert _until(lambda: _m.controls.get('fg2').state == 'running')\n_tier.finish.set()",
+        subshell=sub)
+    assert kernel.shell_reply(done)["content"]["status"] == "ok"
+    assert kernel.shell_reply(running, timeout=120)["content"]["status"] == "ok"
+    assert kernel.run("print(fg2_value.value)").strip() == "1"
+    kernel.run("_d.close()")
