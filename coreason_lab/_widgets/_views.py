@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import html
 import itertools
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import ipywidgets as W
@@ -27,13 +31,62 @@ SPAN_CSS = (
 MAX_SPANS = 300  # the HTML is resent whole on each redraw: keep it small
 
 
-def _figure(title: str, height: int = 260, **layout: Any) -> Any:
+@functools.cache
+def _live_figure() -> type:
+    """plotly's ``FigureWidget``, with its frontend updates and our redraws kept apart.
+
+    A figure's events to the frontend (``add_trace``, restyles) are transient traitlets, set
+    and at once reset to ``None``. Its frontend answers each drawn view and each edit with a
+    trace or layout delta, which ipywidgets applies in ``set_state`` on the thread that
+    handles comm messages (a subshell, while a cell runs) inside
+    ``hold_trait_notifications()``, and that holds the notifications of the whole object,
+    whichever thread changes it. An ``add_trace`` from the throttle thread that landed in
+    that window was folded into its reset and never sent: after *Run All* the budget plot
+    stayed empty. ``set_state`` here takes the figure's lock, and every redraw holds it.
+    """
     import plotly.graph_objects as go
 
-    fig = go.FigureWidget()
-    fig.update_layout(title=title, height=height, margin={"l": 40, "r": 10, "t": 36, "b": 30},
-                      legend={"orientation": "h"}, **layout)
-    return fig
+    class LiveFigure(go.FigureWidget):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._edit_lock = threading.RLock()
+            super().__init__(*args, **kwargs)
+
+        def set_state(self, sync_data: Any) -> None:
+            with self._edit_lock:
+                super().set_state(sync_data)
+
+    return LiveFigure
+
+
+def _figure(title: str, height: int = 260, **layout: Any) -> Any:
+    # The layout goes in the constructor, so it is part of the state the widget opens with
+    # (an update_layout afterwards would be a transient event; see _publish).
+    return _live_figure()(layout={
+        "title": title, "height": height, "margin": {"l": 40, "r": 10, "t": 36, "b": 30},
+        "legend": {"orientation": "h"}, **layout})
+
+
+def _publish(fig: Any) -> None:
+    """Make the figure's synced trace state the traces Python holds now (under its lock).
+
+    plotly keeps ``_widget_data``, the state a view is first drawn from, as it was at
+    construction or at the figure's own ``_repr_mimebundle_``, which is never called for a
+    figure inside a Box; later traces and values reach only the views already drawn, as
+    events. A view drawn afterwards, in a reopened notebook or a reloaded tab, showed every
+    dashboard plot empty. Setting ``_widget_data`` after each redraw gives such views the
+    current traces. Plotly's frontend ignores changes to it in views already drawn, so
+    nothing is drawn twice; it costs one more message per redraw, at most one a second.
+    """
+    fig._widget_data = copy.deepcopy(fig._data)
+
+
+@contextmanager
+def _redraw(fig: Any) -> Iterator[None]:
+    """Edit ``fig`` under its lock in one ``batch_update``, then publish the result."""
+    with fig._edit_lock:
+        with fig.batch_update():
+            yield
+        _publish(fig)
 
 
 FIGURE_INTERVAL_S = 1.0  # plots redraw ≤ 1/s; tables and text follow every batch (≤ 10/s)
@@ -110,16 +163,8 @@ class BudgetView(View):
     def render(self) -> None:
         flows = [f for f in self.state.flows.values()
                  if self.workflow is None or f.workflow_id == self.workflow]
-        for f in flows:  # traces are added outside batch_update (plotly requires it)
-            if f.workflow_id not in self._burn_traces:
-                self.burn.add_scatter(name=f"C {f.workflow_id}", mode="lines+markers")
-                self.burn.add_scatter(name=f"Ω {f.workflow_id}", mode="lines",
-                                      line={"dash": "dash"})
-                self._burn_traces[f.workflow_id] = len(self.burn.data) - 2
-            for tier in f.by_tier:
-                if tier not in self._tier_traces:
-                    self.tiers.add_bar(name=tier)
-                    self._tier_traces[tier] = len(self.tiers.data) - 1
+        with self.burn._edit_lock, self.tiers._edit_lock:
+            self._add_traces(flows)
         # Only what changed is sent, as numpy arrays: plotly validates plain lists element by
         # element, which would cost the kernel more than the decode it is watching.
         burn_key = {f.workflow_id: (len(f.burn), f.burn[-1] if f.burn else None, f.ceiling)
@@ -131,11 +176,30 @@ class BudgetView(View):
             self._draw(flows, burn_key, tier_key)
         self._table(flows)
 
+    def _add_traces(self, flows: list[Any]) -> None:
+        """Traces for new workflows and tiers (outside batch_update: plotly requires it)."""
+        added = False
+        for f in flows:
+            if f.workflow_id not in self._burn_traces:
+                added = True
+                self.burn.add_scatter(name=f"C {f.workflow_id}", mode="lines+markers")
+                self.burn.add_scatter(name=f"Ω {f.workflow_id}", mode="lines",
+                                      line={"dash": "dash"})
+                self._burn_traces[f.workflow_id] = len(self.burn.data) - 2
+            for tier in f.by_tier:
+                if tier not in self._tier_traces:
+                    added = True
+                    self.tiers.add_bar(name=tier)
+                    self._tier_traces[tier] = len(self.tiers.data) - 1
+        if added:  # published at once, even when the redraw waits
+            _publish(self.burn)
+            _publish(self.tiers)
+
     def _draw(self, flows: list[Any], burn_key: Any, tier_key: Any) -> None:
         names = tier_key[0]
         if burn_key != self._last.get("burn"):
             self._last["burn"] = burn_key
-            with self.burn.batch_update():
+            with _redraw(self.burn):
                 for f in flows:
                     i = self._burn_traces[f.workflow_id]
                     pts = np.asarray(f.burn, dtype=float).reshape(-1, 2)
@@ -146,7 +210,7 @@ class BudgetView(View):
                         self.burn.data[i + 1].y = np.array([f.ceiling, f.ceiling])
         if tier_key != self._last.get("tiers"):
             self._last["tiers"] = tier_key
-            with self.tiers.batch_update():
+            with _redraw(self.tiers):
                 for tier, i in self._tier_traces.items():
                     self.tiers.data[i].x = names
                     self.tiers.data[i].y = np.array([f.by_tier.get(tier, 0.0) for f in flows])
@@ -179,6 +243,7 @@ class DagView(View):
                              hoverinfo="skip", name="critical")
         self.fig.add_scatter(mode="markers+text", textposition="top center",
                              marker={"size": 18, "line": {"width": 2}}, name="tasks")
+        _publish(self.fig)
         self.widget = self.fig
         self._last: list[tuple[str, str, tuple[str, ...]]] = []
         self._last_critical: list[str] | None = None
@@ -218,7 +283,7 @@ class DagView(View):
                     xs += [pos[dep][0], pos[name][0], None]
                     ys += [pos[dep][1], pos[name][1], None]
         names = list(pos)
-        with self.fig.batch_update():
+        with _redraw(self.fig):
             self.fig.data[0].x, self.fig.data[0].y = ex, ey
             self.fig.data[1].x, self.fig.data[1].y = cx, cy
             nodes = self.fig.data[2]
@@ -241,6 +306,7 @@ class CacheView(View):
         self.state = CacheState(max_points)
         self.fig = _figure("Cache hit ratio", yaxis={"range": [0, 1]})
         self.fig.add_scatter(mode="lines", name="hit ratio")
+        _publish(self.fig)
         self.counts = W.HTML()
         self._drawn: tuple[int, Any] = (0, None)
         self._t0 = time.time()
@@ -255,7 +321,7 @@ class CacheView(View):
         if s.series and (len(s.series), s.series[-1]) != self._drawn and self._figure_due():
             pts = np.asarray(s.series, dtype=float).reshape(-1, 3)
             total = pts[:, 1] + pts[:, 2]
-            with self.fig.batch_update():
+            with _redraw(self.fig):
                 self.fig.data[0].x = np.round(pts[:, 0] - self._t0, 3)
                 self.fig.data[0].y = np.divide(pts[:, 1], total, out=np.zeros_like(total),
                                                where=total > 0)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import numpy as np
 from coreason_runtime import Event, EventType
 
-from coreason_lab._widgets import CacheState, DagState, DagView, DecodeState, DecodeView
+from coreason_lab._widgets import (
+    BudgetView,
+    CacheState,
+    DagState,
+    DagView,
+    DecodeState,
+    DecodeView,
+    _views,
+)
 
 
 def ev(kind: EventType, wf: str | None = "wf", ts: float = 0.0, **data: object) -> Event:
@@ -109,3 +121,58 @@ def test_decode_view_highlights_repaired_spans() -> None:
     v = DecodeView()
     v.update([ev(EventType.TOKENS, text="x"), ev(EventType.SPAN_REPAIRED, text="<y>")])
     assert "class='coreason-repaired'" in v.html.value and "&lt;y&gt;" in v.html.value
+
+
+def _synced(fig: object) -> list[dict[str, object]]:
+    """The trace state a newly drawn frontend view starts from (plotly's ``_widget_data``)."""
+    return list(fig._widget_data)  # type: ignore[attr-defined]
+
+
+def test_figures_publish_their_traces_as_synced_state(monkeypatch: object) -> None:
+    """A view drawn later (a reopened tab, or one whose add_trace events arrived before plotly's
+    frontend module had loaded) starts from the traces and values Python holds now."""
+    monkeypatch.setattr(_views, "FIGURE_INTERVAL_S", 0.0)  # type: ignore[attr-defined]
+    dag = DagView()
+    assert [t["name"] for t in _synced(dag.fig)] == ["edges", "critical", "tasks"]
+    dag.update([ev(EventType.DAG_SUBMITTED, nodes=[{"id": "a"}, {"id": "b", "deps": ["a"]}])])
+    assert list(_synced(dag.fig)[2]["text"]) == ["a", "b"]
+
+    v = BudgetView()
+    v.update([ev(EventType.BUDGET_SET, ts=1.0, ceiling=1000.0, spent=0.0)])
+    v.update([ev(EventType.BUDGET_CHARGED, ts=2.0, spent=250.0),
+              ev(EventType.BUDGET_SET, wf="wf2", ts=2.0, ceiling=50.0, spent=0.0)])
+    traces = _synced(v.burn)
+    assert [t["name"] for t in traces] == ["C wf", "Ω wf", "C wf2", "Ω wf2"]
+    np.testing.assert_array_equal(traces[0]["y"], [0.0, 250.0])
+    np.testing.assert_array_equal(traces[3]["y"], [50.0, 50.0])
+    assert traces[0]["y"] is not v.burn.data[0].y  # a copy: later redraws do not alias it
+
+
+def test_a_trace_added_while_the_frontend_updates_the_figure_is_still_sent() -> None:
+    """ipywidgets applies a frontend update inside ``hold_trait_notifications()``, which holds
+    the whole object's notifications whatever thread changes it; an ``add_trace`` from the
+    throttle thread in that window was folded into its reset to ``None`` and never sent."""
+    v = BudgetView()
+    sent: list[dict[str, object]] = []
+    v.burn._send = lambda msg, buffers=None: sent.append(msg)  # type: ignore[method-assign]
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_from_json(value: object, widget: object) -> object:  # the frontend's update
+        inside.set()
+        release.wait(5)
+        return value
+
+    v.burn._trait_from_json = slow_from_json  # type: ignore[method-assign]
+    frontend = threading.Thread(target=v.burn.set_state, args=({"_last_layout_edit_id": 0},))
+    frontend.start()
+    assert inside.wait(5)
+    throttle = threading.Thread(target=v.update, args=(
+        [ev(EventType.BUDGET_SET, ts=1.0, ceiling=1000.0, spent=0.0)],))
+    throttle.start()
+    time.sleep(0.2)  # the throttle thread is now waiting for the figure, or (unlocked) done
+    release.set()
+    frontend.join(5)
+    throttle.join(5)
+    added = [m["state"]["_py2js_addTraces"] for m in sent
+             if m.get("method") == "update" and m["state"].get("_py2js_addTraces")]
+    assert [t["name"] for msg in added for t in msg["trace_data"]] == ["C wf", "Ω wf"]

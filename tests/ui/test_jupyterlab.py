@@ -5,7 +5,8 @@ every cell, checks that the dashboard's ipywidgets and plotly figures render and
 the coreason side panel, clicks *pause* on the tour's ledger and checks the kernel's runtime
 paused the workflow (the panel shows it, ``%coreason status`` reports it), then that a pause
 sent from a magic reaches the panel too. A second, model-free test clicks resume while a cell
-sleeps on the main shell. Screenshots land in ``test-artifacts/ui/``.
+sleeps on the main shell; a third checks that the dashboard's plots hold their traces after
+*Run All* and in a second tab. Screenshots land in ``test-artifacts/ui/``.
 """
 
 from __future__ import annotations
@@ -242,3 +243,52 @@ def test_side_panel_intent_acts_while_a_cell_runs(small_lab: LabServer,
     finally:
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
     assert still_running  # the resume landed while the sleep still held the main shell
+
+
+DASHBOARD_TRACES = ("(i) => { const figs = ({FIGURE_TRACES})(i).map(f => f.map(t => t.name));"
+                    " return figs.length > 0 && figs[0].includes('Ω wf2')"
+                    " && figs.some(f => f.includes('critical')); }").replace(
+                        "{FIGURE_TRACES}", FIGURE_TRACES)
+
+
+@pytest.fixture
+def dashboard_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
+    """``jupyter lab`` serving a notebook that shows the dashboard between two budgets."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext coreason_lab"),
+                nbformat.v4.new_code_cell("%coreason budget wf 1000"),
+                nbformat.v4.new_code_cell("%coreason dashboard"),
+                nbformat.v4.new_code_cell("%coreason budget wf2 2000")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = tmp_path / "dash.ipynb"
+    nbformat.write(nb, path)
+    home = tmp_path / "coreason-home"
+    home.mkdir()
+    server = start_lab(tmp_path, free_port(), [path], lab_env(home, model_cache))
+    yield server
+    stop_lab(server)
+
+
+@pytest.mark.timeout(180)
+def test_dashboard_plots_survive_run_all_and_a_reopened_tab(dashboard_lab: LabServer,
+                                                            chromium: Browser) -> None:
+    """The plots hold their traces after *Run All*, and a second tab drawing the same widgets
+    from the kernel's state shows them too (it showed every plot empty: plotly's synced
+    trace state was the one at construction; see ``_views._publish``)."""
+    page = open_lab(chromium, dashboard_lab, "dash.ipynb")
+    run_all(page, CELL_TIMEOUT_S)
+    page.wait_for_function(DASHBOARD_TRACES, arg=2, timeout=30_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function(
+        "() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    second = open_lab(chromium, dashboard_lab, "dash.ipynb")
+    try:
+        second.wait_for_function(DASHBOARD_TRACES, arg=2, timeout=30_000)
+    except Exception:
+        screenshot(second, "reopened-dashboard.png")
+        raise
+    finally:
+        second.close()
