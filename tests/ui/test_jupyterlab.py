@@ -190,27 +190,36 @@ def _drive(page: Any) -> None:
     page.wait_for_selector(f"{LEDGER}[data-state='paused']")
 
 
-@pytest.fixture
-def small_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
-    """``jupyter lab`` serving a two-cell notebook: the extension and one ledger (no model)."""
+def _serve_cells(tmp_path: Path, model_cache: Path, name: str,
+                 cells: list[Any]) -> Iterator[LabServer]:
+    """``jupyter lab`` on a free 127.0.0.1 port, serving one notebook made of ``cells``."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    refused = nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} lots")  # a UsageError
-    refused.metadata["tags"] = ["raises-exception"]
-    nb.cells = [nbformat.v4.new_code_cell("%load_ext coreason_lab"),
-                nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000"),
-                refused,
-                nbformat.v4.new_code_cell("after_the_refusal = True")]
+    nb.cells = cells
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    path = tmp_path / "small.ipynb"
+    path = tmp_path / name
     nbformat.write(nb, path)
     home = tmp_path / "coreason-home"
     home.mkdir()
     server = start_lab(tmp_path, free_port(), [path], lab_env(home, model_cache))
     yield server
     stop_lab(server)
+
+
+@pytest.fixture
+def small_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
+    """``jupyter lab`` serving the extension, one ledger and a refused budget (no model)."""
+    import nbformat
+
+    refused = nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} lots")  # a UsageError
+    refused.metadata["tags"] = ["raises-exception"]
+    yield from _serve_cells(tmp_path, model_cache, "small.ipynb", [
+        nbformat.v4.new_code_cell("%load_ext coreason_lab"),
+        nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000"),
+        refused,
+        nbformat.v4.new_code_cell("after_the_refusal = True")])
 
 
 @pytest.mark.timeout(150)
@@ -256,20 +265,10 @@ def dashboard_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
     """``jupyter lab`` serving a notebook that shows the dashboard between two budgets."""
     import nbformat
 
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("%load_ext coreason_lab"),
-                nbformat.v4.new_code_cell("%coreason budget wf 1000"),
-                nbformat.v4.new_code_cell("%coreason dashboard"),
-                nbformat.v4.new_code_cell("%coreason budget wf2 2000")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = tmp_path / "dash.ipynb"
-    nbformat.write(nb, path)
-    home = tmp_path / "coreason-home"
-    home.mkdir()
-    server = start_lab(tmp_path, free_port(), [path], lab_env(home, model_cache))
-    yield server
-    stop_lab(server)
+    yield from _serve_cells(tmp_path, model_cache, "dash.ipynb", [
+        nbformat.v4.new_code_cell(source) for source in (
+            "%load_ext coreason_lab", "%coreason budget wf 1000", "%coreason dashboard",
+            "%coreason budget wf2 2000")])
 
 
 @pytest.mark.timeout(180)
