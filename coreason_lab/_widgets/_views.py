@@ -58,10 +58,10 @@ def _live_figure() -> type:
     return LiveFigure
 
 
-def _figure(title: str, height: int = 260, **layout: Any) -> Any:
-    # The layout goes in the constructor, so it is part of the state the widget opens with
-    # (an update_layout afterwards would be a transient event; see _publish).
-    return _live_figure()(layout={
+def _figure(title: str, *traces: dict[str, Any], height: int = 260, **layout: Any) -> Any:
+    # Traces known up front and the layout go in the constructor, so they are part of the
+    # state the widget opens with (adding them afterwards would be transient events).
+    return _live_figure()(data=list(traces), layout={
         "title": title, "height": height, "margin": {"l": 40, "r": 10, "t": 36, "b": 30},
         "legend": {"orientation": "h"}, **layout})
 
@@ -235,15 +235,15 @@ class DagView(View):
 
     def __init__(self, max_nodes: int = 200) -> None:
         self.state = DagState(max_nodes)
-        self.fig = _figure("Task DAG (critical path in red)", height=300, showlegend=False,
-                           xaxis={"visible": False}, yaxis={"visible": False})
-        self.fig.add_scatter(mode="lines", line={"color": "#c0c0c0", "width": 1},
-                             hoverinfo="skip", name="edges")
-        self.fig.add_scatter(mode="lines", line={"color": "#d62728", "width": 4},
-                             hoverinfo="skip", name="critical")
-        self.fig.add_scatter(mode="markers+text", textposition="top center",
-                             marker={"size": 18, "line": {"width": 2}}, name="tasks")
-        _publish(self.fig)
+        self.fig = _figure(
+            "Task DAG (critical path in red)",
+            {"type": "scatter", "mode": "lines", "line": {"color": "#c0c0c0", "width": 1},
+             "hoverinfo": "skip", "name": "edges"},
+            {"type": "scatter", "mode": "lines", "line": {"color": "#d62728", "width": 4},
+             "hoverinfo": "skip", "name": "critical"},
+            {"type": "scatter", "mode": "markers+text", "textposition": "top center",
+             "marker": {"size": 18, "line": {"width": 2}}, "name": "tasks"},
+            height=300, showlegend=False, xaxis={"visible": False}, yaxis={"visible": False})
         self.widget = self.fig
         self._last: list[tuple[str, str, tuple[str, ...]]] = []
         self._last_critical: list[str] | None = None
@@ -304,9 +304,8 @@ class CacheView(View):
 
     def __init__(self, max_points: int = 500) -> None:
         self.state = CacheState(max_points)
-        self.fig = _figure("Cache hit ratio", yaxis={"range": [0, 1]})
-        self.fig.add_scatter(mode="lines", name="hit ratio")
-        _publish(self.fig)
+        self.fig = _figure("Cache hit ratio", {"type": "scatter", "mode": "lines",
+                                               "name": "hit ratio"}, yaxis={"range": [0, 1]})
         self.counts = W.HTML()
         self._drawn: tuple[int, Any] = (0, None)
         self._t0 = time.time()
