@@ -146,6 +146,9 @@ def main() -> None:
     finally:
         k.close()
 
+    n_skipped = skipped["magic"] + skipped["comm"]
+    skip_note = (f" ({n_skipped} skipped because the decode had already finished)"
+                 if n_skipped else "")
     rows = []
     for path, label in (("magic", "`%coreason pause` in the next cell (background ask)"),
                         ("comm", "comm intent on a subshell (foreground ask running)")):
@@ -165,8 +168,7 @@ def main() -> None:
         notes=(f"Real kernel (jupyter_client over ZMQ), SmolLM2-135M-Instruct on the CPU "
                f"({THREADS} torch thread), "
                f"`%%coreason ask Essay -n 200`, intent sent after ≥ 8 tokens; {TRIALS} trials "
-               f"per path ({skipped['magic'] + skipped['comm']} skipped because the decode had "
-               "already finished). 'Decode stopped' is when the decode thread blocked at the "
+               f"per path{skip_note}. 'Decode stopped' is when the decode thread blocked at the "
                "control gate, which the local tier passes at every decoder-layer boundary "
                "and between the LM head's row blocks (`LayerGate`), so the kernel part is a "
                "fraction of one token's decode time (the baseline column). The magic path "
