@@ -67,7 +67,8 @@ def write_section(
     with FileLock(str(BENCHMARKS_MD) + ".lock"):
         text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else _HEADER
         pattern = re.compile(
-            rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+            rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
+        )
         if pattern.search(text):
             text = pattern.sub(lambda _: block, text)
         else:

@@ -37,8 +37,12 @@ def serve_subprocess(home: Path, timeout: float = 300.0) -> Iterator[int]:
 
     port = free_port()
     env = dict(os.environ, COREASON_HOME=str(home), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "coreason_runtime.serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, timeout=timeout, proc=proc)
         deadline = time.monotonic() + timeout

@@ -69,8 +69,14 @@ def run_router_threads(cage: BudgetCage, ceiling: float) -> dict[str, float]:
         t.join()
     elapsed = time.perf_counter() - t0
     ledger = cage.get("bench")
-    return {"ok": ok, "refused": refused, "spent": ledger.spent, "reserved": ledger.reserved,
-            "overshoot": max(ledger.spent - ceiling, 0.0), "seconds": elapsed}
+    return {
+        "ok": ok,
+        "refused": refused,
+        "spent": ledger.spent,
+        "reserved": ledger.reserved,
+        "overshoot": max(ledger.spent - ceiling, 0.0),
+        "seconds": elapsed,
+    }
 
 
 def run_naive_threads(ceiling: float) -> dict[str, float]:
@@ -108,32 +114,51 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
     with serve_subprocess(workdir) as port:
         cage = BudgetCage(SQLiteLedgerBackend(workdir / "stream.sqlite"), EventBus())
         tier = RemoteTier(OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="local"))
-        schema = {"type": "object",
-                  "properties": {"essay": {"type": "string", "minLength": 1500}},
-                  "required": ["essay"]}
+        schema = {
+            "type": "object",
+            "properties": {"essay": {"type": "string", "minLength": 1500}},
+            "required": ["essay"],
+        }
         compiled = UniversalCompiler(None).compile(SchemaSpec.from_user(schema))
-        router = TensorRouter([tier], cage, max_attempts_per_tier=1,  # one try: no retries
-                              compiler=lambda spec, t: compiled)
-        prompt_estimate = router._estimate_prompt(tier, [
-            {"role": "system", "content": "Write long essays."},
-            {"role": "user", "content": "Write a long essay about the heat equation."}],
-            compiled)
+        router = TensorRouter(
+            [tier],
+            cage,
+            max_attempts_per_tier=1,  # one try: no retries
+            compiler=lambda spec, t: compiled,
+        )
+        prompt_estimate = router._estimate_prompt(
+            tier,
+            [
+                {"role": "system", "content": "Write long essays."},
+                {"role": "user", "content": "Write a long essay about the heat equation."},
+            ],
+            compiled,
+        )
         ceiling = prompt_estimate + 3 * 40  # room for ~40 output tokens of a 300-token answer
         cage.set("stream", ceiling=ceiling)
         # The RemoteTier asks the server for at most what the grant affords, so the stream
         # ends at the ceiling (the answer is then truncated and fails validation) or the
         # meter closes it on the crossing chunk; either way the ledger is what arrived.
         try:
-            router.generate(schema, "Write a long essay about the heat equation.",
-                            workflow_id="stream", max_tokens=300, system="Write long essays.")
+            router.generate(
+                schema,
+                "Write a long essay about the heat equation.",
+                workflow_id="stream",
+                max_tokens=300,
+                system="Write long essays.",
+            )
             cut = False
         except (BudgetExceededError, EpistemicYieldError):
             cut = True
         ledger = cage.get("stream")
-        return {"cut": cut, "ceiling": ceiling, "spent": ledger.spent,
-                "overshoot_C": max(ledger.spent - ceiling, 0.0),
-                "overshoot_tokens": max(ledger.spent - ceiling, 0.0) / 3,
-                "tokens_out": ledger.tokens_out}
+        return {
+            "cut": cut,
+            "ceiling": ceiling,
+            "spent": ledger.spent,
+            "overshoot_C": max(ledger.spent - ceiling, 0.0),
+            "overshoot_tokens": max(ledger.spent - ceiling, 0.0) / 3,
+            "tokens_out": ledger.tokens_out,
+        }
 
 
 def main() -> None:
@@ -141,15 +166,42 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     rows = []
     sqlite = run_router_threads(BudgetCage(SQLiteLedgerBackend(workdir / "l.sqlite")), ceiling)
-    rows.append(["router + cage, SQLite", f"{THREADS}×{PER_THREAD}", ceiling, sqlite["ok"],
-                 sqlite["spent"], sqlite["overshoot"], f"{sqlite['seconds']:.1f}"])
+    rows.append(
+        [
+            "router + cage, SQLite",
+            f"{THREADS}×{PER_THREAD}",
+            ceiling,
+            sqlite["ok"],
+            sqlite["spent"],
+            sqlite["overshoot"],
+            f"{sqlite['seconds']:.1f}",
+        ]
+    )
     with redis_server(workdir) as url:
         red = run_router_threads(BudgetCage(RedisLedgerBackend(url)), ceiling)
-    rows.append(["router + cage, Redis", f"{THREADS}×{PER_THREAD}", ceiling, red["ok"],
-                 red["spent"], red["overshoot"], f"{red['seconds']:.1f}"])
+    rows.append(
+        [
+            "router + cage, Redis",
+            f"{THREADS}×{PER_THREAD}",
+            ceiling,
+            red["ok"],
+            red["spent"],
+            red["overshoot"],
+            f"{red['seconds']:.1f}",
+        ]
+    )
     naive = run_naive_threads(ceiling / 10)
-    rows.append(["baseline: check-then-charge, no reservation", f"{THREADS}×{PER_THREAD}",
-                 ceiling / 10, naive["ok"], naive["spent"], naive["overshoot"], "-"])
+    rows.append(
+        [
+            "baseline: check-then-charge, no reservation",
+            f"{THREADS}×{PER_THREAD}",
+            ceiling / 10,
+            naive["ok"],
+            naive["spent"],
+            naive["overshoot"],
+            "-",
+        ]
+    )
     stream = None
     try:
         stream = run_stream_cutoff(workdir)
@@ -157,18 +209,30 @@ def main() -> None:
         print("stream cut-off part failed:", type(e).__name__, e)
     notes = ""
     if stream:
-        rows.append(["stream cut mid-way (serve + RemoteTier, real SmolLM2)", "1 request",
-                     stream["ceiling"], 0 if stream["cut"] else 1, stream["spent"],
-                     stream["overshoot_C"], "-"])
-        notes = (f"Streaming: cut off = {stream['cut']}, {stream['tokens_out']} output tokens "
-                 f"received, overshoot {stream['overshoot_tokens']:.0f} token(s) "
-                 "(≤ one chunk: the serve streams one token per chunk).")
+        rows.append(
+            [
+                "stream cut mid-way (serve + RemoteTier, real SmolLM2)",
+                "1 request",
+                stream["ceiling"],
+                0 if stream["cut"] else 1,
+                stream["spent"],
+                stream["overshoot_C"],
+                "-",
+            ]
+        )
+        notes = (
+            f"Streaming: cut off = {stream['cut']}, {stream['tokens_out']} output tokens "
+            f"received, overshoot {stream['overshoot_tokens']:.0f} token(s) "
+            "(≤ one chunk: the serve streams one token per chunk)."
+        )
     write_section(
         "bench_budget_overshoot",
         "16 threads × 100 requests against one ceiling overshoot Ω by 0; a streamed request "
         "cut off mid-way overshoots by at most one chunk.",
         ["workload", "requests", "Ω", "answered", "spent C", "overshoot C", "seconds"],
-        rows, notes=notes)
+        rows,
+        notes=notes,
+    )
     shutil.rmtree(workdir, ignore_errors=True)
 
 

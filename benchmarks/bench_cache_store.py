@@ -28,13 +28,20 @@ from benchmarks._servers import redis_server  # noqa: E402
 
 def _entry(i: int) -> Entry:
     result = ["Mul", [["@rat", "1", "2"], ["sin", [["Add", [["@sym", "$b0"], ["@int", "1"]]]]]]]
-    return Entry(key=f"{i:064x}", kind="integral",
-                 artifact={"result": result, "steps": ["u = 2*x + 1", "∫ sin(u) du/2",
-                                                       "-cos(u)/2"],
-                           "code": "sympy.integrate(sympy.sin(2*x + 1), x)"},
-                 verifier="sympy-numeric", verifier_hash="0123456789abcdef",
-                 provenance={"workflow_id": f"w{i % 7}", "project": "bench"},
-                 text=f"Tuple(sin($b0),$b0)#{i}", workflows=[f"w{i % 7}"])
+    return Entry(
+        key=f"{i:064x}",
+        kind="integral",
+        artifact={
+            "result": result,
+            "steps": ["u = 2*x + 1", "∫ sin(u) du/2", "-cos(u)/2"],
+            "code": "sympy.integrate(sympy.sin(2*x + 1), x)",
+        },
+        verifier="sympy-numeric",
+        verifier_hash="0123456789abcdef",
+        provenance={"workflow_id": f"w{i % 7}", "project": "bench"},
+        text=f"Tuple(sin($b0),$b0)#{i}",
+        workflows=[f"w{i % 7}"],
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -78,21 +85,34 @@ def main() -> None:
     rows = []
     for name, r in results.items():
         for op in ("put", "get"):
-            rows.append([name, op, args.n, f"{_pct(r[op], 0.5):.0f}", f"{_pct(r[op], 0.99):.0f}",
-                         f"{statistics.fmean(r[op]) * 1e6:.0f}"])
+            rows.append(
+                [
+                    name,
+                    op,
+                    args.n,
+                    f"{_pct(r[op], 0.5):.0f}",
+                    f"{_pct(r[op], 0.99):.0f}",
+                    f"{statistics.fmean(r[op]) * 1e6:.0f}",
+                ]
+            )
     sq_p99 = _pct(results["SQLite (WAL, file)"]["get"], 0.99)
     rd_p99 = _pct(results["Redis (127.0.0.1, Lua upsert)"]["get"], 0.99)
-    notes = (f"get p99 ratio SQLite/Redis: {sq_p99 / rd_p99:.2f}. Puts are atomic upserts (SQLite "
-             "BEGIN IMMEDIATE transaction; Redis one Lua script); gets hit 90 % present and 10 % "
-             "absent keys. redis-server was started by the script on a free port with "
-             "`--save \"\"` and stopped after. Latencies include JSON encoding of the entry. "
-             f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-             "(the machine is shared), which dominates the p99 tails.")
+    notes = (
+        f"get p99 ratio SQLite/Redis: {sq_p99 / rd_p99:.2f}. Puts are atomic upserts (SQLite "
+        "BEGIN IMMEDIATE transaction; Redis one Lua script); gets hit 90 % present and 10 % "
+        "absent keys. redis-server was started by the script on a free port with "
+        '`--save ""` and stopped after. Latencies include JSON encoding of the entry. '
+        f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(the machine is shared), which dominates the p99 tails."
+    )
     write_section(
         "bench_cache_store",
         "Cache store get/put latency, SQLite (default, one kernel) vs Redis (many kernels).",
-        ["store", "op", "ops", "p50 µs", "p99 µs", "mean µs"], rows, notes=notes,
-        command=f".venv/bin/python benchmarks/bench_cache_store.py -n {args.n}")
+        ["store", "op", "ops", "p50 µs", "p99 µs", "mean µs"],
+        rows,
+        notes=notes,
+        command=f".venv/bin/python benchmarks/bench_cache_store.py -n {args.n}",
+    )
 
 
 if __name__ == "__main__":

@@ -58,18 +58,26 @@ def _families() -> list[tuple[str, Template, bool]]:
         out += [
             ("integral", lambda v, a, k, n=n: f"integrate({k}*({a})**{n}*exp({a}), {v})", True),
             ("integral", lambda v, a, k, n=n: f"integrate({k}*({a})**{n}*sin({a}), {v})", True),
-            ("integral", lambda v, a, k, n=n: f"integrate({k}*sin({a})**{n}*cos({a}), {v})",
-             True),
+            ("integral", lambda v, a, k, n=n: f"integrate({k}*sin({a})**{n}*cos({a}), {v})", True),
             ("integral", lambda v, a, k, n=n: f"integrate({k}/(({a})**2 + {n}), {v})", True),
-            ("derivative", lambda v, a, k, n=n: f"diff({k}*({a})**{n}*sin({a})*exp({a}), {v})",
-             True),
-            ("derivative", lambda v, a, k, n=n: f"diff({k}*log(({a})**2 + {n})*cos({a}), {v})",
-             True),
+            (
+                "derivative",
+                lambda v, a, k, n=n: f"diff({k}*({a})**{n}*sin({a})*exp({a}), {v})",
+                True,
+            ),
+            (
+                "derivative",
+                lambda v, a, k, n=n: f"diff({k}*log(({a})**2 + {n})*cos({a}), {v})",
+                True,
+            ),
             ("limit", lambda v, a, k, n=n: f"Limit({k}*sin({n}*{v})/{v}, {v}, 0)", False),
             ("limit", lambda v, a, k, n=n: f"Limit({k}*(1 + {n}/{v})**{v}, {v}, oo)", False),
             ("sum", lambda v, a, k, n=n: f"Sum({k}/{v}**{n + 1}, ({v}, 1, oo))", False),
-            ("simplify", lambda v, a, k, n=n:
-             f"{k}*(({v}**2 - {n}**2)/({v} - {n}) + ({v} + 1)**{n})", False),
+            (
+                "simplify",
+                lambda v, a, k, n=n: f"{k}*(({v}**2 - {n}**2)/({v} - {n}) + ({v} + 1)**{n})",
+                False,
+            ),
         ]
     return out
 
@@ -95,20 +103,20 @@ def workload(n_bases: int, seed: int = 7) -> list[tuple[str, sympy.Basic]]:
         v1, v2, v3 = rng.sample(NAMES[1:], 3)
         texts = [
             tpl("x", "x", 1),
-            tpl("x", "x", 1),                                    # exact repeat
-            tpl(v1, v1, 1),                                      # renamed
-            tpl(v1, v1, 1),                                      # repeat of the renamed one
-            tpl("x", "x", rng.choice([2, 3, 5, 7])),             # rescaled
-            tpl(v2, v2, rng.choice([-2, 4])),                    # renamed and rescaled
+            tpl("x", "x", 1),  # exact repeat
+            tpl(v1, v1, 1),  # renamed
+            tpl(v1, v1, 1),  # repeat of the renamed one
+            tpl("x", "x", rng.choice([2, 3, 5, 7])),  # rescaled
+            tpl(v2, v2, rng.choice([-2, 4])),  # renamed and rescaled
         ]
         if shiftable:
             a, b = rng.choice([2, 3, -1, 5]), rng.choice([1, -2, 3])
-            texts.append(tpl(v3, f"{a}*{v3} + {b}", 1))                    # shifted argument
-            texts.append(tpl(v3, f"{a}*{v3} + {b}", rng.choice([3, 7])))   # shifted + scaled
+            texts.append(tpl(v3, f"{a}*{v3} + {b}", 1))  # shifted argument
+            texts.append(tpl(v3, f"{a}*{v3} + {b}", rng.choice([3, 7])))  # shifted + scaled
         else:
             texts += [tpl(v3, v3, 1), tpl(v3, v3, 1)]
         problems = [_parse(t) for t in texts]
-        problems.append(_expanded(problems[2]))                          # expanded vs factored
+        problems.append(_expanded(problems[2]))  # expanded vs factored
         problems.append(_parse(tpl(v2, v2, 1)))
         out += [(kind, p) for p in problems]
     rng.shuffle(out)
@@ -159,8 +167,12 @@ def main() -> None:
         t0 = time.perf_counter()
         for kind, p in problems:
             op = "simplify" if kind == "simplify" else None
-            got = cache.solve(p, op, workflow_id=f"bench-{label}",
-                              compute=(lambda e: sympy.simplify(e)) if op else None)
+            got = cache.solve(
+                p,
+                op,
+                workflow_id=f"bench-{label}",
+                compute=(lambda e: sympy.simplify(e)) if op else None,
+            )
             results.setdefault(label, []).append(got)
         elapsed = time.perf_counter() - t0
         stats = cache.stats()
@@ -177,14 +189,32 @@ def main() -> None:
     warm_t, warm_hits, warm_blocked, warm_wrong = results["warm_stats"]
     rows = [
         ["plain SymPy (doit)", n, "—", f"{t_plain:.1f}", "1.0×", "—"],
-        ["SymPy cacheit (exact memo)", n, f"{cacheit_hits / n:.1%}", f"{t_cacheit:.1f}",
-         f"{t_plain / t_cacheit:.2f}×", "0"],
-        ["SCCH cold store", n, f"{cold_hits / n:.1%}", f"{cold_t:.1f}",
-         f"{t_plain / cold_t:.2f}×", f"{cold_wrong} (blocked {cold_blocked})"],
-        ["SCCH warm store (repeat)", n, f"{warm_hits / n:.1%}", f"{warm_t:.1f}",
-         f"{t_plain / warm_t:.2f}×", f"{warm_wrong} (blocked {warm_blocked})"],
+        [
+            "SymPy cacheit (exact memo)",
+            n,
+            f"{cacheit_hits / n:.1%}",
+            f"{t_cacheit:.1f}",
+            f"{t_plain / t_cacheit:.2f}×",
+            "0",
+        ],
+        [
+            "SCCH cold store",
+            n,
+            f"{cold_hits / n:.1%}",
+            f"{cold_t:.1f}",
+            f"{t_plain / cold_t:.2f}×",
+            f"{cold_wrong} (blocked {cold_blocked})",
+        ],
+        [
+            "SCCH warm store (repeat)",
+            n,
+            f"{warm_hits / n:.1%}",
+            f"{warm_t:.1f}",
+            f"{t_plain / warm_t:.2f}×",
+            f"{warm_wrong} (blocked {warm_blocked})",
+        ],
     ]
-    ratio = (cold_hits / max(cacheit_hits, 1))
+    ratio = cold_hits / max(cacheit_hits, 1)
     notes = (
         f"Scale: {n} subgoals ({args.bases} bases × ~10 variants), not 5,000: solving the plain "
         "baseline at 5,000 takes far longer than the ~6 min budget on this shared 2-core machine. "
@@ -211,8 +241,10 @@ def main() -> None:
         "The subgoal cache hits ≥ 2× more often than SymPy's cacheit on variant subgoals, with 0 "
         "false hits, and speeds a repeated workload ≥ 5×.",
         ["run", "subgoals", "hit rate", "seconds", "speedup vs plain", "false hits"],
-        rows, notes=notes,
-        command=f".venv/bin/python benchmarks/bench_cache_subgoals.py --bases {args.bases}")
+        rows,
+        notes=notes,
+        command=f".venv/bin/python benchmarks/bench_cache_subgoals.py --bases {args.bases}",
+    )
 
 
 if __name__ == "__main__":

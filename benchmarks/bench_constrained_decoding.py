@@ -59,8 +59,9 @@ def main() -> None:
     for rep in range(args.reps):
         for i, prompt in enumerate(PROMPTS):
             messages = [{"role": "user", "content": prompt}]
-            req = TierRequest(messages=messages, schema=schema, max_tokens=args.max_tokens,
-                              workflow_id="bench")
+            req = TierRequest(
+                messages=messages, schema=schema, max_tokens=args.max_tokens, workflow_id="bench"
+            )
             # The unconstrained side decodes the same prompt (schema hint included) to exactly
             # the constrained side's length, ignoring end-of-sequence.
             hinted = tier.schema_messages(messages, schema)
@@ -78,11 +79,29 @@ def main() -> None:
             share = con.extra["mask_seconds"] / t_con
             ratios.append(ratio)
             implied.append(1 - share)
-            rows.append([f"prompt {i + 1}, rep {rep + 1}", n, n / t_unc, n / t_con, ratio,
-                         f"{100 * share:.2f}%", 1 - share])
+            rows.append(
+                [
+                    f"prompt {i + 1}, rep {rep + 1}",
+                    n,
+                    n / t_unc,
+                    n / t_con,
+                    ratio,
+                    f"{100 * share:.2f}%",
+                    1 - share,
+                ]
+            )
             print(rows[-1], flush=True)
-    rows.append(["median", "-", "-", "-", statistics.median(ratios),
-                 f"{100 * (1 - statistics.median(implied)):.2f}%", statistics.median(implied)])
+    rows.append(
+        [
+            "median",
+            "-",
+            "-",
+            "-",
+            statistics.median(ratios),
+            f"{100 * (1 - statistics.median(implied)):.2f}%",
+            statistics.median(implied),
+        ]
+    )
     notes = (
         f"SmolLM2-135M-Instruct (fp32, CPU, {args.threads} torch thread(s)), our decode loop over "
         f"an explicit DynamicCache; constrained = llguidance mask computed, unpacked and applied "
@@ -100,8 +119,15 @@ def main() -> None:
         "bench_constrained_decoding",
         "Masking every step with the compiled grammar costs the local tier almost nothing: "
         "constrained tokens/s >= 0.97 x unconstrained on the same model and output length.",
-        ["run", "tokens", "unconstrained tok/s", "constrained tok/s", "ratio",
-         "grammar share", "implied ratio"],
+        [
+            "run",
+            "tokens",
+            "unconstrained tok/s",
+            "constrained tok/s",
+            "ratio",
+            "grammar share",
+            "implied ratio",
+        ],
         rows,
         notes=notes,
     )

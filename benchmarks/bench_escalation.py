@@ -80,8 +80,13 @@ def tasks(n: int) -> list[tuple[type[BaseModel], str]]:
             out.append((Sum, f"Add {a} and {b}. Give a, b and their total."))
         else:
             k, p = rng.randint(2, 5), rng.randint(2, 4)
-            out.append((Derivative, f"Differentiate {k}*x**{p} with respect to x. Give the "
-                                    "expression and its derivative."))
+            out.append(
+                (
+                    Derivative,
+                    f"Differentiate {k}*x**{p} with respect to x. Give the "
+                    "expression and its derivative.",
+                )
+            )
     return out
 
 
@@ -93,16 +98,23 @@ def run(rt, task_list, tiers, wf) -> dict[str, float]:  # type: ignore[no-untype
     started = time.perf_counter()
     for schema, prompt in task_list:
         try:
-            res = rt.router.generate(schema, prompt, workflow_id=wf, tiers=tiers,
-                                     max_tokens=48, cache=False)
+            res = rt.router.generate(
+                schema, prompt, workflow_id=wf, tiers=tiers, max_tokens=48, cache=False
+            )
             by[res.tier] += 1
         except EpistemicYieldError:
             by["yield"] += 1
     ledger = rt.budgets.get(wf)
     local_c = ledger.by_tier.get("local", 0.0)
     oracle_c = ledger.by_tier.get("oracle", 0.0)
-    return {**by, "C": ledger.spent, "local_C": local_c, "oracle_C": oracle_c,
-            "priced": local_c + PRICE_RATIO * oracle_c, "seconds": time.perf_counter() - started}
+    return {
+        **by,
+        "C": ledger.spent,
+        "local_C": local_c,
+        "oracle_C": oracle_c,
+        "priced": local_c + PRICE_RATIO * oracle_c,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -119,8 +131,9 @@ def main() -> None:
                 request.temperature = 0.7
                 return super().complete(request, meter)
 
-        oracle = SamplingOracle(OracleConfig(base_url=f"http://127.0.0.1:{port}/v1",
-                                             model="coreason-local"), bus=rt.bus)
+        oracle = SamplingOracle(
+            OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="coreason-local"), bus=rt.bus
+        )
         rt.router.set_tiers([LazyLocalTier(rt), oracle])
         task_list = tasks(N_TASKS)
         cascade = run(rt, task_list, None, "cascade")
@@ -128,24 +141,44 @@ def main() -> None:
         rt.close()
 
     rows = []
-    for name, r in (("cascade local → oracle → human", cascade),
-                    ("baseline: everything to the oracle", direct)):
-        rows.append([name, N_TASKS, f"{r['local']}/{r['oracle']}/{r['yield']}", r["C"],
-                     r["oracle_C"], r["priced"], f"{r['seconds']:.0f}"])
+    for name, r in (
+        ("cascade local → oracle → human", cascade),
+        ("baseline: everything to the oracle", direct),
+    ):
+        rows.append(
+            [
+                name,
+                N_TASKS,
+                f"{r['local']}/{r['oracle']}/{r['yield']}",
+                r["C"],
+                r["oracle_C"],
+                r["priced"],
+                f"{r['seconds']:.0f}",
+            ]
+        )
     ratio_c = cascade["C"] / direct["C"] if direct["C"] else float("nan")
     ratio_priced = cascade["priced"] / direct["priced"] if direct["priced"] else float("nan")
     write_section(
         "bench_escalation",
         "The cascade answers locally what it can and escalates only the rest: share of "
         "requests per tier and total C, against sending everything to the oracle.",
-        ["route", "tasks", "answered local/oracle/yielded", "total C", "oracle C",
-         f"C with oracle priced ×{PRICE_RATIO:g}", "seconds"],
+        [
+            "route",
+            "tasks",
+            "answered local/oracle/yielded",
+            "total C",
+            "oracle C",
+            f"C with oracle priced ×{PRICE_RATIO:g}",
+            "seconds",
+        ],
         rows,
-        notes=(f"Cascade/oracle-only: total C ratio {ratio_c:.2f}, priced ratio "
-               f"{ratio_priced:.2f}. The oracle here is `coreason serve` on the same SmolLM2 "
-               "(no bigger model is reachable offline), sampling at T=0.7; every answer is "
-               "checked by a validator (arithmetic, SymPy derivative), up to 3 attempts per "
-               "tier with the error fed back."),
+        notes=(
+            f"Cascade/oracle-only: total C ratio {ratio_c:.2f}, priced ratio "
+            f"{ratio_priced:.2f}. The oracle here is `coreason serve` on the same SmolLM2 "
+            "(no bigger model is reachable offline), sampling at T=0.7; every answer is "
+            "checked by a validator (arithmetic, SymPy derivative), up to 3 attempts per "
+            "tier with the error fed back."
+        ),
     )
 
 

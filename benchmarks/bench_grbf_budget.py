@@ -39,8 +39,15 @@ def play(job: tuple[int, int | None]) -> tuple[int, int | None, float, float, in
     budget = GrowthBudget(cap)
     net = GrowingRBFNet(5, 5, budget)
     run = run_bandit(env, RBFPolicy(net, seed=seed))
-    return (seed, cap, run.cumulative_reward, run.cumulative_mean_reward, int(run.units.max()),
-            net.grown, budget.refused)
+    return (
+        seed,
+        cap,
+        run.cumulative_reward,
+        run.cumulative_mean_reward,
+        int(run.units.max()),
+        net.grown,
+        budget.refused,
+    )
 
 
 def _command() -> str:
@@ -60,22 +67,32 @@ def main() -> None:
         ratio = rew / np.array([by[(s, None)][0] for s in SEEDS])
         units = np.array([by[(s, cap)][2] for s in SEEDS])
         refused = np.array([by[(s, cap)][4] for s in SEEDS])
-        rows.append([
-            "uncapped" if cap is None else f"budget {cap}",
-            f"{units.mean():.1f} (max {units.max()})",
-            f"{rew.mean():.1f}",
-            f"{mean_rew.mean():.1f}",
-            f"{ratio.mean():.3f}",
-            f"{ratio.min():.3f}",
-            f"{refused.mean():.0f}",
-            "yes" if ratio.mean() >= 0.95 else "NO",
-        ])
+        rows.append(
+            [
+                "uncapped" if cap is None else f"budget {cap}",
+                f"{units.mean():.1f} (max {units.max()})",
+                f"{rew.mean():.1f}",
+                f"{mean_rew.mean():.1f}",
+                f"{ratio.mean():.3f}",
+                f"{ratio.min():.3f}",
+                f"{refused.mean():.0f}",
+                "yes" if ratio.mean() >= 0.95 else "NO",
+            ]
+        )
     write_section(
         "bench_grbf_budget",
         "A growth budget of 32 (or 200) units keeps ≥ 95% of the uncapped network's cumulative "
         "reward on a drifting contextual bandit (T = 20,000, d = 5, K = 5).",
-        ["network", "peak live units", "cum. reward", "cum. mean reward", "reward / uncapped",
-         "worst seed", "growths refused", "≥ 95%"],
+        [
+            "network",
+            "peak live units",
+            "cum. reward",
+            "cum. mean reward",
+            "reward / uncapped",
+            "worst seed",
+            "growths refused",
+            "≥ 95%",
+        ],
         rows,
         command=_command(),
         notes=(

@@ -56,8 +56,7 @@ def play_mabwiser(env: DriftingBandit, seed: int) -> np.ndarray:
     """mabwiser driven through its batch API: predict a batch, then partial_fit it."""
     from mabwiser.mab import MAB, LearningPolicy
 
-    mab = MAB(arms=list(range(env.k)), learning_policy=LearningPolicy.LinUCB(alpha=0.5),
-              seed=seed)
+    mab = MAB(arms=list(range(env.k)), learning_policy=LearningPolicy.LinUCB(alpha=0.5), seed=seed)
     rng = np.random.default_rng(seed)
     arms = np.empty(env.horizon, dtype=np.int64)
     for lo in range(0, env.horizon, MAB_BATCH):
@@ -98,22 +97,26 @@ def main() -> None:
     jobs = [(s, n) for s in SEEDS for n in names]
     with Pool(2) as pool:
         out = pool.map(play, jobs, chunksize=1)
-    regret = {n: np.array([r for s in SEEDS for (ss, nn, r, _) in out if ss == s and nn == n])
-              for n in names}
+    regret = {
+        n: np.array([r for s in SEEDS for (ss, nn, r, _) in out if ss == s and nn == n])
+        for n in names
+    }
     recov = {n: np.array([x for (_, nn, _, rec) in out if nn == n for x in rec]) for n in names}
     best_linear = min(LINEAR, key=lambda n: regret[n].mean())
     base = regret[best_linear].mean()
     lin_rec = float(np.median(recov["LinUCB"]))
     rows = []
     for n in names:
-        rows.append([
-            n,
-            f"{regret[n].mean():.1f} ± {regret[n].std(ddof=1) / np.sqrt(len(SEEDS)):.1f}",
-            f"{regret[n].mean() / base:.3f}",
-            f"{np.median(recov[n]):.0f}",
-            f"{np.mean(recov[n]):.0f}",
-            f"{np.median(recov[n]) / lin_rec:.2f}",
-        ])
+        rows.append(
+            [
+                n,
+                f"{regret[n].mean():.1f} ± {regret[n].std(ddof=1) / np.sqrt(len(SEEDS)):.1f}",
+                f"{regret[n].mean() / base:.3f}",
+                f"{np.median(recov[n]):.0f}",
+                f"{np.mean(recov[n]):.0f}",
+                f"{np.median(recov[n]) / lin_rec:.2f}",
+            ]
+        )
     g = regret["GRBF-UCB (uncapped)"].mean()
     g32 = regret["GRBF-UCB (budget 32)"].mean()
     write_section(
@@ -121,8 +124,14 @@ def main() -> None:
         "On a drifting non-linear contextual bandit, GRBF-UCB has ≥ 20% lower dynamic regret "
         "than the best linear baseline, and recovers from an abrupt change in ≤ half "
         "LinUCB's rounds.",
-        ["policy", "dynamic regret (mean ± s.e.)", "regret / best linear",
-         "recovery rounds (median)", "recovery (mean)", "recovery / LinUCB"],
+        [
+            "policy",
+            "dynamic regret (mean ± s.e.)",
+            "regret / best linear",
+            "recovery rounds (median)",
+            "recovery (mean)",
+            "recovery / LinUCB",
+        ],
         rows,
         command=_command(),
         notes=(

@@ -59,16 +59,31 @@ def main() -> None:
     rows = []
     for name in POLICIES:
         c = float(np.median(cpu[name]))
-        rows.append([name, units[name] or "—", f"{c:.4f}", f"{np.median(wall[name]):.4f}",
-                     f"{c / base:.2f}", "yes" if c < 0.2 else "NO"])
-    cmd_env = " ".join(f"{k}={os.environ[k]}" for k in ("GRBF_T", "GRBF_REPEATS")
-                       if k in os.environ)
+        rows.append(
+            [
+                name,
+                units[name] or "—",
+                f"{c:.4f}",
+                f"{np.median(wall[name]):.4f}",
+                f"{c / base:.2f}",
+                "yes" if c < 0.2 else "NO",
+            ]
+        )
+    cmd_env = " ".join(
+        f"{k}={os.environ[k]}" for k in ("GRBF_T", "GRBF_REPEATS") if k in os.environ
+    )
     write_section(
         "bench_grbf_speed",
         "One round of GRBF-UCB (select + update) costs < 0.2 ms (d = 5, K = 5), compared with "
         "LinUCB in the same run.",
-        ["policy", "peak units", "CPU ms / round (median)", "wall ms / round (median)",
-         "× LinUCB (CPU)", "< 0.2 ms"],
+        [
+            "policy",
+            "peak units",
+            "CPU ms / round (median)",
+            "wall ms / round (median)",
+            "× LinUCB (CPU)",
+            "< 0.2 ms",
+        ],
         rows,
         command=f"{cmd_env} .venv/bin/python benchmarks/bench_grbf_speed.py".strip(),
         notes=(

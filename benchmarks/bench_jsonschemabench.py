@@ -49,13 +49,25 @@ def run(folder: Path, limit: int | None, timeout: float) -> dict[str, Any]:
     compiler = UniversalCompiler(tokenizer, timeout=timeout, strict=False)  # faithful grammars
     info = compiler.info
     c: dict[str, Any] = {
-        "schemas": 0, "invalid_schema": 0, "compiled": 0, "timeout": 0, "compile_error": 0,
-        "openai": 0, "regex": 0,
-        "valid": 0, "valid_grammar_ok": 0, "valid_e2e_ok": 0,
-        "invalid": 0, "invalid_grammar_rejected": 0, "invalid_validation_rejected": 0,
-        "invalid_accepted_e2e": 0, "escalated_invalid": 0, "escalated_invalid_accepted": 0,
+        "schemas": 0,
+        "invalid_schema": 0,
+        "compiled": 0,
+        "timeout": 0,
+        "compile_error": 0,
+        "openai": 0,
+        "regex": 0,
+        "valid": 0,
+        "valid_grammar_ok": 0,
+        "valid_e2e_ok": 0,
+        "invalid": 0,
+        "invalid_grammar_rejected": 0,
+        "invalid_validation_rejected": 0,
+        "invalid_accepted_e2e": 0,
+        "escalated_invalid": 0,
+        "escalated_invalid_accepted": 0,
         "escalated_invalid_accepted_fmt": 0,
-        "errors": {}, "leaks": [],
+        "errors": {},
+        "leaks": [],
     }
     for item in load_sample(folder, limit):
         c["schemas"] += 1
@@ -121,26 +133,46 @@ def main() -> None:
     pct = lambda a, b: f"{100.0 * a / b:.1f}%" if b else "-"  # noqa: E731
     rows = [
         ["schemas in sample", n, ""],
-        ["rejected as invalid JSON schema (SchemaError)", c["invalid_schema"],
-         pct(c["invalid_schema"], n)],
+        [
+            "rejected as invalid JSON schema (SchemaError)",
+            c["invalid_schema"],
+            pct(c["invalid_schema"], n),
+        ],
         ["compiled for the local tier (goal >= 79%)", c["compiled"], pct(c["compiled"], n)],
         ["escalated: SchemaCompileError", c["compile_error"], pct(c["compile_error"], n)],
         ["escalated: SchemaCompileTimeout", c["timeout"], pct(c["timeout"], n)],
         ["strict OpenAI form built", c["openai"], pct(c["openai"], n)],
         ["regex form built", c["regex"], pct(c["regex"], n)],
-        ["valid instances accepted by the grammar", f"{c['valid_grammar_ok']}/{c['valid']}",
-         pct(c["valid_grammar_ok"], c["valid"])],
-        ["invalid instances rejected by the grammar",
-         f"{c['invalid_grammar_rejected']}/{c['invalid']}",
-         pct(c["invalid_grammar_rejected"], c["invalid"])],
-        ["invalid instances rejected by validation after it", c["invalid_validation_rejected"],
-         pct(c["invalid_validation_rejected"], c["invalid"])],
-        ["invalid instances accepted end to end, local tier (goal 0)",
-         c["invalid_accepted_e2e"], ""],
-        ["invalid instances on escalated schemas accepted by validation alone",
-         f"{c['escalated_invalid_accepted']}/{c['escalated_invalid']}", ""],
-        ["... the same with jsonschema's FORMAT_CHECKER on",
-         f"{c['escalated_invalid_accepted_fmt']}/{c['escalated_invalid']}", ""],
+        [
+            "valid instances accepted by the grammar",
+            f"{c['valid_grammar_ok']}/{c['valid']}",
+            pct(c["valid_grammar_ok"], c["valid"]),
+        ],
+        [
+            "invalid instances rejected by the grammar",
+            f"{c['invalid_grammar_rejected']}/{c['invalid']}",
+            pct(c["invalid_grammar_rejected"], c["invalid"]),
+        ],
+        [
+            "invalid instances rejected by validation after it",
+            c["invalid_validation_rejected"],
+            pct(c["invalid_validation_rejected"], c["invalid"]),
+        ],
+        [
+            "invalid instances accepted end to end, local tier (goal 0)",
+            c["invalid_accepted_e2e"],
+            "",
+        ],
+        [
+            "invalid instances on escalated schemas accepted by validation alone",
+            f"{c['escalated_invalid_accepted']}/{c['escalated_invalid']}",
+            "",
+        ],
+        [
+            "... the same with jsonschema's FORMAT_CHECKER on",
+            f"{c['escalated_invalid_accepted_fmt']}/{c['escalated_invalid']}",
+            "",
+        ],
     ]
     notes = (
         f"Sample: {n} schemas from `shared/data/jsonschemabench-sample` (5% of MaskBench), "

@@ -32,7 +32,7 @@ TOKENS = int(os.environ.get("BENCH_TOKENS", "64"))
 REPS = int(os.environ.get("BENCH_REPS", "5"))
 RATE = int(os.environ.get("BENCH_EVENT_RATE", "200"))
 
-SETUP = f'''
+SETUP = f"""
 import time, json, uuid
 from coreason_runtime import Coordinator
 %load_ext coreason_lab
@@ -73,7 +73,7 @@ def decode():
     return {{"cpu": cpu, "wall": time.perf_counter() - w0, "tokens": out.tokens_out,
              "main": main, "feeder": FEEDER_CPU["s"], "rest": cpu - main - FEEDER_CPU["s"]}}
 decode()  # warm-up: first forward passes, allocator
-'''
+"""
 
 
 def main() -> None:
@@ -81,27 +81,41 @@ def main() -> None:
 
     cache = os.environ.get("COREASON_MODEL_CACHE") or str(model_cache_dir())
     home = tempfile.mkdtemp(prefix="bench-lab-")
-    k = Kernel({"COREASON_HOME": home, "COREASON_MODEL_CACHE": cache,
-                "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": THREADS}, cwd=str(ROOT))
+    k = Kernel(
+        {
+            "COREASON_HOME": home,
+            "COREASON_MODEL_CACHE": cache,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": THREADS,
+        },
+        cwd=str(ROOT),
+    )
     samples: dict[str, list[dict[str, float]]] = {"none": [], "dashboard": [], "comm": []}
     try:
         k.run(SETUP, timeout=600)
         for _ in range(REPS):
             for mode in ("none", "dashboard", "comm"):
                 if mode == "dashboard":
-                    k.run("dash = _m.handle_dashboard(type('A', (), {'workflow': None, "
-                          "'views': None})(), None)\nfrom IPython.display import display\n"
-                          "display(dash)")
+                    k.run(
+                        "dash = _m.handle_dashboard(type('A', (), {'workflow': None, "
+                        "'views': None})(), None)\nfrom IPython.display import display\n"
+                        "display(dash)"
+                    )
                 elif mode == "comm":
-                    comm_id = k.send_shell("comm_open", {"comm_id": "bench-comm",
-                                                         "target_name": "coreason", "data": {}})
+                    comm_id = k.send_shell(
+                        "comm_open",
+                        {"comm_id": "bench-comm", "target_name": "coreason", "data": {}},
+                    )
                     k.drain_iopub(lambda d: d.get("type") == "hello")
                     del comm_id
-                out = k.run("r = decode()\n"
-                            "t = dash.throttle if 'dash' in dir() and not dash.throttle.closed "
-                            "else None\n"
-                            "r['batches'] = t.delivered_batches if t else 0\n"
-                            "print(json.dumps(r))", timeout=600)
+                out = k.run(
+                    "r = decode()\n"
+                    "t = dash.throttle if 'dash' in dir() and not dash.throttle.closed "
+                    "else None\n"
+                    "r['batches'] = t.delivered_batches if t else 0\n"
+                    "print(json.dumps(r))",
+                    timeout=600,
+                )
                 samples[mode].append(json.loads(out.strip().splitlines()[-1]))
                 if mode == "dashboard":
                     k.run("dash.close()")
@@ -119,52 +133,73 @@ def main() -> None:
 
     base, base_main = med("none", "cpu"), med("none", "main")
     rows = []
-    for mode, label in (("none", "nothing subscribed"),
-                        ("dashboard", "dashboard, 4 views, ≤ 10 updates/s"),
-                        ("comm", "`coreason` comm open (side panel)")):
+    for mode, label in (
+        ("none", "nothing subscribed"),
+        ("dashboard", "dashboard, 4 views, ≤ 10 updates/s"),
+        ("comm", "`coreason` comm open (side panel)"),
+    ):
         cpu, wall = med(mode, "cpu"), med(mode, "wall")
         tok = samples[mode][0]["tokens"]
-        rate = statistics.median(s["batches"] / s["wall"] for s in samples[mode]) \
-            if mode == "dashboard" else None
+        rate = (
+            statistics.median(s["batches"] / s["wall"] for s in samples[mode])
+            if mode == "dashboard"
+            else None
+        )
         spread = [s["cpu"] for s in samples[mode]]
         direct = side(mode) - side("none")
-        rows.append([label, f"{cpu:.2f} ({min(spread):.2f}–{max(spread):.2f})",
-                     f"{med(mode, 'main'):.2f}", f"{side(mode):.3f}", f"{tok / wall:.1f}",
-                     "—" if rate is None else f"{rate:.1f}",
-                     "baseline" if mode == "none" else f"{100 * direct / base_main:+.1f} %",
-                     "—" if mode == "none" else f"{1000 * direct / wall:.0f}",
-                     "baseline" if mode == "none" else f"{100 * (cpu - base) / base:+.1f} %"])
+        rows.append(
+            [
+                label,
+                f"{cpu:.2f} ({min(spread):.2f}–{max(spread):.2f})",
+                f"{med(mode, 'main'):.2f}",
+                f"{side(mode):.3f}",
+                f"{tok / wall:.1f}",
+                "—" if rate is None else f"{rate:.1f}",
+                "baseline" if mode == "none" else f"{100 * direct / base_main:+.1f} %",
+                "—" if mode == "none" else f"{1000 * direct / wall:.0f}",
+                "baseline" if mode == "none" else f"{100 * (cpu - base) / base:+.1f} %",
+            ]
+        )
     write_section(
         "bench_lab_dashboard_overhead",
         "The live dashboards cost the kernel < 5 % extra CPU during a decode.",
-        ["subscribers", "kernel CPU s, median (range)", "decode thread CPU s",
-         "CPU off the decode thread s", "tokens/s", "view updates/s",
-         "overhead: extra CPU off the decode thread ÷ decode CPU", "extra CPU ms per s",
-         "whole-process CPU vs baseline (noisy)"],
+        [
+            "subscribers",
+            "kernel CPU s, median (range)",
+            "decode thread CPU s",
+            "CPU off the decode thread s",
+            "tokens/s",
+            "view updates/s",
+            "overhead: extra CPU off the decode thread ÷ decode CPU",
+            "extra CPU ms per s",
+            "whole-process CPU vs baseline (noisy)",
+        ],
         rows,
-        notes=(f"Scale: SmolLM2-135M-Instruct (fp32, CPU, {THREADS} torch thread), {TOKENS} "
-               "tokens per decode with "
-               f"`ignore_eos`, while a feeder thread publishes ~{RATE} events/s (cache hits and "
-               "misses, task starts and finishes, budget charges, span repairs) in every row, so "
-               "the views are driven at their 10 updates/s cap; "
-               f"{REPS} interleaved repetitions per row, medians. Kernel CPU = "
-               "`time.process_time()` of the kernel process (all its threads: torch, runtime, "
-               "throttle, iopub) over the decode; the decode thread's own CPU is its "
-               "`time.thread_time()`, and everything else (the feeder's publishing with every "
-               "subscriber's `offer`, the throttle and view threads, iopub) is 'off the decode "
-               "thread'. The overhead column is the rise of that off-thread CPU over the "
-               "baseline, as a share of the decode's CPU: the cost the views add. The last "
-               "column compares whole-process CPU, which on this shared VM swings by ±10 % "
-               "between identical runs (see the ranges), more than the effect measured. No "
-               "browser renders the widgets, but every update is serialised and sent on iopub "
-               "exactly as with one. 'Extra CPU ms per s' is the absolute cost, which does not "
-               "shrink with a faster decode. What keeps it low: plots redraw "
-               "≤ 1/s while tables and text follow every batch, the decode view escapes only "
-               "new spans, the status line is resent on a state change or ≤ 1/s, ledgers are "
-               "read ≤ 2/s; the comm serialises a batch once and walks it for secrets only "
-               "when its text could hold one. Load average when it finished: "
-               f"{os.getloadavg()[0]:.1f} on 2 cores; a difference of a percent or two is "
-               "within noise."),
+        notes=(
+            f"Scale: SmolLM2-135M-Instruct (fp32, CPU, {THREADS} torch thread), {TOKENS} "
+            "tokens per decode with "
+            f"`ignore_eos`, while a feeder thread publishes ~{RATE} events/s (cache hits and "
+            "misses, task starts and finishes, budget charges, span repairs) in every row, so "
+            "the views are driven at their 10 updates/s cap; "
+            f"{REPS} interleaved repetitions per row, medians. Kernel CPU = "
+            "`time.process_time()` of the kernel process (all its threads: torch, runtime, "
+            "throttle, iopub) over the decode; the decode thread's own CPU is its "
+            "`time.thread_time()`, and everything else (the feeder's publishing with every "
+            "subscriber's `offer`, the throttle and view threads, iopub) is 'off the decode "
+            "thread'. The overhead column is the rise of that off-thread CPU over the "
+            "baseline, as a share of the decode's CPU: the cost the views add. The last "
+            "column compares whole-process CPU, which on this shared VM swings by ±10 % "
+            "between identical runs (see the ranges), more than the effect measured. No "
+            "browser renders the widgets, but every update is serialised and sent on iopub "
+            "exactly as with one. 'Extra CPU ms per s' is the absolute cost, which does not "
+            "shrink with a faster decode. What keeps it low: plots redraw "
+            "≤ 1/s while tables and text follow every batch, the decode view escapes only "
+            "new spans, the status line is resent on a state change or ≤ 1/s, ledgers are "
+            "read ≤ 2/s; the comm serialises a batch once and walks it for secrets only "
+            "when its text could hold one. Load average when it finished: "
+            f"{os.getloadavg()[0]:.1f} on 2 cores; a difference of a percent or two is "
+            "within noise."
+        ),
     )
     print(json.dumps(samples, indent=1))
 

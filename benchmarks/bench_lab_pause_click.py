@@ -57,14 +57,21 @@ function waitState(want, t0) {
 }
 """.replace("SEL", json.dumps(LEDGER))
 
-CLICK_PAUSE = "async () => {" + _WAIT_STATE + """
+CLICK_PAUSE = (
+    "async () => {"
+    + _WAIT_STATE
+    + """
   const button = document.querySelector(SEL + " button[data-intent='pause']");
   const t0 = performance.now();
   button.click();
   return await waitState(s => s === 'paused', t0);
 }""".replace("SEL", json.dumps(LEDGER))
+)
 
-MAGIC = "async (code) => {" + _WAIT_STATE + """
+MAGIC = (
+    "async (code) => {"
+    + _WAIT_STATE
+    + """
   const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
   const t0 = performance.now();
   const shown = waitState(s => s === 'paused', t0);
@@ -72,23 +79,33 @@ MAGIC = "async (code) => {" + _WAIT_STATE + """
   const reply = performance.now() - t0;
   return [reply, await shown];
 }"""
+)
 
-RESUME = "async (code) => {" + _WAIT_STATE + """
+RESUME = (
+    "async (code) => {"
+    + _WAIT_STATE
+    + """
   const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
   const shown = waitState(s => s !== 'paused', performance.now());
   await kernel.requestExecute({ code, store_history: false }).done;
   await shown;
 }"""
+)
 
 
 def _notebook(path: Path) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("%load_ext coreason_lab"),
-                nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext coreason_lab"),
+        nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000"),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
@@ -129,24 +146,38 @@ def main() -> None:
 
     base = statistics.median(magic_shown)
     rows = []
-    for name, xs in (("panel click → panel shows paused (comm ack)", panel),
-                     ("%coreason pause → execute reply", magic_reply),
-                     ("%coreason pause → panel shows paused (event)", magic_shown)):
+    for name, xs in (
+        ("panel click → panel shows paused (comm ack)", panel),
+        ("%coreason pause → execute reply", magic_reply),
+        ("%coreason pause → panel shows paused (event)", magic_shown),
+    ):
         med = statistics.median(xs)
-        rows.append([name, REPS, round(med, 1), round(_pct(xs, 0.9), 1), round(max(xs), 1),
-                     round(med / base, 2)])
-    notes = (f"{REPS} pauses per path, alternating, each undone by `%coreason resume`; idle "
-             "kernel, no request running (a running decode adds at most one token before the "
-             "gate closes, see bench_lab_pause_latency). Times in ms from `performance.now()` "
-             "in headless Chromium 156 against a local `jupyter lab` on a shared 2-core "
-             "machine under load from other work, so absolute numbers are noisy; the ratio "
-             "column divides by the magic path's median time to the panel.")
+        rows.append(
+            [
+                name,
+                REPS,
+                round(med, 1),
+                round(_pct(xs, 0.9), 1),
+                round(max(xs), 1),
+                round(med / base, 2),
+            ]
+        )
+    notes = (
+        f"{REPS} pauses per path, alternating, each undone by `%coreason resume`; idle "
+        "kernel, no request running (a running decode adds at most one token before the "
+        "gate closes, see bench_lab_pause_latency). Times in ms from `performance.now()` "
+        "in headless Chromium 156 against a local `jupyter lab` on a shared 2-core "
+        "machine under load from other work, so absolute numbers are noisy; the ratio "
+        "column divides by the magic path's median time to the panel."
+    )
     write_section(  # prints the block it wrote
         "bench_lab_pause_click",
         "Pausing from the side panel reaches the runtime and shows on screen no slower than "
         "typing `%coreason pause` in a cell.",
-        ["path", "n", "median ms", "p90 ms", "max ms", "÷ magic→panel median"], rows,
-        notes=notes)
+        ["path", "n", "median ms", "p90 ms", "max ms", "÷ magic→panel median"],
+        rows,
+        notes=notes,
+    )
 
 
 if __name__ == "__main__":

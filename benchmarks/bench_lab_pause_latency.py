@@ -36,7 +36,7 @@ from tests.lab._kernel import Kernel  # noqa: E402
 
 TRIALS = int(os.environ.get("BENCH_TRIALS", "8"))
 
-SETUP = '''
+SETUP = """
 import time, json
 from pydantic import BaseModel, Field
 from coreason_runtime import Coordinator
@@ -56,7 +56,7 @@ def _until(pred, timeout=120.0):
 def _probe(wf):
     c = _m.controls.get(wf)
     print(json.dumps({"blocked": c.blocked_at, "changed": c.changed_at, "tokens": c.tokens_out}))
-'''
+"""
 PROMPT = "Write a long essay about the history of lighthouses, with many details."
 
 
@@ -81,17 +81,24 @@ def _trial_comm(k: Kernel, i: int, sub: str) -> dict[str, float] | None:
     k.run(f"%coreason budget {wf} 1000000")
     running = k.execute_nowait(f"%%coreason ask Essay -w {wf} -n 200 -o f{i}\n{PROMPT}")
     probe_id = k.execute_nowait(
-        f"_until(lambda: _m.controls.get('{wf}').tokens_out >= 8)", subshell=sub)
+        f"_until(lambda: _m.controls.get('{wf}').tokens_out >= 8)", subshell=sub
+    )
     k.shell_reply(probe_id, timeout=300)
     sent = time.time()
-    k.send_shell("comm_msg", {"comm_id": "bench", "data": {
-        "type": "intent", "intent": "pause", "workflow_id": wf}}, subshell=sub)
+    k.send_shell(
+        "comm_msg",
+        {"comm_id": "bench", "data": {"type": "intent", "intent": "pause", "workflow_id": wf}},
+        subshell=sub,
+    )
     wait_id = k.execute_nowait(
-        f"_until(lambda: _m.controls.get('{wf}').waiting == 1, 10)\n_probe('{wf}')",
-        subshell=sub)
+        f"_until(lambda: _m.controls.get('{wf}').waiting == 1, 10)\n_probe('{wf}')", subshell=sub
+    )
     reply_probe = _stdout_of(k, wait_id)
-    k.send_shell("comm_msg", {"comm_id": "bench", "data": {
-        "type": "intent", "intent": "abort", "workflow_id": wf}}, subshell=sub)
+    k.send_shell(
+        "comm_msg",
+        {"comm_id": "bench", "data": {"type": "intent", "intent": "abort", "workflow_id": wf}},
+        subshell=sub,
+    )
     k.shell_reply(running, timeout=120)
     probe = json.loads(reply_probe)
     if probe["blocked"] is None:
@@ -122,16 +129,26 @@ def main() -> None:
 
     cache = os.environ.get("COREASON_MODEL_CACHE") or str(model_cache_dir())
     home = tempfile.mkdtemp(prefix="bench-lab-")
-    k = Kernel({"COREASON_HOME": home, "COREASON_MODEL_CACHE": cache,
-                "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": THREADS}, cwd=str(ROOT))
+    k = Kernel(
+        {
+            "COREASON_HOME": home,
+            "COREASON_MODEL_CACHE": cache,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": THREADS,
+        },
+        cwd=str(ROOT),
+    )
     results: dict[str, list[dict[str, float]]] = {"magic": [], "comm": []}
     skipped = {"magic": 0, "comm": 0}
     try:
         k.run(SETUP, timeout=600)
-        token = json.loads(k.run(
-            "t = rt.router.tier('local').load()\n"
-            "o = t.complete_text([{'role': 'user', 'content': 'Count.'}], max_tokens=32, "
-            "ignore_eos=True)\nprint(json.dumps(o.extra))").strip())
+        token = json.loads(
+            k.run(
+                "t = rt.router.tier('local').load()\n"
+                "o = t.complete_text([{'role': 'user', 'content': 'Count.'}], max_tokens=32, "
+                "ignore_eos=True)\nprint(json.dumps(o.extra))"
+            ).strip()
+        )
         per_token = token["seconds"] / 32
         k.send_shell("comm_open", {"comm_id": "bench", "target_name": "coreason", "data": {}})
         k.drain_iopub(lambda d: d.get("type") == "hello")
@@ -147,33 +164,52 @@ def main() -> None:
         k.close()
 
     n_skipped = skipped["magic"] + skipped["comm"]
-    skip_note = (f" ({n_skipped} skipped because the decode had already finished)"
-                 if n_skipped else "")
+    skip_note = (
+        f" ({n_skipped} skipped because the decode had already finished)" if n_skipped else ""
+    )
     rows = []
-    for path, label in (("magic", "`%coreason pause` in the next cell (background ask)"),
-                        ("comm", "comm intent on a subshell (foreground ask running)")):
+    for path, label in (
+        ("magic", "`%coreason pause` in the next cell (background ask)"),
+        ("comm", "comm intent on a subshell (foreground ask running)"),
+    ):
         tot = [1000 * r["total"] for r in results[path]]
         ker = [1000 * r["kernel"] for r in results[path]]
         if not tot:
             rows.append([label, 0, "—", "—", "—", "—"])
             continue
-        rows.append([label, len(tot), f"{statistics.median(tot):.1f}", f"{max(tot):.1f}",
-                     f"{statistics.median(ker):.1f}", f"{1000 * per_token:.1f}"])
+        rows.append(
+            [
+                label,
+                len(tot),
+                f"{statistics.median(tot):.1f}",
+                f"{max(tot):.1f}",
+                f"{statistics.median(ker):.1f}",
+                f"{1000 * per_token:.1f}",
+            ]
+        )
     write_section(
         "bench_lab_pause_latency",
         "A pause intent stops a running decode in < 100 ms, while the cell is still running.",
-        ["path", "trials", "intent → decode stopped, ms (median)", "max ms",
-         "kernel part, ms (median)", "one token, ms (baseline)"],
+        [
+            "path",
+            "trials",
+            "intent → decode stopped, ms (median)",
+            "max ms",
+            "kernel part, ms (median)",
+            "one token, ms (baseline)",
+        ],
         rows,
-        notes=(f"Real kernel (jupyter_client over ZMQ), SmolLM2-135M-Instruct on the CPU "
-               f"({THREADS} torch thread), "
-               f"`%%coreason ask Essay -n 200`, intent sent after ≥ 8 tokens; {TRIALS} trials "
-               f"per path{skip_note}. 'Decode stopped' is when the decode thread blocked at the "
-               "control gate, which the local tier passes at every decoder-layer boundary "
-               "and between the LM head's row blocks (`LayerGate`), so the kernel part is a "
-               "fraction of one token's decode time (the baseline column). The magic path "
-               "includes the kernel executing a cell; the comm path needs ipykernel 7 "
-               "subshells because the main shell is busy with the running cell."),
+        notes=(
+            f"Real kernel (jupyter_client over ZMQ), SmolLM2-135M-Instruct on the CPU "
+            f"({THREADS} torch thread), "
+            f"`%%coreason ask Essay -n 200`, intent sent after ≥ 8 tokens; {TRIALS} trials "
+            f"per path{skip_note}. 'Decode stopped' is when the decode thread blocked at the "
+            "control gate, which the local tier passes at every decoder-layer boundary "
+            "and between the LM head's row blocks (`LayerGate`), so the kernel part is a "
+            "fraction of one token's decode time (the baseline column). The magic path "
+            "includes the kernel executing a cell; the comm path needs ipykernel 7 "
+            "subshells because the main shell is busy with the running cell."
+        ),
     )
     print(json.dumps(results, indent=1))
 

@@ -74,13 +74,25 @@ def main() -> None:
     seconds = time.perf_counter() - started
     c, m = r["compile_ms"], r["mask_us"]
     rows = [
-        ["mask per token, p50 (µs)", pct(m, 0.50), PUBLISHED["mask_p50_us"],
-         pct(m, 0.50) / PUBLISHED["mask_p50_us"]],
-        ["mask per token, p99 (µs)", pct(m, 0.99), PUBLISHED["mask_p99_us"],
-         pct(m, 0.99) / PUBLISHED["mask_p99_us"]],
+        [
+            "mask per token, p50 (µs)",
+            pct(m, 0.50),
+            PUBLISHED["mask_p50_us"],
+            pct(m, 0.50) / PUBLISHED["mask_p50_us"],
+        ],
+        [
+            "mask per token, p99 (µs)",
+            pct(m, 0.99),
+            PUBLISHED["mask_p99_us"],
+            pct(m, 0.99) / PUBLISHED["mask_p99_us"],
+        ],
         ["mask per token, mean (µs)", statistics.fmean(m) if m else float("nan"), "-", "-"],
-        ["compile per schema, p50 (ms)", pct(c, 0.50), PUBLISHED["compile_p50_ms"],
-         pct(c, 0.50) / PUBLISHED["compile_p50_ms"]],
+        [
+            "compile per schema, p50 (ms)",
+            pct(c, 0.50),
+            PUBLISHED["compile_p50_ms"],
+            pct(c, 0.50) / PUBLISHED["compile_p50_ms"],
+        ],
         ["compile per schema, p99 (ms)", pct(c, 0.99), "-", "-"],
     ]
     notes = (

@@ -33,13 +33,20 @@ def main() -> None:
     for load, noise in ((0.8, 0.3), (1.0, 0.3), (1.2, 0.3), (1.5, 0.3), (1.2, 0.0)):
         edf = css = 0
         for s in range(SETS):
-            jobs = random_deadline_jobs(random.Random(1000 * s + 7), n=JOBS, load=load,
-                                        noise=noise)
+            jobs = random_deadline_jobs(random.Random(1000 * s + 7), n=JOBS, load=load, noise=noise)
             edf += simulate_deadlines(jobs, "edf", cores=2)
             css += simulate_deadlines(jobs, "css", cores=2)
         total = SETS * JOBS
-        rows.append([f"{load:.1f}", f"±{noise:.0%}", total, edf, css,
-                     f"{1 - css / edf:.1%}" if edf else "n/a"])
+        rows.append(
+            [
+                f"{load:.1f}",
+                f"±{noise:.0%}",
+                total,
+                edf,
+                css,
+                f"{1 - css / edf:.1%}" if edf else "n/a",
+            ]
+        )
     write_section(
         "bench_sched_deadlines",
         "CSS misses >= 30% fewer deadlines than EDF on deadline-constrained jobs with ±30% "

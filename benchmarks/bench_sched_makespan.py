@@ -72,8 +72,9 @@ def _spin(seconds: float, ok: bool) -> bool:
     return ok
 
 
-def _dask_task(tid: str, durations: list[float], oks: list[bool], counter_dir: str,
-               *deps: object) -> str:
+def _dask_task(
+    tid: str, durations: list[float], oks: list[bool], counter_dir: str, *deps: object
+) -> str:
     counter = Path(counter_dir) / tid
     attempt = int(counter.read_text()) if counter.exists() else 0
     counter.write_text(str(attempt + 1))
@@ -91,23 +92,31 @@ def real_runs() -> tuple[list[list[object]], str]:
     rng = random.Random(7)
     rows: list[list[object]] = []
     totals: dict[str, list[float]] = {k: [] for k in ("fifo", "heft", "dask", "cpcs")}
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     try:
         for i in range(REAL_DAGS):
             dag = random_layered_dag(rng, n_min=12, n_max=20)
             real = realise(dag, random.Random(500 + i))
-            work = sum(sum(real.durations[t.id][:real.successes[t.id].index(True) + 1])
-                       for t in dag.tasks)
+            work = sum(
+                sum(real.durations[t.id][: real.successes[t.id].index(True) + 1]) for t in dag.tasks
+            )
             scale = REAL_WORK_S / work
             dur = {k: [d * scale for d in v] for k, v in real.durations.items()}
             for t in dag.tasks:  # the scheduler knows the ETAs in the same time unit
                 t.eta = t.eta * scale
             sim_cpcs = simulate(dag, realise_scaled(real, scale), POLICIES["cpcs"]()).makespan
             for policy in ("fifo", "heft", "cpcs"):
-                actions = {t.id: (lambda s, n, d=dur[t.id], ok=real.successes[t.id]: CallableJob(
-                    _spin, d[n - 1], ok[n - 1])) for t in dag.tasks}
+                actions = {
+                    t.id: (
+                        lambda s, n, d=dur[t.id], ok=real.successes[t.id]: CallableJob(
+                            _spin, d[n - 1], ok[n - 1]
+                        )
+                    )
+                    for t in dag.tasks
+                }
                 sched = Scheduler(cores=2, tick_s=0.05, policy=policy)
                 t0 = time.perf_counter()
                 asyncio.run(sched.run(dag.model_copy(deep=True), actions))
@@ -118,14 +127,28 @@ def real_runs() -> tuple[list[list[object]], str]:
                 for tid in dag.topological_order():
                     spec = dag.task(tid)
                     futures[tid] = client.submit(
-                        _dask_task, tid, dur[tid], real.successes[tid], counters,
-                        *[futures[d] for d in spec.deps], key=f"{i}-{tid}",
-                        retries=spec.max_attempts - 1, pure=False)
+                        _dask_task,
+                        tid,
+                        dur[tid],
+                        real.successes[tid],
+                        counters,
+                        *[futures[d] for d in spec.deps],
+                        key=f"{i}-{tid}",
+                        retries=spec.max_attempts - 1,
+                        pure=False,
+                    )
                 client.gather(list(futures.values()))
                 totals["dask"].append(time.perf_counter() - t0)
-            rows.append([f"real DAG {i} ({len(dag.tasks)} tasks, {REAL_WORK_S:.0f} CPU-s work)",
-                         totals["fifo"][-1], totals["heft"][-1], totals["dask"][-1],
-                         totals["cpcs"][-1], sim_cpcs])
+            rows.append(
+                [
+                    f"real DAG {i} ({len(dag.tasks)} tasks, {REAL_WORK_S:.0f} CPU-s work)",
+                    totals["fifo"][-1],
+                    totals["heft"][-1],
+                    totals["dask"][-1],
+                    totals["cpcs"][-1],
+                    sim_cpcs,
+                ]
+            )
     finally:
         client.close()
         cluster.close()
@@ -140,23 +163,31 @@ def real_runs() -> tuple[list[list[object]], str]:
 def realise_scaled(real, scale: float):  # type: ignore[no-untyped-def]
     from coreason_runtime.sched._sim import Realisation
 
-    return Realisation({k: [d * scale for d in v] for k, v in real.durations.items()},
-                       real.successes)
+    return Realisation(
+        {k: [d * scale for d in v] for k, v in real.durations.items()}, real.successes
+    )
 
 
 def main() -> None:
     rows: list[list[object]] = []
     notes: list[str] = []
-    for cores, p_range, label in ((2, (0.5, 1.0), "p_succ~U[0.5,1]"),
-                                  (2, (1.0, 1.0), "p_succ=1 (control)"),
-                                  (8, (0.5, 1.0), "p_succ~U[0.5,1]")):
+    for cores, p_range, label in (
+        (2, (0.5, 1.0), "p_succ~U[0.5,1]"),
+        (2, (1.0, 1.0), "p_succ=1 (control)"),
+        (8, (0.5, 1.0), "p_succ~U[0.5,1]"),
+    ):
         t0 = time.perf_counter()
         r = simulated(cores, p_range)
-        rows.append([
-            f"sim, {N_DAGS} DAGs, {cores} cores, {label}",
-            statistics.mean(r["fifo"]), statistics.mean(r["heft"]), statistics.mean(r["dask"]),
-            statistics.mean(r["cpcs"]), statistics.mean(r["bound"]),
-        ])
+        rows.append(
+            [
+                f"sim, {N_DAGS} DAGs, {cores} cores, {label}",
+                statistics.mean(r["fifo"]),
+                statistics.mean(r["heft"]),
+                statistics.mean(r["dask"]),
+                statistics.mean(r["cpcs"]),
+                statistics.mean(r["bound"]),
+            ]
+        )
         notes.append(
             f"- {cores} cores, {label}: CPCS/FIFO = {_ratio(r['cpcs'], r['fifo']):.3f}, "
             f"CPCS/HEFT = {_ratio(r['cpcs'], r['heft']):.3f}, "
@@ -173,10 +204,17 @@ def main() -> None:
         "bench_sched_makespan",
         "CPCS makespan ≥ 20% below FIFO, ≥ 5% below HEFT when p_succ < 1, and below Dask's "
         "scheduler, on 200 random layered DAGs.",
-        ["run", "FIFO s", "HEFT s", "Dask s", "CPCS s",
-         "sim rows: lower bound s; real rows: simulated CPCS s"],
+        [
+            "run",
+            "FIFO s",
+            "HEFT s",
+            "Dask s",
+            "CPCS s",
+            "sim rows: lower bound s; real rows: simulated CPCS s",
+        ],
         rows,
-        notes="Mean per-DAG makespan ratios (lower is better for CPCS):\n\n" + "\n".join(notes)
+        notes="Mean per-DAG makespan ratios (lower is better for CPCS):\n\n"
+        + "\n".join(notes)
         + "\n\nThe simulator is the same for every policy (common random numbers: each "
         "(task, attempt) has one drawn duration and outcome). Dask in the simulation is its "
         "static `dask.order` priority; in the real rows it is dask.distributed itself. "

@@ -61,12 +61,23 @@ def main() -> None:
     confirmed = ProcessJob.spawn(SPIN, confirm=True)
     time.sleep(0.2)
     try:
-        rows.append(_row("ProcessJob SIGSTOP/SIGCONT (scheduler default)",
-                         _round_trips(job.pause, job.resume), base_p50))
-        rows.append(_row("ProcessJob SIGSTOP/SIGCONT, confirm=True (waits for /proc state)",
-                         _round_trips(confirmed.pause, confirmed.resume), base_p50))
-        raw = _round_trips(lambda: os.killpg(job.pid, signal.SIGSTOP),
-                           lambda: os.killpg(job.pid, signal.SIGCONT))
+        rows.append(
+            _row(
+                "ProcessJob SIGSTOP/SIGCONT (scheduler default)",
+                _round_trips(job.pause, job.resume),
+                base_p50,
+            )
+        )
+        rows.append(
+            _row(
+                "ProcessJob SIGSTOP/SIGCONT, confirm=True (waits for /proc state)",
+                _round_trips(confirmed.pause, confirmed.resume),
+                base_p50,
+            )
+        )
+        raw = _round_trips(
+            lambda: os.killpg(job.pid, signal.SIGSTOP), lambda: os.killpg(job.pid, signal.SIGCONT)
+        )
         rows.append(_row("raw os.killpg SIGSTOP+SIGCONT", raw, base_p50))
     finally:
         job.kill()
@@ -76,8 +87,13 @@ def main() -> None:
         frozen = ProcessJob.spawn(SPIN, freeze=True)
         time.sleep(0.2)
         try:
-            rows.append(_row("ProcessJob cgroup v2 freeze/thaw, confirmed via cgroup.events",
-                             _round_trips(frozen.pause, frozen.resume), base_p50))
+            rows.append(
+                _row(
+                    "ProcessJob cgroup v2 freeze/thaw, confirmed via cgroup.events",
+                    _round_trips(frozen.pause, frozen.resume),
+                    base_p50,
+                )
+            )
         finally:
             frozen.kill()
         cgroup_note = "cgroup v2 freezing was available and measured."

@@ -33,30 +33,50 @@ def main() -> None:
     always = problem.ladder(FIDELITIES, kappa0=0.8)
     print("always:", [(f.n, f.kappa, f.cell_updates) for f in always.fits], flush=True)
     rows: list[list[object]] = []
-    for target, safety in ((0.02, 1.25), (0.01, 1.25), (0.005, 1.25), (0.002, 1.25),
-                           (0.02, 1.0)):
+    for target, safety in ((0.02, 1.25), (0.01, 1.25), (0.005, 1.25), (0.002, 1.25), (0.02, 1.0)):
         gate = WhatIfGate(min_gain=target * (1 - 2.0**-ORDER))
         gated = problem.ladder(FIDELITIES, kappa0=0.8, gate=gate, safety=safety)
         err = abs(gated.kappa - KAPPA_TRUE)
         oracle = first_within(always, target)
         refused = gated.refused[0] if gated.refused else None
-        print(f"target {target}: gated fits {[f.n for f in gated.fits]} err {err:.3g}",
-              flush=True)
-        rows.append([
-            f"{target:.1%}", safety, " → ".join(str(f.n) for f in gated.fits),
-            f"{err:.3%}", "yes" if err <= target else "NO",
-            f"{abs(always.kappa - KAPPA_TRUE):.3%}",
-            gated.cell_updates, always.cell_updates, always.cell_updates / gated.cell_updates,
-            gated.wall_s, always.wall_s, always.wall_s / gated.wall_s,
-            "—" if oracle is None else oracle / gated.cell_updates,
-            "—" if refused is None else
-            f"{refused['from']}→{refused['to']}: gain {refused['gain']:.2g} < "
-            f"{gate.min_gain:.2g}, cost {refused['cost']:.2g}",
-        ])
-    header = ["target |κ̂−κ|/κ", "safety", "gated ladder", "gated error", "target met",
-              "always-escalate error (256²)", "gated cell-updates",
-              "always cell-updates", "cost ratio (always/gated)", "gated s", "always s",
-              "time ratio", "oracle/gated cost", "refusal (prediction)"]
+        print(f"target {target}: gated fits {[f.n for f in gated.fits]} err {err:.3g}", flush=True)
+        rows.append(
+            [
+                f"{target:.1%}",
+                safety,
+                " → ".join(str(f.n) for f in gated.fits),
+                f"{err:.3%}",
+                "yes" if err <= target else "NO",
+                f"{abs(always.kappa - KAPPA_TRUE):.3%}",
+                gated.cell_updates,
+                always.cell_updates,
+                always.cell_updates / gated.cell_updates,
+                gated.wall_s,
+                always.wall_s,
+                always.wall_s / gated.wall_s,
+                "—" if oracle is None else oracle / gated.cell_updates,
+                "—"
+                if refused is None
+                else f"{refused['from']}→{refused['to']}: gain {refused['gain']:.2g} < "
+                f"{gate.min_gain:.2g}, cost {refused['cost']:.2g}",
+            ]
+        )
+    header = [
+        "target |κ̂−κ|/κ",
+        "safety",
+        "gated ladder",
+        "gated error",
+        "target met",
+        "always-escalate error (256²)",
+        "gated cell-updates",
+        "always cell-updates",
+        "cost ratio (always/gated)",
+        "gated s",
+        "always s",
+        "time ratio",
+        "oracle/gated cost",
+        "refusal (prediction)",
+    ]
     notes = (
         "Recover κ (true 1.0) from a Gaussian pulse observed on 16×16 sensor cells at "
         "t = 2e-3 (noise-free synthetic data from the exact solution) by Gauss–Newton on the "
@@ -71,9 +91,15 @@ def main() -> None:
         "counted in cell-updates (deterministic) and wall time. 'oracle/gated' compares "
         "with a policy that knows the true κ and stops at the first fit within target — "
         "the gate cannot beat it (ratio < 1 means the dry runs cost extra); it is the "
-        "honest lower bound.")
-    write_section("bench_sim_whatif", "CS-WIF: cost to reach a target error ≥ 3× lower than "
-                  "always escalating fidelity", header, rows, notes=notes)
+        "honest lower bound."
+    )
+    write_section(
+        "bench_sim_whatif",
+        "CS-WIF: cost to reach a target error ≥ 3× lower than always escalating fidelity",
+        header,
+        rows,
+        notes=notes,
+    )
 
 
 if __name__ == "__main__":

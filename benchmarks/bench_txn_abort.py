@@ -42,8 +42,9 @@ SPIN = (
 def _heavy(marker: str):  # type: ignore[no-untyped-def]
     from coreason_runtime.txn import CommandTool
 
-    return CommandTool("spin", lambda i: [sys.executable, "-I", "-S", "-c", SPIN,
-                                          str(i["cpu"]), marker])
+    return CommandTool(
+        "spin", lambda i: [sys.executable, "-I", "-S", "-c", SPIN, str(i["cpu"]), marker]
+    )
 
 
 def _kind(i: int) -> str:
@@ -59,9 +60,20 @@ def coordinator(home: Path, todo_file: Path, mode: str) -> None:
     t0 = time.perf_counter()
     tt = ToolTransactions(home)
     rep = tt.last_recovery
-    print(json.dumps({"recovery": {"aborted": rep.aborted, "interrupted": rep.interrupted,
-                                   "completed": rep.completed, "killed": rep.killed_pids,
-                                   "ms": (time.perf_counter() - t0) * 1e3}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "recovery": {
+                    "aborted": rep.aborted,
+                    "interrupted": rep.interrupted,
+                    "completed": rep.completed,
+                    "killed": rep.killed_pids,
+                    "ms": (time.perf_counter() - t0) * 1e3,
+                }
+            }
+        ),
+        flush=True,
+    )
     tool = tt.register(_heavy(str(home)))
     for i in json.loads(todo_file.read_text()):
         kind = _kind(i) if mode == "ttc" else "keep"
@@ -71,12 +83,13 @@ def coordinator(home: Path, todo_file: Path, mode: str) -> None:
         except LookupError:
             pass
         else:  # in flight when the previous coordinator was killed; recovery resolved it
-            print(json.dumps({"i": i, "kind": "crashed", "state": tt.log.get(txn_id)["state"]}),
-                  flush=True)
+            print(
+                json.dumps({"i": i, "kind": "crashed", "state": tt.log.get(txn_id)["state"]}),
+                flush=True,
+            )
             continue
         rng = random.Random(i)
-        txn = tt.prepare(tool, {"cpu": CPU_S}, est_cost=CPU_S, consumers=[f"c{i}"],
-                         txn_id=txn_id)
+        txn = tt.prepare(tool, {"cpu": CPU_S}, est_cost=CPU_S, consumers=[f"c{i}"], txn_id=txn_id)
         abort_ms = None
         if kind == "before":
             a0 = time.perf_counter()
@@ -93,8 +106,18 @@ def coordinator(home: Path, todo_file: Path, mode: str) -> None:
         else:
             txn.commit(timeout=60)
         row = tt.log.get(txn_id)
-        print(json.dumps({"i": i, "kind": kind, "state": row["state"], "cpu_s": row["cpu_s"],
-                          "abort_ms": abort_ms}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "i": i,
+                    "kind": kind,
+                    "state": row["state"],
+                    "cpu_s": row["cpu_s"],
+                    "abort_ms": abort_ms,
+                }
+            ),
+            flush=True,
+        )
     tt.close()
 
 
@@ -131,8 +154,11 @@ def drive(home: Path, mode: str, indices: list[int] | None, crashes: bool) -> di
     pos = 0
     while pos < len(todo):
         todo_file.write_text(json.dumps(todo[pos:]))
-        proc = subprocess.Popen([sys.executable, __file__, "--coordinator", str(home),
-                                 str(todo_file), mode], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--coordinator", str(home), str(todo_file), mode],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         crash_at = time.monotonic() + rng.uniform(*CRASH_EVERY_S) if crashes else None
         snapshot: set[int] = set()
@@ -152,19 +178,30 @@ def drive(home: Path, mode: str, indices: list[int] | None, crashes: bool) -> di
         proc.stdout.close()
         if snapshot:
             # the next coordinator's constructor recovers; only then are leftovers orphans
-            check = subprocess.run([sys.executable, __file__, "--coordinator", str(home),
-                                    str(empty_file), mode], capture_output=True, text=True,
-                                   check=True)
+            check = subprocess.run(
+                [sys.executable, __file__, "--coordinator", str(home), str(empty_file), mode],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             recoveries.append(json.loads(check.stdout.splitlines()[0])["recovery"])
             time.sleep(0.05)
-            orphans += sum(1 for p in snapshot if psutil.pid_exists(p) and
-                           psutil.Process(p).status() != psutil.STATUS_ZOMBIE)
+            orphans += sum(
+                1
+                for p in snapshot
+                if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            )
             checked += len(snapshot)
         done = set(results)
         pos = next((k for k, i in enumerate(todo) if i not in done), len(todo))
     leftover = _heavy_pids(str(home))
-    return {"results": results, "crashes": n_crashes, "orphans": orphans + len(leftover),
-            "checked": checked, "recoveries": recoveries}
+    return {
+        "results": results,
+        "crashes": n_crashes,
+        "orphans": orphans + len(leftover),
+        "checked": checked,
+        "recoveries": recoveries,
+    }
 
 
 def audit_mismatches(home: Path) -> int:
@@ -236,20 +273,30 @@ def main() -> None:
 
     rows = [
         ["tool calls", len(res)],
-        ["plan changes (before commit / during the run)",
-         f"{sum(r['kind'] == 'before' for r in res.values())} / {len(during)}"],
+        [
+            "plan changes (before commit / during the run)",
+            f"{sum(r['kind'] == 'before' for r in res.values())} / {len(during)}",
+        ],
         ["coordinator kill -9 crashes", ttc["crashes"]],
         ["calls in flight at a crash (resolved by recovery)", len(crashed)],
         ["heavy runs alive at a crash, checked after restart", ttc["checked"]],
         ["orphaned heavy runs", ttc["orphans"]],
         ["audit-log entries disagreeing with what ran", mismatches],
-        ["abort latency p50 / p99 ms (all aborts)",
-         f"{statistics.median(aborts):.2f} / {p99(aborts):.2f}"],
-        ["abort latency p50 / p99 ms (killing a running call)",
-         f"{statistics.median(during):.2f} / {p99(during):.2f}"],
-        *[[f"abort p50 / p99 ms, synchronous={mode}, 60 in-process (before / during run)",
-           f"{statistics.median(b):.2f} / {p99(b):.2f} ; {statistics.median(d):.2f} / {p99(d):.2f}"]
-          for mode, (b, d) in lat.items()],
+        [
+            "abort latency p50 / p99 ms (all aborts)",
+            f"{statistics.median(aborts):.2f} / {p99(aborts):.2f}",
+        ],
+        [
+            "abort latency p50 / p99 ms (killing a running call)",
+            f"{statistics.median(during):.2f} / {p99(during):.2f}",
+        ],
+        *[
+            [
+                f"abort p50 / p99 ms, synchronous={mode}, 60 in-process (before / during run)",
+                f"{statistics.median(b):.2f} / {p99(b):.2f} ; {statistics.median(d):.2f} / {p99(d):.2f}",
+            ]
+            for mode, (b, d) in lat.items()
+        ],
         ["CPU wasted on cancelled calls, TTC (s)", round(wasted_ttc, 3)],
         ["CPU wasted on cancelled calls, let them finish (s)", round(wasted_base, 3)],
         ["wasted CPU reduction", f"{1 - wasted_ttc / wasted_base:.1%}"],

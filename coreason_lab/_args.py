@@ -199,14 +199,21 @@ def _budget(p: _Parser) -> None:
 
 
 def _ask(p: _Parser) -> None:
-    p.add_argument("schema", nargs="?", help="a pydantic model in the namespace; omit to "
-                   "define one in the cell above a line '---'")
+    p.add_argument(
+        "schema",
+        nargs="?",
+        help="a pydantic model in the namespace; omit to define one in the cell above a line '---'",
+    )
     p.add_argument("-w", "--workflow")
     p.add_argument("-t", "--tiers", type=_names, help="e.g. local,oracle")
     p.add_argument("-n", "--max-tokens", type=_positive_int, dest="max_tokens")
     p.add_argument("-o", "--into", type=_identifier, help="variable for the value")
-    p.add_argument("-b", "--background", action="store_true",
-                   help="return a handle at once; the request runs on the runtime thread")
+    p.add_argument(
+        "-b",
+        "--background",
+        action="store_true",
+        help="return a handle at once; the request runs on the runtime thread",
+    )
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None)
 
 
@@ -225,8 +232,9 @@ def _invariant(p: _Parser) -> None:
 def _run(p: _Parser) -> None:
     p.add_argument("targets", nargs="*", help="steps to force (default: every declared step)")
     p.add_argument("-w", "--workflow")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip invariants after the run")
+    p.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip invariants after the run"
+    )
 
 
 def _check(p: _Parser) -> None:
@@ -277,8 +285,13 @@ VERBS: dict[str, tuple[type[Any], Callable[[_Parser], None], str]] = {
 
 def build_parser(verb: str) -> _Parser:
     _, builder, summary = VERBS[verb]
-    parser = _Parser(prog=f"%coreason {verb}", description=summary, add_help=False,
-                     allow_abbrev=False, exit_on_error=False)
+    parser = _Parser(
+        prog=f"%coreason {verb}",
+        description=summary,
+        add_help=False,
+        allow_abbrev=False,
+        exit_on_error=False,
+    )
     builder(parser)
     return parser
 
@@ -302,8 +315,10 @@ def parse_line(line: str) -> tuple[str, Any]:
         raise UsageError(msg)
     verb, rest = words[0], words[1:]
     if verb not in VERBS:
-        msg = f"%coreason: unknown verb {verb!r}.{suggest(verb, list(VERBS))} " \
-              "Verbs: " + ", ".join(sorted(VERBS)) + "."
+        msg = (
+            f"%coreason: unknown verb {verb!r}.{suggest(verb, list(VERBS))} "
+            "Verbs: " + ", ".join(sorted(VERBS)) + "."
+        )
         raise UsageError(msg)
     cls = VERBS[verb][0]
     parser = build_parser(verb)

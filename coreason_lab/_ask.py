@@ -44,13 +44,17 @@ def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
     value = ns[head]
     for part in rest:
         if not hasattr(value, part):
-            msg = f"%coreason ask: {'.'.join([head, *rest[:rest.index(part)]])} has no " \
-                  f"attribute {part!r}"
+            msg = (
+                f"%coreason ask: {'.'.join([head, *rest[: rest.index(part)]])} has no "
+                f"attribute {part!r}"
+            )
             raise UsageError(msg)
         value = getattr(value, part)
     if not _schema_like(value):
-        msg = (f"%coreason ask: {name!r} is a {type(value).__name__}, not a pydantic model or a "
-               "JSON schema dict; e.g. `class Answer(BaseModel): value: int`")
+        msg = (
+            f"%coreason ask: {name!r} is a {type(value).__name__}, not a pydantic model or a "
+            "JSON schema dict; e.g. `class Answer(BaseModel): value: int`"
+        )
         raise UsageError(msg)
     return value
 
@@ -60,7 +64,7 @@ def split_schema_cell(cell: str) -> tuple[str | None, str]:
     lines = cell.splitlines()
     for i, line in enumerate(lines):
         if line.strip() == "---":
-            return "\n".join(lines[:i]), "\n".join(lines[i + 1:]).strip()
+            return "\n".join(lines[:i]), "\n".join(lines[i + 1 :]).strip()
     return None, cell.strip()
 
 
@@ -72,10 +76,19 @@ class AskHandle:
     Oracle Circuit form appears in the handle's output area instead.
     """
 
-    def __init__(self, future: concurrent.futures.Future[Any], *, workflow_id: str,
-                 schema_name: str, into: str, namespace: dict[str, Any], controls: Controls,
-                 bus: Any, open_circuit: Callable[[EpistemicYieldError, str], Any],
-                 max_per_second: float = 10.0) -> None:
+    def __init__(
+        self,
+        future: concurrent.futures.Future[Any],
+        *,
+        workflow_id: str,
+        schema_name: str,
+        into: str,
+        namespace: dict[str, Any],
+        controls: Controls,
+        bus: Any,
+        open_circuit: Callable[[EpistemicYieldError, str], Any],
+        max_per_second: float = 10.0,
+    ) -> None:
         self.future = future
         self.workflow_id = workflow_id
         self.schema_name = schema_name
@@ -95,8 +108,11 @@ class AskHandle:
         self.progress = W.HTML()
         self.output = W.Output()
         self.widget = W.VBox([self.progress, self.output])
-        self._throttle = Throttle(bus, ["attempt", "request", "budget", "tokens", "decode",
-                                        "task"], max_per_second=max_per_second)
+        self._throttle = Throttle(
+            bus,
+            ["attempt", "request", "budget", "tokens", "decode", "task"],
+            max_per_second=max_per_second,
+        )
         self._throttle.attach(self._on_events)
         self._render()
         future.add_done_callback(self._done)
@@ -193,21 +209,32 @@ class AskHandle:
 
     def _render(self) -> None:
         state = self.status
-        colour = {"running": "#1f77b4", "done": "#2ca02c", "paused": "#ff7f0e",
-                  "preempted": "#ff7f0e", "awaiting human": "#ff7f0e"}.get(state, "#d62728")
+        colour = {
+            "running": "#1f77b4",
+            "done": "#2ca02c",
+            "paused": "#ff7f0e",
+            "preempted": "#ff7f0e",
+            "awaiting human": "#ff7f0e",
+        }.get(state, "#d62728")
         elapsed = (self.finished or time.time()) - self.started
-        err = f" · {html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}" \
-            if self.error is not None and self.form is None else ""
+        err = (
+            f" · {html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}"
+            if self.error is not None and self.form is None
+            else ""
+        )
         self.progress.value = (
             f"<span style='color:{colour}'>●</span> <b>{html.escape(state)}</b> · "
             f"{html.escape(self.schema_name)} → <code>{html.escape(self.into)}</code> · "
             f"workflow {html.escape(self.workflow_id)} · attempt {self._attempts} "
             f"{html.escape(self._tier)} · {self.tokens_out} tokens out · C {self._cost:g} · "
-            f"{elapsed:.1f}s{err}")
+            f"{elapsed:.1f}s{err}"
+        )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
-        return f"<AskHandle {self.schema_name}→{self.into} workflow={self.workflow_id!r} " \
-               f"{self.status}>"
+        return (
+            f"<AskHandle {self.schema_name}→{self.into} workflow={self.workflow_id!r} "
+            f"{self.status}>"
+        )

@@ -67,8 +67,9 @@ def events_json(events: Sequence[Event]) -> list[dict[str, Any]]:
     """
     text = json.dumps([_body(e) for e in events], default=str)
     low = text.lower()  # substring tests: a regex over the whole batch costs more than the rest
-    if (any(word in low for word in _SECRET_WORDS)
-            or any(json.dumps(v)[1:-1] in text for v in secret_values())):
+    if any(word in low for word in _SECRET_WORDS) or any(
+        json.dumps(v)[1:-1] in text for v in secret_values()
+    ):
         return redact(json.loads(text))  # type: ignore[no-any-return]
     return json.loads(text)  # type: ignore[no-any-return]
 
@@ -109,9 +110,14 @@ class CommBridge:
         Event batches per second per open comm.
     """
 
-    def __init__(self, runtime: Any = None, controls: Controls | None = None,
-                 max_per_second: float = 10.0, *,
-                 provider: Callable[[], tuple[Any, Controls]] | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Any = None,
+        controls: Controls | None = None,
+        max_per_second: float = 10.0,
+        *,
+        provider: Callable[[], tuple[Any, Controls]] | None = None,
+    ) -> None:
         if provider is None and (runtime is None or controls is None):
             msg = "CommBridge needs a runtime and controls, or a provider of both"
             raise ValueError(msg)
@@ -166,8 +172,13 @@ class CommBridge:
 
         def sink(batch: list[Event]) -> None:
             events = batch[-MAX_EVENTS_PER_MESSAGE:]
-            comm.send({"type": "events", "events": events_json(events),
-                       "dropped": throttle.dropped + len(batch) - len(events)})
+            comm.send(
+                {
+                    "type": "events",
+                    "events": events_json(events),
+                    "dropped": throttle.dropped + len(batch) - len(events),
+                }
+            )
 
         throttle.attach(sink)
         honour_frontend_subshell(comm)
@@ -176,12 +187,18 @@ class CommBridge:
         comm.on_close(lambda _msg: self._closed(comm.comm_id))
         from coreason_lab import __version__
 
-        comm.send({"type": "hello", "version": __version__, "intents": list(INTENTS),
-                   "workflows": self._workflows(), "ledgers": _ledgers(self.runtime)})
+        comm.send(
+            {
+                "type": "hello",
+                "version": __version__,
+                "intents": list(INTENTS),
+                "workflows": self._workflows(),
+                "ledgers": _ledgers(self.runtime),
+            }
+        )
 
     def _workflows(self) -> list[dict[str, str]]:
-        return [{"workflow_id": c.workflow_id, "state": c.state}
-                for c in self.controls.workflows()]
+        return [{"workflow_id": c.workflow_id, "state": c.state} for c in self.controls.workflows()]
 
     def on_msg(self, comm: Any, msg: dict[str, Any]) -> None:
         data = msg.get("content", {}).get("data")
@@ -195,8 +212,11 @@ class CommBridge:
             return {"type": "error", "message": f"expected a JSON object, got {got}"}
         kind = data.get("type", "intent")
         if kind == "snapshot":
-            return {"type": "snapshot", "ledgers": _ledgers(self.runtime),
-                    "workflows": self._workflows()}
+            return {
+                "type": "snapshot",
+                "ledgers": _ledgers(self.runtime),
+                "workflows": self._workflows(),
+            }
         if kind in ("freeze", "unfreeze") and comm_id in self.open_comms:
             throttle = self.open_comms[comm_id][1]
             throttle.pause() if kind == "freeze" else throttle.resume()
@@ -205,8 +225,10 @@ class CommBridge:
             return {"type": "error", "message": f"unknown message type {kind!r}"}
         intent, workflow = data.get("intent"), data.get("workflow_id")
         if intent not in INTENTS:
-            return {"type": "error",
-                    "message": f"unknown intent {intent!r}; expected one of {list(INTENTS)}"}
+            return {
+                "type": "error",
+                "message": f"unknown intent {intent!r}; expected one of {list(INTENTS)}",
+            }
         if not isinstance(workflow, str) or not workflow:
             return {"type": "error", "message": "an intent needs a workflow_id"}
         ctl = self.controls.apply(intent, workflow, origin="comm")

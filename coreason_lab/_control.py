@@ -95,8 +95,12 @@ class Controls:
 
     def apply(self, intent: str, workflow_id: str, **data: Any) -> WorkflowControl:
         """Apply one of :data:`INTENTS`; unknown intents raise ``ValueError``."""
-        handlers = {"pause": self.pause, "resume": self.resume, "abort": self.abort,
-                    "preempt": self.preempt}
+        handlers = {
+            "pause": self.pause,
+            "resume": self.resume,
+            "abort": self.abort,
+            "preempt": self.preempt,
+        }
         if intent not in handlers:
             msg = f"unknown intent {intent!r}; expected one of {', '.join(INTENTS)}"
             raise ValueError(msg)
@@ -126,8 +130,9 @@ class Controls:
         if ctl is not None:
             ctl._go.set()
 
-    def _set(self, workflow_id: str, state: str, kind: EventType,
-             data: dict[str, Any]) -> WorkflowControl:
+    def _set(
+        self, workflow_id: str, state: str, kind: EventType, data: dict[str, Any]
+    ) -> WorkflowControl:
         ctl = self.get(workflow_id)
         with self._lock:
             previous = ctl.state
@@ -139,8 +144,14 @@ class Controls:
             else:
                 ctl._go.set()  # resume and abort both wake whoever waits at the gate
         if previous != state:
-            self._bus.emit(kind, workflow_id=workflow_id, source="coreason_lab.controls",
-                           intent=state, previous=previous, **data)
+            self._bus.emit(
+                kind,
+                workflow_id=workflow_id,
+                source="coreason_lab.controls",
+                intent=state,
+                previous=previous,
+                **data,
+            )
             for listener in list(self.listeners):
                 listener(ctl)
         return ctl

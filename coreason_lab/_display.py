@@ -25,8 +25,7 @@ def redact(value: Any) -> Any:
 
 def _redact(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: _redact(v, secrets) for k, v in value.items()
-                if not SECRET_KEY.search(str(k))}
+        return {k: _redact(v, secrets) for k, v in value.items() if not SECRET_KEY.search(str(k))}
     if isinstance(value, (list, tuple)):
         return [_redact(v, secrets) for v in value]
     if isinstance(value, str):
@@ -56,13 +55,17 @@ class ResultDisplay:
         return redact(meta)  # type: ignore[no-any-return]
 
     def _repr_html_(self) -> str:
-        inner = self.result._repr_html_() if hasattr(self.result, "_repr_html_") else \
-            f"<pre>{html.escape(repr(self.result))}</pre>"
+        inner = (
+            self.result._repr_html_()
+            if hasattr(self.result, "_repr_html_")
+            else f"<pre>{html.escape(repr(self.result))}</pre>"
+        )
         target = f"<small>→ <code>{html.escape(self.name)}</code></small>" if self.name else ""
         return str(redact(f"{inner}{target}"))
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None
-                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         # no application/json: JupyterLab ranks its JSON viewer above HTML and would hide
         # the provenance table; the value's JSON is one click away in the HTML.
         data = {
@@ -75,8 +78,13 @@ class ResultDisplay:
         return str(redact(repr(self.result)))
 
 
-def status_html(ledgers: list[Any], controls: list[Any], handles: list[Any],
-                thunks: dict[str, Any], invariants: dict[str, Any]) -> str:
+def status_html(
+    ledgers: list[Any],
+    controls: list[Any],
+    handles: list[Any],
+    thunks: dict[str, Any],
+    invariants: dict[str, Any],
+) -> str:
     """One HTML block for ``%coreason status``."""
     led_rows = "".join(
         f"<tr><td>{html.escape(led.workflow_id)}</td>"
@@ -84,7 +92,9 @@ def status_html(ledgers: list[Any], controls: list[Any], handles: list[Any],
         f"<td>{led.spent:g}</td><td>{getattr(led, 'tokens_in', 0)}</td>"
         f"<td>{getattr(led, 'tokens_out', 0)}</td>"
         f"<td>{html.escape(', '.join(f'{k}: {v:g}' for k, v in (led.by_tier or {}).items()))}"
-        "</td></tr>" for led in ledgers)
+        "</td></tr>"
+        for led in ledgers
+    )
     ctl = ", ".join(f"{html.escape(c.workflow_id)}: {c.state}" for c in controls) or "none"
     hs = ", ".join(html.escape(repr(h)) for h in handles) or "none"
     th = ", ".join(html.escape(repr(t)) for t in thunks.values()) or "none"
@@ -93,4 +103,5 @@ def status_html(ledgers: list[Any], controls: list[Any], handles: list[Any],
         "<div class='coreason-status'><table><tr><th>workflow</th><th>Ω</th><th>C spent</th>"
         f"<th>T in</th><th>T out</th><th>by tier</th></tr>{led_rows}</table>"
         f"<b>controls</b> {ctl}<br><b>requests</b> {hs}<br><b>steps</b> {th}<br>"
-        f"<b>invariants</b> {inv}</div>")
+        f"<b>invariants</b> {inv}</div>"
+    )

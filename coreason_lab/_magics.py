@@ -41,19 +41,27 @@ class CoreasonMagics(Magics):
         A Coordinator; by default ``Coordinator.default()`` on first use.
     """
 
-    default_workflow = Unicode("default", config=True,
-                               help="workflow charged when a verb names none")
-    max_updates_per_second = Float(10.0, config=True,
-                                   help="dashboard and comm updates per second (0 < x ≤ 60)")
+    default_workflow = Unicode(
+        "default", config=True, help="workflow charged when a verb names none"
+    )
+    max_updates_per_second = Float(
+        10.0, config=True, help="dashboard and comm updates per second (0 < x ≤ 60)"
+    )
     max_points = Int(500, config=True, help="points kept per dashboard series (≥ 10)")
-    show_dashboard_on_ask = Bool(False, config=True,
-                                 help="open the workflow's dashboard above each ask")
-    default_tiers = List(Unicode(), default_value=[], config=True,
-                         help="tiers for ask when --tiers is not given (empty: all)")
+    show_dashboard_on_ask = Bool(
+        False, config=True, help="open the workflow's dashboard above each ask"
+    )
+    default_tiers = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="tiers for ask when --tiers is not given (empty: all)",
+    )
     max_tokens = Int(0, config=True, help="output tokens per attempt (0: the runtime's default)")
     result_name = Unicode("answer", config=True, help="variable an ask's value lands in")
-    oracle_circuit = Bool(True, config=True,
-                          help="on EpistemicYieldError show the form (False: raise)")
+    oracle_circuit = Bool(
+        True, config=True, help="on EpistemicYieldError show the form (False: raise)"
+    )
 
     @validate("max_updates_per_second")
     def _check_rate(self, proposal: dict[str, Any]) -> float:
@@ -110,8 +118,10 @@ class CoreasonMagics(Magics):
         """Register the ``coreason`` comm target now (at ``%load_ext``), so a side panel can
         connect before any magic ran; the runtime itself starts on the first connection."""
         if self.bridge is None:
-            self.bridge = CommBridge(provider=lambda: (self.runtime, self.controls),
-                                     max_per_second=self.max_updates_per_second)
+            self.bridge = CommBridge(
+                provider=lambda: (self.runtime, self.controls),
+                max_per_second=self.max_updates_per_second,
+            )
         return self.bridge.register()
 
     @property
@@ -149,8 +159,10 @@ class CoreasonMagics(Magics):
             msg = f"%%coreason {verb} takes no cell body; use the line magic `%coreason {verb}`"
             raise UsageError(msg)
         if cell is None and verb in NEEDS_BODY:
-            msg = (f"`%coreason {verb}` needs a cell body: write `%%coreason {verb} ...` on the "
-                   f"first line and the {'prompt' if verb == 'ask' else 'code'} below it")
+            msg = (
+                f"`%coreason {verb}` needs a cell body: write `%%coreason {verb} ...` on the "
+                f"first line and the {'prompt' if verb == 'ask' else 'code'} below it"
+            )
             raise UsageError(msg)
         handler: Callable[[Any, str | None], Any] = getattr(self, f"handle_{verb}")
         return handler(args, cell)
@@ -167,8 +179,10 @@ class CoreasonMagics(Magics):
             return self.runtime.budgets.get(workflow)
         except UnknownWorkflowError as e:
             hint = suggest(workflow, self._known_workflows())
-            msg = (f"no budget for workflow {workflow!r}.{hint} Set one first: "
-                   f"`%coreason budget {workflow} 20000`")
+            msg = (
+                f"no budget for workflow {workflow!r}.{hint} Set one first: "
+                f"`%coreason budget {workflow} 20000`"
+            )
             raise UsageError(msg) from e
 
     # --- budget, status, controls -------------------------------------------------------------
@@ -182,20 +196,30 @@ class CoreasonMagics(Magics):
         return HTML(status_html([budgets.set(args.workflow, args.ceiling)], [], [], {}, {}))
 
     def handle_status(self, args: Any, cell: str | None) -> Any:
-        return HTML(status_html(self.runtime.budgets.workflows(), self.controls.workflows(),
-                                self.handles, self.thunks, self.invariants))
+        return HTML(
+            status_html(
+                self.runtime.budgets.workflows(),
+                self.controls.workflows(),
+                self.handles,
+                self.thunks,
+                self.invariants,
+            )
+        )
 
     def _control(self, intent: str, args: Any) -> Any:
         if args.workflow is not None:
             targets = [args.workflow]
             known = self._known_workflows()
             if args.workflow not in known:
-                msg = f"%coreason {intent}: no workflow {args.workflow!r}." \
-                      f"{suggest(args.workflow, known)} Known: {', '.join(known) or 'none'}."
+                msg = (
+                    f"%coreason {intent}: no workflow {args.workflow!r}."
+                    f"{suggest(args.workflow, known)} Known: {', '.join(known) or 'none'}."
+                )
                 raise UsageError(msg)
         else:
-            targets = sorted({h.workflow_id for h in self.handles if not h.future.done()}) \
-                or [self.default_workflow]
+            targets = sorted({h.workflow_id for h in self.handles if not h.future.done()}) or [
+                self.default_workflow
+            ]
         return [self.controls.apply(intent, wf, origin="magic") for wf in targets]
 
     def handle_pause(self, args: Any, cell: str | None) -> Any:
@@ -229,24 +253,34 @@ class CoreasonMagics(Magics):
         views = args.views or list(VIEWS)
         for v in views:
             if v not in VIEWS:
-                msg = f"%coreason dashboard: unknown view {v!r}.{suggest(v, list(VIEWS))} " \
-                      f"Views: {', '.join(VIEWS)}."
+                msg = (
+                    f"%coreason dashboard: unknown view {v!r}.{suggest(v, list(VIEWS))} "
+                    f"Views: {', '.join(VIEWS)}."
+                )
                 raise UsageError(msg)
         if args.workflow is not None:
             self._require_ledger(args.workflow)
         if self.dashboard is not None:  # one live dashboard: re-running the cell leaks nothing
             self.dashboard.close()
-        self.dashboard = Dashboard(self.runtime, self.controls, workflow=args.workflow,
-                                   views=views, max_updates_per_second=self.max_updates_per_second,
-                                   max_points=self.max_points)
+        self.dashboard = Dashboard(
+            self.runtime,
+            self.controls,
+            workflow=args.workflow,
+            views=views,
+            max_updates_per_second=self.max_updates_per_second,
+            max_points=self.max_points,
+        )
         return self.dashboard
 
     def handle_help(self, args: Any, cell: str | None) -> Any:
         if args.verb is None:
-            rows = "".join(f"<tr><td><code>{v}</code></td><td>{s}</td></tr>"
-                           for v, (_, _, s) in VERBS.items())
-            return HTML("<b>%coreason verbs</b> (options on the first line, payload in the "
-                        f"cell body)<table>{rows}</table>")
+            rows = "".join(
+                f"<tr><td><code>{v}</code></td><td>{s}</td></tr>" for v, (_, _, s) in VERBS.items()
+            )
+            return HTML(
+                "<b>%coreason verbs</b> (options on the first line, payload in the "
+                f"cell body)<table>{rows}</table>"
+            )
         if args.verb not in VERBS:
             msg = f"%coreason help: unknown verb {args.verb!r}.{suggest(args.verb, list(VERBS))}"
             raise UsageError(msg)
@@ -266,8 +300,9 @@ class CoreasonMagics(Magics):
         router = self.runtime.router
         tiers = router.tiers
         if not all(isinstance(t, GatedTier) for t in tiers):
-            router.set_tiers([t if isinstance(t, GatedTier) else GatedTier(t, self.controls)
-                              for t in tiers])
+            router.set_tiers(
+                [t if isinstance(t, GatedTier) else GatedTier(t, self.controls) for t in tiers]
+            )
 
     def _schema_from_cell(self, code: str) -> Any:
         try:
@@ -277,11 +312,16 @@ class CoreasonMagics(Magics):
             raise UsageError(msg) from e
         before = {k: id(v) for k, v in self.ns.items()}
         self.shell.ex(code)
-        new = [v for k, v in self.ns.items() if before.get(k) != id(v)
-               and isinstance(v, type) and issubclass(v, BaseModel)]
+        new = [
+            v
+            for k, v in self.ns.items()
+            if before.get(k) != id(v) and isinstance(v, type) and issubclass(v, BaseModel)
+        ]
         if not new:
-            msg = ("%%coreason ask: the code above '---' defines no pydantic model; "
-                   "e.g. `class Answer(BaseModel): value: int`")
+            msg = (
+                "%%coreason ask: the code above '---' defines no pydantic model; "
+                "e.g. `class Answer(BaseModel): value: int`"
+            )
             raise UsageError(msg)
         return new[-1]
 
@@ -290,12 +330,16 @@ class CoreasonMagics(Magics):
         assert cell is not None
         code, prompt = split_schema_cell(cell)
         if args.schema is not None and code is not None:
-            msg = "%%coreason ask: name the schema on the first line or define it above " \
-                  "'---' in the cell, not both"
+            msg = (
+                "%%coreason ask: name the schema on the first line or define it above "
+                "'---' in the cell, not both"
+            )
             raise UsageError(msg)
         if args.schema is None and code is None:
-            msg = ("%%coreason ask needs a schema: `%%coreason ask Answer` with a pydantic "
-                   "model `Answer` in the namespace, or a model defined above a line '---'")
+            msg = (
+                "%%coreason ask needs a schema: `%%coreason ask Answer` with a pydantic "
+                "model `Answer` in the namespace, or a model defined above a line '---'"
+            )
             raise UsageError(msg)
         if not prompt:
             msg = "%%coreason ask: the prompt (the cell body) is empty"
@@ -308,8 +352,10 @@ class CoreasonMagics(Magics):
             known = [*self.runtime.router.tier_names, "human"]
             for t in tiers:
                 if t not in known:
-                    msg = f"%%coreason ask: unknown tier {t!r}.{suggest(t, known)} " \
-                          f"Configured: {', '.join(known)}."
+                    msg = (
+                        f"%%coreason ask: unknown tier {t!r}.{suggest(t, known)} "
+                        f"Configured: {', '.join(known)}."
+                    )
                     raise UsageError(msg)
         schema = named if named is not None else self._schema_from_cell(code or "")
         name = schema.__name__ if isinstance(schema, type) else str(schema.get("title", "schema"))
@@ -319,21 +365,33 @@ class CoreasonMagics(Magics):
         if state == "aborted" and not running:
             self.controls.clear(wf)  # an abort stops the work that was running, not later asks
         elif state in ("paused", "preempted") and not args.background:
-            msg = f"workflow {wf!r} is {state}; `%coreason resume {wf}` first, or ask with " \
-                  "--background to queue behind the pause"
+            msg = (
+                f"workflow {wf!r} is {state}; `%coreason resume {wf}` first, or ask with "
+                "--background to queue behind the pause"
+            )
             raise UsageError(msg)
         self._gate_tiers()
         if args.dashboard or (args.dashboard is None and self.show_dashboard_on_ask):
             display(self.handle_dashboard(DashboardArgs(workflow=wf), None))
-        kwargs = {"workflow_id": wf, "tiers": tiers,
-                  "max_tokens": args.max_tokens or (self.max_tokens or None)}
+        kwargs = {
+            "workflow_id": wf,
+            "tiers": tiers,
+            "max_tokens": args.max_tokens or (self.max_tokens or None),
+        }
         router = self.runtime.router
         future = self.runtime.call(lambda: router.generate(schema, prompt, **kwargs))
         if args.background:
-            handle = AskHandle(future, workflow_id=wf, schema_name=name, into=into,
-                               namespace=self.ns, controls=self.controls, bus=self.runtime.bus,
-                               open_circuit=self._open_circuit,
-                               max_per_second=self.max_updates_per_second)
+            handle = AskHandle(
+                future,
+                workflow_id=wf,
+                schema_name=name,
+                into=into,
+                namespace=self.ns,
+                controls=self.controls,
+                bus=self.runtime.bus,
+                open_circuit=self._open_circuit,
+                max_per_second=self.max_updates_per_second,
+            )
             self.handles.append(handle)
             self.ns[f"{into}_handle"] = handle
             return handle
@@ -370,8 +428,9 @@ class CoreasonMagics(Magics):
             self.last_result = result
             self.controls.resume(wf, reason="human answered")
 
-        form = OracleForm(error, lambda answer: self.runtime.router.resolve_yield(error, answer),
-                          on_done=done)
+        form = OracleForm(
+            error, lambda answer: self.runtime.router.resolve_yield(error, answer), on_done=done
+        )
         self.forms.append(form)
         self.ns[f"{into}_form"] = form
         return form
@@ -388,22 +447,36 @@ class CoreasonMagics(Magics):
         deps = list(args.after)
         for dep in deps:
             if dep not in self.thunks and dep not in self.ns:
-                msg = f"%%coreason thunk {args.name}: --after names {dep!r}, which is neither " \
-                      f"a declared step nor a variable.{suggest(dep, list(self.thunks))}"
+                msg = (
+                    f"%%coreason thunk {args.name}: --after names {dep!r}, which is neither "
+                    f"a declared step nor a variable.{suggest(dep, list(self.thunks))}"
+                )
                 raise UsageError(msg)
-        thunk = Thunk(args.name, cell, deps=deps, namespace=self.ns, bus=self.runtime.bus,
-                      workflow_id=self._workflow(args.workflow), resolve=self.thunks.get,
-                      checkpoint=self.controls.checkpoint)
+        thunk = Thunk(
+            args.name,
+            cell,
+            deps=deps,
+            namespace=self.ns,
+            bus=self.runtime.bus,
+            workflow_id=self._workflow(args.workflow),
+            resolve=self.thunks.get,
+            checkpoint=self.controls.checkpoint,
+        )
         self.thunks[args.name] = thunk
         self.ns[args.name] = thunk
         return None
 
     def handle_invariant(self, args: Any, cell: str | None) -> Any:
-        lines = [ln.strip() for ln in (cell or "").splitlines()
-                 if ln.strip() and not ln.strip().startswith("#")]
+        lines = [
+            ln.strip()
+            for ln in (cell or "").splitlines()
+            if ln.strip() and not ln.strip().startswith("#")
+        ]
         if not lines and args.unit is None:
-            msg = f"%coreason invariant {args.name}: give boolean expressions in the cell body " \
-                  "(`%%coreason invariant ...`) or a unit with --unit"
+            msg = (
+                f"%coreason invariant {args.name}: give boolean expressions in the cell body "
+                "(`%%coreason invariant ...`) or a unit with --unit"
+            )
             raise UsageError(msg)
         for expr in [*lines, *([args.of] if args.of else [])]:
             try:
@@ -428,8 +501,9 @@ class CoreasonMagics(Magics):
     def handle_check(self, args: Any, cell: str | None) -> Any:
         for name in args.names:
             if name not in self.invariants:
-                msg = f"%coreason check: no invariant {name!r}." \
-                      f"{suggest(name, list(self.invariants))}"
+                msg = (
+                    f"%coreason check: no invariant {name!r}.{suggest(name, list(self.invariants))}"
+                )
                 raise UsageError(msg)
         return self._runner().check(args.names or list(self.invariants), self.default_workflow)
 

@@ -67,8 +67,12 @@ class OracleForm:
         Called with the Result once an answer was accepted.
     """
 
-    def __init__(self, error: EpistemicYieldError, resolve: Callable[[dict[str, Any]], Any],
-                 on_done: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        error: EpistemicYieldError,
+        resolve: Callable[[dict[str, Any]], Any],
+        on_done: Callable[[Any], None] | None = None,
+    ) -> None:
         self.error = error
         self.schema: dict[str, Any] = dict(error.schema or {})
         self._resolve = resolve
@@ -90,21 +94,32 @@ class OracleForm:
             widget = self._widget(kind, node, is_required)
             label = node.get("title") or name
             tip = node.get("description") or ""
-            rows.append(W.HBox([W.HTML(f"<b>{html.escape(str(label))}</b>"
-                                       f"{'' if is_required else ' <i>(optional)</i>'}",
-                                       layout=W.Layout(width="180px")), widget,
-                                W.HTML(f"<small>{html.escape(str(tip))}</small>")]))
+            rows.append(
+                W.HBox(
+                    [
+                        W.HTML(
+                            f"<b>{html.escape(str(label))}</b>"
+                            f"{'' if is_required else ' <i>(optional)</i>'}",
+                            layout=W.Layout(width="180px"),
+                        ),
+                        widget,
+                        W.HTML(f"<small>{html.escape(str(tip))}</small>"),
+                    ]
+                )
+            )
             self.fields[name] = (widget, kind, is_required)
-        attempts = ", ".join(f"{a.tier}#{a.index} {a.error_type or 'ok'}"
-                             for a in error.attempts) or "none"
+        attempts = (
+            ", ".join(f"{a.tier}#{a.index} {a.error_type or 'ok'}" for a in error.attempts)
+            or "none"
+        )
         header = W.HTML(
             "<div style='border-left:4px solid #ff7f0e;padding-left:8px'>"
             "<b>Oracle Circuit</b>: every tier failed, so this question needs a human.<br>"
             f"<b>workflow</b> {html.escape(str(error.workflow_id))} · <b>attempts</b> "
             f"{html.escape(attempts)}<br><b>question</b> "
-            f"<pre style='white-space:pre-wrap'>{html.escape(error.prompt or '')}</pre></div>")
-        self.button = W.Button(description="Submit answer", button_style="warning",
-                               icon="check")
+            f"<pre style='white-space:pre-wrap'>{html.escape(error.prompt or '')}</pre></div>"
+        )
+        self.button = W.Button(description="Submit answer", button_style="warning", icon="check")
         self.button.on_click(lambda _b: self.submit())
         self.message = W.HTML()
         self.widget = W.VBox([header, *rows, self.button, self.message])
@@ -122,8 +137,9 @@ class OracleForm:
         if kind == "number" and required:
             return W.FloatText(value=float(default) if default is not None else 0.0)
         if kind == "json":
-            return W.Textarea(placeholder="JSON", value="" if default is None
-                              else json.dumps(default))
+            return W.Textarea(
+                placeholder="JSON", value="" if default is None else json.dumps(default)
+            )
         return W.Text(value="" if default is None else str(default))
 
     def values(self) -> dict[str, Any]:
@@ -170,16 +186,19 @@ class OracleForm:
         try:
             result = self._resolve(answer)
         except (CoreasonError, ValueError, TypeError) as e:
-            self.message.value = ("<span style='color:#d62728'>Not accepted: "
-                                  f"{html.escape(str(e))}</span>")
+            self.message.value = (
+                f"<span style='color:#d62728'>Not accepted: {html.escape(str(e))}</span>"
+            )
             return None
         self.result = result
         self.button.disabled = True
         for widget, _, _ in self.fields.values():
             widget.disabled = True
-        self.message.value = (f"<span style='color:#2ca02c'>Recorded with tier "
-                              f"<b>{html.escape(str(getattr(result, 'tier', 'human')))}</b>."
-                              "</span>")
+        self.message.value = (
+            f"<span style='color:#2ca02c'>Recorded with tier "
+            f"<b>{html.escape(str(getattr(result, 'tier', 'human')))}</b>."
+            "</span>"
+        )
         if self._on_done is not None:
             self._on_done(result)
         return result

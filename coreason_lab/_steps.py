@@ -58,10 +58,18 @@ class Thunk:
     dependencies first. Declaring publishes ``thunk.declared``; forcing ``thunk.forced``.
     """
 
-    def __init__(self, name: str, code: str, *, deps: Iterable[str] = (),
-                 namespace: Mapping[str, Any], bus: EventBus, workflow_id: str | None = None,
-                 resolve: Callable[[str], Thunk | None] | None = None,
-                 checkpoint: Callable[[str | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        code: str,
+        *,
+        deps: Iterable[str] = (),
+        namespace: Mapping[str, Any],
+        bus: EventBus,
+        workflow_id: str | None = None,
+        resolve: Callable[[str], Thunk | None] | None = None,
+        checkpoint: Callable[[str | None], None] | None = None,
+    ) -> None:
         self.name = name
         self.code = code
         self._after = list(deps)
@@ -76,8 +84,13 @@ class Thunk:
         self.duration_s: float | None = None
         tree = ast.parse(code, filename=f"<thunk {name}>")  # syntax errors surface here
         self._names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - {name})
-        bus.emit(EventType.THUNK_DECLARED, workflow_id=workflow_id, source="coreason_lab",
-                 name=name, deps=self.deps)
+        bus.emit(
+            EventType.THUNK_DECLARED,
+            workflow_id=workflow_id,
+            source="coreason_lab",
+            name=name,
+            deps=self.deps,
+        )
 
     @property
     def deps(self) -> list[str]:
@@ -113,9 +126,14 @@ class Thunk:
             self.duration_s = time.perf_counter() - started
             self._value = value
             self.error = None
-        self._bus.emit(EventType.THUNK_FORCED, workflow_id=self.workflow_id,
-                       source="coreason_lab", name=self.name, summary=_summary(value),
-                       duration_s=self.duration_s)
+        self._bus.emit(
+            EventType.THUNK_FORCED,
+            workflow_id=self.workflow_id,
+            source="coreason_lab",
+            name=self.name,
+            summary=_summary(value),
+            duration_s=self.duration_s,
+        )
         return value
 
     @property
@@ -175,8 +193,11 @@ class Invariant:
 
     def _mentions(self, key: str) -> bool:
         texts = [*self.expressions, self.of or (self.name if self.unit else "")]
-        return any(key in {n.id for n in ast.walk(ast.parse(t, mode="eval"))
-                           if isinstance(n, ast.Name)} for t in texts if t)
+        return any(
+            key in {n.id for n in ast.walk(ast.parse(t, mode="eval")) if isinstance(n, ast.Name)}
+            for t in texts
+            if t
+        )
 
     def _check_unit(self, env: dict[str, Any]) -> InvariantResult:
         import pint
@@ -185,11 +206,15 @@ class Invariant:
         target = self.of or self.name
         value = eval(compile(target, f"<invariant {self.name}>", "eval"), env)
         if not isinstance(value, pint.Quantity):
-            return InvariantResult(self.name, False, f"{target} has no unit (expected "
-                                   f"{self.unit}); use pint.get_application_registry()")
+            return InvariantResult(
+                self.name,
+                False,
+                f"{target} has no unit (expected {self.unit}); use pint.get_application_registry()",
+            )
         if not value.is_compatible_with(ureg(self.unit)):
-            return InvariantResult(self.name, False, f"{target} is in {value.units}, not "
-                                   f"compatible with {self.unit}")
+            return InvariantResult(
+                self.name, False, f"{target} is in {value.units}, not compatible with {self.unit}"
+            )
         return InvariantResult(self.name, True, f"{target} is in {value.units}")
 
     def predicate(self) -> Callable[[Mapping[str, Any]], bool]:
@@ -212,7 +237,7 @@ def dependency_order(targets: Iterable[str], deps: Mapping[str, list[str]]) -> l
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = " -> ".join([*path[path.index(name):], name])
+            cycle = " -> ".join([*path[path.index(name) :], name])
             msg = f"the steps form a cycle: {cycle}"
             raise ValueError(msg)
         if name not in deps:
@@ -245,10 +270,14 @@ class RunReport:
         rows = "".join(
             f"<tr><td>{'★ ' if n in self.critical_path else ''}{html.escape(n)}</td>"
             f"<td>{html.escape(s)}</td><td>{self.durations.get(n, 0.0):.3f}</td></tr>"
-            for n, s in self.states.items())
-        inv = "".join(f"<li>{html.escape(r.name)}: {html.escape(r.detail)}</li>"
-                      for r in self.invariants)
-        return (f"<div class='coreason-run'><b>run</b> {html.escape(self.workflow_id)} · "
-                f"critical path: {html.escape(' → '.join(self.critical_path))}"
-                "<table><tr><th>step</th><th>state</th><th>s</th></tr>"
-                f"{rows}</table>{f'<ul>{inv}</ul>' if inv else ''}</div>")
+            for n, s in self.states.items()
+        )
+        inv = "".join(
+            f"<li>{html.escape(r.name)}: {html.escape(r.detail)}</li>" for r in self.invariants
+        )
+        return (
+            f"<div class='coreason-run'><b>run</b> {html.escape(self.workflow_id)} · "
+            f"critical path: {html.escape(' → '.join(self.critical_path))}"
+            "<table><tr><th>step</th><th>state</th><th>s</th></tr>"
+            f"{rows}</table>{f'<ul>{inv}</ul>' if inv else ''}</div>"
+        )

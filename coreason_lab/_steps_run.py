@@ -41,8 +41,11 @@ class CheckReport:
 
     def _repr_html_(self) -> str:
         mark = {True: "✓", False: "✗", None: "…"}
-        rows = "".join(f"<tr><td>{mark[r.ok]}</td><td>{html.escape(r.name)}</td>"
-                       f"<td>{html.escape(r.detail)}</td></tr>" for r in self.results)
+        rows = "".join(
+            f"<tr><td>{mark[r.ok]}</td><td>{html.escape(r.name)}</td>"
+            f"<td>{html.escape(r.detail)}</td></tr>"
+            for r in self.results
+        )
         return f"<table class='coreason-check'>{rows}</table>"
 
     def __repr__(self) -> str:
@@ -52,8 +55,14 @@ class CheckReport:
 class StepRunner:
     """Forces thunks in dependency order and evaluates invariants for one runtime."""
 
-    def __init__(self, runtime: Any, controls: Controls, thunks: Mapping[str, Thunk],
-                 invariants: Mapping[str, Invariant], namespace: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        controls: Controls,
+        thunks: Mapping[str, Thunk],
+        invariants: Mapping[str, Invariant],
+        namespace: Mapping[str, Any],
+    ) -> None:
         self.runtime = runtime
         self.controls = controls
         self.thunks = thunks
@@ -75,11 +84,20 @@ class StepRunner:
 
         sched = self.runtime.engine("scheduler", Scheduler.for_runtime)
         self._runs += 1
-        dag = SubgoalDAG(id=f"lab-run-{id(self)}-{self._runs}", workflow_id=workflow_id, tasks=[
-            TaskSpec(id=name, deps=[d for d in self.thunks[name].deps if d in order],
-                     eta=self.thunks[name].duration_s or 1.0, max_attempts=1,
-                     meta={"source": "coreason_lab"})
-            for name in order])
+        dag = SubgoalDAG(
+            id=f"lab-run-{id(self)}-{self._runs}",
+            workflow_id=workflow_id,
+            tasks=[
+                TaskSpec(
+                    id=name,
+                    deps=[d for d in self.thunks[name].deps if d in order],
+                    eta=self.thunks[name].duration_s or 1.0,
+                    max_attempts=1,
+                    meta={"source": "coreason_lab"},
+                )
+                for name in order
+            ],
+        )
 
         def action(name: str) -> Any:
             def target(gate: Any) -> bool:
@@ -106,9 +124,12 @@ class StepRunner:
         return self.runtime.submit(run())  # type: ignore[no-any-return]
 
     def _report(self, result: Any, order: list[str], workflow_id: str) -> RunReport:
-        report = RunReport(workflow_id, states={n: result.tasks[n].state for n in order},
-                           durations={n: result.tasks[n].run_s for n in order},
-                           status=result.status)
+        report = RunReport(
+            workflow_id,
+            states={n: result.tasks[n].state for n in order},
+            durations={n: result.tasks[n].run_s for n in order},
+            status=result.status,
+        )
         # the scheduler's path is the *remaining* one; the report shows the whole chain
         report.critical_path = self._critical_path(order, report.durations)
         if result.status == "succeeded":
@@ -142,8 +163,13 @@ class StepRunner:
         report = CheckReport([self.invariants[n].check(self.ns) for n in names])
         failed = [r for r in report.results if r.ok is False]
         for r in failed:
-            self.runtime.bus.emit(EventType.INVARIANT_VIOLATED, workflow_id=workflow_id,
-                                  source="coreason_lab", invariant=r.name, detail=r.detail)
+            self.runtime.bus.emit(
+                EventType.INVARIANT_VIOLATED,
+                workflow_id=workflow_id,
+                source="coreason_lab",
+                invariant=r.name,
+                detail=r.detail,
+            )
         if failed:
             detail = "; ".join(f"{r.name}: {r.detail}" for r in failed)
             msg = f"{len(failed)} invariant(s) violated: {detail}"

@@ -71,8 +71,9 @@ class Throttle:
         self._sub: Subscription = bus.subscribe(self.offer, types)
         self._thread: threading.Thread | None = None
         if start:
-            self._thread = threading.Thread(target=self._loop, name="coreason-throttle",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._loop, name="coreason-throttle", daemon=True
+            )
             self._thread.start()
 
     # --- the publisher side (cheap) -----------------------------------------------------------
@@ -194,5 +195,7 @@ class Throttle:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "paused" if self._paused else "live"
-        return (f"<Throttle {state} ≤{self.max_per_second:g}/s attached={self.attached} "
-                f"delivered={self.delivered_events} dropped={self.dropped}>")
+        return (
+            f"<Throttle {state} ≤{self.max_per_second:g}/s attached={self.attached} "
+            f"delivered={self.delivered_events} dropped={self.dropped}>"
+        )

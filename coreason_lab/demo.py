@@ -29,8 +29,12 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 600) -> tuple[Path, P
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     client.execute()
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / path.name
@@ -59,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     path = _find(args.notebook)
     out = Path(args.out) if args.out else coreason_home() / "demo"
-    print(f"running {path} in a fresh kernel (local model, SQLite ledgers in "
-          f"{os.environ.get('COREASON_HOME', '~/.coreason')}, no keys) …", flush=True)
+    print(
+        f"running {path} in a fresh kernel (local model, SQLite ledgers in "
+        f"{os.environ.get('COREASON_HOME', '~/.coreason')}, no keys) …",
+        flush=True,
+    )
     t0 = time.monotonic()
     executed, html_path = run_notebook(path, out)
     print(f"done in {time.monotonic() - t0:.0f} s")

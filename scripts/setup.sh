@@ -30,7 +30,9 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# Every install is held to the versions CI tested (constraints.txt; update it on purpose with
+#    scripts/update-constraints.sh).
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt")
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   log "installing torch==2.13.0"
   "${PIP[@]}" "torch==2.13.0"
@@ -42,7 +44,8 @@ log "installing build tools"
 if [ ! -f coreason_lab/labextension/package.json ] || \
    [ -n "$(find labextension/src labextension/style labextension/package.json -newer coreason_lab/labextension/package.json 2>/dev/null)" ]; then
   log "building the JupyterLab extension"
-  (cd labextension && npm install --no-audit --no-fund --loglevel=error && PATH="$ROOT/.venv/bin:$PATH" npm run --silent build:prod)
+  # npm ci installs exactly package-lock.json and never rewrites it (the tree stays clean)
+  (cd labextension && npm ci --no-audit --no-fund --loglevel=error && PATH="$ROOT/.venv/bin:$PATH" npm run --silent build:prod)
 fi
 cp labextension/install.json coreason_lab/labextension/install.json
 

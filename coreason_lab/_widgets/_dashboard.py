@@ -27,7 +27,10 @@ from coreason_lab._widgets._views import (
 __all__ = ["VIEWS", "Dashboard"]
 
 VIEWS: dict[str, type[View]] = {
-    "budget": BudgetView, "dag": DagView, "cache": CacheView, "decode": DecodeView,
+    "budget": BudgetView,
+    "dag": DagView,
+    "cache": CacheView,
+    "decode": DecodeView,
 }
 
 
@@ -50,9 +53,17 @@ class Dashboard:
         Start the throttle's delivery thread (tests drive ``throttle.pump`` instead).
     """
 
-    def __init__(self, runtime: Any, controls: Controls, *, workflow: str | None = None,
-                 views: Sequence[str] = tuple(VIEWS), max_updates_per_second: float = 10.0,
-                 max_points: int = 500, start: bool = True) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        controls: Controls,
+        *,
+        workflow: str | None = None,
+        views: Sequence[str] = tuple(VIEWS),
+        max_updates_per_second: float = 10.0,
+        max_points: int = 500,
+        start: bool = True,
+    ) -> None:
         unknown = [v for v in views if v not in VIEWS]
         if unknown:
             msg = f"unknown view(s) {unknown}; choose from {', '.join(VIEWS)}"
@@ -71,10 +82,12 @@ class Dashboard:
             else:
                 self.views[name] = DecodeView()
         areas = sorted({a for v in self.views.values() for a in v.areas} | {"budget"})
-        self.throttle = Throttle(runtime.bus, areas, max_per_second=max_updates_per_second,
-                                 start=start)
-        self.picker = W.Combobox(placeholder="workflow", value=workflow or "",
-                                 options=self._workflow_options())
+        self.throttle = Throttle(
+            runtime.bus, areas, max_per_second=max_updates_per_second, start=start
+        )
+        self.picker = W.Combobox(
+            placeholder="workflow", value=workflow or "", options=self._workflow_options()
+        )
         self.status = W.HTML()
         self._options_at = 0.0
         self._status_at = 0.0
@@ -82,15 +95,25 @@ class Dashboard:
         self._render_lock = threading.Lock()
         self._redraw: threading.Timer | None = None
         buttons = []
-        for intent, style, icon in (("pause", "warning", "pause"), ("resume", "success", "play"),
-                                    ("preempt", "info", "step-forward"),
-                                    ("abort", "danger", "stop")):
-            b = W.Button(description=intent, button_style=style, icon=icon,
-                         layout=W.Layout(width="auto", min_width="90px"))
+        for intent, style, icon in (
+            ("pause", "warning", "pause"),
+            ("resume", "success", "play"),
+            ("preempt", "info", "step-forward"),
+            ("abort", "danger", "stop"),
+        ):
+            b = W.Button(
+                description=intent,
+                button_style=style,
+                icon=icon,
+                layout=W.Layout(width="auto", min_width="90px"),
+            )
             b.on_click(lambda _b, i=intent: self.intent(i))
             buttons.append(b)
-        self.freeze = W.ToggleButton(description="freeze view", value=False,
-                                     tooltip="stop updating the views; the runtime keeps going")
+        self.freeze = W.ToggleButton(
+            description="freeze view",
+            value=False,
+            tooltip="stop updating the views; the runtime keeps going",
+        )
         self.freeze.observe(self._on_freeze, "value")
         tabs = W.Tab(children=[v.widget for v in self.views.values()])
         for i, v in enumerate(self.views.values()):
@@ -137,7 +160,8 @@ class Dashboard:
                 f"<small>{t.delivered_batches} updates · {t.delivered_events} events"
                 f"{f' · {t.dropped} dropped' if t.dropped else ''}"
                 f"{' · view frozen' if t.paused else ''}"
-                f"{' · ' + html.escape(states) if states else ''}</small>")
+                f"{' · ' + html.escape(states) if states else ''}</small>"
+            )
         if now - self._options_at >= 1.0:  # the ledger store is read at most once a second
             self._options_at = now
             options = self._workflow_options()

@@ -47,7 +47,8 @@ class FlowBudget:
     tokens_out: int = 0
     by_tier: dict[str, float] = field(default_factory=dict)
     burn: collections.deque[tuple[float, float]] = field(
-        default_factory=lambda: collections.deque(maxlen=500))
+        default_factory=lambda: collections.deque(maxlen=500)
+    )
     exceeded: int = 0
 
 
@@ -63,7 +64,8 @@ class BudgetState:
         fb = self.flows.get(workflow_id)
         if fb is None:
             fb = self.flows[workflow_id] = FlowBudget(
-                workflow_id, burn=collections.deque(maxlen=self.max_points))
+                workflow_id, burn=collections.deque(maxlen=self.max_points)
+            )
         return fb
 
     def apply(self, events: Iterable[Event]) -> None:
@@ -101,9 +103,14 @@ class BudgetState:
 # --- the task DAG --------------------------------------------------------------------------
 
 TASK_STATES = {
-    "task.started": "running", "task.finished": "done", "task.failed": "failed",
-    "task.preempted": "preempted", "task.resumed": "running", "task.aborted": "aborted",
-    "thunk.declared": "pending", "thunk.forced": "done",
+    "task.started": "running",
+    "task.finished": "done",
+    "task.failed": "failed",
+    "task.preempted": "preempted",
+    "task.resumed": "running",
+    "task.aborted": "aborted",
+    "thunk.declared": "pending",
+    "thunk.forced": "done",
 }
 
 
@@ -201,8 +208,11 @@ class DagState:
                 return best[name]
             n = self.nodes[name]
             own = n.duration if n.duration is not None else 1.0
-            options = [longest(dep, seen | {name}) for dep in n.deps
-                       if dep in self.nodes and dep not in seen]
+            options = [
+                longest(dep, seen | {name})
+                for dep in n.deps
+                if dep in self.nodes and dep not in seen
+            ]
             length, path = max(options, default=(0.0, []), key=lambda o: o[0])
             best[name] = (length + own, [*path, name])
             return best[name]
@@ -240,7 +250,8 @@ class CacheState:
         self.evicts = 0
         self.by_cache: dict[str, list[int]] = {}
         self.series: collections.deque[tuple[float, int, int]] = collections.deque(
-            maxlen=max_points)
+            maxlen=max_points
+        )
 
     @property
     def ratio(self) -> float:
@@ -320,8 +331,9 @@ class DecodeState:
                 self._add(str(text) if text is not None else "", "text")
             elif kind == "decode.span_repaired":
                 self.repairs += 1
-                self._add(str(pick(d, "new_text", "text", "new", "replacement", default="")),
-                          "repaired")
+                self._add(
+                    str(pick(d, "new_text", "text", "new", "replacement", default="")), "repaired"
+                )
             elif kind == "decode.injected":
                 self._add(str(pick(d, "text", "injected", default="")), "injected")
             elif kind == "thunk.forced":

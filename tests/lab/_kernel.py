@@ -12,7 +12,7 @@ from jupyter_client.manager import start_new_kernel
 # A tier that decodes like a small local model: one token every ``delay`` seconds, each
 # charged to the meter as it is produced (so the control gate sees every token), until the
 # test sets ``finish`` (or max_tokens is reached), so a test never races the decode's end.
-SLOW_TIER = '''
+SLOW_TIER = """
 import threading, time
 from pydantic import BaseModel
 from coreason_runtime import Coordinator
@@ -45,7 +45,7 @@ def _until(pred, timeout=90.0):
             return True
         time.sleep(0.005)
     return False
-'''
+"""
 
 
 class Kernel:
@@ -60,7 +60,8 @@ class Kernel:
         """Execute ``code`` on the main shell; returns stdout. Raises on an error reply."""
         out: list[str] = []
         reply = self.kc.execute_interactive(
-            code, timeout=timeout, output_hook=lambda m: self._hook(m, out))
+            code, timeout=timeout, output_hook=lambda m: self._hook(m, out)
+        )
         if reply["content"]["status"] != "ok":
             c = reply["content"]
             msg = f"{c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", []))
@@ -74,8 +75,9 @@ class Kernel:
         elif kind == "comm_msg":
             self.comm_msgs.append(msg["content"]["data"])
 
-    def send_shell(self, msg_type: str, content: dict[str, Any],
-                   subshell: str | None = None) -> str:
+    def send_shell(
+        self, msg_type: str, content: dict[str, Any], subshell: str | None = None
+    ) -> str:
         msg = self.kc.session.msg(msg_type, content)
         if subshell is not None:
             msg["header"]["subshell_id"] = subshell
@@ -83,9 +85,18 @@ class Kernel:
         return str(msg["header"]["msg_id"])
 
     def execute_nowait(self, code: str, subshell: str | None = None) -> str:
-        return self.send_shell("execute_request", {
-            "code": code, "silent": False, "store_history": False, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": True}, subshell)
+        return self.send_shell(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+            subshell,
+        )
 
     def shell_reply(self, msg_id: str, timeout: float = 60.0) -> dict[str, Any]:
         end = time.monotonic() + timeout

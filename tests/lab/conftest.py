@@ -37,14 +37,14 @@ def _clean(shell: InteractiveShell, baseline: frozenset[str]) -> None:
 
 
 @pytest.fixture
-def ip(_shell: tuple[InteractiveShell, frozenset[str]],
-       rt: Coordinator) -> Iterator[InteractiveShell]:
+def ip(
+    _shell: tuple[InteractiveShell, frozenset[str]], rt: Coordinator
+) -> Iterator[InteractiveShell]:
     """The shell with ``%load_ext coreason_lab`` done against ``rt``, and a clean namespace."""
     shell, baseline = _shell
     _clean(shell, baseline)
     coreason_lab.load_ipython_extension(shell, runtime=rt)
-    shell.run_cell("from pydantic import BaseModel\n"
-                   "class Answer(BaseModel):\n    value: int\n")
+    shell.run_cell("from pydantic import BaseModel\nclass Answer(BaseModel):\n    value: int\n")
     yield shell
     coreason_lab.unload_ipython_extension(shell)
     _clean(shell, baseline)

@@ -47,8 +47,14 @@ def test_budget_parses_into_typed_arguments() -> None:
 
 def test_ask_options_are_typed() -> None:
     _, args = parse_line("ask Answer -w wf -t local,oracle -n 64 -o out --background")
-    assert args == AskArgs(schema="Answer", workflow="wf", tiers=["local", "oracle"],
-                           max_tokens=64, into="out", background=True)
+    assert args == AskArgs(
+        schema="Answer",
+        workflow="wf",
+        tiers=["local", "oracle"],
+        max_tokens=64,
+        into="out",
+        background=True,
+    )
 
 
 def test_into_must_be_a_variable_name() -> None:

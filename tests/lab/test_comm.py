@@ -20,8 +20,14 @@ class RecordingComm(BaseComm):
         self.sent: list[dict[str, Any]] = []
         super().__init__(target_name="coreason", primary=False, **kwargs)
 
-    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
-                    buffers: Any = None, **keys: Any) -> None:
+    def publish_msg(
+        self,
+        msg_type: str,
+        data: Any = None,
+        metadata: Any = None,
+        buffers: Any = None,
+        **keys: Any,
+    ) -> None:
         if msg_type == "comm_msg":
             self.sent.append(data)
 
@@ -42,13 +48,13 @@ def opened(bridge: CommBridge) -> RecordingComm:
 
 def test_open_sends_hello_with_intents_and_ledgers(opened: RecordingComm) -> None:
     hello = opened.sent[0]
-    assert hello["type"] == "hello" and hello["intents"] == ["pause", "resume", "abort",
-                                                             "preempt"]
+    assert hello["type"] == "hello" and hello["intents"] == ["pause", "resume", "abort", "preempt"]
     assert any(led["workflow_id"] == "default" for led in hello["ledgers"])
 
 
-def test_events_go_out_in_throttled_batches(rt: Coordinator, bridge: CommBridge,
-                                            opened: RecordingComm) -> None:
+def test_events_go_out_in_throttled_batches(
+    rt: Coordinator, bridge: CommBridge, opened: RecordingComm
+) -> None:
     for i in range(30):
         rt.bus.emit(EventType.CACHE_HIT, workflow_id="wf", i=i)
     throttle = bridge.open_comms[opened.comm_id][1]
@@ -59,19 +65,30 @@ def test_events_go_out_in_throttled_batches(rt: Coordinator, bridge: CommBridge,
 
 
 def test_an_intent_is_applied_and_acknowledged(bridge: CommBridge, opened: RecordingComm) -> None:
-    opened.handle_msg({"content": {"data": {"type": "intent", "intent": "pause",
-                                            "workflow_id": "wf"}}})
-    assert opened.sent[-1] == {"type": "ack", "intent": "pause", "workflow_id": "wf",
-                               "state": "paused"}
+    opened.handle_msg(
+        {"content": {"data": {"type": "intent", "intent": "pause", "workflow_id": "wf"}}}
+    )
+    assert opened.sent[-1] == {
+        "type": "ack",
+        "intent": "pause",
+        "workflow_id": "wf",
+        "state": "paused",
+    }
     assert bridge.controls.state("wf") == "paused"
 
 
-@pytest.mark.parametrize("data", [
-    "pause", {"type": "intent", "intent": "explode", "workflow_id": "wf"},
-    {"type": "intent", "intent": "pause"}, {"type": "dance"},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        "pause",
+        {"type": "intent", "intent": "explode", "workflow_id": "wf"},
+        {"type": "intent", "intent": "pause"},
+        {"type": "dance"},
+    ],
+)
 def test_a_malformed_message_is_answered_with_an_error_and_changes_nothing(
-        bridge: CommBridge, data: Any) -> None:
+    bridge: CommBridge, data: Any
+) -> None:
     reply = bridge.handle(data)
     assert reply["type"] == "error" and bridge.controls.workflows() == []
 
@@ -86,8 +103,9 @@ def test_closing_the_comm_unsubscribes(rt: Coordinator, bridge: CommBridge) -> N
 
 def test_event_json_is_json_safe_and_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COREASON_ORACLE_API_KEY", "sk-SECRET")
-    body = event_json(Event(type=EventType.LOG, data={"obj": object(), "api_key": "x",
-                                                      "msg": "auth sk-SECRET"}))
+    body = event_json(
+        Event(type=EventType.LOG, data={"obj": object(), "api_key": "x", "msg": "auth sk-SECRET"})
+    )
     assert "api_key" not in body["data"] and body["data"]["msg"] == "auth ***"
     assert body["data"]["obj"].startswith("<object object")
 
@@ -112,6 +130,13 @@ def test_the_fast_path_words_cover_the_secret_key_pattern() -> None:
     from coreason_lab._comm import _SECRET_WORDS
     from coreason_lab._display import SECRET_KEY
 
-    for key in ("API_KEY", "apiKey", "api-key", "Authorization", "client_secret", "PASSWORD",
-                "bearer_token"):
+    for key in (
+        "API_KEY",
+        "apiKey",
+        "api-key",
+        "Authorization",
+        "client_secret",
+        "PASSWORD",
+        "bearer_token",
+    ):
         assert SECRET_KEY.search(key) and any(w in key.lower() for w in _SECRET_WORDS), key

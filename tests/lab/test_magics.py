@@ -97,8 +97,9 @@ def test_budget_of_unknown_workflow_suggests_a_known_one(ip: InteractiveShell) -
         line(ip, "budget wf-2")
 
 
-def test_reset_zeroes_the_ledger_and_keeps_the_ceiling(ip: InteractiveShell,
-                                                       rt: Coordinator) -> None:
+def test_reset_zeroes_the_ledger_and_keeps_the_ceiling(
+    ip: InteractiveShell, rt: Coordinator
+) -> None:
     line(ip, "budget wf 1000")
     cell(ip, "ask Answer -w wf", "six times seven?")
     line(ip, "reset wf")
@@ -106,8 +107,9 @@ def test_reset_zeroes_the_ledger_and_keeps_the_ceiling(ip: InteractiveShell,
     assert (led.spent, led.ceiling) == (0.0, 1000.0)
 
 
-def test_ledgers_survive_a_new_runtime_on_the_same_home(ip: InteractiveShell,
-                                                        rt: Coordinator) -> None:
+def test_ledgers_survive_a_new_runtime_on_the_same_home(
+    ip: InteractiveShell, rt: Coordinator
+) -> None:
     line(ip, "budget wf 1000")
     cell(ip, "ask Answer -w wf", "six times seven?")
     spent = rt.budgets.spent("wf")
@@ -167,8 +169,9 @@ def test_result_metadata_records_provenance(ip: InteractiveShell) -> None:
     assert meta["coreason"]["model"] == "scripted"
 
 
-def test_api_key_never_appears_in_a_displayed_result(ip: InteractiveShell, rt: Coordinator,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_never_appears_in_a_displayed_result(
+    ip: InteractiveShell, rt: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COREASON_ORACLE_API_KEY", "sk-test-SECRET-1234")
     tiers(rt, ScriptedTier("local", ['{"value": 1}'], model="proxy?key=sk-test-SECRET-1234"))
     line(ip, "budget wf 1000")
@@ -197,8 +200,9 @@ def test_background_ask_returns_a_handle_and_the_value_lands_later(ip: Interacti
     assert ip.user_ns["later_handle"] is handle
 
 
-def test_pause_stops_a_running_request_until_resume(ip: InteractiveShell, rt: Coordinator,
-                                                    magics: CoreasonMagics) -> None:
+def test_pause_stops_a_running_request_until_resume(
+    ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics
+) -> None:
     started, release = threading.Event(), threading.Event()
     tiers(rt, _blocking_tier(started, release))
     line(ip, "budget wf 1000")
@@ -214,7 +218,8 @@ def test_pause_stops_a_running_request_until_resume(ip: InteractiveShell, rt: Co
 
 
 def test_abort_stops_a_running_request_and_charges_only_what_was_used(
-        ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics) -> None:
+    ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics
+) -> None:
     started, release = threading.Event(), threading.Event()
     tiers(rt, _blocking_tier(started, release))
     line(ip, "budget wf 1000")
@@ -227,8 +232,9 @@ def test_abort_stops_a_running_request_and_charges_only_what_was_used(
     assert led.tokens_out == 0 and led.reserved == 0 and "answer" not in ip.user_ns
 
 
-def test_a_new_ask_after_an_abort_runs(ip: InteractiveShell, rt: Coordinator,
-                                       magics: CoreasonMagics) -> None:
+def test_a_new_ask_after_an_abort_runs(
+    ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics
+) -> None:
     line(ip, "budget wf 1000")
     magics.controls.abort("wf")
     cell(ip, "ask Answer -w wf", "six times seven?")
@@ -284,8 +290,9 @@ def test_dashboard_unknown_view_suggests(ip: InteractiveShell) -> None:
         line(ip, "dashboard --views dga")
 
 
-def test_reopening_the_dashboard_leaks_no_subscription(ip: InteractiveShell,
-                                                       rt: Coordinator) -> None:
+def test_reopening_the_dashboard_leaks_no_subscription(
+    ip: InteractiveShell, rt: Coordinator
+) -> None:
     line(ip, "dashboard")
     count = rt.bus.subscriber_count
     line(ip, "dashboard")
@@ -293,24 +300,27 @@ def test_reopening_the_dashboard_leaks_no_subscription(ip: InteractiveShell,
     assert rt.bus.subscriber_count == count
 
 
-def test_dashboard_button_intent_pauses_the_workflow(ip: InteractiveShell,
-                                                     magics: CoreasonMagics) -> None:
+def test_dashboard_button_intent_pauses_the_workflow(
+    ip: InteractiveShell, magics: CoreasonMagics
+) -> None:
     line(ip, "budget wf 1000")
     dash = line(ip, "dashboard -w wf")
     dash.intent("pause")  # type: ignore[attr-defined]
     assert magics.controls.state("wf") == "paused"
 
 
-def test_show_dashboard_on_ask_opens_the_workflows_dashboard(ip: InteractiveShell,
-                                                            magics: CoreasonMagics) -> None:
+def test_show_dashboard_on_ask_opens_the_workflows_dashboard(
+    ip: InteractiveShell, magics: CoreasonMagics
+) -> None:
     ip.run_line_magic("config", "CoreasonMagics.show_dashboard_on_ask = True")
     line(ip, "budget wf 1000")
     cell(ip, "ask Answer -w wf", "six times seven?")
     assert magics.dashboard is not None and magics.dashboard.workflow == "wf"
 
 
-def test_unload_closes_the_dashboard_and_keeps_the_ledgers(ip: InteractiveShell,
-                                                           rt: Coordinator) -> None:
+def test_unload_closes_the_dashboard_and_keeps_the_ledgers(
+    ip: InteractiveShell, rt: Coordinator
+) -> None:
     import coreason_lab
 
     line(ip, "budget wf 1000")

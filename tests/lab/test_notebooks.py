@@ -20,19 +20,29 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 @pytest.mark.notebook
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path: Path, tmp_path: Path, model_cache: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_executes(
+    path: Path, tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("COREASON_HOME", str(home))
     monkeypatch.setenv("COREASON_MODEL_CACHE", str(model_cache))  # converted model reused
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    )
     client.execute()  # raises CellExecutionError on the first unexpected error
-    errors = [c for c in nb.cells if c.cell_type == "code"
-              and any(o.get("output_type") == "error" for o in c.get("outputs", []))
-              and "raises-exception" not in c.metadata.get("tags", [])]
+    errors = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code"
+        and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+        and "raises-exception" not in c.metadata.get("tags", [])
+    ]
     assert errors == []

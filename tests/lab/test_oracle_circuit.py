@@ -36,8 +36,13 @@ def yielded(ip: InteractiveShell, rt: Coordinator) -> OracleForm:
 
 def test_every_tier_failing_opens_a_form_with_a_widget_per_field(yielded: OracleForm) -> None:
     kinds = {name: kind for name, (_, kind, _) in yielded.fields.items()}
-    assert kinds == {"expr": "string", "order": "integer", "exact": "boolean",
-                     "method": "enum", "note": "string"}
+    assert kinds == {
+        "expr": "string",
+        "order": "integer",
+        "exact": "boolean",
+        "method": "enum",
+        "note": "string",
+    }
 
 
 def test_the_yield_pauses_the_workflow(yielded: OracleForm, magics: CoreasonMagics) -> None:
@@ -45,8 +50,8 @@ def test_the_yield_pauses_the_workflow(yielded: OracleForm, magics: CoreasonMagi
 
 
 def test_a_valid_answer_lands_in_the_namespace_as_tier_human(
-        yielded: OracleForm, ip: InteractiveShell, rt: Coordinator,
-        magics: CoreasonMagics) -> None:
+    yielded: OracleForm, ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics
+) -> None:
     result = yielded.fill(expr="cos(x)", order=1, exact=True, method="symbolic").submit()
     assert result.tier == "human"
     assert ip.user_ns["d"].expr == "cos(x)"
@@ -55,7 +60,8 @@ def test_a_valid_answer_lands_in_the_namespace_as_tier_human(
 
 
 def test_an_invalid_answer_is_refused_and_changes_nothing(
-        yielded: OracleForm, ip: InteractiveShell, magics: CoreasonMagics) -> None:
+    yielded: OracleForm, ip: InteractiveShell, magics: CoreasonMagics
+) -> None:
     assert yielded.fill(expr="c", order=1, method="numeric").submit() is None
     assert "Not accepted" in yielded.message.value and "expr" in yielded.message.value
     assert "d" not in ip.user_ns
@@ -73,8 +79,9 @@ def test_filling_an_unknown_field_names_the_fields(yielded: OracleForm) -> None:
         yielded.fill(derivative="cos(x)")
 
 
-def test_oracle_circuit_off_raises_the_yield(ip: InteractiveShell, rt: Coordinator,
-                                             magics: CoreasonMagics) -> None:
+def test_oracle_circuit_off_raises_the_yield(
+    ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics
+) -> None:
     magics.oracle_circuit = False
     tiers(rt, ScriptedTier("local", ["nope"], repeat_last=True))
     ip.run_line_magic("coreason", "budget wf 10000")
@@ -82,8 +89,9 @@ def test_oracle_circuit_off_raises_the_yield(ip: InteractiveShell, rt: Coordinat
         ip.run_cell_magic("coreason", "ask Answer -w wf", "six times seven?")
 
 
-def test_background_yield_puts_the_form_on_the_handle(ip: InteractiveShell,
-                                                      rt: Coordinator) -> None:
+def test_background_yield_puts_the_form_on_the_handle(
+    ip: InteractiveShell, rt: Coordinator
+) -> None:
     tiers(rt, ScriptedTier("local", ["nope"], repeat_last=True))
     ip.run_line_magic("coreason", "budget wf 10000")
     handle = ip.run_cell_magic("coreason", "ask Answer -w wf --background", "six times seven?")
@@ -94,6 +102,9 @@ def test_background_yield_puts_the_form_on_the_handle(ip: InteractiveShell,
 
 def test_optional_and_nullable_fields_are_recognised() -> None:
     schema = {"$defs": {"Inner": {"type": "object"}}}
-    assert field_kind(schema, {"anyOf": [{"type": "integer"}, {"type": "null"}]}) == \
-        ("integer", {"anyOf": [{"type": "integer"}, {"type": "null"}], "type": "integer"}, True)
+    assert field_kind(schema, {"anyOf": [{"type": "integer"}, {"type": "null"}]}) == (
+        "integer",
+        {"anyOf": [{"type": "integer"}, {"type": "null"}], "type": "integer"},
+        True,
+    )
     assert field_kind(schema, {"$ref": "#/$defs/Inner"})[0] == "json"

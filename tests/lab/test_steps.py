@@ -75,8 +75,9 @@ def test_a_failing_step_aborts_the_rest(ip: InteractiveShell, rt: Coordinator) -
     assert [e.data["task"] for e in rt.bus.history([EventType.TASK_ABORTED])] == ["b"]
 
 
-def test_run_waits_while_paused_and_stops_when_aborted(ip: InteractiveShell,
-                                                       magics: CoreasonMagics) -> None:
+def test_run_waits_while_paused_and_stops_when_aborted(
+    ip: InteractiveShell, magics: CoreasonMagics
+) -> None:
     ip.run_cell_magic("coreason", "thunk a", "1")
     magics.controls.abort("default")
     magics.controls.clear("default")
@@ -89,8 +90,7 @@ def test_run_with_no_steps_says_how_to_declare_one(ip: InteractiveShell) -> None
         ip.run_line_magic("coreason", "run")
 
 
-def test_violated_invariant_raises_and_is_published(ip: InteractiveShell,
-                                                    rt: Coordinator) -> None:
+def test_violated_invariant_raises_and_is_published(ip: InteractiveShell, rt: Coordinator) -> None:
     ip.run_cell_magic("coreason", "thunk energy", "-1.0")
     ip.run_cell_magic("coreason", "invariant positive", "energy >= 0")
     with pytest.raises(InvariantViolation, match="energy >= 0 is false"):
@@ -128,15 +128,17 @@ def test_invariant_that_is_not_an_expression_is_a_usage_error(ip: InteractiveShe
         ip.run_cell_magic("coreason", "invariant bad", "x = 1")
 
 
-def test_invariant_predicate_serves_simulations(magics: CoreasonMagics,
-                                                ip: InteractiveShell) -> None:
+def test_invariant_predicate_serves_simulations(
+    magics: CoreasonMagics, ip: InteractiveShell
+) -> None:
     ip.run_cell_magic("coreason", "invariant mass", "m > 0")
     predicate = magics.invariants["mass"].predicate()
     assert predicate({"m": 1.0}) and not predicate({"m": -1.0})
 
 
-def test_reset_steps_forgets_thunks_and_invariants(ip: InteractiveShell,
-                                                   magics: CoreasonMagics) -> None:
+def test_reset_steps_forgets_thunks_and_invariants(
+    ip: InteractiveShell, magics: CoreasonMagics
+) -> None:
     ip.run_cell_magic("coreason", "thunk a", "1")
     ip.run_cell_magic("coreason", "invariant i", "True")
     ip.run_line_magic("coreason", "reset --steps")

@@ -20,10 +20,25 @@ def test_runtime_imports_no_jupyter_module() -> None:
         "import coreason_runtime\n"
         "for name in ('budget', 'tensor', 'tensor._local', 'tensor._remote', 'models', 'serve',"
         " 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal', 'cli'):\n"
-        "    __import__('coreason_runtime.' + name)")
-    jupyterish = {m for m in loaded if m.split(".")[0] in {
-        "IPython", "ipywidgets", "ipykernel", "jupyter_client", "jupyter_core", "anywidget",
-        "traitlets", "comm", "nbformat", "coreason_lab"}}
+        "    __import__('coreason_runtime.' + name)"
+    )
+    jupyterish = {
+        m
+        for m in loaded
+        if m.split(".")[0]
+        in {
+            "IPython",
+            "ipywidgets",
+            "ipykernel",
+            "jupyter_client",
+            "jupyter_core",
+            "anywidget",
+            "traitlets",
+            "comm",
+            "nbformat",
+            "coreason_lab",
+        }
+    }
     assert jupyterish == set()
 
 
@@ -36,7 +51,8 @@ def test_public_names_are_exactly_all() -> None:
     import types
 
     public = {
-        n for n, v in vars(coreason_runtime).items()
+        n
+        for n, v in vars(coreason_runtime).items()
         if not n.startswith("_") and not isinstance(v, types.ModuleType)
     } - {"annotations"}
     assert set(coreason_runtime.__all__) == public | {"__version__"}

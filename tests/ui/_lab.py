@@ -22,16 +22,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
 
 # News and update checks would reach for the network; the panel must be the only toast-free
 # thing on screen in the screenshot.
 USER_SETTINGS = {
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-        {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
 }
 
 
@@ -53,8 +62,7 @@ class LabServer:
 
 
 def _status_ok(url: str, token: str) -> bool:
-    req = urllib.request.Request(f"{url}/api/status",
-                                 headers={"Authorization": f"token {token}"})
+    req = urllib.request.Request(f"{url}/api/status", headers={"Authorization": f"token {token}"})
     try:
         with urllib.request.urlopen(req, timeout=2) as resp:
             return resp.status == 200 and "started" in json.loads(resp.read())
@@ -62,8 +70,9 @@ def _status_ok(url: str, token: str) -> bool:
         return False
 
 
-def start_lab(tmp: Path, port: int, notebooks: list[Path], env: dict[str, str],
-              timeout: float = 60.0) -> LabServer:
+def start_lab(
+    tmp: Path, port: int, notebooks: list[Path], env: dict[str, str], timeout: float = 60.0
+) -> LabServer:
     """Start ``jupyter lab`` on 127.0.0.1:``port`` serving copies of ``notebooks``."""
     root = tmp / "root"
     root.mkdir()
@@ -74,21 +83,30 @@ def start_lab(tmp: Path, port: int, notebooks: list[Path], env: dict[str, str],
         path = settings / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
-    full_env = {**env,
-                "JUPYTERLAB_SETTINGS_DIR": str(settings),
-                "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"),
-                "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime")}
+    full_env = {
+        **env,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
+    }
     token = secrets.token_hex(16)
     jupyter = Path(sys.executable).with_name("jupyter")
     log = tmp / "jupyter-lab.log"
-    cmd = [str(jupyter), "lab", "--no-browser", f"--IdentityProvider.token={token}",
-           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"]
+    cmd = [
+        str(jupyter),
+        "lab",
+        "--no-browser",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+    ]
     if os.geteuid() == 0:  # CI containers run as root; jupyter refuses that without this flag
         cmd.append("--allow-root")
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                cwd=root)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=root)
     server = LabServer(f"http://127.0.0.1:{port}", token, root, log, proc)
     deadline = time.monotonic() + timeout
     while not _status_ok(server.url, token):
@@ -187,8 +205,9 @@ RUN_NEW_CELL = """async ([source, wait]) => {
 }"""
 
 
-def open_lab(browser: Browser, server: LabServer, notebook: str,
-             viewport: tuple[int, int] = (1600, 1000)) -> Any:
+def open_lab(
+    browser: Browser, server: LabServer, notebook: str, viewport: tuple[int, int] = (1600, 1000)
+) -> Any:
     """A page with JupyterLab started and ``notebook`` open on an idle kernel."""
     page = browser.browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.set_default_timeout(60_000)
@@ -205,7 +224,8 @@ def run_cells_in_order(page: Any, timeout_s: float, log: Any = print) -> None:
     """Run every code cell top to bottom, each to its reply; fails naming a stuck cell."""
     sources = page.evaluate(
         "() => window.jupyterapp.shell.currentWidget.content.widgets.map("
-        "c => c.model.type === 'code' ? c.model.sharedModel.getSource() : null)")
+        "c => c.model.type === 'code' ? c.model.sharedModel.getSource() : null)"
+    )
     for i, source in enumerate(sources):
         if source is None:
             continue
@@ -255,9 +275,13 @@ def run_all(page: Any, timeout_s: float, log: Any = print) -> None:
 
 
 def cell_output_text(page: Any, index: int) -> str:
-    return str(page.evaluate(
-        "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
-        ".querySelector('.jp-OutputArea').textContent", index))
+    return str(
+        page.evaluate(
+            "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
+            ".querySelector('.jp-OutputArea').textContent",
+            index,
+        )
+    )
 
 
 def screenshot(page: Any, name: str) -> Path:

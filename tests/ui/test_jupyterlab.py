@@ -124,7 +124,8 @@ def _ledger_state(page: Any) -> str:
 
 @pytest.mark.timeout(540)
 def test_tour_runs_in_jupyterlab_and_the_side_panel_pauses_its_workflow(
-        lab: LabServer, chromium: Browser) -> None:
+    lab: LabServer, chromium: Browser
+) -> None:
     page = open_lab(chromium, lab, TOUR.name)
     try:
         _drive(page)
@@ -140,8 +141,11 @@ def _drive(page: Any) -> None:
     cells = _cells(page)
     code = [c for c in cells if c["type"] == "code"]
     assert [c["index"] for c in code if c["count"] is None] == []  # every cell ran
-    unexpected = [(c["index"], c["errors"]) for c in code
-                  if c["errors"] and "raises-exception" not in c["tags"]]
+    unexpected = [
+        (c["index"], c["errors"])
+        for c in code
+        if c["errors"] and "raises-exception" not in c["tags"]
+    ]
     assert unexpected == []
     caged = [e for c in code if "raises-exception" in c["tags"] for e in c["errors"]]
     assert caged and all(e.startswith("BudgetExceededError") for e in caged)
@@ -160,11 +164,14 @@ def _drive(page: Any) -> None:
     _run_cell(page, f"%coreason budget {WORKFLOW} 25000")
     page.wait_for_function(
         "(sel) => document.querySelector(sel).textContent.includes('25000')",
-        arg=f"{node} table.coreason-budget")
+        arg=f"{node} table.coreason-budget",
+    )
     page.evaluate(MARK_CELL, [dash, "dashboard"])
     page.wait_for_function(
         f"(i) => ({FIGURE_TRACES})(i).flat().some(t => t.name === 'Ω {WORKFLOW}'"
-        " && t.y.length > 0 && t.y.every(y => y === 25000))", arg=dash)
+        " && t.y.length > 0 && t.y.every(y => y === 25000))",
+        arg=dash,
+    )
 
     # 3. the side panel: open it from its tab, connected, showing the tour's ledger
     page.click(".jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id='coreason-panel']")
@@ -190,15 +197,19 @@ def _drive(page: Any) -> None:
     page.wait_for_selector(f"{LEDGER}[data-state='paused']")
 
 
-def _serve_cells(tmp_path: Path, model_cache: Path, name: str,
-                 cells: list[Any]) -> Iterator[LabServer]:
+def _serve_cells(
+    tmp_path: Path, model_cache: Path, name: str, cells: list[Any]
+) -> Iterator[LabServer]:
     """``jupyter lab`` on a free 127.0.0.1 port, serving one notebook made of ``cells``."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.cells = cells
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = tmp_path / name
     nbformat.write(nb, path)
     home = tmp_path / "coreason-home"
@@ -215,16 +226,21 @@ def small_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
 
     refused = nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} lots")  # a UsageError
     refused.metadata["tags"] = ["raises-exception"]
-    yield from _serve_cells(tmp_path, model_cache, "small.ipynb", [
-        nbformat.v4.new_code_cell("%load_ext coreason_lab"),
-        nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000"),
-        refused,
-        nbformat.v4.new_code_cell("after_the_refusal = True")])
+    yield from _serve_cells(
+        tmp_path,
+        model_cache,
+        "small.ipynb",
+        [
+            nbformat.v4.new_code_cell("%load_ext coreason_lab"),
+            nbformat.v4.new_code_cell(f"%coreason budget {WORKFLOW} 1000"),
+            refused,
+            nbformat.v4.new_code_cell("after_the_refusal = True"),
+        ],
+    )
 
 
 @pytest.mark.timeout(150)
-def test_side_panel_intent_acts_while_a_cell_runs(small_lab: LabServer,
-                                                   chromium: Browser) -> None:
+def test_side_panel_intent_acts_while_a_cell_runs(small_lab: LabServer, chromium: Browser) -> None:
     """JupyterLab 4.6 sends comm messages on an ipykernel 7 subshell (perCommTarget, its
     default), so a click reaches the runtime while a cell holds the main shell."""
     page = open_lab(chromium, small_lab, "small.ipynb")
@@ -237,27 +253,39 @@ def test_side_panel_intent_acts_while_a_cell_runs(small_lab: LabServer,
     page.click(".jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id='coreason-panel']")
     page.click(f"{LEDGER} button[data-intent='pause']")
     page.wait_for_selector(f"{LEDGER}[data-state='paused']")
-    busy = int(page.evaluate(
-        RUN_NEW_CELL, ["print('sleeping', flush=True)\nimport time\ntime.sleep(30)", False]))
+    busy = int(
+        page.evaluate(
+            RUN_NEW_CELL, ["print('sleeping', flush=True)\nimport time\ntime.sleep(30)", False]
+        )
+    )
     page.wait_for_function(
         "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
-        ".querySelector('.jp-OutputArea').textContent.includes('sleeping')", arg=busy)
+        ".querySelector('.jp-OutputArea').textContent.includes('sleeping')",
+        arg=busy,
+    )
     page.click(f"{LEDGER} button[data-intent='resume']")
     try:
-        page.wait_for_function(f"() => document.querySelector(\"{LEDGER}\").dataset.state "
-                               "!== 'paused'", timeout=20_000)
-        still_running = page.evaluate(
-            "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i]"
-            ".model.executionState", busy) == "running"
+        page.wait_for_function(
+            f"() => document.querySelector(\"{LEDGER}\").dataset.state !== 'paused'", timeout=20_000
+        )
+        still_running = (
+            page.evaluate(
+                "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i]"
+                ".model.executionState",
+                busy,
+            )
+            == "running"
+        )
     finally:
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
     assert still_running  # the resume landed while the sleep still held the main shell
 
 
-DASHBOARD_TRACES = ("(i) => { const figs = ({FIGURE_TRACES})(i).map(f => f.map(t => t.name));"
-                    " return figs.length > 0 && figs[0].includes('Ω wf2')"
-                    " && figs.some(f => f.includes('critical')); }").replace(
-                        "{FIGURE_TRACES}", FIGURE_TRACES)
+DASHBOARD_TRACES = (
+    "(i) => { const figs = ({FIGURE_TRACES})(i).map(f => f.map(t => t.name));"
+    " return figs.length > 0 && figs[0].includes('Ω wf2')"
+    " && figs.some(f => f.includes('critical')); }"
+).replace("{FIGURE_TRACES}", FIGURE_TRACES)
 
 
 @pytest.fixture
@@ -265,15 +293,26 @@ def dashboard_lab(tmp_path: Path, model_cache: Path) -> Iterator[LabServer]:
     """``jupyter lab`` serving a notebook that shows the dashboard between two budgets."""
     import nbformat
 
-    yield from _serve_cells(tmp_path, model_cache, "dash.ipynb", [
-        nbformat.v4.new_code_cell(source) for source in (
-            "%load_ext coreason_lab", "%coreason budget wf 1000", "%coreason dashboard",
-            "%coreason budget wf2 2000")])
+    yield from _serve_cells(
+        tmp_path,
+        model_cache,
+        "dash.ipynb",
+        [
+            nbformat.v4.new_code_cell(source)
+            for source in (
+                "%load_ext coreason_lab",
+                "%coreason budget wf 1000",
+                "%coreason dashboard",
+                "%coreason budget wf2 2000",
+            )
+        ],
+    )
 
 
 @pytest.mark.timeout(180)
-def test_dashboard_plots_survive_run_all_and_a_reopened_tab(dashboard_lab: LabServer,
-                                                            chromium: Browser) -> None:
+def test_dashboard_plots_survive_run_all_and_a_reopened_tab(
+    dashboard_lab: LabServer, chromium: Browser
+) -> None:
     """The plots hold their traces after *Run All*, and a second tab drawing the same widgets
     from the kernel's state shows them too (it showed every plot empty: plotly's synced
     trace state was the one at construction; see ``_views._publish``)."""
@@ -281,8 +320,7 @@ def test_dashboard_plots_survive_run_all_and_a_reopened_tab(dashboard_lab: LabSe
     run_all(page, CELL_TIMEOUT_S)
     page.wait_for_function(DASHBOARD_TRACES, arg=2, timeout=30_000)
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-    page.wait_for_function(
-        "() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
     second = open_lab(chromium, dashboard_lab, "dash.ipynb")
     try:
         second.wait_for_function(DASHBOARD_TRACES, arg=2, timeout=30_000)

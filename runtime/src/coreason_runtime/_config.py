@@ -56,7 +56,8 @@ class RuntimeConfig:
     model: str = field(default_factory=lambda: os.environ.get("COREASON_MODEL", DEFAULT_MODEL))
     oracle: OracleConfig | None = field(default_factory=OracleConfig.from_env)
     budget_backend: str = field(
-        default_factory=lambda: os.environ.get("COREASON_BUDGET_BACKEND", "sqlite"))
+        default_factory=lambda: os.environ.get("COREASON_BUDGET_BACKEND", "sqlite")
+    )
     redis_url: str | None = field(default_factory=lambda: os.environ.get("COREASON_REDIS_URL"))
     weight_in: float = 1.0
     weight_out: float = 3.0
@@ -67,4 +68,5 @@ class RuntimeConfig:
     # The router answers a question it has answered and verified before from `rt.cache` (any
     # workflow, cost 0); COREASON_SUBGOAL_CACHE=0 makes every request go to the tiers.
     subgoal_cache: bool = field(
-        default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "1") != "0")
+        default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "1") != "0"
+    )

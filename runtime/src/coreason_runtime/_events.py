@@ -209,8 +209,14 @@ class EventBus:
                     logger.exception("event subscriber %r failed", sub.handler)
         return stamped
 
-    def emit(self, type: EventType, /, workflow_id: str | None = None, source: str | None = None,
-             **data: Any) -> Event:
+    def emit(
+        self,
+        type: EventType,
+        /,
+        workflow_id: str | None = None,
+        source: str | None = None,
+        **data: Any,
+    ) -> Event:
         """Publish a plain :class:`Event` with ``data``; shorthand for untyped payloads."""
         return self.publish(Event(type=type, workflow_id=workflow_id, source=source, data=data))
 
@@ -220,8 +226,11 @@ class EventBus:
             events = list(self._history)
         if types is None:
             return events
-        probe = Subscription(self, lambda e: None, frozenset(
-            t.value if isinstance(t, EventType) else str(t) for t in types))
+        probe = Subscription(
+            self,
+            lambda e: None,
+            frozenset(t.value if isinstance(t, EventType) else str(t) for t in types),
+        )
         return [e for e in events if probe.matches(e)]
 
     def listen(

@@ -499,9 +499,16 @@ class InvariantViolationError(SimulationError):
     ``(x0, x1, y0, y1)`` when the failure is local, ``t`` the simulation time.
     """
 
-    def __init__(self, message: str, *, invariant: str = "", value: float | None = None,
-                 region: tuple[float, float, float, float] | None = None,
-                 t: float | None = None, **fields: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        invariant: str = "",
+        value: float | None = None,
+        region: tuple[float, float, float, float] | None = None,
+        t: float | None = None,
+        **fields: Any,
+    ) -> None:
         super().__init__(message, **fields)
         self.invariant = invariant
         self.value = value

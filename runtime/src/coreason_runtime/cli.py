@@ -45,11 +45,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.workflow and args.ceiling is not None:
             rt.budgets.set(args.workflow, ceiling=args.ceiling)
         res = rt.router.generate(
-            schema, args.prompt, workflow_id=args.workflow, max_tokens=args.max_tokens,
-            tiers=args.tiers.split(",") if args.tiers else None, seed=args.seed)
+            schema,
+            args.prompt,
+            workflow_id=args.workflow,
+            max_tokens=args.max_tokens,
+            tiers=args.tiers.split(",") if args.tiers else None,
+            seed=args.seed,
+        )
         print(json.dumps(res.value, indent=2))
-        print(f"tier={res.tier} cost={res.cost:g} attempts={len(res.attempts)} "
-              f"spent={rt.budgets.spent(res.workflow_id):g}", file=sys.stderr)
+        print(
+            f"tier={res.tier} cost={res.cost:g} attempts={len(res.attempts)} "
+            f"spent={rt.budgets.spent(res.workflow_id):g}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -71,18 +79,25 @@ def cmd_budget(args: argparse.Namespace) -> int:
             if args.workflow is None:
                 raise SystemExit("usage: coreason budget delete WORKFLOW")
             cage.delete(args.workflow)
-        ledgers = [cage.get(args.workflow)] if args.workflow and args.action != "delete" \
+        ledgers = (
+            [cage.get(args.workflow)]
+            if args.workflow and args.action != "delete"
             else cage.workflows()
+        )
         if args.json:
             print(json.dumps([led.model_dump() for led in ledgers], indent=2))
             return 0
-        print(f"{'workflow':<24} {'ceiling':>12} {'spent':>12} {'reserved':>10} "
-              f"{'in':>8} {'out':>8}  by tier")
+        print(
+            f"{'workflow':<24} {'ceiling':>12} {'spent':>12} {'reserved':>10} "
+            f"{'in':>8} {'out':>8}  by tier"
+        )
         for led in ledgers:
             ceiling = "-" if led.ceiling is None else f"{led.ceiling:g}"
             tiers = ", ".join(f"{k}={v:g}" for k, v in sorted(led.by_tier.items()))
-            print(f"{led.workflow_id:<24} {ceiling:>12} {led.spent:>12g} {led.reserved:>10g} "
-                  f"{led.tokens_in:>8} {led.tokens_out:>8}  {tiers}")
+            print(
+                f"{led.workflow_id:<24} {ceiling:>12} {led.spent:>12g} {led.reserved:>10g} "
+                f"{led.tokens_in:>8} {led.tokens_out:>8}  {tiers}"
+            )
     return 0
 
 
@@ -112,8 +127,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         client = await Client.connect(args.temporal)
         with _runtime(args) as rt:
             worker = make_worker(client, rt, task_queue=args.queue)
-            print(f"worker on task queue {args.queue!r} at {args.temporal}; Ctrl-C stops it",
-                  file=sys.stderr)
+            print(
+                f"worker on task queue {args.queue!r} at {args.temporal}; Ctrl-C stops it",
+                file=sys.stderr,
+            )
             await worker.run()
 
     asyncio.run(run())
@@ -161,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     budget = sub.add_parser("budget", help="show / set / reset ledgers")
-    budget.add_argument("action", choices=["show", "set", "reset", "delete"], nargs="?",
-                        default="show")
+    budget.add_argument(
+        "action", choices=["show", "set", "reset", "delete"], nargs="?", default="show"
+    )
     budget.add_argument("workflow", nargs="?")
     budget.add_argument("ceiling", nargs="?", type=float)
     budget.add_argument("--json", action="store_true")

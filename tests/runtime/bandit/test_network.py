@@ -73,14 +73,24 @@ def test_lowering_the_budget_mid_run_stops_growth() -> None:
 
 def test_rbf_units_fit_what_the_linear_tail_cannot() -> None:
     linear_only = _fit(GrowingRBFNet(2, 1, 0, gamma=1.0), 1500)
-    grown = _fit(GrowingRBFNet(2, 1, None, gamma=1.0, delta_max=0.4, delta_min=0.25,
-                               err_min=0.05), 1500)
+    grown = _fit(
+        GrowingRBFNet(2, 1, None, gamma=1.0, delta_max=0.4, delta_min=0.25, err_min=0.05), 1500
+    )
     assert grown < 0.3 * linear_only
 
 
 def test_units_without_data_nearby_are_pruned(bus: EventBus) -> None:
-    net = GrowingRBFNet(1, 1, GrowthBudget(None, bus=bus), gamma=0.98, delta_max=0.2,
-                        delta_min=0.2, sigma_max=0.2, prune_every=100, prune_min_age=100)
+    net = GrowingRBFNet(
+        1,
+        1,
+        GrowthBudget(None, bus=bus),
+        gamma=0.98,
+        delta_max=0.2,
+        delta_min=0.2,
+        sigma_max=0.2,
+        prune_every=100,
+        prune_min_age=100,
+    )
     rng = np.random.default_rng(0)
     for x in rng.uniform(-1.0, -0.5, size=(300, 1)):  # left region only
         net.update(x, 0, float(np.sin(6 * x[0])))
@@ -94,8 +104,17 @@ def test_units_without_data_nearby_are_pruned(bus: EventBus) -> None:
 
 def test_pruning_refunds_a_recycling_budget() -> None:
     budget = GrowthBudget(100, recycle=True)
-    net = GrowingRBFNet(1, 1, budget, gamma=0.98, delta_max=0.2, delta_min=0.2,
-                        sigma_max=0.2, prune_every=100, prune_min_age=100)
+    net = GrowingRBFNet(
+        1,
+        1,
+        budget,
+        gamma=0.98,
+        delta_max=0.2,
+        delta_min=0.2,
+        sigma_max=0.2,
+        prune_every=100,
+        prune_min_age=100,
+    )
     rng = np.random.default_rng(0)
     for x in np.r_[rng.uniform(-1, -0.5, 300), rng.uniform(0.5, 1, 600)]:
         net.update(np.array([x]), 0, float(np.sin(6 * x)))

@@ -37,12 +37,15 @@ def _regret(policy: object, xs: np.ndarray, means: np.ndarray) -> float:
     return total
 
 
-@pytest.mark.parametrize("make", [
-    lambda: LinUCB(4, 3),
-    lambda: SlidingWindowLinUCB(4, 3, window=500),
-    lambda: DiscountedLinUCB(4, 3),
-    lambda: EpsilonGreedyLinear(4, 3, seed=0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LinUCB(4, 3),
+        lambda: SlidingWindowLinUCB(4, 3, window=500),
+        lambda: DiscountedLinUCB(4, 3),
+        lambda: EpsilonGreedyLinear(4, 3, seed=0),
+    ],
+)
 def test_linear_baselines_learn_a_linear_bandit(make: object) -> None:
     xs, means = _linear_env()
     random_regret = float((means.max(axis=1) - means.mean(axis=1)).sum())
@@ -75,8 +78,7 @@ def test_discounting_restores_uncertainty_of_an_unpulled_arm() -> None:
 @pytest.mark.parametrize("explore", ["ucb", "thompson", "egreedy"])
 def test_rbf_policy_explores_every_arm(explore: str) -> None:
     env = DriftingBandit(d=2, k=3, horizon=600, seed=0)
-    policy = RBFPolicy(GrowingRBFNet(2, 3, None), explore=explore, alpha=1.0, epsilon=0.2,
-                       seed=0)
+    policy = RBFPolicy(GrowingRBFNet(2, 3, None), explore=explore, alpha=1.0, epsilon=0.2, seed=0)
     run = run_bandit(env, policy)
     assert set(run.arms.tolist()) == {0, 1, 2}
 

@@ -29,8 +29,11 @@ def _hammer(cage: BudgetCage, n: int, results: list[str]) -> None:
 def test_threads_sharing_one_ceiling_never_overshoot(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    store = (SQLiteLedgerBackend(tmp_path / "l.sqlite") if backend == "sqlite"
-             else RedisLedgerBackend(request.getfixturevalue("redis_url")))
+    store = (
+        SQLiteLedgerBackend(tmp_path / "l.sqlite")
+        if backend == "sqlite"
+        else RedisLedgerBackend(request.getfixturevalue("redis_url"))
+    )
     cage = BudgetCage(store)
     cage.set("wf", ceiling=4_000)  # room for 100 full requests of C=40
     results: list[str] = []
@@ -63,8 +66,10 @@ def test_processes_sharing_one_sqlite_ledger_never_overshoot(tmp_path: Path) -> 
         "        pass\n"
         "print(ok)\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     oks = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
     ledger = BudgetCage(SQLiteLedgerBackend(path)).get("wf")
     assert sum(oks) == 50

@@ -9,20 +9,20 @@ from coreason_runtime.cache import canonicalize, numeric_equal
 x, y, t = sympy.symbols("x y t")
 
 SAME = [
-    ("integrate(sin(2*x+1), x)", "integrate(sin(3*y-5), y)"),            # affine argument
+    ("integrate(sin(2*x+1), x)", "integrate(sin(3*y-5), y)"),  # affine argument
     ("integrate(5*exp(2*t+1)*cos(2*t+1), t)", "integrate(exp(s)*cos(s), s)"),  # + scale
-    ("integrate(x**2*sin(x), x)", "integrate(sin(y)*y**2, y)"),          # renamed, commuted
+    ("integrate(x**2*sin(x), x)", "integrate(sin(y)*y**2, y)"),  # renamed, commuted
     ("diff(x**2*sin(x), x)", "diff(y**2*sin(y), y)"),
     ("diff(sin(2*x+1), x)", "diff(sin(x), x)"),
-    ("(x+1)**2 - y", "x**2 + 2*x + 1 - y"),                              # expanded vs factored
-    ("(x**2-1)/(x-1)", "y+1"),                                           # cancelled
-    ("2*x = 4", "x - 2 = 0"),                                            # scaled equation
-    ("Sum(1/k**2, (k, 1, oo))", "Sum(1/(j+1)**2, (j, 0, oo))"),          # shifted index
+    ("(x+1)**2 - y", "x**2 + 2*x + 1 - y"),  # expanded vs factored
+    ("(x**2-1)/(x-1)", "y+1"),  # cancelled
+    ("2*x = 4", "x - 2 = 0"),  # scaled equation
+    ("Sum(1/k**2, (k, 1, oo))", "Sum(1/(j+1)**2, (j, 0, oo))"),  # shifted index
     ("Limit(sin(x)/x, x, 0)", "Limit(sin(t)/t, t, 0)"),
-    ("x*y + y*z", "x*z + x*y"),                                          # symmetric renaming
-    ("integrate(f(2*x+1), x)", "integrate(g(3*y), y)"),                  # undefined functions
-    ("integrate(a*sin(x), x)", "integrate(sin(z)*b, z)"),                # symbolic scale
-    ("0.5*x", "x/2"),                                                    # floats
+    ("x*y + y*z", "x*z + x*y"),  # symmetric renaming
+    ("integrate(f(2*x+1), x)", "integrate(g(3*y), y)"),  # undefined functions
+    ("integrate(a*sin(x), x)", "integrate(sin(z)*b, z)"),  # symbolic scale
+    ("0.5*x", "x/2"),  # floats
 ]
 
 DIFFERENT = [
@@ -70,8 +70,10 @@ def test_derivative_scale_is_a_to_the_n() -> None:
 
 
 def test_key_changes_with_the_verifier_version() -> None:
-    assert canonicalize("x+1", verifier_version="v1").key != \
-        canonicalize("x+1", verifier_version="v2").key
+    assert (
+        canonicalize("x+1", verifier_version="v1").key
+        != canonicalize("x+1", verifier_version="v2").key
+    )
 
 
 def test_key_depends_on_the_operation() -> None:

@@ -41,7 +41,8 @@ def test_every_verified_step_is_checkpointed(cache: SubgoalCache, bus: EventBus)
 
 
 def test_a_failing_step_restarts_from_the_last_checkpoint_not_the_goal(
-        cache: SubgoalCache, bus: EventBus) -> None:
+    cache: SubgoalCache, bus: EventBus
+) -> None:
     first = Counted(sympy.expand)
     chain = ProofChain(cache, "proof", goal="(x+1)**2 - (x-1)**2")
     chain.apply(Step("expand", first))
@@ -54,15 +55,15 @@ def test_a_failing_step_restarts_from_the_last_checkpoint_not_the_goal(
 
 
 def test_when_every_tactic_fails_the_chain_stays_at_its_last_verified_state(
-        cache: SubgoalCache) -> None:
+    cache: SubgoalCache,
+) -> None:
     chain = ProofChain(cache, "proof", goal="sin(x)**2 + cos(x)**2")
     with pytest.raises(CheckpointError, match="every tactic"):
         chain.apply(Step("bad", _wrong, alternatives=(_boom,)))
     assert chain.index == 0 and chain.state == sympy.sin(x) ** 2 + sympy.cos(x) ** 2
 
 
-def test_a_crashed_chain_resumes_from_its_persisted_checkpoints(home: Path, bus: EventBus
-                                                                ) -> None:
+def test_a_crashed_chain_resumes_from_its_persisted_checkpoints(home: Path, bus: EventBus) -> None:
     expand = Counted(sympy.expand)
     steps = [Step("expand", expand), Step("factor", sympy.factor)]
     cache = SubgoalCache(SQLiteStore(home / "c.sqlite"), bus=bus)
@@ -76,7 +77,8 @@ def test_a_crashed_chain_resumes_from_its_persisted_checkpoints(home: Path, bus:
 
 
 def test_a_cousin_branch_grafts_a_sub_proof_instead_of_recomputing(
-        cache: SubgoalCache, bus: EventBus) -> None:
+    cache: SubgoalCache, bus: EventBus
+) -> None:
     slow = Counted(sympy.factor)
     main = ProofChain(cache, "proof", "main", goal="x**3 - 3*x**2 + 3*x - 1 + y")
     main.apply(Step("factor-part", lambda e: slow(e - sympy.Symbol("y")) + sympy.Symbol("y")))

@@ -8,18 +8,21 @@ from coreason_runtime._exceptions import CacheError, ExpressionParseError, Expre
 from coreason_runtime.cache import Limits, safe_parse
 
 
-@pytest.mark.parametrize("text", [
-    "x.__class__",
-    "__import__('os')",
-    "lambda x: x",
-    "(1).real",
-    "x if y else z",
-    "[x for x in y]",
-    "{1: 2}",
-    "x; y",
-    "a == b",
-    "a < b",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x.__class__",
+        "__import__('os')",
+        "lambda x: x",
+        "(1).real",
+        "x if y else z",
+        "[x for x in y]",
+        "{1: 2}",
+        "x; y",
+        "a == b",
+        "a < b",
+    ],
+)
 def test_forbidden_syntax_is_rejected_before_parsing(text: str) -> None:
     with pytest.raises(ExpressionParseError):
         safe_parse(text)

@@ -14,7 +14,8 @@ DERIV = json.dumps({"answer": "x**2*cos(x) + 2*x*sin(x)"})
 
 
 def test_renamed_math_in_a_prompt_hits_and_the_answer_uses_the_new_names(
-        cache: SubgoalCache) -> None:
+    cache: SubgoalCache,
+) -> None:
     assert cache.admit_request("schema", "differentiate x**2*sin(x)", DERIV, "w1")
     hit = cache.lookup_request("schema", "differentiate y**2*sin(y)", workflow_id="w2")
     assert hit is not None
@@ -57,9 +58,11 @@ def test_a_custom_verifier_is_run_on_every_hit(cache: SubgoalCache) -> None:
 
 
 def test_an_entry_whose_verifier_is_not_registered_here_is_a_miss(
-        cache: SubgoalCache, home: Path, bus: EventBus) -> None:
-    cache.admit_request("s", "capital of France?", '{"a": "Paris"}', "w1",
-                        verifier=lambda p, v: True)
+    cache: SubgoalCache, home: Path, bus: EventBus
+) -> None:
+    cache.admit_request(
+        "s", "capital of France?", '{"a": "Paris"}', "w1", verifier=lambda p, v: True
+    )
     other = SubgoalCache(SQLiteStore(home / "cache.sqlite"), bus=bus)
     assert other.lookup_request("s", "capital of France?") is None
     assert bus.history([EventType.CACHE_MISS])[-1].data["reason"] == "verifier_unavailable"

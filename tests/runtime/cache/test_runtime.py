@@ -23,7 +23,8 @@ def test_for_runtime_uses_sqlite_in_coreason_home(home: Path) -> None:
 
 @pytest.mark.redis
 def test_a_runtime_cache_keeps_answering_when_redis_goes_away_mid_run(
-        home: Path, redis_server: RedisServer, redis_url: str) -> None:
+    home: Path, redis_server: RedisServer, redis_url: str
+) -> None:
     with Coordinator(home=home, redis_url=redis_url) as rt:
         cache = SubgoalCache.for_runtime(rt)
         assert isinstance(cache.store, FallbackStore)
@@ -31,8 +32,13 @@ def test_a_runtime_cache_keeps_answering_when_redis_goes_away_mid_run(
         redis_server.stop()
         try:
             got = cache.solve("integrate(y*exp(y), y)", workflow_id="w2")
-            assert sympy.simplify(sympy.diff(got, sympy.Symbol("y"))
-                                  - sympy.Symbol("y") * sympy.exp(sympy.Symbol("y"))) == 0
+            assert (
+                sympy.simplify(
+                    sympy.diff(got, sympy.Symbol("y"))
+                    - sympy.Symbol("y") * sympy.exp(sympy.Symbol("y"))
+                )
+                == 0
+            )
             assert cache.store.degraded
         finally:
             redis_server.start()

@@ -15,8 +15,15 @@ pytestmark = pytest.mark.redis
 
 
 def _entry(key: str, result: str = "r", workflow: str = "w1") -> Entry:
-    return Entry(key=key, kind="expr", artifact={"result": result, "steps": [], "code": ""},
-                 verifier="v", verifier_hash="h", text=f"text-{key}", workflows=[workflow])
+    return Entry(
+        key=key,
+        kind="expr",
+        artifact={"result": result, "steps": [], "code": ""},
+        verifier="v",
+        verifier_hash="h",
+        text=f"text-{key}",
+        workflows=[workflow],
+    )
 
 
 def test_put_then_get_round_trips_empty_lists_and_strings(redis_url: str) -> None:
@@ -66,7 +73,8 @@ def test_checkpoints_round_trip(redis_url: str) -> None:
 
 
 def test_a_redis_that_goes_away_raises_a_typed_retryable_error(
-        redis_server: RedisServer, redis_url: str) -> None:
+    redis_server: RedisServer, redis_url: str
+) -> None:
     store = RedisStore(redis_url, timeout=0.5)
     store.put(_entry("k"))
     redis_server.stop()
@@ -79,10 +87,15 @@ def test_a_redis_that_goes_away_raises_a_typed_retryable_error(
 
 
 def test_fallback_store_serves_from_sqlite_while_redis_is_down(
-        redis_server: RedisServer, redis_url: str, home: Path) -> None:
+    redis_server: RedisServer, redis_url: str, home: Path
+) -> None:
     seen: list[CacheBackendError] = []
-    store = FallbackStore(RedisStore(redis_url, timeout=0.5), SQLiteStore(home / "fb.sqlite"),
-                          retry_after=60.0, on_fallback=seen.append)
+    store = FallbackStore(
+        RedisStore(redis_url, timeout=0.5),
+        SQLiteStore(home / "fb.sqlite"),
+        retry_after=60.0,
+        on_fallback=seen.append,
+    )
     store.put(_entry("before"))
     redis_server.stop()
     try:

@@ -12,9 +12,16 @@ from coreason_runtime.cache import Entry, SQLiteStore
 
 
 def _entry(key: str, result: str = "r", workflow: str = "w1") -> Entry:
-    return Entry(key=key, kind="expr", artifact={"result": result, "steps": []},
-                 verifier="v", verifier_hash="h", provenance={"workflow_id": workflow},
-                 text=f"text-{key}", workflows=[workflow])
+    return Entry(
+        key=key,
+        kind="expr",
+        artifact={"result": result, "steps": []},
+        verifier="v",
+        verifier_hash="h",
+        provenance={"workflow_id": workflow},
+        text=f"text-{key}",
+        workflows=[workflow],
+    )
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ x, y, s = sympy.symbols("x y s")
 
 
 def test_a_renamed_shifted_scaled_integral_hits_with_the_result_in_its_own_names(
-        cache: SubgoalCache) -> None:
+    cache: SubgoalCache,
+) -> None:
     cache.solve("integrate(x**2*exp(2*x+1), x)", workflow_id="w1")
     hit = cache.get("integrate(7*exp(2*y+1)*y**2, y)", workflow_id="w2")
     assert hit is not None
@@ -77,7 +78,8 @@ def test_events_report_miss_admit_and_hit(cache: SubgoalCache, bus: EventBus) ->
 
 
 def test_when_full_a_subgoal_seen_by_many_workflows_displaces_a_single_use_one(
-        home: Path, bus: EventBus) -> None:
+    home: Path, bus: EventBus
+) -> None:
     cache = SubgoalCache(SQLiteStore(home / "small.sqlite"), bus=bus, capacity=1)
     cache.solve("diff(x**3, x)", workflow_id="w1")
     assert cache.put("diff(cos(x), x)", -sympy.sin(x), workflow_id="w1") is None
@@ -106,8 +108,9 @@ def test_lookup_accepts_a_scheduler_task_signature(cache: SubgoalCache) -> None:
 
 
 def test_an_entry_records_provenance_and_verifier(cache: SubgoalCache) -> None:
-    entry = cache.put("diff(x**2, x)", 2 * x, workflow_id="w1", project="p",
-                      code="sympy.diff(x**2, x)")
+    entry = cache.put(
+        "diff(x**2, x)", 2 * x, workflow_id="w1", project="p", code="sympy.diff(x**2, x)"
+    )
     assert entry is not None
     assert entry.provenance["workflow_id"] == "w1" and entry.provenance["project"] == "p"
     assert entry.verifier == cache.verifier.name
@@ -116,8 +119,7 @@ def test_an_entry_records_provenance_and_verifier(cache: SubgoalCache) -> None:
 
 
 @pytest.mark.redis
-def test_a_cache_on_redis_shares_entries_between_two_workers(redis_url: str, bus: EventBus
-                                                             ) -> None:
+def test_a_cache_on_redis_shares_entries_between_two_workers(redis_url: str, bus: EventBus) -> None:
     from coreason_runtime.cache import RedisStore
 
     a = SubgoalCache(RedisStore(redis_url), bus=bus)
@@ -127,7 +129,8 @@ def test_a_cache_on_redis_shares_entries_between_two_workers(redis_url: str, bus
 
 
 def test_an_exact_repeat_in_another_kernel_skips_canonicalisation_but_is_verified(
-        home: Path, bus: EventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    home: Path, bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from coreason_runtime.cache import _subgoal
 
     first = SubgoalCache(SQLiteStore(home / "shared.sqlite"), bus=bus)
@@ -140,7 +143,8 @@ def test_an_exact_repeat_in_another_kernel_skips_canonicalisation_but_is_verifie
     second = SubgoalCache(SQLiteStore(home / "shared.sqlite"), bus=bus)
     checks: list[bool] = []
     original_check = second.verifier.check
-    monkeypatch.setattr(second.verifier, "check",
-                        lambda f, r: checks.append(True) or original_check(f, r))
+    monkeypatch.setattr(
+        second.verifier, "check", lambda f, r: checks.append(True) or original_check(f, r)
+    )
     hit = second.get("integrate(x*cos(3*x), x)", workflow_id="kernel-2")
     assert hit is not None and checks == [True]

@@ -13,14 +13,18 @@ from coreason_runtime.tensor import ScriptedTier
 
 pytestmark = [pytest.mark.temporal, pytest.mark.redis]
 
-SCHEMA = {"type": "object", "properties": {"derivative": {"type": "string"}},
-          "required": ["derivative"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"derivative": {"type": "string"}},
+    "required": ["derivative"],
+}
 
 
 @pytest.fixture
 def worker_rt(home, redis_url: str) -> Iterator[Coordinator]:
-    rt = Coordinator(RuntimeConfig(home=home, budget_backend="redis", redis_url=redis_url,
-                                   oracle=None))
+    rt = Coordinator(
+        RuntimeConfig(home=home, budget_backend="redis", redis_url=redis_url, oracle=None)
+    )
     rt.budgets.set("wf-t", ceiling=5_000)
     yield rt
     rt.close()
@@ -45,8 +49,10 @@ def test_answered_request_runs_as_an_activity_and_charges_the_shared_ledger(
 
     async def scenario(client, queue):
         handle = await start_request(
-            client, AskInput(schema=SCHEMA, prompt="d/dx x**2", workflow_id="wf-t"),
-            task_queue=queue)
+            client,
+            AskInput(schema=SCHEMA, prompt="d/dx x**2", workflow_id="wf-t"),
+            task_queue=queue,
+        )
         return await handle.result()
 
     outcome = _run(temporal_server, worker_rt, scenario)
@@ -63,8 +69,10 @@ def test_yield_waits_for_a_human_signal_and_rejects_invalid_answers(
 
     async def scenario(client, queue):
         handle = await start_request(
-            client, AskInput(schema=SCHEMA, prompt="d/dx x**2", workflow_id="wf-t"),
-            task_queue=queue)
+            client,
+            AskInput(schema=SCHEMA, prompt="d/dx x**2", workflow_id="wf-t"),
+            task_queue=queue,
+        )
         for _ in range(200):
             state = await handle.query("state")
             if state["state"] == "waiting_for_human":

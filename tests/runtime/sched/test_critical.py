@@ -52,8 +52,10 @@ def test_running_time_shortens_the_expected_remaining_path() -> None:
 
 
 def test_fifo_prefers_the_earliest_ready() -> None:
-    views = [TaskView(id="late", deps=[], eta=9, p_succ=1, attempts_left=1, ready_since=2.0),
-             TaskView(id="early", deps=[], eta=1, p_succ=1, attempts_left=1, ready_since=1.0)]
+    views = [
+        TaskView(id="late", deps=[], eta=9, p_succ=1, attempts_left=1, ready_since=2.0),
+        TaskView(id="early", deps=[], eta=1, p_succ=1, attempts_left=1, ready_since=1.0),
+    ]
     prios = FifoPolicy().priorities(views)
     assert prios["early"] > prios["late"]
 
@@ -65,40 +67,60 @@ def test_dask_order_ranks_every_task_and_the_join_after_its_inputs() -> None:
 
 
 def test_allocate_preempts_a_clearly_outranked_running_task() -> None:
-    views = [TaskView(id="low", deps=[], eta=1, p_succ=1, attempts_left=1),
-             TaskView(id="high", deps=[], eta=1, p_succ=1, attempts_left=1)]
-    chosen = allocate(views, {"low": 1.0, "high": 5.0}, cores=1, gpus=0, running=["low"],
-                      preemptive=True)
+    views = [
+        TaskView(id="low", deps=[], eta=1, p_succ=1, attempts_left=1),
+        TaskView(id="high", deps=[], eta=1, p_succ=1, attempts_left=1),
+    ]
+    chosen = allocate(
+        views, {"low": 1.0, "high": 5.0}, cores=1, gpus=0, running=["low"], preemptive=True
+    )
     assert chosen == ["high"]
 
 
 def test_allocate_keeps_the_incumbent_within_hysteresis() -> None:
-    views = [TaskView(id="low", deps=[], eta=1, p_succ=1, attempts_left=1),
-             TaskView(id="high", deps=[], eta=1, p_succ=1, attempts_left=1)]
-    chosen = allocate(views, {"low": 1.0, "high": 1.05}, cores=1, gpus=0, running=["low"],
-                      preemptive=True, hysteresis=0.1)
+    views = [
+        TaskView(id="low", deps=[], eta=1, p_succ=1, attempts_left=1),
+        TaskView(id="high", deps=[], eta=1, p_succ=1, attempts_left=1),
+    ]
+    chosen = allocate(
+        views,
+        {"low": 1.0, "high": 1.05},
+        cores=1,
+        gpus=0,
+        running=["low"],
+        preemptive=True,
+        hysteresis=0.1,
+    )
     assert chosen == ["low"]
 
 
 def test_allocate_without_preemption_never_evicts() -> None:
-    views = [TaskView(id="low", deps=[], eta=1, p_succ=1, attempts_left=1),
-             TaskView(id="high", deps=[], eta=1, p_succ=1, attempts_left=1)]
-    chosen = allocate(views, {"low": 1.0, "high": 50.0}, cores=1, gpus=0, running=["low"],
-                      preemptive=False)
+    views = [
+        TaskView(id="low", deps=[], eta=1, p_succ=1, attempts_left=1),
+        TaskView(id="high", deps=[], eta=1, p_succ=1, attempts_left=1),
+    ]
+    chosen = allocate(
+        views, {"low": 1.0, "high": 50.0}, cores=1, gpus=0, running=["low"], preemptive=False
+    )
     assert chosen == ["low"]
 
 
 def test_allocate_respects_gpu_capacity() -> None:
-    views = [TaskView(id="g1", deps=[], eta=1, p_succ=1, attempts_left=1, gpus=1),
-             TaskView(id="g2", deps=[], eta=1, p_succ=1, attempts_left=1, gpus=1)]
+    views = [
+        TaskView(id="g1", deps=[], eta=1, p_succ=1, attempts_left=1, gpus=1),
+        TaskView(id="g2", deps=[], eta=1, p_succ=1, attempts_left=1, gpus=1),
+    ]
     chosen = allocate(views, {"g1": 2.0, "g2": 1.0}, cores=4, gpus=1, preemptive=True)
     assert chosen == ["g1"]
 
 
 def test_simulated_cpcs_beats_fifo_when_the_long_chain_is_listed_last() -> None:
     shorts = [TaskSpec(id=f"s{i}", eta=1.0) for i in range(4)]
-    chain = [TaskSpec(id="c0", eta=1.0), TaskSpec(id="c1", eta=3.0, deps=["c0"]),
-             TaskSpec(id="c2", eta=3.0, deps=["c1"])]
+    chain = [
+        TaskSpec(id="c0", eta=1.0),
+        TaskSpec(id="c1", eta=3.0, deps=["c0"]),
+        TaskSpec(id="c2", eta=3.0, deps=["c1"]),
+    ]
     dag = SubgoalDAG(tasks=[*shorts, *chain])
     real = realise(dag, random.Random(0), noise=0.0)
     fifo = simulate(dag, real, FifoPolicy(), cores=2).makespan

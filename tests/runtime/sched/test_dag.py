@@ -14,11 +14,14 @@ from coreason_runtime.sched import SubgoalDAG, TaskKind, TaskSpec
 
 
 def _dag() -> SubgoalDAG:
-    return SubgoalDAG(id="proof", tasks=[
-        TaskSpec(id="lemma", kind=TaskKind.DECODE, eta=2.0, p_succ=0.5),
-        TaskSpec(id="sim", kind=TaskKind.SIMULATION, eta=1.0, resources={"cpu_cores": 2}),
-        TaskSpec(id="qed", kind=TaskKind.SOLVER, deps=["lemma", "sim"], budget={"wall_s": 5}),
-    ])
+    return SubgoalDAG(
+        id="proof",
+        tasks=[
+            TaskSpec(id="lemma", kind=TaskKind.DECODE, eta=2.0, p_succ=0.5),
+            TaskSpec(id="sim", kind=TaskKind.SIMULATION, eta=1.0, resources={"cpu_cores": 2}),
+            TaskSpec(id="qed", kind=TaskKind.SOLVER, deps=["lemma", "sim"], budget={"wall_s": 5}),
+        ],
+    )
 
 
 def test_dag_round_trips_through_json() -> None:
@@ -46,8 +49,13 @@ def test_expected_duration_is_capped_by_max_attempts() -> None:
 
 def test_cycle_raises_cycle_error_naming_the_cycle() -> None:
     with pytest.raises(DAGCycleError) as info:
-        SubgoalDAG(tasks=[TaskSpec(id="a", deps=["c"]), TaskSpec(id="b", deps=["a"]),
-                          TaskSpec(id="c", deps=["b"])])
+        SubgoalDAG(
+            tasks=[
+                TaskSpec(id="a", deps=["c"]),
+                TaskSpec(id="b", deps=["a"]),
+                TaskSpec(id="c", deps=["b"]),
+            ]
+        )
     assert set(info.value.cycle) == {"a", "b", "c"}
     assert isinstance(info.value, SchedulerError)
 

@@ -89,8 +89,10 @@ def test_outranked_job_is_physically_stopped_then_resumed(bus: EventBus) -> None
 
     bus.subscribe(on_event)
     sched = Scheduler(bus, cores=1, tick_s=0.05)
-    actions = {"a": lambda s, n: CallableJob(_sleepy, 0.6),
-               "b": lambda s, n: CallableJob(_sleepy, 0.2)}
+    actions = {
+        "a": lambda s, n: CallableJob(_sleepy, 0.6),
+        "b": lambda s, n: CallableJob(_sleepy, 0.2),
+    }
 
     async def main():  # type: ignore[no-untyped-def]
         run = asyncio.create_task(sched.run(dag, actions))
@@ -113,6 +115,7 @@ def test_off_path_job_is_reniced_while_on_path_job_keeps_priority(bus: EventBus)
         def action(spec, attempt):  # type: ignore[no-untyped-def]
             jobs[name] = CallableJob(_sleepy, 0.5)
             return jobs[name]
+
         return action
 
     sched = Scheduler(bus, cores=2, tick_s=0.05)
@@ -204,8 +207,9 @@ def test_spawn_leaves_a_callers_stderr_file_open_and_alone(tmp_path: Path) -> No
 
 
 def test_task_failing_every_attempt_raises_and_aborts_dependants(bus: EventBus) -> None:
-    dag = SubgoalDAG(tasks=[TaskSpec(id="a", eta=0.1, max_attempts=2),
-                            TaskSpec(id="b", eta=0.1, deps=["a"])])
+    dag = SubgoalDAG(
+        tasks=[TaskSpec(id="a", eta=0.1, max_attempts=2), TaskSpec(id="b", eta=0.1, deps=["a"])]
+    )
     actions = {"a": lambda s, n: CallableJob(_fail), "b": lambda s, n: CallableJob(_sleepy, 0)}
     with pytest.raises(TaskFailedError) as info:
         _run(Scheduler(bus, tick_s=0.05), dag, actions)
@@ -226,27 +230,35 @@ def test_task_over_wall_budget_is_stopped(bus: EventBus) -> None:
 
 
 def test_dag_over_flop_budget_is_stopped(bus: EventBus) -> None:
-    dag = SubgoalDAG(budget={"flops": 1e8},
-                     tasks=[TaskSpec(id="a", eta=1.0, flops=1e9)])
+    dag = SubgoalDAG(budget={"flops": 1e8}, tasks=[TaskSpec(id="a", eta=1.0, flops=1e9)])
     with pytest.raises(TaskBudgetExceededError) as info:
         _run(Scheduler(bus, tick_s=0.05), dag, {"a": lambda s, n: CallableJob(_sleepy, 5)})
     assert info.value.result.status == "over_budget"  # type: ignore[attr-defined]
 
 
 def test_cancelling_a_branch_kills_it_and_lets_the_rest_finish(bus: EventBus) -> None:
-    dag = SubgoalDAG(tasks=[TaskSpec(id="keep", eta=0.3), TaskSpec(id="drop", eta=5.0),
-                            TaskSpec(id="after_drop", eta=0.1, deps=["drop"])])
+    dag = SubgoalDAG(
+        tasks=[
+            TaskSpec(id="keep", eta=0.3),
+            TaskSpec(id="drop", eta=5.0),
+            TaskSpec(id="after_drop", eta=0.1, deps=["drop"]),
+        ]
+    )
     jobs: dict[str, CallableJob] = {}
 
     def start(name: str, seconds: float):  # type: ignore[no-untyped-def]
         def action(spec, attempt):  # type: ignore[no-untyped-def]
             jobs[name] = CallableJob(_sleepy, seconds)
             return jobs[name]
+
         return action
 
     sched = Scheduler(bus, cores=2, tick_s=0.05)
-    actions = {"keep": start("keep", 0.4), "drop": start("drop", 30),
-               "after_drop": start("after_drop", 0)}
+    actions = {
+        "keep": start("keep", 0.4),
+        "drop": start("drop", 30),
+        "after_drop": start("after_drop", 0),
+    }
 
     async def main():  # type: ignore[no-untyped-def]
         run = asyncio.create_task(sched.run(dag, actions))
@@ -271,8 +283,13 @@ def test_schedule_events_show_submission_path_and_decisions(bus: EventBus) -> No
     dag = SubgoalDAG(tasks=[TaskSpec(id="a", eta=0.1)])
     _run(Scheduler(bus, tick_s=0.05), dag, {"a": lambda s, n: CallableJob(_sleepy, 0.05)})
     kinds = {e.type for e in bus.history()}
-    assert {EventType.DAG_SUBMITTED, EventType.CRITICAL_PATH, EventType.SCHEDULE_DECIDED,
-            EventType.TASK_STARTED, EventType.TASK_FINISHED} <= kinds
+    assert {
+        EventType.DAG_SUBMITTED,
+        EventType.CRITICAL_PATH,
+        EventType.SCHEDULE_DECIDED,
+        EventType.TASK_STARTED,
+        EventType.TASK_FINISHED,
+    } <= kinds
 
 
 class _Session:
@@ -301,11 +318,14 @@ class _Session:
 
 
 def test_in_process_job_is_paused_through_its_preemptible_handle(bus: EventBus) -> None:
-    dag = SubgoalDAG(tasks=[TaskSpec(id="decode", kind="decode", eta=1.0),
-                            TaskSpec(id="urgent", eta=0.5)])
+    dag = SubgoalDAG(
+        tasks=[TaskSpec(id="decode", kind="decode", eta=1.0), TaskSpec(id="urgent", eta=0.5)]
+    )
     session = _Session()
-    actions = {"decode": lambda s, n: InProcessJob(session.work, handle=session),
-               "urgent": lambda s, n: CallableJob(_sleepy, 0.2)}
+    actions = {
+        "decode": lambda s, n: InProcessJob(session.work, handle=session),
+        "urgent": lambda s, n: CallableJob(_sleepy, 0.2),
+    }
     sched = Scheduler(bus, cores=1, tick_s=0.05)
 
     async def main():  # type: ignore[no-untyped-def]
@@ -363,8 +383,10 @@ def test_scheduler_for_runtime_runs_on_the_coordinator_loop(home: Path) -> None:
         sched = Scheduler.for_runtime(rt, tick_s=0.05)
         seen: list[str] = []
         rt.bus.subscribe(lambda e: seen.append(e.type.value), ["task"])
-        result = sched.run_sync(SubgoalDAG(tasks=[TaskSpec(id="a", eta=0.1)]),
-                                {"a": lambda s, n: CallableJob(_sleepy, 0.05)})
+        result = sched.run_sync(
+            SubgoalDAG(tasks=[TaskSpec(id="a", eta=0.1)]),
+            {"a": lambda s, n: CallableJob(_sleepy, 0.05)},
+        )
     assert result.status == "succeeded"
     assert "task.finished" in seen
 
@@ -381,7 +403,6 @@ def test_cgroup_freeze_stops_the_whole_group() -> None:
         assert "frozen 0" in (job.freezer.path / "cgroup.events").read_text()  # type: ignore[union-attr]
     finally:
         job.kill()
-
 
 
 @pytest.mark.gpu

@@ -62,8 +62,13 @@ def test_duplicate_constraint_names_are_rejected() -> None:
 
 
 def _three() -> SlackScheduler:
-    return SlackScheduler([SideCondition("a", lambda: 0.1), SideCondition("b", lambda: 0.5),
-                           SideCondition("c", lambda: 0.9)])
+    return SlackScheduler(
+        [
+            SideCondition("a", lambda: 0.1),
+            SideCondition("b", lambda: 0.5),
+            SideCondition("c", lambda: 0.9),
+        ]
+    )
 
 
 def test_choose_funds_the_action_raising_the_minimum() -> None:
@@ -82,8 +87,9 @@ def test_ties_on_the_minimum_break_on_the_next_smallest() -> None:
 
 
 def test_lost_constraints_do_not_capture_the_funding() -> None:
-    css = SlackScheduler([SideCondition("hopeless", lambda: -5.0),
-                          SideCondition("tight", lambda: 0.1)])
+    css = SlackScheduler(
+        [SideCondition("hopeless", lambda: -5.0), SideCondition("tight", lambda: 0.1)]
+    )
     poke = SlackAction("poke hopeless", predict=lambda: {"hopeless": -5.0, "tight": 0.05})
     save = SlackAction("save tight", predict=lambda: {"tight": 0.4})
     assert css.choose([poke, save]) is save
@@ -91,8 +97,9 @@ def test_lost_constraints_do_not_capture_the_funding() -> None:
 
 
 def test_a_violated_constraint_that_an_action_can_raise_is_not_lost() -> None:
-    css = SlackScheduler([SideCondition("coarse", lambda: -3.0),
-                          SideCondition("fine", lambda: 0.2)])
+    css = SlackScheduler(
+        [SideCondition("coarse", lambda: -3.0), SideCondition("fine", lambda: 0.2)]
+    )
     refine = SlackAction("refine coarse", predict=lambda: {"coarse": -0.5})
     polish = SlackAction("polish fine", predict=lambda: {"fine": 0.9})
     assert css.choose([polish, refine]) is refine
@@ -116,8 +123,11 @@ def test_step_publishes_slack_funded_and_runs_the_action() -> None:
     bus = EventBus()
     state = {"h": 0.1}
     css = SlackScheduler([SideCondition("step", lambda: 0.05 - state["h"])], bus=bus)
-    halve = SlackAction("halve step", predict=lambda: {"step": 0.05 - state["h"] / 2},
-                        run=lambda: state.update(h=state["h"] / 2))
+    halve = SlackAction(
+        "halve step",
+        predict=lambda: {"step": 0.05 - state["h"] / 2},
+        run=lambda: state.update(h=state["h"] / 2),
+    )
     final = css.run(lambda: [halve], target=0.0)
     assert final["step"] >= 0
     funded = bus.history([EventType.SLACK_FUNDED])

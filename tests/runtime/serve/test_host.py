@@ -54,8 +54,9 @@ def test_health_says_loading_until_the_loader_returns_then_ok() -> None:
     app = create_app(loader, model_name="slow-model")
     with TestClient(app) as c:
         first = c.get("/health")
-        refused = c.post("/v1/chat/completions",
-                         json={"messages": [{"role": "user", "content": "hi"}]})
+        refused = c.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
         release.set()
         app.state.host.wait_ready(30)
         second = c.get("/health")

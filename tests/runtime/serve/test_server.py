@@ -24,8 +24,11 @@ SMALL = {
 
 
 def client(server: ServeProcess, token: str | None = None) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=60.0,
-                        headers={"Authorization": f"Bearer {token or server.token}"})
+    return httpx.Client(
+        base_url=server.url,
+        timeout=60.0,
+        headers={"Authorization": f"Bearer {token or server.token}"},
+    )
 
 
 def chat(**extra: Any) -> dict[str, Any]:
@@ -63,10 +66,12 @@ def test_models_lists_the_served_model(serve_process: ServeProcess) -> None:
     assert [m["id"] for m in data] == [serve_process.model]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": "Basic abc"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}]
+)
 def test_requests_without_the_right_token_get_401_with_an_openai_error(
-    serve_process: ServeProcess, headers: dict[str, str],
+    serve_process: ServeProcess,
+    headers: dict[str, str],
 ) -> None:
     r = httpx.post(f"{serve_process.base_url}/chat/completions", json=chat(), headers=headers)
     assert r.status_code == 401
@@ -91,25 +96,30 @@ def test_completion_returns_text_and_usage(serve_process: ServeProcess) -> None:
 
 def test_max_completion_tokens_caps_the_output(serve_process: ServeProcess) -> None:
     with client(serve_process) as c:
-        body = c.post("/v1/chat/completions",
-                      json=chat(max_completion_tokens=3, max_tokens=50)).json()
+        body = c.post(
+            "/v1/chat/completions", json=chat(max_completion_tokens=3, max_tokens=50)
+        ).json()
     assert body["usage"]["completion_tokens"] <= 3
 
 
 def test_seed_reproduces_a_sampled_completion(serve_process: ServeProcess) -> None:
     with client(serve_process) as c:
-        texts = [c.post("/v1/chat/completions",
-                        json=chat(max_tokens=8, temperature=1.0, seed=seed)).json()
-                 ["choices"][0]["message"]["content"] for seed in (11, 11, 12)]
+        texts = [
+            c.post(
+                "/v1/chat/completions", json=chat(max_tokens=8, temperature=1.0, seed=seed)
+            ).json()["choices"][0]["message"]["content"]
+            for seed in (11, 11, 12)
+        ]
     assert texts[0] == texts[1]
     assert texts[0] != texts[2]
 
 
 def test_json_schema_response_is_valid_json_for_the_schema(serve_process: ServeProcess) -> None:
     with client(serve_process) as c:
-        body = c.post("/v1/chat/completions",
-                      json=chat(max_tokens=40, temperature=1.0, seed=3,
-                                response_format=strict(SMALL))).json()
+        body = c.post(
+            "/v1/chat/completions",
+            json=chat(max_tokens=40, temperature=1.0, seed=3, response_format=strict(SMALL)),
+        ).json()
     text = body["choices"][0]["message"]["content"]
     jsonschema.validate(json.loads(text), SMALL)
     assert body["choices"][0]["finish_reason"] == "stop"
@@ -117,9 +127,10 @@ def test_json_schema_response_is_valid_json_for_the_schema(serve_process: ServeP
 
 def test_json_object_response_is_a_json_object(serve_process: ServeProcess) -> None:
     with client(serve_process) as c:
-        body = c.post("/v1/chat/completions",
-                      json=chat(max_tokens=12, seed=1,
-                                response_format={"type": "json_object"})).json()
+        body = c.post(
+            "/v1/chat/completions",
+            json=chat(max_tokens=12, seed=1, response_format={"type": "json_object"}),
+        ).json()
     text = body["choices"][0]["message"]["content"]
     if body["choices"][0]["finish_reason"] == "stop":
         assert isinstance(json.loads(text), dict)
@@ -131,10 +142,14 @@ def test_json_object_response_is_a_json_object(serve_process: ServeProcess) -> N
 
 
 def test_stream_sends_role_content_finish_usage_then_done(serve_process: ServeProcess) -> None:
-    payload = chat(max_tokens=40, stream=True, stream_options={"include_usage": True},
-                   response_format=strict(SMALL), seed=5)
-    with client(serve_process) as c, c.stream("POST", "/v1/chat/completions",
-                                              json=payload) as r:
+    payload = chat(
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+        response_format=strict(SMALL),
+        seed=5,
+    )
+    with client(serve_process) as c, c.stream("POST", "/v1/chat/completions", json=payload) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
     assert events[-1] == "[DONE]"
@@ -150,8 +165,10 @@ def test_stream_sends_role_content_finish_usage_then_done(serve_process: ServePr
 
 
 def test_stream_without_include_usage_sends_no_usage(serve_process: ServeProcess) -> None:
-    with client(serve_process) as c, c.stream("POST", "/v1/chat/completions",
-                                              json=chat(max_tokens=4, stream=True)) as r:
+    with (
+        client(serve_process) as c,
+        c.stream("POST", "/v1/chat/completions", json=chat(max_tokens=4, stream=True)) as r,
+    ):
         events = sse_events(r)
     chunks = [json.loads(e) for e in events[:-1]]
     assert all("usage" not in ch for ch in chunks)
@@ -161,9 +178,14 @@ def test_stream_without_include_usage_sends_no_usage(serve_process: ServeProcess
 def test_client_hanging_up_mid_stream_stops_decoding(serve_process: ServeProcess) -> None:
     before = serve_process.health()["cancelled"]
     assert isinstance(before, int)
-    with client(serve_process) as c, c.stream(
-        "POST", "/v1/chat/completions", json=chat(max_tokens=4000, stream=True, seed=2),
-    ) as r:
+    with (
+        client(serve_process) as c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json=chat(max_tokens=4000, stream=True, seed=2),
+        ) as r,
+    ):
         lines = r.iter_lines()
         received = [line for line, _ in zip(lines, range(6), strict=False) if line]
     assert len(received) >= 2
@@ -192,9 +214,10 @@ def test_concurrent_clients_share_the_model_and_all_get_valid_answers(
 ) -> None:
     def ask(seed: int) -> Any:
         with client(serve_process) as c:
-            body = c.post("/v1/chat/completions",
-                          json=chat(max_tokens=40, seed=seed, temperature=1.0,
-                                    response_format=strict(SMALL))).json()
+            body = c.post(
+                "/v1/chat/completions",
+                json=chat(max_tokens=40, seed=seed, temperature=1.0, response_format=strict(SMALL)),
+            ).json()
         return json.loads(body["choices"][0]["message"]["content"])
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -208,18 +231,29 @@ def test_concurrent_clients_share_the_model_and_all_get_valid_answers(
 
 def test_invalid_json_schema_gets_400(serve_process: ServeProcess) -> None:
     with client(serve_process) as c:
-        r = c.post("/v1/chat/completions",
-                   json=chat(response_format=strict({"type": "not-a-type"})))
+        r = c.post(
+            "/v1/chat/completions", json=chat(response_format=strict({"type": "not-a-type"}))
+        )
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_schema"
 
 
-@pytest.mark.parametrize("bad", [{"messages": []}, {"n": 2}, {"max_tokens": 0},
-                                 {"temperature": -1}, {"response_format": {"type": "yaml"}},
-                                 {"stop": ["\n"]}, {"tools": [{"type": "function"}]},
-                                 {"seed": 2**64}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"messages": []},
+        {"n": 2},
+        {"max_tokens": 0},
+        {"temperature": -1},
+        {"response_format": {"type": "yaml"}},
+        {"stop": ["\n"]},
+        {"tools": [{"type": "function"}]},
+        {"seed": 2**64},
+    ],
+)
 def test_malformed_requests_get_400_with_an_openai_error(
-    serve_process: ServeProcess, bad: dict[str, Any],
+    serve_process: ServeProcess,
+    bad: dict[str, Any],
 ) -> None:
     with client(serve_process) as c:
         r = c.post("/v1/chat/completions", json=chat(**bad))

@@ -19,8 +19,9 @@ torch = pytest.importorskip("torch")
 
 
 def run(backend, physics, case, tol: float, t_end: float) -> MultiFidelitySimulation:
-    sim = MultiFidelitySimulation(physics, case, n=16, block=4, factor=2,
-                                  watchdog=Watchdog(tol=tol), backend=backend)
+    sim = MultiFidelitySimulation(
+        physics, case, n=16, block=4, factor=2, watchdog=Watchdog(tol=tol), backend=backend
+    )
     sim.run(t_end)
     return sim
 
@@ -34,8 +35,7 @@ def test_torch_cpu_matches_numpy(which: str) -> None:
     a = run("numpy", physics, case, tol, t_end)
     b = run(get_backend("torch", device="cpu"), physics, case, tol, t_end)
     assert a.grid.blocks == b.grid.blocks and a.grid.n_refined > 0
-    np.testing.assert_allclose(b.grid.coarse_numpy(), a.grid.coarse_numpy(), rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(b.grid.coarse_numpy(), a.grid.coarse_numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_torch_backend_defaults_to_cuda_only_when_available() -> None:
@@ -58,7 +58,8 @@ def test_unknown_backend_is_an_error() -> None:
 def test_cuda_run_conserves_mass() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    sim = run(get_backend("torch", device="cuda"), Diffusion(1.0), gaussian_pulse(sigma=0.06),
-              1e-3, 2e-3)
+    sim = run(
+        get_backend("torch", device="cuda"), Diffusion(1.0), gaussian_pulse(sigma=0.06), 1e-3, 2e-3
+    )
     assert sim.grid.backend.device == "cuda"
     assert abs(sim.grid.totals()[0] - 1.0) < 1e-12

@@ -15,8 +15,9 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_importing_sim_does_not_import_torch_or_ipython() -> None:
-    code = ("import sys, coreason_runtime.sim; "
-            "print(any(m in sys.modules for m in ('torch', 'IPython', 'ipywidgets')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, coreason_runtime.sim; "
+        "print(any(m in sys.modules for m in ('torch', 'IPython', 'ipywidgets')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

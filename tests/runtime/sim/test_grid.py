@@ -113,8 +113,15 @@ def test_dam_break_with_a_lower_upstream_depth_is_refused() -> None:
         dam_break(hl=1.0, hr=2.0)
 
 
-@pytest.mark.parametrize("make", [lambda: Diffusion(0.0), lambda: Diffusion(float("nan")),
-                                  lambda: Diffusion(1.0, cfl=-0.5), lambda: ShallowWater(g=0.0)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Diffusion(0.0),
+        lambda: Diffusion(float("nan")),
+        lambda: Diffusion(1.0, cfl=-0.5),
+        lambda: ShallowWater(g=0.0),
+    ],
+)
 def test_physics_with_a_non_positive_coefficient_is_refused(make) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigurationError, match="positive finite"):
         make()

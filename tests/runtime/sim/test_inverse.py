@@ -21,7 +21,8 @@ def test_fit_error_shrinks_with_fidelity(problem: DiffusionInverseProblem) -> No
 
 
 def test_gated_ladder_reaches_the_target_for_less_than_always_escalating(
-        problem: DiffusionInverseProblem) -> None:
+    problem: DiffusionInverseProblem,
+) -> None:
     target = 0.01
     gate = WhatIfGate(min_gain=target * 0.75)
     gated = problem.ladder([32, 64, 128], kappa0=0.8, gate=gate)
@@ -33,7 +34,8 @@ def test_gated_ladder_reaches_the_target_for_less_than_always_escalating(
 
 
 def test_gated_ladder_starting_below_twice_the_sensor_grid_is_refused_up_front(
-        problem: DiffusionInverseProblem) -> None:
+    problem: DiffusionInverseProblem,
+) -> None:
     gate = WhatIfGate(min_gain=0.0)
     with pytest.raises(SimulationError, match="multiple of 2x16"):
         problem.ladder([16, 32], kappa0=0.8, gate=gate)

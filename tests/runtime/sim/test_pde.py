@@ -22,9 +22,11 @@ def heat() -> tuple[sp.Eq, sp.Function]:
 
 def shallow_water() -> tuple[list[sp.Expr], list[sp.Function]]:
     h, hu, hv = (sp.Function(n)(t, x, y) for n in ("h", "hu", "hv"))
-    return [D(h, t) + D(hu, x) + D(hv, y),
-            D(hu, t) + D(hu**2 / h + g * h**2 / 2, x) + D(hu * hv / h, y),
-            D(hv, t) + D(hu * hv / h, x) + D(hv**2 / h + g * h**2 / 2, y)], [h, hu, hv]
+    return [
+        D(h, t) + D(hu, x) + D(hv, y),
+        D(hu, t) + D(hu**2 / h + g * h**2 / 2, x) + D(hu * hv / h, y),
+        D(hv, t) + D(hu * hv / h, x) + D(hv**2 / h + g * h**2 / 2, y),
+    ], [h, hu, hv]
 
 
 def test_heat_equation_flux_is_minus_kappa_grad_u() -> None:

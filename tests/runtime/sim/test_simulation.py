@@ -44,7 +44,8 @@ def uniform_fine_error() -> float:
 
 
 def test_refined_run_matches_uniform_fine_accuracy_with_less_work(
-        uniform_fine_error: float) -> None:
+    uniform_fine_error: float,
+) -> None:
     sim = pulse_sim(watchdog=Watchdog(tol=1e-2))
     result = sim.run(T)
     assert sim.grid.error_l2(PULSE.exact(T)) <= 1.5 * uniform_fine_error
@@ -151,10 +152,18 @@ def test_dam_break_refines_at_the_waves_and_conserves_mass() -> None:
     coarse = MultiFidelitySimulation(ShallowWater(), case, n=32, block=4)
     coarse.run(t_end)
     h_sym = sp.Symbol("h")
-    positive = Invariant.symbolic("positivity of h", h_sym > 0, [h_sym, sp.Symbol("hu"),
-                                                               sp.Symbol("hv")], "pointwise")
-    sim = MultiFidelitySimulation(ShallowWater(), case, n=32, block=4, factor=2,
-                                  watchdog=Watchdog(tol=0.05, buffer=1), invariants=[positive])
+    positive = Invariant.symbolic(
+        "positivity of h", h_sym > 0, [h_sym, sp.Symbol("hu"), sp.Symbol("hv")], "pointwise"
+    )
+    sim = MultiFidelitySimulation(
+        ShallowWater(),
+        case,
+        n=32,
+        block=4,
+        factor=2,
+        watchdog=Watchdog(tol=0.05, buffer=1),
+        invariants=[positive],
+    )
     result = sim.run(t_end)
     exact = case.exact(t_end)
     assert sim.grid.error_l2(exact) < coarse.grid.error_l2(exact)
@@ -169,8 +178,16 @@ def test_positivity_loss_refines_the_block_and_retries_then_fails_loudly() -> No
     bus = EventBus()
     nonneg = Invariant.symbolic("u >= 0", u_sym >= 0, [u_sym], "pointwise")
     sharp = gaussian_pulse(kappa=1.0, sigma=0.01, centre=(0.3, 0.35))
-    sim = MultiFidelitySimulation(Diffusion(1.0, cfl=1.2), sharp, n=32, block=8, factor=2,
-                                  watchdog=Watchdog(tol=1e9), invariants=[nonneg], bus=bus)
+    sim = MultiFidelitySimulation(
+        Diffusion(1.0, cfl=1.2),
+        sharp,
+        n=32,
+        block=8,
+        factor=2,
+        watchdog=Watchdog(tol=1e9),
+        invariants=[nonneg],
+        bus=bus,
+    )
     with pytest.raises(InvariantViolationError, match="u >= 0") as info:
         sim.run(2e-3)
     assert info.value.region is not None
@@ -187,9 +204,16 @@ def test_positivity_loss_with_no_room_to_refine_fails_loudly_at_once() -> None:
     nonneg = Invariant.symbolic("u >= 0", u_sym >= 0, [u_sym], "pointwise")
     sharp = gaussian_pulse(kappa=1.0, sigma=0.01, centre=(0.3, 0.35))
     coarse_only = 8 * 32 * 32 * 14 + 1024  # the coarse grid's bytes, and not one block more
-    sim = MultiFidelitySimulation(Diffusion(1.0, cfl=1.2), sharp, n=32, block=8, factor=2,
-                                  watchdog=Watchdog(tol=1e9), invariants=[nonneg],
-                                  memory_limit=coarse_only)
+    sim = MultiFidelitySimulation(
+        Diffusion(1.0, cfl=1.2),
+        sharp,
+        n=32,
+        block=8,
+        factor=2,
+        watchdog=Watchdog(tol=1e9),
+        invariants=[nonneg],
+        memory_limit=coarse_only,
+    )
     assert sim.grid.max_fine_blocks == 0
     with pytest.raises(InvariantViolationError, match="u >= 0"):
         sim.run(2e-3)

@@ -29,17 +29,34 @@ class Received:
     body: dict[str, Any]
 
 
-def chunk_event(content: str | None = None, finish: str | None = None,
-                usage: tuple[int, int] | None = None) -> bytes:
+def chunk_event(
+    content: str | None = None, finish: str | None = None, usage: tuple[int, int] | None = None
+) -> bytes:
     """One SSE ``data:`` event holding a ``chat.completion.chunk``."""
-    choices = [] if content is None and finish is None else [
-        {"index": 0, "delta": {"content": content} if content is not None else {},
-         "finish_reason": finish}]
-    body: dict[str, Any] = {"id": "chatcmpl-faulty", "object": "chat.completion.chunk",
-                            "created": 0, "model": "faulty", "choices": choices}
+    choices = (
+        []
+        if content is None and finish is None
+        else [
+            {
+                "index": 0,
+                "delta": {"content": content} if content is not None else {},
+                "finish_reason": finish,
+            }
+        ]
+    )
+    body: dict[str, Any] = {
+        "id": "chatcmpl-faulty",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "faulty",
+        "choices": choices,
+    }
     if usage is not None:
-        body["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                         "total_tokens": usage[0] + usage[1]}
+        body["usage"] = {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": usage[0] + usage[1],
+        }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
@@ -135,8 +152,13 @@ class FaultyServer:
         if mode == "unauthorized":
             # Like a careless proxy: the refused credentials are echoed back.
             echoed = request.headers.get("authorization", "")
-            body = {"error": {"message": f"invalid credentials: {echoed}",
-                              "type": "invalid_request_error", "code": "invalid_api_key"}}
+            body = {
+                "error": {
+                    "message": f"invalid credentials: {echoed}",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            }
             await _send_json(writer, 401, body, {})
             return True
         if mode == "forbidden":
@@ -191,20 +213,26 @@ async def _read_request(reader: asyncio.StreamReader) -> Received | None:
     return Received(method=method, path=path, headers=headers, body=body)
 
 
-async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any],
-                     extra: dict[str, str]) -> None:
+async def _send_json(
+    writer: asyncio.StreamWriter, status: int, body: dict[str, Any], extra: dict[str, str]
+) -> None:
     reasons = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}
     data = json.dumps(body).encode()
-    head = [f"HTTP/1.1 {status} {reasons.get(status, 'Error')}",
-            "Content-Type: application/json", f"Content-Length: {len(data)}"]
+    head = [
+        f"HTTP/1.1 {status} {reasons.get(status, 'Error')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+    ]
     head += [f"{k}: {v}" for k, v in extra.items()]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
     await writer.drain()
 
 
 async def _start_stream(writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                 b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n")
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+    )
     await writer.drain()
 
 

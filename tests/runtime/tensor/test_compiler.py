@@ -93,8 +93,12 @@ def test_faithful_compiler_keeps_additional_properties_open(
 
 
 def test_composed_schema_is_left_open(compiler: UniversalCompiler) -> None:
-    schema = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}},
-                        {"type": "object", "properties": {"b": {"type": "integer"}}}]}
+    schema = {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}},
+            {"type": "object", "properties": {"b": {"type": "integer"}}},
+        ]
+    }
     compiled = compiler.compile(schema)
     assert _accepts(compiler, compiled.grammar, '{"a": 1, "b": 2}')
 
@@ -218,8 +222,6 @@ def test_denullify_lets_strict_answers_validate(compiler: UniversalCompiler) -> 
     answer = {"expression": "x**2", "derivative": "2*x", "order": None, "note": None}
     value = denullify(answer, spec.json_schema)
     assert spec.validate_value(value) == Derivative(expression="x**2", derivative="2*x")
-
-
 
 
 def test_model_and_its_tokenizer_share_compiled_grammars(

@@ -77,7 +77,9 @@ def reading(tier: LocalTier) -> CompiledSchema:
 def _request(schema: CompiledSchema, **kw: Any) -> TierRequest:
     base: dict[str, Any] = {
         "messages": [{"role": "user", "content": "Report the sensor."}],
-        "schema": schema, "max_tokens": 120, "workflow_id": "wf-local",
+        "schema": schema,
+        "max_tokens": 120,
+        "workflow_id": "wf-local",
     }
     return TierRequest(**{**base, **kw})
 
@@ -211,15 +213,17 @@ def test_concurrent_requests_match_serial_ones(tier: LocalTier, reading: Compile
 
 def test_complete_text_streams_an_unconstrained_answer(tier: LocalTier) -> None:
     deltas: list[str] = []
-    out = tier.complete_text([{"role": "user", "content": "hi"}], 12, on_delta=deltas.append,
-                             ignore_eos=True)
+    out = tier.complete_text(
+        [{"role": "user", "content": "hi"}], 12, on_delta=deltas.append, ignore_eos=True
+    )
     assert out.tokens_out == 12
     assert "".join(deltas) == out.text
 
 
 def test_complete_text_honours_a_grammar(tier: LocalTier, reading: CompiledSchema) -> None:
-    out = tier.complete_text([{"role": "user", "content": "hi"}], 120, grammar=reading,
-                             temperature=1.0, seed=5)
+    out = tier.complete_text(
+        [{"role": "user", "content": "hi"}], 120, grammar=reading, temperature=1.0, seed=5
+    )
     assert isinstance(reading.validate_text(out.text), Reading)
 
 
@@ -230,8 +234,12 @@ def test_real_model_answers_with_valid_json(real_model: LoadedModel) -> None:
 
     real = LocalTier(real_model)
     schema = real.compiler.compile(Sum)
-    req = TierRequest(messages=[{"role": "user", "content": "What is 2 + 3?"}], schema=schema,
-                      max_tokens=16, workflow_id="wf-real")
+    req = TierRequest(
+        messages=[{"role": "user", "content": "What is 2 + 3?"}],
+        schema=schema,
+        max_tokens=16,
+        workflow_id="wf-real",
+    )
     out = real.complete(req, UnmeteredMeter())
     assert isinstance(schema.validate_text(out.text), Sum)
     assert out.model == real_model.name

@@ -42,17 +42,23 @@ ANSWER = {
 
 def compiled(schema: dict[str, Any] = ANSWER) -> CompiledSchema:
     spec = SchemaSpec.from_user(schema)
-    return CompiledSchema(spec=spec, openai={
-        "type": "json_schema",
-        "json_schema": {"name": "answer", "schema": schema, "strict": True},
-    })
+    return CompiledSchema(
+        spec=spec,
+        openai={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True},
+        },
+    )
 
 
 def request(schema: CompiledSchema | None = None, **kw: Any) -> TierRequest:
     fields: dict[str, Any] = {"max_tokens": 64, "workflow_id": "wf-oracle", "timeout": 10.0}
     fields.update(kw)
-    return TierRequest(messages=[{"role": "user", "content": "Give 3 metres as JSON."}],
-                       schema=schema or compiled(), **fields)
+    return TierRequest(
+        messages=[{"role": "user", "content": "Give 3 metres as JSON."}],
+        schema=schema or compiled(),
+        **fields,
+    )
 
 
 def tier_for(base_url: str, **kw: Any) -> RemoteTier:
@@ -98,7 +104,8 @@ def test_token_counter_charges_lower_bounds_then_trues_up() -> None:
         meter = UnmeteredMeter()
         # Each "wN " fragment is one word: the cumulative count less one never overshoots.
         out = tier_for(server.base_url, token_counter=lambda t: len(t.split())).complete(
-            request(), meter)
+            request(), meter
+        )
     assert meter.tokens_out == out.tokens_out == 4
 
 
@@ -266,7 +273,10 @@ def test_oracle_config_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
     tier = RemoteTier.from_env()
     assert tier is not None
     assert (tier.config.base_url, tier.model, tier.config.api_key) == (
-        "http://127.0.0.1:1/v1", "env-model", KEY)
+        "http://127.0.0.1:1/v1",
+        "env-model",
+        KEY,
+    )
     assert KEY not in repr(tier)
 
 
@@ -274,7 +284,8 @@ def test_no_key_configured_never_sends_openai_api_key(monkeypatch: pytest.Monkey
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with running("ok") as server:
         RemoteTier(OracleConfig(base_url=server.base_url, model="m")).complete(
-            request(), UnmeteredMeter())
+            request(), UnmeteredMeter()
+        )
         sent = server.received[0]
     assert KEY not in sent.headers.get("authorization", "")
 
@@ -303,8 +314,9 @@ SMALL = {
 
 
 def served_tier(server: ServeProcess, key: str | None = None) -> RemoteTier:
-    return RemoteTier(OracleConfig(base_url=server.base_url, model=server.model,
-                                   api_key=key or server.token))
+    return RemoteTier(
+        OracleConfig(base_url=server.base_url, model=server.model, api_key=key or server.token)
+    )
 
 
 @pytest.mark.serve
@@ -349,14 +361,24 @@ def test_ledger_matches_coreason_serves_usage_exactly(serve_process: ServeProces
 @pytest.mark.serve
 @pytest.mark.model
 def test_oracle_over_real_smollm2_answers_valid_json(serve_real: ServeProcess) -> None:
-    answer = {"type": "object", "properties": {"sum": {"type": "integer"}},
-              "required": ["sum"], "additionalProperties": False}
+    answer = {
+        "type": "object",
+        "properties": {"sum": {"type": "integer"}},
+        "required": ["sum"],
+        "additionalProperties": False,
+    }
     schema = UniversalCompiler().compile(SchemaSpec.from_user(answer))
     meter = UnmeteredMeter()
     out = served_tier(serve_real).complete(
-        TierRequest(messages=[{"role": "user", "content": "What is 2 + 3? Answer in JSON."}],
-                    schema=schema, max_tokens=12, workflow_id="wf-real", timeout=120.0),
-        meter)
+        TierRequest(
+            messages=[{"role": "user", "content": "What is 2 + 3? Answer in JSON."}],
+            schema=schema,
+            max_tokens=12,
+            workflow_id="wf-real",
+            timeout=120.0,
+        ),
+        meter,
+    )
     value = schema.validate_text(out.text)
     assert isinstance(value["sum"], int)
     assert (meter.tokens_in, meter.tokens_out) == (out.tokens_in, out.tokens_out)

@@ -98,7 +98,13 @@ def test_every_tier_failing_yields_with_every_attempt(rt: Coordinator) -> None:
         rt.router.generate(Derivative, "q", workflow_id="wf")
     err = info.value
     assert [(a.tier, a.index) for a in err.attempts] == [
-        ("local", 1), ("local", 2), ("local", 3), ("oracle", 1), ("oracle", 2), ("oracle", 3)]
+        ("local", 1),
+        ("local", 2),
+        ("local", 3),
+        ("oracle", 1),
+        ("oracle", 2),
+        ("oracle", 3),
+    ]
     assert all(a.error_type == "ValidationFailure" for a in err.attempts)
     assert sum(a.cost for a in err.attempts) == rt.budgets.spent("wf")
     assert err.schema is not None and err.prompt == "q"
@@ -141,8 +147,7 @@ def test_budget_cut_off_bypasses_every_retry_and_escalation(rt: Coordinator) -> 
     oracle = ScriptedTier("oracle", [GOOD])
     rt.router.set_tiers([local, oracle])
     with pytest.raises(BudgetExceededError) as info:
-        rt.router.generate(Derivative, "go", workflow_id="tight", max_tokens=500,
-                           system="be brief")
+        rt.router.generate(Derivative, "go", workflow_id="tight", max_tokens=500, system="be brief")
     assert len(local.requests) == 1 and oracle.requests == []
     ledger = rt.budgets.get("tight")
     assert 0 < ledger.tokens_out < 200  # cut off mid-way
@@ -192,9 +197,14 @@ def test_request_events_are_published_in_order(rt: Coordinator) -> None:
     seen: list[EventType] = []
     rt.bus.subscribe(lambda e: seen.append(e.type), ["request", "attempt"])
     rt.router.generate(Derivative, "q", workflow_id="wf")
-    assert seen == [EventType.REQUEST_STARTED, EventType.ATTEMPT_STARTED,
-                    EventType.ATTEMPT_FAILED, EventType.ATTEMPT_STARTED,
-                    EventType.ATTEMPT_FINISHED, EventType.REQUEST_FINISHED]
+    assert seen == [
+        EventType.REQUEST_STARTED,
+        EventType.ATTEMPT_STARTED,
+        EventType.ATTEMPT_FAILED,
+        EventType.ATTEMPT_STARTED,
+        EventType.ATTEMPT_FINISHED,
+        EventType.REQUEST_FINISHED,
+    ]
 
 
 def test_submit_returns_a_future_with_the_result(rt: Coordinator) -> None:
@@ -206,15 +216,21 @@ def test_submit_returns_a_future_with_the_result(rt: Coordinator) -> None:
 def test_strict_mode_nulls_in_optional_fields_are_dropped_before_validation(
     rt: Coordinator,
 ) -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
-              "required": ["a"]}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+        "required": ["a"],
+    }
     rt.router.set_tiers([ScriptedTier("oracle", ['{"a": "x", "b": null}'])])
     assert rt.router.generate(schema, "q", workflow_id="wf").value == {"a": "x"}
 
 
 def test_format_keywords_are_enforced_by_validation(rt: Coordinator) -> None:
-    schema = {"type": "object", "properties": {"day": {"type": "string", "format": "date"}},
-              "required": ["day"]}
+    schema = {
+        "type": "object",
+        "properties": {"day": {"type": "string", "format": "date"}},
+        "required": ["day"],
+    }
     rt.router.set_tiers([ScriptedTier("oracle", ['{"day": "yesterday"}'] * 3)])
     with pytest.raises(EpistemicYieldError) as info:
         rt.router.generate(schema, "q", workflow_id="wf")
@@ -263,8 +279,9 @@ def test_cache_can_be_bypassed_per_request(cached_rt: Coordinator) -> None:
     local = ScriptedTier("local", [GOOD, GOOD])
     rt.router.set_tiers([local])
     rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
-    assert rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf",
-                              cache=False).tier == "local"
+    assert (
+        rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf", cache=False).tier == "local"
+    )
 
 
 def test_retries_sample_with_rising_temperature_and_fresh_seeds(rt: Coordinator) -> None:

@@ -108,8 +108,11 @@ def test_plan_change_during_the_run_kills_its_process_group(tt: ToolTransactions
     assert tt.drop_consumer("sim-1") == [txn.id]
     with pytest.raises(TransactionAbortedError):
         future.result(timeout=10)
-    assert not [p for p in group if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in group
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert tt.log.get(txn.id)["state"] == "aborted"
 
 
@@ -197,8 +200,9 @@ _COORDINATOR = textwrap.dedent("""
 
 def test_restart_after_kill_9_resolves_undecided_and_kills_orphans(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    coord = subprocess.Popen([sys.executable, "-c", _COORDINATOR, str(home)],
-                             stdout=subprocess.PIPE, text=True)
+    coord = subprocess.Popen(
+        [sys.executable, "-c", _COORDINATOR, str(home)], stdout=subprocess.PIPE, text=True
+    )
     assert coord.stdout is not None
     undecided, running, finishing, pid = json.loads(coord.stdout.readline())
     os.kill(coord.pid, signal.SIGKILL)

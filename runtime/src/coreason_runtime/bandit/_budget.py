@@ -91,8 +91,15 @@ class GrowthBudget:
             self.refused += 1
             refused = self.refused
         if self.bus is not None:
-            self.bus.emit(EventType.RBF_GATED, source=self.name, t=t, remaining=0,
-                          granted=self.granted, refused=refused, reason="budget exhausted")
+            self.bus.emit(
+                EventType.RBF_GATED,
+                source=self.name,
+                t=t,
+                remaining=0,
+                granted=self.granted,
+                refused=refused,
+                reason="budget exhausted",
+            )
         return False
 
     def lower(self, by: int) -> float:
@@ -137,9 +144,17 @@ class GrowthBudget:
 
     def _announce(self, reason: str, remaining: float) -> None:
         if self.bus is not None:
-            self.bus.emit(EventType.RBF_GATED, source=self.name, remaining=remaining,
-                          granted=self.granted, refused=self.refused, reason=reason)
+            self.bus.emit(
+                EventType.RBF_GATED,
+                source=self.name,
+                remaining=remaining,
+                granted=self.granted,
+                refused=self.refused,
+                reason=reason,
+            )
 
     def __repr__(self) -> str:
-        return (f"GrowthBudget(name={self.name!r}, limit={self.limit}, "
-                f"remaining={self._remaining}, granted={self.granted}, refused={self.refused})")
+        return (
+            f"GrowthBudget(name={self.name!r}, limit={self.limit}, "
+            f"remaining={self._remaining}, granted={self.granted}, refused={self.refused})"
+        )

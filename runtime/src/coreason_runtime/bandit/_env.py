@@ -54,8 +54,12 @@ class DriftingBandit:
     _noise: FloatArray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for label, value in (("d", self.d), ("k", self.k), ("horizon", self.horizon),
-                             ("bumps", self.bumps)):
+        for label, value in (
+            ("d", self.d),
+            ("k", self.k),
+            ("horizon", self.horizon),
+            ("bumps", self.bumps),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{label} must be a positive integer, got {value!r}"
                 raise BanditError(msg)

@@ -103,16 +103,35 @@ def run_bandit(
             lo = t + 1 - emit_every
             best = means[lo : t + 1].max(axis=1)
             got = means[np.arange(lo, t + 1), arms[lo : t + 1]]
-            bus.emit(EventType.BANDIT_ROUND, source=policy.name, t=t + 1,
-                     mean_reward=float(rewards[lo : t + 1].mean()),
-                     mean_regret=float((best - got).mean()), units=int(units[t]))
+            bus.emit(
+                EventType.BANDIT_ROUND,
+                source=policy.name,
+                t=t + 1,
+                mean_reward=float(rewards[lo : t + 1].mean()),
+                mean_regret=float((best - got).mean()),
+                units=int(units[t]),
+            )
     chosen = means[np.arange(n), arms]
-    return BanditRun(policy=policy.name, arms=arms, rewards=rewards, chosen_means=chosen,
-                     regret=means[:n].max(axis=1) - chosen, units=units, seconds=elapsed)
+    return BanditRun(
+        policy=policy.name,
+        arms=arms,
+        rewards=rewards,
+        chosen_means=chosen,
+        regret=means[:n].max(axis=1) - chosen,
+        units=units,
+        seconds=elapsed,
+    )
 
 
-def recovery_rounds(regret: FloatArray, change_points: list[int], *, window: int = 250,
-                    before: int = 1000, tol: float = 0.1, slack: float = 0.01) -> list[int]:
+def recovery_rounds(
+    regret: FloatArray,
+    change_points: list[int],
+    *,
+    window: int = 250,
+    before: int = 1000,
+    tol: float = 0.1,
+    slack: float = 0.01,
+) -> list[int]:
     """Rounds after each abrupt change until regret is back at its pre-change level.
 
     The pre-change level is the mean regret over the ``before`` rounds before the change;

@@ -355,9 +355,17 @@ class GrowingRBFNet:
         self.grown += 1
         self._cx = None
         if self.bus is not None:
-            self.bus.emit(EventType.RBF_GROWN, source=self.name, t=self.t, unit=m,
-                          units=self._m, arm=arm, error=err, width=sigma,
-                          remaining=self.budget.remaining)
+            self.bus.emit(
+                EventType.RBF_GROWN,
+                source=self.name,
+                t=self.t,
+                unit=m,
+                units=self._m,
+                arm=arm,
+                error=err,
+                width=sigma,
+                remaining=self.budget.remaining,
+            )
 
     def _reserve(self, cap: int) -> None:
         def grow(a: Any) -> Any:
@@ -391,10 +399,18 @@ class GrowingRBFNet:
         self._cx = None
         self.budget.refund(removed)
         if self.bus is not None:
-            self.bus.emit(EventType.RBF_PRUNED, source=self.name, t=self.t, removed=removed,
-                          units=n_keep, remaining=self.budget.remaining)
+            self.bus.emit(
+                EventType.RBF_PRUNED,
+                source=self.name,
+                t=self.t,
+                removed=removed,
+                units=n_keep,
+                remaining=self.budget.remaining,
+            )
         return removed
 
     def __repr__(self) -> str:
-        return (f"GrowingRBFNet(d={self.d}, k={self.k}, units={self._m}, grown={self.grown}, "
-                f"pruned={self.pruned}, budget={self.budget.remaining})")
+        return (
+            f"GrowingRBFNet(d={self.d}, k={self.k}, units={self._m}, grown={self.grown}, "
+            f"pruned={self.pruned}, budget={self.budget.remaining})"
+        )

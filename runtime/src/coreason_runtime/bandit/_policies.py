@@ -109,8 +109,16 @@ class RBFPolicy:
         ``explore`` names no known rule.
     """
 
-    def __init__(self, net: GrowingRBFNet, *, explore: str = "ucb", alpha: float = 0.08,
-                 epsilon: float = 0.05, seed: int | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        net: GrowingRBFNet,
+        *,
+        explore: str = "ucb",
+        alpha: float = 0.08,
+        epsilon: float = 0.05,
+        seed: int | None = None,
+        name: str | None = None,
+    ) -> None:
         if explore not in _EXPLORERS:
             msg = f"explore must be one of {sorted(_EXPLORERS)}, got {explore!r}"
             raise BanditError(msg)
@@ -142,8 +150,16 @@ class LinUCB:
     round, vectorised over arms for the choice.
     """
 
-    def __init__(self, d: int, k: int, *, alpha: float = 0.5, lam: float = 1.0,
-                 seed: int | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        d: int,
+        k: int,
+        *,
+        alpha: float = 0.5,
+        lam: float = 1.0,
+        seed: int | None = None,
+        name: str | None = None,
+    ) -> None:
         self.d, self.k, self.alpha, self.lam = d, k, alpha, lam
         p = d + 1
         self._a: FloatArray = np.tile(np.eye(p) * lam, (k, 1, 1))
@@ -257,9 +273,18 @@ class MabwiserPolicy:
         mabwiser is not installed.
     """
 
-    def __init__(self, d: int, k: int, *, learning_policy: Any = None,
-                 neighborhood_policy: Any = None, alpha: float = 0.5, batch: int = 20,
-                 seed: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        d: int,
+        k: int,
+        *,
+        learning_policy: Any = None,
+        neighborhood_policy: Any = None,
+        alpha: float = 0.5,
+        batch: int = 20,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
         try:
             from mabwiser.mab import MAB, LearningPolicy
         except ImportError as e:

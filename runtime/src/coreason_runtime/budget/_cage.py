@@ -136,12 +136,23 @@ class Reservation:
             f"{self.granted:g}); request cut off"
         )
         self._cage.bus.emit(
-            EventType.BUDGET_EXCEEDED, workflow_id=self.workflow_id, source="budget",
-            tier=self.tier, granted=self.granted, consumed=self.consumed, would_be=would_be)
+            EventType.BUDGET_EXCEEDED,
+            workflow_id=self.workflow_id,
+            source="budget",
+            tier=self.tier,
+            granted=self.granted,
+            consumed=self.consumed,
+            would_be=would_be,
+        )
         raise BudgetExceededError(
-            msg, workflow_id=self.workflow_id, tier=self.tier,
+            msg,
+            workflow_id=self.workflow_id,
+            tier=self.tier,
             ceiling=ledger.ceiling if ledger else None,
-            spent=ledger.spent if ledger else None, requested=would_be, ledger=ledger)
+            spent=ledger.spent if ledger else None,
+            requested=would_be,
+            ledger=ledger,
+        )
 
     def settle(self, note: str = "") -> Ledger | None:
         """Release the grant and charge what was consumed; idempotent."""
@@ -225,8 +236,13 @@ class BudgetCage:
             raise InvalidCeilingError(msg)
         value = None if ceiling is None else _positive("ceiling", ceiling)
         ledger = self.backend.set_ceiling(workflow_id, value)
-        self.bus.emit(EventType.BUDGET_SET, workflow_id=workflow_id, source="budget",
-                      ceiling=value, spent=ledger.spent)
+        self.bus.emit(
+            EventType.BUDGET_SET,
+            workflow_id=workflow_id,
+            source="budget",
+            ceiling=value,
+            spent=ledger.spent,
+        )
         return ledger
 
     def get(self, workflow_id: str) -> Ledger:
@@ -265,8 +281,9 @@ class BudgetCage:
 
     def delete(self, workflow_id: str) -> None:
         self.backend.delete(workflow_id)
-        self.bus.emit(EventType.BUDGET_RESET, workflow_id=workflow_id, source="budget",
-                      deleted=True)
+        self.bus.emit(
+            EventType.BUDGET_RESET, workflow_id=workflow_id, source="budget", deleted=True
+        )
 
     # --- reservations ----------------------------------------------------------------------
 
@@ -297,17 +314,30 @@ class BudgetCage:
         try:
             grant = self.backend.reserve(record, minimum)
         except BudgetExceededError:
-            self.bus.emit(EventType.BUDGET_EXCEEDED, workflow_id=workflow_id, source="budget",
-                          tier=tier, requested=minimum, stage="reserve")
+            self.bus.emit(
+                EventType.BUDGET_EXCEEDED,
+                workflow_id=workflow_id,
+                source="budget",
+                tier=tier,
+                requested=minimum,
+                stage="reserve",
+            )
             raise
         record = record.model_copy(update={"granted": grant})
-        self.bus.emit(EventType.BUDGET_RESERVED, workflow_id=workflow_id, source="budget",
-                      tier=tier, granted=grant, wanted=self.cost(tokens_in, max_out))
+        self.bus.emit(
+            EventType.BUDGET_RESERVED,
+            workflow_id=workflow_id,
+            source="budget",
+            tier=tier,
+            granted=grant,
+            wanted=self.cost(tokens_in, max_out),
+        )
         return Reservation(self, record, estimated_in=tokens_in)
 
     @contextmanager
-    def reserve(self, workflow_id: str, tokens_in: int, max_out: int,
-                tier: str) -> Iterator[Reservation]:
+    def reserve(
+        self, workflow_id: str, tokens_in: int, max_out: int, tier: str
+    ) -> Iterator[Reservation]:
         """:meth:`open` as a context manager that always settles, even on error."""
         res = self.open(workflow_id, tokens_in, max_out, tier)
         try:
@@ -315,35 +345,60 @@ class BudgetCage:
         finally:
             res.settle()
 
-    def record(self, workflow_id: str, tier: str, tokens_in: int = 0, tokens_out: int = 0,
-               note: str = "") -> Ledger:
+    def record(
+        self, workflow_id: str, tier: str, tokens_in: int = 0, tokens_out: int = 0, note: str = ""
+    ) -> Ledger:
         """Charge consumption that needed no reservation (a human's answer, an import)."""
         self.get(workflow_id)
         record = ReservationRecord(
-            reservation_id=uuid.uuid4().hex, workflow_id=workflow_id, tier=tier, granted=0.0,
-            pid=os.getpid(), host=socket.gethostname(), created=time.time())
+            reservation_id=uuid.uuid4().hex,
+            workflow_id=workflow_id,
+            tier=tier,
+            granted=0.0,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            created=time.time(),
+        )
         res = Reservation(self, record)
         res.tokens_in, res.tokens_out = tokens_in, tokens_out
         res._settled = True
         return self._settle(res, note)
 
     def _checkpoint(self, res: Reservation) -> None:
-        self.backend.checkpoint(res.record.model_copy(update={
-            "consumed": res.consumed, "tokens_in": res.tokens_in,
-            "tokens_out": res.tokens_out}))
+        self.backend.checkpoint(
+            res.record.model_copy(
+                update={
+                    "consumed": res.consumed,
+                    "tokens_in": res.tokens_in,
+                    "tokens_out": res.tokens_out,
+                }
+            )
+        )
 
     def _settle(self, res: Reservation, note: str) -> Ledger:
         charge = Charge(
-            workflow_id=res.workflow_id, tier=res.tier, tokens_in=res.tokens_in,
-            tokens_out=res.tokens_out, cost=res.consumed, ts=time.time(),
-            reservation_id=res.record.reservation_id, note=note or (
-                "cut off at ceiling" if res.exceeded else ""),
+            workflow_id=res.workflow_id,
+            tier=res.tier,
+            tokens_in=res.tokens_in,
+            tokens_out=res.tokens_out,
+            cost=res.consumed,
+            ts=time.time(),
+            reservation_id=res.record.reservation_id,
+            note=note or ("cut off at ceiling" if res.exceeded else ""),
         )
         ledger = self.backend.settle(res.record, charge)
         self.bus.emit(
-            EventType.BUDGET_CHARGED, workflow_id=res.workflow_id, source="budget",
-            tier=res.tier, tokens_in=res.tokens_in, tokens_out=res.tokens_out, cost=charge.cost,
-            spent=ledger.spent, ceiling=ledger.ceiling, released=res.granted)
+            EventType.BUDGET_CHARGED,
+            workflow_id=res.workflow_id,
+            source="budget",
+            tier=res.tier,
+            tokens_in=res.tokens_in,
+            tokens_out=res.tokens_out,
+            cost=charge.cost,
+            spent=ledger.spent,
+            ceiling=ledger.ceiling,
+            released=res.granted,
+        )
         return ledger
 
     def _recover_orphans(self) -> list[Charge]:
@@ -351,8 +406,12 @@ class BudgetCage:
         out = []
         for rec in self.backend.orphans():
             charge = Charge(
-                workflow_id=rec.workflow_id, tier=rec.tier, tokens_in=rec.tokens_in,
-                tokens_out=rec.tokens_out, cost=rec.consumed, ts=time.time(),
+                workflow_id=rec.workflow_id,
+                tier=rec.tier,
+                tokens_in=rec.tokens_in,
+                tokens_out=rec.tokens_out,
+                cost=rec.consumed,
+                ts=time.time(),
                 reservation_id=rec.reservation_id,
                 note="recovered: process died mid-request; charged at last checkpoint",
             )
@@ -367,5 +426,7 @@ class BudgetCage:
         self.backend.close()
 
     def __repr__(self) -> str:
-        return (f"<BudgetCage backend={type(self.backend).__name__} "
-                f"C={self.weight_in:g}·T_in+{self.weight_out:g}·T_out>")
+        return (
+            f"<BudgetCage backend={type(self.backend).__name__} "
+            f"C={self.weight_in:g}·T_in+{self.weight_out:g}·T_out>"
+        )

@@ -108,8 +108,12 @@ class RedisLedgerBackend:
         )
 
     def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger:
-        self._call(self._r.hset, self._k(workflow_id), "ceiling",
-                   "" if ceiling is None else repr(float(ceiling)))
+        self._call(
+            self._r.hset,
+            self._k(workflow_id),
+            "ceiling",
+            "" if ceiling is None else repr(float(ceiling)),
+        )
         self._call(self._r.sadd, f"{self.prefix}:workflows", workflow_id)
         return self._require(workflow_id)
 
@@ -132,10 +136,13 @@ class RedisLedgerBackend:
         led = self._require(workflow_id)
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k(workflow_id), f"{self.prefix}:charges:{workflow_id}")
-        pipe.hset(self._k(workflow_id), mapping={
-            "ceiling": "" if led.ceiling is None else repr(led.ceiling),
-            "reserved": repr(led.reserved),
-        })
+        pipe.hset(
+            self._k(workflow_id),
+            mapping={
+                "ceiling": "" if led.ceiling is None else repr(led.ceiling),
+                "reserved": repr(led.reserved),
+            },
+        )
         self._call(pipe.execute)
         return self._require(workflow_id)
 
@@ -150,8 +157,12 @@ class RedisLedgerBackend:
         ok, value = self._call(
             self._reserve,
             keys=[self._k(record.workflow_id), f"{self.prefix}:reservations"],
-            args=[repr(record.granted), repr(minimum), record.model_dump_json(),
-                  record.reservation_id],
+            args=[
+                repr(record.granted),
+                repr(minimum),
+                record.model_dump_json(),
+                record.reservation_id,
+            ],
         )
         if ok == -1:
             msg = f"no ledger for workflow {record.workflow_id!r}; set one with budgets.set(...)"
@@ -163,22 +174,40 @@ class RedisLedgerBackend:
                 f"only {max(float(value), 0):g} is left"
             )
             raise BudgetExceededError(
-                msg, workflow_id=record.workflow_id, tier=record.tier,
-                ceiling=led.ceiling if led else None, spent=led.spent if led else None,
-                requested=minimum, ledger=led)
+                msg,
+                workflow_id=record.workflow_id,
+                tier=record.tier,
+                ceiling=led.ceiling if led else None,
+                spent=led.spent if led else None,
+                requested=minimum,
+                ledger=led,
+            )
         return float(value)
 
     def checkpoint(self, record: ReservationRecord) -> None:
-        self._call(self._r.hset, f"{self.prefix}:reservations", record.reservation_id,
-                   record.model_dump_json())
+        self._call(
+            self._r.hset,
+            f"{self.prefix}:reservations",
+            record.reservation_id,
+            record.model_dump_json(),
+        )
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
         out = self._call(
             self._settle,
-            keys=[self._k(record.workflow_id), f"{self.prefix}:reservations",
-                  f"{self.prefix}:charges:{record.workflow_id}"],
-            args=[record.reservation_id, repr(charge.cost), charge.tokens_in, charge.tokens_out,
-                  charge.tier, charge.model_dump_json()],
+            keys=[
+                self._k(record.workflow_id),
+                f"{self.prefix}:reservations",
+                f"{self.prefix}:charges:{record.workflow_id}",
+            ],
+            args=[
+                record.reservation_id,
+                repr(charge.cost),
+                charge.tokens_in,
+                charge.tokens_out,
+                charge.tier,
+                charge.model_dump_json(),
+            ],
         )
         if out == -1:
             msg = f"no ledger for workflow {record.workflow_id!r}"

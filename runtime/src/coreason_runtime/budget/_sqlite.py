@@ -99,7 +99,9 @@ class SQLiteLedgerBackend:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None,
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
                 check_same_thread=False,
             )
             conn.row_factory = sqlite3.Row
@@ -141,8 +143,11 @@ class SQLiteLedgerBackend:
             return _ledger(self._require(db, workflow_id))
 
     def get(self, workflow_id: str) -> Ledger | None:
-        row = self._conn().execute(
-            "SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,))
+            .fetchone()
+        )
         return None if row is None else _ledger(row)
 
     def list(self) -> list[Ledger]:
@@ -154,7 +159,9 @@ class SQLiteLedgerBackend:
             self._require(db, workflow_id)
             db.execute(
                 "UPDATE ledgers SET spent=0, tokens_in=0, tokens_out=0, requests=0, "
-                "by_tier='{}' WHERE workflow_id=?", (workflow_id,))
+                "by_tier='{}' WHERE workflow_id=?",
+                (workflow_id,),
+            )
             db.execute("DELETE FROM charges WHERE workflow_id=?", (workflow_id,))
             return _ledger(self._require(db, workflow_id))
 
@@ -169,8 +176,7 @@ class SQLiteLedgerBackend:
             row = self._require(db, record.workflow_id)
             ceiling = row["ceiling"]
             available = (
-                record.granted if ceiling is None
-                else ceiling - row["spent"] - row["reserved"]
+                record.granted if ceiling is None else ceiling - row["spent"] - row["reserved"]
             )
             grant = min(record.granted, available)
             if grant < minimum:
@@ -180,15 +186,33 @@ class SQLiteLedgerBackend:
                     f"(spent {row['spent']:g}, reserved {row['reserved']:g})"
                 )
                 raise BudgetExceededError(
-                    msg, workflow_id=record.workflow_id, tier=record.tier, ceiling=ceiling,
-                    spent=row["spent"], requested=minimum, ledger=_ledger(row))
-            db.execute("UPDATE ledgers SET reserved=reserved+? WHERE workflow_id=?",
-                       (grant, record.workflow_id))
+                    msg,
+                    workflow_id=record.workflow_id,
+                    tier=record.tier,
+                    ceiling=ceiling,
+                    spent=row["spent"],
+                    requested=minimum,
+                    ledger=_ledger(row),
+                )
+            db.execute(
+                "UPDATE ledgers SET reserved=reserved+? WHERE workflow_id=?",
+                (grant, record.workflow_id),
+            )
             db.execute(
                 "INSERT INTO reservations(reservation_id, workflow_id, tier, granted, consumed, "
                 "tokens_in, tokens_out, pid, host, created) VALUES(?,?,?,?,?,?,?,?,?,?)",
-                (record.reservation_id, record.workflow_id, record.tier, grant, 0.0, 0, 0,
-                 record.pid, record.host, record.created),
+                (
+                    record.reservation_id,
+                    record.workflow_id,
+                    record.tier,
+                    grant,
+                    0.0,
+                    0,
+                    0,
+                    record.pid,
+                    record.host,
+                    record.created,
+                ),
             )
             return grant
 
@@ -202,8 +226,9 @@ class SQLiteLedgerBackend:
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
         with self._tx() as db:
-            res = db.execute("SELECT granted FROM reservations WHERE reservation_id=?",
-                             (record.reservation_id,)).fetchone()
+            res = db.execute(
+                "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
+            ).fetchone()
             row = self._require(db, record.workflow_id)
             by_tier = json.loads(row["by_tier"])
             by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
@@ -212,31 +237,50 @@ class SQLiteLedgerBackend:
                 "UPDATE ledgers SET reserved=MAX(reserved-?, 0), spent=spent+?, "
                 "tokens_in=tokens_in+?, tokens_out=tokens_out+?, requests=requests+1, by_tier=? "
                 "WHERE workflow_id=?",
-                (release, charge.cost, charge.tokens_in, charge.tokens_out,
-                 json.dumps(by_tier), record.workflow_id),
+                (
+                    release,
+                    charge.cost,
+                    charge.tokens_in,
+                    charge.tokens_out,
+                    json.dumps(by_tier),
+                    record.workflow_id,
+                ),
             )
-            db.execute("DELETE FROM reservations WHERE reservation_id=?",
-                       (record.reservation_id,))
+            db.execute("DELETE FROM reservations WHERE reservation_id=?", (record.reservation_id,))
             db.execute(
                 "INSERT INTO charges(workflow_id, tier, tokens_in, tokens_out, cost, ts, "
                 "reservation_id, note) VALUES(?,?,?,?,?,?,?,?)",
-                (charge.workflow_id, charge.tier, charge.tokens_in, charge.tokens_out,
-                 charge.cost, charge.ts, charge.reservation_id, charge.note),
+                (
+                    charge.workflow_id,
+                    charge.tier,
+                    charge.tokens_in,
+                    charge.tokens_out,
+                    charge.cost,
+                    charge.ts,
+                    charge.reservation_id,
+                    charge.note,
+                ),
             )
             return _ledger(self._require(db, record.workflow_id))
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
-        rows = self._conn().execute(
-            "SELECT workflow_id, tier, tokens_in, tokens_out, cost, ts, reservation_id, note "
-            "FROM charges WHERE workflow_id=? ORDER BY id DESC LIMIT ?",
-            (workflow_id, limit)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT workflow_id, tier, tokens_in, tokens_out, cost, ts, reservation_id, note "
+                "FROM charges WHERE workflow_id=? ORDER BY id DESC LIMIT ?",
+                (workflow_id, limit),
+            )
+            .fetchall()
+        )
         return [Charge(**dict(r)) for r in reversed(rows)]
 
     def orphans(self) -> list[ReservationRecord]:
         host = socket.gethostname()
         rows = self._conn().execute("SELECT * FROM reservations").fetchall()
         return [
-            _record(r) for r in rows
+            _record(r)
+            for r in rows
             if r["host"] == host and r["pid"] != os.getpid() and not psutil.pid_exists(r["pid"])
         ]
 
@@ -299,12 +343,18 @@ class MemoryLedgerBackend:
                     f"only {max(led.remaining, 0):g} of Ω={led.ceiling:g} is left"
                 )
                 raise BudgetExceededError(
-                    msg, workflow_id=record.workflow_id, tier=record.tier, ceiling=led.ceiling,
-                    spent=led.spent, requested=minimum, ledger=led)
+                    msg,
+                    workflow_id=record.workflow_id,
+                    tier=record.tier,
+                    ceiling=led.ceiling,
+                    spent=led.spent,
+                    requested=minimum,
+                    ledger=led,
+                )
             self._ledgers[record.workflow_id] = led.model_copy(
-                update={"reserved": led.reserved + grant})
-            self._reservations[record.reservation_id] = record.model_copy(
-                update={"granted": grant})
+                update={"reserved": led.reserved + grant}
+            )
+            self._reservations[record.reservation_id] = record.model_copy(update={"granted": grant})
             return grant
 
     def checkpoint(self, record: ReservationRecord) -> None:
@@ -318,14 +368,16 @@ class MemoryLedgerBackend:
             res = self._reservations.pop(record.reservation_id, None)
             by_tier = dict(led.by_tier)
             by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
-            new = led.model_copy(update={
-                "reserved": max(led.reserved - (res.granted if res else 0.0), 0.0),
-                "spent": led.spent + charge.cost,
-                "tokens_in": led.tokens_in + charge.tokens_in,
-                "tokens_out": led.tokens_out + charge.tokens_out,
-                "requests": led.requests + 1,
-                "by_tier": by_tier,
-            })
+            new = led.model_copy(
+                update={
+                    "reserved": max(led.reserved - (res.granted if res else 0.0), 0.0),
+                    "spent": led.spent + charge.cost,
+                    "tokens_in": led.tokens_in + charge.tokens_in,
+                    "tokens_out": led.tokens_out + charge.tokens_out,
+                    "requests": led.requests + 1,
+                    "by_tier": by_tier,
+                }
+            )
             self._ledgers[record.workflow_id] = new
             self._charges.setdefault(record.workflow_id, []).append(charge)
             return new
@@ -338,4 +390,3 @@ class MemoryLedgerBackend:
 
     def close(self) -> None:
         pass
-

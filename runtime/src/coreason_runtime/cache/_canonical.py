@@ -55,10 +55,29 @@ from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits, check_size, sa
 
 __all__ = ["CanonicalForm", "canonicalize", "normal_form", "serialize"]
 
-_LINEAR_OPS = frozenset({"simplify", "factor", "expand", "cancel", "together", "evaluate",
-                         "integrate", "diff", "limit", "sum"})
-_DEFAULT_OP = {"integral": "integrate", "derivative": "diff", "limit": "limit", "sum": "sum",
-               "equation": "solve", "expr": "simplify", "tuple": "request"}
+_LINEAR_OPS = frozenset(
+    {
+        "simplify",
+        "factor",
+        "expand",
+        "cancel",
+        "together",
+        "evaluate",
+        "integrate",
+        "diff",
+        "limit",
+        "sum",
+    }
+)
+_DEFAULT_OP = {
+    "integral": "integrate",
+    "derivative": "diff",
+    "limit": "limit",
+    "sum": "sum",
+    "equation": "solve",
+    "expr": "simplify",
+    "tuple": "request",
+}
 _MAX_PERMUTATIONS = 120
 _MARK = sympy.Symbol("$mark")
 _OTHER = sympy.Symbol("$other")
@@ -109,8 +128,7 @@ def _inner(expr: sympy.Basic) -> sympy.Basic:
         return sympy.Pow(_inner(expr.base), normal_form(expr.exp))
     if isinstance(expr, sympy.Tuple):
         return sympy.Tuple(*[normal_form(a) for a in expr.args])
-    if isinstance(expr, (sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit,
-                         sympy.Derivative)):
+    if isinstance(expr, (sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit, sympy.Derivative)):
         return expr.func(normal_form(expr.args[0]), *[_inner(a) for a in expr.args[1:]])
     return expr.func(*[normal_form(a) for a in expr.args])
 
@@ -131,8 +149,11 @@ def normal_form(expr: sympy.Basic) -> sympy.Basic:
         expr = sympy.expand(expr, power_exp=False, log=False)
         # function applications become opaque symbols named by their own text, so that the
         # polynomial code cannot split ``exp(2x+1)`` into ``E·exp(x)²``
-        if not any(p.exp.is_negative or not p.exp.is_Integer
-                   for p in expr.atoms(sympy.Pow) if p.exp.is_number):
+        if not any(
+            p.exp.is_negative or not p.exp.is_Integer
+            for p in expr.atoms(sympy.Pow)
+            if p.exp.is_number
+        ):
             return expr  # no denominators: the expanded form is already canonical
         apps = {a for a in expr.atoms(sympy.Function) if a.args}
         if apps:
@@ -206,8 +227,9 @@ class CanonicalForm:
         return out.xreplace(dict(self.forward))
 
 
-def _content_and_factor(body: sympy.Expr, bound: sympy.Symbol | None, op: str
-                        ) -> tuple[sympy.Expr, sympy.Expr]:
+def _content_and_factor(
+    body: sympy.Expr, bound: sympy.Symbol | None, op: str
+) -> tuple[sympy.Expr, sympy.Expr]:
     """Split ``body`` into ``scale * rest`` for ops that are linear in the body."""
     if op not in _LINEAR_OPS or body == 0:
         return sympy.Integer(1), body
@@ -379,8 +401,13 @@ def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> C
     back_bound: sympy.Basic | None = bound
     u = sympy.Dummy("u")
     inverse: sympy.Basic | None = None  # the user's bound variable in terms of u
-    if kind == "sum" and bound is not None and len(parts) == 3 and parts[1].is_finite \
-            and parts[1] != 0:
+    if (
+        kind == "sum"
+        and bound is not None
+        and len(parts) == 3
+        and parts[1].is_finite
+        and parts[1] != 0
+    ):
         lo = parts[1]
         body = normal_form(body.xreplace({bound: u + lo}))
         parts = [u, sympy.Integer(0), parts[2] - lo]
@@ -388,8 +415,7 @@ def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> C
         bound = u
         back_bound = user_bound - lo if user_bound is not None else None
         inverse = u + lo
-    elif kind in ("integral", "derivative") and bound is not None \
-            and isinstance(body, sympy.Expr):
+    elif kind in ("integral", "derivative") and bound is not None and isinstance(body, sympy.Expr):
         # as written first, so that (2x+1)**2 is seen before expansion hides it, then the
         # normal form
         affine = _affine(raw_body, bound) if isinstance(raw_body, sympy.Expr) else None
@@ -420,29 +446,61 @@ def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> C
     elif kind != "tuple":
         extra, body = _content_and_factor(body, bound, op)
         scale = scale * extra
-    return _rename(kind, op, body, parts, bound, back_bound, scale, substitution,
-                   verifier_version, expr, user_bound, inverse if inverse is not None else u)
+    return _rename(
+        kind,
+        op,
+        body,
+        parts,
+        bound,
+        back_bound,
+        scale,
+        substitution,
+        verifier_version,
+        expr,
+        user_bound,
+        inverse if inverse is not None else u,
+    )
 
 
-def _rename(kind: str, op: str, body: sympy.Expr, parts: list[Any], bound: sympy.Symbol | None,
-            back_bound: sympy.Basic | None, scale: sympy.Expr, substitution: str,
-            verifier_version: str, original: sympy.Basic, user_bound: sympy.Symbol | None = None,
-            inverse: sympy.Basic | None = None) -> CanonicalForm:
+def _rename(
+    kind: str,
+    op: str,
+    body: sympy.Expr,
+    parts: list[Any],
+    bound: sympy.Symbol | None,
+    back_bound: sympy.Basic | None,
+    scale: sympy.Expr,
+    substitution: str,
+    verifier_version: str,
+    original: sympy.Basic,
+    user_bound: sympy.Symbol | None = None,
+    inverse: sympy.Basic | None = None,
+) -> CanonicalForm:
     """Rename to canonical names, try tie orders, normalise the sign, hash."""
-    whole = sympy.Tuple(body, *[sympy.Tuple(*p) if isinstance(p, (tuple, list)) else p
-                                for p in parts])
+    whole = sympy.Tuple(
+        body, *[sympy.Tuple(*p) if isinstance(p, (tuple, list)) else p for p in parts]
+    )
     bound_syms: list[sympy.Symbol] = []
     if bound is not None:
         bound_syms.append(bound)
     for p in parts:  # multi-variable derivatives and integrals: every variable is bound
         head = p[0] if isinstance(p, (tuple, list, sympy.Tuple)) else p
-        if kind in ("integral", "derivative", "sum") and isinstance(head, sympy.Symbol) \
-                and head not in bound_syms:
+        if (
+            kind in ("integral", "derivative", "sum")
+            and isinstance(head, sympy.Symbol)
+            and head not in bound_syms
+        ):
             bound_syms.append(head)
     b_map = {s: sympy.Symbol(f"$b{i}") for i, s in enumerate(bound_syms)}
     whole_b = whole.xreplace(b_map)
-    free = sorted((s for s in whole_b.free_symbols if isinstance(s, sympy.Symbol)
-                   and not s.name.startswith("$")), key=str)
+    free = sorted(
+        (
+            s
+            for s in whole_b.free_symbols
+            if isinstance(s, sympy.Symbol) and not s.name.startswith("$")
+        ),
+        key=str,
+    )
     funcs = sorted({a.func for a in whole_b.atoms(AppliedUndef)}, key=str)
     sym_groups = _ordered(free, lambda s: _symbol_signature(whole_b, s, free))
     fun_groups = _ordered(funcs, lambda f: _function_signature(whole_b, f, funcs))
@@ -464,8 +522,10 @@ def _rename(kind: str, op: str, body: sympy.Expr, parts: list[Any], bound: sympy
     if (kind == "equation" or op in _LINEAR_OPS) and isinstance(cand.args[0], sympy.Expr):
         neg = sympy.Tuple(normal_form(-cand.args[0]), *cand.args[1:])
         neg_text = serialize(neg)
-        if (bool(neg.args[0].could_extract_minus_sign()), neg_text) < \
-                (bool(cand.args[0].could_extract_minus_sign()), text):
+        if (bool(neg.args[0].could_extract_minus_sign()), neg_text) < (
+            bool(cand.args[0].could_extract_minus_sign()),
+            text,
+        ):
             text, cand, sign = neg_text, neg, sympy.Integer(-1)
     canon_body, canon_parts = cand.args[0], list(cand.args[1:])
     back: dict[sympy.Basic, sympy.Basic] = {v: k for k, v in s_map.items()}
@@ -486,11 +546,19 @@ def _rename(kind: str, op: str, body: sympy.Expr, parts: list[Any], bound: sympy
     key = hashlib.sha256(full.encode()).hexdigest()
     expr = _rebuild(kind, canon_body, canon_parts)
     return CanonicalForm(
-        kind=kind, op=op, expr=expr, text=text, key=key, scale=sympy.sympify(sign * scale),
-        back=back, forward=forward,
+        kind=kind,
+        op=op,
+        expr=expr,
+        text=text,
+        key=key,
+        scale=sympy.sympify(sign * scale),
+        back=back,
+        forward=forward,
         functions_back={g.__name__: f for f, g in f_map.items()},
         functions_forward={f.__name__: g for f, g in f_map.items()},
-        substitution=substitution, original=original)
+        substitution=substitution,
+        original=original,
+    )
 
 
 def _rebuild(kind: str, body: sympy.Basic, parts: list[Any]) -> sympy.Basic:
@@ -502,7 +570,7 @@ def _rebuild(kind: str, body: sympy.Basic, parts: list[Any]) -> sympy.Basic:
         return sympy.Derivative(body, *[tuple(p.args) for p in parts])
     if kind == "limit":
         z, z0, direction = parts
-        return sympy.Limit(body, z, z0, str(direction)[len("$dir"):])
+        return sympy.Limit(body, z, z0, str(direction)[len("$dir") :])
     if kind == "sum":
         return sympy.Sum(body, tuple(parts))
     if kind == "equation":

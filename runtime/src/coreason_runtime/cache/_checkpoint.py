@@ -46,14 +46,25 @@ class Checkpoint:
     ts: float = field(default_factory=time.time)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"index": self.index, "state": to_tree(self.state), "step": self.step,
-                "branch": self.branch, "grafted_from": self.grafted_from, "ts": self.ts}
+        return {
+            "index": self.index,
+            "state": to_tree(self.state),
+            "step": self.step,
+            "branch": self.branch,
+            "grafted_from": self.grafted_from,
+            "ts": self.ts,
+        }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Checkpoint:
-        return cls(index=int(payload["index"]), state=from_tree(payload["state"]),
-                   step=str(payload["step"]), branch=str(payload["branch"]),
-                   grafted_from=payload.get("grafted_from"), ts=float(payload["ts"]))
+        return cls(
+            index=int(payload["index"]),
+            state=from_tree(payload["state"]),
+            step=str(payload["step"]),
+            branch=str(payload["branch"]),
+            grafted_from=payload.get("grafted_from"),
+            ts=float(payload["ts"]),
+        )
 
 
 class ProofChain:
@@ -81,9 +92,16 @@ class ProofChain:
         how a chain resumes after a crash).
     """
 
-    def __init__(self, cache: SubgoalCache, root: str, branch: str = "main",
-                 goal: str | sympy.Basic | None = None, *, workflow_id: str | None = None,
-                 points: int = 6) -> None:
+    def __init__(
+        self,
+        cache: SubgoalCache,
+        root: str,
+        branch: str = "main",
+        goal: str | sympy.Basic | None = None,
+        *,
+        workflow_id: str | None = None,
+        points: int = 6,
+    ) -> None:
         self.cache = cache
         self.root = root
         self.branch = branch
@@ -114,14 +132,24 @@ class ProofChain:
 
     def _emit(self, type_: EventType, **data: Any) -> None:
         if self.cache.bus is not None:
-            self.cache.bus.emit(type_, workflow_id=self.workflow_id, source="proof-chain",
-                                chain=self.chain_id, **data)
+            self.cache.bus.emit(
+                type_,
+                workflow_id=self.workflow_id,
+                source="proof-chain",
+                chain=self.chain_id,
+                **data,
+            )
 
     def _save(self, checkpoint: Checkpoint) -> None:
         self.cache.store.save_checkpoint(self.chain_id, checkpoint.index, checkpoint.to_payload())
         self.checkpoints.append(checkpoint)
-        self._emit(EventType.CHECKPOINT_SAVED, index=checkpoint.index, step=checkpoint.step,
-                   state=str(checkpoint.state)[:200], grafted_from=checkpoint.grafted_from)
+        self._emit(
+            EventType.CHECKPOINT_SAVED,
+            index=checkpoint.index,
+            step=checkpoint.step,
+            state=str(checkpoint.state)[:200],
+            grafted_from=checkpoint.grafted_from,
+        )
 
     def restore(self, reason: str = "failure") -> sympy.Basic:
         """Go back to the last verified checkpoint; returns its state."""
@@ -153,12 +181,18 @@ class ProofChain:
             source = hit.entry.provenance.get("branch")
             if source != self.branch:
                 self.grafts += 1
-                self._emit(EventType.CACHE_GRAFT, step=step.name, key=hit.key,
-                           from_branch=source, from_root=hit.entry.provenance.get("project"),
-                           same_root=hit.entry.provenance.get("project") == self.root)
+                self._emit(
+                    EventType.CACHE_GRAFT,
+                    step=step.name,
+                    key=hit.key,
+                    from_branch=source,
+                    from_root=hit.entry.provenance.get("project"),
+                    same_root=hit.entry.provenance.get("project") == self.root,
+                )
             self.state = hit.value
-            self._save(Checkpoint(self.index + 1, hit.value, step.name, self.branch,
-                                  grafted_from=source))
+            self._save(
+                Checkpoint(self.index + 1, hit.value, step.name, self.branch, grafted_from=source)
+            )
             return self.state
         errors: list[str] = []
         for i, tactic in enumerate(step.tactics):
@@ -178,16 +212,25 @@ class ProofChain:
             self.state = after
             self._save(Checkpoint(self.index + 1, after, step.name, self.branch))
             if form is not None:
-                self.cache.put(form, after, workflow_id=self.workflow_id, project=self.root,
-                               branch=self.branch, steps=[step.name], verify=False)
+                self.cache.put(
+                    form,
+                    after,
+                    workflow_id=self.workflow_id,
+                    project=self.root,
+                    branch=self.branch,
+                    steps=[step.name],
+                    verify=False,
+                )
             return after
-        msg = (f"step {step.name!r} of chain {self.chain_id!r} failed with every tactic "
-               f"({'; '.join(errors)}); restored checkpoint {self.index}")
+        msg = (
+            f"step {step.name!r} of chain {self.chain_id!r} failed with every tactic "
+            f"({'; '.join(errors)}); restored checkpoint {self.index}"
+        )
         raise CheckpointError(msg, workflow_id=self.workflow_id, attempts=())
 
     def run(self, steps: Sequence[Step]) -> sympy.Basic:
         """Apply ``steps`` from the first one not yet checkpointed; returns the final state."""
-        for step in steps[self.index:]:
+        for step in steps[self.index :]:
             self.apply(step)
         return self.state
 

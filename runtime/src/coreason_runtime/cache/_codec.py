@@ -97,8 +97,12 @@ def from_tree(tree: Any) -> Any:
 def form_to_tree(form: Any) -> dict[str, Any]:
     """A :class:`CanonicalForm` (without ``original``) as JSON-able data."""
     return {
-        "kind": form.kind, "op": form.op, "text": form.text, "key": form.key,
-        "scale": to_tree(form.scale), "expr": to_tree(form.expr),
+        "kind": form.kind,
+        "op": form.op,
+        "text": form.text,
+        "key": form.key,
+        "scale": to_tree(form.scale),
+        "expr": to_tree(form.expr),
         "back": [[to_tree(k), to_tree(v)] for k, v in form.back.items()],
         "forward": [[to_tree(k), to_tree(v)] for k, v in form.forward.items()],
         "functions_back": {k: v.__name__ for k, v in form.functions_back.items()},
@@ -113,15 +117,23 @@ def form_from_tree(data: dict[str, Any], original: Any) -> Any:
 
     try:
         return CanonicalForm(
-            kind=str(data["kind"]), op=str(data["op"]), text=str(data["text"]),
-            key=str(data["key"]), scale=from_tree(data["scale"]), expr=from_tree(data["expr"]),
+            kind=str(data["kind"]),
+            op=str(data["op"]),
+            text=str(data["text"]),
+            key=str(data["key"]),
+            scale=from_tree(data["scale"]),
+            expr=from_tree(data["expr"]),
             back={from_tree(k): from_tree(v) for k, v in data["back"]},
             forward={from_tree(k): from_tree(v) for k, v in data["forward"]},
-            functions_back={str(k): sympy.Function(str(v))
-                            for k, v in data["functions_back"].items()},
-            functions_forward={str(k): sympy.Function(str(v))
-                               for k, v in data["functions_forward"].items()},
-            substitution=str(data["substitution"]), original=original)
+            functions_back={
+                str(k): sympy.Function(str(v)) for k, v in data["functions_back"].items()
+            },
+            functions_forward={
+                str(k): sympy.Function(str(v)) for k, v in data["functions_forward"].items()
+            },
+            substitution=str(data["substitution"]),
+            original=original,
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         msg = f"corrupt canonical-form alias: {e}"
         raise CacheError(msg) from e

@@ -32,18 +32,80 @@ _ALLOWED_OPS = frozenset({"+", "-", "*", "**", "/", "^", "(", ")", ","})
 _FUNCTIONS: dict[str, Any] = {
     name: getattr(sympy, name)
     for name in (
-        "sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "acot", "atan2",
-        "sinh", "cosh", "tanh", "coth", "asinh", "acosh", "atanh", "exp", "log", "sqrt",
-        "Abs", "sign", "erf", "erfc", "re", "im", "conjugate", "floor", "ceiling",
-        "Integral", "Derivative", "Limit", "Sum", "Product", "Eq", "Rational", "Integer",
-        "Float", "Symbol", "Function", "pi", "E", "I", "oo", "zoo", "nan", "Add", "Mul",
-        "Pow", "Tuple", "Mod", "Not", "And", "Or", "Ne", "Lt", "Le", "Gt", "Ge",
+        "sin",
+        "cos",
+        "tan",
+        "cot",
+        "sec",
+        "csc",
+        "asin",
+        "acos",
+        "atan",
+        "acot",
+        "atan2",
+        "sinh",
+        "cosh",
+        "tanh",
+        "coth",
+        "asinh",
+        "acosh",
+        "atanh",
+        "exp",
+        "log",
+        "sqrt",
+        "Abs",
+        "sign",
+        "erf",
+        "erfc",
+        "re",
+        "im",
+        "conjugate",
+        "floor",
+        "ceiling",
+        "Integral",
+        "Derivative",
+        "Limit",
+        "Sum",
+        "Product",
+        "Eq",
+        "Rational",
+        "Integer",
+        "Float",
+        "Symbol",
+        "Function",
+        "pi",
+        "E",
+        "I",
+        "oo",
+        "zoo",
+        "nan",
+        "Add",
+        "Mul",
+        "Pow",
+        "Tuple",
+        "Mod",
+        "Not",
+        "And",
+        "Or",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
     )
 }
-_FUNCTIONS.update({
-    "integrate": sympy.Integral, "diff": sympy.Derivative, "limit": sympy.Limit,
-    "summation": sympy.Sum, "ln": sympy.log, "abs": sympy.Abs, "e": sympy.E, "inf": sympy.oo,
-})
+_FUNCTIONS.update(
+    {
+        "integrate": sympy.Integral,
+        "diff": sympy.Derivative,
+        "limit": sympy.Limit,
+        "summation": sympy.Sum,
+        "ln": sympy.log,
+        "abs": sympy.Abs,
+        "e": sympy.E,
+        "inf": sympy.oo,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +134,14 @@ def _check_tokens(text: str) -> str:
         msg = f"cannot tokenize expression {text[:80]!r}: {e}"
         raise ExpressionParseError(msg) from e
     for tok in tokens:
-        if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.NUMBER,
-                        tokenize.INDENT, tokenize.DEDENT):
+        if tok.type in (
+            tokenize.NEWLINE,
+            tokenize.NL,
+            tokenize.ENDMARKER,
+            tokenize.NUMBER,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+        ):
             continue
         if tok.type == tokenize.NAME:
             if keyword.iskeyword(tok.string) or "__" in tok.string:
@@ -155,17 +223,24 @@ def check_size(expr: sympy.Basic, limits: Limits = DEFAULT_LIMITS) -> None:
         if isinstance(node, sympy.Pow) and not node.free_symbols:
             digits = _log10_abs(node, limits)
             if digits > limits.max_digits:
-                msg = (f"a number in the expression has about {digits:.3g} digits, over "
-                       f"Limits.max_digits={limits.max_digits}")
+                msg = (
+                    f"a number in the expression has about {digits:.3g} digits, over "
+                    f"Limits.max_digits={limits.max_digits}"
+                )
                 raise ExpressionTooLargeError(msg)
-        if isinstance(node, sympy.Pow) and isinstance(node.exp, sympy.Integer) \
-                and abs(int(node.exp)) > 10 * limits.max_digits:
+        if (
+            isinstance(node, sympy.Pow)
+            and isinstance(node.exp, sympy.Integer)
+            and abs(int(node.exp)) > 10 * limits.max_digits
+        ):
             msg = f"exponent {node.exp} is over the limit {10 * limits.max_digits}"
             raise ExpressionTooLargeError(msg)
     terms = _estimate_terms(expr)
     if terms > limits.max_terms:
-        msg = (f"expanding the expression would give about {terms:.3g} terms, over "
-               f"Limits.max_terms={limits.max_terms}")
+        msg = (
+            f"expanding the expression would give about {terms:.3g} terms, over "
+            f"Limits.max_terms={limits.max_terms}"
+        )
         raise ExpressionTooLargeError(msg)
 
 
@@ -195,8 +270,9 @@ def safe_parse(
         msg = f"expected a string expression, got {type(text).__name__}"
         raise ExpressionParseError(msg)
     if len(text) > limits.max_chars:
-        msg = (f"expression text has {len(text)} characters, over "
-               f"Limits.max_chars={limits.max_chars}")
+        msg = (
+            f"expression text has {len(text)} characters, over Limits.max_chars={limits.max_chars}"
+        )
         raise ExpressionTooLargeError(msg)
     stripped = text.strip()
     if not stripped:
@@ -217,12 +293,25 @@ def _parse_one(text: str, limits: Limits, local: Mapping[str, Any] | None) -> sy
     global_dict: dict[str, Any] = {"__builtins__": {}}
     global_dict.update(_FUNCTIONS)
     try:
-        expr = parse_expr(text, local_dict=dict(local or {}), global_dict=global_dict,
-                          transformations=_TRANSFORMATIONS, evaluate=False)
+        expr = parse_expr(
+            text,
+            local_dict=dict(local or {}),
+            global_dict=global_dict,
+            transformations=_TRANSFORMATIONS,
+            evaluate=False,
+        )
     except ExpressionTooLargeError:
         raise
-    except (SyntaxError, TypeError, ValueError, AttributeError, NameError, ZeroDivisionError,
-            RecursionError, sympy.SympifyError) as e:
+    except (
+        SyntaxError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        NameError,
+        ZeroDivisionError,
+        RecursionError,
+        sympy.SympifyError,
+    ) as e:
         msg = f"SymPy cannot parse {text.strip()[:80]!r}: {type(e).__name__}: {e}"
         raise ExpressionParseError(msg) from e
     if not isinstance(expr, sympy.Basic):

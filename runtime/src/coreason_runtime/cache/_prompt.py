@@ -23,7 +23,8 @@ _MAX_PROMPT_CHARS = 20_000
 # Symbols must look like mathematics: x, y1, a_2, alpha; multi-letter words are prose.
 _SYMBOL_NAME = re.compile(
     r"^(?:[A-Za-z](?:_?\d+)?|alpha|beta|gamma|delta|epsilon|theta|lambda_|mu|nu|omega|phi|psi"
-    r"|rho|sigma|tau|xi|zeta|eta|chi|kappa)$")
+    r"|rho|sigma|tau|xi|zeta|eta|chi|kappa)$"
+)
 _OPS = (
     ("integrate", ("integrate", "integral", "antiderivative", "∫")),
     ("diff", ("differentiate", "derivative", "d/d")),
@@ -96,8 +97,7 @@ def _candidate_runs(tokens: list[str]) -> list[tuple[int, int]]:
             joins = (
                 _is_mathy(nxt)
                 or (_ends_op(prev) and nxt.rstrip(_TRAILING).isidentifier())
-                or (nxt.isidentifier() and end + 1 < len(tokens)
-                    and _starts_op(tokens[end + 1]))
+                or (nxt.isidentifier() and end + 1 < len(tokens) and _starts_op(tokens[end + 1]))
             )
             if not joins:
                 break
@@ -145,7 +145,7 @@ def canonical_prompt(
     last = 0
     for start, end in _candidate_runs(tokens):
         raw = " ".join(tokens[start:end])
-        trail = raw[len(raw.rstrip(_TRAILING)):]
+        trail = raw[len(raw.rstrip(_TRAILING)) :]
         try:
             expr = safe_parse(raw.rstrip(_TRAILING), limits=limits)
         except CacheError:
@@ -166,8 +166,9 @@ def canonical_prompt(
         from coreason_runtime.cache._canonical import _evaluate
 
         evaluated = [_evaluate(e) for e in exprs]
-        form = canonicalize(sympy.Tuple(*evaluated), op="request",
-                            verifier_version=verifier_version, limits=limits)
+        form = canonicalize(
+            sympy.Tuple(*evaluated), op="request", verifier_version=verifier_version, limits=limits
+        )
         math_text = form.text
         for canon, user in form.back.items():
             if isinstance(canon, sympy.Symbol) and isinstance(user, sympy.Symbol):
@@ -183,7 +184,7 @@ def canonical_prompt(
     for w in words:
         core = w.rstrip(_TRAILING)
         if core in forward and core in names:
-            renamed.append(forward[core] + w[len(core):])
+            renamed.append(forward[core] + w[len(core) :])
             variable = variable or core
         else:
             renamed.append(w)
@@ -191,8 +192,16 @@ def canonical_prompt(
     op = detect_op(template)
     full = f"{schema_key}|{template}|{math_text}|{verifier_version}"
     key = hashlib.sha256(full.encode()).hexdigest()
-    return PromptForm(key=key, template=template, math=math_text, op=op, back=back,
-                      forward=forward, exprs=tuple(evaluated), variable=variable)
+    return PromptForm(
+        key=key,
+        template=template,
+        math=math_text,
+        op=op,
+        back=back,
+        forward=forward,
+        exprs=tuple(evaluated),
+        variable=variable,
+    )
 
 
 def _rename_text(text: str, mapping: dict[str, str]) -> str:
@@ -200,7 +209,8 @@ def _rename_text(text: str, mapping: dict[str, str]) -> str:
         return text
     names = sorted(mapping, key=len, reverse=True)
     pattern = re.compile(
-        r"(?<![A-Za-z0-9_$])(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9_])")
+        r"(?<![A-Za-z0-9_$])(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9_])"
+    )
     return pattern.sub(lambda m: mapping[m.group(1)], text)
 
 
@@ -253,4 +263,3 @@ def math_leaves(value_json: str) -> list[sympy.Basic]:
 
     walk(json.loads(value_json))
     return out
-

@@ -88,9 +88,15 @@ class RedisStore(CacheStore):
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "coreason:cache:",
-                 half_life: float = DEFAULT_HALF_LIFE,
-                 max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "coreason:cache:",
+        half_life: float = DEFAULT_HALF_LIFE,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+        timeout: float = 2.0,
+    ) -> None:
         try:
             import redis
         except ImportError as e:
@@ -101,7 +107,8 @@ class RedisStore(CacheStore):
         self.max_entry_bytes = max_entry_bytes
         self._errors = (redis.exceptions.RedisError, OSError)
         self._client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         self._put = self._client.register_script(_PUT)
         self._touch = self._client.register_script(_TOUCH)
         self._evict = self._client.register_script(_EVICT)
@@ -135,6 +142,7 @@ class RedisStore(CacheStore):
             entry.lscore = float(fields[b"lscore"])
             entry.workflows = sorted(w.decode() for w in workflows)
             return entry
+
         return self._call("get", run)
 
     def _wkey(self, key: str) -> str:
@@ -143,20 +151,35 @@ class RedisStore(CacheStore):
     def put(self, entry: Entry) -> Entry:
         entry.check_size(self.max_entry_bytes)
         now = time.time()
-        lscore = bumped_lscore(None, now, self.half_life,
-                               1.0 + 0.5 * max(0, len(entry.workflows) - 1))
-        self._call("put", lambda: self._put(
-            keys=[self._ekey(entry.key), self._zkey, self._wkey(entry.key)],
-            args=[entry.to_json(), now, self.half_life, repr(lscore), entry.key,
-                  *entry.workflows]))
+        lscore = bumped_lscore(
+            None, now, self.half_life, 1.0 + 0.5 * max(0, len(entry.workflows) - 1)
+        )
+        self._call(
+            "put",
+            lambda: self._put(
+                keys=[self._ekey(entry.key), self._zkey, self._wkey(entry.key)],
+                args=[
+                    entry.to_json(),
+                    now,
+                    self.half_life,
+                    repr(lscore),
+                    entry.key,
+                    *entry.workflows,
+                ],
+            ),
+        )
         stored = self.get(entry.key)
         return entry if stored is None else stored
 
     def touch(self, key: str, origin: str, now: float | None = None) -> None:
         at = time.time() if now is None else now
-        self._call("touch", lambda: self._touch(
-            keys=[self._ekey(key), self._zkey, self._wkey(key)],
-            args=[repr(at), self.half_life, origin, key]))
+        self._call(
+            "touch",
+            lambda: self._touch(
+                keys=[self._ekey(key), self._zkey, self._wkey(key)],
+                args=[repr(at), self.half_life, origin, key],
+            ),
+        )
 
     def delete(self, key: str) -> bool:
         def run() -> bool:
@@ -164,6 +187,7 @@ class RedisStore(CacheStore):
             pipe.delete(self._ekey(key), self._wkey(key))
             pipe.zrem(self._zkey, key)
             return bool(pipe.execute()[0])
+
         return self._call("delete", run)
 
     def sight(self, key: str, origin: str) -> int:
@@ -172,16 +196,19 @@ class RedisStore(CacheStore):
             pipe.sadd(f"{self.prefix}s:{key}", origin)
             pipe.scard(f"{self.prefix}s:{key}")
             return int(pipe.execute()[1])
+
         return self._call("sight", run)
 
     def evict(self, capacity: int) -> list[str]:
-        out = self._call("evict", lambda: self._evict(keys=[self._zkey],
-                                                      args=[capacity, self.prefix]))
+        out = self._call(
+            "evict", lambda: self._evict(keys=[self._zkey], args=[capacity, self.prefix])
+        )
         return [k.decode() if isinstance(k, bytes) else str(k) for k in out]
 
     def lowest(self) -> tuple[str, float] | None:
-        rows: list[Any] = self._call("lowest", lambda: list(
-            self._client.zrange(self._zkey, 0, 0, withscores=True)))
+        rows: list[Any] = self._call(
+            "lowest", lambda: list(self._client.zrange(self._zkey, 0, 0, withscores=True))
+        )
         if not rows:
             return None
         k, score = rows[0][0], rows[0][1]
@@ -192,8 +219,10 @@ class RedisStore(CacheStore):
 
     def save_checkpoint(self, chain: str, index: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, sort_keys=True)
-        self._call("save_checkpoint", lambda: self._client.hset(
-            f"{self.prefix}ck:{chain}", str(index), body))
+        self._call(
+            "save_checkpoint",
+            lambda: self._client.hset(f"{self.prefix}ck:{chain}", str(index), body),
+        )
 
     def checkpoints(self, chain: str) -> list[tuple[int, dict[str, Any]]]:
         raw = self._call("checkpoints", lambda: self._client.hgetall(f"{self.prefix}ck:{chain}"))
@@ -205,6 +234,7 @@ class RedisStore(CacheStore):
             stale = [k for k in self._client.hkeys(name) if int(k) > after]
             if stale:
                 self._client.hdel(name, *stale)
+
         self._call("drop_checkpoints", run)
 
     def close(self) -> None:
@@ -220,8 +250,14 @@ class FallbackStore(CacheStore):
     fallback is copied back: the two stores stay independent and neither is corrupted.
     """
 
-    def __init__(self, primary: CacheStore, fallback: CacheStore, *, retry_after: float = 5.0,
-                 on_fallback: Callable[[CacheBackendError], None] | None = None) -> None:
+    def __init__(
+        self,
+        primary: CacheStore,
+        fallback: CacheStore,
+        *,
+        retry_after: float = 5.0,
+        on_fallback: Callable[[CacheBackendError], None] | None = None,
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
         self.retry_after = retry_after
@@ -243,8 +279,12 @@ class FallbackStore(CacheStore):
                     self._down_until = time.monotonic() + self.retry_after
                     self.degraded = True
                     self.fallbacks += 1
-                logger.warning("cache primary %s failed (%s); using %s", self.primary.name, e,
-                               self.fallback.name)
+                logger.warning(
+                    "cache primary %s failed (%s); using %s",
+                    self.primary.name,
+                    e,
+                    self.fallback.name,
+                )
                 if self.on_fallback is not None:
                     self.on_fallback(e)
             else:

@@ -74,8 +74,10 @@ class Entry:
     def check_size(self, max_bytes: int) -> int:
         size = len(json.dumps(self.artifact, separators=(",", ":")))
         if size > max_bytes:
-            msg = (f"cache entry artifact is {size} bytes, over the store's limit of "
-                   f"{max_bytes} bytes; not stored")
+            msg = (
+                f"cache entry artifact is {size} bytes, over the store's limit of "
+                f"{max_bytes} bytes; not stored"
+            )
             raise ExpressionTooLargeError(msg)
         return size
 
@@ -163,16 +165,23 @@ class SQLiteStore(CacheStore):
 
     name = "sqlite"
 
-    def __init__(self, path: str | Path, *, half_life: float = DEFAULT_HALF_LIFE,
-                 max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        half_life: float = DEFAULT_HALF_LIFE,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+        timeout: float = 30.0,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.half_life = half_life
         self.max_entry_bytes = max_entry_bytes
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -207,6 +216,7 @@ class SQLiteStore(CacheStore):
         def run(db: sqlite3.Connection) -> Entry | None:
             row = db.execute("SELECT body FROM entries WHERE key = ?", (key,)).fetchone()
             return None if row is None else Entry.from_json(row[0])
+
         out: Entry | None = self._read(run)
         return out
 
@@ -217,19 +227,25 @@ class SQLiteStore(CacheStore):
         def run(db: sqlite3.Connection) -> Entry:
             row = db.execute("SELECT body FROM entries WHERE key = ?", (entry.key,)).fetchone()
             if row is None:
-                entry.lscore = bumped_lscore(None, now, self.half_life,
-                                             1.0 + 0.5 * max(0, len(entry.workflows) - 1))
-                db.execute("INSERT INTO entries(key, lscore, body) VALUES (?, ?, ?)",
-                           (entry.key, entry.lscore, entry.to_json()))
+                entry.lscore = bumped_lscore(
+                    None, now, self.half_life, 1.0 + 0.5 * max(0, len(entry.workflows) - 1)
+                )
+                db.execute(
+                    "INSERT INTO entries(key, lscore, body) VALUES (?, ?, ?)",
+                    (entry.key, entry.lscore, entry.to_json()),
+                )
                 return entry
             stored = Entry.from_json(row[0])
             new = [w for w in entry.workflows if w not in stored.workflows]
             if new:
                 stored.workflows.extend(new)
                 stored.lscore = bumped_lscore(stored.lscore, now, self.half_life, 1.0 * len(new))
-                db.execute("UPDATE entries SET lscore = ?, body = ? WHERE key = ?",
-                           (stored.lscore, stored.to_json(), entry.key))
+                db.execute(
+                    "UPDATE entries SET lscore = ?, body = ? WHERE key = ?",
+                    (stored.lscore, stored.to_json(), entry.key),
+                )
             return stored
+
         out: Entry = self._tx(run)
         return out
 
@@ -248,22 +264,27 @@ class SQLiteStore(CacheStore):
             stored.hits += 1
             stored.last_used = at
             stored.lscore = bumped_lscore(stored.lscore, at, self.half_life, weight)
-            db.execute("UPDATE entries SET lscore = ?, body = ? WHERE key = ?",
-                       (stored.lscore, stored.to_json(), key))
+            db.execute(
+                "UPDATE entries SET lscore = ?, body = ? WHERE key = ?",
+                (stored.lscore, stored.to_json(), key),
+            )
+
         self._tx(run)
 
     def delete(self, key: str) -> bool:
         def run(db: sqlite3.Connection) -> bool:
             return db.execute("DELETE FROM entries WHERE key = ?", (key,)).rowcount > 0
+
         out: bool = self._tx(run)
         return out
 
     def sight(self, key: str, origin: str) -> int:
         def run(db: sqlite3.Connection) -> int:
-            db.execute("INSERT OR IGNORE INTO sightings(key, origin) VALUES (?, ?)",
-                       (key, origin))
-            return int(db.execute("SELECT COUNT(*) FROM sightings WHERE key = ?",
-                                  (key,)).fetchone()[0])
+            db.execute("INSERT OR IGNORE INTO sightings(key, origin) VALUES (?, ?)", (key, origin))
+            return int(
+                db.execute("SELECT COUNT(*) FROM sightings WHERE key = ?", (key,)).fetchone()[0]
+            )
+
         out: int = self._tx(run)
         return out
 
@@ -272,43 +293,56 @@ class SQLiteStore(CacheStore):
             n = int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
             if n <= capacity:
                 return []
-            rows = db.execute("SELECT key FROM entries ORDER BY lscore ASC LIMIT ?",
-                              (n - capacity,)).fetchall()
+            rows = db.execute(
+                "SELECT key FROM entries ORDER BY lscore ASC LIMIT ?", (n - capacity,)
+            ).fetchall()
             keys = [r[0] for r in rows]
             db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in keys])
             db.executemany("DELETE FROM sightings WHERE key = ?", [(k,) for k in keys])
             return keys
+
         out: list[str] = self._tx(run)
         return out
 
     def lowest(self) -> tuple[str, float] | None:
         def run(db: sqlite3.Connection) -> tuple[str, float] | None:
-            row = db.execute("SELECT key, lscore FROM entries ORDER BY lscore ASC LIMIT 1"
-                             ).fetchone()
+            row = db.execute(
+                "SELECT key, lscore FROM entries ORDER BY lscore ASC LIMIT 1"
+            ).fetchone()
             return None if row is None else (str(row[0]), float(row[1]))
+
         out: tuple[str, float] | None = self._read(run)
         return out
 
     def count(self) -> int:
-        out: int = self._read(lambda db: int(db.execute("SELECT COUNT(*) FROM entries")
-                                           .fetchone()[0]))
+        out: int = self._read(
+            lambda db: int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        )
         return out
 
     def save_checkpoint(self, chain: str, index: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, sort_keys=True)
-        self._tx(lambda db: db.execute(
-            "INSERT OR REPLACE INTO checkpoints(chain, idx, body) VALUES (?, ?, ?)",
-            (chain, index, body)))
+        self._tx(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO checkpoints(chain, idx, body) VALUES (?, ?, ?)",
+                (chain, index, body),
+            )
+        )
 
     def checkpoints(self, chain: str) -> list[tuple[int, dict[str, Any]]]:
-        rows = self._read(lambda db: db.execute(
-            "SELECT idx, body FROM checkpoints WHERE chain = ? ORDER BY idx", (chain,)
-        ).fetchall())
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT idx, body FROM checkpoints WHERE chain = ? ORDER BY idx", (chain,)
+            ).fetchall()
+        )
         return [(int(i), json.loads(b)) for i, b in rows]
 
     def drop_checkpoints(self, chain: str, after: int) -> None:
-        self._tx(lambda db: db.execute(
-            "DELETE FROM checkpoints WHERE chain = ? AND idx > ?", (chain, after)))
+        self._tx(
+            lambda db: db.execute(
+                "DELETE FROM checkpoints WHERE chain = ? AND idx > ?", (chain, after)
+            )
+        )
 
     def close(self) -> None:
         with self._lock:

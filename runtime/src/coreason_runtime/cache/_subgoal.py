@@ -82,9 +82,16 @@ class SubgoalCache:
         The most entries kept.
     """
 
-    def __init__(self, store: CacheStore, *, bus: EventBus | None = None,
-                 verifier: Verifier | None = None, capacity: int = 100_000,
-                 limits: Limits = DEFAULT_LIMITS, source: str = "cache") -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        *,
+        bus: EventBus | None = None,
+        verifier: Verifier | None = None,
+        capacity: int = 100_000,
+        limits: Limits = DEFAULT_LIMITS,
+        source: str = "cache",
+    ) -> None:
         self.store = store
         self.bus = bus
         self.verifier: Verifier = verifier or SympyVerifier()
@@ -136,8 +143,12 @@ class SubgoalCache:
         """Counts by kind, blocked false hits and the number of stored entries."""
         with self._lock:
             counts = {k: {"hits": v[0], "misses": v[1]} for k, v in self._counts.items()}
-        return {"by_kind": counts, "hit_ratio": self.hit_ratio(),
-                "false_hits_blocked": self.false_hits_blocked, "entries": self.store.count()}
+        return {
+            "by_kind": counts,
+            "hit_ratio": self.hit_ratio(),
+            "false_hits_blocked": self.false_hits_blocked,
+            "entries": self.store.count(),
+        }
 
     # --- SymPy subgoals ----------------------------------------------------------------------
 
@@ -175,19 +186,26 @@ class SubgoalCache:
         with contextlib.suppress(CacheError):
             self.store.put_alias(akey, {"spelling": spelling, "form": form_to_tree(form)})
 
-    def get(self, problem: str | sympy.Basic | CanonicalForm, op: str | None = None, *,
-            workflow_id: str | None = None) -> CacheHit | None:
+    def get(
+        self,
+        problem: str | sympy.Basic | CanonicalForm,
+        op: str | None = None,
+        *,
+        workflow_id: str | None = None,
+    ) -> CacheHit | None:
         """A verified hit for ``problem`` (result in the caller's names), or ``None``."""
         form = problem if isinstance(problem, CanonicalForm) else self.canonical(problem, op)
         entry = self.store.get(form.key)
         if entry is None or entry.text != form.text:
-            self._miss(form.key, form.kind, workflow_id, "absent" if entry is None else
-                       "collision")
+            self._miss(form.key, form.kind, workflow_id, "absent" if entry is None else "collision")
             return None
         try:
             stored = from_tree(entry.artifact["result"])
-            result = [form.to_user(r) for r in stored] if isinstance(stored, list) \
+            result = (
+                [form.to_user(r) for r in stored]
+                if isinstance(stored, list)
                 else form.to_user(stored)
+            )
         except (CacheError, KeyError, TypeError, ValueError) as e:
             self._miss(form.key, form.kind, workflow_id, f"undecodable: {e}")
             return None
@@ -213,10 +231,19 @@ class SubgoalCache:
             self._verdicts[memo_key] = verdict
         return verdict
 
-    def put(self, problem: str | sympy.Basic | CanonicalForm, result: sympy.Basic,
-            op: str | None = None, *, workflow_id: str, project: str | None = None,
-            branch: str | None = None, steps: list[str] | None = None,
-            code: str | None = None, verify: bool = True) -> Entry | None:
+    def put(
+        self,
+        problem: str | sympy.Basic | CanonicalForm,
+        result: sympy.Basic,
+        op: str | None = None,
+        *,
+        workflow_id: str,
+        project: str | None = None,
+        branch: str | None = None,
+        steps: list[str] | None = None,
+        code: str | None = None,
+        verify: bool = True,
+    ) -> Entry | None:
         """Admit ``result`` (in the caller's names) as the answer to ``problem``.
 
         The result is verified first (a wrong answer is never stored) and mapped to the
@@ -226,24 +253,53 @@ class SubgoalCache:
         form = problem if isinstance(problem, CanonicalForm) else self.canonical(problem, op)
         result = sympy.sympify(result)
         if verify and not self.verifier.check(form, result):
-            self._emit(EventType.CACHE_ADMIT, workflow_id, key=form.key, kind=form.kind,
-                       admitted=False, reason="verification_failed")
+            self._emit(
+                EventType.CACHE_ADMIT,
+                workflow_id,
+                key=form.key,
+                kind=form.kind,
+                admitted=False,
+                reason="verification_failed",
+            )
             return None
-        canon = [form.to_canonical(r) for r in result] \
-            if isinstance(result, (sympy.Tuple, list, tuple)) else form.to_canonical(result)
+        canon = (
+            [form.to_canonical(r) for r in result]
+            if isinstance(result, (sympy.Tuple, list, tuple))
+            else form.to_canonical(result)
+        )
         artifact: dict[str, Any] = {"result": to_tree(canon), "problem": str(form.expr)}
         if steps is not None:
             artifact["steps"] = list(steps)
         if code is not None:
             artifact["code"] = code
-        provenance = {"workflow_id": workflow_id, "project": project, "branch": branch,
-                      "problem": str(form.original), "admitted_at": time.time()}
-        return self._admit(form.key, form.kind, form.text, artifact, self.verifier.name,
-                           self.verifier.version, provenance, workflow_id, project)
+        provenance = {
+            "workflow_id": workflow_id,
+            "project": project,
+            "branch": branch,
+            "problem": str(form.original),
+            "admitted_at": time.time(),
+        }
+        return self._admit(
+            form.key,
+            form.kind,
+            form.text,
+            artifact,
+            self.verifier.name,
+            self.verifier.version,
+            provenance,
+            workflow_id,
+            project,
+        )
 
-    def solve(self, problem: str | sympy.Basic, op: str | None = None, *, workflow_id: str,
-              compute: Callable[[sympy.Basic], sympy.Basic] | None = None,
-              project: str | None = None) -> sympy.Basic:
+    def solve(
+        self,
+        problem: str | sympy.Basic,
+        op: str | None = None,
+        *,
+        workflow_id: str,
+        compute: Callable[[sympy.Basic], sympy.Basic] | None = None,
+        project: str | None = None,
+    ) -> sympy.Basic:
         """Get-or-compute: a verified hit, else ``compute(original)`` (default: ``doit``),
         admitted for next time."""
         form = self.canonical(problem, op)
@@ -255,8 +311,7 @@ class SubgoalCache:
         self.put(form, result, workflow_id=workflow_id, project=project)
         return result
 
-    def lookup(self, task_signature: Any, *, workflow_id: str | None = None
-               ) -> CacheHit | None:
+    def lookup(self, task_signature: Any, *, workflow_id: str | None = None) -> CacheHit | None:
         """For a scheduler: ``(op, problem)``, a SymPy object, or text (a maths problem if it
         parses, otherwise a request under the schema key ``"task"``)."""
         if isinstance(task_signature, tuple) and len(task_signature) == 2:
@@ -280,11 +335,13 @@ class SubgoalCache:
         self._request_verifiers[name] = (fn, verifier_hash(fn))
 
     def _prompt(self, schema_key: str, prompt: str) -> PromptForm:
-        return canonical_prompt(schema_key, prompt, verifier_version="request-v1",
-                                limits=self.limits)
+        return canonical_prompt(
+            schema_key, prompt, verifier_version="request-v1", limits=self.limits
+        )
 
-    def lookup_request(self, schema_key: str, prompt: str, *, workflow_id: str | None = None
-                       ) -> CacheHit | None:
+    def lookup_request(
+        self, schema_key: str, prompt: str, *, workflow_id: str | None = None
+    ) -> CacheHit | None:
         """A verified cached answer (JSON text, in this prompt's names) or ``None``.
 
         The key canonicalises any mathematics in the prompt, so ``differentiate x**2*sin(x)``
@@ -293,8 +350,7 @@ class SubgoalCache:
         form = self._prompt(schema_key, prompt)
         entry = self.store.get(form.key)
         if entry is None or entry.text != f"{form.template}|{form.math}":
-            self._miss(form.key, "request", workflow_id, "absent" if entry is None else
-                       "collision")
+            self._miss(form.key, "request", workflow_id, "absent" if entry is None else "collision")
             return None
         registered = self._request_verifiers.get(entry.verifier)
         if registered is None or registered[1] != entry.verifier_hash:
@@ -312,9 +368,16 @@ class SubgoalCache:
             return None
         return self._hit(form.key, "request", entry, value, workflow_id, form)
 
-    def admit_request(self, schema_key: str, prompt: str, value_json: str, workflow_id: str,
-                      verifier: str | RequestVerifier = "auto", *, project: str | None = None
-                      ) -> bool:
+    def admit_request(
+        self,
+        schema_key: str,
+        prompt: str,
+        value_json: str,
+        workflow_id: str,
+        verifier: str | RequestVerifier = "auto",
+        *,
+        project: str | None = None,
+    ) -> bool:
         """Offer a validated model answer to the cache; True if it was admitted.
 
         ``verifier`` is a registered name or a callable ``(prompt, value_json) -> bool`` (it
@@ -332,16 +395,36 @@ class SubgoalCache:
             raise CacheError(msg)
         fn, vhash = self._request_verifiers[verifier]
         if not fn(prompt, value_json):
-            self._emit(EventType.CACHE_ADMIT, workflow_id, kind="request", admitted=False,
-                       reason="verification_failed")
+            self._emit(
+                EventType.CACHE_ADMIT,
+                workflow_id,
+                kind="request",
+                admitted=False,
+                reason="verification_failed",
+            )
             return False
         form = self._prompt(schema_key, prompt)
-        artifact = {"value_json": map_value_json(value_json, form.forward),
-                    "template": form.template}
-        provenance = {"workflow_id": workflow_id, "project": project, "schema_key": schema_key,
-                      "admitted_at": time.time()}
-        entry = self._admit(form.key, "request", f"{form.template}|{form.math}", artifact,
-                            verifier, vhash, provenance, workflow_id, project)
+        artifact = {
+            "value_json": map_value_json(value_json, form.forward),
+            "template": form.template,
+        }
+        provenance = {
+            "workflow_id": workflow_id,
+            "project": project,
+            "schema_key": schema_key,
+            "admitted_at": time.time(),
+        }
+        entry = self._admit(
+            form.key,
+            "request",
+            f"{form.template}|{form.math}",
+            artifact,
+            verifier,
+            vhash,
+            provenance,
+            workflow_id,
+            project,
+        )
         return entry is not None
 
     # --- shared paths ------------------------------------------------------------------------
@@ -354,38 +437,86 @@ class SubgoalCache:
                 self.store.sight(key, workflow_id)
         self._emit(EventType.CACHE_MISS, workflow_id, key=key, kind=kind, reason=reason)
 
-    def _hit(self, key: str, kind: str, entry: Entry, value: Any, workflow_id: str | None,
-             form: CanonicalForm | PromptForm) -> CacheHit:
+    def _hit(
+        self,
+        key: str,
+        kind: str,
+        entry: Entry,
+        value: Any,
+        workflow_id: str | None,
+        form: CanonicalForm | PromptForm,
+    ) -> CacheHit:
         self._count(kind, hit=True)
         cross = bool(workflow_id) and workflow_id not in entry.workflows
         self.store.touch(key, workflow_id or "")
-        self._emit(EventType.CACHE_HIT, workflow_id, key=key, kind=kind, cross_workflow=cross,
-                   admitted_by=entry.provenance.get("workflow_id"), verifier=entry.verifier)
-        return CacheHit(key=key, kind=kind, value=value, entry=entry, cross_workflow=cross,
-                        form=form)
+        self._emit(
+            EventType.CACHE_HIT,
+            workflow_id,
+            key=key,
+            kind=kind,
+            cross_workflow=cross,
+            admitted_by=entry.provenance.get("workflow_id"),
+            verifier=entry.verifier,
+        )
+        return CacheHit(
+            key=key, kind=kind, value=value, entry=entry, cross_workflow=cross, form=form
+        )
 
-    def _admit(self, key: str, kind: str, text: str, artifact: dict[str, Any], verifier: str,
-               vhash: str, provenance: dict[str, Any], workflow_id: str, project: str | None
-               ) -> Entry | None:
+    def _admit(
+        self,
+        key: str,
+        kind: str,
+        text: str,
+        artifact: dict[str, Any],
+        verifier: str,
+        vhash: str,
+        provenance: dict[str, Any],
+        workflow_id: str,
+        project: str | None,
+    ) -> Entry | None:
         origins = [workflow_id] + ([f"project:{project}"] if project else [])
         sightings = max(1, self.store.sight(key, workflow_id))
         provenance["sightings"] = sightings
-        entry = Entry(key=key, kind=kind, artifact=artifact, verifier=verifier,
-                      verifier_hash=vhash, provenance=provenance, text=text,
-                      workflows=origins)
+        entry = Entry(
+            key=key,
+            kind=kind,
+            artifact=artifact,
+            verifier=verifier,
+            verifier_hash=vhash,
+            provenance=provenance,
+            text=text,
+            workflows=origins,
+        )
         if self.store.count() >= self.capacity and self.store.get(key) is None:
             lowest = self.store.lowest()
             mine = 1.0 + 0.5 * (sightings - 1)
-            victim = 0.0 if lowest is None else decayed_score(lowest[1], time.time(),
-                                                              self.store.half_life)
+            victim = (
+                0.0
+                if lowest is None
+                else decayed_score(lowest[1], time.time(), self.store.half_life)
+            )
             admit = victim < 0.5 or (sightings >= 2 and mine > victim)
             if not admit:
-                self._emit(EventType.CACHE_ADMIT, workflow_id, key=key, kind=kind,
-                           admitted=False, reason="score_below_victim", sightings=sightings)
+                self._emit(
+                    EventType.CACHE_ADMIT,
+                    workflow_id,
+                    key=key,
+                    kind=kind,
+                    admitted=False,
+                    reason="score_below_victim",
+                    sightings=sightings,
+                )
                 return None
         stored = self.store.put(entry)
-        self._emit(EventType.CACHE_ADMIT, workflow_id, key=key, kind=kind, admitted=True,
-                   sightings=sightings, verifier=verifier)
+        self._emit(
+            EventType.CACHE_ADMIT,
+            workflow_id,
+            key=key,
+            kind=kind,
+            admitted=True,
+            sightings=sightings,
+            verifier=verifier,
+        )
         evicted = self.store.evict(self.capacity)
         if evicted:
             self._emit(EventType.CACHE_EVICT, workflow_id, keys=evicted, count=len(evicted))
@@ -396,8 +527,9 @@ class SubgoalCache:
 
 
 @functools.lru_cache(maxsize=4096)
-def _canonical_memo(problem: str | sympy.Basic, op: str | None, version: str, limits: Limits
-                    ) -> CanonicalForm:
+def _canonical_memo(
+    problem: str | sympy.Basic, op: str | None, version: str, limits: Limits
+) -> CanonicalForm:
     """Canonicalisation is a pure function of its inputs: remember recent ones."""
     return canonicalize(problem, op, verifier_version=version, limits=limits)
 
@@ -418,8 +550,9 @@ def _auto_request_verifier(prompt: str, value_json: str) -> bool:
     syms = sorted(problem.free_symbols, key=str)
     var = sympy.Symbol(form.variable) if form.variable else (syms[0] if syms else None)
     if form.op == "diff" and var is not None:
-        expected = problem.doit() if isinstance(problem, sympy.Derivative) else \
-            sympy.diff(problem, var)
+        expected = (
+            problem.doit() if isinstance(problem, sympy.Derivative) else sympy.diff(problem, var)
+        )
         return numeric_equal(expected, answer)
     if form.op == "integrate" and var is not None:
         if isinstance(problem, sympy.Integral):

@@ -18,8 +18,22 @@ from coreason_runtime.cache._canonical import CanonicalForm
 __all__ = ["EQUALITY_OPS", "SympyVerifier", "Verifier", "numeric_equal", "verifier_hash"]
 
 #: Operations whose result must equal their input; the only expression ops verified on a hit.
-EQUALITY_OPS = frozenset({"simplify", "factor", "expand", "cancel", "together", "evaluate",
-                          "trigsimp", "radsimp", "apart", "collect", "nsimplify", "rewrite"})
+EQUALITY_OPS = frozenset(
+    {
+        "simplify",
+        "factor",
+        "expand",
+        "cancel",
+        "together",
+        "evaluate",
+        "trigsimp",
+        "radsimp",
+        "apart",
+        "collect",
+        "nsimplify",
+        "rewrite",
+    }
+)
 
 # Concrete stand-ins for undefined functions f, g, …: smooth, distinct, defined on the reals.
 _STAND_INS = [
@@ -33,8 +47,9 @@ _STAND_INS = [
 def verifier_hash(obj: Any) -> str:
     """A short hash of a verifier's source (its behaviour), for keys and provenance."""
     try:
-        src = inspect.getsource(obj if inspect.isclass(obj) or inspect.isfunction(obj)
-                                else type(obj))
+        src = inspect.getsource(
+            obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
+        )
     except (OSError, TypeError):
         src = repr(obj)
     return hashlib.sha256(src.encode()).hexdigest()[:16]
@@ -94,8 +109,9 @@ def numeric_equal(
     never accepted.
     """
     a, b = _concretize(sympy.sympify(a)), _concretize(sympy.sympify(b))
-    syms = sorted(set(symbols) if symbols is not None else
-                  (a.free_symbols | b.free_symbols), key=str)
+    syms = sorted(
+        set(symbols) if symbols is not None else (a.free_symbols | b.free_symbols), key=str
+    )
     rng = random.Random(seed)
     good = 0
     for _ in range(points * 8):
@@ -111,8 +127,9 @@ def numeric_equal(
     return False
 
 
-def _central_difference(f: sympy.Basic, z: sympy.Symbol, z0: sympy.Rational, order: int
-                        ) -> complex | None:
+def _central_difference(
+    f: sympy.Basic, z: sympy.Symbol, z0: sympy.Rational, order: int
+) -> complex | None:
     """The ``order``-th derivative of ``f`` at ``z0`` by a central difference (h = 1e-8, values
     at 60 digits, so the O(h²) error and the round-off both stay below 1e-12)."""
     h = sympy.Rational(1, 10**8)
@@ -150,8 +167,11 @@ class SympyVerifier:
         self.seed = seed
         self.version = f"{self.name}-{verifier_hash(SympyVerifier)}-sympy{sympy.__version__}"
         self._checks: dict[str, Callable[[sympy.Basic, sympy.Basic], bool]] = {
-            "integral": self._integral, "derivative": self._derivative,
-            "limit": self._limit, "sum": self._sum, "equation": self._equation,
+            "integral": self._integral,
+            "derivative": self._derivative,
+            "limit": self._limit,
+            "sum": self._sum,
+            "equation": self._equation,
             "expr": self._expr,
         }
 
@@ -160,13 +180,21 @@ class SympyVerifier:
         if original is None:
             return False
         check = self._checks.get(form.kind)
-        if check is None or (form.kind == "expr" and form.op not in EQUALITY_OPS
-                             and not form.op.startswith("step:")):
+        if check is None or (
+            form.kind == "expr" and form.op not in EQUALITY_OPS and not form.op.startswith("step:")
+        ):
             return False
         try:
             return bool(check(original, result))
-        except (TypeError, ValueError, ZeroDivisionError, AttributeError, NotImplementedError,
-                sympy.PolynomialError, RecursionError):
+        except (
+            TypeError,
+            ValueError,
+            ZeroDivisionError,
+            AttributeError,
+            NotImplementedError,
+            sympy.PolynomialError,
+            RecursionError,
+        ):
             return False
 
     def _eq(self, a: sympy.Basic, b: sympy.Basic) -> bool:
@@ -219,7 +247,7 @@ class SympyVerifier:
         if len(original.variable_count) != 1:
             return self._eq(original.doit(), result)
         # numerically, without redoing the symbolic work: mpmath differentiates the body
-        (z, order), = original.variable_count
+        ((z, order),) = original.variable_count
         others = sorted(original.free_symbols - {z}, key=str)
         rng = random.Random(self.seed)
         body = _concretize(original.expr)
@@ -253,16 +281,13 @@ class SympyVerifier:
         with mpmath.workdps(60):
             # Floats, not Rationals: (1 + 2/10**16)**(10**16) must not be computed exactly
             if z0 in (sympy.oo, -sympy.oo):
-                probes = [sympy.Float(10**k * (1 if z0 == sympy.oo else -1), 60)
-                          for k in (12, 16)]
+                probes = [sympy.Float(10**k * (1 if z0 == sympy.oo else -1), 60) for k in (12, 16)]
             else:
-                probes = [sympy.Float(z0 + sign * sympy.Rational(1, 10**k), 60)
-                          for k in (12, 16)]
+                probes = [sympy.Float(z0 + sign * sympy.Rational(1, 10**k), 60) for k in (12, 16)]
             values = [_value(body, {z: p}, dps=60) for p in probes]
         if target in (sympy.oo, -sympy.oo):
             want = 1 if target == sympy.oo else -1
-            return all(v is not None and v.real * want > 1e5 and abs(v.imag) < 1e-6
-                       for v in values)
+            return all(v is not None and v.real * want > 1e5 and abs(v.imag) < 1e-6 for v in values)
         tv = _value(target, {})
         return tv is not None and all(v is not None and _close(v, tv, 1e-5) for v in values)
 
@@ -283,16 +308,19 @@ class SympyVerifier:
         n = n_syms[0]
         for m in range(0, 5):
             finite = sympy.Sum(original.function, (k, lo, hi.xreplace({n: n + 0}))).xreplace(
-                {n: sympy.Integer(m) + (lo if lo.is_number else 0)})
-            if not self._eq(finite.doit(), result.xreplace(
-                    {n: sympy.Integer(m) + (lo if lo.is_number else 0)})):
+                {n: sympy.Integer(m) + (lo if lo.is_number else 0)}
+            )
+            if not self._eq(
+                finite.doit(), result.xreplace({n: sympy.Integer(m) + (lo if lo.is_number else 0)})
+            ):
                 return False
         return True
 
     def _equation(self, original: sympy.Basic, result: sympy.Basic) -> bool:
         lhs = original.lhs - original.rhs if isinstance(original, sympy.Equality) else original
-        sols: Sequence[Any] = list(result) if isinstance(result, (list, tuple, sympy.Tuple)) \
-            else [result]
+        sols: Sequence[Any] = (
+            list(result) if isinstance(result, (list, tuple, sympy.Tuple)) else [result]
+        )
         syms = sorted(lhs.free_symbols, key=str)
         for sol in sols:
             if isinstance(sol, dict):

@@ -45,9 +45,14 @@ def cmd_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
     infos = list_models(cache_dir=getattr(args, "cache_dir", None))
     if getattr(args, "json", False):
         rows = [
-            {"name": i.name, "converted": i.converted, "revision": i.revision,
-             "size_bytes": i.size_bytes, "path": str(i.path) if i.path else None,
-             "source": i.source}
+            {
+                "name": i.name,
+                "converted": i.converted,
+                "revision": i.revision,
+                "size_bytes": i.size_bytes,
+                "path": str(i.path) if i.path else None,
+                "source": i.source,
+            }
             for i in infos
         ]
         print(json.dumps(rows, indent=2), file=out)

@@ -58,8 +58,9 @@ class LayerGate:
     def __init__(self, model: Any) -> None:
         self._local = threading.local()
         self._model_ref = weakref.ref(model)
-        self.handles = [layer.register_forward_pre_hook(self._hook)
-                        for layer in decoder_layers(model)]
+        self.handles = [
+            layer.register_forward_pre_hook(self._hook) for layer in decoder_layers(model)
+        ]
         self._split_head = self._can_split(model)
 
     @classmethod
@@ -77,9 +78,12 @@ class LayerGate:
 
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         cfg = model.config
-        return (type(head) is torch.nn.Linear and hasattr(model, "get_decoder")
-                and not getattr(cfg, "final_logit_softcapping", None)
-                and getattr(cfg, "logit_scale", None) is None)
+        return (
+            type(head) is torch.nn.Linear
+            and hasattr(model, "get_decoder")
+            and not getattr(cfg, "final_logit_softcapping", None)
+            and getattr(cfg, "logit_scale", None) is None
+        )
 
     # --- the check ---------------------------------------------------------------------------
 
@@ -115,13 +119,13 @@ class LayerGate:
         assert model is not None
         check = self.check
         if check is None or not self._split_head or self.head_rows <= 0:
-            out = model(input_ids=input_ids, past_key_values=cache, use_cache=True,
-                        logits_to_keep=1)
+            out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
             return out.logits[0, -1].float()
         import torch
 
-        hidden = model.get_decoder()(input_ids=input_ids, past_key_values=cache,
-                                     use_cache=True).last_hidden_state[0, -1]
+        hidden = model.get_decoder()(
+            input_ids=input_ids, cache=cache, use_cache=True
+        ).last_hidden_state[0, -1]
         head = model.get_output_embeddings()
         parts = []
         for i, rows in enumerate(head.weight.split(self.head_rows)):

@@ -376,15 +376,18 @@ def list_models(*, cache_dir: Path | None = None) -> list[ModelInfo]:
     manifest = _read_manifest(builtin_dir)
     if gguf is not None or manifest is not None:
         weights = builtin_dir / "model.safetensors"
-        infos.append(ModelInfo(
-            name=DEFAULT_MODEL,
-            source=f"{GGUF_PACKAGE}:{GGUF_FILE}" if gguf is not None else str(builtin_dir),
-            path=builtin_dir if manifest is not None else gguf,
-            converted=manifest is not None,
-            revision=manifest.get("revision") if manifest else None,
-            size_bytes=weights.stat().st_size if weights.is_file()
-            else (gguf.stat().st_size if gguf is not None else 0),
-        ))
+        infos.append(
+            ModelInfo(
+                name=DEFAULT_MODEL,
+                source=f"{GGUF_PACKAGE}:{GGUF_FILE}" if gguf is not None else str(builtin_dir),
+                path=builtin_dir if manifest is not None else gguf,
+                converted=manifest is not None,
+                revision=manifest.get("revision") if manifest else None,
+                size_bytes=weights.stat().st_size
+                if weights.is_file()
+                else (gguf.stat().st_size if gguf is not None else 0),
+            )
+        )
         seen.add(builtin_dir.name)
     if cache.is_dir():
         for folder in sorted(p for p in cache.iterdir() if p.is_dir()):
@@ -394,12 +397,14 @@ def list_models(*, cache_dir: Path | None = None) -> list[ModelInfo]:
             if m is None:
                 continue
             found = _weights_file(folder)
-            infos.append(ModelInfo(
-                name=str(m.get("name", folder.name)),
-                source=str(m.get("source", folder)),
-                path=folder,
-                converted=True,
-                revision=m.get("revision"),
-                size_bytes=found.stat().st_size if found is not None else 0,
-            ))
+            infos.append(
+                ModelInfo(
+                    name=str(m.get("name", folder.name)),
+                    source=str(m.get("source", folder)),
+                    path=folder,
+                    converted=True,
+                    revision=m.get("revision"),
+                    size_bytes=found.stat().st_size if found is not None else 0,
+                )
+            )
     return infos

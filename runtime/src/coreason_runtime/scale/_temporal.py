@@ -89,13 +89,27 @@ class AskActivities:
 
         try:
             res = self.rt.router.generate(
-                resolve_schema(req.schema), req.prompt, workflow_id=req.workflow_id,
-                tiers=req.tiers, max_tokens=req.max_tokens, seed=req.seed)
+                resolve_schema(req.schema),
+                req.prompt,
+                workflow_id=req.workflow_id,
+                tiers=req.tiers,
+                max_tokens=req.max_tokens,
+                seed=req.seed,
+            )
         except EpistemicYieldError as e:
-            return AskOutcome(status="yielded", cost=sum(a.cost for a in e.attempts),
-                              attempts=[a.model_dump() for a in e.attempts], error=e.message)
-        return AskOutcome(status="answered", value=_jsonable(res.value), tier=res.tier,
-                          cost=res.cost, attempts=[a.model_dump() for a in res.attempts])
+            return AskOutcome(
+                status="yielded",
+                cost=sum(a.cost for a in e.attempts),
+                attempts=[a.model_dump() for a in e.attempts],
+                error=e.message,
+            )
+        return AskOutcome(
+            status="answered",
+            value=_jsonable(res.value),
+            tier=res.tier,
+            cost=res.cost,
+            attempts=[a.model_dump() for a in res.attempts],
+        )
 
     @activity.defn(name="coreason.resolve")
     def resolve(self, req: AskInput, answer: Any) -> AskOutcome:
@@ -119,10 +133,13 @@ class StructuredRequestWorkflow:
     @workflow.run
     async def run(self, req: AskInput) -> AskOutcome:
         outcome: AskOutcome = await workflow.execute_activity(
-            "coreason.generate", req, result_type=AskOutcome,
+            "coreason.generate",
+            req,
+            result_type=AskOutcome,
             start_to_close_timeout=timedelta(minutes=30),
-            retry_policy=RetryPolicy(maximum_attempts=3,
-                                     non_retryable_error_types=["BudgetExceededError"]),
+            retry_policy=RetryPolicy(
+                maximum_attempts=3, non_retryable_error_types=["BudgetExceededError"]
+            ),
         )
         if outcome.status == "answered":
             self._state = "answered"
@@ -135,7 +152,9 @@ class StructuredRequestWorkflow:
             answer = self._answers.pop(0)
             try:
                 resolved: AskOutcome = await workflow.execute_activity(
-                    "coreason.resolve", args=[req, answer], result_type=AskOutcome,
+                    "coreason.resolve",
+                    args=[req, answer],
+                    result_type=AskOutcome,
                     start_to_close_timeout=timedelta(minutes=1),
                     retry_policy=RetryPolicy(maximum_attempts=1),
                 )
@@ -164,17 +183,23 @@ def make_worker(client: Client, rt: Coordinator, task_queue: str = TASK_QUEUE) -
 
     acts = AskActivities(rt)
     return Worker(
-        client, task_queue=task_queue, workflows=[StructuredRequestWorkflow],
+        client,
+        task_queue=task_queue,
+        workflows=[StructuredRequestWorkflow],
         activities=[acts.generate, acts.resolve],
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=4),
     )
 
 
-async def start_request(client: Client, req: AskInput, *, id: str | None = None,
-                        task_queue: str = TASK_QUEUE) -> WorkflowHandle[Any, AskOutcome]:
+async def start_request(
+    client: Client, req: AskInput, *, id: str | None = None, task_queue: str = TASK_QUEUE
+) -> WorkflowHandle[Any, AskOutcome]:
     """Start a :class:`StructuredRequestWorkflow`; ``await handle.result()`` for the outcome."""
     import uuid
 
     return await client.start_workflow(
-        StructuredRequestWorkflow.run, req, id=id or f"coreason-{uuid.uuid4().hex[:12]}",
-        task_queue=task_queue)
+        StructuredRequestWorkflow.run,
+        req,
+        id=id or f"coreason-{uuid.uuid4().hex[:12]}",
+        task_queue=task_queue,
+    )

@@ -231,7 +231,7 @@ def _find_cycle(deps: dict[str, list[str]]) -> list[str]:
                 stack[-1] = (node, i + 1)
                 nxt = deps[node][i]
                 if color[nxt] == grey:
-                    return [*path[path.index(nxt):], nxt]
+                    return [*path[path.index(nxt) :], nxt]
                 if color[nxt] == white:
                     color[nxt] = grey
                     stack.append((nxt, 0))

@@ -192,8 +192,13 @@ class ProcessJob:
     CPU contention, since the stop is processed when the worker is next scheduled).
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess,
-                 *, freezer: CgroupFreezer | None = None, confirm: bool = False) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess,
+        *,
+        freezer: CgroupFreezer | None = None,
+        confirm: bool = False,
+    ) -> None:
         self.proc = proc
         pid = proc.pid
         if pid is None:
@@ -209,8 +214,9 @@ class ProcessJob:
             freezer.add(self.pid)
 
     @classmethod
-    def spawn(cls, argv: Sequence[str], *, freeze: bool = False, confirm: bool = False,
-              **popen: Any) -> ProcessJob:
+    def spawn(
+        cls, argv: Sequence[str], *, freeze: bool = False, confirm: bool = False, **popen: Any
+    ) -> ProcessJob:
         """Start ``argv`` in a new session (its own process group)."""
         popen.setdefault("stdout", subprocess.DEVNULL)
         own_err = "stderr" not in popen  # only a file we opened is ours to read and close
@@ -296,8 +302,7 @@ class ProcessJob:
         if rc == 0:
             return JobOutcome(ok=True)
         if rc < 0 and not self._killed:
-            return JobOutcome(ok=False, died=True,
-                              error=f"worker {self.pid} died of signal {-rc}")
+            return JobOutcome(ok=False, died=True, error=f"worker {self.pid} died of signal {-rc}")
         return JobOutcome(ok=False, error=f"exit status {rc}{': ' + detail if detail else ''}")
 
     def _group(self) -> list[psutil.Process]:
@@ -338,8 +343,9 @@ def _child_main(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
 class CallableJob(ProcessJob):
     """Run ``fn(*args)`` in a forked worker process; falsy-but-not-None or raising = failure."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, freeze: bool = False,
-                 confirm: bool = False) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *args: Any, freeze: bool = False, confirm: bool = False
+    ) -> None:
         ctx = multiprocessing.get_context("fork")
         proc = ctx.Process(target=_child_main, args=(fn, args), daemon=True)
         proc.start()
@@ -380,8 +386,13 @@ class InProcessJob:
     pause/resume) when given, else to the cooperative ``gate``.
     """
 
-    def __init__(self, target: Callable[[PauseGate], Any], *,
-                 handle: Preemptible | None = None, gpu: bool = False) -> None:
+    def __init__(
+        self,
+        target: Callable[[PauseGate], Any],
+        *,
+        handle: Preemptible | None = None,
+        gpu: bool = False,
+    ) -> None:
         self.gate = PauseGate()
         self.handle = handle
         self.gpu = gpu

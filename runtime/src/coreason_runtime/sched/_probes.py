@@ -56,8 +56,14 @@ class PilotProbe:
     is ``t_pilot · (full_size / pilot_size) ** exponent``.
     """
 
-    def __init__(self, fn: Callable[[float], Any], *, pilot_size: float, full_size: float,
-                 exponent: float = 1.0) -> None:
+    def __init__(
+        self,
+        fn: Callable[[float], Any],
+        *,
+        pilot_size: float,
+        full_size: float,
+        exponent: float = 1.0,
+    ) -> None:
         self.fn = fn
         self.pilot_size = pilot_size
         self.full_size = full_size

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Scheduler"]
 
+
 class Scheduler:
     """Schedules subgoal DAGs on this machine's cores, preempting off-path jobs physically.
 
@@ -98,8 +99,9 @@ class Scheduler:
 
     # --- public API --------------------------------------------------------------------------
 
-    async def run(self, dag: SubgoalDAG | str, actions: Mapping[str, Action], *,
-                  check: bool = True) -> DAGResult:
+    async def run(
+        self, dag: SubgoalDAG | str, actions: Mapping[str, Action], *, check: bool = True
+    ) -> DAGResult:
         """Run ``dag`` to completion; each task's attempts are started by ``actions[id]``.
 
         Raises :class:`TaskFailedError`, :class:`WorkerDiedError` or
@@ -119,9 +121,14 @@ class Scheduler:
             if dag.id in self._dags:
                 msg = f"a DAG with id {dag.id!r} is already running"
                 raise SchedulerError(msg, workflow_id=dag.workflow_id)
-            state = _Dag(dag=dag, actions=actions, policy=policy, submitted=now,
-                         future=loop.create_future(),
-                         tasks={t.id: _Task(spec=t, order=i) for i, t in enumerate(dag.tasks)})
+            state = _Dag(
+                dag=dag,
+                actions=actions,
+                policy=policy,
+                submitted=now,
+                future=loop.create_future(),
+                tasks={t.id: _Task(spec=t, order=i) for i, t in enumerate(dag.tasks)},
+            )
             self._dags[dag.id] = state
         self._emit(EventType.DAG_SUBMITTED, dag, spec=dag.model_dump(mode="json"))
         if self._loop_task is None or self._loop_task.done():
@@ -133,15 +140,23 @@ class Scheduler:
             raise err
         return result
 
-    def run_sync(self, dag: SubgoalDAG | str, actions: Mapping[str, Action], *,
-                 check: bool = True) -> DAGResult:
+    def run_sync(
+        self, dag: SubgoalDAG | str, actions: Mapping[str, Action], *, check: bool = True
+    ) -> DAGResult:
         """Blocking :meth:`run`: on the Coordinator's loop when there is one."""
         if self._rt is not None:
             return self._rt.submit(self.run(dag, actions, check=check)).result()
         return asyncio.run(self.run(dag, actions, check=check))
 
-    def update_estimate(self, dag_id: str, task_id: str, *, eta: float | None = None,
-                        p_succ: float | None = None, source: str = "probe") -> TaskSpec:
+    def update_estimate(
+        self,
+        dag_id: str,
+        task_id: str,
+        *,
+        eta: float | None = None,
+        p_succ: float | None = None,
+        source: str = "probe",
+    ) -> TaskSpec:
         """Change a task's t̂ and/or p_succ online; the next tick re-plans with it.
 
         Bad values raise :class:`InvalidEstimateError` and leave the task unchanged.
@@ -155,20 +170,29 @@ class Scheduler:
                 new.p_succ = p_succ
             spec.eta, spec.p_succ = new.eta, new.p_succ
             dag = self._dags[dag_id].dag  # here: once unlocked, the tick may finish the DAG
-        self._emit(EventType.SCHEDULE_DECIDED, dag, reason="estimate",
-                   task=task_id, eta=spec.eta, p_succ=spec.p_succ, by=source)
+        self._emit(
+            EventType.SCHEDULE_DECIDED,
+            dag,
+            reason="estimate",
+            task=task_id,
+            eta=spec.eta,
+            p_succ=spec.p_succ,
+            by=source,
+        )
         return spec
 
     def apply_probe(self, dag_id: str, task_id: str, probe: Probe) -> Estimate:
         """Run a cheap probe (compile check, pilot run, verifier hint) and apply its estimate."""
         spec = self._task(dag_id, task_id).spec
         est = probe.run(spec)
-        self.update_estimate(dag_id, task_id, eta=est.eta, p_succ=est.p_succ,
-                             source=type(probe).__name__)
+        self.update_estimate(
+            dag_id, task_id, eta=est.eta, p_succ=est.p_succ, source=type(probe).__name__
+        )
         return est
 
-    def cancel(self, dag_id: str, task_ids: list[str] | None = None, *,
-               reason: str = "plan changed") -> list[str]:
+    def cancel(
+        self, dag_id: str, task_ids: list[str] | None = None, *, reason: str = "plan changed"
+    ) -> list[str]:
         """A plan change: abort tasks and everything depending on them (or the whole DAG).
 
         Their jobs are killed and ``TASK_ABORTED`` is published for each (tool transactions
@@ -273,16 +297,28 @@ class Scheduler:
             if out.ok:
                 t.state = t.rec.state = "done"
                 t.rec.finished = now
-                self._emit(EventType.TASK_FINISHED, d.dag, task=t.spec.id, attempt=t.attempts,
-                           run_s=t.rec.run_s)
+                self._emit(
+                    EventType.TASK_FINISHED,
+                    d.dag,
+                    task=t.spec.id,
+                    attempt=t.attempts,
+                    run_s=t.rec.run_s,
+                )
                 continue
             self._failed_attempt(d, t, out.error or "failed", died=out.died)
 
     def _failed_attempt(self, d: _Dag, t: _Task, error: str, *, died: bool) -> None:
         retry = t.attempts < t.spec.max_attempts
         t.rec.error = error
-        self._emit(EventType.TASK_FAILED, d.dag, task=t.spec.id, attempt=t.attempts,
-                   error=error, worker_died=died, will_retry=retry)
+        self._emit(
+            EventType.TASK_FAILED,
+            d.dag,
+            task=t.spec.id,
+            attempt=t.attempts,
+            error=error,
+            worker_died=died,
+            will_retry=retry,
+        )
         if retry:
             t.state = "ready"
             return
@@ -296,7 +332,8 @@ class Scheduler:
         for t in d.tasks.values():
             b = t.spec.budget
             over = (b.wall_s is not None and t.rec.run_s > b.wall_s) or (
-                b.flops is not None and t.rec.flops > b.flops)
+                b.flops is not None and t.rec.flops > b.flops
+            )
             if over and t.state in ("running", "paused"):
                 what = f"wall {t.rec.run_s:.3f}s / {b.wall_s}s, flops {t.rec.flops:.3g} / {b.flops}"
                 self._abort(d, t, f"over budget ({what})")
@@ -306,8 +343,10 @@ class Scheduler:
                     d.error_type = TaskBudgetExceededError
         b = d.dag.budget
         spent = sum(t.rec.flops for t in d.tasks.values())
-        if d.status is None and ((b.wall_s is not None and now - d.submitted > b.wall_s) or (
-                b.flops is not None and spent > b.flops)):
+        if d.status is None and (
+            (b.wall_s is not None and now - d.submitted > b.wall_s)
+            or (b.flops is not None and spent > b.flops)
+        ):
             d.status = "over_budget"
             wall = now - d.submitted
             d.error = f"DAG {d.dag.id!r} over budget (wall {wall:.3f}s, flops {spent:.3g})"
@@ -338,10 +377,15 @@ class Scheduler:
         for t in d.tasks.values():
             self._abort(d, t, f"DAG {d.status}")
         result = DAGResult(
-            dag_id=d.dag.id, workflow_id=d.dag.workflow_id, status=d.status,
-            makespan=now - d.submitted, critical_path=d.path, error=d.error,
-            tasks={tid: t.rec.model_copy(update={"attempts": t.attempts})
-                   for tid, t in d.tasks.items()},
+            dag_id=d.dag.id,
+            workflow_id=d.dag.workflow_id,
+            status=d.status,
+            makespan=now - d.submitted,
+            critical_path=d.path,
+            error=d.error,
+            tasks={
+                tid: t.rec.model_copy(update={"attempts": t.attempts}) for tid, t in d.tasks.items()
+            },
         )
         del self._dags[d.dag.id]
         # the tick may run on another loop (thread) than the one awaiting this DAG
@@ -352,12 +396,22 @@ class Scheduler:
 
     def _views(self, d: _Dag) -> list[TaskView]:
         return [
-            TaskView(id=tid, deps=t.spec.deps, eta=t.spec.eta, p_succ=t.spec.p_succ,
-                     attempts_left=t.spec.max_attempts - t.attempts + (
-                         1 if t.state in ("running", "paused") else 0),
-                     ready_since=t.ready_since, elapsed=t.attempt_run_s, order=t.order,
-                     cores=t.spec.resources.cpu_cores, gpus=t.spec.resources.gpu)
-            for tid, t in d.tasks.items() if t.state not in TERMINAL
+            TaskView(
+                id=tid,
+                deps=t.spec.deps,
+                eta=t.spec.eta,
+                p_succ=t.spec.p_succ,
+                attempts_left=t.spec.max_attempts
+                - t.attempts
+                + (1 if t.state in ("running", "paused") else 0),
+                ready_since=t.ready_since,
+                elapsed=t.attempt_run_s,
+                order=t.order,
+                cores=t.spec.resources.cpu_cores,
+                gpus=t.spec.resources.gpu,
+            )
+            for tid, t in d.tasks.items()
+            if t.state not in TERMINAL
         ]
 
     def _decide(self, now: float) -> None:
@@ -389,8 +443,15 @@ class Scheduler:
                     running.append(key)
                 if tid in path:
                     on_path.add(key)
-        chosen = allocate(candidates, prios, cores=self.cores, gpus=self.gpus, running=running,
-                          preemptive=preemptive, hysteresis=self.hysteresis)
+        chosen = allocate(
+            candidates,
+            prios,
+            cores=self.cores,
+            gpus=self.gpus,
+            running=running,
+            preemptive=preemptive,
+            hysteresis=self.hysteresis,
+        )
         chosen_set = set(chosen)
         started, paused, resumed = [], [], []
         for key in running:
@@ -410,9 +471,15 @@ class Scheduler:
         decision = tuple(sorted(k for k in chosen if where[k][1].state == "running"))
         if started or paused or resumed or decision != self._last_decision:
             self._last_decision = decision
-            self.bus.emit(EventType.SCHEDULE_DECIDED, source=self.source, policy=self.policy_name,
-                          running=list(decision), started=started, preempted=paused,
-                          resumed=resumed)
+            self.bus.emit(
+                EventType.SCHEDULE_DECIDED,
+                source=self.source,
+                policy=self.policy_name,
+                running=list(decision),
+                started=started,
+                preempted=paused,
+                resumed=resumed,
+            )
 
     def _start(self, d: _Dag, t: _Task, now: float) -> None:
         t.attempts += 1
@@ -428,16 +495,27 @@ class Scheduler:
             self._failed_attempt(d, t, f"could not start: {type(e).__name__}: {e}", died=False)
             return
         t.state = t.rec.state = "running"
-        self._emit(EventType.TASK_STARTED, d.dag, task=t.spec.id, attempt=t.attempts,
-                   pid=getattr(t.job, "pid", None), kind=t.spec.kind.value)
+        self._emit(
+            EventType.TASK_STARTED,
+            d.dag,
+            task=t.spec.id,
+            attempt=t.attempts,
+            pid=getattr(t.job, "pid", None),
+            kind=t.spec.kind.value,
+        )
 
     def _pause(self, d: _Dag, t: _Task) -> None:
         assert t.job is not None
         t.job.pause()
         t.state = t.rec.state = "paused"
         t.rec.preemptions += 1
-        self._emit(EventType.TASK_PREEMPTED, d.dag, task=t.spec.id, attempt=t.attempts,
-                   pid=getattr(t.job, "pid", None))
+        self._emit(
+            EventType.TASK_PREEMPTED,
+            d.dag,
+            task=t.spec.id,
+            attempt=t.attempts,
+            pid=getattr(t.job, "pid", None),
+        )
 
     def _resume(self, d: _Dag, t: _Task) -> None:
         assert t.job is not None
@@ -446,8 +524,9 @@ class Scheduler:
         t.last = time.monotonic()
         self._emit(EventType.TASK_RESUMED, d.dag, task=t.spec.id, attempt=t.attempts)
 
-    def _prioritise(self, chosen: list[str], on_path: set[str],
-                    where: dict[str, tuple[_Dag, _Task]]) -> None:
+    def _prioritise(
+        self, chosen: list[str], on_path: set[str], where: dict[str, tuple[_Dag, _Task]]
+    ) -> None:
         """On-path jobs: nice 0 and their own cores; off-path: reniced onto the rest."""
         free = list(self.cpus)
         ordered = sorted(chosen, key=lambda k: k not in on_path)

@@ -68,10 +68,15 @@ def random_layered_dag(
             deps = rng.sample(layers[layer - 1], 1) if layers[layer - 1] else []
             deps = sorted(set(deps + rng.sample(prev, k)))
         layers[layer].append(tid)
-        tasks.append(TaskSpec(
-            id=tid, deps=deps, eta=rng.lognormvariate(0.0, sigma),
-            p_succ=rng.uniform(*p_range), max_attempts=max_attempts,
-        ))
+        tasks.append(
+            TaskSpec(
+                id=tid,
+                deps=deps,
+                eta=rng.lognormvariate(0.0, sigma),
+                p_succ=rng.uniform(*p_range),
+                max_attempts=max_attempts,
+            )
+        )
     return SubgoalDAG(id=f"dag-{n}", tasks=tasks)
 
 
@@ -116,26 +121,41 @@ def simulate(
                 ready_since[tid] = now
         views = [
             TaskView(
-                id=tid, deps=specs[tid].deps, eta=specs[tid].eta, p_succ=specs[tid].p_succ,
+                id=tid,
+                deps=specs[tid].deps,
+                eta=specs[tid].eta,
+                p_succ=specs[tid].p_succ,
                 attempts_left=specs[tid].max_attempts - attempt[tid],
                 ready_since=ready_since.get(tid, math.inf),
-                elapsed=progress[tid], order=order[tid],
+                elapsed=progress[tid],
+                order=order[tid],
             )
-            for tid in specs if tid not in done
+            for tid in specs
+            if tid not in done
         ]
         prios = policy.priorities(views)
         candidates = [v for v in views if v.id in ready_since]
-        chosen = set(allocate(candidates, prios, cores=cores, gpus=0, running=running,
-                              preemptive=policy.preemptive))
+        chosen = set(
+            allocate(
+                candidates,
+                prios,
+                cores=cores,
+                gpus=0,
+                running=running,
+                preemptive=policy.preemptive,
+            )
+        )
         for tid in running - chosen:
             preemptions += 1
             penalty[tid] += preempt_cost
         running = chosen
         if not running:
             break  # nothing can run: a task can never succeed
+
         # advance to the next completion
         def left(tid: str) -> float:
             return real.durations[tid][attempt[tid]] + penalty[tid] - progress[tid]
+
         step = min(left(tid) for tid in running)
         now += step
         for tid in list(running):
@@ -164,8 +184,9 @@ class DeadlineJob:
     deadline: float
 
 
-def random_deadline_jobs(rng: random.Random, *, n: int = 40, cores: int = 2, load: float = 1.2,
-                         noise: float = 0.3) -> list[DeadlineJob]:
+def random_deadline_jobs(
+    rng: random.Random, *, n: int = 40, cores: int = 2, load: float = 1.2, noise: float = 0.3
+) -> list[DeadlineJob]:
     """Poisson arrivals at ``load`` × capacity; true duration = ETA × U(1-noise, 1+noise)."""
     jobs = []
     t = 0.0
@@ -178,8 +199,9 @@ def random_deadline_jobs(rng: random.Random, *, n: int = 40, cores: int = 2, loa
     return jobs
 
 
-def simulate_deadlines(jobs: list[DeadlineJob], policy: str, *, cores: int = 2,
-                       quantum: float = 0.05) -> int:
+def simulate_deadlines(
+    jobs: list[DeadlineJob], policy: str, *, cores: int = 2, quantum: float = 0.05
+) -> int:
     """Deadline misses of ``policy`` ("edf" or "css") on ``cores``, preempting every quantum.
 
     EDF runs the earliest deadlines. CSS gives each job a :class:`DeadlineConstraint` (slack
@@ -200,11 +222,16 @@ def simulate_deadlines(jobs: list[DeadlineJob], policy: str, *, cores: int = 2,
     def clock() -> float:
         return now
 
-    cons = {j.id: DeadlineConstraint(j.id, j.deadline, functools.partial(est_left, j), clock=clock)
-            for j in jobs}
+    cons = {
+        j.id: DeadlineConstraint(j.id, j.deadline, functools.partial(est_left, j), clock=clock)
+        for j in jobs
+    }
     while len(finished) + len(dropped) < len(jobs):
-        active = [j for j in jobs if j.arrival <= now + 1e-12 and j.id not in finished
-                  and j.id not in dropped]
+        active = [
+            j
+            for j in jobs
+            if j.arrival <= now + 1e-12 and j.id not in finished and j.id not in dropped
+        ]
         if not active:
             now = min(j.arrival for j in jobs if j.id not in finished and j.id not in dropped)
             continue
@@ -217,9 +244,11 @@ def simulate_deadlines(jobs: list[DeadlineJob], policy: str, *, cores: int = 2,
             for _ in range(min(cores, len(active))):
                 # running i (with the jobs already picked) keeps their slacks; the rest lose
                 # a quantum
-                acts = [SlackAction(j.id, predict=_keep(current, [*picked, j.id]),
-                                    others=-quantum)
-                        for j in active if j.id not in picked]
+                acts = [
+                    SlackAction(j.id, predict=_keep(current, [*picked, j.id]), others=-quantum)
+                    for j in active
+                    if j.id not in picked
+                ]
                 a = css.choose(acts, current)
                 if a is None:
                     break

@@ -46,8 +46,9 @@ class UnitConstraint:
     (slack ``-inf``): a units error is not a matter of degree. Slack is relative to ``bound``.
     """
 
-    def __init__(self, name: str, value: Callable[[], Any], bound: Any, *,
-                 relation: str = "<=") -> None:
+    def __init__(
+        self, name: str, value: Callable[[], Any], bound: Any, *, relation: str = "<="
+    ) -> None:
         import pint
 
         self._ureg = pint.get_application_registry()  # type: ignore[no-untyped-call]  # pint is untyped
@@ -109,8 +110,15 @@ class SideCondition:
 class DeadlineConstraint:
     """Finish by ``deadline``: slack = deadline - now - expected remaining work (seconds)."""
 
-    def __init__(self, name: str, deadline: float, remaining: Callable[[], float], *,
-                 clock: Callable[[], float] = time.monotonic, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        deadline: float,
+        remaining: Callable[[], float],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        scale: float = 1.0,
+    ) -> None:
         if scale <= 0:
             msg = f"constraint {name!r}: scale must be positive, got {scale}"
             raise ConstraintError(msg)
@@ -151,9 +159,15 @@ class SlackScheduler:
         Total cost the scheduler may spend on actions (``None``: unbounded).
     """
 
-    def __init__(self, constraints: Iterable[Constraint], *, bus: EventBus | None = None,
-                 budget: float | None = None, workflow_id: str | None = None,
-                 source: str = "css") -> None:
+    def __init__(
+        self,
+        constraints: Iterable[Constraint],
+        *,
+        bus: EventBus | None = None,
+        budget: float | None = None,
+        workflow_id: str | None = None,
+        source: str = "css",
+    ) -> None:
         self.constraints: dict[str, Constraint] = {}
         for c in constraints:
             if c.name in self.constraints:
@@ -181,8 +195,9 @@ class SlackScheduler:
             out[name] = -math.inf if math.isnan(s) else s
         return out
 
-    def choose(self, actions: Sequence[SlackAction],
-               current: Mapping[str, float] | None = None) -> SlackAction | None:
+    def choose(
+        self, actions: Sequence[SlackAction], current: Mapping[str, float] | None = None
+    ) -> SlackAction | None:
         """The affordable action whose predicted slacks are lexicographically max-min best."""
         current = dict(current if current is not None else self.slacks())
         left = math.inf if self.budget is None else self.budget - self.spent
@@ -221,16 +236,27 @@ class SlackScheduler:
         self.spent += action.cost
         predicted = self._predicted(action, before)
         if self.bus is not None:
-            self.bus.emit(EventType.SLACK_FUNDED, workflow_id=self.workflow_id,
-                          source=self.source, action=action.name, cost=action.cost,
-                          min_slack_before=min(before.values(), default=math.inf),
-                          min_slack_predicted=min(predicted.values(), default=math.inf),
-                          lost=sorted(self.lost), slacks_before=before)
+            self.bus.emit(
+                EventType.SLACK_FUNDED,
+                workflow_id=self.workflow_id,
+                source=self.source,
+                action=action.name,
+                cost=action.cost,
+                min_slack_before=min(before.values(), default=math.inf),
+                min_slack_predicted=min(predicted.values(), default=math.inf),
+                lost=sorted(self.lost),
+                slacks_before=before,
+            )
         action.run()
         return action
 
-    def run(self, propose: Callable[[], Sequence[SlackAction]], *, target: float = 0.0,
-            max_steps: int = 100) -> dict[str, float]:
+    def run(
+        self,
+        propose: Callable[[], Sequence[SlackAction]],
+        *,
+        target: float = 0.0,
+        max_steps: int = 100,
+    ) -> dict[str, float]:
         """Fund actions from ``propose()`` until every live slack reaches ``target``."""
         for _ in range(max_steps):
             current = self.slacks()

@@ -79,23 +79,33 @@ def create_app(
         yield
         host.close()
 
-    app = FastAPI(title="coreason serve", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="coreason serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.host = host
 
-    def _error(status: int, message: str, type_: str = "invalid_request_error",
-               code: str | None = None, headers: dict[str, str] | None = None,
-               param: str | None = None) -> JSONResponse:
-        return JSONResponse(error_body(message, type_, code, param), status_code=status,
-                            headers=headers)
+    def _error(
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> JSONResponse:
+        return JSONResponse(
+            error_body(message, type_, code, param), status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         what = str(first.get("msg", "bad value")).removeprefix("Value error, ")
-        return _error(400, f"invalid request: {where}: {what}" if where else
-                      f"invalid request: {what}", param=where or None)
+        return _error(
+            400,
+            f"invalid request: {where}: {what}" if where else f"invalid request: {what}",
+            param=where or None,
+        )
 
     # A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware wraps the ASGI
     # receive channel and would hide client disconnects from the endpoints.
@@ -110,34 +120,59 @@ def create_app(
 
     @app.exception_handler(_Unauthorized)
     async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return _error(401, "invalid or missing bearer token", "invalid_request_error",
-                      "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return _error(
+            401,
+            "invalid or missing bearer token",
+            "invalid_request_error",
+            "invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     guarded = [Depends(require_token)]
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body: dict[str, Any] = {"status": host.state, "model": model_name,
-                                "queued": host.waiting, "served": host.served,
-                                "cancelled": host.cancelled}
+        body: dict[str, Any] = {
+            "status": host.state,
+            "model": model_name,
+            "queued": host.waiting,
+            "served": host.served,
+            "cancelled": host.cancelled,
+        }
         if host.error:
             body["error"] = host.error
         return JSONResponse(body, status_code=200 if host.state == "ok" else 503)
 
     @app.get("/v1/models", dependencies=guarded)
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": model_name, "object": "model", "created": int(time.time()),
-             "owned_by": "coreason"}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "coreason",
+                }
+            ],
+        }
 
     @app.post("/v1/chat/completions", response_model=None, dependencies=guarded)
     async def chat_completions(body: ChatRequest, raw: Request) -> Response:
         if host.state != "ok":
             status = 503
-            message = (f"model {model_name!r} is still loading; retry shortly"
-                       if host.state == "loading" else f"model failed to load: {host.error}")
-            return _error(status, message, "server_error", f"model_{host.state}",
-                          headers={"Retry-After": "1"} if host.state == "loading" else None)
+            message = (
+                f"model {model_name!r} is still loading; retry shortly"
+                if host.state == "loading"
+                else f"model failed to load: {host.error}"
+            )
+            return _error(
+                status,
+                message,
+                "server_error",
+                f"model_{host.state}",
+                headers={"Retry-After": "1"} if host.state == "loading" else None,
+            )
         job = Job(
             messages=body.chat(),
             max_tokens=body.limit(default_max_tokens, max_tokens_ceiling),
@@ -156,11 +191,17 @@ def create_app(
                 # Compiling needs no model: it runs beside decoding, not queued behind it.
                 job.schema = await asyncio.to_thread(host.backend.compile, schema)
             except SchemaCompileTimeout as e:
-                return _error(503, f"{e}; the grammar is still compiling, retry shortly",
-                              "server_error", "schema_compiling", headers={"Retry-After": "1"})
+                return _error(
+                    503,
+                    f"{e}; the grammar is still compiling, retry shortly",
+                    "server_error",
+                    "schema_compiling",
+                    headers={"Retry-After": "1"},
+                )
             except SchemaError as e:
-                return _error(400, f"response_format schema cannot be enforced: {e}",
-                              code="invalid_schema")
+                return _error(
+                    400, f"response_format schema cannot be enforced: {e}", code="invalid_schema"
+                )
         cid = new_completion_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -180,8 +221,11 @@ def create_app(
         except CoreasonError as e:
             logger.warning("generation failed: %s", e)
             return _error(500, f"generation failed: {e}", "server_error")
-        return JSONResponse(completion_body(cid, model_name, out.text, out.finish_reason,
-                                            out.tokens_in, out.tokens_out))
+        return JSONResponse(
+            completion_body(
+                cid, model_name, out.text, out.finish_reason, out.tokens_in, out.tokens_out
+            )
+        )
 
     return app
 
@@ -229,16 +273,26 @@ def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool
 
         task.add_done_callback(finished)
         try:
-            yield sse(chunk_body(cid, model, created, delta={"role": "assistant", "content": ""},
-                                 with_usage_field=include_usage))
+            yield sse(
+                chunk_body(
+                    cid,
+                    model,
+                    created,
+                    delta={"role": "assistant", "content": ""},
+                    with_usage_field=include_usage,
+                )
+            )
             sent: list[str] = []
             while True:
                 text = await queue.get()
                 if text is None:
                     break
                 sent.append(text)
-                yield sse(chunk_body(cid, model, created, delta={"content": text},
-                                     with_usage_field=include_usage))
+                yield sse(
+                    chunk_body(
+                        cid, model, created, delta={"content": text}, with_usage_field=include_usage
+                    )
+                )
             try:
                 out = task.result()
             except ClientGone:
@@ -251,15 +305,28 @@ def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool
             streamed = "".join(sent)
             if out.text != streamed:
                 # Text the tier did not stream token by token (or held back at the end).
-                rest = out.text.removeprefix(streamed) if out.text.startswith(streamed) \
-                    else out.text
-                yield sse(chunk_body(cid, model, created, delta={"content": rest},
-                                     with_usage_field=include_usage))
-            yield sse(chunk_body(cid, model, created, delta={}, finish=out.finish_reason,
-                                 with_usage_field=include_usage))
+                rest = (
+                    out.text.removeprefix(streamed) if out.text.startswith(streamed) else out.text
+                )
+                yield sse(
+                    chunk_body(
+                        cid, model, created, delta={"content": rest}, with_usage_field=include_usage
+                    )
+                )
+            yield sse(
+                chunk_body(
+                    cid,
+                    model,
+                    created,
+                    delta={},
+                    finish=out.finish_reason,
+                    with_usage_field=include_usage,
+                )
+            )
             if include_usage:
-                yield sse(chunk_body(cid, model, created,
-                                     usage=usage_body(out.tokens_in, out.tokens_out)))
+                yield sse(
+                    chunk_body(cid, model, created, usage=usage_body(out.tokens_in, out.tokens_out))
+                )
             yield "data: [DONE]\n\n"
         finally:
             # The client hung up (or we are done): stop decoding at the next token.

@@ -50,8 +50,14 @@ class TierBackend:
         if job.schema is not None:
             messages = self.tier.schema_messages(messages, job.schema)
         out: TierOutput = self.tier.complete_text(
-            messages, job.max_tokens, grammar=job.schema, on_delta=job.on_text,
-            temperature=job.temperature, seed=job.seed, meter=meter, workflow_id="serve",
+            messages,
+            job.max_tokens,
+            grammar=job.schema,
+            on_delta=job.on_text,
+            temperature=job.temperature,
+            seed=job.seed,
+            meter=meter,
+            workflow_id="serve",
         )
         return out
 

@@ -20,19 +20,31 @@ logger = logging.getLogger("coreason_runtime.serve")
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``coreason serve`` (host, port, model, token)."""
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1: this machine only)",
+    )
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model", default=None,
-                        help="model name, folder or .gguf (default $COREASON_MODEL or SmolLM2)")
-    parser.add_argument("--token", default=None,
-                        help="require `Authorization: Bearer TOKEN` (or $COREASON_SERVE_TOKEN)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name, folder or .gguf (default $COREASON_MODEL or SmolLM2)",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="require `Authorization: Bearer TOKEN` (or $COREASON_SERVE_TOKEN)",
+    )
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(
-        prog="coreason serve", description="OpenAI-compatible server over the local tier"))
+    return add_arguments(
+        argparse.ArgumentParser(
+            prog="coreason serve", description="OpenAI-compatible server over the local tier"
+        )
+    )
 
 
 def local_tier_loader(model: str | None) -> Any:
@@ -82,12 +94,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = getattr(args, "model", None)
     token = getattr(args, "token", None) or os.environ.get("COREASON_SERVE_TOKEN") or None
     if not _is_loopback(host) and token is None:
-        print(f"warning: serving on {host} without --token: anyone who can reach it can use "
-              "the model", file=sys.stderr)
+        print(
+            f"warning: serving on {host} without --token: anyone who can reach it can use "
+            "the model",
+            file=sys.stderr,
+        )
     name = model or os.environ.get("COREASON_MODEL") or DEFAULT_MODEL
     app = create_app(local_tier_loader(model), token=token, model_name=name)
-    print(f"coreason serve: {name} on http://{host}:{port}/v1 (model loading; GET /health)",
-          file=sys.stderr, flush=True)
+    print(
+        f"coreason serve: {name} on http://{host}:{port}/v1 (model loading; GET /health)",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
 

@@ -95,8 +95,7 @@ class ModelHost:
         """Begin loading in the background (no-op if already loaded or loading)."""
         if self._ready.is_set() or self._loader is not None:
             return
-        self._loader = threading.Thread(target=self._load, name="coreason-serve-load",
-                                        daemon=True)
+        self._loader = threading.Thread(target=self._load, name="coreason-serve-load", daemon=True)
         self._loader.start()
 
     def _load(self) -> None:

@@ -176,7 +176,9 @@ def chunk_body(
 
 
 def error_body(
-    message: str, type_: str = "invalid_request_error", code: str | None = None,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
     param: str | None = None,
 ) -> dict[str, Any]:
     """The OpenAI error envelope: ``{"error": {"message", "type", "param", "code"}}``."""

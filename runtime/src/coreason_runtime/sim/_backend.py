@@ -29,8 +29,9 @@ class Backend:
         """``a`` as a backend array of this backend's dtype (a copy for NumPy input)."""
         if self.name == "numpy":
             return np.array(a, dtype=np.float64)
-        return self.xp.as_tensor(np.asarray(a, dtype=np.float64), dtype=self.dtype,
-                                 device=self.device).clone()
+        return self.xp.as_tensor(
+            np.asarray(a, dtype=np.float64), dtype=self.dtype, device=self.device
+        ).clone()
 
     def index(self, a: Any) -> Any:
         """An integer index array usable for fancy indexing on this backend."""

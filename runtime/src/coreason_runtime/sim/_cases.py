@@ -32,8 +32,7 @@ class Case:
     t_valid: float = math.inf
 
 
-def _gauss_avg_1d(edges: np.ndarray, c: float, s: float, length: float,
-                  images: int) -> np.ndarray:
+def _gauss_avg_1d(edges: np.ndarray, c: float, s: float, length: float, images: int) -> np.ndarray:
     out = np.zeros(len(edges) - 1)
     for k in range(-images, images + 1):  # image sources make the walls zero-flux
         for centre in (2 * k * length + c, 2 * k * length - c):
@@ -42,9 +41,15 @@ def _gauss_avg_1d(edges: np.ndarray, c: float, s: float, length: float,
     return out / np.diff(edges)
 
 
-def gaussian_pulse(*, kappa: float = 1.0, sigma: float = 0.04, centre: tuple[float, float]
-                   = (0.5, 0.5), length: float = 1.0, mass: float = 1.0,
-                   others: Sequence[tuple[tuple[float, float], float, float]] = ()) -> Case:
+def gaussian_pulse(
+    *,
+    kappa: float = 1.0,
+    sigma: float = 0.04,
+    centre: tuple[float, float] = (0.5, 0.5),
+    length: float = 1.0,
+    mass: float = 1.0,
+    others: Sequence[tuple[tuple[float, float], float, float]] = (),
+) -> Case:
     """A Gaussian of total ``mass`` diffusing between zero-flux walls (heat equation).
 
     Exact at every time: its variance grows as ``σ² + 2κt`` and the walls are handled by
@@ -59,8 +64,9 @@ def gaussian_pulse(*, kappa: float = 1.0, sigma: float = 0.04, centre: tuple[flo
             out = np.zeros((len(xe) - 1, len(ye) - 1))
             for c, sig, m in pulses:
                 s = math.sqrt(sig**2 + 2 * kappa * t)
-                out += m * np.outer(_gauss_avg_1d(xe, c[0], s, length, 2),
-                                    _gauss_avg_1d(ye, c[1], s, length, 2))
+                out += m * np.outer(
+                    _gauss_avg_1d(xe, c[0], s, length, 2), _gauss_avg_1d(ye, c[1], s, length, 2)
+                )
             return out[None]
 
         return avg
@@ -79,8 +85,15 @@ def _stoker(hl: float, hr: float, g: float) -> tuple[float, float, float]:
     return hm, um, hm * um / (hm - hr)
 
 
-def dam_break(*, hl: float = 2.0, hr: float = 1.0, x0: float = 0.5, g: float = 9.81,
-              length: float = 1.0, samples: int = 16) -> Case:
+def dam_break(
+    *,
+    hl: float = 2.0,
+    hr: float = 1.0,
+    x0: float = 0.5,
+    g: float = 9.81,
+    length: float = 1.0,
+    samples: int = 16,
+) -> Case:
     """A wet-bed dam break along x: Stoker's exact solution until a wave hits a wall."""
     if not hl > hr > 0:
         msg = f"dam break needs hl > hr > 0; got hl={hl}, hr={hr}"
@@ -93,10 +106,14 @@ def dam_break(*, hl: float = 2.0, hr: float = 1.0, x0: float = 0.5, g: float = 9
         if t <= 0:
             return np.where(x < x0, hl, hr), np.zeros_like(x)
         xi = (x - x0) / t
-        h = np.where(xi < -cl, hl, np.where(xi < um - cm, (2 * cl - xi) ** 2 / (9 * g),
-                                            np.where(xi < s, hm, hr)))
-        u = np.where(xi < -cl, 0.0, np.where(xi < um - cm, 2 * (xi + cl) / 3,
-                                             np.where(xi < s, um, 0.0)))
+        h = np.where(
+            xi < -cl,
+            hl,
+            np.where(xi < um - cm, (2 * cl - xi) ** 2 / (9 * g), np.where(xi < s, hm, hr)),
+        )
+        u = np.where(
+            xi < -cl, 0.0, np.where(xi < um - cm, 2 * (xi + cl) / 3, np.where(xi < s, um, 0.0))
+        )
         return h, u
 
     def at(t: float) -> Exact:
@@ -106,17 +123,28 @@ def dam_break(*, hl: float = 2.0, hr: float = 1.0, x0: float = 0.5, g: float = 9
             h, u = profile(xs, t)
             hbar, hubar = h.mean(1), (h * u).mean(1)
             ny = len(ye) - 1
-            return np.stack([np.repeat(hbar[:, None], ny, 1), np.repeat(hubar[:, None], ny, 1),
-                             np.zeros((len(hbar), ny))])
+            return np.stack(
+                [
+                    np.repeat(hbar[:, None], ny, 1),
+                    np.repeat(hubar[:, None], ny, 1),
+                    np.zeros((len(hbar), ny)),
+                ]
+            )
 
         return avg
 
     return Case("dam_break", length, at(0.0), at, t_valid)
 
 
-def radial_bump(*, depth: float = 1.0, amplitude: float = 0.5, sigma: float = 0.05,
-                centre: tuple[float, float] = (0.5, 0.5), length: float = 1.0,
-                samples: int = 4) -> Case:
+def radial_bump(
+    *,
+    depth: float = 1.0,
+    amplitude: float = 0.5,
+    sigma: float = 0.05,
+    centre: tuple[float, float] = (0.5, 0.5),
+    length: float = 1.0,
+    samples: int = 4,
+) -> Case:
     """Still water with a radially symmetric Gaussian hump; compare to a fine reference run."""
 
     def initial(xe: np.ndarray, ye: np.ndarray) -> np.ndarray:

@@ -55,9 +55,17 @@ class BlockGrid:
         SimulationError: inconsistent sizes or a factor outside 2–4.
     """
 
-    def __init__(self, physics: Physics, u0: np.ndarray, *, length: float = 1.0,
-                 block: int = 8, factor: int = 4, backend: Backend | None = None,
-                 memory_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        physics: Physics,
+        u0: np.ndarray,
+        *,
+        length: float = 1.0,
+        block: int = 8,
+        factor: int = 4,
+        backend: Backend | None = None,
+        memory_limit: int | None = None,
+    ) -> None:
         u0 = np.asarray(u0, dtype=np.float64)
         if u0.ndim != 3 or u0.shape[0] != physics.ncomp or u0.shape[1] != u0.shape[2]:
             msg = f"u0 must be shaped (ncomp={physics.ncomp}, n, n); got {u0.shape}"
@@ -73,8 +81,10 @@ class BlockGrid:
         limit = memory_limit if memory_limit is not None else _available_bytes(backend) // 2
         coarse_bytes = 8 * physics.ncomp * n * n * _TEMPORARIES
         if coarse_bytes > limit:
-            msg = (f"a {n}x{n} grid with {physics.ncomp} components needs about "
-                   f"{coarse_bytes / 2**20:.0f} MiB; the limit is {limit / 2**20:.0f} MiB")
+            msg = (
+                f"a {n}x{n} grid with {physics.ncomp} components needs about "
+                f"{coarse_bytes / 2**20:.0f} MiB; the limit is {limit / 2**20:.0f} MiB"
+            )
             raise GridTooLargeError(msg)
         self.physics = physics
         self.backend = backend
@@ -127,8 +137,10 @@ class BlockGrid:
         b = np.array(self.blocks, dtype=np.int64).reshape(nf, 2)
         i0, j0 = b[:, 0] * bs, b[:, 1] * bs
         ar = np.arange(bs)
-        self._cells = (be.index(i0[:, None, None] + ar[:, None]),
-                       be.index(j0[:, None, None] + ar[None, :]))
+        self._cells = (
+            be.index(i0[:, None, None] + ar[:, None]),
+            be.index(j0[:, None, None] + ar[None, :]),
+        )
         sides: list[dict[str, Any]] = []
         for axis, hi in _SIDES:
             d = 1 if hi else -1
@@ -147,17 +159,23 @@ class BlockGrid:
                 cj = np.repeat((j0 + (bs if hi else -1) + 1)[:, None], bs, axis=1)
                 tang = ((ci - 1, cj), (ci + 1, cj))
             sel = np.nonzero(coarse)[0]
-            face = (ci[sel] - 1 + (0 if hi else 1), cj[sel] - 1) if axis == 0 else \
-                (ci[sel] - 1, cj[sel] - 1 + (0 if hi else 1))
-            sides.append({
-                "strip": (be.index(ci), be.index(cj)),
-                "tang": tuple((be.index(p), be.index(q)) for p, q in tang),
-                "nslot": be.index(np.maximum(nslot, 0)),
-                "isfine": be.asarray((nslot >= 0).astype(np.float64)).reshape(1, nf, 1) > 0.5,
-                "wall": be.asarray(wall.astype(np.float64)).reshape(1, nf, 1) > 0.5,
-                "sel": be.index(sel), "face": (be.index(face[0]), be.index(face[1])),
-                "nsel": len(sel),
-            })
+            face = (
+                (ci[sel] - 1 + (0 if hi else 1), cj[sel] - 1)
+                if axis == 0
+                else (ci[sel] - 1, cj[sel] - 1 + (0 if hi else 1))
+            )
+            sides.append(
+                {
+                    "strip": (be.index(ci), be.index(cj)),
+                    "tang": tuple((be.index(p), be.index(q)) for p, q in tang),
+                    "nslot": be.index(np.maximum(nslot, 0)),
+                    "isfine": be.asarray((nslot >= 0).astype(np.float64)).reshape(1, nf, 1) > 0.5,
+                    "wall": be.asarray(wall.astype(np.float64)).reshape(1, nf, 1) > 0.5,
+                    "sel": be.index(sel),
+                    "face": (be.index(face[0]), be.index(face[1])),
+                    "nsel": len(sel),
+                }
+            )
         self._sides = sides
         self._off = be.asarray((np.arange(self.r) + 0.5) / self.r - 0.5)
 
@@ -202,8 +220,9 @@ class BlockGrid:
         gw, ge, gs, gn = ghosts
         fp = be.concat([gw[:, :, None, :], fine, ge[:, :, None, :]], 2)
         z = 0.0 * gs[:, :, :1]
-        fp = be.concat([be.concat([z, gs, z], 2)[..., None], fp,
-                        be.concat([z, gn, z], 2)[..., None]], 3)
+        fp = be.concat(
+            [be.concat([z, gs, z], 2)[..., None], fp, be.concat([z, gn, z], 2)[..., None]], 3
+        )
         ffx = ph.flux(xp, fp[:, :, :-1, 1:-1], fp[:, :, 1:, 1:-1], self.hf, 0)
         ffy = ph.flux(xp, fp[:, :, 1:-1, :-1], fp[:, :, 1:-1, 1:], self.hf, 1)
         return ffx, ffy
@@ -248,8 +267,9 @@ class BlockGrid:
                     if side["nsel"]:
                         flux = bound[s][:, side["sel"]].reshape(nc, side["nsel"], bs, r)
                         register[s] = register[s] + flux.mean(-1) / nsub
-                self.fine = self.fine - (dt_f / self.hf) * (ffx[:, :, 1:] - ffx[:, :, :-1]
-                                                            + ffy[..., 1:] - ffy[..., :-1])
+                self.fine = self.fine - (dt_f / self.hf) * (
+                    ffx[:, :, 1:] - ffx[:, :, :-1] + ffy[..., 1:] - ffy[..., :-1]
+                )
             for s, (axis, _hi) in enumerate(_SIDES):
                 side = self._sides[s]
                 if side["nsel"]:
@@ -272,9 +292,11 @@ class BlockGrid:
 
     # -- regridding ------------------------------------------------------------------------
 
-    def refine(self, blocks: Iterable[tuple[int, int]],
-               init: Callable[[tuple[int, int]], np.ndarray] | None = None,
-               ) -> list[tuple[int, int]]:
+    def refine(
+        self,
+        blocks: Iterable[tuple[int, int]],
+        init: Callable[[tuple[int, int]], np.ndarray] | None = None,
+    ) -> list[tuple[int, int]]:
         """Refine ``blocks`` (already refined ones are skipped); returns those refined.
 
         When the memory limit leaves room for fewer, the first ones in ``blocks`` win.
@@ -284,7 +306,7 @@ class BlockGrid:
         """
         new = list(dict.fromkeys(b for b in self._blocks(blocks) if not self.refined[b]))
         room = self.max_fine_blocks - self.n_refined
-        new = new[:max(room, 0)]
+        new = new[: max(room, 0)]
         if not new:
             return []
         be, nc, bs = self.backend, self.physics.ncomp, self.bs
@@ -297,8 +319,11 @@ class BlockGrid:
         sx = self._slopes(p[:, be.index(ii - 1), j_], c, p[:, be.index(ii + 1), j_])
         sy = self._slopes(p[:, i_, be.index(jj - 1)], c, p[:, i_, be.index(jj + 1)])
         off = self._off
-        f = (c[:, :, :, None, :, None] + sx[:, :, :, None, :, None] * off[:, None, None]
-             + sy[:, :, :, None, :, None] * off)
+        f = (
+            c[:, :, :, None, :, None]
+            + sx[:, :, :, None, :, None] * off[:, None, None]
+            + sy[:, :, :, None, :, None] * off
+        )
         f = f.reshape(nc, len(new), self.m, self.m)
         if init is not None:
             f = be.asarray(np.stack([np.asarray(init(blk), dtype=np.float64) for blk in new], 1))
@@ -345,7 +370,7 @@ class BlockGrid:
         u, f, bs, r, m = self.coarse_numpy(), self.fine_numpy(), self.bs, self.r, self.m
         out = np.repeat(np.repeat(u, r, 1), r, 2)
         for k, (bi, bj) in enumerate(self.blocks):
-            out[:, bi * m:(bi + 1) * m, bj * m:(bj + 1) * m] = f[:, k]
+            out[:, bi * m : (bi + 1) * m, bj * m : (bj + 1) * m] = f[:, k]
         del bs
         return out
 

@@ -36,8 +36,9 @@ class Invariant:
     strict: bool = True
 
     @classmethod
-    def symbolic(cls, name: str, expr: Any, symbols: Sequence[sp.Symbol], kind: Kind, *,
-                 rtol: float = 1e-12) -> Invariant:
+    def symbolic(
+        cls, name: str, expr: Any, symbols: Sequence[sp.Symbol], kind: Kind, *, rtol: float = 1e-12
+    ) -> Invariant:
         """An invariant from a SymPy expression in the component symbols.
 
         For ``"pointwise"``, ``expr`` may be a relation (``h > 0``); its margin is
@@ -127,9 +128,13 @@ class InvariantChecker:
         return out
 
 
-def invariants_from_law(law: ConservationLaw, *, positive: Sequence[int] = (),
-                        closed: Sequence[int] | None = None,
-                        energy: Any = None) -> list[Invariant]:
+def invariants_from_law(
+    law: ConservationLaw,
+    *,
+    positive: Sequence[int] = (),
+    closed: Sequence[int] | None = None,
+    energy: Any = None,
+) -> list[Invariant]:
     """The invariants a conservation law implies on a closed (zero normal flux) domain.
 
     Args:
@@ -140,17 +145,22 @@ def invariants_from_law(law: ConservationLaw, *, positive: Sequence[int] = (),
         energy: optional SymPy density in the law's symbols that must not increase.
     """
     syms = law.symbols
-    conserved = [c for c in (law.conserved() if closed is None else closed)
-                 if c in law.conserved()]
-    out = [Invariant.symbolic(f"conservation of {syms[c]}", syms[c], syms, "conserved")
-           for c in conserved]
+    conserved = [c for c in (law.conserved() if closed is None else closed) if c in law.conserved()]
+    out = [
+        Invariant.symbolic(f"conservation of {syms[c]}", syms[c], syms, "conserved")
+        for c in conserved
+    ]
     pos = set(positive)
-    out += [Invariant.symbolic(f"positivity of {syms[c]}", syms[c] > 0, syms, "pointwise")
-            for c in sorted(pos - {0} if law.positivity_preserved() else pos)]
+    out += [
+        Invariant.symbolic(f"positivity of {syms[c]}", syms[c] > 0, syms, "pointwise")
+        for c in sorted(pos - {0} if law.positivity_preserved() else pos)
+    ]
     if law.positivity_preserved():  # maximum principle: u >= 0 stays u >= 0
-        out.append(Invariant.symbolic(f"non-negativity of {syms[0]}", syms[0] >= 0, syms,
-                                      "pointwise"))
+        out.append(
+            Invariant.symbolic(f"non-negativity of {syms[0]}", syms[0] >= 0, syms, "pointwise")
+        )
     if energy is not None:
-        out.append(Invariant.symbolic("energy non-increase", energy, syms, "nonincreasing",
-                                      rtol=1e-10))
+        out.append(
+            Invariant.symbolic("energy non-increase", energy, syms, "nonincreasing", rtol=1e-10)
+        )
     return out

@@ -62,8 +62,15 @@ class DiffusionInverseProblem:
     paying for, up to a point.
     """
 
-    def __init__(self, observed: np.ndarray, *, t_obs: float, sigma: float = 0.05,
-                 centre: tuple[float, float] = (0.45, 0.55), sensors: int = 16) -> None:
+    def __init__(
+        self,
+        observed: np.ndarray,
+        *,
+        t_obs: float,
+        sigma: float = 0.05,
+        centre: tuple[float, float] = (0.45, 0.55),
+        sensors: int = 16,
+    ) -> None:
         observed = np.asarray(observed, dtype=np.float64)
         if observed.shape != (sensors, sensors) or not np.all(np.isfinite(observed)):
             msg = f"observed data must be a finite {sensors}x{sensors} array"
@@ -72,16 +79,18 @@ class DiffusionInverseProblem:
         self.centre, self.sensors = centre, sensors
 
     @classmethod
-    def synthetic(cls, kappa: float, *, t_obs: float = 2e-3, sensors: int = 16,
-                  **kwargs: Any) -> DiffusionInverseProblem:
+    def synthetic(
+        cls, kappa: float, *, t_obs: float = 2e-3, sensors: int = 16, **kwargs: Any
+    ) -> DiffusionInverseProblem:
         """Noise-free data from the exact solution with coefficient ``kappa``."""
         sigma = kwargs.get("sigma", 0.05)
         centre = kwargs.get("centre", (0.45, 0.55))
         case = gaussian_pulse(kappa=kappa, sigma=sigma, centre=centre)
         e = np.linspace(0.0, 1.0, sensors + 1)
         assert case.exact is not None
-        return cls(case.exact(t_obs)(e, e)[0], t_obs=t_obs, sigma=sigma, centre=centre,
-                   sensors=sensors)
+        return cls(
+            case.exact(t_obs)(e, e)[0], t_obs=t_obs, sigma=sigma, centre=centre, sensors=sensors
+        )
 
     def forward(self, kappa: float, n: int) -> tuple[np.ndarray, int]:
         """Sensor readings predicted with coefficient ``kappa`` on an ``n × n`` grid."""
@@ -108,8 +117,10 @@ class DiffusionInverseProblem:
             r = (base - self.observed).ravel()
             curvature = float(jac @ jac)
             if not (curvature > 0 and np.isfinite(curvature)):
-                msg = (f"the sensors do not respond to kappa at kappa={kappa:.6g} on {n}x{n} "
-                       "(zero or non-finite Jacobian): kappa cannot be fitted from them")
+                msg = (
+                    f"the sensors do not respond to kappa at kappa={kappa:.6g} on {n}x{n} "
+                    "(zero or non-finite Jacobian): kappa cannot be fitted from them"
+                )
                 raise SimulationError(msg)
             step = float(jac @ r) / curvature
             kappa = max(kappa - step, 0.5 * kappa)
@@ -117,8 +128,15 @@ class DiffusionInverseProblem:
                 break
         return FitResult(n, kappa, solves, work, time.perf_counter() - t0)
 
-    def ladder(self, fidelities: list[int], *, kappa0: float, gate: WhatIfGate | None = None,
-               order: int = 2, safety: float = 1.25) -> LadderResult:
+    def ladder(
+        self,
+        fidelities: list[int],
+        *,
+        kappa0: float,
+        gate: WhatIfGate | None = None,
+        order: int = 2,
+        safety: float = 1.25,
+    ) -> LadderResult:
         """Fit at each fidelity in turn; with a ``gate``, ask it before every escalation.
 
         The gate's dry run is Richardson's estimate from the last two fits (the first needs
@@ -131,8 +149,10 @@ class DiffusionInverseProblem:
         if gate is not None and fidelities and (fidelities[0] // 2) % self.sensors:
             # the first escalation's dry run fits at half the lowest fidelity, which must
             # still be a multiple of the sensor grid
-            msg = (f"with a gate the lowest fidelity must be a multiple of 2x{self.sensors} "
-                   f"sensors, got {fidelities[0]}")
+            msg = (
+                f"with a gate the lowest fidelity must be a multiple of 2x{self.sensors} "
+                f"sensors, got {fidelities[0]}"
+            )
             raise SimulationError(msg)
         out = LadderResult()
         prev: FitResult | None = None
@@ -143,13 +163,22 @@ class DiffusionInverseProblem:
                 if prev.n >= cur.n:  # pragma: no cover - fidelities are increasing
                     break
                 err = safety * abs(cur.kappa - prev.kappa) / (2**order - 1)
-                pred = Prediction(err * (1 - 2.0**-order), cur.cell_updates * (n / cur.n) ** 4,
-                                  {"from": cur.n, "to": n, "kappa": cur.kappa,
-                                   "estimated_error": err})
+                pred = Prediction(
+                    err * (1 - 2.0**-order),
+                    cur.cell_updates * (n / cur.n) ** 4,
+                    {"from": cur.n, "to": n, "kappa": cur.kappa, "estimated_error": err},
+                )
                 d = gate.decide(f"escalate {cur.n}->{n}", functools.partial(_same, pred))
                 if not d.allowed:
-                    out.refused.append({"from": cur.n, "to": n, "gain": pred.gain,
-                                        "cost": pred.cost, "reason": d.reason})
+                    out.refused.append(
+                        {
+                            "from": cur.n,
+                            "to": n,
+                            "gain": pred.gain,
+                            "cost": pred.cost,
+                            "reason": d.reason,
+                        }
+                    )
                     break
             if k == 0 and gate is not None:
                 half = n // 2 if (n // 2) % self.sensors == 0 else n

@@ -57,8 +57,13 @@ class ConservationLaw:
     sources: tuple[sp.Expr, ...]
 
     @classmethod
-    def from_pde(cls, equations: Sequence[Any] | Any, fields: Sequence[Any] | Any,
-                 t: sp.Symbol, space: Sequence[sp.Symbol]) -> ConservationLaw:
+    def from_pde(
+        cls,
+        equations: Sequence[Any] | Any,
+        fields: Sequence[Any] | Any,
+        t: sp.Symbol,
+        space: Sequence[sp.Symbol],
+    ) -> ConservationLaw:
         """Extract the flux form from ``equations`` (one per field).
 
         Spatial derivatives must be left unevaluated (``sp.Derivative(h*u, x)``), which is
@@ -81,9 +86,13 @@ class ConservationLaw:
             source: sp.Expr = sp.S.Zero
             for term in rest:
                 coeff, derivs = term.as_independent(sp.Derivative, as_Add=False)
-                if (isinstance(derivs, sp.Derivative) and len(derivs.variables) >= 1
-                        and derivs.variables[0] in space and not coeff.has(*space)
-                        and not any(coeff.has(f) for f in flds)):
+                if (
+                    isinstance(derivs, sp.Derivative)
+                    and len(derivs.variables) >= 1
+                    and derivs.variables[0] in space
+                    and not coeff.has(*space)
+                    and not any(coeff.has(f) for f in flds)
+                ):
                     var = derivs.variables[0]
                     inner = derivs.expr
                     for v in derivs.variables[1:]:
@@ -103,8 +112,12 @@ class ConservationLaw:
 
     def _advective(self, axis: int) -> sp.Matrix:
         plain = dict(zip(self.fields, self.symbols, strict=True))
-        return sp.Matrix([f[axis].subs(plain) if not f[axis].has(sp.Derivative) else sp.S.Zero
-                          for f in self.fluxes])
+        return sp.Matrix(
+            [
+                f[axis].subs(plain) if not f[axis].has(sp.Derivative) else sp.S.Zero
+                for f in self.fluxes
+            ]
+        )
 
     def wave_speeds(self, axis: int) -> list[sp.Expr]:
         """Eigenvalues of ``∂F_axis/∂U`` for the advective (derivative-free) part of the flux."""
@@ -173,8 +186,9 @@ def _dims(expr: Any, units: Mapping[str, Any], ureg: Any) -> Any:
             out = out / _dims(var, units, ureg) ** int(count)
         return out
     undefined = sp.core.function.UndefinedFunction
-    if isinstance(expr, sp.Symbol) or (isinstance(expr, sp.Function)
-                                       and isinstance(expr.func, undefined)):
+    if isinstance(expr, sp.Symbol) or (
+        isinstance(expr, sp.Function) and isinstance(expr.func, undefined)
+    ):
         name = str(getattr(expr, "func", expr)) if isinstance(expr, sp.Function) else str(expr)
         if name not in units:
             msg = f"no unit declared for {name!r}"
@@ -187,8 +201,10 @@ def _dims(expr: Any, units: Mapping[str, Any], ureg: Any) -> Any:
         first = parts[0][1]
         for term, q in parts[1:]:
             if q.dimensionality != first.dimensionality:
-                msg = (f"terms {parts[0][0]} [{first.units:~}] and {term} [{q.units:~}] "
-                       f"have different dimensions")
+                msg = (
+                    f"terms {parts[0][0]} [{first.units:~}] and {term} [{q.units:~}] "
+                    f"have different dimensions"
+                )
                 raise DimensionError(msg)
         return first
     if isinstance(expr, sp.Mul):
@@ -210,8 +226,9 @@ def _dims(expr: Any, units: Mapping[str, Any], ureg: Any) -> Any:
     return ureg.Quantity(1.0, "")
 
 
-def check_dimensions(expr_or_eqs: Any, units: Mapping[str, Any],
-                     dimensionless: bool = False) -> Any:
+def check_dimensions(
+    expr_or_eqs: Any, units: Mapping[str, Any], dimensionless: bool = False
+) -> Any:
     """Check that every term of each equation (or of an expression) has the same units.
 
     Args:

@@ -25,6 +25,7 @@ class Physics(Protocol):
     @property
     def order(self) -> int:
         """Spatial order of accuracy of the scheme (the residual scales as h^order)."""
+
     @property
     def ncomp(self) -> int: ...
     @property
@@ -32,6 +33,7 @@ class Physics(Protocol):
     @property
     def positive(self) -> tuple[int, ...]:
         """Components that must stay positive (they also get slope limiting)."""
+
     @property
     def cfl(self) -> float:
         """Fraction of the stability bound used by :meth:`max_dt`."""
@@ -112,9 +114,17 @@ class Diffusion:
         p = _pad_sym(u[0], 2)
         c = p[2:-2, 2:-2]
         lap2 = (p[1:-3, 2:-2] + p[3:-1, 2:-2] + p[2:-2, 1:-3] + p[2:-2, 3:-1] - 4 * c) / h**2
-        lap4 = (-p[:-4, 2:-2] + 16 * p[1:-3, 2:-2] + 16 * p[3:-1, 2:-2] - p[4:, 2:-2]
-                - p[2:-2, :-4] + 16 * p[2:-2, 1:-3] + 16 * p[2:-2, 3:-1] - p[2:-2, 4:]
-                - 60 * c) / (12 * h**2)
+        lap4 = (
+            -p[:-4, 2:-2]
+            + 16 * p[1:-3, 2:-2]
+            + 16 * p[3:-1, 2:-2]
+            - p[4:, 2:-2]
+            - p[2:-2, :-4]
+            + 16 * p[2:-2, 1:-3]
+            + 16 * p[2:-2, 3:-1]
+            - p[2:-2, 4:]
+            - 60 * c
+        ) / (12 * h**2)
         out: np.ndarray = self.kappa * np.abs(lap4 - lap2)
         return out
 
@@ -146,12 +156,19 @@ class ShallowWater:
         hl, hr = ul[0], ur[0]
         vl = ul[nrm] / xp.clip(hl, 1e-12, None)
         vr = ur[nrm] / xp.clip(hr, 1e-12, None)
-        a = xp.maximum(xp.abs(vl) + xp.sqrt(self.g * xp.clip(hl, 0.0, None)),
-                       xp.abs(vr) + xp.sqrt(self.g * xp.clip(hr, 0.0, None)))
+        a = xp.maximum(
+            xp.abs(vl) + xp.sqrt(self.g * xp.clip(hl, 0.0, None)),
+            xp.abs(vr) + xp.sqrt(self.g * xp.clip(hr, 0.0, None)),
+        )
         half_g = 0.5 * self.g
         f0 = 0.5 * (ul[nrm] + ur[nrm] - a * (hr - hl))
-        fn = 0.5 * (ul[nrm] * vl + half_g * hl * hl + ur[nrm] * vr + half_g * hr * hr
-                    - a * (ur[nrm] - ul[nrm]))
+        fn = 0.5 * (
+            ul[nrm] * vl
+            + half_g * hl * hl
+            + ur[nrm] * vr
+            + half_g * hr * hr
+            - a * (ur[nrm] - ul[nrm])
+        )
         ft = 0.5 * (ul[tan] * vl + ur[tan] * vr - a * (ur[tan] - ul[tan]))
         return xp.stack([f0, fn, ft] if axis == 0 else [f0, ft, fn])
 

@@ -71,12 +71,25 @@ class MultiFidelitySimulation:
         memory_limit: bytes the grid may use (see :class:`BlockGrid`).
     """
 
-    def __init__(self, physics: Physics, case: Case, *, n: int, block: int = 8,
-                 factor: int = 4, watchdog: Watchdog | None = None,
-                 invariants: Sequence[Invariant] = (), gate: WhatIfGate | None = None,
-                 backend: str | Backend = "numpy", dt: float | None = None, window: int = 8,
-                 bus: EventBus | None = None, workflow_id: str | None = None,
-                 memory_limit: int | None = None, source: str = "sim") -> None:
+    def __init__(
+        self,
+        physics: Physics,
+        case: Case,
+        *,
+        n: int,
+        block: int = 8,
+        factor: int = 4,
+        watchdog: Watchdog | None = None,
+        invariants: Sequence[Invariant] = (),
+        gate: WhatIfGate | None = None,
+        backend: str | Backend = "numpy",
+        dt: float | None = None,
+        window: int = 8,
+        bus: EventBus | None = None,
+        workflow_id: str | None = None,
+        memory_limit: int | None = None,
+        source: str = "sim",
+    ) -> None:
         be = get_backend(backend) if isinstance(backend, str) else backend
         if window < 1:
             msg = f"window must be at least one step; got {window}"
@@ -86,8 +99,15 @@ class MultiFidelitySimulation:
         if not np.all(np.isfinite(u0)):
             msg = "the initial condition contains NaN or Inf"
             raise NonFiniteStateError(msg)
-        self.grid = BlockGrid(physics, u0, length=case.length, block=block, factor=factor,
-                              backend=be, memory_limit=memory_limit)
+        self.grid = BlockGrid(
+            physics,
+            u0,
+            length=case.length,
+            block=block,
+            factor=factor,
+            backend=be,
+            memory_limit=memory_limit,
+        )
         self.physics, self.case, self.watchdog, self.gate = physics, case, watchdog, gate
         self.checker = InvariantChecker(list(invariants))
         self.fixed_dt, self.window = dt, window
@@ -102,14 +122,18 @@ class MultiFidelitySimulation:
         bad = self.checker.start(self.grid)
         if bad:
             v = bad[0]
-            msg = (f"invariant {v.invariant!r} fails on the initial state in {len(bad)} "
-                   f"block(s) (first {v.block}, margin {v.value:.3g}); it can never hold")
-            raise InvariantUnsatisfiableError(msg, invariant=v.invariant, value=v.value,
-                                              region=v.region, t=0.0)
+            msg = (
+                f"invariant {v.invariant!r} fails on the initial state in {len(bad)} "
+                f"block(s) (first {v.block}, margin {v.value:.3g}); it can never hold"
+            )
+            raise InvariantUnsatisfiableError(
+                msg, invariant=v.invariant, value=v.value, region=v.region, t=0.0
+            )
 
     @classmethod
-    def for_runtime(cls, rt: Coordinator, physics: Physics, case: Case,
-                    **kwargs: Any) -> MultiFidelitySimulation:
+    def for_runtime(
+        cls, rt: Coordinator, physics: Physics, case: Case, **kwargs: Any
+    ) -> MultiFidelitySimulation:
         """A simulation publishing on the runtime's bus."""
         return cls(physics, case, bus=rt.bus, **kwargs)
 
@@ -152,30 +176,48 @@ class MultiFidelitySimulation:
         g = self.grid
         bound = self.physics.max_dt(g.backend, g.u, g.hc) / self.physics.cfl
         if not dt > 0 or not math.isfinite(dt) or dt > bound:
-            msg = (f"time step {dt:.3g} breaks the CFL bound {bound:.3g} of the coarse "
-                   f"cells (h = {g.hc:.3g}); the scheme would be unstable")
+            msg = (
+                f"time step {dt:.3g} breaks the CFL bound {bound:.3g} of the coarse "
+                f"cells (h = {g.hc:.3g}); the scheme would be unstable"
+            )
             raise CFLViolationError(msg)
 
-    def _refine(self, blocks: list[tuple[int, int]], *, reason: str,
-                residual: np.ndarray | None) -> list[tuple[int, int]]:
+    def _refine(
+        self, blocks: list[tuple[int, int]], *, reason: str, residual: np.ndarray | None
+    ) -> list[tuple[int, int]]:
         g = self.grid
         init = None
         if self.t == 0.0:  # exact fine initial data instead of interpolated coarse data
+
             def init(blk: tuple[int, int]) -> np.ndarray:
                 x0, x1, y0, y1 = g.region(blk)
                 return self.case.initial(np.linspace(x0, x1, g.m + 1), np.linspace(y0, y1, g.m + 1))
+
         done = g.refine(blocks, init)
         for blk in blocks:
             if blk not in done and not g.refined[blk]:
                 self.refusals += 1
-                self._emit(EventType.WHATIF_REFUSED, name="refine", block=list(blk),
-                           region=list(g.region(blk)), reason="memory limit: no room for "
-                           "another fine block", predicted_gain=None, predicted_cost=None)
+                self._emit(
+                    EventType.WHATIF_REFUSED,
+                    name="refine",
+                    block=list(blk),
+                    region=list(g.region(blk)),
+                    reason="memory limit: no room for another fine block",
+                    predicted_gain=None,
+                    predicted_cost=None,
+                )
         for blk in done:
             self.refinements += 1
-            self._emit(EventType.CELL_REFINED, block=list(blk), region=list(g.region(blk)),
-                       factor=g.r, t=self.t, step=self.steps, reason=reason,
-                       residual=None if residual is None else float(residual[blk]))
+            self._emit(
+                EventType.CELL_REFINED,
+                block=list(blk),
+                region=list(g.region(blk)),
+                factor=g.r,
+                t=self.t,
+                step=self.steps,
+                reason=reason,
+                residual=None if residual is None else float(residual[blk]),
+            )
         return done
 
     def _predict(self, blk: tuple[int, int], res: float, horizon: float) -> Prediction:
@@ -185,8 +227,11 @@ class MultiFidelitySimulation:
         g, ph = self.grid, self.physics
         dt_f = ph.max_dt(g.backend, g.u, g.hf)
         gain = res * (1.0 - g.r ** (-ph.order))
-        return Prediction(gain, g.m * g.m * horizon / dt_f,
-                          {"block": list(blk), "residual": res, "order": ph.order})
+        return Prediction(
+            gain,
+            g.m * g.m * horizon / dt_f,
+            {"block": list(blk), "residual": res, "order": ph.order},
+        )
 
     def _regrid(self, t_end: float) -> None:
         if self.watchdog is None:
@@ -202,8 +247,9 @@ class MultiFidelitySimulation:
                 continue
             res = float(a.residual[blk])
             pred = self._predict(blk, res, horizon)
-            d = self.gate.decide("refine", functools.partial(_same, pred),
-                                 region=list(g.region(blk)))
+            d = self.gate.decide(
+                "refine", functools.partial(_same, pred), region=list(g.region(blk))
+            )
             if d.allowed:
                 allowed.append(blk)
             else:
@@ -212,13 +258,26 @@ class MultiFidelitySimulation:
             self._refine(allowed, reason="watchdog", residual=a.residual)
         for blk in g.coarsen(a.coarsen):
             self.coarsenings += 1
-            self._emit(EventType.CELL_COARSENED, block=list(blk), region=list(g.region(blk)),
-                       t=self.t, step=self.steps, residual=float(a.residual[blk]))
+            self._emit(
+                EventType.CELL_COARSENED,
+                block=list(blk),
+                region=list(g.region(blk)),
+                t=self.t,
+                step=self.steps,
+                residual=float(a.residual[blk]),
+            )
 
     def _snapshot(self) -> tuple[Any, ...]:
         g, be = self.grid, self.grid.backend
-        return (be.copy(g.u), be.copy(g.fine), list(g.blocks), g.refined.copy(), self.t,
-                self.steps, self.cell_updates)
+        return (
+            be.copy(g.u),
+            be.copy(g.fine),
+            list(g.blocks),
+            g.refined.copy(),
+            self.t,
+            self.steps,
+            self.cell_updates,
+        )
 
     def _restore(self, snap: tuple[Any, ...]) -> None:
         g = self.grid
@@ -248,24 +307,38 @@ class MultiFidelitySimulation:
         if not (g.backend.isfinite_all(g.u) and g.backend.isfinite_all(g.fine)):
             t_bad = self.t
             self._restore(snap)
-            msg = (f"NaN/Inf appeared between t={self.t:.6g} and t={t_bad:.6g}; the state "
-                   f"was rolled back to t={self.t:.6g}")
+            msg = (
+                f"NaN/Inf appeared between t={self.t:.6g} and t={t_bad:.6g}; the state "
+                f"was rolled back to t={self.t:.6g}"
+            )
             raise NonFiniteStateError(msg)
         for v in self.checker.check(g, self.t):
-            self._emit(EventType.INVARIANT_VIOLATED, invariant=v.invariant, value=v.value,
-                       t=v.t, block=None if v.block is None else list(v.block),
-                       region=None if v.region is None else list(v.region))
+            self._emit(
+                EventType.INVARIANT_VIOLATED,
+                invariant=v.invariant,
+                value=v.value,
+                t=v.t,
+                block=None if v.block is None else list(v.block),
+                region=None if v.region is None else list(v.region),
+            )
             # fixable only if refinement can still happen there: a watchdog, and room for a block
-            fixable = (v.block is not None and not g.refined[v.block] and self.watchdog is not None
-                       and g.n_refined < g.max_fine_blocks)
+            fixable = (
+                v.block is not None
+                and not g.refined[v.block]
+                and self.watchdog is not None
+                and g.n_refined < g.max_fine_blocks
+            )
             if not fixable:
                 self._restore(snap)
                 where = f" in block {v.block}" if v.block is not None else ""
-                msg = (f"invariant {v.invariant!r} violated at t={v.t:.6g}{where} "
-                       f"(residual {v.value:.3g}) and refinement cannot restore it; "
-                       f"rolled back to t={self.t:.6g}")
-                raise InvariantViolationError(msg, invariant=v.invariant, value=v.value,
-                                              region=v.region, t=v.t)
+                msg = (
+                    f"invariant {v.invariant!r} violated at t={v.t:.6g}{where} "
+                    f"(residual {v.value:.3g}) and refinement cannot restore it; "
+                    f"rolled back to t={self.t:.6g}"
+                )
+                raise InvariantViolationError(
+                    msg, invariant=v.invariant, value=v.value, region=v.region, t=v.t
+                )
 
     def run(self, t_end: float) -> SimResult:
         """Advance to ``t_end``; every window: step, check invariants, regrid, publish.
@@ -287,29 +360,57 @@ class MultiFidelitySimulation:
             snap = self._snapshot()
             self._window(t_end)
             bad = [v for v in self.checker.check(self.grid, self.t) if v.block is not None]
-            if bad and self.watchdog is not None and all(
-                    not self.grid.refined[v.block] for v in bad if v.block is not None):
+            if (
+                bad
+                and self.watchdog is not None
+                and all(not self.grid.refined[v.block] for v in bad if v.block is not None)
+            ):
                 for v in bad:
-                    self._emit(EventType.INVARIANT_VIOLATED, invariant=v.invariant,
-                               value=v.value, t=v.t, block=list(v.block or ()),
-                               region=list(v.region or ()), action="refine and retry")
+                    self._emit(
+                        EventType.INVARIANT_VIOLATED,
+                        invariant=v.invariant,
+                        value=v.value,
+                        t=v.t,
+                        block=list(v.block or ()),
+                        region=list(v.region or ()),
+                        action="refine and retry",
+                    )
                 self._restore(snap)
-                self._refine([v.block for v in bad if v.block is not None],
-                             reason="invariant", residual=None)
+                self._refine(
+                    [v.block for v in bad if v.block is not None], reason="invariant", residual=None
+                )
                 self._window(t_end)
             self._violations(snap)
             if self.t < t_end * (1 - 1e-14):  # no point regridding after the last window
                 self._regrid(t_end)
             g = self.grid
             drift = (float(g.totals()[0]) - self._mass0) / abs(self._mass0)
-            row = {"t": self.t, "steps": self.steps, "n_refined": g.n_refined,
-                   "cell_updates": self.cell_updates, "mass_drift": drift,
-                   "max_residual": float(self.last.residual.max()) if self.last else 0.0}
+            row = {
+                "t": self.t,
+                "steps": self.steps,
+                "n_refined": g.n_refined,
+                "cell_updates": self.cell_updates,
+                "mass_drift": drift,
+                "max_residual": float(self.last.residual.max()) if self.last else 0.0,
+            }
             history.append(row)
-            self._emit(EventType.SIM_STEP, **row, refined=g.refined.astype(int).tolist(),
-                       residual=None if self.last is None else self.last.residual.tolist())
+            self._emit(
+                EventType.SIM_STEP,
+                **row,
+                refined=g.refined.astype(int).tolist(),
+                residual=None if self.last is None else self.last.residual.tolist(),
+            )
         g = self.grid
         g.backend.synchronize()
         drift = (float(g.totals()[0]) - self._mass0) / abs(self._mass0)
-        return SimResult(self.t, self.steps, self.cell_updates, time.perf_counter() - t0,
-                         self.refinements, self.coarsenings, self.refusals, drift, history)
+        return SimResult(
+            self.t,
+            self.steps,
+            self.cell_updates,
+            time.perf_counter() - t0,
+            self.refinements,
+            self.coarsenings,
+            self.refusals,
+            drift,
+            history,
+        )

@@ -81,9 +81,11 @@ class Watchdog:
             g[:, :-1] |= grown[:, 1:]
             grown = g
         order = np.argsort(-res, axis=None)  # most urgent first, for memory-capped grids
-        refine = [(int(i), int(j)) for i, j in zip(*np.unravel_index(order, res.shape),
-                                                   strict=True)
-                  if grown[i, j] and not grid.refined[i, j]]
+        refine = [
+            (int(i), int(j))
+            for i, j in zip(*np.unravel_index(order, res.shape), strict=True)
+            if grown[i, j] and not grid.refined[i, j]
+        ]
         cold = grid.refined & (res < self.coarsen_below * self.tol) & ~grown
         coarsen = [(int(i), int(j)) for i, j in zip(*np.nonzero(cold), strict=True)]
         return Assessment(res, refine, coarsen)

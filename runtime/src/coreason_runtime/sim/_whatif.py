@@ -68,9 +68,16 @@ class WhatIfGate:
         workflow_id, source: stamped on the events.
     """
 
-    def __init__(self, *, min_gain: float = 0.0, min_ratio: float = 0.0,
-                 max_cost: float = math.inf, bus: EventBus | None = None,
-                 workflow_id: str | None = None, source: str = "sim.whatif") -> None:
+    def __init__(
+        self,
+        *,
+        min_gain: float = 0.0,
+        min_ratio: float = 0.0,
+        max_cost: float = math.inf,
+        bus: EventBus | None = None,
+        workflow_id: str | None = None,
+        source: str = "sim.whatif",
+    ) -> None:
         for label, v in (("min_gain", min_gain), ("min_ratio", min_ratio)):
             if not math.isfinite(v):
                 msg = f"{label} must be finite; got {v}"
@@ -104,8 +111,9 @@ class WhatIfGate:
             return False, f"predicted cost {c:.3g} > max_cost {self.max_cost:.3g}"
         return True, "predicted gain clears the thresholds"
 
-    def decide(self, name: str, dry_run: Callable[[], Prediction], *,
-               region: Any = None) -> Decision[Any]:
+    def decide(
+        self, name: str, dry_run: Callable[[], Prediction], *, region: Any = None
+    ) -> Decision[Any]:
         """Run ``dry_run``, judge its prediction, log and publish the decision."""
         t0 = time.perf_counter()
         prediction = dry_run()
@@ -114,21 +122,36 @@ class WhatIfGate:
         decision: Decision[Any] = Decision(name, allowed, prediction, reason, elapsed, region)
         self.decisions.append(decision)
         if self.bus is not None:
-            self.bus.emit(EventType.WHATIF_ALLOWED if allowed else EventType.WHATIF_REFUSED,
-                          workflow_id=self.workflow_id, source=self.source, name=name,
-                          allowed=allowed, predicted_gain=prediction.gain,
-                          predicted_cost=prediction.cost, reason=reason, region=region,
-                          dry_run_s=elapsed, detail=prediction.detail)
+            self.bus.emit(
+                EventType.WHATIF_ALLOWED if allowed else EventType.WHATIF_REFUSED,
+                workflow_id=self.workflow_id,
+                source=self.source,
+                name=name,
+                allowed=allowed,
+                predicted_gain=prediction.gain,
+                predicted_cost=prediction.cost,
+                reason=reason,
+                region=region,
+                dry_run_s=elapsed,
+                detail=prediction.detail,
+            )
         return decision
 
-    def run(self, name: str, dry_run: Callable[[], Prediction], call: Callable[[], T], *,
-            region: Any = None) -> Decision[T]:
+    def run(
+        self,
+        name: str,
+        dry_run: Callable[[], Prediction],
+        call: Callable[[], T],
+        *,
+        region: Any = None,
+    ) -> Decision[T]:
         """Decide, then run ``call`` only if allowed; the decision carries its value."""
         d = self.decide(name, dry_run, region=region)
         if not d.allowed:
             return d
         value = call()
-        done: Decision[T] = Decision(d.name, True, d.prediction, d.reason, d.dry_run_s,
-                                     d.region, value)
+        done: Decision[T] = Decision(
+            d.name, True, d.prediction, d.reason, d.dry_run_s, d.region, value
+        )
         self.decisions[-1] = done
         return done

@@ -142,7 +142,8 @@ def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> 
     started = time.perf_counter()
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            json_schema, defaults=JSON_OPTIONS  # type: ignore[arg-type]  # a TypedDict at heart
+            json_schema,
+            defaults=JSON_OPTIONS,  # type: ignore[arg-type]  # a TypedDict at heart
         )
     except (ValueError, TypeError) as e:
         msg = f"llguidance cannot read the schema: {e}"
@@ -238,8 +239,20 @@ def _closable(schema: Any) -> bool:
 
 
 _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
-_SUBSCHEMAS = frozenset({"items", "anyOf", "oneOf", "allOf", "not", "prefixItems",
-                         "additionalProperties", "if", "then", "else"})
+_SUBSCHEMAS = frozenset(
+    {
+        "items",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "prefixItems",
+        "additionalProperties",
+        "if",
+        "then",
+        "else",
+    }
+)
 
 
 def clear_cache() -> None:
@@ -334,15 +347,26 @@ class UniversalCompiler:
         except SchemaCompileError as e:
             errors["regex"] = e
         compiled = CompiledSchema(
-            spec=spec, grammar=grammar, openai=openai, residue=residue, regex=regex,
-            errors=errors, compile_seconds=time.perf_counter() - started,
+            spec=spec,
+            grammar=grammar,
+            openai=openai,
+            residue=residue,
+            regex=regex,
+            errors=errors,
+            compile_seconds=time.perf_counter() - started,
         )
         if self.bus is not None:
             self.bus.emit(
-                EventType.SCHEMA_COMPILED, source="compiler", key=spec.key, name=spec.name,
+                EventType.SCHEMA_COMPILED,
+                source="compiler",
+                key=spec.key,
+                name=spec.name,
                 seconds=compiled.compile_seconds,
-                forms=[f for f, v in (("grammar", grammar), ("openai", openai), ("regex", regex))
-                       if v is not None],
+                forms=[
+                    f
+                    for f, v in (("grammar", grammar), ("openai", openai), ("regex", regex))
+                    if v is not None
+                ],
                 errors={k: f"{type(v).__name__}: {v}" for k, v in errors.items()},
             )
         return compiled

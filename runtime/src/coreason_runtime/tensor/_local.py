@@ -156,8 +156,9 @@ class LocalTier:
         if not isinstance(grammar, LocalGrammar):
             err = request.schema.errors.get("grammar")
             if isinstance(err, CoreasonError):  # a fresh instance: the recorded one is shared
-                raise type(err)(err.message, workflow_id=request.workflow_id,
-                                tier=self.name) from err
+                raise type(err)(
+                    err.message, workflow_id=request.workflow_id, tier=self.name
+                ) from err
             msg = f"schema {request.schema.spec.name!r} has no local grammar"
             raise SchemaCompileError(msg, workflow_id=request.workflow_id, tier=self.name)
         messages = self.schema_messages(request.messages, request.schema)
@@ -201,9 +202,16 @@ class LocalTier:
                 raise SchemaCompileError(msg, workflow_id=workflow_id, tier=self.name)
             grammar = grammar.grammar
         run = self._decode(
-            self.encode_messages(messages), grammar=grammar, max_new=max_tokens,
-            temperature=temperature, seed=seed, meter=meter or UnmeteredMeter(),
-            timeout=timeout, workflow_id=workflow_id, on_delta=on_delta, ignore_eos=ignore_eos,
+            self.encode_messages(messages),
+            grammar=grammar,
+            max_new=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            meter=meter or UnmeteredMeter(),
+            timeout=timeout,
+            workflow_id=workflow_id,
+            on_delta=on_delta,
+            ignore_eos=ignore_eos,
         )
         return self._output(run)
 
@@ -269,15 +277,21 @@ class LocalTier:
             text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
             if not final:
                 text = text.rstrip("\ufffd")  # hold back a half-decoded character
-            delta = text[len(streamed):]
+            delta = text[len(streamed) :]
             if not delta:
                 return
             streamed = text
             if on_delta is not None:
                 on_delta(delta)
             if self.bus is not None:
-                self.bus.emit(EventType.TOKENS, workflow_id=workflow_id, source=self.name,
-                              tier=self.name, delta=delta, tokens=len(tokens))
+                self.bus.emit(
+                    EventType.TOKENS,
+                    workflow_id=workflow_id,
+                    source=self.name,
+                    tier=self.name,
+                    delta=delta,
+                    tokens=len(tokens),
+                )
 
         meter.charge(tokens_in=len(prompt))  # may raise BudgetExceededError: let it
         # A meter that can checkpoint (a pause or abort gate) is checked inside every forward
@@ -287,8 +301,13 @@ class LocalTier:
         with self._lock, torch.inference_mode():
             cache, reused = self.prefix_cache.lookup(prompt)
             if reused and self.bus is not None:
-                self.bus.emit(EventType.PREFIX_REUSED, workflow_id=workflow_id, source=self.name,
-                              reused=reused, prefill=len(prompt) - reused)
+                self.bus.emit(
+                    EventType.PREFIX_REUSED,
+                    workflow_id=workflow_id,
+                    source=self.name,
+                    reused=reused,
+                    prefill=len(prompt) - reused,
+                )
             model = self.loaded.model
             device = self.loaded.device
             fed = list(prompt)
@@ -318,7 +337,8 @@ class LocalTier:
                             finish = "stop"  # only EOS is left: done without another pass
                             break
                         logits = logits.masked_fill(
-                            torch.from_numpy(~allowed).to(logits.device), float("-inf"))
+                            torch.from_numpy(~allowed).to(logits.device), float("-inf")
+                        )
                         mask_seconds += time.perf_counter() - t0
                     if ignore_eos:
                         logits[eos] = float("-inf")
@@ -368,12 +388,21 @@ class LocalTier:
                 if consistent:
                     self.prefix_cache.store(fed, cache)
         flush(final=True)
-        return _Run(tokens, finish, len(prompt), reused, time.perf_counter() - started,
-                    mask_seconds, forward_seconds, prefill_seconds)
+        return _Run(
+            tokens,
+            finish,
+            len(prompt),
+            reused,
+            time.perf_counter() - started,
+            mask_seconds,
+            forward_seconds,
+            prefill_seconds,
+        )
 
     @staticmethod
-    def _forward(model: Any, ids: list[int], cache: Any, device: str,
-                 check: Callable[[], None] | None) -> Any:
+    def _forward(
+        model: Any, ids: list[int], cache: Any, device: str, check: Callable[[], None] | None
+    ) -> Any:
         """Next-token logits; ``check`` runs at every layer boundary and inside the head."""
         import torch
 

@@ -33,20 +33,65 @@ class OpenAILimits:
 # Keywords strict mode does not accept, per type; they are moved to the residue and enforced
 # by the validation that follows every remote answer (conservative: some newer models accept
 # a few of them).
-_UNSUPPORTED = frozenset({
-    "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "patternProperties", "unevaluatedProperties", "propertyNames", "minProperties",
-    "maxProperties", "unevaluatedItems", "contains", "minContains", "maxContains",
-    "minItems", "maxItems", "uniqueItems", "default", "examples", "not", "if", "then",
-    "else", "dependentRequired", "dependentSchemas", "dependencies", "contentEncoding",
-    "contentMediaType", "readOnly", "writeOnly", "deprecated", "$comment", "prefixItems",
-    "additionalItems",
-})
-_KEEP = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const",
-    "anyOf", "$ref", "$defs", "definitions", "description", "title",
-})
+_UNSUPPORTED = frozenset(
+    {
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "patternProperties",
+        "unevaluatedProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "unevaluatedItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "default",
+        "examples",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "contentEncoding",
+        "contentMediaType",
+        "readOnly",
+        "writeOnly",
+        "deprecated",
+        "$comment",
+        "prefixItems",
+        "additionalItems",
+    }
+)
+_KEEP = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "anyOf",
+        "$ref",
+        "$defs",
+        "definitions",
+        "description",
+        "title",
+    }
+)
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
 
 
@@ -77,8 +122,13 @@ class _Walker:
             return {k: s[k] for k in ("$ref", "description") if k in s}
         if moved:
             self.residue[path] = moved
-        unknown = [k for k in s if k not in _KEEP and k not in _UNSUPPORTED
-                   and k not in {"allOf", "oneOf", "$schema", "$id"}]
+        unknown = [
+            k
+            for k in s
+            if k not in _KEEP
+            and k not in _UNSUPPORTED
+            and k not in {"allOf", "oneOf", "$schema", "$id"}
+        ]
         if unknown:
             self.residue.setdefault(path, {}).update({k: s[k] for k in unknown})
         if "allOf" in s:
@@ -89,8 +139,9 @@ class _Walker:
             raise self.fail(path, "allOf is not supported")
         if "oneOf" in s:  # anyOf is weaker; exclusivity is enforced by validation afterwards
             self.residue.setdefault(path, {})["oneOf"] = "as anyOf"
-            out["anyOf"] = [self.node(b, f"{path}/oneOf/{i}", depth)
-                            for i, b in enumerate(s["oneOf"])]
+            out["anyOf"] = [
+                self.node(b, f"{path}/oneOf/{i}", depth) for i, b in enumerate(s["oneOf"])
+            ]
         for k in ("description", "title", "type", "const"):
             if k in s:
                 out[k] = copy.deepcopy(s[k])
@@ -106,11 +157,15 @@ class _Walker:
             if len(values) > 250 and size > self.limits.max_large_enum_chars:
                 raise self.fail(path, f"an enum of {len(values)} values totals {size} characters")
         if "anyOf" in s:
-            out["anyOf"] = [self.node(b, f"{path}/anyOf/{i}", depth)
-                            for i, b in enumerate(s["anyOf"])]
+            out["anyOf"] = [
+                self.node(b, f"{path}/anyOf/{i}", depth) for i, b in enumerate(s["anyOf"])
+            ]
         types = s.get("type")
-        is_object = types == "object" or (isinstance(types, list) and "object" in types) or (
-            types is None and "properties" in s)
+        is_object = (
+            types == "object"
+            or (isinstance(types, list) and "object" in types)
+            or (types is None and "properties" in s)
+        )
         if is_object:
             self.object(s, out, path, depth + 1)
         if "items" in s:
@@ -255,8 +310,13 @@ def _accepts_null(schema: Any, root: dict[str, Any]) -> bool:
 _STRING = r'"([^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
 _INTEGER = r"-?(0|[1-9][0-9]*)"
 _NUMBER = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?"
-_SIMPLE = {"string": _STRING, "integer": _INTEGER, "number": _NUMBER,
-           "boolean": r"(true|false)", "null": "null"}
+_SIMPLE = {
+    "string": _STRING,
+    "integer": _INTEGER,
+    "number": _NUMBER,
+    "boolean": r"(true|false)",
+    "null": "null",
+}
 
 
 def _scalar_regex(s: Any) -> str | None:

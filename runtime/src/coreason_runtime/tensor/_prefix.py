@@ -72,8 +72,10 @@ class PrefixCache:
         n = len(tokens)
         if n == 0 or n > self.max_tokens or cache.get_seq_length() != n:
             return
-        layers = [(layer.keys[:, :, :n, :].clone(), layer.values[:, :, :n, :].clone())
-                  for layer in cache.layers]
+        layers = [
+            (layer.keys[:, :, :n, :].clone(), layer.values[:, :, :n, :].clone())
+            for layer in cache.layers
+        ]
         key = tuple(tokens)
         with self._lock:
             # An entry that is a prefix of the new one is subsumed by it.

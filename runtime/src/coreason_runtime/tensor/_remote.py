@@ -235,8 +235,14 @@ class RemoteTier:
         wait = rs.next_action.sleep if rs.next_action is not None else 0.0
         logger.info("oracle rate-limited; retrying in %.2fs (attempt %d)", wait, rs.attempt_number)
         if self.bus is not None:
-            self.bus.emit(EventType.LOG, workflow_id=request.workflow_id, source="tier.oracle",
-                          message="rate limited", retry_in=wait, attempt=rs.attempt_number)
+            self.bus.emit(
+                EventType.LOG,
+                workflow_id=request.workflow_id,
+                source="tier.oracle",
+                message="rate limited",
+                retry_in=wait,
+                attempt=rs.attempt_number,
+            )
 
     # --- streaming and metering --------------------------------------------------------------
 
@@ -317,8 +323,11 @@ class RemoteTier:
             meter.charge(tokens_out=usage_out - charged_out)
             charged_out = usage_out
         elif usage_out is not None and usage_out < charged_out:
-            logger.warning("oracle reported %d output tokens, %d were charged (no credit)",
-                           usage_out, charged_out)
+            logger.warning(
+                "oracle reported %d output tokens, %d were charged (no credit)",
+                usage_out,
+                charged_out,
+            )
         return TierOutput(
             text="".join(parts),
             tokens_in=charged_in,
@@ -346,8 +355,14 @@ class RemoteTier:
 
     def _emit_tokens(self, request: TierRequest, delta: int, total: int) -> None:
         if self.bus is not None:
-            self.bus.emit(EventType.TOKENS, workflow_id=request.workflow_id, source="tier.oracle",
-                          tier=self.name, tokens_out=delta, total_out=total)
+            self.bus.emit(
+                EventType.TOKENS,
+                workflow_id=request.workflow_id,
+                source="tier.oracle",
+                tier=self.name,
+                tokens_out=delta,
+                total_out=total,
+            )
 
     # --- errors, with the key scrubbed -------------------------------------------------------
 

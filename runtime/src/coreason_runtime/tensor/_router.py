@@ -82,8 +82,8 @@ class TensorRouter:
         max_attempts_per_tier: int = 3,
         default_max_tokens: int = 256,
         system_prompt: str = SYSTEM_PROMPT,
-        executor: Callable[[Callable[[], Result[Any]]],
-                           concurrent.futures.Future[Any]] | None = None,
+        executor: Callable[[Callable[[], Result[Any]]], concurrent.futures.Future[Any]]
+        | None = None,
     ) -> None:
         if max_attempts_per_tier < 1:
             msg = f"max_attempts_per_tier must be >= 1, got {max_attempts_per_tier}"
@@ -233,29 +233,48 @@ class TensorRouter:
         cascade = self._select(tiers)
 
         started = time.monotonic()
-        self.bus.emit(EventType.REQUEST_STARTED, workflow_id=wf, source="router",
-                      schema=spec.name, schema_key=spec.key, tiers=[t.name for t in cascade])
+        self.bus.emit(
+            EventType.REQUEST_STARTED,
+            workflow_id=wf,
+            source="router",
+            schema=spec.name,
+            schema_key=spec.key,
+            tiers=[t.name for t in cascade],
+        )
         cached = self._from_cache(spec, prompt, wf) if cache else None
         if cached is not None:
             return cached
-        conv = _Conversation([
-            {"role": "system", "content": system or self.system_prompt},
-            {"role": "user", "content": prompt},
-        ])
+        conv = _Conversation(
+            [
+                {"role": "system", "content": system or self.system_prompt},
+                {"role": "user", "content": prompt},
+            ]
+        )
         previous: Tier | None = None
         for tier in cascade:
             if previous is not None:
-                self.bus.emit(EventType.ESCALATED, workflow_id=wf, source="router",
-                              from_tier=previous.name, to_tier=tier.name,
-                              reason=conv.attempts[-1].error_type if conv.attempts else None)
+                self.bus.emit(
+                    EventType.ESCALATED,
+                    workflow_id=wf,
+                    source="router",
+                    from_tier=previous.name,
+                    to_tier=tier.name,
+                    reason=conv.attempts[-1].error_type if conv.attempts else None,
+                )
             previous = tier
-            result = self._run_tier(tier, spec, prompt, conv, wf, max_tokens, temperature, seed,
-                                    timeout)
+            result = self._run_tier(
+                tier, spec, prompt, conv, wf, max_tokens, temperature, seed, timeout
+            )
             if result is not None:
-                self.bus.emit(EventType.REQUEST_FINISHED, workflow_id=wf, source="router",
-                              tier=result.tier, cost=result.cost,
-                              attempts=len(result.attempts),
-                              duration_s=time.monotonic() - started)
+                self.bus.emit(
+                    EventType.REQUEST_FINISHED,
+                    workflow_id=wf,
+                    source="router",
+                    tier=result.tier,
+                    cost=result.cost,
+                    attempts=len(result.attempts),
+                    duration_s=time.monotonic() - started,
+                )
                 if cache:
                     self._admit_to_cache(spec, prompt, result)
                 return result
@@ -266,11 +285,22 @@ class TensorRouter:
             f"every tier failed for workflow {wf!r} ({tried}); a human must answer. "
             f"C charged: {cost:g}"
         )
-        self.bus.emit(EventType.YIELDED, workflow_id=wf, source="router", cost=cost,
-                      attempts=[a.model_dump() for a in conv.attempts], schema=spec.name)
-        err = EpistemicYieldError(msg, workflow_id=wf, attempts=conv.attempts,
-                                  schema=spec.json_schema, prompt=prompt,
-                                  ledger=self.budgets.get(wf))
+        self.bus.emit(
+            EventType.YIELDED,
+            workflow_id=wf,
+            source="router",
+            cost=cost,
+            attempts=[a.model_dump() for a in conv.attempts],
+            schema=spec.name,
+        )
+        err = EpistemicYieldError(
+            msg,
+            workflow_id=wf,
+            attempts=conv.attempts,
+            schema=spec.json_schema,
+            prompt=prompt,
+            ledger=self.budgets.get(wf),
+        )
         err.spec = spec  # type: ignore[attr-defined]
         raise err
 
@@ -300,9 +330,18 @@ class TensorRouter:
 
     # --- one tier: the correction loop -------------------------------------------------------
 
-    def _run_tier(self, tier: Tier, spec: SchemaSpec, prompt: str, conv: _Conversation,
-                  wf: str, max_tokens: int, temperature: float, seed: int | None,
-                  timeout: float | None) -> Result[Any] | None:
+    def _run_tier(
+        self,
+        tier: Tier,
+        spec: SchemaSpec,
+        prompt: str,
+        conv: _Conversation,
+        wf: str,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        timeout: float | None,
+    ) -> Result[Any] | None:
         try:
             compiled = self.compile(spec, tier)
         except CoreasonError as e:
@@ -310,8 +349,10 @@ class TensorRouter:
             return None
         form = "grammar" if _is_steerable(tier) else "openai"
         missing = compiled.errors.get(form)
-        if missing is not None and (compiled.grammar if form == "grammar" else compiled.openai) \
-                is None:
+        if (
+            missing is not None
+            and (compiled.grammar if form == "grammar" else compiled.openai) is None
+        ):
             self._record_skip(conv, tier, wf, missing)
             return None
 
@@ -321,33 +362,60 @@ class TensorRouter:
             for attempt in retry_policy(self.max_attempts_per_tier):
                 with attempt:
                     index += 1
-                    return self._attempt(tier, compiled, conv, wf, index, max_tokens,
-                                         temperature, seed, timeout)
+                    return self._attempt(
+                        tier, compiled, conv, wf, index, max_tokens, temperature, seed, timeout
+                    )
         except BudgetExceededError as e:
             e.attempts = list(conv.attempts)
-            self.bus.emit(EventType.REQUEST_FAILED, workflow_id=wf, source="router",
-                          tier=tier.name, error_type="BudgetExceededError")
+            self.bus.emit(
+                EventType.REQUEST_FAILED,
+                workflow_id=wf,
+                source="router",
+                tier=tier.name,
+                error_type="BudgetExceededError",
+            )
             raise
         except CoreasonError:
             return None  # recorded in conv.attempts; escalate
         return None
 
-    def _attempt(self, tier: Tier, compiled: CompiledSchema, conv: _Conversation, wf: str,
-                 index: int, max_tokens: int, temperature: float, seed: int | None,
-                 timeout: float | None) -> Result[Any]:
+    def _attempt(
+        self,
+        tier: Tier,
+        compiled: CompiledSchema,
+        conv: _Conversation,
+        wf: str,
+        index: int,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        timeout: float | None,
+    ) -> Result[Any]:
         # A greedy retry of a small model tends to repeat its wrong answer even with the
         # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
         retry_temperature = max(temperature, 0.4 * (index - 1))
         retry_seed = seed if index == 1 else (seed or 0) + index - 1
-        request = TierRequest(messages=list(conv.messages), schema=compiled,
-                              max_tokens=max_tokens, workflow_id=wf,
-                              temperature=retry_temperature, seed=retry_seed, timeout=timeout,
-                              attempt=index)
-        self.bus.emit(EventType.ATTEMPT_STARTED, workflow_id=wf, source="router",
-                      tier=tier.name, attempt=index)
+        request = TierRequest(
+            messages=list(conv.messages),
+            schema=compiled,
+            max_tokens=max_tokens,
+            workflow_id=wf,
+            temperature=retry_temperature,
+            seed=retry_seed,
+            timeout=timeout,
+            attempt=index,
+        )
+        self.bus.emit(
+            EventType.ATTEMPT_STARTED,
+            workflow_id=wf,
+            source="router",
+            tier=tier.name,
+            attempt=index,
+        )
         t0 = time.monotonic()
-        meter = self.budgets.open(wf, self._estimate_prompt(tier, conv.messages, compiled),
-                                  max_tokens, tier.name)
+        meter = self.budgets.open(
+            wf, self._estimate_prompt(tier, conv.messages, compiled), max_tokens, tier.name
+        )
         output: TierOutput | None = None
         try:
             output = tier.complete(request, meter)
@@ -359,30 +427,75 @@ class TensorRouter:
                 e.workflow_id = wf
             text = output.text if output is not None else getattr(e, "output", None)
             meter.settle()
-            self._record_failure(conv, tier, wf, index, meter.tokens_in, meter.tokens_out,
-                                 meter.consumed, e, text, time.monotonic() - t0)
+            self._record_failure(
+                conv,
+                tier,
+                wf,
+                index,
+                meter.tokens_in,
+                meter.tokens_out,
+                meter.consumed,
+                e,
+                text,
+                time.monotonic() - t0,
+            )
             conv.messages = reask(conv.messages, e)
             raise
         except Exception as e:  # a tier bug must not leak the reservation or crash the cascade
             meter.settle()
-            wrapped = TierError(f"tier {tier.name!r} crashed: {type(e).__name__}: {e}",
-                                tier=tier.name, workflow_id=wf)
-            self._record_failure(conv, tier, wf, index, meter.tokens_in, meter.tokens_out,
-                                 meter.consumed, wrapped, None, time.monotonic() - t0)
+            wrapped = TierError(
+                f"tier {tier.name!r} crashed: {type(e).__name__}: {e}",
+                tier=tier.name,
+                workflow_id=wf,
+            )
+            self._record_failure(
+                conv,
+                tier,
+                wf,
+                index,
+                meter.tokens_in,
+                meter.tokens_out,
+                meter.consumed,
+                wrapped,
+                None,
+                time.monotonic() - t0,
+            )
             raise wrapped from e
         meter.settle()
-        attempt = Attempt(tier=tier.name, index=index, tokens_in=meter.tokens_in,
-                          tokens_out=meter.tokens_out, cost=meter.consumed, ok=True,
-                          output=output.text, model=output.model,
-                          duration_s=time.monotonic() - t0)
+        attempt = Attempt(
+            tier=tier.name,
+            index=index,
+            tokens_in=meter.tokens_in,
+            tokens_out=meter.tokens_out,
+            cost=meter.consumed,
+            ok=True,
+            output=output.text,
+            model=output.model,
+            duration_s=time.monotonic() - t0,
+        )
         conv.attempts.append(attempt)
-        self.bus.emit(EventType.ATTEMPT_FINISHED, workflow_id=wf, source="router",
-                      tier=tier.name, attempt=index, tokens_in=attempt.tokens_in,
-                      tokens_out=attempt.tokens_out, cost=attempt.cost)
-        return Result(value=value, tier=tier.name, attempts=list(conv.attempts),
-                      cost=sum(a.cost for a in conv.attempts), workflow_id=wf,
-                      text=output.text, model=output.model, seed=seed,
-                      schema_key=compiled.key, revision=output.extra.get("revision"))
+        self.bus.emit(
+            EventType.ATTEMPT_FINISHED,
+            workflow_id=wf,
+            source="router",
+            tier=tier.name,
+            attempt=index,
+            tokens_in=attempt.tokens_in,
+            tokens_out=attempt.tokens_out,
+            cost=attempt.cost,
+        )
+        return Result(
+            value=value,
+            tier=tier.name,
+            attempts=list(conv.attempts),
+            cost=sum(a.cost for a in conv.attempts),
+            workflow_id=wf,
+            text=output.text,
+            model=output.model,
+            seed=seed,
+            schema_key=compiled.key,
+            revision=output.extra.get("revision"),
+        )
 
     @staticmethod
     def _from_strict(tier: Tier, compiled: CompiledSchema, text: str) -> str:
@@ -398,8 +511,9 @@ class TensorRouter:
         return json.dumps(denullify(value, compiled.spec.json_schema))
 
     @staticmethod
-    def _estimate_prompt(tier: Tier, messages: list[dict[str, str]],
-                         compiled: CompiledSchema | None = None) -> int:
+    def _estimate_prompt(
+        tier: Tier, messages: list[dict[str, str]], compiled: CompiledSchema | None = None
+    ) -> int:
         """Prompt tokens to reserve for: exact where the tier can tokenise, else generous."""
         encode = getattr(tier, "encode_messages", None)
         framing = getattr(tier, "schema_messages", None)
@@ -419,26 +533,67 @@ class TensorRouter:
         schema = compiled.openai if compiled.openai is not None else compiled.spec.json_schema
         return base + len(json.dumps(schema, separators=(",", ":"))) // 2 + 16
 
-    def _record_failure(self, conv: _Conversation, tier: Tier, wf: str, index: int,
-                        tokens_in: int, tokens_out: int, cost: float, error: CoreasonError,
-                        output: str | None, duration: float) -> None:
-        attempt = Attempt(tier=tier.name, index=index, tokens_in=tokens_in,
-                          tokens_out=tokens_out, cost=cost, ok=False, error=error.message[:2000],
-                          error_type=type(error).__name__, output=output,
-                          model=getattr(tier, "model_name", None), duration_s=duration)
+    def _record_failure(
+        self,
+        conv: _Conversation,
+        tier: Tier,
+        wf: str,
+        index: int,
+        tokens_in: int,
+        tokens_out: int,
+        cost: float,
+        error: CoreasonError,
+        output: str | None,
+        duration: float,
+    ) -> None:
+        attempt = Attempt(
+            tier=tier.name,
+            index=index,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost=cost,
+            ok=False,
+            error=error.message[:2000],
+            error_type=type(error).__name__,
+            output=output,
+            model=getattr(tier, "model_name", None),
+            duration_s=duration,
+        )
         conv.attempts.append(attempt)
-        self.bus.emit(EventType.ATTEMPT_FAILED, workflow_id=wf, source="router", tier=tier.name,
-                      attempt=index, error_type=attempt.error_type, error=attempt.error,
-                      cost=cost, retryable=error.retryable)
+        self.bus.emit(
+            EventType.ATTEMPT_FAILED,
+            workflow_id=wf,
+            source="router",
+            tier=tier.name,
+            attempt=index,
+            error_type=attempt.error_type,
+            error=attempt.error,
+            cost=cost,
+            retryable=error.retryable,
+        )
 
-    def _record_skip(self, conv: _Conversation, tier: Tier, wf: str,
-                     error: CoreasonError) -> None:
-        attempt = Attempt(tier=tier.name, index=0, ok=False, skipped=True,
-                          error=error.message, error_type=type(error).__name__)
+    def _record_skip(self, conv: _Conversation, tier: Tier, wf: str, error: CoreasonError) -> None:
+        attempt = Attempt(
+            tier=tier.name,
+            index=0,
+            ok=False,
+            skipped=True,
+            error=error.message,
+            error_type=type(error).__name__,
+        )
         conv.attempts.append(attempt)
-        self.bus.emit(EventType.ATTEMPT_FAILED, workflow_id=wf, source="router", tier=tier.name,
-                      attempt=0, error_type=attempt.error_type, error=attempt.error,
-                      skipped=True, cost=0.0, retryable=False)
+        self.bus.emit(
+            EventType.ATTEMPT_FAILED,
+            workflow_id=wf,
+            source="router",
+            tier=tier.name,
+            attempt=0,
+            error_type=attempt.error_type,
+            error=attempt.error,
+            skipped=True,
+            cost=0.0,
+            retryable=False,
+        )
 
     # --- the subgoal cache -------------------------------------------------------------------
 
@@ -457,10 +612,24 @@ class TensorRouter:
         except CoreasonError:
             return None  # a stale entry never reaches the user
         attempt = Attempt(tier="cache", index=1, ok=True, output=hit.value_json)
-        self.bus.emit(EventType.REQUEST_FINISHED, workflow_id=wf, source="router",
-                      tier="cache", cost=0.0, attempts=1, duration_s=0.0)
-        return Result(value=value, tier="cache", attempts=[attempt], cost=0.0, workflow_id=wf,
-                      text=hit.value_json, schema_key=spec.key)
+        self.bus.emit(
+            EventType.REQUEST_FINISHED,
+            workflow_id=wf,
+            source="router",
+            tier="cache",
+            cost=0.0,
+            attempts=1,
+            duration_s=0.0,
+        )
+        return Result(
+            value=value,
+            tier="cache",
+            attempts=[attempt],
+            cost=0.0,
+            workflow_id=wf,
+            text=hit.value_json,
+            schema_key=spec.key,
+        )
 
     def _admit_to_cache(self, spec: SchemaSpec, prompt: str, result: Result[Any]) -> None:
         if self.cache is None or result.tier == "cache":
@@ -495,14 +664,26 @@ class TensorRouter:
         self.budgets.record(wf, "human", note="Oracle Circuit: answered by a human")
         attempt = Attempt(tier="human", index=1, ok=True, model="human")
         attempts = [*error.attempts, attempt]
-        self.bus.emit(EventType.HUMAN_ANSWERED, workflow_id=wf, source="router",
-                      schema=spec.name)
-        self.bus.emit(EventType.REQUEST_FINISHED, workflow_id=wf, source="router",
-                      tier="human", cost=sum(a.cost for a in attempts), attempts=len(attempts))
+        self.bus.emit(EventType.HUMAN_ANSWERED, workflow_id=wf, source="router", schema=spec.name)
+        self.bus.emit(
+            EventType.REQUEST_FINISHED,
+            workflow_id=wf,
+            source="router",
+            tier="human",
+            cost=sum(a.cost for a in attempts),
+            attempts=len(attempts),
+        )
         text = value.model_dump_json() if isinstance(value, BaseModel) else str(answer)
-        return Result(value=value, tier="human", attempts=attempts,
-                      cost=sum(a.cost for a in attempts), workflow_id=wf, text=text,
-                      model="human", schema_key=spec.key)
+        return Result(
+            value=value,
+            tier="human",
+            attempts=attempts,
+            cost=sum(a.cost for a in attempts),
+            workflow_id=wf,
+            text=text,
+            model="human",
+            schema_key=spec.key,
+        )
 
     def close(self) -> None:
         for tier in self._tiers:

@@ -90,8 +90,7 @@ class SchemaSpec:
             msg = f"output is not valid JSON: {e}"
             raise ValidationFailure(msg, output=text) from e
         validator_cls = jsonschema.validators.validator_for(self.json_schema)
-        validator = validator_cls(self.json_schema,
-                                  format_checker=validator_cls.FORMAT_CHECKER)
+        validator = validator_cls(self.json_schema, format_checker=validator_cls.FORMAT_CHECKER)
         errors = sorted(validator.iter_errors(value), key=lambda err: list(err.path))
         if errors:
             msg = "; ".join(

@@ -28,8 +28,15 @@ class ScriptedTier:
         Whether the router should treat it as a grammar-constrained tier.
     """
 
-    def __init__(self, name: str, steps: Iterable[Step], *, steerable: bool = False,
-                 repeat_last: bool = False, model: str = "scripted") -> None:
+    def __init__(
+        self,
+        name: str,
+        steps: Iterable[Step],
+        *,
+        steerable: bool = False,
+        repeat_last: bool = False,
+        model: str = "scripted",
+    ) -> None:
         self.name = name
         self.steerable = steerable
         self.model = model
@@ -51,8 +58,11 @@ class ScriptedTier:
             if not self._steps:
                 msg = f"scripted tier {self.name!r} has no steps left"
                 raise CoreasonError(msg, tier=self.name)
-            step = self._steps[0] if (self._repeat_last and len(self._steps) == 1) \
+            step = (
+                self._steps[0]
+                if (self._repeat_last and len(self._steps) == 1)
                 else self._steps.pop(0)
+            )
         tokens_in = self.count_prompt(request.messages)
         meter.charge(tokens_in=tokens_in)
         if isinstance(step, CoreasonError):
@@ -67,8 +77,13 @@ class ScriptedTier:
             produced.append(piece)
         out = " ".join(produced)
         finish = "stop" if len(produced) == len(pieces) else "length"
-        return TierOutput(text=out, tokens_in=tokens_in, tokens_out=len(produced),
-                          model=self.model, finish_reason=finish)
+        return TierOutput(
+            text=out,
+            tokens_in=tokens_in,
+            tokens_out=len(produced),
+            model=self.model,
+            finish_reason=finish,
+        )
 
     def __repr__(self) -> str:
         return f"<ScriptedTier {self.name!r} steps_left={len(self._steps)}>"

@@ -65,8 +65,9 @@ class AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False,
-                                       isolation_level=None)
+            self._db = sqlite3.connect(
+                str(path), timeout=10.0, check_same_thread=False, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
@@ -110,8 +111,9 @@ class AuditLog:
             db.execute(f"INSERT INTO txns ({cols}) VALUES ({marks})", tuple(row.values()))
             self._decide(db, row["id"], decision, detail)
 
-    def record(self, txn_id: str, decision: str, *, expect: tuple[str, ...] | None = None,
-               **fields: Any) -> bool:
+    def record(
+        self, txn_id: str, decision: str, *, expect: tuple[str, ...] | None = None, **fields: Any
+    ) -> bool:
         """Apply ``fields`` and log ``decision`` in one transaction.
 
         With ``expect``, only when the current state is one of them (compare-and-set); returns
@@ -129,8 +131,19 @@ class AuditLog:
             cols["updated"] = time.time()
             sets = ", ".join(f"{k} = ?" for k in cols)
             db.execute(f"UPDATE txns SET {sets} WHERE id = ?", (*cols.values(), txn_id))
-            self._decide(db, txn_id, decision, {**detail, **{
-                k: v for k, v in cols.items() if k in ("state", "run_pid", "returncode", "cpu_s")}})
+            self._decide(
+                db,
+                txn_id,
+                decision,
+                {
+                    **detail,
+                    **{
+                        k: v
+                        for k, v in cols.items()
+                        if k in ("state", "run_pid", "returncode", "cpu_s")
+                    },
+                },
+            )
             return True
 
     def note(self, txn_id: str, decision: str, **detail: Any) -> None:
@@ -140,8 +153,10 @@ class AuditLog:
 
     @staticmethod
     def _decide(db: sqlite3.Connection, txn_id: str, decision: str, detail: dict[str, Any]) -> None:
-        db.execute("INSERT INTO decisions (txn_id, ts, decision, detail) VALUES (?, ?, ?, ?)",
-                   (txn_id, time.time(), decision, json.dumps(detail, default=str)))
+        db.execute(
+            "INSERT INTO decisions (txn_id, ts, decision, detail) VALUES (?, ?, ?, ?)",
+            (txn_id, time.time(), decision, json.dumps(detail, default=str)),
+        )
 
     def get(self, txn_id: str) -> TxnRow:
         with self._read(rows=True) as db:
@@ -181,6 +196,19 @@ class AuditLog:
 
 
 _COLUMNS = {
-    "tool", "workflow_id", "inputs", "est_cost", "consumers", "state", "owner_pid",
-    "owner_start", "updated", "run_pid", "run_start", "returncode", "cpu_s", "result", "error",
+    "tool",
+    "workflow_id",
+    "inputs",
+    "est_cost",
+    "consumers",
+    "state",
+    "owner_pid",
+    "owner_start",
+    "updated",
+    "run_pid",
+    "run_start",
+    "returncode",
+    "cpu_s",
+    "result",
+    "error",
 }

@@ -50,10 +50,15 @@ class CommandTool:
         Upper bound on ``est_cost``; prepare refuses anything above it.
     """
 
-    def __init__(self, name: str, command: Callable[[Inputs], Sequence[str]], *,
-                 check: Callable[[Inputs], Any] | None = None,
-                 parse: Callable[[bytes], Any] | None = None,
-                 max_cost: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: Callable[[Inputs], Sequence[str]],
+        *,
+        check: Callable[[Inputs], Any] | None = None,
+        parse: Callable[[bytes], Any] | None = None,
+        max_cost: float | None = None,
+    ) -> None:
         self.name = name
         self._command = command
         self._check = check
@@ -101,10 +106,11 @@ def python_tool(name: str, code: str, **kwargs: Any) -> CommandTool:
         python_tool("sines", "import math; result = sum(map(math.sin, range(inputs['n'])))")
     """
     script = (
-        "import json, sys\n"
-        "inputs = json.loads(sys.argv[1])\n"
-        f"{code}\n"
-        "print(json.dumps(result))\n"
+        f"import json, sys\ninputs = json.loads(sys.argv[1])\n{code}\nprint(json.dumps(result))\n"
     )
-    return CommandTool(name, lambda inputs: [sys.executable, "-c", script, json.dumps(inputs)],
-                       parse=json.loads, **kwargs)
+    return CommandTool(
+        name,
+        lambda inputs: [sys.executable, "-c", script, json.dumps(inputs)],
+        parse=json.loads,
+        **kwargs,
+    )

@@ -99,9 +99,16 @@ class RecoveryReport:
 class Transaction:
     """One two-phase tool call. ``commit()`` runs it (once), ``abort()`` cancels it."""
 
-    def __init__(self, manager: ToolTransactions, txn_id: str, tool: Tool,
-                 inputs: Mapping[str, Any], est_cost: float, consumers: list[str],
-                 workflow_id: str | None) -> None:
+    def __init__(
+        self,
+        manager: ToolTransactions,
+        txn_id: str,
+        tool: Tool,
+        inputs: Mapping[str, Any],
+        est_cost: float,
+        consumers: list[str],
+        workflow_id: str | None,
+    ) -> None:
         self.manager = manager
         self.id = txn_id
         self.tool = tool
@@ -194,8 +201,14 @@ class ToolTransactions:
         too, so neither mode can leave an orphan.
     """
 
-    def __init__(self, home: Path, bus: EventBus | None = None, *,
-                 recover: bool = True, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        home: Path,
+        bus: EventBus | None = None,
+        *,
+        recover: bool = True,
+        synchronous: str = "NORMAL",
+    ) -> None:
         self.home = Path(home)
         self.dir = self.home / "txn"
         self.runs = self.dir / "runs"
@@ -221,9 +234,16 @@ class ToolTransactions:
 
     # --- prepare -----------------------------------------------------------------------------
 
-    def prepare(self, tool: Tool | str, inputs: Mapping[str, Any], *, est_cost: float,
-                consumers: Iterable[str], workflow_id: str | None = None,
-                txn_id: str | None = None) -> Transaction:
+    def prepare(
+        self,
+        tool: Tool | str,
+        inputs: Mapping[str, Any],
+        *,
+        est_cost: float,
+        consumers: Iterable[str],
+        workflow_id: str | None = None,
+        txn_id: str | None = None,
+    ) -> Transaction:
         """Check preconditions and bounds without the heavy work; log the decision.
 
         Raises :class:`NoConsumerError` if ``consumers`` names nothing, and
@@ -252,11 +272,24 @@ class ToolTransactions:
             msg = f"{tool.name}: inputs are not serialisable: {e}"
             raise TransactionError(msg, workflow_id=workflow_id) from e
         now = time.time()
-        self.log.insert({
-            "id": txn_id, "tool": tool.name, "workflow_id": workflow_id, "inputs": inputs_json,
-            "est_cost": est_cost, "consumers": json.dumps(names), "state": "prepared",
-            "owner_pid": self._me[0], "owner_start": self._me[1], "created": now, "updated": now,
-        }, "prepared", est_cost=est_cost, consumers=names)
+        self.log.insert(
+            {
+                "id": txn_id,
+                "tool": tool.name,
+                "workflow_id": workflow_id,
+                "inputs": inputs_json,
+                "est_cost": est_cost,
+                "consumers": json.dumps(names),
+                "state": "prepared",
+                "owner_pid": self._me[0],
+                "owner_start": self._me[1],
+                "created": now,
+                "updated": now,
+            },
+            "prepared",
+            est_cost=est_cost,
+            consumers=names,
+        )
         txn = Transaction(self, txn_id, tool, inputs, est_cost, names, workflow_id)
         with self._lock:
             self._open[txn_id] = txn
@@ -278,8 +311,9 @@ class ToolTransactions:
         """
         with self._lock:
             self._dropped.add(consumer)
-            victims = [t for t in self._open.values()
-                       if consumer in t.consumers and not self.needed(t)]
+            victims = [
+                t for t in self._open.values() if consumer in t.consumers and not self.needed(t)
+            ]
         return [t.id for t in victims if self._abort(t, f"{reason}: {consumer} dropped")]
 
     def _on_task_event(self, event: Event) -> None:
@@ -304,7 +338,12 @@ class ToolTransactions:
             with open(out_path, "wb") as out, open(self.runs / f"{txn.id}.err", "wb") as err:
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", _GATE, "coreason-txn", *txn.tool.command(txn.inputs)],
-                    stdin=gate_r, stdout=out, stderr=err, env=env, start_new_session=True)
+                    stdin=gate_r,
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    start_new_session=True,
+                )
         except OSError as e:
             os.close(gate_w)
             self._abort_prepared(txn, f"could not start: {e}", state="failed")
@@ -315,23 +354,33 @@ class ToolTransactions:
         start = _identity(proc.pid)
         with txn._lock:
             applied = self.log.record(
-                txn.id, "commit_started", expect=("prepared", "interrupted"), state="running",
-                run_pid=proc.pid, run_start=start, owner_pid=self._me[0],
-                owner_start=self._me[1])
+                txn.id,
+                "commit_started",
+                expect=("prepared", "interrupted"),
+                state="running",
+                run_pid=proc.pid,
+                run_start=start,
+                owner_pid=self._me[0],
+                owner_start=self._me[1],
+            )
             if applied:
                 txn._proc = proc
         if not applied:  # aborted between the check and the launch: never open the gate
             os.close(gate_w)
             proc.wait()
-            fut.set_exception(TransactionAbortedError(
-                f"transaction {txn.id} was aborted before its run started",
-                workflow_id=txn.workflow_id))
+            fut.set_exception(
+                TransactionAbortedError(
+                    f"transaction {txn.id} was aborted before its run started",
+                    workflow_id=txn.workflow_id,
+                )
+            )
             return
         self._emit(EventType.TXN_COMMITTED, txn, phase="running", pid=proc.pid)
         os.write(gate_w, b"go\n")
         os.close(gate_w)
-        txn._watcher = threading.Thread(target=self._watch, args=(txn, proc), daemon=True,
-                                        name=f"txn-{txn.id}")
+        txn._watcher = threading.Thread(
+            target=self._watch, args=(txn, proc), daemon=True, name=f"txn-{txn.id}"
+        )
         txn._watcher.start()
 
     def _watch(self, txn: Transaction, proc: subprocess.Popen[bytes]) -> None:
@@ -339,8 +388,9 @@ class ToolTransactions:
         proc.returncode = os.waitstatus_to_exitcode(status)
         self._settle(txn, proc, cpu_before_kill=usage.ru_utime + usage.ru_stime)
 
-    def _settle(self, txn: Transaction, proc: subprocess.Popen[bytes], *,
-                cpu_before_kill: float) -> None:
+    def _settle(
+        self, txn: Transaction, proc: subprocess.Popen[bytes], *, cpu_before_kill: float
+    ) -> None:
         """Record how the run ended and resolve the commit's future."""
         fut = txn._future
         assert fut is not None
@@ -350,16 +400,25 @@ class ToolTransactions:
         if (txn._abort_reason is not None and rc != 0) or gate_closed:
             reason = txn._abort_reason or "aborted before the gate opened"
             if txn._abort_reason is None:
-                self.log.record(txn.id, "aborted", state="aborted", returncode=rc, cpu_s=cpu,
-                                error=reason, during_run=True)
-                self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=True,
-                           cpu_s=cpu)
+                self.log.record(
+                    txn.id,
+                    "aborted",
+                    state="aborted",
+                    returncode=rc,
+                    cpu_s=cpu,
+                    error=reason,
+                    during_run=True,
+                )
+                self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=True, cpu_s=cpu)
             else:
                 self.log.record(txn.id, "reaped", returncode=rc)
             self._close(txn)
-            fut.set_exception(TransactionAbortedError(
-                f"transaction {txn.id} aborted during its run: {reason}",
-                workflow_id=txn.workflow_id))
+            fut.set_exception(
+                TransactionAbortedError(
+                    f"transaction {txn.id} aborted during its run: {reason}",
+                    workflow_id=txn.workflow_id,
+                )
+            )
             return
         stdout = (self.runs / f"{txn.id}.out").read_bytes()
         if rc == 0:
@@ -369,8 +428,15 @@ class ToolTransactions:
                 rc_error = f"output could not be parsed: {type(e).__name__}: {e}"
             else:
                 late: dict[str, Any] = {"finished_before_abort": True} if txn._abort_reason else {}
-                self.log.record(txn.id, "committed", state="committed", returncode=0,
-                                cpu_s=cpu, result=stdout.decode(errors="replace"), **late)
+                self.log.record(
+                    txn.id,
+                    "committed",
+                    state="committed",
+                    returncode=0,
+                    cpu_s=cpu,
+                    result=stdout.decode(errors="replace"),
+                    **late,
+                )
                 self._close(txn)
                 self._emit(EventType.TXN_COMMITTED, txn, phase="done", cpu_s=cpu)
                 fut.set_result(value)
@@ -378,12 +444,16 @@ class ToolTransactions:
         else:
             tail = (self.runs / f"{txn.id}.err").read_bytes()[-500:].decode(errors="replace")
             rc_error = f"exit status {rc}: {tail}"
-        self.log.record(txn.id, "failed", state="failed", returncode=rc, cpu_s=cpu,
-                        error=rc_error)
+        self.log.record(txn.id, "failed", state="failed", returncode=rc, cpu_s=cpu, error=rc_error)
         self._close(txn)
         self._emit(EventType.TXN_ABORTED, txn, reason=rc_error, during_run=True, failed=True)
-        fut.set_exception(ToolRunError(f"transaction {txn.id} failed: {rc_error}",
-                                       returncode=rc, workflow_id=txn.workflow_id))
+        fut.set_exception(
+            ToolRunError(
+                f"transaction {txn.id} failed: {rc_error}",
+                returncode=rc,
+                workflow_id=txn.workflow_id,
+            )
+        )
 
     # --- abort -------------------------------------------------------------------------------
 
@@ -404,15 +474,30 @@ class ToolTransactions:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             # the group is killed (SIGKILL cannot be caught); log it now, the watcher reaps
-            self.log.record(txn.id, "aborted", expect=("running",), state="aborted",
-                            cpu_s=txn._cpu_at_kill, error=reason, during_run=True)
-        self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=True,
-                   cpu_s=txn._cpu_at_kill)
+            self.log.record(
+                txn.id,
+                "aborted",
+                expect=("running",),
+                state="aborted",
+                cpu_s=txn._cpu_at_kill,
+                error=reason,
+                during_run=True,
+            )
+        self._emit(
+            EventType.TXN_ABORTED, txn, reason=reason, during_run=True, cpu_s=txn._cpu_at_kill
+        )
         return True
 
     def _abort_prepared(self, txn: Transaction, reason: str, *, state: str = "aborted") -> bool:
-        if not self.log.record(txn.id, state, expect=("prepared", "interrupted"), state=state,
-                               error=reason, during_run=False, cpu_s=0.0):
+        if not self.log.record(
+            txn.id,
+            state,
+            expect=("prepared", "interrupted"),
+            state=state,
+            error=reason,
+            during_run=False,
+            cpu_s=0.0,
+        ):
             return False
         self._close(txn)
         self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=False, cpu_s=0.0)
@@ -434,8 +519,15 @@ class ToolTransactions:
         if tool is None:
             msg = f"transaction {txn_id} uses tool {row['tool']!r}, which is not registered"
             raise UnknownTransactionError(msg)
-        return Transaction(self, txn_id, tool, json.loads(row["inputs"]), row["est_cost"],
-                           json.loads(row["consumers"]), row["workflow_id"])
+        return Transaction(
+            self,
+            txn_id,
+            tool,
+            json.loads(row["inputs"]),
+            row["est_cost"],
+            json.loads(row["consumers"]),
+            row["workflow_id"],
+        )
 
     def recover(self) -> RecoveryReport:
         """Resolve what a dead coordinator left open: presumed abort, kill orphaned runs."""
@@ -444,16 +536,26 @@ class ToolTransactions:
             if _alive(row["owner_pid"], row["owner_start"]):
                 continue  # a live coordinator (maybe this one) owns it
             if row["state"] == "prepared":
-                if self.log.record(row["id"], "aborted", expect=("prepared",), state="aborted",
-                                   error="recovered: coordinator died before deciding",
-                                   recovered=True):
+                if self.log.record(
+                    row["id"],
+                    "aborted",
+                    expect=("prepared",),
+                    state="aborted",
+                    error="recovered: coordinator died before deciding",
+                    recovered=True,
+                ):
                     report.aborted.append(row["id"])
                 continue
             self._recover_run(row, report)
         if report.aborted or report.interrupted or report.completed:
-            self.bus.emit(EventType.TXN_RECOVERED, source="txn", aborted=report.aborted,
-                          interrupted=report.interrupted, completed=report.completed,
-                          killed_pids=report.killed_pids)
+            self.bus.emit(
+                EventType.TXN_RECOVERED,
+                source="txn",
+                aborted=report.aborted,
+                interrupted=report.interrupted,
+                completed=report.completed,
+                killed_pids=report.killed_pids,
+            )
         return report
 
     def _recover_run(self, row: TxnRow, report: RecoveryReport) -> None:
@@ -467,17 +569,26 @@ class ToolTransactions:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).wait(timeout=5)
         rc_path = self.runs / f"{row['id']}.rc"
-        rc = int(rc_path.read_text()) if rc_path.exists() and pid not in report.killed_pids \
-            else None
+        rc = (
+            int(rc_path.read_text()) if rc_path.exists() and pid not in report.killed_pids else None
+        )
         if rc == 0:
             out = (self.runs / f"{row['id']}.out").read_bytes().decode(errors="replace")
-            self.log.record(row["id"], "committed", state="committed", returncode=0,
-                            result=out, recovered=True)
+            self.log.record(
+                row["id"], "committed", state="committed", returncode=0, result=out, recovered=True
+            )
             report.completed.append(row["id"])
             return
-        self.log.record(row["id"], "interrupted", state="interrupted", returncode=rc, cpu_s=cpu,
-                        error="coordinator died during the run", recovered=True,
-                        killed=pid in report.killed_pids)
+        self.log.record(
+            row["id"],
+            "interrupted",
+            state="interrupted",
+            returncode=rc,
+            cpu_s=cpu,
+            error="coordinator died during the run",
+            recovered=True,
+            killed=pid in report.killed_pids,
+        )
         report.interrupted.append(row["id"])
 
     def close(self) -> None:
@@ -495,5 +606,11 @@ class ToolTransactions:
         self.log.close()
 
     def _emit(self, type: EventType, txn: Transaction, **data: Any) -> None:
-        self.bus.emit(type, workflow_id=txn.workflow_id, source="txn", txn_id=txn.id,
-                      tool=txn.tool.name, **data)
+        self.bus.emit(
+            type,
+            workflow_id=txn.workflow_id,
+            source="txn",
+            txn_id=txn.id,
+            tool=txn.tool.name,
+            **data,
+        )
