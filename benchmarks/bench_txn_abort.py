@@ -293,7 +293,8 @@ def main() -> None:
         *[
             [
                 f"abort p50 / p99 ms, synchronous={mode}, 60 in-process (before / during run)",
-                f"{statistics.median(b):.2f} / {p99(b):.2f} ; {statistics.median(d):.2f} / {p99(d):.2f}",
+                f"{statistics.median(b):.2f} / {p99(b):.2f} ; "
+                f"{statistics.median(d):.2f} / {p99(d):.2f}",
             ]
             for mode, (b, d) in lat.items()
         ],
