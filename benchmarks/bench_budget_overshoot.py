@@ -126,8 +126,7 @@ def run_stream_cutoff(workdir: Path) -> dict[str, float] | None:
             max_attempts_per_tier=1,  # one try: no retries
             compiler=lambda spec, t: compiled,
         )
-        prompt_estimate = router._estimate_prompt(
-            tier,
+        prompt_estimate = tier.count_prompt(
             [
                 {"role": "system", "content": "Write long essays."},
                 {"role": "user", "content": "Write a long essay about the heat equation."},

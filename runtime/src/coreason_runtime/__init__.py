@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coreason_runtime._config import DEFAULT_MODEL, OracleConfig, RuntimeConfig
+from coreason_runtime._controls import Controls, ControlState, Ticket
 from coreason_runtime._coordinator import Coordinator
 from coreason_runtime._events import Event, EventBus, EventType, Subscription
 from coreason_runtime._exceptions import (
@@ -15,6 +16,7 @@ from coreason_runtime._exceptions import (
     CacheError,
     CFLViolationError,
     CheckpointError,
+    ClientDisconnectedError,
     ConfigurationError,
     ConstraintError,
     ContextDimensionError,
@@ -67,6 +69,7 @@ from coreason_runtime._exceptions import (
     ValidationFailure,
     VerifierError,
     WorkerDiedError,
+    WorkflowAbortedError,
 )
 
 __version__ = "0.1.0"
@@ -82,9 +85,12 @@ __all__ = [
     "CacheBackendError",
     "CacheError",
     "CheckpointError",
+    "ClientDisconnectedError",
     "ConfigurationError",
     "ConstraintError",
     "ContextDimensionError",
+    "ControlState",
+    "Controls",
     "Coordinator",
     "CoreasonError",
     "DAGCycleError",
@@ -128,6 +134,7 @@ __all__ = [
     "TaskBudgetExceededError",
     "TaskFailedError",
     "ThunkError",
+    "Ticket",
     "TierError",
     "TierTimeoutError",
     "TierUnavailableError",
@@ -141,5 +148,6 @@ __all__ = [
     "ValidationFailure",
     "VerifierError",
     "WorkerDiedError",
+    "WorkflowAbortedError",
     "__version__",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from coreason_runtime._config import RuntimeConfig
+from coreason_runtime._controls import Controls
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import ConfigurationError
 
@@ -34,9 +35,10 @@ class Coordinator:
     """The runtime of one process (in a notebook: of one kernel).
 
     It owns a daemon thread running an asyncio event loop (``loop``), the :class:`EventBus`
-    (``bus``), the budget ledgers (``budgets``), the router and its tiers (``router``), and the
-    engines of the other mechanisms, each created on first use so that ``import`` and
-    construction stay cheap.
+    (``bus``), the workflow controls (``controls``: pause, resume, preempt, abort), the budget
+    ledgers (``budgets``), the router and its tiers (``router``), and the engines of the
+    other mechanisms, each created on first use so that ``import`` and construction stay
+    cheap.
 
     Parameters
     ----------
@@ -57,6 +59,8 @@ class Coordinator:
         self.home = config.home
         self.home.mkdir(parents=True, exist_ok=True)
         self.bus = EventBus()
+        self.controls = Controls(self.bus)
+        """Pause, resume, preempt and abort any workflow's work, from any thread."""
         self._lock = threading.RLock()
         self._engines: dict[str, Any] = {}
         self._closed = False

@@ -96,6 +96,11 @@ class EventType(StrEnum):
     RBF_PRUNED = "rbf.pruned"
     RBF_GATED = "rbf.gated"
     BANDIT_ROUND = "bandit.round"
+    # workflow controls
+    WORKFLOW_PAUSED = "workflow.paused"
+    WORKFLOW_RESUMED = "workflow.resumed"
+    WORKFLOW_PREEMPTED = "workflow.preempted"
+    WORKFLOW_ABORTED = "workflow.aborted"
     # runtime
     RUNTIME_STARTED = "runtime.started"
     RUNTIME_STOPPED = "runtime.stopped"

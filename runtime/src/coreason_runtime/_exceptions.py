@@ -24,6 +24,9 @@ The hierarchy::
     │   ├── TierTimeoutError (+TimeoutError)
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
+    ├── WorkflowAbortedError ..................... an operator aborted the workflow: no retry,
+    │   │                                          no escalation, exactly what ran is charged
+    │   └── ClientDisconnectedError .............. a `coreason serve` client hung up mid-request
     ├── DecodeError .............................. decode sessions, span repair, thunks
     │   ├── SessionStateError .................... resume without pause, inject when finished
     │   ├── SpanError (+ValueError) .............. span out of range or over a special token
@@ -74,6 +77,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from coreason_runtime.sched._state import DAGResult
+    from coreason_runtime.tensor._schema import SchemaSpec
     from coreason_runtime.tensor._types import Attempt
 
 __all__ = [
@@ -86,6 +91,7 @@ __all__ = [
     "CacheBackendError",
     "CacheError",
     "CheckpointError",
+    "ClientDisconnectedError",
     "ConfigurationError",
     "ConstraintError",
     "ContextDimensionError",
@@ -138,6 +144,7 @@ __all__ = [
     "ValidationFailure",
     "VerifierError",
     "WorkerDiedError",
+    "WorkflowAbortedError",
 ]
 
 
@@ -319,7 +326,8 @@ class EpistemicYieldError(CoreasonError):
     """Every tier failed: the question goes to a human. ``attempts`` holds every attempt.
 
     ``schema`` is the JSON schema the answer must satisfy and ``prompt`` the question, so a
-    form can be built from the error alone.
+    form can be built from the error alone; ``spec`` is the router's compiled view of the
+    schema (a :class:`~coreason_runtime.tensor.SchemaSpec`) when the router raised it.
     """
 
     def __init__(
@@ -328,11 +336,29 @@ class EpistemicYieldError(CoreasonError):
         *,
         schema: dict[str, Any] | None = None,
         prompt: str | None = None,
+        spec: SchemaSpec | None = None,
         **fields: Any,
     ) -> None:
         super().__init__(message, **fields)
         self.schema = schema
         self.prompt = prompt
+        self.spec = spec
+
+
+# --- workflow controls ---------------------------------------------------------------------
+
+
+class WorkflowAbortedError(CoreasonError):
+    """The workflow was aborted by its operator (``rt.controls.abort``) while this ran.
+
+    Not a :class:`BudgetExceededError`: an ``except BudgetExceededError`` never swallows an
+    operator's abort. Like a crossed ceiling it bypasses every retry and escalation, and the
+    ledger is charged exactly what was consumed before the abort landed.
+    """
+
+
+class ClientDisconnectedError(WorkflowAbortedError):
+    """The client of a ``coreason serve`` request hung up: its decode stopped where it was."""
 
 
 # --- decode engine -------------------------------------------------------------------------
@@ -362,7 +388,15 @@ class ThunkError(DecodeError, LookupError):
 
 
 class SchedulerError(CoreasonError):
-    """A DAG or schedule is invalid, or a scheduled job failed."""
+    """Base of DAG, scheduling and worker errors.
+
+    ``result`` is the scheduler's report of the whole DAG run (every task's state) when the
+    error ends a run, else ``None``.
+    """
+
+    def __init__(self, message: str, *, result: DAGResult | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.result = result
 
 
 class InvalidDAGError(SchedulerError):

@@ -60,7 +60,14 @@ def real_engine(real_model: Any) -> Iterator[DecodeEngine]:
 
 
 def assert_consistent(session: DecodeSession, atol: float = 1e-4) -> None:
-    """The session's KV and next-token logits equal a fresh full prefill of its tokens."""
+    """The session's KV and next-token logits equal a fresh full prefill of its tokens.
+
+    A session that finished on its last token defers that token's forward pass until
+    something needs it: ``sync()`` runs it (and must leave the KV exact).
+    """
+    assert session.kv_length >= len(session) - 1
+    session.sync()
+    assert session.kv_length == len(session)
     cache, logits = session.engine.prefill(session.tokens)
     assert kv_max_abs_diff(cache, session.cache) <= atol
     assert session.next_logits is not None

@@ -148,4 +148,4 @@ def test_splice_that_breaks_the_grammar_raises_and_restores(engine: DecodeEngine
         repair_span(s, s.prompt_len + 1, s.prompt_len + 2, replacement="abc")
     assert s.tokens == before
     assert_consistent(s)
-    assert not s.matcher.is_error()
+    assert not s.grammar.matcher.is_error()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -147,14 +148,27 @@ def test_compile_is_cached_by_schema_and_tokenizer(compiler: UniversalCompiler) 
     assert compiler.compile(Point).grammar is first
 
 
-def test_compile_timeout_skips_and_late_result_fills_cache(model_tokenizer: Any) -> None:
+def test_compile_timeout_skips_and_late_result_fills_cache(
+    model_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coreason_runtime.tensor._compiler as compiler_module
+
     clear_cache()
+    release = threading.Event()
+    real = compiler_module.compile_grammar
+
+    def slow_compile(*args: Any) -> Any:  # a compile that cannot finish before it is released
+        release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(compiler_module, "compile_grammar", slow_compile)
     props = {f"f{i}": {"type": "string", "pattern": f"^[a-z]{{{i + 1}}}[0-9]+$"} for i in range(40)}
     schema = {"type": "object", "properties": props, "required": list(props)}
     fast = UniversalCompiler(model_tokenizer, timeout=0.0)
     compiled = fast.compile(schema)
     assert compiled.grammar is None
     assert isinstance(compiled.errors["grammar"], SchemaCompileTimeout)
+    release.set()
     patient = UniversalCompiler(model_tokenizer, timeout=60.0)
     assert isinstance(patient.compile(schema).grammar, LocalGrammar)
     assert isinstance(fast.compile(schema).grammar, LocalGrammar)  # now from the cache

@@ -10,12 +10,14 @@ import pytest
 import torch
 from coreason_runtime import (
     BudgetExceededError,
+    Controls,
     EventBus,
     EventType,
     GrammarDeadEndError,
     RequestError,
     SchemaCompileError,
     TierTimeoutError,
+    WorkflowAbortedError,
 )
 from coreason_runtime.models import LoadedModel, tiny_llama
 from coreason_runtime.tensor._compiler import UniversalCompiler
@@ -45,6 +47,11 @@ class CeilingMeter:
     @property
     def max_out(self) -> int:
         return self.limit_out - self.tokens_out
+
+    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        if self.tokens_out + tokens_out > self.limit_out:
+            msg = "ceiling reached"
+            raise BudgetExceededError(msg, ceiling=float(self.max_in + self.limit_out))
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         over_in = self.tokens_in + tokens_in > self.max_in
@@ -282,42 +289,65 @@ def test_prefix_cache_evicts_least_recently_used_entries() -> None:
     assert pc.lookup([1, 1, 1, 5])[1] == 3
 
 
-class CheckpointMeter(CeilingMeter):
-    """A gate meter: ``checkpoint()`` counts calls and raises on the ``stop_at``-th."""
+def _on_layer_call(model: Any, n: int, action: Any) -> Any:
+    """Run ``action()`` once, when decoder layer 1 is entered for the ``n``-th time."""
+    calls = [0]
 
-    def __init__(self, stop_at: int = 0) -> None:
-        super().__init__()
-        self.calls = 0
-        self.stop_at = stop_at
+    def hook(module: Any, args: Any) -> None:
+        calls[0] += 1
+        if calls[0] == n:
+            action()
 
-    def checkpoint(self) -> None:
-        self.calls += 1
-        if self.calls == self.stop_at:
-            msg = "stopped inside a forward pass"
-            raise BudgetExceededError(msg)
+    return model.model.layers[1].register_forward_pre_hook(hook)
 
 
-def test_a_gate_meter_is_checked_at_every_layer_boundary(tiny_model: LoadedModel) -> None:
-    from coreason_runtime.models import decoder_layers
-
-    fresh = LocalTier(tiny_model)
-    schema = fresh.compiler.compile(Reading)
-    meter = CheckpointMeter()
-    out = fresh.complete(_request(schema), meter)
-    # one pass per token but the last, plus the prefill; each passes every layer boundary
-    assert meter.calls >= len(decoder_layers(tiny_model.model)) * out.tokens_out
-
-
-def test_a_check_raising_mid_pass_stops_the_tier_and_caches_nothing_partial(
+def test_a_pause_lands_inside_a_forward_pass_and_resume_gives_the_same_answer(
     tiny_model: LoadedModel,
 ) -> None:
+    bus = EventBus()
+    controls = Controls(bus)
+    fresh = LocalTier(tiny_model, bus=bus)
+    schema = fresh.compiler.compile(Reading)
+    ref = LocalTier(tiny_model).complete(_request(schema), UnmeteredMeter())
+    paused = threading.Event()
+    bus.subscribe(lambda e: paused.set(), EventType.DECODE_PAUSED)
+    handle = _on_layer_call(tiny_model.model, 6, lambda: controls.pause("wf-local"))
+    out: list[Any] = []
+    with controls.scope("wf-local") as ticket:
+        worker = threading.Thread(
+            target=lambda: out.append(
+                fresh.complete(_request(schema, ticket=ticket), UnmeteredMeter())
+            )
+        )
+        try:
+            worker.start()
+            assert paused.wait(30)
+            event = bus.history([EventType.DECODE_PAUSED])[-1]
+            assert event.data["in_forward"] is True
+            assert worker.is_alive()  # held at the pause, not finished
+        finally:
+            handle.remove()
+            controls.resume("wf-local")
+            worker.join(30)
+    assert out[0].text == ref.text
+
+
+def test_an_abort_mid_pass_charges_what_ran_and_caches_nothing_partial(
+    tiny_model: LoadedModel,
+) -> None:
+    controls = Controls()
     fresh = LocalTier(tiny_model)
     schema = fresh.compiler.compile(Reading)
-    meter = CheckpointMeter(stop_at=41)  # inside the forward pass of a later token
-    with pytest.raises(BudgetExceededError, match="inside a forward pass"):
-        fresh.complete(_request(schema), meter)
-    assert meter.tokens_out > 0
-    # the cut pass left layers of unequal length: nothing of it may be reused
+    meter = UnmeteredMeter()
+    handle = _on_layer_call(tiny_model.model, 9, lambda: controls.abort("wf-local"))
+    try:
+        with controls.scope("wf-local") as ticket, pytest.raises(WorkflowAbortedError):
+            fresh.complete(_request(schema, ticket=ticket), meter)
+    finally:
+        handle.remove()
+    assert meter.tokens_in > 0
+    assert 0 < meter.tokens_out < 120
+    # the abandoned pass left layers of unequal length: nothing of it may be reused
     again = fresh.complete(_request(schema), UnmeteredMeter())
     ref = LocalTier(tiny_model).complete(_request(schema), UnmeteredMeter())
     assert again.text == ref.text

@@ -19,7 +19,12 @@ from coreason_runtime import (
     UnknownWorkflowError,
     ValidationFailure,
 )
-from coreason_runtime.tensor import CompiledSchema, ScriptedTier
+from coreason_runtime.tensor import (
+    CompiledSchema,
+    ScriptedSteerableTier,
+    ScriptedTier,
+    SteerableTier,
+)
 from pydantic import BaseModel
 
 
@@ -40,7 +45,7 @@ def rt(home) -> Iterator[Coordinator]:
 
 
 def test_local_answer_is_validated_into_the_model(rt: Coordinator) -> None:
-    rt.router.set_tiers([ScriptedTier("local", [GOOD], steerable=True)])
+    rt.router.set_tiers([ScriptedSteerableTier("local", [GOOD])])
     res = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf")
     assert res.value == Derivative(expression="x**2", derivative="2*x")
     assert res.tier == "local"
@@ -180,11 +185,11 @@ def test_unknown_workflow_is_refused_before_any_spend(rt: Coordinator) -> None:
 def test_uncompilable_schema_skips_the_steerable_tier(rt: Coordinator) -> None:
     def compiler(spec, tier):
         compiled = CompiledSchema(spec=spec, openai={"type": "json_schema"})
-        if getattr(tier, "steerable", False):
+        if isinstance(tier, SteerableTier):
             compiled.errors["grammar"] = SchemaCompileError("unsupported keyword")
         return compiled
 
-    local = ScriptedTier("local", [GOOD], steerable=True)
+    local = ScriptedSteerableTier("local", [GOOD])
     rt.router._compiler = compiler
     rt.router.set_tiers([local, ScriptedTier("oracle", [GOOD])])
     res = rt.router.generate(Derivative, "q", workflow_id="wf")

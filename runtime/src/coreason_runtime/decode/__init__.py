@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from coreason_runtime.decode._checkers import SchemaVerifier, UnitsVerifier
 from coreason_runtime.decode._engine import DecodeEngine, Preemptible
+from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, tokenizer_info
 from coreason_runtime.decode._kv import KVSnapshot, crop_to, kv_max_abs_diff
 from coreason_runtime.decode._offsets import TokenText
 from coreason_runtime.decode._repair import RepairResult, SpanContext, check_span, repair_span
 from coreason_runtime.decode._sampler import Sampler
-from coreason_runtime.decode._session import Checkpoint, DecodeSession, SessionState, Step
+from coreason_runtime.decode._session import (
+    Checkpoint,
+    DecodeSession,
+    Origin,
+    SessionEdit,
+    SessionState,
+    Step,
+)
 from coreason_runtime.decode._thunks import (
     DemandExecutor,
     Expander,
@@ -32,12 +40,15 @@ __all__ = [
     "DecodeSession",
     "DemandExecutor",
     "Expander",
+    "GrammarMask",
     "KVSnapshot",
     "ModelExpander",
+    "Origin",
     "Preemptible",
     "RepairResult",
     "Sampler",
     "SchemaVerifier",
+    "SessionEdit",
     "SessionState",
     "SpanContext",
     "Step",
@@ -45,6 +56,7 @@ __all__ = [
     "SympyVerifier",
     "Thunk",
     "TokenText",
+    "TokenizerInfo",
     "UnitsVerifier",
     "Verdict",
     "Verifier",
@@ -56,4 +68,5 @@ __all__ = [
     "parse_thunks",
     "repair_span",
     "thunkify",
+    "tokenizer_info",
 ]

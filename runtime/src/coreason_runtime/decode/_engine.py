@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import DecodeError, RequestError
+from coreason_runtime.decode._fields import SessionFields
+from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, new_matcher, tokenizer_info
 from coreason_runtime.decode._kv import new_cache
 from coreason_runtime.decode._offsets import TokenText
-from coreason_runtime.decode._sampler import Sampler
-from coreason_runtime.decode._session import DecodeSession, SessionState, _Interrupted
+from coreason_runtime.decode._session import DecodeSession, SessionState
 from coreason_runtime.models._gate import LayerGate
 from coreason_runtime.sched._jobs import Preemptible as SchedPreemptible
 
@@ -24,9 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DecodeEngine", "Preemptible"]
 
-# llguidance tokenizers per HF tokenizer (kept alive with it, so the id stays unique)
-_LL_TOKENIZERS: dict[int, tuple[Any, Any]] = {}
-_LL_LOCK = threading.Lock()
+logger = logging.getLogger("coreason_runtime.decode")
 
 
 @runtime_checkable
@@ -58,15 +58,25 @@ class DecodeEngine:
         A transformers causal LM (Llama-like) and its tokenizer.
     bus:
         Where DECODE_*, SPAN_REPAIRED, THUNK_* and VERIFIER_FAILED events go.
+    lock:
+        The lock that serialises every forward pass on ``model`` (a ``LoadedModel``'s own,
+        when the model is shared); a new one by default.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, bus: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        bus: EventBus | None = None,
+        lock: threading.RLock | None = None,
+    ) -> None:
         import torch
 
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.bus = bus or EventBus()
-        self.lock = threading.RLock()
+        self.lock = lock if lock is not None else threading.RLock()
         self.text = TokenText(tokenizer)
         self.device = next(model.parameters()).device
         self.use_streams = self.device.type == "cuda" and torch.cuda.is_available()
@@ -85,7 +95,7 @@ class DecodeEngine:
             elif isinstance(e, (list, tuple)):
                 flat.update(int(x) for x in e)
         self.stop_ids: frozenset[int] = frozenset(flat)
-        self._ll_tokenizer: Any = None
+        self._info: TokenizerInfo | None = None
         self._sessions: list[DecodeSession] = []
         self._sched = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -97,7 +107,7 @@ class DecodeEngine:
         from coreason_runtime.models import load_model
 
         loaded = load_model(rt.config.model)
-        return cls(loaded.model, loaded.tokenizer, bus=rt.bus)
+        return cls(loaded.model, loaded.tokenizer, bus=rt.bus, lock=loaded.lock)
 
     # --- text --------------------------------------------------------------------------------
 
@@ -124,45 +134,23 @@ class DecodeEngine:
 
     # --- grammar -----------------------------------------------------------------------------
 
+    @property
+    def info(self) -> TokenizerInfo:
+        """The llguidance view of the tokenizer, as wide as the model's logits."""
+        if self._info is None:
+            width = max(int(self.model.config.vocab_size), len(self.tokenizer))
+            info = tokenizer_info(self.tokenizer, n_vocab=width)
+            assert info is not None  # built from a tokenizer, never None
+            self._info = info
+        return self._info
+
     def new_matcher(self, grammar: str) -> Any:
         """An llguidance LLMatcher for ``grammar`` (Lark, regex or JSON grammar string)."""
-        import llguidance
-        import llguidance.hf
+        return new_matcher(self.info, grammar)
 
-        if self._ll_tokenizer is None:
-            key = id(self.tokenizer)
-            with _LL_LOCK:
-                if key not in _LL_TOKENIZERS:  # building it walks the whole vocabulary
-                    _LL_TOKENIZERS[key] = (
-                        self.tokenizer,
-                        llguidance.hf.from_tokenizer(self.tokenizer),
-                    )
-                self._ll_tokenizer = _LL_TOKENIZERS[key][1]
-        matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar, log_level=0)
-        if matcher.is_error():
-            msg = f"invalid grammar: {matcher.get_error()}"
-            raise RequestError(msg)
-        return matcher
-
-    def mask_logits(self, matcher: Any, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` with every token the grammar forbids set to -inf (a copy).
-
-        The bitmask is unpacked with numpy rather than llguidance's torch.compile'd kernel,
-        whose first call compiles for tens of seconds on CPU.
-        """
-        out = logits.clone()
-        if matcher is None:
-            return out
-        import numpy as np
-        import torch
-
-        n_vocab = min(int(self._ll_tokenizer.vocab_size), out.numel())
-        bits = np.unpackbits(
-            np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little"
-        )
-        allowed = torch.zeros(out.numel(), dtype=torch.bool)
-        allowed[:n_vocab] = torch.from_numpy(bits[:n_vocab].astype(bool))
-        return out.masked_fill(~allowed.to(out.device), float("-inf"))
+    def new_mask(self, grammar: str) -> GrammarMask:
+        """A :class:`GrammarMask` at the start of ``grammar``."""
+        return GrammarMask(self.new_matcher(grammar), self.info)
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -188,34 +176,24 @@ class DecodeEngine:
 
     # --- the forward pass --------------------------------------------------------------------
 
-    @staticmethod
-    def _interrupt_check(session: DecodeSession) -> Callable[[], None]:
-        interrupt = session._interrupt
-
-        def check() -> None:
-            if interrupt.is_set():
-                raise _Interrupted
-
-        return check
-
     def forward(
-        self, session: DecodeSession, ids: Sequence[int], *, interruptible: bool
+        self, session: SessionFields, ids: Sequence[int], *, interruptible: bool
     ) -> torch.Tensor:
         """Append ``ids`` to ``session.cache``; returns the next-token logits (1-D, float32).
 
-        With ``interruptible`` a pause abandons the pass at a layer boundary by raising
-        ``_Interrupted``; the caller crops the cache back.
+        With ``interruptible`` the session's :meth:`~DecodeSession.layer_check` runs at every
+        layer boundary (a pause raises ``Interrupted``; the caller crops the cache back).
         """
         return self._run(session.cache, ids, session if interruptible else None)
 
     def _run(
-        self, cache: DynamicCache, ids: Sequence[int], session: DecodeSession | None
+        self, cache: DynamicCache, ids: Sequence[int], session: SessionFields | None
     ) -> torch.Tensor:
         import torch
 
         check = None
         if session is not None and self.layer_checks:
-            check = self._interrupt_check(session)
+            check = session.layer_check()
         with self.lock, torch.no_grad(), self.gate.checking(check):
             # a check at every layer boundary and between the LM head's row blocks
             return self.gate.last_logits(torch.tensor([list(ids)], device=self.device), cache)
@@ -235,17 +213,13 @@ class DecodeEngine:
         chat: bool = True,
         system: str | None = None,
         assistant_prefix: str = "",
-        priority: int = 0,
-        sampler: Sampler | None = None,
-        max_new_tokens: int = 256,
-        min_new_tokens: int = 0,
-        stop: Sequence[str] = (),
-        pause_on: Sequence[str] = (),
-        grammar: str | None = None,
-        workflow_id: str | None = None,
-        name: str | None = None,
+        **options: Any,
     ) -> DecodeSession:
-        """A new session; a string prompt is wrapped in the chat template unless ``chat=False``."""
+        """A new session; a string prompt is wrapped in the chat template unless ``chat=False``.
+
+        ``options`` are :class:`DecodeSession`'s (priority, sampler, max_new_tokens, grammar,
+        meter, deadline, prefix, ...).
+        """
         if isinstance(prompt, str):
             if not prompt:
                 msg = "the prompt is empty"
@@ -257,19 +231,7 @@ class DecodeEngine:
             )
         else:
             ids = [int(t) for t in prompt]
-        return DecodeSession(
-            self,
-            ids,
-            priority=priority,
-            sampler=sampler,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            stop=stop,
-            pause_on=pause_on,
-            grammar=grammar,
-            workflow_id=workflow_id,
-            name=name,
-        )
+        return DecodeSession(self, ids, **options)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> DecodeSession:
         """Create a session and decode it to the end on this thread."""
@@ -285,7 +247,7 @@ class DecodeEngine:
         if session.engine is not self:
             msg = f"session {session.id} belongs to another engine"
             raise RequestError(msg)
-        session._begin()
+        session.begin()
         with self._sched:
             if session not in self._sessions:
                 self._sessions.append(session)
@@ -294,19 +256,24 @@ class DecodeEngine:
                     target=self._loop, name="coreason-decode", daemon=True
                 )
                 self._thread.start()
-        self._reschedule()
+        self.reschedule()
         return session
 
     def _runnable(self) -> list[DecodeSession]:
-        return [s for s in self._sessions if s.state is SessionState.RUNNING and not s._executing]
+        return [s for s in self._sessions if s.state is SessionState.RUNNING and not s.executing]
 
-    def _reschedule(self) -> None:
+    def owns(self, session: SessionFields) -> bool:
+        """Whether ``session`` was submitted to this engine's thread (and is not finished)."""
+        with self._sched:
+            return session in self._sessions
+
+    def reschedule(self) -> None:
         """Wake the loop and preempt the running session if a more urgent one is runnable."""
         with self._sched:
-            running = [s for s in self._sessions if s._executing]
+            running = [s for s in self._sessions if s.executing]
             waiting = self._runnable()
             if running and waiting and max(w.priority for w in waiting) > running[0].priority:
-                running[0]._interrupt.set()
+                running[0].interrupt()
             self._sched.notify_all()
 
     def _loop(self) -> None:
@@ -330,7 +297,7 @@ class DecodeEngine:
                 and not last.preempted
             ):  # preempted at a token boundary
                 last.preempted = True
-                last._emit(
+                last.emit(
                     EventType.DECODE_PAUSED,
                     offset=len(last),
                     reason="preempted",
@@ -339,20 +306,14 @@ class DecodeEngine:
                 )
             if chosen.preempted:
                 chosen.preempted = False
-                chosen._emit(EventType.DECODE_RESUMED, offset=len(chosen), reason="rescheduled")
+                chosen.emit(EventType.DECODE_RESUMED, offset=len(chosen), reason="rescheduled")
             try:
-                chosen._drive_one()
-            except Exception as e:  # a failing session is finished, the engine keeps going
-                chosen._finish(f"error: {type(e).__name__}: {e}")
-                chosen._emit(
-                    EventType.DECODE_FINISHED,
-                    offset=len(chosen),
-                    reason=chosen.finish_reason,
-                    n_generated=chosen.n_generated,
-                )
+                chosen.step()
+            except Exception:  # the session finished with the error as its reason; go on
+                logger.debug("session %s failed on the engine thread", chosen.id, exc_info=True)
                 continue
             if chosen.preempted:  # abandoned mid-forward for a more urgent session
-                chosen._emit(
+                chosen.emit(
                     EventType.DECODE_PAUSED, offset=len(chosen), reason="preempted", in_forward=True
                 )
             last = chosen

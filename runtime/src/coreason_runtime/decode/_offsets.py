@@ -95,3 +95,22 @@ class TokenText:
             return first, first
         last = max((i for i, (s, _) in enumerate(spans) if s < end), default=first - 1)
         return first, max(first, last + 1)
+
+    def lines(self, ids: Sequence[int]) -> list[tuple[int, int, str, int, int]]:
+        """Non-blank lines of the text of ``ids``: ``(first, last, text, c0, c1)`` each.
+
+        ``[first, last)`` is the token range touching the line, ``[c0, c1)`` its characters
+        (newline included), ``text`` the line without its newline.
+        """
+        text, spans = self.spans(ids)
+        out: list[tuple[int, int, str, int, int]] = []
+        pos = 0
+        for line in text.splitlines(keepends=True):
+            c0, c1 = pos, pos + len(line)
+            pos = c1
+            if not line.strip():
+                continue
+            first = next(i for i, (_, e) in enumerate(spans) if e > c0)
+            last = max(i for i, (s, _) in enumerate(spans) if s < c1)
+            out.append((first, last + 1, line.rstrip("\n"), c0, c1))
+        return out

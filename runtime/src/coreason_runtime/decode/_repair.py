@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import DecodeError, SessionStateError, SpanError
-from coreason_runtime.decode._kv import KVSnapshot, crop_to
+from coreason_runtime.decode._edit import SessionEdit
+from coreason_runtime.decode._offsets import TokenText
 from coreason_runtime.decode._sampler import Sampler
-from coreason_runtime.decode._session import DecodeSession, Origin, SessionState
+from coreason_runtime.decode._session import DecodeSession, Origin
 
 if TYPE_CHECKING:
     import torch
@@ -64,61 +65,61 @@ def check_span(session: DecodeSession, start: int, end: int) -> None:
         raise SpanError(msg)
 
 
-def _prefix_len_matching(session: DecodeSession, toks: list[int], cut: str) -> int | None:
+def _prefix_len_matching(text: TokenText, toks: list[int], cut: str) -> int | None:
     """The k with ``text(toks[:k]) == cut``, if the cut falls on a token boundary."""
     for k in range(len(toks), -1, -1):
-        if session.engine.text.text(toks[:k]) == cut:
+        if text.text(toks[:k]) == cut:
             return k
     return None
 
 
+@dataclass(frozen=True)
+class _Redecode:
+    """How a span is re-decoded: sampler, grammar, token limit and where it ends."""
+
+    sampler: Sampler
+    grammar: str | None
+    limit: int
+    stop: tuple[str, ...]
+    keep_stop: bool
+
+
 def _decode_candidate(
-    session: DecodeSession,
-    start: int,
-    logits0: torch.Tensor,
-    sampler: Sampler,
-    gen: torch.Generator,
-    grammar: str | None,
-    max_tokens: int,
-    stop: Sequence[str],
-    keep_stop: bool,
-    exact: int | None,
+    ed: SessionEdit, start: int, logits0: torch.Tensor, how: _Redecode, gen: torch.Generator
 ) -> tuple[list[int], float, int, bool]:
     """Decode one candidate at ``start``; returns (tokens, mean logprob, decoded, in_cache)."""
     import torch
 
-    engine = session.engine
-    matcher = engine.new_matcher(grammar) if grammar else None
+    engine = ed.session.engine
+    mask = engine.new_mask(how.grammar) if how.grammar else None
     toks: list[int] = []
     logprob = 0.0
     logits = logits0
-    for _ in range(max_tokens):
-        masked = engine.mask_logits(matcher, logits)
-        tok = sampler.sample(masked, gen)
+    for _ in range(how.limit):
+        masked = mask.apply(logits) if mask is not None else logits
+        tok = how.sampler.sample(masked, gen)
         if tok in engine.stop_ids:
             break
         logprob += float(torch.log_softmax(masked, -1)[tok])
-        logits = engine.forward(session, [tok], interruptible=False)
+        logits = ed.forward([tok])
         toks.append(tok)
-        if matcher is not None:
-            matcher.consume_token(tok)
-            if matcher.is_stopped():
+        if mask is not None:
+            mask.consume(tok)
+            if mask.stopped:
                 break
-        if exact is not None and len(toks) >= exact:
-            break
-        if stop and any(s in engine.text.text(toks) for s in stop):
+        if how.stop and any(s in engine.text.text(toks) for s in how.stop):
             break
     decoded = len(toks)
     text = engine.text.text(toks)
-    hits = [(text.find(s), s) for s in stop if s in text]
+    hits = [(text.find(s), s) for s in how.stop if s in text]
     if hits:
         idx, s = min(hits)
-        cut = text[: idx + (len(s) if keep_stop else 0)]
-        k = _prefix_len_matching(session, toks, cut)
+        cut = text[: idx + (len(s) if how.keep_stop else 0)]
+        k = _prefix_len_matching(engine.text, toks, cut)
         if k is None:  # the stop string sits inside a token: re-tokenise the kept text
-            crop_to(session.cache, start)
+            ed.crop(start)
             return engine.encode(cut), logprob / max(decoded, 1), decoded, False
-        crop_to(session.cache, start + k)
+        ed.crop(start + k)
         toks = toks[:k]
     return toks, logprob / max(decoded, 1), decoded, True
 
@@ -167,59 +168,53 @@ def repair_span(
         The repair failed; the session is exactly as before.
     """
     check_span(session, start, end)
-    with session._cv:
-        if session._executing or (
-            session.state is SessionState.RUNNING and session in session.engine._sessions
-        ):
-            msg = f"pause session {session.id} before repairing a span"
-            raise SessionStateError(msg)
-        if not session._prefilled and replacement is None:
-            msg = f"session {session.id} has no KV yet to re-decode from; run it first"
-            raise SessionStateError(msg)
-        if not session._prefilled:  # nothing computed yet: the splice is a token edit
-            return _splice_tokens_only(session, start, end, replacement, reason)  # type: ignore[arg-type]
-        session._executing = True
+    if candidates < 1:
+        msg = f"candidates must be >= 1, got {candidates}"
+        raise SpanError(msg)
+    if not session.prefilled and replacement is None:
+        msg = f"session {session.id} has no KV yet to re-decode from; run it first"
+        raise SessionStateError(msg)
     t0 = time.perf_counter()
-    engine = session.engine
     tokens = list(session.tokens)
-    old_text = engine.text.text(tokens[start:end])
-    snapshot = KVSnapshot.take(session.cache, start)
-    saved = (
-        list(session._tokens),
-        list(session._origins),
-        session.next_logits,
-        session.matcher.deep_copy() if session.matcher is not None else None,
-    )
+    old_text = session.engine.text.text(tokens[start:end])
     try:
-        with engine.lock:
-            result = _splice(
-                session,
+        with session.edit("repairing a span", keep_from=start, allow_finished=True) as ed:
+            ctx = SpanContext(
+                session.engine.text.text(tokens[session.prompt_len : start]),
+                old_text,
+                session.engine.text.text(tokens[end:]),
                 start,
                 end,
-                tokens,
-                old_text,
-                replacement,
-                sampler,
-                candidates,
-                accept,
-                grammar,
-                max_tokens,
-                stop,
                 reason,
             )
+            if replacement is not None:
+                new, in_cache, decoded, tried, accepted = _replace(ed, ctx, replacement, accept)
+            else:
+                how = _redecode_plan(
+                    session, start, end, old_text, sampler, candidates, grammar, max_tokens, stop
+                )
+                new, in_cache, decoded, tried, accepted = _candidates(
+                    ed, start, tokens, how, candidates, accept
+                )
+            prefilled = _splice(ed, start, end, new, in_cache)
+    except DecodeError:
+        raise
     except Exception as e:
-        crop_to(session.cache, start)
-        snapshot.restore(session.cache)
-        session._tokens, session._origins, session.next_logits, session.matcher = saved
-        if isinstance(e, DecodeError):
-            raise
         msg = f"repairing span [{start}, {end}) of {session.id} failed: {type(e).__name__}: {e}"
         raise DecodeError(msg) from e
-    finally:
-        with session._cv:
-            session._executing = False
-    result = RepairResult(**{**result.__dict__, "seconds": time.perf_counter() - t0})
-    session._emit(
+    result = RepairResult(
+        start,
+        end,
+        start + len(new),
+        old_text,
+        session.engine.text.text(new),
+        decoded,
+        prefilled,
+        tried,
+        accepted,
+        time.perf_counter() - t0,
+    )
+    session.emit(
         EventType.SPAN_REPAIRED,
         start=start,
         old_end=end,
@@ -235,164 +230,92 @@ def repair_span(
     return result
 
 
-def _splice(
-    session: DecodeSession,
-    start: int,
-    end: int,
-    tokens: list[int],
-    old_text: str,
-    replacement: Replacement | None,
-    sampler: Sampler | None,
-    candidates: int,
+def _replace(
+    ed: SessionEdit,
+    ctx: SpanContext,
+    replacement: Replacement,
     accept: Callable[[str], bool] | None,
-    grammar: str | None,
-    max_tokens: int | None,
-    stop: Sequence[str] | None,
-    reason: str | None,
-) -> RepairResult:
-    engine = session.engine
-    suffix = tokens[end:]
-    decoded = 0
-    tried = 0
-    accepted = True
-    in_cache = 0  # how many replacement tokens are already in the cache
-    if replacement is not None:
-        if callable(replacement):
-            ctx = SpanContext(
-                engine.text.text(tokens[session.prompt_len : start]),
-                old_text,
-                engine.text.text(suffix),
-                start,
-                end,
-                reason,
-            )
-            replacement = replacement(ctx)
-        new = (
-            engine.encode(replacement)
-            if isinstance(replacement, str)
-            else [int(t) for t in replacement]
-        )
-        crop_to(session.cache, start)
-        if accept is not None:
-            accepted = bool(accept(engine.text.text(new)))
-    else:
-        if candidates < 1:
-            msg = f"candidates must be >= 1, got {candidates}"
-            raise SpanError(msg)
-        if sampler is None:
-            sampler = session.sampler if candidates == 1 else Sampler(temperature=0.7, seed=start)
-        gen = sampler.generator()
-        stop = ("\n",) if stop is None else tuple(stop)
-        keep_stop = any(old_text.endswith(s) for s in stop)
-        span_len = end - start
-        limit = max_tokens or max(2 * span_len, span_len + 8)
-        crop_to(session.cache, start - 1)  # one token re-run gives the logits at `start`
-        logits0 = engine.forward(session, [tokens[start - 1]], interruptible=False)
-        best: tuple[float, list[int]] | None = None
-        accepted = False
-        new = []
-        for _ in range(candidates):
-            tried += 1
-            crop_to(session.cache, start)
-            toks, score, n_dec, kept = _decode_candidate(
-                session, start, logits0, sampler, gen, grammar, limit, stop, keep_stop, None
-            )
-            decoded += n_dec
-            text = engine.text.text(toks)
-            if accept is None or accept(text):
-                new, accepted = toks, True
-                in_cache = len(toks) if kept else 0
-                break
-            if best is None or score > best[0]:
-                best = (score, toks)
-        if not accepted and best is not None:
-            new = best[1]
-            crop_to(session.cache, start)
-        if not accepted or in_cache == 0:
-            crop_to(session.cache, start)
-    rest = new[in_cache:] + suffix
-    if rest:
-        logits = engine.forward(session, rest, interruptible=False)
-    else:  # nothing follows the splice: re-run the last kept token for its logits
-        crop_to(session.cache, start + len(new) - 1)
-        logits = engine.forward(session, [(tokens[:start] + new)[-1]], interruptible=False)
-    spliced = tokens[:start] + new + suffix
-    origins = list(session._origins)
-    session._tokens = spliced
-    session._origins = origins[:start] + [Origin.REPAIRED] * len(new) + origins[end:]
-    session.next_logits = logits
-    if session.matcher is not None:
-        _replay_matcher(session)
-    return RepairResult(
-        start,
-        end,
-        start + len(new),
-        old_text,
-        engine.text.text(new),
-        decoded,
-        len(rest),
-        tried or 1,
-        accepted,
-        0.0,
-    )
-
-
-def _splice_tokens_only(
-    session: DecodeSession, start: int, end: int, replacement: Replacement, reason: str | None
-) -> RepairResult:
-    """Splice into a session whose context was never prefilled (no KV to keep exact)."""
-    engine = session.engine
-    tokens = list(session.tokens)
-    old_text = engine.text.text(tokens[start:end])
+) -> tuple[list[int], int, int, int, bool]:
+    """The replacement's tokens (a callable is given the span's context)."""
+    engine = ed.session.engine
     if callable(replacement):
-        ctx = SpanContext(
-            engine.text.text(tokens[session.prompt_len : start]),
-            old_text,
-            engine.text.text(tokens[end:]),
-            start,
-            end,
-            reason,
-        )
-        try:
-            replacement = replacement(ctx)
-        except Exception as e:
-            msg = f"the replacement for span [{start}, {end}) failed: {type(e).__name__}: {e}"
-            raise DecodeError(msg) from e
+        replacement = replacement(ctx)
     new = (
         engine.encode(replacement)
         if isinstance(replacement, str)
         else [int(t) for t in replacement]
     )
-    session._tokens = tokens[:start] + new + tokens[end:]
-    session._origins = (
-        session._origins[:start] + [Origin.REPAIRED] * len(new) + session._origins[end:]
-    )
-    result = RepairResult(
-        start, end, start + len(new), old_text, engine.text.text(new), 0, 0, 1, True, 0.0
-    )
-    session._emit(
-        EventType.SPAN_REPAIRED,
-        start=start,
-        old_end=end,
-        new_end=result.new_end,
-        old_text=old_text,
-        new_text=result.new_text,
-        decoded_tokens=0,
-        prefilled_tokens=0,
-        candidates=1,
-        accepted=True,
-        reason=reason,
-    )
-    return result
+    accepted = bool(accept(engine.text.text(new))) if accept is not None else True
+    return new, 0, 0, 1, accepted
 
 
-def _replay_matcher(session: DecodeSession) -> None:
-    """Rebuild the session grammar state over its generated and repaired tokens."""
-    matcher: Any = session.matcher
-    matcher.reset()
-    for tok, origin in zip(session._tokens, session._origins, strict=True):
-        if origin in (Origin.GENERATED, Origin.REPAIRED):
-            matcher.consume_token(tok)
-    if matcher.is_error():
-        msg = f"the spliced tokens break session {session.id}'s grammar: {matcher.get_error()}"
-        raise SpanError(msg)
+def _redecode_plan(
+    session: DecodeSession,
+    start: int,
+    end: int,
+    old_text: str,
+    sampler: Sampler | None,
+    candidates: int,
+    grammar: str | None,
+    max_tokens: int | None,
+    stop: Sequence[str] | None,
+) -> _Redecode:
+    if sampler is None:
+        sampler = session.sampler if candidates == 1 else Sampler(temperature=0.7, seed=start)
+    stops = ("\n",) if stop is None else tuple(stop)
+    span_len = end - start
+    return _Redecode(
+        sampler,
+        grammar,
+        max_tokens or max(2 * span_len, span_len + 8),
+        stops,
+        any(old_text.endswith(s) for s in stops),
+    )
+
+
+def _candidates(
+    ed: SessionEdit,
+    start: int,
+    tokens: list[int],
+    how: _Redecode,
+    candidates: int,
+    accept: Callable[[str], bool] | None,
+) -> tuple[list[int], int, int, int, bool]:
+    """Decode up to ``candidates`` spans; the first accepted, else the most likely."""
+    engine = ed.session.engine
+    gen = how.sampler.generator()
+    ed.crop(start - 1)  # one token re-run gives the logits at `start`
+    logits0 = ed.forward([tokens[start - 1]])
+    best: tuple[float, list[int]] | None = None
+    decoded = tried = 0
+    for _ in range(candidates):
+        tried += 1
+        ed.crop(start)
+        toks, score, n_dec, kept = _decode_candidate(ed, start, logits0, how, gen)
+        decoded += n_dec
+        if accept is None or accept(engine.text.text(toks)):
+            return toks, len(toks) if kept else 0, decoded, tried, True
+        if best is None or score > best[0]:
+            best = (score, toks)
+    return (best[1] if best is not None else []), 0, decoded, tried, False
+
+
+def _splice(ed: SessionEdit, start: int, end: int, new: list[int], in_cache: int) -> int:
+    """Put ``new`` in place of ``[start, end)``; re-prefill what follows. Tokens prefilled."""
+    tokens = ed.tokens
+    if ed.session.prefilled:
+        if in_cache == 0:
+            ed.crop(start)
+        rest = new[in_cache:] + tokens[end:]
+        if rest:
+            logits = ed.forward(rest)
+        else:  # nothing follows the splice: re-run the last kept token for its logits
+            ed.crop(start + len(new) - 1)
+            logits = ed.forward([(tokens[:start] + new)[-1]])
+    else:  # never prefilled: the splice is a token edit
+        rest, logits = [], None
+    origins = ed.origins[:start] + [Origin.REPAIRED] * len(new) + ed.origins[end:]
+    ed.commit(
+        tokens[:start] + new + tokens[end:], origins, logits, replay_grammar=ed.session.prefilled
+    )
+    return len(rest)

@@ -1,100 +1,81 @@
-"""One decode session: tokens, an explicit KV cache, RNG and grammar state, pause and inject."""
+"""One decode session: tokens, an explicit KV cache, RNG and grammar state, pause and inject.
+
+Every local decode of the runtime is a session: a router request on the local tier, a served
+completion, a reasoning chain in a notebook. The session decodes one token per step under
+the engine's model lock (the token loop is :mod:`._stepping`); a pause, a preemption or an
+abort lands at the next decoder-layer boundary (the pass is abandoned and the KV cropped
+back), a grammar masks every step, a meter is charged per token, and a deadline covers the
+prefill too. Edits from outside the loop (inject, span repair, checkpoints) are in
+:mod:`._edit`.
+"""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from coreason_runtime._controls import ControlState
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import DecodeError, RequestError, SessionStateError
-from coreason_runtime.decode._kv import KVSnapshot, crop_to, new_cache
+from coreason_runtime.decode._edit import Checkpoint, SessionEdit, SessionEditing
+from coreason_runtime.decode._fields import (
+    FINISHED,
+    INTERRUPTED,
+    TOKEN,
+    Origin,
+    SessionState,
+    Step,
+    Timings,
+)
+from coreason_runtime.decode._grammar import GrammarMask
+from coreason_runtime.decode._kv import crop_to, new_cache
 from coreason_runtime.decode._sampler import Sampler
+from coreason_runtime.decode._stepping import SessionSteps
 
 if TYPE_CHECKING:
     import torch
+    from transformers import DynamicCache
 
     from coreason_runtime.decode._engine import DecodeEngine
+    from coreason_runtime.tensor._types import Meter
 
-__all__ = ["Checkpoint", "DecodeSession", "SessionState", "Step"]
+__all__ = ["Checkpoint", "DecodeSession", "Origin", "SessionEdit", "SessionState", "Step"]
 
 _ids = itertools.count(1)
 
 
-class SessionState(StrEnum):
-    """Where a session is: not started, runnable, parked, or done."""
-
-    CREATED = "created"
-    RUNNING = "running"
-    PAUSED = "paused"
-    FINISHED = "finished"
-
-
-class Origin(StrEnum):
-    """Who put a token in the context."""
-
-    PROMPT = "prompt"
-    GENERATED = "generated"
-    INJECTED = "injected"
-    REPAIRED = "repaired"
-
-
-class _Interrupted(Exception):
-    """Raised by a layer pre-hook to abandon a forward pass at a layer boundary."""
-
-
-@dataclass(frozen=True)
-class Step:
-    """One line of a session's output, with absolute token offsets ``[start, end)``."""
-
-    index: int
-    start: int
-    end: int
-    text: str
-    char_start: int
-    char_end: int
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Everything needed to put a session back exactly: tokens, KV, RNG and grammar state."""
-
-    tokens: tuple[int, ...]
-    origins: tuple[Origin, ...]
-    kv: KVSnapshot
-    rng: torch.Tensor
-    matcher: Any
-    next_logits: torch.Tensor | None
-    n_generated: int
-    state: SessionState
-    finish_reason: str | None
-    prefilled: bool
-
-    @property
-    def offset(self) -> int:
-        return len(self.tokens)
-
-
-_TOKEN, _INTERRUPTED, _FINISHED, _PREFILLED = "token", "interrupted", "finished", "prefilled"
-
-
-class DecodeSession:
+class DecodeSession(SessionSteps, SessionEditing):
     """A reasoning chain decoded step by step under the runtime's control.
 
     ``stop`` strings finish the session; ``pause_on`` strings park it (a tool call: inject
     the result with :meth:`resume` and decoding goes on).
 
-    The session owns its KV cache (a transformers ``DynamicCache``), its sampler's
-    ``torch.Generator`` and, optionally, an llguidance ``LLMatcher``. Between public calls
-    the cache holds exactly ``tokens`` and ``next_logits`` is the model's distribution for
-    the next position, so pausing, injecting and splicing never recompute the context.
+    The session owns its KV cache (a transformers ``DynamicCache``, optionally starting from
+    a reused prefix), its sampler's ``torch.Generator`` and, optionally, a
+    :class:`GrammarMask`. Between public calls the cache holds ``tokens`` and ``next_logits``
+    is the model's distribution for the next position; only a session that finished on its
+    last token leaves that token out of the cache until something needs it (:meth:`sync`),
+    saving one forward pass per request.
 
     Create sessions with :meth:`DecodeEngine.session`; drive them with :meth:`run` (this
     thread) or :meth:`DecodeEngine.submit` (the engine's thread, by priority).
+
+    Parameters
+    ----------
+    meter:
+        Charged ``tokens_in`` for the prompt once, and ``tokens_out=1`` per sampled token
+        (an end-of-sequence token included); ``meter.check(tokens_out=1)`` runs before each
+        sample, so a budget stops decoding *before* a token it cannot pay for.
+    deadline:
+        A ``time.monotonic()`` instant; past it the session raises
+        :class:`TierTimeoutError`, checked at every layer boundary (prefill included).
+    prefix:
+        A cache already holding the first ``n`` prompt tokens and ``n`` (a prefix cache hit).
+    on_token:
+        Called on the driving thread, outside the model lock, after each committed token.
     """
 
     def __init__(
@@ -108,9 +89,13 @@ class DecodeSession:
         min_new_tokens: int = 0,
         stop: Sequence[str] = (),
         pause_on: Sequence[str] = (),
-        grammar: str | None = None,
+        grammar: str | GrammarMask | None = None,
         workflow_id: str | None = None,
         name: str | None = None,
+        meter: Meter | None = None,
+        deadline: float | None = None,
+        prefix: tuple[DynamicCache, int] | None = None,
+        on_token: Callable[[DecodeSession], None] | None = None,
     ) -> None:
         if not prompt_ids:
             msg = "a decode session needs at least one prompt token"
@@ -127,21 +112,33 @@ class DecodeSession:
         self.min_new_tokens = min_new_tokens
         self.stop = tuple(stop)
         self.pause_on = tuple(pause_on)
+        self.meter = meter
+        self.deadline = deadline
+        self.on_token = on_token
         self._tokens: list[int] = [int(t) for t in prompt_ids]
         self._origins: list[Origin] = [Origin.PROMPT] * len(self._tokens)
         self.prompt_len = len(self._tokens)
-        self.cache = new_cache(engine.model.config)
+        cache, reused = prefix if prefix is not None else (new_cache(engine.model.config), 0)
+        self.cache = cache
+        self.reused_tokens = max(0, min(reused, self.prompt_len - 1))
+        crop_to(cache, self.reused_tokens)  # at least one prompt token is left to prefill
+        self._kv_len = self.reused_tokens  # tokens the cache holds
         self.generator = self.sampler.generator()
+        if isinstance(grammar, str):
+            grammar = GrammarMask(engine.new_matcher(grammar), engine.info)
         self.grammar = grammar
-        self.matcher = engine.new_matcher(grammar) if grammar else None
         self.next_logits: torch.Tensor | None = None
         self.n_generated = 0
         self.finish_reason: str | None = None
+        self.timings = Timings()
         self._prefilled = False
+        self._prompt_charged = False
+        self._started = False
         self._state = SessionState.CREATED
         self._cv = threading.Condition()
         self._executing = False
         self._pause_requested = False
+        self._cancel_reason: str | None = None
         self._pause_t0 = 0.0
         self._interrupt = threading.Event()
         self._parked = threading.Event()
@@ -162,7 +159,12 @@ class DecodeSession:
     @priority.setter
     def priority(self, value: int) -> None:
         self._priority = value
-        self.engine._reschedule()
+        self.engine.reschedule()
+
+    @property
+    def executing(self) -> bool:
+        """A step is running on some thread right now."""
+        return self._executing
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -186,6 +188,11 @@ class DecodeSession:
         """The whole context, prompt included."""
         return self.engine.text.text(self._tokens)
 
+    @property
+    def kv_length(self) -> int:
+        """Tokens the KV cache holds (one less than ``len(self)`` while a last token waits)."""
+        return self._kv_len
+
     def __len__(self) -> int:
         return len(self._tokens)
 
@@ -202,54 +209,52 @@ class DecodeSession:
 
     def steps(self) -> list[Step]:
         """The output split into lines, each with its absolute token span."""
-        text, spans = self.engine.text.spans(self._tokens[self.prompt_len :])
-        out: list[Step] = []
-        pos = 0
-        for line in text.splitlines(keepends=True):
-            c0, c1 = pos, pos + len(line)
-            pos = c1
-            if not line.strip():
-                continue
-            first = next(i for i, (_, e) in enumerate(spans) if e > c0)
-            last = max(i for i, (s, _) in enumerate(spans) if s < c1)
-            out.append(
-                Step(
-                    len(out),
-                    self.prompt_len + first,
-                    self.prompt_len + last + 1,
-                    line.rstrip("\n"),
-                    c0,
-                    c1,
-                )
-            )
-        return out
+        lines = self.engine.text.lines(self._tokens[self.prompt_len :])
+        return [
+            Step(i, self.prompt_len + t0, self.prompt_len + t1, text, c0, c1)
+            for i, (t0, t1, text, c0, c1) in enumerate(lines)
+        ]
 
     # --- events -----------------------------------------------------------------------------
 
-    def _emit(self, event: EventType, /, **data: Any) -> None:
+    def emit(self, event: EventType, /, **data: Any) -> None:
+        """Publish ``event`` for this session (its workflow, source and id filled in)."""
         self.engine.bus.emit(
             event, workflow_id=self.workflow_id, source=f"decode:{self.id}", session=self.id, **data
         )
 
     # --- control ----------------------------------------------------------------------------
 
-    def _begin(self) -> None:
+    def begin(self, *, paused_ok: bool = False) -> None:
+        """Make a new session runnable (idempotent); announces ``decode.started`` once.
+
+        Raises :class:`SessionStateError` on a finished session, and on a paused one unless
+        ``paused_ok`` (then it stays paused).
+        """
         with self._cv:
             if self._state is SessionState.FINISHED:
                 msg = f"session {self.id} is finished; it cannot be started again"
                 raise SessionStateError(msg)
-            if self._state is SessionState.PAUSED:
+            if self._state is SessionState.PAUSED and not paused_ok:
                 msg = f"session {self.id} is paused; call resume() first"
                 raise SessionStateError(msg)
-            if self._state is not SessionState.CREATED:
-                return
-            self._state = SessionState.RUNNING
-        self._emit(
-            EventType.DECODE_STARTED,
-            offset=len(self._tokens),
-            prompt_tokens=self.prompt_len,
-            priority=self._priority,
-        )
+            if self._state is SessionState.CREATED:
+                self._state = SessionState.RUNNING
+            announce, self._started = not self._started, True
+        if announce:
+            self.emit(
+                EventType.DECODE_STARTED,
+                offset=len(self._tokens),
+                prompt_tokens=self.prompt_len,
+                priority=self._priority,
+            )
+
+    def control(self, state: ControlState) -> None:
+        """React to a workflow control (``rt.controls``): park, or cancel on an abort."""
+        if state is ControlState.ABORTED:
+            self.cancel("aborted")
+        elif state.holds and self._state is not SessionState.FINISHED:
+            self.pause(wait=False)
 
     def pause(self, *, wait: bool = True, timeout: float | None = 10.0) -> float:
         """Park the session at the next layer boundary; returns the pause latency in seconds.
@@ -276,6 +281,23 @@ class DecodeSession:
             raise DecodeError(msg)
         return time.perf_counter() - t0
 
+    def interrupt(self) -> None:
+        """Abandon the forward pass in flight at its next layer boundary (the engine
+        preempting this session for a more urgent one); the session stays runnable."""
+        self._interrupt.set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Finish the session at the next layer boundary with ``finish_reason = reason``."""
+        with self._cv:
+            if self._state is SessionState.FINISHED:
+                return
+            if self._executing:
+                self._cancel_reason = reason
+                self._interrupt.set()
+                return
+            self._finish(reason)
+        self._announce_finish()
+
     def _park(self, *, in_forward: bool) -> None:
         """Under ``_cv``: enter PAUSED (or stay FINISHED) and wake pause() waiters."""
         self._pause_requested = False
@@ -283,7 +305,7 @@ class DecodeSession:
         if self._state is not SessionState.FINISHED:
             self._state = SessionState.PAUSED
             self.last_pause_latency = time.perf_counter() - self._pause_t0
-            self._emit(
+            self.emit(
                 EventType.DECODE_PAUSED,
                 offset=len(self._tokens),
                 reason="pause",
@@ -308,114 +330,25 @@ class DecodeSession:
         with self._cv:
             self._state = SessionState.RUNNING
             self._cv.notify_all()
-        self._emit(EventType.DECODE_RESUMED, offset=len(self._tokens))
-        self.engine._reschedule()
-
-    def inject(self, ctx_delta: str | Sequence[int]) -> tuple[int, int]:
-        """Append text or token ids to the context of a paused (or not yet started) session.
-
-        Returns the absolute ``[start, end)`` span of the injected tokens.
-        """
-        ids = (
-            self.engine.encode(ctx_delta)
-            if isinstance(ctx_delta, str)
-            else [int(t) for t in ctx_delta]
-        )
-        with self._cv:
-            if self._state is SessionState.FINISHED:
-                msg = f"session {self.id} is finished; nothing can be injected into it"
-                raise SessionStateError(msg)
-            if self._state is SessionState.RUNNING or self._executing:
-                msg = f"pause session {self.id} before injecting into it"
-                raise SessionStateError(msg)
-            if not ids:
-                msg = "nothing to inject: ctx_delta is empty"
-                raise RequestError(msg)
-            self._executing = True
-        start = len(self._tokens)
-        t0 = time.perf_counter()
-        try:
-            with self.engine.lock:
-                if self._prefilled:
-                    try:
-                        self.next_logits = self.engine.forward(self, ids, interruptible=False)
-                    except Exception as e:
-                        crop_to(self.cache, start)
-                        msg = f"injecting {len(ids)} tokens into {self.id} failed: {e}"
-                        raise DecodeError(msg) from e
-                self._tokens.extend(ids)
-                self._origins.extend([Origin.INJECTED] * len(ids))
-        finally:
-            with self._cv:
-                self._executing = False
-        self._emit(
-            EventType.DECODE_INJECTED,
-            start=start,
-            end=len(self._tokens),
-            n_tokens=len(ids),
-            prefill_ms=1000 * (time.perf_counter() - t0),
-        )
-        return start, len(self._tokens)
-
-    # --- checkpoints -------------------------------------------------------------------------
-
-    def _require_idle(self, what: str) -> None:
-        if self._executing:
-            msg = f"pause session {self.id} before {what}"
-            raise SessionStateError(msg)
-
-    def checkpoint(self) -> Checkpoint:
-        """Copy tokens, KV, RNG state and grammar state; cheap to restore later."""
-        with self.engine.lock, self._cv:
-            self._require_idle("taking a checkpoint")
-            cp = Checkpoint(
-                tokens=tuple(self._tokens),
-                origins=tuple(self._origins),
-                kv=KVSnapshot.take(self.cache, 0),
-                rng=self.generator.get_state(),
-                matcher=self.matcher.deep_copy() if self.matcher is not None else None,
-                next_logits=None if self.next_logits is None else self.next_logits.clone(),
-                n_generated=self.n_generated,
-                state=self._state,
-                finish_reason=self.finish_reason,
-                prefilled=self._prefilled,
-            )
-        self._emit(EventType.DECODE_CHECKPOINTED, offset=cp.offset)
-        return cp
-
-    def restore(self, cp: Checkpoint) -> None:
-        """Put the session back exactly as it was at ``cp`` (paused if it was running)."""
-        with self.engine.lock, self._cv:
-            self._require_idle("restoring a checkpoint")
-            self._restore(cp)
-            if self._state is SessionState.RUNNING:
-                self._state = SessionState.PAUSED
-        self._emit(EventType.CHECKPOINT_RESTORED, offset=cp.offset)
-
-    def _restore(self, cp: Checkpoint) -> None:
-        self._tokens = list(cp.tokens)
-        self._origins = list(cp.origins)
-        crop_to(self.cache, 0)
-        cp.kv.restore(self.cache)
-        self.generator.set_state(cp.rng)
-        self.matcher = cp.matcher.deep_copy() if cp.matcher is not None else None
-        self.next_logits = None if cp.next_logits is None else cp.next_logits.clone()
-        self.n_generated = cp.n_generated
-        self._state = cp.state
-        self.finish_reason = cp.finish_reason
-        self._prefilled = cp.prefilled
+        self.emit(EventType.DECODE_RESUMED, offset=len(self._tokens))
+        self.engine.reschedule()
 
     # --- driving -----------------------------------------------------------------------------
 
     def run(self, max_steps: int | None = None) -> SessionState:
-        """Decode on this thread until finished, paused, or ``max_steps`` tokens more."""
-        self._begin()
+        """Decode on this thread until finished, paused, or ``max_steps`` tokens more.
+
+        Raises whatever stopped decoding (a crossed budget, a passed deadline, a grammar dead
+        end); the session is then finished with ``finish_reason`` naming the error. A paused
+        session returns at once, still paused.
+        """
+        self.begin(paused_ok=True)
         steps = 0
         while max_steps is None or steps < max_steps:
-            result = self._drive_one()
+            result = self.step()
             if result is None:
                 break
-            steps += result == _TOKEN
+            steps += result == TOKEN
         return self._state
 
     def wait(self, timeout: float | None = None) -> SessionState:
@@ -426,7 +359,7 @@ class DecodeSession:
             )
             return self._state
 
-    def _drive_one(self) -> str | None:
+    def step(self) -> str | None:
         """Run one step if runnable. Returns what happened, or None when it must stop."""
         with self._cv:
             if self._state is not SessionState.RUNNING or self._executing:
@@ -438,86 +371,51 @@ class DecodeSession:
         try:
             with self.engine.lock, self.engine.stream_context(self.stream):
                 result = self._step()
-        finally:
+        except BaseException as e:
             with self._cv:
                 self._executing = False
-                if self.state is SessionState.FINISHED:  # _step may have finished it
-                    self._pause_requested = False
-                    self._parked.set()
-                    self._cv.notify_all()
+                self._finish(f"error: {type(e).__name__}: {e}")
+            self._announce_finish()
+            raise
         with self._cv:
-            if self._pause_requested:
-                self._park(in_forward=result == _INTERRUPTED)
+            self._executing = False
+            if self._cancel_reason is not None and self.state is not SessionState.FINISHED:
+                result = self._finish(self._cancel_reason)
+            if self.state is SessionState.FINISHED:
+                self._pause_requested = False
+                self._parked.set()
+                self._cv.notify_all()
+            elif self._pause_requested:
+                self._park(in_forward=result == INTERRUPTED)
                 return None
-            if result == _INTERRUPTED:  # preempted by a more urgent session, still runnable
+            elif result == INTERRUPTED:  # preempted by a more urgent session, still runnable
                 self._interrupt.clear()
                 self.preempted = True
                 return None
-        if result == _FINISHED:
-            self._emit(
-                EventType.DECODE_FINISHED,
-                offset=len(self._tokens),
-                reason=self.finish_reason,
-                n_generated=self.n_generated,
-            )
+        if result == FINISHED:
+            self._announce_finish()
             return None
+        if result == TOKEN and self.on_token is not None:
+            self.on_token(self)
         return result
 
     def _finish(self, reason: str) -> str:
         with self._cv:
             self._state = SessionState.FINISHED
             self.finish_reason = reason
+            self._cancel_reason = None
+            self._interrupt.clear()
+            self._parked.set()
             self._cv.notify_all()
-        return _FINISHED
+        return FINISHED
 
-    def _step(self) -> str:
-        """Prefill the prompt or decode one token. Caller holds the model lock."""
-        if not self._prefilled:
-            try:
-                self.next_logits = self.engine.forward(self, self._tokens, interruptible=True)
-            except _Interrupted:
-                crop_to(self.cache, 0)
-                return _INTERRUPTED
-            self._prefilled = True
-            return _PREFILLED
-        if self.n_generated >= self.max_new_tokens:
-            return self._finish("length")
-        if self.matcher is not None and self.matcher.is_stopped():
-            return self._finish("grammar")
-        assert self.next_logits is not None
-        logits = self.engine.mask_logits(self.matcher, self.next_logits)
-        if self.n_generated < self.min_new_tokens:  # too early to stop: mask every stop token
-            logits[list(self.engine.stop_ids)] = float("-inf")
-        rng = self.generator.get_state()
-        tok = self.sampler.sample(logits, self.generator)
-        if tok in self.engine.stop_ids:
-            return self._finish("eos")
-        n = len(self._tokens)
-        try:
-            self.next_logits = self.engine.forward(self, [tok], interruptible=True)
-        except _Interrupted:
-            crop_to(self.cache, n)
-            self.generator.set_state(rng)
-            return _INTERRUPTED
-        self._tokens.append(tok)
-        self._origins.append(Origin.GENERATED)
-        self.n_generated += 1
-        if self.matcher is not None:
-            self.matcher.consume_token(tok)
-        if self.stop and self._hit(self.stop):
-            return self._finish("stop")
-        if self.pause_on and self._hit(self.pause_on):  # e.g. a tool call: park for a result
-            with self._cv:
-                self._pause_requested = True
-                self._pause_t0 = time.perf_counter()
-        return _TOKEN
-
-    def _hit(self, strings: Sequence[str]) -> bool:
-        """Did the token just committed complete one of ``strings``?"""
-        lo = max(self.prompt_len, len(self._tokens) - 9)
-        before = self.engine.text.text(self._tokens[lo:-1])
-        after = self.engine.text.text(self._tokens[lo:])
-        return any(after.count(s) > before.count(s) for s in strings)
+    def _announce_finish(self) -> None:
+        self.emit(
+            EventType.DECODE_FINISHED,
+            offset=len(self._tokens),
+            reason=self.finish_reason,
+            n_generated=self.n_generated,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -171,7 +171,7 @@ class DemandExecutor:
             )
             self.thunks[name] = thunk
             t0, t1 = self.session.char_span_to_tokens(c0, c1, base=0)
-            self.session._emit(
+            self.session.emit(
                 EventType.THUNK_DECLARED, name=name, args=args, start=t0, end=t1, cost=thunk.cost
             )
             new.append(thunk)
@@ -232,7 +232,7 @@ class DemandExecutor:
         except DecodeError as e:
             msg = f"splicing thunk {thunk.name!r} failed: {e}"
             raise ThunkError(msg) from e
-        self.session._emit(
+        self.session.emit(
             EventType.THUNK_FORCED,
             name=thunk.name,
             start=t0,

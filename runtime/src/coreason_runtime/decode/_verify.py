@@ -368,7 +368,7 @@ def locate_failures(
         t0, t1 = session.char_span_to_tokens(f.start, f.end)
         f = replace(f, token_start=t0, token_end=t1)
         located.append(f)
-        session._emit(
+        session.emit(
             EventType.VERIFIER_FAILED,
             verifier=verifier.name,
             step=f.step,

@@ -135,9 +135,8 @@ class Scheduler:
             self._loop_task = loop.create_task(self._loop())
         result = await state.future
         if check and result.status != "succeeded":
-            err = state.error_type(result.error or result.status, workflow_id=dag.workflow_id)
-            err.result = result  # type: ignore[attr-defined]
-            raise err
+            msg = result.error or result.status
+            raise state.error_type(msg, workflow_id=dag.workflow_id, result=result)
         return result
 
     def run_sync(

@@ -17,12 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from coreason_runtime._exceptions import (
+    ClientDisconnectedError,
     CoreasonError,
     RequestError,
     SchemaCompileTimeout,
     SchemaError,
+    WorkflowAbortedError,
 )
-from coreason_runtime.serve._host import ClientGone, Job, ModelHost, ServeMeter
+from coreason_runtime.serve._host import Job, ModelHost
 from coreason_runtime.serve._protocol import (
     ChatRequest,
     chunk_body,
@@ -31,6 +33,7 @@ from coreason_runtime.serve._protocol import (
     new_completion_id,
     usage_body,
 )
+from coreason_runtime.tensor._types import UnmeteredMeter
 
 if TYPE_CHECKING:
     from coreason_runtime.tensor._types import TierOutput
@@ -211,10 +214,10 @@ def create_app(
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             if not task.done() and await raw.is_disconnected():
-                job.cancelled.set()  # nobody will read the answer: stop decoding it
+                job.cancel()  # nobody will read the answer: stop decoding it
         try:
             out = task.result()
-        except ClientGone:
+        except ClientDisconnectedError:
             return Response(status_code=499)  # nobody is left to read it
         except (RequestError, SchemaError) as e:
             return _error(400, str(e))
@@ -240,13 +243,13 @@ def _generate(host: ModelHost, job: Job) -> TierOutput:
     if job.cancelled.is_set():  # the client left while the request was queued
         host.record(cancelled=True)
         msg = "the client disconnected before decoding began"
-        raise ClientGone(msg, tier="local")
-    meter = ServeMeter(job.max_tokens, job.cancelled)
+        raise ClientDisconnectedError(msg, tier="local", workflow_id=job.workflow_id)
     try:
-        out = host.backend.generate(job, meter)
-    except ClientGone:
+        out = host.backend.generate(job, UnmeteredMeter(job.max_tokens))
+    except WorkflowAbortedError as e:  # the job's controls: its client hung up mid-decode
         host.record(cancelled=True)
-        raise
+        msg = "the client disconnected; decoding stopped"
+        raise ClientDisconnectedError(msg, tier="local", workflow_id=job.workflow_id) from e
     host.record(cancelled=False)
     return out
 
@@ -295,7 +298,7 @@ def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool
                 )
             try:
                 out = task.result()
-            except ClientGone:
+            except ClientDisconnectedError:
                 return
             except Exception as e:  # reported to the client in-band; the server keeps serving
                 logger.warning("streamed generation failed: %s", e)
@@ -330,6 +333,6 @@ def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool
             yield "data: [DONE]\n\n"
         finally:
             # The client hung up (or we are done): stop decoding at the next token.
-            job.cancelled.set()
+            job.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)

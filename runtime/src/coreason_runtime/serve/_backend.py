@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from coreason_runtime._exceptions import SchemaCompileError
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
-from coreason_runtime.tensor._types import Meter, TierOutput
+from coreason_runtime.tensor._types import BaseTier, Meter, TierOutput
 
 if TYPE_CHECKING:
     from coreason_runtime.serve._host import Job
+    from coreason_runtime.tensor._local import LocalTier
 
 __all__ = ["Backend", "TierBackend", "adapt"]
 
@@ -27,16 +28,16 @@ class TierBackend:
 
     A ``response_format`` schema compiles with the tier's compiler; the answer is decoded under
     its grammar mask, with the same JSON hint the tier gives the router's requests. Text is
-    streamed through ``on_delta`` as it is decoded.
+    streamed through ``on_delta`` as it is decoded; the job's ticket stops the decode at the
+    next layer boundary when its client hangs up.
     """
 
-    def __init__(self, tier: Any) -> None:
+    def __init__(self, tier: LocalTier) -> None:
         self.tier = tier
 
     def compile(self, json_schema: dict[str, Any]) -> CompiledSchema:
         spec = SchemaSpec.from_user(json_schema)
-        own = getattr(self.tier, "compile", None)
-        compiled: CompiledSchema = own(spec) if callable(own) else self.tier.compiler.compile(spec)
+        compiled = self.tier.compile(spec)
         if compiled.grammar is None:
             err = compiled.errors.get("grammar")
             if err is None:
@@ -49,7 +50,7 @@ class TierBackend:
         messages = job.messages
         if job.schema is not None:
             messages = self.tier.schema_messages(messages, job.schema)
-        out: TierOutput = self.tier.complete_text(
+        return self.tier.complete_text(
             messages,
             job.max_tokens,
             grammar=job.schema,
@@ -57,18 +58,15 @@ class TierBackend:
             temperature=job.temperature,
             seed=job.seed,
             meter=meter,
-            workflow_id="serve",
+            ticket=job.ticket,
         )
-        return out
 
     def close(self) -> None:
-        closer = getattr(self.tier, "close", None)
-        if callable(closer):
-            closer()
+        self.tier.close()
 
 
-def adapt(tier: Any) -> Backend:
-    """The backend for ``tier`` (already a backend, or a tier to wrap)."""
-    if hasattr(tier, "generate") and hasattr(tier, "compile"):
-        return tier  # type: ignore[no-any-return]
-    return TierBackend(tier)
+def adapt(source: LocalTier | Backend) -> Backend:
+    """The backend for ``source`` (a local tier to wrap, or already a backend)."""
+    if isinstance(source, BaseTier):
+        return TierBackend(source)
+    return source

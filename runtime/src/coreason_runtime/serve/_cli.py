@@ -57,7 +57,7 @@ def local_tier_loader(model: str | None) -> Any:
 
         cfg = RuntimeConfig(oracle=None)
         loaded = load_model(model)
-        compiler = UniversalCompiler(loaded.tokenizer, timeout=cfg.compile_timeout)
+        compiler = UniversalCompiler(loaded, timeout=cfg.compile_timeout)
         # One token per streamed chunk, as OpenAI streams do.
         return LocalTier(loaded, compiler, stream_every=1, timeout=cfg.local_timeout)
 

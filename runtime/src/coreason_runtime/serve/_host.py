@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from coreason_runtime._exceptions import BudgetExceededError, TierUnavailableError
+from coreason_runtime._controls import Controls, Ticket
+from coreason_runtime._exceptions import TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
 
-__all__ = ["ClientGone", "Job", "ModelHost", "ServeMeter"]
+__all__ = ["Job", "ModelHost"]
 
 logger = logging.getLogger("coreason_runtime.serve")
 T = TypeVar("T")
@@ -21,37 +23,16 @@ T = TypeVar("T")
 State = Literal["loading", "ok", "error"]
 
 
-class ClientGone(BudgetExceededError):
-    """Raised from the meter when the client hung up: stops decoding at the next token.
-
-    A :class:`BudgetExceededError` because every tier lets that one through untouched.
-    """
-
-
-class ServeMeter:
-    """The meter a served request decodes under: its ``max_tokens`` and its client's liveness."""
-
-    def __init__(self, max_out: int, cancelled: threading.Event) -> None:
-        self._max_out = max_out
-        self._cancelled = cancelled
-        self.tokens_in = 0
-        self.tokens_out = 0
-
-    @property
-    def max_out(self) -> int:
-        return self._max_out - self.tokens_out
-
-    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        if self._cancelled.is_set():
-            msg = "the client disconnected"
-            raise ClientGone(msg, tier="local")
-        self.tokens_in += tokens_in
-        self.tokens_out += tokens_out
+_job_ids = itertools.count(1)
 
 
 @dataclass
 class Job:
-    """One served request, decoded on the model thread."""
+    """One served request, decoded on the model thread under its own workflow controls.
+
+    :meth:`cancel` (the client hung up) aborts the job's workflow: its decode stops at the
+    next decoder-layer boundary, or before it starts if it is still queued.
+    """
 
     messages: list[dict[str, str]]
     max_tokens: int
@@ -59,7 +40,20 @@ class Job:
     seed: int | None
     schema: Any = None
     on_text: Callable[[str], None] | None = None
+    controls: Controls = field(default_factory=Controls)
+    workflow_id: str = field(default_factory=lambda: f"serve-{next(_job_ids)}")
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ticket: Ticket = field(init=False)
+
+    def __post_init__(self) -> None:
+        # opened now, so a cancel that comes while the job is queued already reaches it
+        self.ticket = self.controls.open(self.workflow_id)
+
+    def cancel(self) -> None:
+        """Stop the job: nobody will read its answer. Idempotent."""
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            self.controls.abort(self.workflow_id, reason="client disconnected")
 
 
 class ModelHost:

@@ -7,9 +7,11 @@ from typing import Any
 from coreason_runtime.tensor._correction import REPAIRS, is_retryable, reask
 from coreason_runtime.tensor._router import TensorRouter
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec, schema_key
-from coreason_runtime.tensor._scripted import ScriptedTier
+from coreason_runtime.tensor._scripted import ScriptedSteerableTier, ScriptedTier
 from coreason_runtime.tensor._types import (
     Attempt,
+    BaseTier,
+    BlackBoxTier,
     Meter,
     Result,
     SteerableTier,
@@ -40,12 +42,15 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "REPAIRS",
     "Attempt",
+    "BaseTier",
+    "BlackBoxTier",
     "CompiledSchema",
     "LocalTier",
     "Meter",
     "RemoteTier",
     "Result",
     "SchemaSpec",
+    "ScriptedSteerableTier",
     "ScriptedTier",
     "SteerableTier",
     "TensorRouter",

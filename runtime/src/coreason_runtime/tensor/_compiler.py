@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,16 +13,18 @@ from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import (
     CoreasonError,
     OracleSchemaLimitError,
+    RequestError,
     SchemaCompileError,
     SchemaCompileTimeout,
 )
+from coreason_runtime.decode._grammar import TokenizerInfo, new_matcher, tokenizer_info
 from coreason_runtime.tensor._openai_strict import OpenAILimits, to_openai_strict, to_regex
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 
 if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
 
-__all__ = ["JSON_OPTIONS", "LocalGrammar", "TokenizerInfo", "UniversalCompiler", "tokenizer_info"]
+__all__ = ["JSON_OPTIONS", "LocalGrammar", "UniversalCompiler"]
 
 # Compact but readable JSON: one space after ',' and ':', no free whitespace. A model can then
 # neither pad forever with whitespace nor spend tokens on it.
@@ -33,58 +34,6 @@ JSON_OPTIONS: dict[str, Any] = {
     "key_separator": ": ",
 }
 _CACHE_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """The llguidance view of a tokenizer, and a stable identity to key compile caches with."""
-
-    ll: Any
-    ident: str
-    vocab_size: int
-    eos_token_id: int
-
-
-_TOKINFO: dict[int, tuple[Any, TokenizerInfo]] = {}
-_TOKINFO_LOCK = threading.Lock()
-
-
-def tokenizer_info(obj: Any) -> TokenizerInfo | None:
-    """Build (once per object) the :class:`TokenizerInfo` for a tokenizer-like object.
-
-    Accepts ``None``, a :class:`TokenizerInfo`, a ``LoadedModel`` (its tokenizer, sized to the
-    model's vocabulary) or a fast Hugging Face tokenizer.
-    """
-    if obj is None or isinstance(obj, TokenizerInfo):
-        return obj
-    with _TOKINFO_LOCK:
-        hit = _TOKINFO.get(id(obj))
-        if hit is not None and hit[0] is obj:
-            return hit[1]
-    import llguidance.hf
-
-    if hasattr(obj, "tokenizer") and hasattr(obj, "model"):  # a LoadedModel
-        tok = obj.tokenizer
-        # The mask spans the larger of the two: a model may pad its vocabulary, or (a tiny test
-        # model) cut it short, in which case the logits it lacks are simply never allowed.
-        n_vocab = max(int(obj.model.config.vocab_size), len(tok))
-    else:
-        tok = obj
-        n_vocab = len(tok)
-    # Identity by content, so a compiler built from a tokenizer and a tier built from the
-    # model share compiled grammars.
-    backend = tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else repr(tok)
-    digest = hashlib.sha256(f"{backend}|{tok.eos_token_id}".encode()).hexdigest()[:16]
-    ident = f"tok-{digest}-{n_vocab}"
-    try:
-        ll = llguidance.hf.from_tokenizer(tok, n_vocab=n_vocab)
-    except ValueError as e:
-        msg = f"the local tier needs a fast Hugging Face tokenizer: {e}"
-        raise SchemaCompileError(msg) from e
-    info = TokenizerInfo(ll=ll, ident=ident, vocab_size=n_vocab, eos_token_id=int(tok.eos_token_id))
-    with _TOKINFO_LOCK:
-        _TOKINFO[id(obj)] = (obj, info)
-    return info
 
 
 @dataclass
@@ -120,13 +69,11 @@ class LocalGrammar:
 
 
 def _new_matcher(info: TokenizerInfo, grammar: str) -> Any:
-    import llguidance
-
-    m = llguidance.LLMatcher(info.ll, grammar, log_level=0)
-    if m.is_error():
-        msg = f"llguidance cannot compile the schema: {m.get_error()}"
-        raise SchemaCompileError(msg)
-    return m
+    try:
+        return new_matcher(info, grammar)
+    except RequestError as e:
+        msg = f"llguidance cannot compile the schema: {e.message.removeprefix('invalid grammar: ')}"
+        raise SchemaCompileError(msg) from e
 
 
 def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> LocalGrammar:

@@ -1,31 +1,42 @@
-"""Tier 0: the local model, decoding over an explicit KV cache, the grammar masking every step."""
+"""Tier 0: the local model. Every attempt is a decode session on the runtime's decode engine.
+
+The tier has no token loop of its own: it builds a :class:`~coreason_runtime.decode.
+DecodeSession` (grammar mask, meter, deadline, a reused prefix from the prefix cache) and
+drives it on the caller's thread. The workflow's controls reach the session through the
+request's ticket: a pause parks it at the next decoder-layer boundary (the model is free for
+other sessions meanwhile), a resume continues it, an abort cancels it.
+"""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coreason_runtime._events import EventType
+from coreason_runtime._controls import Ticket
+from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
-    BudgetExceededError,
     CoreasonError,
-    GrammarDeadEndError,
     RequestError,
     SchemaCompileError,
-    TierTimeoutError,
+    WorkflowAbortedError,
 )
-from coreason_runtime.models._gate import LayerGate
-from coreason_runtime.tensor._compiler import LocalGrammar, UniversalCompiler, tokenizer_info
+from coreason_runtime.decode import DecodeEngine, DecodeSession, GrammarMask, Sampler, SessionState
+from coreason_runtime.tensor._compiler import LocalGrammar, UniversalCompiler
 from coreason_runtime.tensor._prefix import PrefixCache
-from coreason_runtime.tensor._schema import CompiledSchema
-from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest, UnmeteredMeter
+from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+from coreason_runtime.tensor._types import (
+    Messages,
+    Meter,
+    SteerableTier,
+    TierOutput,
+    TierRequest,
+    UnmeteredMeter,
+)
 
 if TYPE_CHECKING:
-    from coreason_runtime._events import EventBus
+    from coreason_runtime._coordinator import Coordinator
     from coreason_runtime.models._loader import LoadedModel
 
 __all__ = ["LocalTier"]
@@ -36,25 +47,54 @@ SYSTEM_HINT = (
 )
 
 
-@dataclass
-class _Run:
-    """What one decode produced."""
+class _TextStream:
+    """Publishes a session's text as it grows: ``tokens.batch`` events and ``on_delta``."""
 
-    tokens: list[int]
-    finish: str
-    prompt_tokens: int
-    reused: int
-    seconds: float
-    mask_seconds: float
-    forward_seconds: float = 0.0
-    prefill_seconds: float = 0.0
+    def __init__(
+        self,
+        tier: LocalTier,
+        workflow_id: str | None,
+        on_delta: Callable[[str], None] | None,
+    ) -> None:
+        self._tier = tier
+        self._workflow_id = workflow_id
+        self._on_delta = on_delta
+        self._text = ""
+        self._count = 0
+
+    def on_token(self, session: DecodeSession) -> None:
+        if session.n_generated % self._tier.stream_every == 0:
+            self.flush(session)
+
+    def flush(self, session: DecodeSession, *, final: bool = False) -> None:
+        text = self._tier.decode_text(session.output_ids)
+        if not final:
+            text = text.rstrip("\ufffd")  # hold back a half-decoded character
+        delta = text[len(self._text) :]
+        if not delta:
+            return
+        new_tokens = session.n_generated - self._count
+        self._text, self._count = text, session.n_generated
+        if self._on_delta is not None:
+            self._on_delta(delta)
+        self._tier.bus.emit(
+            EventType.TOKENS,
+            workflow_id=self._workflow_id,
+            source=self._tier.name,
+            tier=self._tier.name,
+            delta=delta,
+            tokens_out=new_tokens,
+            total_out=session.n_generated,
+        )
 
 
-class LocalTier:
+class LocalTier(SteerableTier):
     """The local model as a steerable tier: its output always parses under the grammar.
 
-    One lock serialises every forward pass on the model (the runtime may call from several
-    threads). Prompts share KV state through a prefix cache bounded by ``prefix_cache_tokens``.
+    Sessions run on ``engine`` (the runtime's decode engine, sharing the model's lock), so
+    several requests interleave token by token and every mechanism of the engine (pause at a
+    layer boundary, checkpoints, span repair) applies to a request in flight. Prompts share
+    KV through a prefix cache bounded by ``prefix_cache_tokens``.
 
     Parameters
     ----------
@@ -63,11 +103,13 @@ class LocalTier:
     compiler
         The compiler whose grammars this tier decodes with; built for ``loaded`` when omitted.
     bus
-        Where ``tokens.batch`` and ``cache.prefix_reused`` events go.
+        Where ``tokens.batch``, ``cache.prefix_reused`` and ``decode.*`` events go.
+    engine
+        The decode engine to run sessions on; one over ``loaded`` when omitted.
     """
 
     name = "local"
-    steerable = True
+    bus: EventBus
 
     def __init__(
         self,
@@ -75,29 +117,31 @@ class LocalTier:
         compiler: UniversalCompiler | None = None,
         bus: EventBus | None = None,
         *,
+        engine: DecodeEngine | None = None,
         prefix_cache_tokens: int = 4096,
         stream_every: int = 8,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.loaded = loaded
-        self.compiler = compiler or UniversalCompiler(loaded, bus=bus)
-        self.bus = bus
-        self.info = tokenizer_info(loaded)
+        self.bus = bus if bus is not None else (engine.bus if engine is not None else EventBus())
+        self.engine = engine or DecodeEngine(
+            loaded.model, loaded.tokenizer, bus=self.bus, lock=loaded.lock
+        )
+        self.compiler = compiler or UniversalCompiler(loaded, bus=self.bus)
+        self.info = self.engine.info
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.stream_every = max(1, stream_every)
         self.timeout = timeout
-        self._lock: threading.RLock = loaded.lock
 
     @classmethod
-    def for_runtime(cls, rt: Any) -> LocalTier:
-        """Build the local tier for a Coordinator: its configured model, bus and timeouts."""
+    def for_runtime(cls, rt: Coordinator) -> LocalTier:
+        """The local tier of a Coordinator: its decode engine, model, bus and timeouts."""
         from coreason_runtime.models import load_model
 
+        engine = rt.decode
         loaded = load_model(rt.config.model)
         compiler = UniversalCompiler(loaded, timeout=rt.config.compile_timeout, bus=rt.bus)
-        return cls(loaded, compiler, bus=rt.bus, timeout=rt.config.local_timeout)
-
-    from_config = for_runtime
+        return cls(loaded, compiler, bus=rt.bus, engine=engine, timeout=rt.config.local_timeout)
 
     @property
     def model_name(self) -> str:
@@ -105,7 +149,17 @@ class LocalTier:
 
     # --- prompts -----------------------------------------------------------------------------
 
-    def encode_messages(self, messages: list[dict[str, str]]) -> list[int]:
+    def compile(self, spec: SchemaSpec) -> CompiledSchema:
+        """Every form of ``spec``, the grammar compiled against this model's tokenizer."""
+        return self.compiler.compile(spec)
+
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
+        """Exact: the tokens of the chat this tier will really decode from."""
+        if compiled is not None:
+            messages = self.schema_messages(messages, compiled)
+        return len(self.encode_messages(messages))
+
+    def encode_messages(self, messages: Messages) -> list[int]:
         """Token ids of a chat, with the generation prompt, through the model's chat template."""
         tok = self.loaded.tokenizer
         if getattr(tok, "chat_template", None):
@@ -115,10 +169,12 @@ class LocalTier:
         ids: list[int] = tok(text, add_special_tokens=False)["input_ids"]
         return ids
 
+    def decode_text(self, ids: Any) -> str:
+        """The text of generated token ids (special tokens dropped)."""
+        return str(self.loaded.tokenizer.decode(list(ids), skip_special_tokens=True))
+
     @staticmethod
-    def schema_messages(
-        messages: list[dict[str, str]], schema: CompiledSchema
-    ) -> list[dict[str, str]]:
+    def schema_messages(messages: Messages, schema: CompiledSchema) -> Messages:
         """``messages`` with a system hint that the answer must be JSON for ``schema``."""
         hint = SYSTEM_HINT.format(
             schema=json.dumps(schema.spec.json_schema, separators=(",", ":"), sort_keys=True)
@@ -136,55 +192,46 @@ class LocalTier:
         Greedy when ``request.temperature`` is 0, else sampled from a generator seeded with
         ``request.seed`` (0 when unset, so every answer can be reproduced). The prompt is
         charged once before decoding, each output token as it is produced; the decoder stops
-        before a token the meter's reservation (``max_out``) no longer covers.
+        before a token the meter's grant no longer covers.
 
         Raises
         ------
         BudgetExceededError
             From ``meter``: the prompt or the next token would cross the ceiling.
+        WorkflowAbortedError
+            The workflow was aborted while this decoded (charged what was consumed).
         GrammarDeadEndError
             The grammar allowed no token (escalate; do not retry).
         TierTimeoutError
-            Past ``request.timeout`` (or the tier's default).
+            Past ``request.timeout`` (or the tier's default), prefill included.
         SchemaCompileError, SchemaCompileTimeout
             The schema has no local grammar (the router skips the tier on these).
         """
-        if request.max_tokens < 1:
-            msg = f"max_tokens must be at least 1, got {request.max_tokens}"
-            raise RequestError(msg, workflow_id=request.workflow_id, tier=self.name)
-        grammar = request.schema.grammar
-        if not isinstance(grammar, LocalGrammar):
-            err = request.schema.errors.get("grammar")
-            if isinstance(err, CoreasonError):  # a fresh instance: the recorded one is shared
-                raise type(err)(
-                    err.message, workflow_id=request.workflow_id, tier=self.name
-                ) from err
-            msg = f"schema {request.schema.spec.name!r} has no local grammar"
-            raise SchemaCompileError(msg, workflow_id=request.workflow_id, tier=self.name)
+        grammar = self._grammar(request.schema, request.workflow_id)
         messages = self.schema_messages(request.messages, request.schema)
-        run = self._decode(
+        return self.decode(
             self.encode_messages(messages),
+            max_tokens=request.max_tokens,
             grammar=grammar,
-            max_new=request.max_tokens,
-            temperature=request.temperature,
-            seed=request.seed,
+            sampler=Sampler(temperature=request.temperature, seed=request.seed or 0),
             meter=meter,
             timeout=request.timeout,
+            ticket=request.ticket,
             workflow_id=request.workflow_id,
         )
-        return self._output(run)
 
     def complete_text(
         self,
-        messages: list[dict[str, str]],
+        messages: Messages,
         max_tokens: int,
-        grammar: LocalGrammar | CompiledSchema | None = None,
+        grammar: CompiledSchema | None = None,
         on_delta: Callable[[str], None] | None = None,
         *,
         temperature: float = 0.0,
         seed: int | None = None,
         meter: Meter | None = None,
         timeout: float | None = None,
+        ticket: Ticket | None = None,
         workflow_id: str | None = None,
         ignore_eos: bool = False,
     ) -> TierOutput:
@@ -193,228 +240,127 @@ class LocalTier:
         ``on_delta`` receives text deltas as they are decoded (every ``stream_every`` tokens).
         ``ignore_eos`` keeps decoding to ``max_tokens`` (benchmarks compare equal lengths).
         """
-        if max_tokens < 1:
-            msg = f"max_tokens must be at least 1, got {max_tokens}"
-            raise RequestError(msg, workflow_id=workflow_id, tier=self.name)
-        if isinstance(grammar, CompiledSchema):
-            if not isinstance(grammar.grammar, LocalGrammar):
-                msg = f"schema {grammar.spec.name!r} has no local grammar"
-                raise SchemaCompileError(msg, workflow_id=workflow_id, tier=self.name)
-            grammar = grammar.grammar
-        run = self._decode(
+        ticket = ticket if ticket is not None else Ticket.detached()
+        wf = workflow_id or ticket.workflow_id
+        local = self._grammar(grammar, wf) if grammar is not None else None
+        return self.decode(
             self.encode_messages(messages),
-            grammar=grammar,
-            max_new=max_tokens,
-            temperature=temperature,
-            seed=seed,
+            max_tokens=max_tokens,
+            grammar=local,
+            sampler=Sampler(temperature=temperature, seed=seed or 0),
             meter=meter or UnmeteredMeter(),
             timeout=timeout,
-            workflow_id=workflow_id,
+            ticket=ticket,
+            workflow_id=wf,
             on_delta=on_delta,
             ignore_eos=ignore_eos,
         )
-        return self._output(run)
 
-    def _output(self, run: _Run) -> TierOutput:
-        text = self.loaded.tokenizer.decode(run.tokens, skip_special_tokens=True)
-        return TierOutput(
-            text=text,
-            tokens_in=run.prompt_tokens,
-            tokens_out=len(run.tokens),
-            model=self.loaded.name,
-            finish_reason=run.finish,
-            extra={
-                "revision": self.loaded.revision,
-                "reused_tokens": run.reused,
-                "prefill_tokens": run.prompt_tokens - run.reused,
-                "seconds": run.seconds,
-                "mask_seconds": run.mask_seconds,
-                "forward_seconds": run.forward_seconds,
-                "prefill_seconds": run.prefill_seconds,
-            },
-        )
+    def _grammar(self, schema: CompiledSchema, workflow_id: str | None) -> LocalGrammar:
+        grammar = schema.grammar
+        if isinstance(grammar, LocalGrammar):
+            return grammar
+        err = schema.errors.get("grammar")
+        if isinstance(err, CoreasonError):  # a fresh instance: the recorded one is shared
+            raise type(err)(err.message, workflow_id=workflow_id, tier=self.name) from err
+        msg = f"schema {schema.spec.name!r} has no local grammar"
+        raise SchemaCompileError(msg, workflow_id=workflow_id, tier=self.name)
 
     # --- decoding ----------------------------------------------------------------------------
 
-    def _decode(
+    def decode(
         self,
         prompt: list[int],
         *,
+        max_tokens: int,
         grammar: LocalGrammar | None,
-        max_new: int,
-        temperature: float,
-        seed: int | None,
+        sampler: Sampler,
         meter: Meter,
         timeout: float | None,
-        workflow_id: str | None,
+        ticket: Ticket,
+        workflow_id: str,
         on_delta: Callable[[str], None] | None = None,
         ignore_eos: bool = False,
-    ) -> _Run:
-        import numpy as np
-        import torch
+    ) -> TierOutput:
+        """Decode ``prompt`` as one session under the ticket's controls; its output.
 
-        info = self.info
-        assert info is not None  # built from the LoadedModel in __init__
-        eos = info.eos_token_id
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
-        matcher = grammar.matcher(info) if grammar is not None else None
-        words = (info.vocab_size + 31) // 32
-        bitmask = np.zeros(words, dtype=np.int32)
-        gen = torch.Generator().manual_seed(seed if seed is not None else 0)
-        tokens: list[int] = []
-        finish = "length"
-        mask_seconds = forward_seconds = prefill_seconds = 0.0
-        streamed = ""
+        Raises whatever stopped it, with this tier and the workflow named on the error.
+        """
+        if max_tokens < 1:
+            msg = f"max_tokens must be at least 1, got {max_tokens}"
+            raise RequestError(msg, workflow_id=workflow_id, tier=self.name)
         started = time.perf_counter()
-
-        def fail(msg: str, exc: type[CoreasonError]) -> CoreasonError:
-            return exc(msg, workflow_id=workflow_id, tier=self.name)
-
-        def flush(final: bool = False) -> None:
-            nonlocal streamed
-            if on_delta is None and self.bus is None:
-                return
-            text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
-            if not final:
-                text = text.rstrip("\ufffd")  # hold back a half-decoded character
-            delta = text[len(streamed) :]
-            if not delta:
-                return
-            streamed = text
-            if on_delta is not None:
-                on_delta(delta)
-            if self.bus is not None:
-                self.bus.emit(
-                    EventType.TOKENS,
-                    workflow_id=workflow_id,
-                    source=self.name,
-                    tier=self.name,
-                    delta=delta,
-                    tokens=len(tokens),
-                )
-
-        meter.charge(tokens_in=len(prompt))  # may raise BudgetExceededError: let it
-        # A meter that can checkpoint (a pause or abort gate) is checked inside every forward
-        # pass too, at each layer boundary: a pause lands within a layer, not a token.
-        check = getattr(meter, "checkpoint", None)
-        check = check if callable(check) else None
-        with self._lock, torch.inference_mode():
-            cache, reused = self.prefix_cache.lookup(prompt)
-            if reused and self.bus is not None:
-                self.bus.emit(
-                    EventType.PREFIX_REUSED,
-                    workflow_id=workflow_id,
-                    source=self.name,
-                    reused=reused,
-                    prefill=len(prompt) - reused,
-                )
-            model = self.loaded.model
-            device = self.loaded.device
-            fed = list(prompt)
-            consistent = False  # a forward pass cut short leaves layers of unequal length
-            try:
-                t0 = time.perf_counter()
-                logits = self._forward(model, prompt[reused:], cache, device, check)
-                prefill_seconds = time.perf_counter() - t0
-                consistent = True
-                while True:
-                    if time.monotonic() > deadline:
-                        msg = f"the local tier passed its timeout after {len(tokens)} tokens"
-                        raise fail(msg, TierTimeoutError)
-                    if matcher is not None:
-                        t0 = time.perf_counter()
-                        matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
-                        allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")
-                        allowed = allowed[: logits.shape[-1]].astype(bool)
-                        if matcher.is_error():
-                            msg = f"grammar error: {matcher.get_error()}"
-                            raise fail(msg, GrammarDeadEndError)
-                        n_allowed = int(allowed.sum())
-                        if n_allowed == 0:
-                            msg = f"the grammar allows no token after {len(tokens)} tokens"
-                            raise fail(msg, GrammarDeadEndError)
-                        if n_allowed == 1 and allowed[eos] and matcher.is_accepting():
-                            finish = "stop"  # only EOS is left: done without another pass
-                            break
-                        logits = logits.masked_fill(
-                            torch.from_numpy(~allowed).to(logits.device), float("-inf")
-                        )
-                        mask_seconds += time.perf_counter() - t0
-                    if ignore_eos:
-                        logits[eos] = float("-inf")
-                    if len(tokens) >= max_new:
-                        finish = "length"
-                        break
-                    if meter.max_out <= 0:
-                        # Stop *before* the token that would cross the ceiling: a meter that
-                        # can check ahead raises without charging a token never produced.
-                        check = getattr(meter, "check", None)
-                        if callable(check):
-                            check(tokens_out=1)
-                        else:
-                            meter.charge(tokens_out=1)
-                        msg = "the budget reservation allows no more output tokens"
-                        raise BudgetExceededError(msg, workflow_id=workflow_id, tier=self.name)
-                    token = self._choose(logits, temperature, gen)
-                    meter.charge(tokens_out=1)
-                    tokens.append(token)
-                    if matcher is not None:
-                        t0 = time.perf_counter()
-                        consumed = matcher.consume_token(token)
-                        mask_seconds += time.perf_counter() - t0
-                        if not consumed:
-                            msg = f"grammar rejected token {token}: {matcher.get_error()}"
-                            raise fail(msg, GrammarDeadEndError)
-                    if len(tokens) % self.stream_every == 0:
-                        flush()
-                    if token == eos and not ignore_eos:
-                        tokens.pop()
-                        finish = "stop"
-                        break
-                    if matcher is not None and matcher.is_stopped():
-                        finish = "stop"
-                        break
-                    if len(tokens) >= max_new:
-                        if matcher is not None and matcher.is_accepting():
-                            finish = "stop"
-                        break
-                    consistent = False
-                    t0 = time.perf_counter()
-                    logits = self._forward(model, [token], cache, device, check)
-                    forward_seconds += time.perf_counter() - t0
-                    fed.append(token)
-                    consistent = True
-            finally:
-                if consistent:
-                    self.prefix_cache.store(fed, cache)
-        flush(final=True)
-        return _Run(
-            tokens,
-            finish,
-            len(prompt),
-            reused,
-            time.perf_counter() - started,
-            mask_seconds,
-            forward_seconds,
-            prefill_seconds,
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        cache, reused = self.prefix_cache.lookup(prompt, self.loaded.model.config)
+        if reused:
+            self.bus.emit(
+                EventType.PREFIX_REUSED,
+                workflow_id=workflow_id,
+                source=self.name,
+                reused=reused,
+                prefill=len(prompt) - reused,
+            )
+        stream = _TextStream(self, workflow_id, on_delta)
+        session = self.engine.session(
+            prompt,
+            chat=False,
+            sampler=sampler,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens if ignore_eos else 0,
+            grammar=GrammarMask(grammar.matcher(self.info), self.info) if grammar else None,
+            workflow_id=workflow_id,
+            meter=meter,
+            deadline=deadline,
+            prefix=(cache, reused),
+            on_token=stream.on_token,
         )
+        try:
+            self._drive(session, ticket)
+        except CoreasonError as e:
+            e.tier = e.tier or self.name
+            e.workflow_id = e.workflow_id or workflow_id
+            raise
+        finally:
+            if session.prefilled:  # the KV is exact for the tokens it holds, whatever happened
+                self.prefix_cache.store(list(session.tokens[: session.kv_length]), session.cache)
+        stream.flush(session, final=True)
+        return self._output(session, time.perf_counter() - started)
 
     @staticmethod
-    def _forward(
-        model: Any, ids: list[int], cache: Any, device: str, check: Callable[[], None] | None
-    ) -> Any:
-        """Next-token logits; ``check`` runs at every layer boundary and inside the head."""
-        import torch
+    def _drive(session: DecodeSession, ticket: Ticket) -> None:
+        """Run ``session`` to the end on this thread, honouring the ticket's controls."""
+        with ticket.track(session):
+            while True:
+                if session.state is SessionState.PAUSED:
+                    ticket.checkpoint()  # blocks until resumed; raises once aborted
+                    if session.state is SessionState.PAUSED:
+                        session.resume()
+                if session.run() is SessionState.FINISHED:
+                    break
+        if session.finish_reason == "aborted":
+            ticket.checkpoint()  # raises WorkflowAbortedError with the workflow named
+            msg = f"session {session.id} was cancelled"
+            raise WorkflowAbortedError(msg, workflow_id=ticket.workflow_id)
 
-        gate = LayerGate.for_model(model)
-        with gate.checking(check):
-            return gate.last_logits(torch.tensor([ids], dtype=torch.long, device=device), cache)
-
-    @staticmethod
-    def _choose(logits: Any, temperature: float, gen: Any) -> int:
-        import torch
-
-        if temperature <= 0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits / temperature, dim=-1).cpu()
-        return int(torch.multinomial(probs, 1, generator=gen).item())
+    def _output(self, session: DecodeSession, seconds: float) -> TierOutput:
+        finish = "stop"
+        if session.finish_reason == "length" and not (
+            session.grammar is not None and session.grammar.accepting
+        ):
+            finish = "length"
+        return TierOutput(
+            text=self.decode_text(session.output_ids),
+            tokens_in=session.prompt_len,
+            tokens_out=session.n_generated,
+            model=self.loaded.name,
+            finish_reason=finish,
+            extra={
+                "revision": self.loaded.revision,
+                "reused_tokens": session.reused_tokens,
+                "prefill_tokens": session.prompt_len - session.reused_tokens,
+                "seconds": seconds,
+                "mask_seconds": session.timings.mask,
+                "forward_seconds": session.timings.forward,
+                "prefill_seconds": session.timings.prefill,
+            },
+        )

@@ -44,8 +44,9 @@ class PrefixCache:
     def tokens(self) -> int:
         return self._tokens
 
-    def lookup(self, prompt: list[int]) -> tuple[Any, int]:
-        """A new ``DynamicCache`` and how many leading prompt tokens it already holds."""
+    def lookup(self, prompt: list[int], config: Any = None) -> tuple[Any, int]:
+        """A new ``DynamicCache`` (for a model with ``config``) and how many leading prompt
+        tokens it already holds."""
         from transformers import DynamicCache
 
         best: tuple[int, ...] | None = None
@@ -56,7 +57,7 @@ class PrefixCache:
                 if n > best_len:
                     best, best_len = key, n
             reuse = min(best_len, len(prompt) - 1)
-            cache = DynamicCache()
+            cache = DynamicCache(config=config) if config is not None else DynamicCache()
             if best is None or reuse <= 0:
                 self.misses += 1
                 return cache, 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 
 from coreason_runtime._config import OracleConfig
+from coreason_runtime._controls import ControlledMeter
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import (
     AuthenticationError,
@@ -26,7 +28,13 @@ from coreason_runtime._exceptions import (
     TierTimeoutError,
     TierUnavailableError,
 )
-from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
+from coreason_runtime.tensor._types import (
+    BlackBoxTier,
+    Messages,
+    Meter,
+    TierOutput,
+    TierRequest,
+)
 
 if TYPE_CHECKING:
     from openai import OpenAI, Stream
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
 
     from coreason_runtime._coordinator import Coordinator
     from coreason_runtime._events import EventBus
+    from coreason_runtime.tensor._schema import CompiledSchema
 
 __all__ = ["RemoteTier"]
 
@@ -46,7 +55,7 @@ _NO_KEY = "coreason-no-key"
 _TOKENS_EVENT_EVERY = 16
 
 
-class RemoteTier:
+class RemoteTier(BlackBoxTier):
     """A black-box tier behind an OpenAI-compatible ``/v1/chat/completions``.
 
     The schema goes out as a strict ``response_format`` (``request.schema.openai``, built by the
@@ -74,7 +83,6 @@ class RemoteTier:
     """
 
     name = "oracle"
-    steerable = False
 
     def __init__(
         self,
@@ -162,6 +170,7 @@ class RemoteTier:
             a timeout; messages never contain the key.
         """
         response_format = self._response_format(request)
+        meter = ControlledMeter(meter, request.ticket)  # pause holds, abort ends, per chunk
         max_out = min(request.max_tokens, meter.max_out)
         if max_out < 1:
             msg = f"no output tokens left in the reservation (max_out={meter.max_out})"
@@ -262,7 +271,7 @@ class RemoteTier:
         usage_out: int | None = None
         finish: str | None = None
         model = self.model
-        unreported = 0
+        unreported = reported = 0  # tokens not yet announced; parts already announced
         chunks = _iter_chunks(stream)
         try:
             while True:
@@ -303,15 +312,15 @@ class RemoteTier:
                     if choice.finish_reason:
                         finish = choice.finish_reason
                 if unreported >= _TOKENS_EVENT_EVERY:
-                    self._emit_tokens(request, unreported, charged_out)
-                    unreported = 0
+                    self._emit_tokens(request, unreported, charged_out, "".join(parts[reported:]))
+                    unreported, reported = 0, len(parts)
                 if time.monotonic() > deadline:
                     msg = f"the oracle did not finish within {timeout:g}s"
                     raise TierTimeoutError(msg, workflow_id=request.workflow_id, tier=self.name)
         finally:
             stream.close()
             if unreported:
-                self._emit_tokens(request, unreported, charged_out)
+                self._emit_tokens(request, unreported, charged_out, "".join(parts[reported:]))
         if finish is None:
             msg = (
                 f"the oracle's stream ended before a finish_reason ({charged_out} output tokens "
@@ -343,23 +352,29 @@ class RemoteTier:
         so_far = int(self.token_counter("".join(before) + text))
         return max(0, so_far - 1 - charged)
 
-    def count_prompt(self, messages: list[dict[str, str]]) -> int:
-        """An estimate of the prompt's tokens, for the router's reservation."""
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
+        """An estimate of the prompt's tokens (the schema included), for the reservation."""
         if self.token_counter is None:
-            return sum(len(m["content"]) // 3 + 8 for m in messages)
-        return sum(int(self.token_counter(m["content"])) + 8 for m in messages)
+            return super().count_prompt(messages, compiled)
+        counter = self.token_counter
+        base = sum(int(counter(m["content"])) + 8 for m in messages)
+        if compiled is None:
+            return base
+        schema = compiled.openai if compiled.openai is not None else compiled.spec.json_schema
+        return base + int(counter(json.dumps(schema, separators=(",", ":")))) + 16
 
     @property
     def model_name(self) -> str:
         return self.model
 
-    def _emit_tokens(self, request: TierRequest, delta: int, total: int) -> None:
+    def _emit_tokens(self, request: TierRequest, delta: int, total: int, text: str) -> None:
         if self.bus is not None:
             self.bus.emit(
                 EventType.TOKENS,
                 workflow_id=request.workflow_id,
                 source="tier.oracle",
                 tier=self.name,
+                delta=text,
                 tokens_out=delta,
                 total_out=total,
             )

@@ -12,19 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from coreason_runtime._controls import Controls
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
-    BudgetExceededError,
     CoreasonError,
     EpistemicYieldError,
     RequestError,
     SchemaCompileError,
-    TierError,
 )
 from coreason_runtime.budget import DEFAULT_WORKFLOW, BudgetCage
-from coreason_runtime.tensor._correction import reask, retry_policy
+from coreason_runtime.tensor._attempts import Conversation, RequestPlan, TierRunner
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
-from coreason_runtime.tensor._types import Attempt, Result, Tier, TierOutput, TierRequest
+from coreason_runtime.tensor._types import (
+    Attempt,
+    Result,
+    Tier,
+)
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
@@ -41,33 +44,23 @@ SYSTEM_PROMPT = (
 Compiler = Callable[[SchemaSpec, "Tier | None"], CompiledSchema]
 
 
-def _is_steerable(tier: Tier) -> bool:
-    return bool(getattr(tier, "steerable", False))
-
-
-class _Conversation:
-    """The mutable state of one request across attempts: the messages and every attempt."""
-
-    def __init__(self, messages: list[dict[str, str]]) -> None:
-        self.messages = messages
-        self.attempts: list[Attempt] = []
-
-
 class TensorRouter:
     """Routes a structured request through a cascade of tiers under the workflow's budget.
 
     Parameters
     ----------
     tiers:
-        The cascade in order, usually ``[local, oracle]``. Tiers with ``steerable = True``
-        receive the compiled grammar; the others receive the OpenAI strict form.
+        The cascade in order, usually ``[local, oracle]``. A :class:`SteerableTier` receives
+        the compiled grammar; any other tier the OpenAI strict form.
     budgets:
         The :class:`BudgetCage` every attempt is charged to.
     bus:
         Where ``request.*``, ``attempt.*`` events go.
     compiler:
-        ``compiler(spec, tier) -> CompiledSchema``; by default each tier's own
-        ``compile(spec)`` when it has one, else a schema with only validation.
+        ``compiler(spec, tier) -> CompiledSchema``; by default each tier's own ``compile``.
+    controls:
+        The workflow controls every request runs under (the runtime's ``rt.controls``); a
+        private set when omitted.
     max_attempts_per_tier:
         k_max: tries per tier, counting the first, for retryable failures.
     """
@@ -84,6 +77,7 @@ class TensorRouter:
         system_prompt: str = SYSTEM_PROMPT,
         executor: Callable[[Callable[[], Result[Any]]], concurrent.futures.Future[Any]]
         | None = None,
+        controls: Controls | None = None,
     ) -> None:
         if max_attempts_per_tier < 1:
             msg = f"max_attempts_per_tier must be >= 1, got {max_attempts_per_tier}"
@@ -96,9 +90,9 @@ class TensorRouter:
         self.default_max_tokens = default_max_tokens
         self.system_prompt = system_prompt
         self._executor = executor
+        self.controls = controls if controls is not None else Controls(self.bus)
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
-        self._fallback_compiler: Any = None
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> TensorRouter:
@@ -112,6 +106,7 @@ class TensorRouter:
             max_attempts_per_tier=rt.config.max_attempts_per_tier,
             default_max_tokens=rt.config.max_tokens,
             executor=lambda fn: rt.call(fn),
+            controls=rt.controls,
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
@@ -145,27 +140,12 @@ class TensorRouter:
 
     # --- compiling ---------------------------------------------------------------------------
 
-    def compile(self, schema: Any, tier: Tier | None = None) -> CompiledSchema:
+    def compile(self, schema: Any, tier: Tier) -> CompiledSchema:
         """Compile ``schema`` (pydantic model or JSON schema dict) for ``tier``."""
         spec = schema if isinstance(schema, SchemaSpec) else SchemaSpec.from_user(schema)
         if self._compiler is not None:
             return self._compiler(spec, tier)
-        own = getattr(tier, "compile", None)
-        if callable(own):
-            result = own(spec)
-            assert isinstance(result, CompiledSchema)
-            return result
-        compiler = getattr(tier, "compiler", None) or self._default_compiler()
-        compiled: CompiledSchema = compiler.compile(spec)
-        return compiled
-
-    def _default_compiler(self) -> Any:
-        """A tokenizer-free UniversalCompiler (OpenAI strict form, regex, portable grammar)."""
-        if self._fallback_compiler is None:
-            from coreason_runtime.tensor._compiler import UniversalCompiler
-
-            self._fallback_compiler = UniversalCompiler(None, bus=self.bus)
-        return self._fallback_compiler
+        return tier.compile(spec)
 
     # --- the request -------------------------------------------------------------------------
 
@@ -225,13 +205,27 @@ class TensorRouter:
             msg = "prompt must be a non-empty string"
             raise RequestError(msg)
         max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
             raise RequestError(msg)
         wf = workflow_id or DEFAULT_WORKFLOW
         self.budgets.get(wf)  # UnknownWorkflowError before any spend
         cascade = self._select(tiers)
+        with self.controls.scope(wf) as ticket:
+            ticket.checkpoint()  # a paused workflow holds here, before anything is reserved
+            plan = RequestPlan(wf, prompt, ticket, max_tokens, temperature, seed, timeout)
+            return self._cascade(spec, plan, cascade, system, cache=cache)
 
+    def _cascade(
+        self,
+        spec: SchemaSpec,
+        plan: RequestPlan,
+        cascade: list[Tier],
+        system: str | None,
+        *,
+        cache: bool,
+    ) -> Result[Any]:
+        wf = plan.workflow_id
         started = time.monotonic()
         self.bus.emit(
             EventType.REQUEST_STARTED,
@@ -241,30 +235,27 @@ class TensorRouter:
             schema_key=spec.key,
             tiers=[t.name for t in cascade],
         )
-        cached = self._from_cache(spec, prompt, wf) if cache else None
+        cached = self._from_cache(spec, plan.prompt, wf) if cache else None
         if cached is not None:
             return cached
-        conv = _Conversation(
+        conv = Conversation(
             [
                 {"role": "system", "content": system or self.system_prompt},
-                {"role": "user", "content": prompt},
+                {"role": "user", "content": plan.prompt},
             ]
         )
-        previous: Tier | None = None
-        for tier in cascade:
-            if previous is not None:
+        runner = TierRunner(self.budgets, self.bus, self.compile, self.max_attempts_per_tier)
+        for i, tier in enumerate(cascade):
+            if i:
                 self.bus.emit(
                     EventType.ESCALATED,
                     workflow_id=wf,
                     source="router",
-                    from_tier=previous.name,
+                    from_tier=cascade[i - 1].name,
                     to_tier=tier.name,
                     reason=conv.attempts[-1].error_type if conv.attempts else None,
                 )
-            previous = tier
-            result = self._run_tier(
-                tier, spec, prompt, conv, wf, max_tokens, temperature, seed, timeout
-            )
+            result = runner.run(tier, spec, conv, plan)
             if result is not None:
                 self.bus.emit(
                     EventType.REQUEST_FINISHED,
@@ -276,9 +267,14 @@ class TensorRouter:
                     duration_s=time.monotonic() - started,
                 )
                 if cache:
-                    self._admit_to_cache(spec, prompt, result)
+                    self._admit_to_cache(spec, plan.prompt, result)
                 return result
+        raise self._yield(spec, plan, conv)
 
+    def _yield(
+        self, spec: SchemaSpec, plan: RequestPlan, conv: Conversation
+    ) -> EpistemicYieldError:
+        wf = plan.workflow_id
         cost = sum(a.cost for a in conv.attempts)
         tried = ", ".join(f"{a.tier}#{a.index}: {a.error_type}" for a in conv.attempts) or "none"
         msg = (
@@ -293,16 +289,15 @@ class TensorRouter:
             attempts=[a.model_dump() for a in conv.attempts],
             schema=spec.name,
         )
-        err = EpistemicYieldError(
+        return EpistemicYieldError(
             msg,
             workflow_id=wf,
             attempts=conv.attempts,
             schema=spec.json_schema,
-            prompt=prompt,
+            prompt=plan.prompt,
+            spec=spec,
             ledger=self.budgets.get(wf),
         )
-        err.spec = spec  # type: ignore[attr-defined]
-        raise err
 
     def submit(self, schema: Any, prompt: str, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """:meth:`generate` on the runtime's executor; returns a future."""
@@ -327,273 +322,6 @@ class TensorRouter:
             msg = f"unknown tier(s) {unknown}; configured: {self.tier_names}{hint}"
             raise RequestError(msg)
         return [t for t in self._tiers if t.name in wanted]
-
-    # --- one tier: the correction loop -------------------------------------------------------
-
-    def _run_tier(
-        self,
-        tier: Tier,
-        spec: SchemaSpec,
-        prompt: str,
-        conv: _Conversation,
-        wf: str,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None,
-        timeout: float | None,
-    ) -> Result[Any] | None:
-        try:
-            compiled = self.compile(spec, tier)
-        except CoreasonError as e:
-            self._record_skip(conv, tier, wf, e)
-            return None
-        form = "grammar" if _is_steerable(tier) else "openai"
-        missing = compiled.errors.get(form)
-        if (
-            missing is not None
-            and (compiled.grammar if form == "grammar" else compiled.openai) is None
-        ):
-            self._record_skip(conv, tier, wf, missing)
-            return None
-
-        conv.messages = [conv.messages[0], {"role": "user", "content": prompt}]
-        index = 0
-        try:
-            for attempt in retry_policy(self.max_attempts_per_tier):
-                with attempt:
-                    index += 1
-                    return self._attempt(
-                        tier, compiled, conv, wf, index, max_tokens, temperature, seed, timeout
-                    )
-        except BudgetExceededError as e:
-            e.attempts = list(conv.attempts)
-            self.bus.emit(
-                EventType.REQUEST_FAILED,
-                workflow_id=wf,
-                source="router",
-                tier=tier.name,
-                error_type="BudgetExceededError",
-            )
-            raise
-        except CoreasonError:
-            return None  # recorded in conv.attempts; escalate
-        return None
-
-    def _attempt(
-        self,
-        tier: Tier,
-        compiled: CompiledSchema,
-        conv: _Conversation,
-        wf: str,
-        index: int,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None,
-        timeout: float | None,
-    ) -> Result[Any]:
-        # A greedy retry of a small model tends to repeat its wrong answer even with the
-        # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
-        retry_temperature = max(temperature, 0.4 * (index - 1))
-        retry_seed = seed if index == 1 else (seed or 0) + index - 1
-        request = TierRequest(
-            messages=list(conv.messages),
-            schema=compiled,
-            max_tokens=max_tokens,
-            workflow_id=wf,
-            temperature=retry_temperature,
-            seed=retry_seed,
-            timeout=timeout,
-            attempt=index,
-        )
-        self.bus.emit(
-            EventType.ATTEMPT_STARTED,
-            workflow_id=wf,
-            source="router",
-            tier=tier.name,
-            attempt=index,
-        )
-        t0 = time.monotonic()
-        meter = self.budgets.open(
-            wf, self._estimate_prompt(tier, conv.messages, compiled), max_tokens, tier.name
-        )
-        output: TierOutput | None = None
-        try:
-            output = tier.complete(request, meter)
-            value = compiled.validate_text(self._from_strict(tier, compiled, output.text))
-        except CoreasonError as e:
-            if e.tier is None:
-                e.tier = tier.name
-            if e.workflow_id is None:
-                e.workflow_id = wf
-            text = output.text if output is not None else getattr(e, "output", None)
-            meter.settle()
-            self._record_failure(
-                conv,
-                tier,
-                wf,
-                index,
-                meter.tokens_in,
-                meter.tokens_out,
-                meter.consumed,
-                e,
-                text,
-                time.monotonic() - t0,
-            )
-            conv.messages = reask(conv.messages, e)
-            raise
-        except Exception as e:  # a tier bug must not leak the reservation or crash the cascade
-            meter.settle()
-            wrapped = TierError(
-                f"tier {tier.name!r} crashed: {type(e).__name__}: {e}",
-                tier=tier.name,
-                workflow_id=wf,
-            )
-            self._record_failure(
-                conv,
-                tier,
-                wf,
-                index,
-                meter.tokens_in,
-                meter.tokens_out,
-                meter.consumed,
-                wrapped,
-                None,
-                time.monotonic() - t0,
-            )
-            raise wrapped from e
-        meter.settle()
-        attempt = Attempt(
-            tier=tier.name,
-            index=index,
-            tokens_in=meter.tokens_in,
-            tokens_out=meter.tokens_out,
-            cost=meter.consumed,
-            ok=True,
-            output=output.text,
-            model=output.model,
-            duration_s=time.monotonic() - t0,
-        )
-        conv.attempts.append(attempt)
-        self.bus.emit(
-            EventType.ATTEMPT_FINISHED,
-            workflow_id=wf,
-            source="router",
-            tier=tier.name,
-            attempt=index,
-            tokens_in=attempt.tokens_in,
-            tokens_out=attempt.tokens_out,
-            cost=attempt.cost,
-        )
-        return Result(
-            value=value,
-            tier=tier.name,
-            attempts=list(conv.attempts),
-            cost=sum(a.cost for a in conv.attempts),
-            workflow_id=wf,
-            text=output.text,
-            model=output.model,
-            seed=seed,
-            schema_key=compiled.key,
-            revision=output.extra.get("revision"),
-        )
-
-    @staticmethod
-    def _from_strict(tier: Tier, compiled: CompiledSchema, text: str) -> str:
-        """Undo OpenAI strict mode's forced nulls in optional fields before validation."""
-        if _is_steerable(tier) or compiled.openai is None:
-            return text
-        from coreason_runtime.tensor._openai_strict import denullify
-
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return text  # validation reports it, with the exact error
-        return json.dumps(denullify(value, compiled.spec.json_schema))
-
-    @staticmethod
-    def _estimate_prompt(
-        tier: Tier, messages: list[dict[str, str]], compiled: CompiledSchema | None = None
-    ) -> int:
-        """Prompt tokens to reserve for: exact where the tier can tokenise, else generous."""
-        encode = getattr(tier, "encode_messages", None)
-        framing = getattr(tier, "schema_messages", None)
-        if callable(encode) and callable(framing) and compiled is not None:
-            return len(encode(framing(messages, compiled)))
-        counter = getattr(tier, "count_prompt", None)
-        if callable(counter):
-            base = int(counter(messages))
-        else:
-            # No tokenizer: a generous estimate (≈3 characters a token plus chat framing).
-            base = sum(len(m["content"]) // 3 + 8 for m in messages)
-        if compiled is None:
-            return base
-        # A server puts the response schema into the prompt it bills for; JSON is dense
-        # (≈2 characters a token), and learning the true count only from the final usage
-        # would let a tight ceiling be crossed by the whole schema.
-        schema = compiled.openai if compiled.openai is not None else compiled.spec.json_schema
-        return base + len(json.dumps(schema, separators=(",", ":"))) // 2 + 16
-
-    def _record_failure(
-        self,
-        conv: _Conversation,
-        tier: Tier,
-        wf: str,
-        index: int,
-        tokens_in: int,
-        tokens_out: int,
-        cost: float,
-        error: CoreasonError,
-        output: str | None,
-        duration: float,
-    ) -> None:
-        attempt = Attempt(
-            tier=tier.name,
-            index=index,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            cost=cost,
-            ok=False,
-            error=error.message[:2000],
-            error_type=type(error).__name__,
-            output=output,
-            model=getattr(tier, "model_name", None),
-            duration_s=duration,
-        )
-        conv.attempts.append(attempt)
-        self.bus.emit(
-            EventType.ATTEMPT_FAILED,
-            workflow_id=wf,
-            source="router",
-            tier=tier.name,
-            attempt=index,
-            error_type=attempt.error_type,
-            error=attempt.error,
-            cost=cost,
-            retryable=error.retryable,
-        )
-
-    def _record_skip(self, conv: _Conversation, tier: Tier, wf: str, error: CoreasonError) -> None:
-        attempt = Attempt(
-            tier=tier.name,
-            index=0,
-            ok=False,
-            skipped=True,
-            error=error.message,
-            error_type=type(error).__name__,
-        )
-        conv.attempts.append(attempt)
-        self.bus.emit(
-            EventType.ATTEMPT_FAILED,
-            workflow_id=wf,
-            source="router",
-            tier=tier.name,
-            attempt=0,
-            error_type=attempt.error_type,
-            error=attempt.error,
-            skipped=True,
-            cost=0.0,
-            retryable=False,
-        )
 
     # --- the subgoal cache -------------------------------------------------------------------
 
@@ -651,7 +379,7 @@ class TensorRouter:
         ValidationFailure
             The answer does not satisfy the schema; nothing is recorded.
         """
-        spec: SchemaSpec | None = getattr(error, "spec", None)
+        spec = error.spec
         if spec is None:
             if error.schema is None:
                 msg = "this EpistemicYieldError carries no schema to validate against"
@@ -686,10 +414,9 @@ class TensorRouter:
         )
 
     def close(self) -> None:
+        """Close every tier (connections, models)."""
         for tier in self._tiers:
-            closer = getattr(tier, "close", None)
-            if callable(closer):
-                closer()
+            tier.close()
 
     def __repr__(self) -> str:
         return f"<TensorRouter tiers={self.tier_names} k_max={self.max_attempts_per_tier}>"

@@ -1,22 +1,37 @@
-"""ScriptedTier: a tier that replays scripted outputs, the test double shipped with the seam."""
+"""ScriptedTier: a tier that replays scripted outputs, the test double shipped with the seam.
+
+:class:`ScriptedTier` is a black-box tier (the router hands it the OpenAI strict form);
+:class:`ScriptedSteerableTier` stands in for a grammar-constrained one.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
 
+from coreason_runtime._controls import ControlledMeter
 from coreason_runtime._exceptions import CoreasonError
-from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
+from coreason_runtime.tensor._schema import CompiledSchema
+from coreason_runtime.tensor._types import (
+    BaseTier,
+    BlackBoxTier,
+    Messages,
+    Meter,
+    SteerableTier,
+    TierOutput,
+    TierRequest,
+)
 
-__all__ = ["ScriptedTier"]
+__all__ = ["ScriptedSteerableTier", "ScriptedTier"]
 
 Step = str | CoreasonError | Callable[[TierRequest], str]
 
 
-class ScriptedTier:
+class _Scripted(BaseTier):
     """Answers each call with the next scripted step: a string (the output), an exception (to
     raise), or a function of the request. Tokens are counted as whitespace-separated words and
-    charged to the meter like a real tier, so budgets behave as with a model.
+    charged to the meter like a real tier (passing the request's controls at every token), so
+    budgets, pauses and aborts behave as with a model.
 
     Parameters
     ----------
@@ -24,8 +39,6 @@ class ScriptedTier:
         The tier's name in results and ledgers (``"local"``, ``"oracle"`` ...).
     steps:
         Consumed in order; the last one repeats when ``repeat_last`` is true.
-    steerable:
-        Whether the router should treat it as a grammar-constrained tier.
     """
 
     def __init__(
@@ -33,12 +46,10 @@ class ScriptedTier:
         name: str,
         steps: Iterable[Step],
         *,
-        steerable: bool = False,
         repeat_last: bool = False,
         model: str = "scripted",
     ) -> None:
         self.name = name
-        self.steerable = steerable
         self.model = model
         self._steps = list(steps)
         self._repeat_last = repeat_last
@@ -49,10 +60,15 @@ class ScriptedTier:
     def count_tokens(text: str) -> int:
         return max(len(text.split()), 1)
 
-    def count_prompt(self, messages: list[dict[str, str]]) -> int:
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
         return sum(self.count_tokens(m["content"]) for m in messages)
 
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
+        meter = ControlledMeter(meter, request.ticket)
         with self._lock:
             self.requests.append(request)
             if not self._steps:
@@ -71,8 +87,7 @@ class ScriptedTier:
         pieces = text.split(" ")
         produced: list[str] = []
         for piece in pieces[: request.max_tokens]:
-            if hasattr(meter, "check"):
-                meter.check(tokens_out=1)
+            meter.check(tokens_out=1)
             meter.charge(tokens_out=1)
             produced.append(piece)
         out = " ".join(produced)
@@ -86,4 +101,12 @@ class ScriptedTier:
         )
 
     def __repr__(self) -> str:
-        return f"<ScriptedTier {self.name!r} steps_left={len(self._steps)}>"
+        return f"<{type(self).__name__} {self.name!r} steps_left={len(self._steps)}>"
+
+
+class ScriptedTier(_Scripted, BlackBoxTier):
+    """A scripted black-box tier: the router hands it the OpenAI strict form."""
+
+
+class ScriptedSteerableTier(_Scripted, SteerableTier):
+    """A scripted tier the router treats as grammar-constrained (it gets the grammar)."""

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import html
 import json
+import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coreason_runtime._controls import Ticket
+
 if TYPE_CHECKING:
-    from coreason_runtime.tensor._schema import CompiledSchema
+    from coreason_runtime._events import EventBus
+    from coreason_runtime.tensor._compiler import UniversalCompiler
+    from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 
 __all__ = [
     "Attempt",
+    "BaseTier",
+    "BlackBoxTier",
+    "Messages",
     "Meter",
     "Result",
     "SteerableTier",
@@ -22,6 +31,8 @@ __all__ = [
     "TierRequest",
     "UnmeteredMeter",
 ]
+
+Messages = list[dict[str, str]]
 
 T = TypeVar("T")
 
@@ -119,9 +130,13 @@ class Result(Generic[T]):
 
 @dataclass
 class TierRequest:
-    """What a tier is asked: chat messages and the compiled schema its output must satisfy."""
+    """What a tier is asked: chat messages and the compiled schema its output must satisfy.
 
-    messages: list[dict[str, str]]
+    ``ticket`` is the request's handle on the workflow controls: a tier honours a pause and
+    an abort through it (the local tier at every layer boundary, a stream at every chunk).
+    """
+
+    messages: Messages
     schema: CompiledSchema
     max_tokens: int
     workflow_id: str
@@ -129,6 +144,7 @@ class TierRequest:
     seed: int | None = None
     timeout: float | None = None
     attempt: int = 1
+    ticket: Ticket = field(default_factory=Ticket.detached)
 
 
 @dataclass
@@ -147,14 +163,16 @@ class TierOutput:
 class Meter(Protocol):
     """Charges tokens as they are consumed; raises ``BudgetExceededError`` to stop a tier.
 
-    ``max_out`` is how many output tokens the reservation still allows; a steerable tier stops
-    before exceeding it, a streaming tier stops at the chunk that crosses it. A meter may also
-    offer ``checkpoint()`` (block while paused, raise to stop): the local tier then calls it
-    at every decoder-layer boundary of its forward passes.
+    ``max_out`` is how many output tokens the grant still allows. A tier that can stop
+    *before* consuming (a local decoder) calls :meth:`check` first and never overshoots; a
+    stream that learns of tokens only when they arrive calls :meth:`charge` alone and
+    overshoots by at most that chunk. Tokens charged are recorded even when the charge raises.
     """
 
     @property
     def max_out(self) -> int: ...
+
+    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None: ...
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None: ...
 
@@ -171,6 +189,9 @@ class UnmeteredMeter:
     def max_out(self) -> int:
         return self._max_out - self.tokens_out
 
+    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        """Never refuses: there is no ceiling."""
+
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
@@ -178,19 +199,82 @@ class UnmeteredMeter:
 
 @runtime_checkable
 class Tier(Protocol):
-    """One way of answering: ``complete(request, meter) -> TierOutput``.
+    """One way of answering a structured request: everything the router uses of a tier.
 
-    Black-box tiers (remote APIs) receive the schema in its OpenAI strict form and must be
-    validated afterwards; see :class:`SteerableTier` for tiers that mask logits.
+    Subclass :class:`SteerableTier` (masks logits with the compiled grammar, so its output
+    always parses) or :class:`BlackBoxTier` (receives the schema in OpenAI's strict form and
+    is validated afterwards); the router routes by that type. :class:`BaseTier` gives
+    defaults for everything but :meth:`complete`.
     """
 
     name: str
 
+    @property
+    def model_name(self) -> str: ...
+
+    def compile(self, spec: SchemaSpec) -> CompiledSchema: ...
+
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int: ...
+
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput: ...
 
+    def close(self) -> None: ...
 
-@runtime_checkable
-class SteerableTier(Tier, Protocol):
-    """A tier that can mask logits with the compiled grammar, so its output always parses."""
 
-    steerable: bool
+_PORTABLE: dict[int, UniversalCompiler] = {}
+_PORTABLE_LOCK = threading.Lock()
+
+
+class BaseTier(ABC):
+    """Defaults for the :class:`Tier` protocol; subclasses implement :meth:`complete`.
+
+    ``bus`` (optional) receives the events of the default compiler.
+    """
+
+    name: str = "tier"
+    bus: EventBus | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model behind the tier, for attempts and results (default: the tier's name)."""
+        return self.name
+
+    def compile(self, spec: SchemaSpec) -> CompiledSchema:
+        """Every form of ``spec`` a tier may need, with no tokenizer: the OpenAI strict form, a
+        regex, a portable grammar (cached per bus)."""
+        with _PORTABLE_LOCK:
+            compiler = _PORTABLE.get(id(self.bus))
+            if compiler is None:
+                from coreason_runtime.tensor._compiler import UniversalCompiler
+
+                compiler = _PORTABLE[id(self.bus)] = UniversalCompiler(None, bus=self.bus)
+        return compiler.compile(spec)
+
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
+        """Prompt tokens to reserve for: a generous estimate without a tokenizer.
+
+        About 3 characters a token plus chat framing; a server also puts the response schema
+        into the prompt it bills for, and JSON is dense (about 2 characters a token), so the
+        schema is counted too: learning the true count only from the final usage would let a
+        tight ceiling be crossed by the whole schema.
+        """
+        base = sum(len(m["content"]) // 3 + 8 for m in messages)
+        if compiled is None:
+            return base
+        schema = compiled.openai if compiled.openai is not None else compiled.spec.json_schema
+        return base + len(json.dumps(schema, separators=(",", ":"))) // 2 + 16
+
+    @abstractmethod
+    def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
+        """Answer ``request``, charging ``meter`` as tokens are consumed."""
+
+    def close(self) -> None:  # noqa: B027  # a default on purpose: most tiers hold nothing
+        """Release what the tier holds (connections, models); the default holds nothing."""
+
+
+class SteerableTier(BaseTier):
+    """A tier that masks logits with ``request.schema.grammar``: its output always parses."""
+
+
+class BlackBoxTier(BaseTier):
+    """A tier that receives ``request.schema.openai`` and is validated afterwards."""

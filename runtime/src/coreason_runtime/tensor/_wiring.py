@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
-from coreason_runtime.tensor._types import Meter, Tier, TierOutput, TierRequest
+from coreason_runtime.tensor._types import (
+    Messages,
+    Meter,
+    SteerableTier,
+    Tier,
+    TierOutput,
+    TierRequest,
+)
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
+    from coreason_runtime.tensor._local import LocalTier
 
 __all__ = ["LazyLocalTier", "default_tiers"]
 
 
-class LazyLocalTier:
-    """The local tier, loading its model on first use so that a Coordinator starts instantly."""
+class LazyLocalTier(SteerableTier):
+    """The local tier, loading its model on first use so that a Coordinator starts instantly.
+
+    Everything but :attr:`model_name` and :meth:`close` loads the model; :meth:`load` returns
+    the real :class:`~coreason_runtime.tensor.LocalTier` (its engine, prefix cache, ...).
+    """
 
     name = "local"
-    steerable = True
 
     def __init__(self, rt: Coordinator) -> None:
         self._rt = rt
-        self._tier: Any = None
+        self._tier: LocalTier | None = None
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
         return self._tier is not None
 
-    def load(self) -> Any:
+    def load(self) -> LocalTier:
         """Load the model and build the real tier (idempotent)."""
         with self._lock:
             if self._tier is None:
@@ -43,22 +54,18 @@ class LazyLocalTier:
         return self._rt.config.model
 
     def compile(self, spec: SchemaSpec) -> CompiledSchema:
-        return self.load().compiler.compile(spec)  # type: ignore[no-any-return]
+        return self.load().compile(spec)
+
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
+        return self.load().count_prompt(messages, compiled)
 
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
-        return self.load().complete(request, meter)  # type: ignore[no-any-return]
+        return self.load().complete(request, meter)
 
     def close(self) -> None:
         """Close the real tier if it was ever loaded; never load a model just to close it."""
-        tier = self._tier
-        closer = getattr(tier, "close", None)
-        if callable(closer):
-            closer()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.load(), name)
+        if self._tier is not None:
+            self._tier.close()
 
 
 def default_tiers(rt: Coordinator) -> list[Tier]:

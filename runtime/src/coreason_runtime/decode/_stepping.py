@@ -1,0 +1,159 @@
+"""The runtime's one token loop: prefill, mask, sample, charge, forward — one step at a time.
+
+Every local decode goes through :meth:`SessionSteps._step`, under the engine's model lock. A
+forward pass checks the session at every decoder-layer boundary (``layer_check``): a pause,
+a preemption or a cancel abandons it (the KV is cropped back and the RNG and grammar are
+rewound, so the step is redone identically later), a passed deadline raises
+:class:`TierTimeoutError`, even inside a long prefill.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from coreason_runtime._exceptions import TierTimeoutError
+from coreason_runtime.decode._fields import (
+    INTERRUPTED,
+    PREFILLED,
+    TOKEN,
+    DeadlinePassed,
+    Interrupted,
+    Origin,
+    SessionFields,
+)
+from coreason_runtime.decode._kv import crop_to
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["SessionSteps"]
+
+
+class SessionSteps(SessionFields):
+    """The decoding part of a :class:`~coreason_runtime.decode.DecodeSession`."""
+
+    def layer_check(self) -> Callable[[], None]:
+        """What the engine runs at every layer boundary of this session's forward passes."""
+        interrupt = self._interrupt
+        deadline = self.deadline
+
+        def check() -> None:
+            if interrupt.is_set():
+                raise Interrupted
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlinePassed
+
+        return check
+
+    def _timed_out(self, where: str) -> TierTimeoutError:
+        msg = f"the decode passed its deadline {where} after {self.n_generated} tokens"
+        return TierTimeoutError(msg, workflow_id=self.workflow_id, tier="local")
+
+    def _forward(self, ids: Sequence[int]) -> torch.Tensor | None:
+        """Append ``ids`` to the KV; None if a pause or cancel abandoned the pass (cropped)."""
+        base = self._kv_len
+        try:
+            return self.engine.forward(self, ids, interruptible=True)
+        except Interrupted:
+            crop_to(self.cache, base)
+            return None
+        except DeadlinePassed:
+            crop_to(self.cache, base)
+            raise self._timed_out("inside a forward pass") from None
+        except BaseException:
+            crop_to(self.cache, base)
+            raise
+
+    def _step(self) -> str:
+        """Prefill the prompt or decode one token. Caller holds the model lock."""
+        if not self._prefilled:
+            return self._prefill()
+        if self.n_generated >= self.max_new_tokens:
+            return self._finish("length")
+        if self.grammar is not None and self.grammar.stopped:
+            return self._finish("grammar")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise self._timed_out("between tokens")
+        if self.meter is not None:
+            self.meter.check(tokens_out=1)  # stop *before* a token the budget cannot pay
+        assert self.next_logits is not None
+        logits = self._masked(self.next_logits)
+        rng = self.generator.get_state()
+        tok = self.sampler.sample(logits, self.generator)
+        if tok in self.engine.stop_ids:
+            if self.meter is not None:
+                self.meter.charge(tokens_out=1)  # it was sampled: it is paid for
+            return self._finish("eos")
+        return self._advance(tok, rng)
+
+    def _prefill(self) -> str:
+        if self.meter is not None and not self._prompt_charged:
+            self.meter.charge(tokens_in=self.prompt_len)
+            self._prompt_charged = True
+        t0 = time.perf_counter()
+        logits = self._forward(self._tokens[self._kv_len :])
+        if logits is None:
+            return INTERRUPTED
+        self.timings.prefill += time.perf_counter() - t0
+        self.next_logits = logits
+        self._kv_len = len(self._tokens)
+        self._prefilled = True
+        return PREFILLED
+
+    def _masked(self, logits: torch.Tensor) -> torch.Tensor:
+        early = self.n_generated < self.min_new_tokens
+        if self.grammar is None and not early:
+            return logits
+        t0 = time.perf_counter()
+        out = self.grammar.apply(logits) if self.grammar is not None else logits.clone()
+        if early:  # too early to stop: mask every stop token
+            out[list(self.engine.stop_ids)] = float("-inf")
+        self.timings.mask += time.perf_counter() - t0
+        return out
+
+    def _advance(self, tok: int, rng: torch.Tensor) -> str:
+        """Commit a sampled (non-stop) token: grammar, KV, meter, stop strings."""
+        if self.grammar is not None:
+            t0 = time.perf_counter()
+            self.grammar.consume(tok)
+            self.timings.mask += time.perf_counter() - t0
+        last = self.n_generated + 1 >= self.max_new_tokens or (
+            self.grammar is not None and self.grammar.stopped
+        )
+        if last:  # the final token's forward pass is deferred until something needs it
+            self.next_logits = None
+        else:
+            t0 = time.perf_counter()
+            logits = self._forward([tok])
+            if logits is None:  # abandoned: redo this step identically later
+                self.generator.set_state(rng)
+                if self.grammar is not None:
+                    self.grammar.rollback(1)
+                return INTERRUPTED
+            self.timings.forward += time.perf_counter() - t0
+            self.next_logits = logits
+            self._kv_len += 1
+        self._tokens.append(tok)
+        self._origins.append(Origin.GENERATED)
+        self.n_generated += 1
+        if self.meter is not None:
+            self.meter.charge(tokens_out=1)
+        if self.stop and self._hit(self.stop):
+            return self._finish("stop")
+        if last:
+            done = self.grammar is not None and self.grammar.stopped
+            return self._finish("grammar" if done else "length")
+        if self.pause_on and self._hit(self.pause_on):  # e.g. a tool call: park for a result
+            with self._cv:
+                self._pause_requested = True
+                self._pause_t0 = time.perf_counter()
+        return TOKEN
+
+    def _hit(self, strings: Sequence[str]) -> bool:
+        """Did the token just committed complete one of ``strings``?"""
+        lo = max(self.prompt_len, len(self._tokens) - 9)
+        before = self.engine.text.text(self._tokens[lo:-1])
+        after = self.engine.text.text(self._tokens[lo:])
+        return any(after.count(s) > before.count(s) for s in strings)

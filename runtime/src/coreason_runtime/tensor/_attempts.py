@@ -1,0 +1,318 @@
+"""One tier of a request: the correction loop, each attempt metered under the budget cage.
+
+The router walks its cascade; for each tier :class:`TierRunner` compiles the schema for it,
+then tries up to k_max times (tenacity), feeding the last failure back. Every attempt holds a
+reservation from the :class:`~coreason_runtime.budget.BudgetCage` that is settled exactly once,
+whatever ends it — success, a typed failure, a crash inside the tier, or a ``KeyboardInterrupt``.
+A crossed ceiling and an operator's abort end the request at once: no retry, no escalation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from coreason_runtime._events import EventBus, EventType
+from coreason_runtime._exceptions import (
+    BudgetExceededError,
+    CoreasonError,
+    TierError,
+    ValidationFailure,
+    WorkflowAbortedError,
+)
+from coreason_runtime.tensor._correction import reask, retry_policy
+from coreason_runtime.tensor._types import (
+    Attempt,
+    Messages,
+    Result,
+    SteerableTier,
+    Tier,
+    TierOutput,
+    TierRequest,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from coreason_runtime._controls import Ticket
+    from coreason_runtime.budget import BudgetCage
+    from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+
+__all__ = ["Conversation", "RequestPlan", "TierRunner"]
+
+
+@dataclass
+class Conversation:
+    """The mutable state of one request across attempts: the messages and every attempt."""
+
+    messages: Messages
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What stays fixed for one request across its tiers and attempts."""
+
+    workflow_id: str
+    prompt: str
+    ticket: Ticket
+    max_tokens: int
+    temperature: float = 0.0
+    seed: int | None = None
+    timeout: float | None = None
+
+
+class TierRunner:
+    """Runs one request on one tier: compile, then attempts under the correction policy.
+
+    Parameters
+    ----------
+    budgets:
+        Every attempt's reservation comes from here.
+    bus:
+        Where ``attempt.*`` and ``request.failed`` events go.
+    compile:
+        ``compile(spec, tier) -> CompiledSchema``.
+    max_attempts:
+        k_max: tries per tier, counting the first, for retryable failures.
+    """
+
+    def __init__(
+        self,
+        budgets: BudgetCage,
+        bus: EventBus,
+        compile: Callable[[SchemaSpec, Tier], CompiledSchema],
+        max_attempts: int,
+    ) -> None:
+        self.budgets = budgets
+        self.bus = bus
+        self.compile = compile
+        self.max_attempts = max_attempts
+
+    def run(
+        self, tier: Tier, spec: SchemaSpec, conv: Conversation, plan: RequestPlan
+    ) -> Result[Any] | None:
+        """The tier's answer, or ``None`` to escalate (every failure is in ``conv.attempts``).
+
+        Raises
+        ------
+        BudgetExceededError, WorkflowAbortedError
+            The ceiling was reached, or an operator aborted: the request ends here.
+        """
+        try:
+            compiled = self.compile(spec, tier)
+        except CoreasonError as e:
+            self._record_skip(conv, tier, plan.workflow_id, e)
+            return None
+        steerable = isinstance(tier, SteerableTier)
+        form = compiled.grammar if steerable else compiled.openai
+        missing = compiled.errors.get("grammar" if steerable else "openai")
+        if form is None and missing is not None:
+            self._record_skip(conv, tier, plan.workflow_id, missing)
+            return None
+        conv.messages = [conv.messages[0], {"role": "user", "content": plan.prompt}]
+        index = 0
+        try:
+            for attempt in retry_policy(self.max_attempts):
+                with attempt:
+                    index += 1
+                    return self._attempt(tier, compiled, conv, plan, index)
+        except (BudgetExceededError, WorkflowAbortedError) as e:
+            e.attempts = list(conv.attempts)
+            self.bus.emit(
+                EventType.REQUEST_FAILED,
+                workflow_id=plan.workflow_id,
+                source="router",
+                tier=tier.name,
+                error_type=type(e).__name__,
+            )
+            raise
+        except CoreasonError:
+            return None  # recorded in conv.attempts; escalate
+        return None
+
+    def _attempt(
+        self,
+        tier: Tier,
+        compiled: CompiledSchema,
+        conv: Conversation,
+        plan: RequestPlan,
+        index: int,
+    ) -> Result[Any]:
+        wf = plan.workflow_id
+        # A greedy retry of a small model tends to repeat its wrong answer even with the
+        # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
+        request = TierRequest(
+            messages=list(conv.messages),
+            schema=compiled,
+            max_tokens=plan.max_tokens,
+            workflow_id=wf,
+            temperature=max(plan.temperature, 0.4 * (index - 1)),
+            seed=plan.seed if index == 1 else (plan.seed or 0) + index - 1,
+            timeout=plan.timeout,
+            attempt=index,
+            ticket=plan.ticket,
+        )
+        plan.ticket.checkpoint()  # a paused workflow holds here, before reserving anything
+        self.bus.emit(
+            EventType.ATTEMPT_STARTED,
+            workflow_id=wf,
+            source="router",
+            tier=tier.name,
+            attempt=index,
+        )
+        t0 = time.monotonic()
+        meter = self.budgets.open(
+            wf, tier.count_prompt(conv.messages, compiled), plan.max_tokens, tier.name
+        )
+        output: TierOutput | None = None
+        try:
+            output = tier.complete(request, meter)
+            value = compiled.validate_text(_from_strict(tier, compiled, output.text))
+        except CoreasonError as e:
+            e.tier = e.tier or tier.name
+            e.workflow_id = e.workflow_id or wf
+            text = output.text if output is not None else _output_of(e)
+            meter.settle()
+            self._record_failure(conv, tier, plan, index, meter, e, text, time.monotonic() - t0)
+            conv.messages = reask(conv.messages, e)
+            raise
+        except Exception as e:  # a tier bug must not leak the reservation or crash the cascade
+            meter.settle()
+            msg = f"tier {tier.name!r} crashed: {type(e).__name__}: {e}"
+            wrapped = TierError(msg, tier=tier.name, workflow_id=wf)
+            self._record_failure(
+                conv, tier, plan, index, meter, wrapped, None, time.monotonic() - t0
+            )
+            raise wrapped from e
+        except BaseException:  # Ctrl-C, SystemExit: charge what ran, hold nothing, re-raise
+            meter.settle(note="interrupted")
+            raise
+        meter.settle()
+        return self._success(tier, compiled, conv, plan, index, meter, output, value, t0)
+
+    def _success(
+        self,
+        tier: Tier,
+        compiled: CompiledSchema,
+        conv: Conversation,
+        plan: RequestPlan,
+        index: int,
+        meter: Any,
+        output: TierOutput,
+        value: Any,
+        t0: float,
+    ) -> Result[Any]:
+        attempt = Attempt(
+            tier=tier.name,
+            index=index,
+            tokens_in=meter.tokens_in,
+            tokens_out=meter.tokens_out,
+            cost=meter.consumed,
+            ok=True,
+            output=output.text,
+            model=output.model,
+            duration_s=time.monotonic() - t0,
+        )
+        conv.attempts.append(attempt)
+        self.bus.emit(
+            EventType.ATTEMPT_FINISHED,
+            workflow_id=plan.workflow_id,
+            source="router",
+            tier=tier.name,
+            attempt=index,
+            tokens_in=attempt.tokens_in,
+            tokens_out=attempt.tokens_out,
+            cost=attempt.cost,
+        )
+        return Result(
+            value=value,
+            tier=tier.name,
+            attempts=list(conv.attempts),
+            cost=sum(a.cost for a in conv.attempts),
+            workflow_id=plan.workflow_id,
+            text=output.text,
+            model=output.model,
+            seed=plan.seed,
+            schema_key=compiled.key,
+            revision=output.extra.get("revision"),
+        )
+
+    def _record_failure(
+        self,
+        conv: Conversation,
+        tier: Tier,
+        plan: RequestPlan,
+        index: int,
+        meter: Any,
+        error: CoreasonError,
+        output: str | None,
+        duration: float,
+    ) -> None:
+        attempt = Attempt(
+            tier=tier.name,
+            index=index,
+            tokens_in=meter.tokens_in,
+            tokens_out=meter.tokens_out,
+            cost=meter.consumed,
+            ok=False,
+            error=error.message[:2000],
+            error_type=type(error).__name__,
+            output=output,
+            model=tier.model_name,
+            duration_s=duration,
+        )
+        conv.attempts.append(attempt)
+        self.bus.emit(
+            EventType.ATTEMPT_FAILED,
+            workflow_id=plan.workflow_id,
+            source="router",
+            tier=tier.name,
+            attempt=index,
+            error_type=attempt.error_type,
+            error=attempt.error,
+            cost=attempt.cost,
+            retryable=error.retryable,
+        )
+
+    def _record_skip(self, conv: Conversation, tier: Tier, wf: str, error: CoreasonError) -> None:
+        attempt = Attempt(
+            tier=tier.name,
+            index=0,
+            ok=False,
+            skipped=True,
+            error=error.message,
+            error_type=type(error).__name__,
+        )
+        conv.attempts.append(attempt)
+        self.bus.emit(
+            EventType.ATTEMPT_FAILED,
+            workflow_id=wf,
+            source="router",
+            tier=tier.name,
+            attempt=0,
+            error_type=attempt.error_type,
+            error=attempt.error,
+            skipped=True,
+            cost=0.0,
+            retryable=False,
+        )
+
+
+def _output_of(error: CoreasonError) -> str | None:
+    return error.output if isinstance(error, ValidationFailure) else None
+
+
+def _from_strict(tier: Tier, compiled: CompiledSchema, text: str) -> str:
+    """Undo OpenAI strict mode's forced nulls in optional fields before validation."""
+    if isinstance(tier, SteerableTier) or compiled.openai is None:
+        return text
+    from coreason_runtime.tensor._openai_strict import denullify
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text  # validation reports it, with the exact error
+    return json.dumps(denullify(value, compiled.spec.json_schema))
