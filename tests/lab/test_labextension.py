@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
+
+import coreason_runtime
+from packaging.version import Version
 
 import coreason_lab
 
@@ -11,8 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_package_json_and_python_versions_agree() -> None:
-    source = json.loads((ROOT / "labextension" / "package.json").read_text())
-    assert source["version"] == coreason_lab.__version__
+    # package.json is the one source: hatch reads it for both distributions at install time
+    source = Version(json.loads((ROOT / "labextension" / "package.json").read_text())["version"])
+    installed = {
+        "coreason-lab": Version(metadata.version("coreason-lab")),
+        "coreason-runtime": Version(metadata.version("coreason-runtime")),
+    }
+    assert installed == {"coreason-lab": source, "coreason-runtime": source}, (
+        "reinstall both (scripts/setup.sh) after changing labextension/package.json"
+    )
+    assert coreason_lab.__version__ == metadata.version("coreason-lab")
+    assert coreason_runtime.__version__ == metadata.version("coreason-runtime")
 
 
 def test_built_extension_matches_its_source() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from importlib import metadata
 
 import pytest
 from coreason_runtime import BudgetExceededError, Coordinator, EventType
@@ -80,7 +81,9 @@ def test_help_for_unknown_verb_suggests(ip: InteractiveShell) -> None:
 
 
 def test_version_names_both_packages(ip: InteractiveShell) -> None:
-    assert "coreason-runtime" in str(line(ip, "version"))
+    out = str(line(ip, "version"))
+    assert f"coreason-lab {metadata.version('coreason-lab')}" in out
+    assert f"coreason-runtime {metadata.version('coreason-runtime')}" in out
 
 
 # --- budgets -------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from coreason_runtime._config import DEFAULT_MODEL, OracleConfig, RuntimeConfig
 from coreason_runtime._controls import Controls, ControlState, Ticket
 from coreason_runtime._coordinator import Coordinator
@@ -72,7 +74,8 @@ from coreason_runtime._exceptions import (
     WorkflowAbortedError,
 )
 
-__version__ = "0.1.0"
+# The installed distribution's version, which hatch reads from labextension/package.json.
+__version__ = _metadata.version("coreason-runtime")
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -20,7 +20,7 @@ from coreason_runtime.budget import (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def cage(request: pytest.FixtureRequest, tmp_path: Path, bus) -> BudgetCage:
     if request.param == "memory":
         backend = MemoryLedgerBackend()

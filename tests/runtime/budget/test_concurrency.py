@@ -25,7 +25,7 @@ def _hammer(cage: BudgetCage, n: int, results: list[str]) -> None:
             results.append("refused")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_threads_sharing_one_ceiling_never_overshoot(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
 from typing import Any
 
@@ -212,18 +213,33 @@ def test_client_giving_up_on_a_long_completion_stops_decoding(
 def test_concurrent_clients_share_the_model_and_all_get_valid_answers(
     serve_process: ServeProcess,
 ) -> None:
-    def ask(seed: int) -> Any:
+    seeds = range(4)
+    start = threading.Barrier(len(seeds))
+
+    def ask(seed: int, *, together: bool = False) -> tuple[str, Any]:
         with client(serve_process) as c:
+            if together:
+                start.wait(timeout=30)  # every client sends at once
             body = c.post(
                 "/v1/chat/completions",
                 json=chat(max_tokens=40, seed=seed, temperature=1.0, response_format=strict(SMALL)),
             ).json()
-        return json.loads(body["choices"][0]["message"]["content"])
+        return body["model"], json.loads(body["choices"][0]["message"]["content"])
 
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        answers = list(pool.map(ask, range(3)))
-    for answer in answers:
+    served = serve_process.health()["served"]
+    alone = [ask(seed) for seed in seeds]
+    # the seeds sample different answers, so a reply sent to the wrong client would show
+    assert len({json.dumps(answer, sort_keys=True) for _, answer in alone}) > 1
+    with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
+        together = list(pool.map(lambda seed: ask(seed, together=True), seeds))
+    # one model served every client (no per-request copy, no state leaking between the
+    # requests): each concurrent client got exactly the answer its seed gets when alone
+    assert together == alone
+    assert {model for model, _ in together} == {serve_process.model}
+    for _, answer in together:
         jsonschema.validate(answer, SMALL)
+    health = serve_process.health()
+    assert (health["served"], health["queued"]) == (served + 2 * len(seeds), 0)
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -249,7 +249,7 @@ class BudgetCage:
         """The workflow's ledger. Raises :class:`UnknownWorkflowError` if none was set."""
         ledger = self.backend.get(workflow_id)
         if ledger is None:
-            known = ", ".join(led.workflow_id for led in self.backend.list()[:10])
+            known = ", ".join(led.workflow_id for led in self.backend.ledgers()[:10])
             msg = (
                 f"no ledger for workflow {workflow_id!r}; create one with "
                 f"budgets.set({workflow_id!r}, ceiling=...) (known: {known or 'none'})"
@@ -266,7 +266,7 @@ class BudgetCage:
         return self.get(workflow_id).remaining
 
     def workflows(self) -> list[Ledger]:
-        return self.backend.list()
+        return self.backend.ledgers()
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
         """Settled charges, oldest first."""

@@ -128,7 +128,7 @@ class RedisLedgerBackend:
         h = self._call(self._r.hgetall, self._k(workflow_id))
         return self._ledger(workflow_id, h) if h else None
 
-    def list(self) -> list[Ledger]:
+    def ledgers(self) -> list[Ledger]:
         names = sorted(self._call(self._r.smembers, f"{self.prefix}:workflows"))
         return [led for n in names if (led := self.get(n)) is not None]
 

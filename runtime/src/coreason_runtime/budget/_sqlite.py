@@ -150,7 +150,7 @@ class SQLiteLedgerBackend:
         )
         return None if row is None else _ledger(row)
 
-    def list(self) -> list[Ledger]:
+    def ledgers(self) -> list[Ledger]:
         rows = self._conn().execute("SELECT * FROM ledgers ORDER BY workflow_id").fetchall()
         return [_ledger(r) for r in rows]
 
@@ -316,7 +316,7 @@ class MemoryLedgerBackend:
     def get(self, workflow_id: str) -> Ledger | None:
         return self._ledgers.get(workflow_id)
 
-    def list(self) -> list[Ledger]:
+    def ledgers(self) -> list[Ledger]:
         return sorted(self._ledgers.values(), key=lambda led: led.workflow_id)
 
     def reset(self, workflow_id: str) -> Ledger:

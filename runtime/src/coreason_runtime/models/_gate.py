@@ -120,7 +120,8 @@ class LayerGate:
         check = self.check
         if check is None or not self._split_head or self.head_rows <= 0:
             out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[0, -1].float()
+            last: torch.Tensor = out.logits[0, -1].float()
+            return last
         import torch
 
         hidden = model.get_decoder()(
