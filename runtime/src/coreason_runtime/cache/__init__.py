@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-from coreason_runtime.cache._canonical import CanonicalForm, canonicalize, normal_form, serialize
+from coreason_runtime.cache._canonical import CanonicalForm, canonicalize
 from coreason_runtime.cache._checkpoint import Checkpoint, ProofChain, Step
+from coreason_runtime.cache._normal import normal_form, serialize
 from coreason_runtime.cache._parse import Limits, safe_parse
 from coreason_runtime.cache._prompt import PromptForm, canonical_prompt
 from coreason_runtime.cache._redis import FallbackStore, RedisStore

@@ -17,8 +17,9 @@ import sympy
 
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import CacheBackendError, CacheError
-from coreason_runtime.cache._canonical import CanonicalForm, _evaluate, canonicalize
+from coreason_runtime.cache._canonical import CanonicalForm, canonicalize
 from coreason_runtime.cache._codec import form_from_tree, form_to_tree, from_tree, to_tree
+from coreason_runtime.cache._normal import evaluated
 from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits, check_size, safe_parse
 from coreason_runtime.cache._prompt import (
     PromptForm,
@@ -160,7 +161,7 @@ class SubgoalCache:
         canonicalisation; every hit is still verified.
         """
         if isinstance(problem, str):
-            original = _evaluate(safe_parse(problem, limits=self.limits))
+            original = evaluated(safe_parse(problem, limits=self.limits))
         else:
             check_size(problem, self.limits)
             original = problem
