@@ -68,6 +68,7 @@ from coreason_runtime._exceptions import (
     VerifierError,
     WorkerDiedError,
 )
+from coreason_runtime._redact import may_hold_secret, redact
 
 __version__ = "0.1.0"
 
@@ -142,4 +143,6 @@ __all__ = [
     "VerifierError",
     "WorkerDiedError",
     "__version__",
+    "may_hold_secret",
+    "redact",
 ]

@@ -26,6 +26,7 @@ from coreason_runtime._exceptions import (
     TierTimeoutError,
     TierUnavailableError,
 )
+from coreason_runtime._redact import redact_exception, redact_text, secret_values
 from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ __all__ = ["RemoteTier"]
 
 logger = logging.getLogger("coreason_runtime.tensor.remote")
 
-_REDACTED = "[REDACTED]"
 # Sent when no key is configured, so the SDK never falls back to $OPENAI_API_KEY and leaks a
 # real OpenAI key to whatever server base_url names.
 _NO_KEY = "coreason-no-key"
@@ -367,30 +367,11 @@ class RemoteTier:
     # --- errors, with the key scrubbed -------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        key = self.config.api_key
-        return text.replace(key, _REDACTED) if key else text
+        return redact_text(text, secret_values(self.config.api_key))
 
     def _scrubbed(self, exc: BaseException) -> BaseException:
         """Redact the key from ``exc`` and its causes in place (args, message, body, headers)."""
-        key = self.config.api_key
-        seen: set[int] = set()
-        cur: BaseException | None = exc
-        while cur is not None and id(cur) not in seen:
-            seen.add(id(cur))
-            if key:
-                cur.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in cur.args)
-                for attr in ("message", "body", "doc"):
-                    value = getattr(cur, attr, None)
-                    if isinstance(value, str):
-                        setattr(cur, attr, self._scrub(value))
-                    elif isinstance(value, dict):
-                        setattr(cur, attr, _scrub_obj(value, key))
-            request = getattr(cur, "request", None)
-            headers = getattr(request, "headers", None)
-            if headers is not None and "authorization" in headers:
-                headers["authorization"] = f"Bearer {_REDACTED}"
-            cur = cur.__cause__ or cur.__context__
-        return exc
+        return redact_exception(exc, secret_values(self.config.api_key))
 
     def _translate(self, e: Exception, request: TierRequest, *, started: bool) -> CoreasonError:
         import openai
@@ -436,16 +417,6 @@ def _root(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     return type(e).__name__
-
-
-def _scrub_obj(value: Any, key: str) -> Any:
-    if isinstance(value, str):
-        return value.replace(key, _REDACTED)
-    if isinstance(value, dict):
-        return {k: _scrub_obj(v, key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_obj(v, key) for v in value]
-    return value
 
 
 def _retry_after(headers: Any) -> float | None:
