@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventBus, EventType
@@ -192,7 +192,7 @@ class BudgetCage:
         self.weight_out = _positive("weight_out", weight_out)
         if self.backend.get(DEFAULT_WORKFLOW) is None:
             self.backend.set_ceiling(DEFAULT_WORKFLOW, None)
-        self.recovered = self._recover_orphans()
+        self._recover_orphans()
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> BudgetCage:
@@ -401,9 +401,8 @@ class BudgetCage:
         )
         return ledger
 
-    def _recover_orphans(self) -> list[Charge]:
+    def _recover_orphans(self) -> None:
         """Settle reservations left by crashed processes at their last checkpoint."""
-        out = []
         for rec in self.backend.orphans():
             charge = Charge(
                 workflow_id=rec.workflow_id,
@@ -415,12 +414,8 @@ class BudgetCage:
                 reservation_id=rec.reservation_id,
                 note="recovered: process died mid-request; charged at last checkpoint",
             )
-            try:
+            with suppress(UnknownWorkflowError):
                 self.backend.settle(rec, charge)
-            except UnknownWorkflowError:
-                continue
-            out.append(charge)
-        return out
 
     def close(self) -> None:
         self.backend.close()

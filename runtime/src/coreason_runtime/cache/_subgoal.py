@@ -87,7 +87,7 @@ class SubgoalCache:
         first and that SQLite file while Redis is unreachable."""
         local = SQLiteStore(Path(rt.home) / "cache.sqlite")
         store: CacheStore = local
-        url = getattr(rt.config, "redis_url", None)
+        url = rt.config.redis_url
         if url:
             from coreason_runtime.cache._redis import FallbackStore, RedisStore
 

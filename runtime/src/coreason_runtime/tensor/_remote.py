@@ -254,8 +254,6 @@ class RemoteTier:
         deadline: float,
         timeout: float,
     ) -> TierOutput:
-        import openai
-
         parts: list[str] = []
         charged_in = charged_out = 0
         usage_in: int | None = None
@@ -265,23 +263,7 @@ class RemoteTier:
         unreported = 0
         chunks = _iter_chunks(stream)
         try:
-            while True:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                except openai.APITimeoutError as e:
-                    msg = f"the oracle stalled for more than {timeout:g}s mid-stream"
-                    raise TierTimeoutError(
-                        msg, workflow_id=request.workflow_id, tier=self.name
-                    ) from self._scrubbed(e)
-                except openai.APIError as e:
-                    raise self._translate(e, request, started=True) from self._scrubbed(e)
-                except (ValueError, TypeError, AttributeError, KeyError) as e:
-                    msg = f"malformed stream from the oracle: {self._scrub(str(e))}"
-                    raise ProtocolError(
-                        msg, workflow_id=request.workflow_id, tier=self.name
-                    ) from self._scrubbed(e)
+            while (chunk := self._next_chunk(chunks, request, timeout)) is not None:
                 model = chunk.model or model
                 usage = chunk.usage
                 if usage is not None:
@@ -318,24 +300,37 @@ class RemoteTier:
                 "received): cut off mid-way"
             )
             raise ProtocolError(msg, workflow_id=request.workflow_id, tier=self.name)
-        if usage_out is not None and usage_out > charged_out:
-            # True-up to the server's own count; charges were lower bounds, so never negative.
-            meter.charge(tokens_out=usage_out - charged_out)
-            charged_out = usage_out
-        elif usage_out is not None and usage_out < charged_out:
-            logger.warning(
-                "oracle reported %d output tokens, %d were charged (no credit)",
-                usage_out,
-                charged_out,
-            )
         return TierOutput(
             text="".join(parts),
             tokens_in=charged_in,
-            tokens_out=charged_out,
+            tokens_out=_true_up(meter, usage_out, charged_out),
             model=model,
             finish_reason=finish,
             extra={"usage_reported": usage_out is not None},
         )
+
+    def _next_chunk(
+        self, chunks: Iterator[ChatCompletionChunk], request: TierRequest, timeout: float
+    ) -> ChatCompletionChunk | None:
+        """The next chunk of the stream, ``None`` at its end; failures become typed errors."""
+        import openai
+
+        try:
+            return next(chunks)
+        except StopIteration:
+            return None
+        except openai.APITimeoutError as e:
+            msg = f"the oracle stalled for more than {timeout:g}s mid-stream"
+            raise TierTimeoutError(
+                msg, workflow_id=request.workflow_id, tier=self.name
+            ) from self._scrubbed(e)
+        except openai.APIError as e:
+            raise self._translate(e, request, started=True) from self._scrubbed(e)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            msg = f"malformed stream from the oracle: {self._scrub(str(e))}"
+            raise ProtocolError(
+                msg, workflow_id=request.workflow_id, tier=self.name
+            ) from self._scrubbed(e)
 
     def _count(self, text: str, before: list[str], charged: int) -> int:
         if self.token_counter is None:
@@ -417,6 +412,22 @@ def _root(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     return type(e).__name__
+
+
+def _true_up(meter: Meter, usage_out: int | None, charged_out: int) -> int:
+    """The output tokens to report: the server's own count when it is higher than what was
+    charged (the difference is charged now), else what was charged (meters give no credit)."""
+    if usage_out is not None and usage_out > charged_out:
+        # charges were lower bounds, so the true-up is never negative
+        meter.charge(tokens_out=usage_out - charged_out)
+        return usage_out
+    if usage_out is not None and usage_out < charged_out:
+        logger.warning(
+            "oracle reported %d output tokens, %d were charged (no credit)",
+            usage_out,
+            charged_out,
+        )
+    return charged_out
 
 
 def _retry_after(headers: Any) -> float | None:
