@@ -122,7 +122,7 @@ class Reservation:
             now = time.monotonic()
             if now - self._last_checkpoint > _CHECKPOINT_EVERY_S:
                 self._last_checkpoint = now
-                self._cage._checkpoint(self)
+                self._checkpoint()
             if consumed > self.granted + 1e-9:
                 self._raise(consumed)
 
@@ -160,7 +160,46 @@ class Reservation:
             if self._settled:
                 return None
             self._settled = True
-        return self._cage._settle(self, note)
+        return self._write(note)
+
+    def _checkpoint(self) -> None:
+        """Record the consumption so far, so a crash is charged up to here."""
+        self._cage.backend.checkpoint(
+            self.record.model_copy(
+                update={
+                    "consumed": self.consumed,
+                    "tokens_in": self.tokens_in,
+                    "tokens_out": self.tokens_out,
+                }
+            )
+        )
+
+    def _write(self, note: str) -> Ledger:
+        """Charge the ledger what was consumed and release the grant."""
+        charge = Charge(
+            workflow_id=self.workflow_id,
+            tier=self.tier,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost=self.consumed,
+            ts=time.time(),
+            reservation_id=self.record.reservation_id,
+            note=note or ("cut off at ceiling" if self.exceeded else ""),
+        )
+        ledger = self._cage.backend.settle(self.record, charge)
+        self._cage.bus.emit(
+            EventType.BUDGET_CHARGED,
+            workflow_id=self.workflow_id,
+            source="budget",
+            tier=self.tier,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost=charge.cost,
+            spent=ledger.spent,
+            ceiling=ledger.ceiling,
+            released=self.granted,
+        )
+        return ledger
 
 
 class BudgetCage:
@@ -361,44 +400,8 @@ class BudgetCage:
         )
         res = Reservation(self, record)
         res.tokens_in, res.tokens_out = tokens_in, tokens_out
-        res._settled = True
-        return self._settle(res, note)
-
-    def _checkpoint(self, res: Reservation) -> None:
-        self.backend.checkpoint(
-            res.record.model_copy(
-                update={
-                    "consumed": res.consumed,
-                    "tokens_in": res.tokens_in,
-                    "tokens_out": res.tokens_out,
-                }
-            )
-        )
-
-    def _settle(self, res: Reservation, note: str) -> Ledger:
-        charge = Charge(
-            workflow_id=res.workflow_id,
-            tier=res.tier,
-            tokens_in=res.tokens_in,
-            tokens_out=res.tokens_out,
-            cost=res.consumed,
-            ts=time.time(),
-            reservation_id=res.record.reservation_id,
-            note=note or ("cut off at ceiling" if res.exceeded else ""),
-        )
-        ledger = self.backend.settle(res.record, charge)
-        self.bus.emit(
-            EventType.BUDGET_CHARGED,
-            workflow_id=res.workflow_id,
-            source="budget",
-            tier=res.tier,
-            tokens_in=res.tokens_in,
-            tokens_out=res.tokens_out,
-            cost=charge.cost,
-            spent=ledger.spent,
-            ceiling=ledger.ceiling,
-            released=res.granted,
-        )
+        ledger = res.settle(note)
+        assert ledger is not None  # a new reservation settles
         return ledger
 
     def _recover_orphans(self) -> None:
