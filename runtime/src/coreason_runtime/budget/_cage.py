@@ -122,7 +122,7 @@ class Reservation:
             now = time.monotonic()
             if now - self._last_checkpoint > _CHECKPOINT_EVERY_S:
                 self._last_checkpoint = now
-                self._checkpoint()
+                self.checkpoint()
             if consumed > self.granted + 1e-9:
                 self._raise(consumed)
 
@@ -162,8 +162,9 @@ class Reservation:
             self._settled = True
         return self._write(note)
 
-    def _checkpoint(self) -> None:
-        """Record the consumption so far, so a crash is charged up to here."""
+    def checkpoint(self) -> None:
+        """Record the consumption so far durably, so that if this process dies the orphaned
+        reservation is charged up to here (:meth:`charge` does it every 0.5 s)."""
         self._cage.backend.checkpoint(
             self.record.model_copy(
                 update={
