@@ -225,34 +225,36 @@ class Invariant:
 def dependency_order(targets: Iterable[str], deps: Mapping[str, list[str]]) -> list[str]:
     """Every target and its transitive dependencies, dependencies first.
 
+    ``deps`` maps each declared step to the names it needs; names that are not declared steps
+    (plain variables) are not ordered. The order is the scheduler's: the steps become a
+    :class:`~coreason_runtime.sched.SubgoalDAG`, which checks the graph and sorts it.
+
     Raises
     ------
     ValueError
-        On a cycle (the message names it) or an unknown dependency.
+        On a cycle (the message names it) or a target that is not declared.
     """
-    order: list[str] = []
-    state: dict[str, int] = {}
+    from coreason_runtime import DAGCycleError
+    from coreason_runtime.sched import SubgoalDAG, TaskSpec
 
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*path[path.index(name) :], name])
-            msg = f"the steps form a cycle: {cycle}"
-            raise ValueError(msg)
+    needed = list(dict.fromkeys(targets))
+    for name in needed:
         if name not in deps:
-            msg = f"{path[-1] if path else 'run'} depends on {name!r}, which is not declared"
+            msg = f"run depends on {name!r}, which is not declared"
             raise ValueError(msg)
-        state[name] = 1
+    seen = set(needed)
+    for name in needed:  # grows while it is read: the closure, in discovery order
         for dep in deps[name]:
-            if dep in deps:
-                visit(dep, [*path, name])
-        state[name] = 2
-        order.append(name)
-
-    for target in targets:
-        visit(target, [])
-    return order
+            if dep in deps and dep not in seen:
+                seen.add(dep)
+                needed.append(dep)
+    tasks = [TaskSpec(id=n, deps=[d for d in deps[n] if d in deps]) for n in needed]
+    try:
+        dag = SubgoalDAG(id="steps", tasks=tasks)
+    except DAGCycleError as e:
+        msg = f"the steps form a cycle: {' -> '.join(e.cycle)}"
+        raise ValueError(msg) from e
+    return dag.topological_order()
 
 
 @dataclass
