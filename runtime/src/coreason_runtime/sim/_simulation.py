@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -32,10 +31,6 @@ if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
 
 __all__ = ["MultiFidelitySimulation", "SimResult"]
-
-
-def _same(p: Prediction) -> Prediction:
-    return p
 
 
 @dataclass
@@ -247,9 +242,7 @@ class MultiFidelitySimulation:
                 continue
             res = float(a.residual[blk])
             pred = self._predict(blk, res, horizon)
-            d = self.gate.decide(
-                "refine", functools.partial(_same, pred), region=list(g.region(blk))
-            )
+            d = self.gate.decide("refine", pred, region=list(g.region(blk)))
             if d.allowed:
                 allowed.append(blk)
             else:
