@@ -200,7 +200,7 @@ class Transaction:
                 self._settle_aborted(rc, cpu)
             else:
                 fut.set_result(self._settle_ended(rc, cpu))
-        except TransactionError as e:
+        except (TransactionAbortedError, ToolRunError) as e:  # how the commit ends
             fut.set_exception(e)
 
     def _settle_aborted(self, rc: int, cpu: float) -> None:
