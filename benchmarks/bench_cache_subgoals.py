@@ -41,7 +41,7 @@ from coreason_runtime.cache import (  # noqa: E402
     numeric_equal,
     safe_parse,
 )
-from coreason_runtime.cache._canonical import _evaluate  # noqa: E402
+from coreason_runtime.cache._normal import evaluated  # noqa: E402
 from coreason_runtime.cache._subgoal import _canonical_memo  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
@@ -83,7 +83,7 @@ def _families() -> list[tuple[str, Template, bool]]:
 
 
 def _parse(text: str) -> sympy.Basic:
-    return _evaluate(safe_parse(text))
+    return evaluated(safe_parse(text))
 
 
 def _expanded(expr: sympy.Basic) -> sympy.Basic:

@@ -67,7 +67,7 @@ def play_mabwiser(env: DriftingBandit, seed: int) -> np.ndarray:
         else:
             chosen = np.asarray(mab.predict(xs)).reshape(-1)
         arms[lo:hi] = chosen
-        rewards = env.means[np.arange(lo, hi), chosen] + env._noise[np.arange(lo, hi), chosen]
+        rewards = env.means[np.arange(lo, hi), chosen] + env.noise_draws[np.arange(lo, hi), chosen]
         if lo == 0:
             mab.fit(list(chosen), list(rewards), xs)
         else:

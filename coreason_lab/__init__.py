@@ -18,7 +18,7 @@ from coreason_lab._control import Controls, GatedTier, WorkflowAborted
 from coreason_lab._display import ResultDisplay
 from coreason_lab._magics import CoreasonMagics
 from coreason_lab._oracle_circuit import OracleForm
-from coreason_lab._steps import Invariant, InvariantViolation, Thunk
+from coreason_lab._steps import CellInvariant, CellInvariantViolation, CellThunk
 from coreason_lab._throttle import Throttle
 
 # The installed distribution's version, which hatch reads from labextension/package.json.
@@ -27,16 +27,16 @@ __version__ = _metadata.version("coreason-lab")
 __all__ = [
     "COMM_TARGET",
     "AskHandle",
+    "CellInvariant",
+    "CellInvariantViolation",
+    "CellThunk",
     "CommBridge",
     "Controls",
     "CoreasonMagics",
     "GatedTier",
-    "Invariant",
-    "InvariantViolation",
     "OracleForm",
     "ResultDisplay",
     "Throttle",
-    "Thunk",
     "WorkflowAborted",
     "__version__",
     "load_ipython_extension",

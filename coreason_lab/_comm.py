@@ -30,18 +30,15 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from coreason_runtime import Event
+from coreason_runtime import Event, may_hold_secret, redact
 
 from coreason_lab._control import INTENTS, Controls
-from coreason_lab._display import redact, secret_values
 from coreason_lab._throttle import Throttle
 
 __all__ = ["TARGET", "CommBridge", "event_json", "events_json", "honour_frontend_subshell"]
 
 TARGET = "coreason"
 MAX_EVENTS_PER_MESSAGE = 500
-# every spelling the key pattern of `redact` matches, lower-cased
-_SECRET_WORDS = ("apikey", "api_key", "api-key", "authorization", "secret", "password", "bearer")
 logger = logging.getLogger("coreason_lab.comm")
 
 
@@ -66,10 +63,7 @@ def events_json(events: Sequence[Event]) -> list[dict[str, Any]]:
     gets every event of the runtime).
     """
     text = json.dumps([_body(e) for e in events], default=str)
-    low = text.lower()  # substring tests: a regex over the whole batch costs more than the rest
-    if any(word in low for word in _SECRET_WORDS) or any(
-        json.dumps(v)[1:-1] in text for v in secret_values()
-    ):
+    if may_hold_secret(text):
         return redact(json.loads(text))  # type: ignore[no-any-return]
     return json.loads(text)  # type: ignore[no-any-return]
 

@@ -3,36 +3,11 @@
 from __future__ import annotations
 
 import html
-import os
-import re
 from typing import Any
 
-__all__ = ["ResultDisplay", "redact", "status_html"]
+from coreason_runtime import redact
 
-SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|bearer)", re.I)
-_SECRET_ENV = ("COREASON_ORACLE_API_KEY", "OPENAI_API_KEY")
-
-
-def secret_values() -> list[str]:
-    """The API keys set in this process's environment (what must never be shown)."""
-    return [os.environ[v] for v in _SECRET_ENV if os.environ.get(v)]
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with secret-looking keys dropped and known key values masked."""
-    return _redact(value, secret_values())  # the environment is read once per call
-
-
-def _redact(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _redact(v, secrets) for k, v in value.items() if not SECRET_KEY.search(str(k))}
-    if isinstance(value, (list, tuple)):
-        return [_redact(v, secrets) for v in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
-    return value
+__all__ = ["ResultDisplay", "status_html"]
 
 
 class ResultDisplay:

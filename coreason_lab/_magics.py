@@ -20,7 +20,7 @@ from coreason_lab._comm import CommBridge
 from coreason_lab._control import Controls, GatedTier
 from coreason_lab._display import ResultDisplay, status_html
 from coreason_lab._oracle_circuit import OracleForm
-from coreason_lab._steps import Invariant, Thunk
+from coreason_lab._steps import CellInvariant, CellThunk
 from coreason_lab._steps_run import StepRunner
 
 __all__ = ["CoreasonMagics"]
@@ -95,8 +95,8 @@ class CoreasonMagics(Magics):
         self._controls: Controls | None = None
         self.bridge: CommBridge | None = None
         self.handles: list[AskHandle] = []
-        self.thunks: dict[str, Thunk] = {}
-        self.invariants: dict[str, Invariant] = {}
+        self.thunks: dict[str, CellThunk] = {}
+        self.invariants: dict[str, CellInvariant] = {}
         self.forms: list[OracleForm] = []
         self.dashboard: Any = None
         self.last_result: Any = None
@@ -452,7 +452,7 @@ class CoreasonMagics(Magics):
                     f"a declared step nor a variable.{suggest(dep, list(self.thunks))}"
                 )
                 raise UsageError(msg)
-        thunk = Thunk(
+        thunk = CellThunk(
             args.name,
             cell,
             deps=deps,
@@ -492,7 +492,7 @@ class CoreasonMagics(Magics):
             except Exception as e:
                 msg = f"%coreason invariant {args.name}: {args.unit!r} is not a unit pint knows"
                 raise UsageError(msg) from e
-        self.invariants[args.name] = Invariant(args.name, lines, unit=args.unit, of=args.of)
+        self.invariants[args.name] = CellInvariant(args.name, lines, unit=args.unit, of=args.of)
         return None
 
     def _runner(self) -> StepRunner:

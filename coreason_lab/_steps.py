@@ -13,11 +13,11 @@ from typing import Any
 from coreason_runtime import EventBus, EventType, SimulationError
 
 __all__ = [
-    "Invariant",
-    "InvariantResult",
-    "InvariantViolation",
+    "CellInvariant",
+    "CellInvariantResult",
+    "CellInvariantViolation",
+    "CellThunk",
     "RunReport",
-    "Thunk",
     "dependency_order",
     "evaluate_body",
 ]
@@ -25,10 +25,10 @@ __all__ = [
 _UNSET: Any = object()
 
 
-class InvariantViolation(SimulationError):
+class CellInvariantViolation(SimulationError):
     """One or more declared invariants do not hold; ``results`` says which and why."""
 
-    def __init__(self, message: str, *, results: list[InvariantResult], **fields: Any) -> None:
+    def __init__(self, message: str, *, results: list[CellInvariantResult], **fields: Any) -> None:
         super().__init__(message, **fields)
         self.results = results
 
@@ -50,7 +50,7 @@ def _summary(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class Thunk:
+class CellThunk:
     """A declared lazy step: its body runs once, on first :meth:`force` (or ``.value``).
 
     The body sees the user namespace, with each dependency's *value* bound under its name, so
@@ -67,7 +67,7 @@ class Thunk:
         namespace: Mapping[str, Any],
         bus: EventBus,
         workflow_id: str | None = None,
-        resolve: Callable[[str], Thunk | None] | None = None,
+        resolve: Callable[[str], CellThunk | None] | None = None,
         checkpoint: Callable[[str | None], None] | None = None,
     ) -> None:
         self.name = name
@@ -148,18 +148,18 @@ class Thunk:
     def __repr__(self) -> str:  # cheap: never forces
         state = f"= {_summary(self._value)}" if self.forced else "(not forced)"
         deps = f" after {', '.join(self.deps)}" if self.deps else ""
-        return f"<Thunk {self.name}{deps} {state}>"
+        return f"<CellThunk {self.name}{deps} {state}>"
 
 
 @dataclass
-class InvariantResult:
+class CellInvariantResult:
     name: str
     ok: bool | None
     detail: str = ""
 
 
 @dataclass
-class Invariant:
+class CellInvariant:
     """A constraint: boolean expressions (one per line) and/or a pint unit for a value.
 
     ``check(ns)`` evaluates it against a namespace in which thunks stand for their values;
@@ -171,25 +171,25 @@ class Invariant:
     unit: str | None = None
     of: str | None = None
 
-    def check(self, ns: Mapping[str, Any]) -> InvariantResult:
+    def check(self, ns: Mapping[str, Any]) -> CellInvariantResult:
         env = {}
         for key, value in ns.items():
-            if isinstance(value, Thunk):
+            if isinstance(value, CellThunk):
                 if not value.forced:
                     if self._mentions(key):
-                        return InvariantResult(self.name, None, f"{key} is not forced yet")
+                        return CellInvariantResult(self.name, None, f"{key} is not forced yet")
                     continue
                 value = value.force()
             env[key] = value
         try:
             for expr in self.expressions:
                 if not eval(compile(expr, f"<invariant {self.name}>", "eval"), env):
-                    return InvariantResult(self.name, False, f"{expr} is false")
+                    return CellInvariantResult(self.name, False, f"{expr} is false")
             if self.unit is not None:
                 return self._check_unit(env)
         except Exception as e:
-            return InvariantResult(self.name, False, f"{type(e).__name__}: {e}")
-        return InvariantResult(self.name, True, "holds")
+            return CellInvariantResult(self.name, False, f"{type(e).__name__}: {e}")
+        return CellInvariantResult(self.name, True, "holds")
 
     def _mentions(self, key: str) -> bool:
         texts = [*self.expressions, self.of or (self.name if self.unit else "")]
@@ -199,23 +199,23 @@ class Invariant:
             if t
         )
 
-    def _check_unit(self, env: dict[str, Any]) -> InvariantResult:
+    def _check_unit(self, env: dict[str, Any]) -> CellInvariantResult:
         import pint
 
         ureg = pint.get_application_registry()
         target = self.of or self.name
         value = eval(compile(target, f"<invariant {self.name}>", "eval"), env)
         if not isinstance(value, pint.Quantity):
-            return InvariantResult(
+            return CellInvariantResult(
                 self.name,
                 False,
                 f"{target} has no unit (expected {self.unit}); use pint.get_application_registry()",
             )
         if not value.is_compatible_with(ureg(self.unit)):
-            return InvariantResult(
+            return CellInvariantResult(
                 self.name, False, f"{target} is in {value.units}, not compatible with {self.unit}"
             )
-        return InvariantResult(self.name, True, f"{target} is in {value.units}")
+        return CellInvariantResult(self.name, True, f"{target} is in {value.units}")
 
     def predicate(self) -> Callable[[Mapping[str, Any]], bool]:
         """A plain callable for verifiers and simulations: ``ns -> bool``."""
@@ -225,34 +225,36 @@ class Invariant:
 def dependency_order(targets: Iterable[str], deps: Mapping[str, list[str]]) -> list[str]:
     """Every target and its transitive dependencies, dependencies first.
 
+    ``deps`` maps each declared step to the names it needs; names that are not declared steps
+    (plain variables) are not ordered. The order is the scheduler's: the steps become a
+    :class:`~coreason_runtime.sched.SubgoalDAG`, which checks the graph and sorts it.
+
     Raises
     ------
     ValueError
-        On a cycle (the message names it) or an unknown dependency.
+        On a cycle (the message names it) or a target that is not declared.
     """
-    order: list[str] = []
-    state: dict[str, int] = {}
+    from coreason_runtime import DAGCycleError
+    from coreason_runtime.sched import SubgoalDAG, TaskSpec
 
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*path[path.index(name) :], name])
-            msg = f"the steps form a cycle: {cycle}"
-            raise ValueError(msg)
+    needed = list(dict.fromkeys(targets))
+    for name in needed:
         if name not in deps:
-            msg = f"{path[-1] if path else 'run'} depends on {name!r}, which is not declared"
+            msg = f"run depends on {name!r}, which is not declared"
             raise ValueError(msg)
-        state[name] = 1
+    seen = set(needed)
+    for name in needed:  # grows while it is read: the closure, in discovery order
         for dep in deps[name]:
-            if dep in deps:
-                visit(dep, [*path, name])
-        state[name] = 2
-        order.append(name)
-
-    for target in targets:
-        visit(target, [])
-    return order
+            if dep in deps and dep not in seen:
+                seen.add(dep)
+                needed.append(dep)
+    tasks = [TaskSpec(id=n, deps=[d for d in deps[n] if d in deps]) for n in needed]
+    try:
+        dag = SubgoalDAG(id="steps", tasks=tasks)
+    except DAGCycleError as e:
+        msg = f"the steps form a cycle: {' -> '.join(e.cycle)}"
+        raise ValueError(msg) from e
+    return dag.topological_order()
 
 
 @dataclass
@@ -264,7 +266,7 @@ class RunReport:
     status: str = "succeeded"
     durations: dict[str, float] = field(default_factory=dict)
     critical_path: list[str] = field(default_factory=list)
-    invariants: list[InvariantResult] = field(default_factory=list)
+    invariants: list[CellInvariantResult] = field(default_factory=list)
 
     def _repr_html_(self) -> str:
         rows = "".join(

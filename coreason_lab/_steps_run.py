@@ -18,11 +18,11 @@ from coreason_runtime import EventType, SchedulerError
 
 from coreason_lab._control import Controls, WorkflowAborted
 from coreason_lab._steps import (
-    Invariant,
-    InvariantResult,
-    InvariantViolation,
+    CellInvariant,
+    CellInvariantResult,
+    CellInvariantViolation,
+    CellThunk,
     RunReport,
-    Thunk,
     dependency_order,
 )
 
@@ -33,7 +33,7 @@ __all__ = ["CheckReport", "StepRunner"]
 class CheckReport:
     """The result of evaluating invariants: per invariant ``ok`` (None: not yet decidable)."""
 
-    results: list[InvariantResult] = field(default_factory=list)
+    results: list[CellInvariantResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -59,8 +59,8 @@ class StepRunner:
         self,
         runtime: Any,
         controls: Controls,
-        thunks: Mapping[str, Thunk],
-        invariants: Mapping[str, Invariant],
+        thunks: Mapping[str, CellThunk],
+        invariants: Mapping[str, CellInvariant],
         namespace: Mapping[str, Any],
     ) -> None:
         self.runtime = runtime
@@ -157,7 +157,7 @@ class StepRunner:
 
         Raises
         ------
-        InvariantViolation
+        CellInvariantViolation
             If any invariant is false (undecidable ones, e.g. on unforced steps, are not).
         """
         report = CheckReport([self.invariants[n].check(self.ns) for n in names])
@@ -173,5 +173,5 @@ class StepRunner:
         if failed:
             detail = "; ".join(f"{r.name}: {r.detail}" for r in failed)
             msg = f"{len(failed)} invariant(s) violated: {detail}"
-            raise InvariantViolation(msg, results=report.results, workflow_id=workflow_id)
+            raise CellInvariantViolation(msg, results=report.results, workflow_id=workflow_id)
         return report

@@ -124,19 +124,3 @@ def test_events_json_cuts_secrets_anywhere_in_a_batch(monkeypatch: pytest.Monkey
     assert out[1]["data"] == {"nested": {}}
     assert out[2]["data"] == {"items": ["a", "key *** here"]}
     assert "sk-SECRET" not in json.dumps(out) and "Bearer" not in json.dumps(out)
-
-
-def test_the_fast_path_words_cover_the_secret_key_pattern() -> None:
-    from coreason_lab._comm import _SECRET_WORDS
-    from coreason_lab._display import SECRET_KEY
-
-    for key in (
-        "API_KEY",
-        "apiKey",
-        "api-key",
-        "Authorization",
-        "client_secret",
-        "PASSWORD",
-        "bearer_token",
-    ):
-        assert SECRET_KEY.search(key) and any(w in key.lower() for w in _SECRET_WORDS), key

@@ -7,7 +7,7 @@ from coreason_runtime import Coordinator, EventType
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from coreason_lab import CoreasonMagics, InvariantViolation, Thunk
+from coreason_lab import CellInvariantViolation, CellThunk, CoreasonMagics
 
 
 def test_a_thunk_body_runs_only_when_forced(ip: InteractiveShell) -> None:
@@ -28,7 +28,7 @@ def test_thunk_events_are_published(ip: InteractiveShell, rt: Coordinator) -> No
 def test_thunk_dependencies_are_detected_and_forced_first(ip: InteractiveShell) -> None:
     ip.run_cell_magic("coreason", "thunk side", "3")
     ip.run_cell_magic("coreason", "thunk area", "side ** 2")
-    area: Thunk = ip.user_ns["area"]
+    area: CellThunk = ip.user_ns["area"]
     assert area.deps == ["side"] and area.value == 9 and ip.user_ns["side"].forced
 
 
@@ -93,7 +93,7 @@ def test_run_with_no_steps_says_how_to_declare_one(ip: InteractiveShell) -> None
 def test_violated_invariant_raises_and_is_published(ip: InteractiveShell, rt: Coordinator) -> None:
     ip.run_cell_magic("coreason", "thunk energy", "-1.0")
     ip.run_cell_magic("coreason", "invariant positive", "energy >= 0")
-    with pytest.raises(InvariantViolation, match="energy >= 0 is false"):
+    with pytest.raises(CellInvariantViolation, match="energy >= 0 is false"):
         ip.run_line_magic("coreason", "run")
     assert rt.bus.history([EventType.INVARIANT_VIOLATED])[-1].data["invariant"] == "positive"
 
@@ -114,7 +114,7 @@ def test_unit_invariant_accepts_compatible_units(ip: InteractiveShell) -> None:
 def test_unit_invariant_rejects_wrong_dimensions(ip: InteractiveShell) -> None:
     ip.run_cell("import pint\nu = pint.get_application_registry()\nspeed = 3 * u.kg")
     ip.run_line_magic("coreason", "invariant speed --unit m/s")
-    with pytest.raises(InvariantViolation, match="not compatible with m/s"):
+    with pytest.raises(CellInvariantViolation, match="not compatible with m/s"):
         ip.run_line_magic("coreason", "check")
 
 

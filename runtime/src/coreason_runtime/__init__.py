@@ -73,6 +73,7 @@ from coreason_runtime._exceptions import (
     WorkerDiedError,
     WorkflowAbortedError,
 )
+from coreason_runtime._redact import may_hold_secret, redact
 
 # The installed distribution's version, which hatch reads from labextension/package.json.
 __version__ = _metadata.version("coreason-runtime")
@@ -153,4 +154,6 @@ __all__ = [
     "WorkerDiedError",
     "WorkflowAbortedError",
     "__version__",
+    "may_hold_secret",
+    "redact",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from coreason_runtime._exceptions import CoreasonError
+from coreason_runtime.serve._cli import add_arguments as serve_arguments
 
 __all__ = ["build_parser", "main"]
 
@@ -171,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible server over the local tier")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model", default=None)
-    serve.add_argument("--token", default=None, help="require this bearer token")
+    serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     budget = sub.add_parser("budget", help="show / set / reset ledgers")

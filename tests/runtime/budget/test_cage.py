@@ -160,7 +160,7 @@ def test_orphaned_reservation_of_a_dead_process_is_settled_at_its_checkpoint(
         f"cage = BudgetCage(SQLiteLedgerBackend({str(path)!r}))\n"
         "res = cage.open('wf', 10, 100, 'local')\n"
         "res.charge(10, 20)\n"
-        "cage._checkpoint(res)\n"
+        "res.checkpoint()\n"
         "os._exit(9)\n"  # dies mid-request, never settles
     )
     subprocess.run([sys.executable, "-c", script], check=False)

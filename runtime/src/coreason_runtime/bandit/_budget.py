@@ -77,10 +77,6 @@ class GrowthBudget:
         """Units that may still be added (``math.inf`` when uncapped)."""
         return self._remaining
 
-    @property
-    def exhausted(self) -> bool:
-        return self._remaining <= 0
-
     def request(self, t: int | None = None) -> bool:
         """Ask for one unit. Returns whether it was granted; a refusal publishes RBF_GATED."""
         with self._lock:

@@ -38,6 +38,13 @@ class DriftingBandit:
         Context dimension, arms, rounds, and the seed of everything random.
     bumps, noise, drift, change_every:
         As above. ``change_every=0`` means no abrupt change.
+
+    Attributes
+    ----------
+    contexts, means, noise_draws:
+        The whole horizon, drawn up front: contexts (rounds × d), mean rewards (rounds × k)
+        and the noise added to them (rounds × k), so the reward of ``a`` at ``t`` is
+        ``means[t, a] + noise_draws[t, a]``.
     """
 
     d: int = 5
@@ -51,7 +58,7 @@ class DriftingBandit:
     width: tuple[float, float] = (0.35, 0.8)
     contexts: FloatArray = field(init=False, repr=False)
     means: FloatArray = field(init=False, repr=False)
-    _noise: FloatArray = field(init=False, repr=False)
+    noise_draws: FloatArray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for label, value in (
@@ -87,7 +94,7 @@ class DriftingBandit:
                 diff = self.contexts[lo:hi, None, None, :] - pos
                 d2 = np.einsum("tkbd,tkbd->tkb", diff, diff)
                 self.means[lo:hi] = (heights[None] * np.exp(-d2 * inv2s2[None])).sum(-1)
-        self._noise = rng.normal(0.0, self.noise, size=(t_all, k))
+        self.noise_draws = rng.normal(0.0, self.noise, size=(t_all, k))
 
     @property
     def change_points(self) -> list[int]:
@@ -112,7 +119,7 @@ class DriftingBandit:
             msg = f"arm must be in [0, {self.k}), got {arm!r}"
             raise InvalidArmError(msg)
         t = self._round(t)
-        return float(self.means[t, arm] + self._noise[t, arm])
+        return float(self.means[t, arm] + self.noise_draws[t, arm])
 
     def optimal(self) -> FloatArray:
         """The best mean reward at every round (for dynamic regret)."""

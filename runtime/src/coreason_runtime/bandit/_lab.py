@@ -84,7 +84,8 @@ def run_bandit(
     rewards = np.zeros(n)
     units = np.zeros(n, dtype=np.int64)
     net: GrowingRBFNet | None = policy.net if isinstance(policy, RBFPolicy) else None
-    contexts, means, noise = env.contexts, env.means, env._noise
+    contexts, means, noise = env.contexts, env.means, env.noise_draws
+    best = env.optimal()
     elapsed = 0.0
     tick = timer
     for t in range(n):
@@ -101,14 +102,13 @@ def run_bandit(
             on_round(t, policy)
         if bus is not None and emit_every and (t + 1) % emit_every == 0:
             lo = t + 1 - emit_every
-            best = means[lo : t + 1].max(axis=1)
             got = means[np.arange(lo, t + 1), arms[lo : t + 1]]
             bus.emit(
                 EventType.BANDIT_ROUND,
                 source=policy.name,
                 t=t + 1,
                 mean_reward=float(rewards[lo : t + 1].mean()),
-                mean_regret=float((best - got).mean()),
+                mean_regret=float((best[lo : t + 1] - got).mean()),
                 units=int(units[t]),
             )
     chosen = means[np.arange(n), arms]
@@ -117,7 +117,7 @@ def run_bandit(
         arms=arms,
         rewards=rewards,
         chosen_means=chosen,
-        regret=means[:n].max(axis=1) - chosen,
+        regret=best[:n] - chosen,
         units=units,
         seconds=elapsed,
     )

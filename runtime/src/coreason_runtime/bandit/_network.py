@@ -174,10 +174,6 @@ class GrowingRBFNet:
         return self._c[: self._m].copy()
 
     @property
-    def widths(self) -> FloatArray:
-        return np.sqrt(0.5 / self._inv2s2[: self._m])
-
-    @property
     def weights(self) -> FloatArray:
         return self._w[: self._m].copy()
 
@@ -232,6 +228,17 @@ class GrowingRBFNet:
         x = self._context(x)
         self._cached(x)
         return self._variance_cached()
+
+    def predict_and_variance(
+        self, x: ArrayLike, *, variance: bool = True
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """:meth:`predict` and (with ``variance``) :meth:`variance` at ``x`` in one pass.
+
+        For a policy choosing an arm every round: the arrays are the net's cache, not copies,
+        so read them before the next call instead of keeping them.
+        """
+        y = self._cached(self._context(x))
+        return y, self._variance_cached() if variance else None
 
     def _variance_cached(self) -> FloatArray:
         z = self._cz

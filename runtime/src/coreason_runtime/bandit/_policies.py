@@ -130,11 +130,8 @@ class RBFPolicy:
         self.name = name or f"GRBF-{explore}"
 
     def select(self, x: ArrayLike) -> int:
-        net = self.net
-        arr = net._context(x)
-        y = net._cached(arr)
-        var = y if self.explore == "egreedy" else net._variance_cached()
-        return self._rule(self, y, var)
+        y, var = self.net.predict_and_variance(x, variance=self.explore != "egreedy")
+        return self._rule(self, y, y if var is None else var)
 
     def update(self, x: ArrayLike, arm: int, reward: float) -> None:
         self.net.update(x, arm, reward)
@@ -166,7 +163,6 @@ class LinUCB:
         self._ainv: FloatArray = np.tile(np.eye(p) / lam, (k, 1, 1))
         self._b: FloatArray = np.zeros((k, p))
         self._theta: FloatArray = np.zeros((k, p))
-        self._z: FloatArray = np.ones(p)
         self.rng = np.random.default_rng(seed)
         self.name = name or type(self).__name__
 

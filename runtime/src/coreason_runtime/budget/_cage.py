@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventBus, EventType
@@ -122,7 +122,7 @@ class Reservation:
             now = time.monotonic()
             if now - self._last_checkpoint > _CHECKPOINT_EVERY_S:
                 self._last_checkpoint = now
-                self._cage._checkpoint(self)
+                self.checkpoint()
             if consumed > self.granted + 1e-9:
                 self._raise(consumed)
 
@@ -160,7 +160,47 @@ class Reservation:
             if self._settled:
                 return None
             self._settled = True
-        return self._cage._settle(self, note)
+        return self._write(note)
+
+    def checkpoint(self) -> None:
+        """Record the consumption so far durably, so that if this process dies the orphaned
+        reservation is charged up to here (:meth:`charge` does it every 0.5 s)."""
+        self._cage.backend.checkpoint(
+            self.record.model_copy(
+                update={
+                    "consumed": self.consumed,
+                    "tokens_in": self.tokens_in,
+                    "tokens_out": self.tokens_out,
+                }
+            )
+        )
+
+    def _write(self, note: str) -> Ledger:
+        """Charge the ledger what was consumed and release the grant."""
+        charge = Charge(
+            workflow_id=self.workflow_id,
+            tier=self.tier,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost=self.consumed,
+            ts=time.time(),
+            reservation_id=self.record.reservation_id,
+            note=note or ("cut off at ceiling" if self.exceeded else ""),
+        )
+        ledger = self._cage.backend.settle(self.record, charge)
+        self._cage.bus.emit(
+            EventType.BUDGET_CHARGED,
+            workflow_id=self.workflow_id,
+            source="budget",
+            tier=self.tier,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost=charge.cost,
+            spent=ledger.spent,
+            ceiling=ledger.ceiling,
+            released=self.granted,
+        )
+        return ledger
 
 
 class BudgetCage:
@@ -192,7 +232,7 @@ class BudgetCage:
         self.weight_out = _positive("weight_out", weight_out)
         if self.backend.get(DEFAULT_WORKFLOW) is None:
             self.backend.set_ceiling(DEFAULT_WORKFLOW, None)
-        self.recovered = self._recover_orphans()
+        self._recover_orphans()
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> BudgetCage:
@@ -361,49 +401,12 @@ class BudgetCage:
         )
         res = Reservation(self, record)
         res.tokens_in, res.tokens_out = tokens_in, tokens_out
-        res._settled = True
-        return self._settle(res, note)
-
-    def _checkpoint(self, res: Reservation) -> None:
-        self.backend.checkpoint(
-            res.record.model_copy(
-                update={
-                    "consumed": res.consumed,
-                    "tokens_in": res.tokens_in,
-                    "tokens_out": res.tokens_out,
-                }
-            )
-        )
-
-    def _settle(self, res: Reservation, note: str) -> Ledger:
-        charge = Charge(
-            workflow_id=res.workflow_id,
-            tier=res.tier,
-            tokens_in=res.tokens_in,
-            tokens_out=res.tokens_out,
-            cost=res.consumed,
-            ts=time.time(),
-            reservation_id=res.record.reservation_id,
-            note=note or ("cut off at ceiling" if res.exceeded else ""),
-        )
-        ledger = self.backend.settle(res.record, charge)
-        self.bus.emit(
-            EventType.BUDGET_CHARGED,
-            workflow_id=res.workflow_id,
-            source="budget",
-            tier=res.tier,
-            tokens_in=res.tokens_in,
-            tokens_out=res.tokens_out,
-            cost=charge.cost,
-            spent=ledger.spent,
-            ceiling=ledger.ceiling,
-            released=res.granted,
-        )
+        ledger = res.settle(note)
+        assert ledger is not None  # a new reservation settles
         return ledger
 
-    def _recover_orphans(self) -> list[Charge]:
+    def _recover_orphans(self) -> None:
         """Settle reservations left by crashed processes at their last checkpoint."""
-        out = []
         for rec in self.backend.orphans():
             charge = Charge(
                 workflow_id=rec.workflow_id,
@@ -415,12 +418,8 @@ class BudgetCage:
                 reservation_id=rec.reservation_id,
                 note="recovered: process died mid-request; charged at last checkpoint",
             )
-            try:
+            with suppress(UnknownWorkflowError):
                 self.backend.settle(rec, charge)
-            except UnknownWorkflowError:
-                continue
-            out.append(charge)
-        return out
 
     def close(self) -> None:
         self.backend.close()

@@ -31,12 +31,6 @@ class Ledger(BaseModel):
             return math.inf
         return self.ceiling - self.spent - self.reserved
 
-    @property
-    def fraction_spent(self) -> float:
-        if not self.ceiling:
-            return 0.0
-        return self.spent / self.ceiling
-
 
 class Charge(BaseModel):
     """One settled request: appended to the ledger's history, never rewritten."""

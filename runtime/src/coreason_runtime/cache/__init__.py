@@ -9,13 +9,16 @@
 
 from __future__ import annotations
 
-from coreason_runtime.cache._canonical import CanonicalForm, canonicalize, normal_form, serialize
+from coreason_runtime.cache._canonical import CanonicalForm, canonicalize
 from coreason_runtime.cache._checkpoint import Checkpoint, ProofChain, Step
+from coreason_runtime.cache._hits import CacheHit
+from coreason_runtime.cache._normal import normal_form, serialize
 from coreason_runtime.cache._parse import Limits, safe_parse
 from coreason_runtime.cache._prompt import PromptForm, canonical_prompt
 from coreason_runtime.cache._redis import FallbackStore, RedisStore
+from coreason_runtime.cache._requests import RequestVerifier
 from coreason_runtime.cache._store import CacheStore, Entry, SQLiteStore
-from coreason_runtime.cache._subgoal import CacheHit, RequestVerifier, SubgoalCache
+from coreason_runtime.cache._subgoal import SubgoalCache
 from coreason_runtime.cache._verify import SympyVerifier, Verifier, numeric_equal
 
 __all__ = [

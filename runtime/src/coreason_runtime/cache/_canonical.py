@@ -41,19 +41,18 @@ invalidates every entry it would have checked.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
-from sympy.core.function import AppliedUndef
 
 from coreason_runtime._exceptions import CacheError, ExpressionParseError
+from coreason_runtime.cache._names import Naming, name_canonically
+from coreason_runtime.cache._normal import evaluated, normal_form, rationalize
 from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits, check_size, safe_parse
 
-__all__ = ["CanonicalForm", "canonicalize", "normal_form", "serialize"]
+__all__ = ["CanonicalForm", "canonicalize"]
 
 _LINEAR_OPS = frozenset(
     {
@@ -78,102 +77,6 @@ _DEFAULT_OP = {
     "expr": "simplify",
     "tuple": "request",
 }
-_MAX_PERMUTATIONS = 120
-_MARK = sympy.Symbol("$mark")
-_OTHER = sympy.Symbol("$other")
-_MARK_F = sympy.Function("$markf")
-_OTHER_F = sympy.Function("$otherf")
-
-
-# --- serialisation with a fixed term order ------------------------------------------------------
-
-
-def serialize(expr: Any) -> str:
-    """A deterministic text for ``expr``: ``Add``/``Mul`` arguments sorted, names verbatim."""
-    if isinstance(expr, (tuple, list)):
-        return "(" + ",".join(serialize(a) for a in expr) + ")"
-    if isinstance(expr, sympy.Symbol):
-        return str(expr.name)
-    if isinstance(expr, (sympy.Integer, sympy.Rational)):
-        return str(expr)
-    if isinstance(expr, sympy.Float):
-        return f"Float({expr!r})"
-    if not isinstance(expr, sympy.Basic):
-        return repr(expr)
-    if not expr.args:
-        return type(expr).__name__
-    children = [serialize(a) for a in expr.args]
-    if isinstance(expr, (sympy.Add, sympy.Mul)):
-        children.sort()
-    head = expr.func.__name__ if isinstance(expr, AppliedUndef) else type(expr).__name__
-    return f"{head}({','.join(children)})"
-
-
-# --- normal form -------------------------------------------------------------------------------
-
-
-def _rationalize(expr: sympy.Basic) -> sympy.Basic:
-    floats = expr.atoms(sympy.Float)
-    if not floats:
-        return expr
-    return expr.xreplace({f: sympy.Rational(str(f)) for f in floats})
-
-
-def _inner(expr: sympy.Basic) -> sympy.Basic:
-    if expr.is_Atom:
-        return expr
-    if isinstance(expr, (sympy.Add, sympy.Mul)):
-        return expr.func(*[_inner(a) for a in expr.args])
-    if isinstance(expr, sympy.Pow):
-        return sympy.Pow(_inner(expr.base), normal_form(expr.exp))
-    if isinstance(expr, sympy.Tuple):
-        return sympy.Tuple(*[normal_form(a) for a in expr.args])
-    if isinstance(expr, (sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit, sympy.Derivative)):
-        return expr.func(normal_form(expr.args[0]), *[_inner(a) for a in expr.args[1:]])
-    return expr.func(*[normal_form(a) for a in expr.args])
-
-
-def normal_form(expr: sympy.Basic) -> sympy.Basic:
-    """``cancel(together(expand(e)))`` applied bottom-up, with floats made rational.
-
-    ``exp(a+b)`` and ``log(a·b)`` are not split, so affine arguments stay visible.
-    """
-    if isinstance(expr, sympy.Tuple):
-        return sympy.Tuple(*[normal_form(a) for a in expr.args])
-    if isinstance(expr, sympy.Equality):
-        return sympy.Eq(normal_form(expr.lhs - expr.rhs), 0, evaluate=False)
-    if not isinstance(expr, sympy.Expr) or expr.is_Atom:
-        return expr
-    expr = _inner(_rationalize(expr))
-    try:
-        expr = sympy.expand(expr, power_exp=False, log=False)
-        # function applications become opaque symbols named by their own text, so that the
-        # polynomial code cannot split ``exp(2x+1)`` into ``E·exp(x)²``
-        if not any(
-            p.exp.is_negative or not p.exp.is_Integer
-            for p in expr.atoms(sympy.Pow)
-            if p.exp.is_number
-        ):
-            return expr  # no denominators: the expanded form is already canonical
-        apps = {a for a in expr.atoms(sympy.Function) if a.args}
-        if apps:
-            hide = {a: sympy.Symbol("$app:" + serialize(a)) for a in apps}
-            expr = sympy.cancel(sympy.together(expr.xreplace(hide)))
-            expr = expr.xreplace({v: k for k, v in hide.items()})
-        else:
-            expr = sympy.cancel(sympy.together(expr))
-    except (sympy.PolynomialError, TypeError, ValueError, NotImplementedError):
-        # cancel refuses some non-commutative or piecewise inputs; expand alone is still a
-        # deterministic form
-        pass
-    return expr
-
-
-def _evaluate(expr: sympy.Basic) -> sympy.Basic:
-    """Rebuild an ``evaluate=False`` tree bottom-up so that Add/Mul/Pow simplify themselves."""
-    if expr.is_Atom or not expr.args:
-        return expr
-    return expr.func(*[_evaluate(a) for a in expr.args])
 
 
 # --- the canonical form ------------------------------------------------------------------------
@@ -289,37 +192,6 @@ def _affine(body: sympy.Expr, x: sympy.Symbol) -> tuple[sympy.Expr, sympy.Expr] 
     return a, b
 
 
-def _symbol_signature(body: sympy.Basic, s: sympy.Symbol, others: list[sympy.Symbol]) -> str:
-    repl = {o: _OTHER for o in others if o != s}
-    repl[s] = _MARK
-    return serialize(normal_form(body.xreplace(repl)))
-
-
-def _function_signature(body: sympy.Basic, f: Any, others: list[Any]) -> str:
-    out = body
-    for o in others:
-        if o != f:
-            out = out.replace(o, _OTHER_F)
-    return serialize(normal_form(out.replace(f, _MARK_F)))
-
-
-def _ordered(items: list[Any], signature: Callable[[Any], str]) -> list[list[Any]]:
-    """Group ``items`` by signature (sorted); each group is a tie to break."""
-    sigs = {item: signature(item) for item in items}
-    groups: dict[str, list[Any]] = {}
-    for item in sorted(items, key=lambda i: (sigs[i], str(i))):
-        groups.setdefault(sigs[item], []).append(item)
-    return [groups[k] for k in sorted(groups)]
-
-
-def _orderings(groups: list[list[Any]]) -> list[list[Any]]:
-    total = math.prod(math.factorial(len(g)) for g in groups)
-    if total > _MAX_PERMUTATIONS:
-        return [[i for g in groups for i in g]]
-    per_group = [list(itertools.permutations(g)) for g in groups]
-    return [[i for perm in combo for i in perm] for combo in itertools.product(*per_group)]
-
-
 def _structure(expr: sympy.Basic, op: str) -> tuple[str, sympy.Expr, list[Any]]:
     """(kind, body, parts): the body is what gets normalised and scaled, parts the rest."""
     if isinstance(expr, sympy.Integral):
@@ -366,7 +238,7 @@ def canonicalize(
         Over ``limits`` (checked before any rewriting).
     """
     if isinstance(problem, str):
-        expr = _evaluate(safe_parse(problem, limits=limits))
+        expr = evaluated(safe_parse(problem, limits=limits))
     elif isinstance(problem, sympy.Basic):
         check_size(problem, limits)
         expr = problem
@@ -382,25 +254,35 @@ def canonicalize(
         raise ExpressionParseError(msg) from e
 
 
+@dataclass
+class _Problem:
+    """A subgoal on its way to canonical form: body and parts, and what was done to them.
+
+    ``bound`` is the bound variable (``u`` after a substitution), ``user_bound`` the user's;
+    ``back_bound`` is the user's expression for the canonical bound variable and ``inverse``
+    the user's bound variable in terms of ``u``.
+    """
+
+    kind: str
+    op: str
+    body: sympy.Basic
+    parts: list[Any]
+    bound: sympy.Symbol | None
+    user_bound: sympy.Symbol | None
+    back_bound: sympy.Basic | None
+    inverse: sympy.Basic
+    scale: sympy.Expr = sympy.S.One
+    substitution: str = ""
+
+
 def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> CanonicalForm:
     kind, body, parts = _structure(expr, op or "")
     op = op or _DEFAULT_OP[kind]
-    raw_body = _rationalize(body)
-    body = normal_form(raw_body)
-    parts = [_rationalize(p) if isinstance(p, sympy.Basic) else p for p in parts]
-    bound: sympy.Symbol | None = None
-    if kind in ("integral", "sum") and parts and isinstance(parts[0], sympy.Symbol):
-        bound = parts[0]
-    elif kind == "derivative" and len(parts) == 1:
-        bound = parts[0][0]
-    elif kind == "limit":
-        bound = parts[0]
-    user_bound = bound
-    scale: sympy.Expr = sympy.S.One
-    substitution = ""
-    back_bound: sympy.Basic | None = bound
+    raw_body = rationalize(body)
+    parts = [rationalize(p) if isinstance(p, sympy.Basic) else p for p in parts]
+    bound = _bound_variable(kind, parts)
     u = sympy.Dummy("u")
-    inverse: sympy.Basic | None = None  # the user's bound variable in terms of u
+    p = _Problem(kind, op, normal_form(raw_body), parts, bound, bound, bound, u)
     if (
         kind == "sum"
         and bound is not None
@@ -408,157 +290,112 @@ def _canonicalize(expr: sympy.Basic, op: str | None, verifier_version: str) -> C
         and parts[1].is_finite
         and parts[1] != 0
     ):
-        lo = parts[1]
-        body = normal_form(body.xreplace({bound: u + lo}))
-        parts = [u, sympy.Integer(0), parts[2] - lo]
-        substitution = f"{bound} = {u.name} + {lo}"
-        bound = u
-        back_bound = user_bound - lo if user_bound is not None else None
-        inverse = u + lo
-    elif kind in ("integral", "derivative") and bound is not None and isinstance(body, sympy.Expr):
-        # as written first, so that (2x+1)**2 is seen before expansion hides it, then the
-        # normal form
-        affine = _affine(raw_body, bound) if isinstance(raw_body, sympy.Expr) else None
-        source = raw_body
-        if affine is None:
-            affine, source = _affine(body, bound), body
-        if affine is not None:
-            a, b = affine
-            body = normal_form(source.xreplace({bound: (u - b) / a}))
-            back_bound = a * bound + b
-            inverse = (u - b) / a
-            substitution = f"u = {a}*{bound} + {b}"
-            if kind == "integral":
-                scale = 1 / a
-                if len(parts) == 3:
-                    parts = [u, a * parts[1] + b, a * parts[2] + b]
-                    back_bound = None
-                else:
-                    parts = [u]
-            else:
-                n = parts[0][1]
-                scale = a**n
-                parts = [(u, n)]
-            bound = u
+        _shift_sum(p, u)
+    elif (
+        kind in ("integral", "derivative") and bound is not None and isinstance(p.body, sympy.Expr)
+    ):
+        _substitute_affine(p, raw_body, u)
     if kind == "equation":
-        num, _den = sympy.fraction(sympy.together(body))
-        body = normal_form(num.as_content_primitive()[1])
+        num, _den = sympy.fraction(sympy.together(p.body))
+        p.body = normal_form(num.as_content_primitive()[1])
     elif kind != "tuple":
-        extra, body = _content_and_factor(body, bound, op)
-        scale = scale * extra
-    return _rename(
-        kind,
-        op,
-        body,
-        parts,
-        bound,
-        back_bound,
-        scale,
-        substitution,
-        verifier_version,
-        expr,
-        user_bound,
-        inverse if inverse is not None else u,
+        extra, p.body = _content_and_factor(p.body, p.bound, op)
+        p.scale = p.scale * extra
+    naming = name_canonically(
+        kind, p.body, p.parts, p.bound, signed=kind == "equation" or op in _LINEAR_OPS
     )
-
-
-def _rename(
-    kind: str,
-    op: str,
-    body: sympy.Expr,
-    parts: list[Any],
-    bound: sympy.Symbol | None,
-    back_bound: sympy.Basic | None,
-    scale: sympy.Expr,
-    substitution: str,
-    verifier_version: str,
-    original: sympy.Basic,
-    user_bound: sympy.Symbol | None = None,
-    inverse: sympy.Basic | None = None,
-) -> CanonicalForm:
-    """Rename to canonical names, try tie orders, normalise the sign, hash."""
-    whole = sympy.Tuple(
-        body, *[sympy.Tuple(*p) if isinstance(p, (tuple, list)) else p for p in parts]
-    )
-    bound_syms: list[sympy.Symbol] = []
-    if bound is not None:
-        bound_syms.append(bound)
-    for p in parts:  # multi-variable derivatives and integrals: every variable is bound
-        head = p[0] if isinstance(p, (tuple, list, sympy.Tuple)) else p
-        if (
-            kind in ("integral", "derivative", "sum")
-            and isinstance(head, sympy.Symbol)
-            and head not in bound_syms
-        ):
-            bound_syms.append(head)
-    b_map = {s: sympy.Symbol(f"$b{i}") for i, s in enumerate(bound_syms)}
-    whole_b = whole.xreplace(b_map)
-    free = sorted(
-        (
-            s
-            for s in whole_b.free_symbols
-            if isinstance(s, sympy.Symbol) and not s.name.startswith("$")
-        ),
-        key=str,
-    )
-    funcs = sorted({a.func for a in whole_b.atoms(AppliedUndef)}, key=str)
-    sym_groups = _ordered(free, lambda s: _symbol_signature(whole_b, s, free))
-    fun_groups = _ordered(funcs, lambda f: _function_signature(whole_b, f, funcs))
-    best: tuple[str, sympy.Basic, dict[Any, Any], dict[Any, Any]] | None = None
-    for sym_order in _orderings(sym_groups):
-        for fun_order in _orderings(fun_groups):
-            s_map = {s: sympy.Symbol(f"$v{i}") for i, s in enumerate(sym_order)}
-            f_map = {f: sympy.Function(f"$F{i}") for i, f in enumerate(fun_order)}
-            cand = whole_b.xreplace(s_map)
-            for f, g in f_map.items():
-                cand = cand.replace(f, g)
-            cand = sympy.Tuple(normal_form(cand.args[0]), *cand.args[1:])
-            text = serialize(cand)
-            if best is None or text < best[0]:
-                best = (text, cand, s_map, f_map)
-    assert best is not None
-    text, cand, s_map, f_map = best
-    sign = sympy.Integer(1)
-    if (kind == "equation" or op in _LINEAR_OPS) and isinstance(cand.args[0], sympy.Expr):
-        neg = sympy.Tuple(normal_form(-cand.args[0]), *cand.args[1:])
-        neg_text = serialize(neg)
-        if (bool(neg.args[0].could_extract_minus_sign()), neg_text) < (
-            bool(cand.args[0].could_extract_minus_sign()),
-            text,
-        ):
-            text, cand, sign = neg_text, neg, sympy.Integer(-1)
-    canon_body, canon_parts = cand.args[0], list(cand.args[1:])
-    back: dict[sympy.Basic, sympy.Basic] = {v: k for k, v in s_map.items()}
-    forward: dict[sympy.Basic, sympy.Basic] = dict(s_map)
-    if bound is not None and back_bound is not None:
-        back[b_map[bound]] = back_bound
-        if user_bound is not None and inverse is not None:
-            u_sym = bound if inverse.has(bound) else next(iter(inverse.free_symbols), bound)
-            sub = dict(s_map)
-            sub[u_sym] = b_map[bound]
-            forward[user_bound] = inverse.xreplace(sub)
-    for s in bound_syms:
-        if s is bound:
-            continue
-        back[b_map[s]] = s
-        forward[s] = b_map[s]
-    full = f"{op}|{kind}|{text}|{verifier_version}"
-    key = hashlib.sha256(full.encode()).hexdigest()
-    expr = _rebuild(kind, canon_body, canon_parts)
+    back, forward = _maps(p, naming)
+    full = f"{op}|{kind}|{naming.text}|{verifier_version}"
     return CanonicalForm(
         kind=kind,
         op=op,
-        expr=expr,
-        text=text,
-        key=key,
-        scale=sympy.sympify(sign * scale),
+        expr=_rebuild(kind, naming.body, naming.parts),
+        text=naming.text,
+        key=hashlib.sha256(full.encode()).hexdigest(),
+        scale=sympy.sympify(naming.sign * p.scale),
         back=back,
         forward=forward,
-        functions_back={g.__name__: f for f, g in f_map.items()},
-        functions_forward={f.__name__: g for f, g in f_map.items()},
-        substitution=substitution,
-        original=original,
+        functions_back={g.__name__: f for f, g in naming.functions.items()},
+        functions_forward={f.__name__: g for f, g in naming.functions.items()},
+        substitution=p.substitution,
+        original=expr,
     )
+
+
+def _bound_variable(kind: str, parts: list[Any]) -> sympy.Symbol | None:
+    """The variable an integral, sum, single derivative or limit binds."""
+    if kind in ("integral", "sum") and parts and isinstance(parts[0], sympy.Symbol):
+        return parts[0]
+    if kind == "derivative" and len(parts) == 1:
+        return parts[0][0]  # type: ignore[no-any-return]
+    if kind == "limit":
+        return parts[0]  # type: ignore[no-any-return]
+    return None
+
+
+def _shift_sum(p: _Problem, u: sympy.Dummy) -> None:
+    """Shift a sum's index so that it starts at 0."""
+    assert p.bound is not None
+    lo = p.parts[1]
+    p.body = normal_form(p.body.xreplace({p.bound: u + lo}))
+    p.parts = [u, sympy.Integer(0), p.parts[2] - lo]
+    p.substitution = f"{p.bound} = {u.name} + {lo}"
+    p.bound = u
+    p.back_bound = p.user_bound - lo if p.user_bound is not None else None
+    p.inverse = u + lo
+
+
+def _substitute_affine(p: _Problem, raw_body: sympy.Basic, u: sympy.Dummy) -> None:
+    """``∫ f(a·x+b) dx`` → ``(1/a)·∫ f(u) du``; ``dⁿ/dxⁿ f(a·x+b)`` → ``aⁿ·f⁽ⁿ⁾(u)``."""
+    bound = p.bound
+    assert bound is not None
+    # as written first, so that (2x+1)**2 is seen before expansion hides it, then the
+    # normal form
+    affine = _affine(raw_body, bound) if isinstance(raw_body, sympy.Expr) else None
+    source = raw_body
+    if affine is None:
+        affine, source = _affine(p.body, bound), p.body
+    if affine is None:
+        return
+    a, b = affine
+    p.body = normal_form(source.xreplace({bound: (u - b) / a}))
+    p.back_bound = a * bound + b
+    p.inverse = (u - b) / a
+    p.substitution = f"u = {a}*{bound} + {b}"
+    if p.kind == "integral":
+        p.scale = 1 / a
+        if len(p.parts) == 3:
+            p.parts = [u, a * p.parts[1] + b, a * p.parts[2] + b]
+            p.back_bound = None
+        else:
+            p.parts = [u]
+    else:
+        n = p.parts[0][1]
+        p.scale = a**n
+        p.parts = [(u, n)]
+    p.bound = u
+
+
+def _maps(
+    p: _Problem, naming: Naming
+) -> tuple[dict[sympy.Basic, sympy.Basic], dict[sympy.Basic, sympy.Basic]]:
+    """``back`` (canonical → user's) and ``forward`` (user's → canonical) symbol maps."""
+    back: dict[sympy.Basic, sympy.Basic] = {v: k for k, v in naming.symbols.items()}
+    forward: dict[sympy.Basic, sympy.Basic] = dict(naming.symbols)
+    if p.bound is not None and p.back_bound is not None:
+        back[naming.bound[p.bound]] = p.back_bound
+        if p.user_bound is not None:
+            inverse = p.inverse
+            u_sym = p.bound if inverse.has(p.bound) else next(iter(inverse.free_symbols), p.bound)
+            sub = dict(naming.symbols)
+            sub[u_sym] = naming.bound[p.bound]
+            forward[p.user_bound] = inverse.xreplace(sub)
+    for s, b in naming.bound.items():
+        if s is p.bound:
+            continue
+        back[b] = s
+        forward[s] = b
+    return back, forward
 
 
 def _rebuild(kind: str, body: sympy.Basic, parts: list[Any]) -> sympy.Basic:

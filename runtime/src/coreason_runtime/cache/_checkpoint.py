@@ -233,7 +233,3 @@ class ProofChain:
         for step in steps[self.index :]:
             self.apply(step)
         return self.state
-
-    def branch_off(self, name: str) -> ProofChain:
-        """A cousin branch of the same root, starting at this chain's current state."""
-        return ProofChain(self.cache, self.root, name, self.state)

@@ -13,6 +13,7 @@ import sympy
 
 from coreason_runtime._exceptions import CacheError, ExpressionTooLargeError
 from coreason_runtime.cache._canonical import canonicalize
+from coreason_runtime.cache._normal import evaluated
 from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits, safe_parse
 
 __all__ = ["PromptForm", "canonical_prompt", "detect_op", "map_value_json", "math_leaves"]
@@ -138,7 +139,42 @@ def canonical_prompt(
     if len(prompt) > _MAX_PROMPT_CHARS:
         msg = f"prompt has {len(prompt)} characters, over the cache limit {_MAX_PROMPT_CHARS}"
         raise ExpressionTooLargeError(msg)
-    text = _normalise_text(prompt)
+    pieces, exprs = _split_math(_normalise_text(prompt), limits)
+    names: set[str] = set()
+    back: dict[str, str] = {}
+    forward: dict[str, str] = {}
+    math_text = ""
+    if exprs:
+        form = canonicalize(
+            sympy.Tuple(*exprs), op="request", verifier_version=verifier_version, limits=limits
+        )
+        math_text = form.text
+        for canon, user in form.back.items():
+            if isinstance(canon, sympy.Symbol) and isinstance(user, sympy.Symbol):
+                back[canon.name] = user.name
+                forward[user.name] = canon.name
+                names.add(user.name)
+        for canon_name, user_f in form.functions_back.items():
+            back[canon_name] = user_f.__name__
+            forward[user_f.__name__] = canon_name
+    template, variable = _rename_words(" ".join(p for p in pieces if p), forward, names)
+    op = detect_op(template)
+    full = f"{schema_key}|{template}|{math_text}|{verifier_version}"
+    key = hashlib.sha256(full.encode()).hexdigest()
+    return PromptForm(
+        key=key,
+        template=template,
+        math=math_text,
+        op=op,
+        back=back,
+        forward=forward,
+        exprs=tuple(exprs),
+        variable=variable,
+    )
+
+
+def _split_math(text: str, limits: Limits) -> tuple[list[str], list[sympy.Basic]]:
+    """The prose pieces (math replaced by ``⟨eN⟩`` placeholders) and the expressions, evaluated."""
     tokens = text.split(" ") if text else []
     pieces: list[str] = []
     exprs: list[sympy.Basic] = []
@@ -157,51 +193,21 @@ def canonical_prompt(
         exprs.append(expr)
         last = end
     pieces.append(" ".join(tokens[last:]).lower())
-    names: set[str] = set()
-    back: dict[str, str] = {}
-    forward: dict[str, str] = {}
-    math_text = ""
-    evaluated: list[sympy.Basic] = []
-    if exprs:
-        from coreason_runtime.cache._canonical import _evaluate
+    return pieces, [evaluated(e) for e in exprs]
 
-        evaluated = [_evaluate(e) for e in exprs]
-        form = canonicalize(
-            sympy.Tuple(*evaluated), op="request", verifier_version=verifier_version, limits=limits
-        )
-        math_text = form.text
-        for canon, user in form.back.items():
-            if isinstance(canon, sympy.Symbol) and isinstance(user, sympy.Symbol):
-                back[canon.name] = user.name
-                forward[user.name] = canon.name
-                names.add(user.name)
-        for canon_name, user_f in form.functions_back.items():
-            back[canon_name] = user_f.__name__
-            forward[user_f.__name__] = canon_name
-    words = " ".join(p for p in pieces if p).split(" ")
+
+def _rename_words(text: str, forward: dict[str, str], names: set[str]) -> tuple[str, str | None]:
+    """Words naming a symbol of the math (``with respect to x``) renamed; the first such name."""
     renamed = []
     variable = None
-    for w in words:
+    for w in text.split(" "):
         core = w.rstrip(_TRAILING)
         if core in forward and core in names:
             renamed.append(forward[core] + w[len(core) :])
             variable = variable or core
         else:
             renamed.append(w)
-    template = " ".join(renamed)
-    op = detect_op(template)
-    full = f"{schema_key}|{template}|{math_text}|{verifier_version}"
-    key = hashlib.sha256(full.encode()).hexdigest()
-    return PromptForm(
-        key=key,
-        template=template,
-        math=math_text,
-        op=op,
-        back=back,
-        forward=forward,
-        exprs=tuple(evaluated),
-        variable=variable,
-    )
+    return " ".join(renamed), variable
 
 
 def _rename_text(text: str, mapping: dict[str, str]) -> str:

@@ -268,7 +268,6 @@ class FallbackStore(CacheStore):
         self._down_until = 0.0
         self._lock = threading.Lock()
         self.degraded = False
-        self.fallbacks = 0
 
     def _route(self, method: str, *args: Any) -> Any:
         if time.monotonic() >= self._down_until:
@@ -278,7 +277,6 @@ class FallbackStore(CacheStore):
                 with self._lock:
                     self._down_until = time.monotonic() + self.retry_after
                     self.degraded = True
-                    self.fallbacks += 1
                 logger.warning(
                     "cache primary %s failed (%s); using %s",
                     self.primary.name,

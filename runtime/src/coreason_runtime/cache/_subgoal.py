@@ -9,7 +9,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,43 +16,20 @@ import sympy
 
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import CacheBackendError, CacheError
-from coreason_runtime.cache._canonical import CanonicalForm, _evaluate, canonicalize
+from coreason_runtime.cache._canonical import CanonicalForm, canonicalize
 from coreason_runtime.cache._codec import form_from_tree, form_to_tree, from_tree, to_tree
+from coreason_runtime.cache._hits import CacheHit, HitCounts
+from coreason_runtime.cache._normal import evaluated
 from coreason_runtime.cache._parse import DEFAULT_LIMITS, Limits, check_size, safe_parse
-from coreason_runtime.cache._prompt import (
-    PromptForm,
-    canonical_prompt,
-    map_value_json,
-    math_leaves,
-)
+from coreason_runtime.cache._prompt import PromptForm, canonical_prompt, map_value_json
+from coreason_runtime.cache._requests import RequestVerifier, auto_request_verifier
 from coreason_runtime.cache._store import CacheStore, Entry, SQLiteStore, decayed_score
-from coreason_runtime.cache._verify import SympyVerifier, Verifier, numeric_equal, verifier_hash
+from coreason_runtime.cache._verify import SympyVerifier, Verifier, verifier_hash
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
 
 __all__ = ["CacheHit", "RequestVerifier", "SubgoalCache"]
-
-#: ``(prompt, value_json) -> bool``: checks a cached model answer for this prompt.
-RequestVerifier = Callable[[str, str], bool]
-
-
-@dataclass(frozen=True)
-class CacheHit:
-    """A verified hit. ``value`` is the result in the caller's own names (a SymPy object for
-    subgoals, the JSON text for requests); ``entry`` is the stored entry (provenance,
-    verifier); ``cross_workflow`` says whether another workflow or project admitted it."""
-
-    key: str
-    kind: str
-    value: Any
-    entry: Entry
-    cross_workflow: bool
-    form: CanonicalForm | PromptForm | None = None
-
-    @property
-    def value_json(self) -> str | None:
-        return self.value if isinstance(self.value, str) else None
 
 
 class SubgoalCache:
@@ -99,11 +75,10 @@ class SubgoalCache:
         self.limits = limits
         self.source = source
         self._lock = threading.Lock()
-        self._counts: dict[str, list[int]] = {}
-        self.false_hits_blocked = 0
+        self._counts = HitCounts()
         self._verdicts: dict[tuple[Any, ...], bool] = {}
         self._request_verifiers: dict[str, tuple[RequestVerifier, str]] = {
-            "auto": (_auto_request_verifier, verifier_hash(_auto_request_verifier)),
+            "auto": (auto_request_verifier, verifier_hash(auto_request_verifier)),
         }
 
     @classmethod
@@ -112,7 +87,7 @@ class SubgoalCache:
         first and that SQLite file while Redis is unreachable."""
         local = SQLiteStore(Path(rt.home) / "cache.sqlite")
         store: CacheStore = local
-        url = getattr(rt.config, "redis_url", None)
+        url = rt.config.redis_url
         if url:
             from coreason_runtime.cache._redis import FallbackStore, RedisStore
 
@@ -125,26 +100,20 @@ class SubgoalCache:
         if self.bus is not None:
             self.bus.emit(type_, workflow_id=workflow_id, source=self.source, **data)
 
-    def _count(self, kind: str, hit: bool) -> None:
-        with self._lock:
-            c = self._counts.setdefault(kind, [0, 0])
-            c[0 if hit else 1] += 1
+    @property
+    def false_hits_blocked(self) -> int:
+        """Cached results that failed verification, so were never returned."""
+        return self._counts.false_hits_blocked
 
     def hit_ratio(self, kind: str | None = None) -> float:
         """Hits / lookups so far (this process), overall or for one ``kind`` (``"integral"``,
         ``"derivative"``, ``"request"``, ``"step"`` …); 0.0 before any lookup."""
-        with self._lock:
-            rows = [self._counts.get(kind, [0, 0])] if kind else list(self._counts.values())
-        hits = sum(r[0] for r in rows)
-        total = hits + sum(r[1] for r in rows)
-        return hits / total if total else 0.0
+        return self._counts.ratio(kind)
 
     def stats(self) -> dict[str, Any]:
         """Counts by kind, blocked false hits and the number of stored entries."""
-        with self._lock:
-            counts = {k: {"hits": v[0], "misses": v[1]} for k, v in self._counts.items()}
         return {
-            "by_kind": counts,
+            "by_kind": self._counts.by_kind(),
             "hit_ratio": self.hit_ratio(),
             "false_hits_blocked": self.false_hits_blocked,
             "entries": self.store.count(),
@@ -160,7 +129,7 @@ class SubgoalCache:
         canonicalisation; every hit is still verified.
         """
         if isinstance(problem, str):
-            original = _evaluate(safe_parse(problem, limits=self.limits))
+            original = evaluated(safe_parse(problem, limits=self.limits))
         else:
             check_size(problem, self.limits)
             original = problem
@@ -210,8 +179,7 @@ class SubgoalCache:
             self._miss(form.key, form.kind, workflow_id, f"undecodable: {e}")
             return None
         if not self._check(form, entry, result):
-            with self._lock:
-                self.false_hits_blocked += 1
+            self._counts.block_false_hit()
             self._miss(form.key, form.kind, workflow_id, "verification_failed")
             return None
         return self._hit(form.key, form.kind, entry, result, workflow_id, form)
@@ -362,8 +330,7 @@ class SubgoalCache:
         except (CacheError, ValueError, TypeError, ArithmeticError):
             ok = False
         if not ok:
-            with self._lock:
-                self.false_hits_blocked += 1
+            self._counts.block_false_hit()
             self._miss(form.key, "request", workflow_id, "verification_failed")
             return None
         return self._hit(form.key, "request", entry, value, workflow_id, form)
@@ -430,7 +397,7 @@ class SubgoalCache:
     # --- shared paths ------------------------------------------------------------------------
 
     def _miss(self, key: str, kind: str, workflow_id: str | None, reason: str) -> None:
-        self._count(kind, hit=False)
+        self._counts.count(kind, hit=False)
         if workflow_id:
             # a sighting is advisory; the miss itself is still reported
             with contextlib.suppress(CacheBackendError):
@@ -446,7 +413,7 @@ class SubgoalCache:
         workflow_id: str | None,
         form: CanonicalForm | PromptForm,
     ) -> CacheHit:
-        self._count(kind, hit=True)
+        self._counts.count(kind, hit=True)
         cross = bool(workflow_id) and workflow_id not in entry.workflows
         self.store.touch(key, workflow_id or "")
         self._emit(
@@ -487,26 +454,17 @@ class SubgoalCache:
             text=text,
             workflows=origins,
         )
-        if self.store.count() >= self.capacity and self.store.get(key) is None:
-            lowest = self.store.lowest()
-            mine = 1.0 + 0.5 * (sightings - 1)
-            victim = (
-                0.0
-                if lowest is None
-                else decayed_score(lowest[1], time.time(), self.store.half_life)
+        if not _admissible(self.store, self.capacity, key, sightings):
+            self._emit(
+                EventType.CACHE_ADMIT,
+                workflow_id,
+                key=key,
+                kind=kind,
+                admitted=False,
+                reason="score_below_victim",
+                sightings=sightings,
             )
-            admit = victim < 0.5 or (sightings >= 2 and mine > victim)
-            if not admit:
-                self._emit(
-                    EventType.CACHE_ADMIT,
-                    workflow_id,
-                    key=key,
-                    kind=kind,
-                    admitted=False,
-                    reason="score_below_victim",
-                    sightings=sightings,
-                )
-                return None
+            return None
         stored = self.store.put(entry)
         self._emit(
             EventType.CACHE_ADMIT,
@@ -534,33 +492,16 @@ def _canonical_memo(
     return canonicalize(problem, op, verifier_version=version, limits=limits)
 
 
-def _auto_request_verifier(prompt: str, value_json: str) -> bool:
-    """The default request check: JSON, and for a recognised maths question, the answer."""
-    try:
-        json.loads(value_json)
-    except (TypeError, ValueError):
-        return False
-    form = canonical_prompt("", prompt)
-    if not form.exprs or form.op is None:
+def _admissible(store: CacheStore, capacity: int, key: str, sightings: int) -> bool:
+    """Whether a new entry seen by ``sightings`` origins may enter the store.
+
+    While the store has room (or already holds ``key``), yes. When full, only if the entry
+    eviction would remove has gone stale (its score fell below 0.5) or if the new entry was
+    asked for by at least two origins and its score (1 + 0.5 per extra origin) beats it.
+    """
+    if store.count() < capacity or store.get(key) is not None:
         return True
-    answers = math_leaves(value_json)
-    if not answers:
-        return True  # prose answer: keyed on the exact canonical question, nothing to compute
-    problem, answer = form.exprs[0], answers[0]
-    syms = sorted(problem.free_symbols, key=str)
-    var = sympy.Symbol(form.variable) if form.variable else (syms[0] if syms else None)
-    if form.op == "diff" and var is not None:
-        expected = (
-            problem.doit() if isinstance(problem, sympy.Derivative) else sympy.diff(problem, var)
-        )
-        return numeric_equal(expected, answer)
-    if form.op == "integrate" and var is not None:
-        if isinstance(problem, sympy.Integral):
-            problem = problem.function
-        return numeric_equal(sympy.diff(answer, var), problem)
-    if form.op == "simplify":
-        return numeric_equal(problem, answer)
-    if form.op == "solve" and var is not None:
-        lhs = problem.lhs - problem.rhs if isinstance(problem, sympy.Equality) else problem
-        return all(numeric_equal(lhs.xreplace({var: a}), sympy.Integer(0)) for a in answers)
-    return True
+    lowest = store.lowest()
+    victim = 0.0 if lowest is None else decayed_score(lowest[1], time.time(), store.half_life)
+    mine = 1.0 + 0.5 * (sightings - 1)
+    return victim < 0.5 or (sightings >= 2 and mine > victim)

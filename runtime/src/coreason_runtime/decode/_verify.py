@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tokenize
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -235,115 +235,153 @@ class SympyVerifier:
     def _check_line(
         self, idx: int, pos: int, line: str, defs: dict[str, Any]
     ) -> StepFailure | bool | None:
-        """A failure, True (checked and right) or None (not a step this verifier reads)."""
-        import sympy
+        """A failure, True (checked and right) or None (not a step this verifier reads).
 
-        checks: list[tuple[re.Pattern[str], str]] = [
-            (_DERIV, "derivative"),
-            (_PRIME, "derivative"),
-            (_INTEG, "integral"),
-            (_SOLVE, "solve"),
-            (_SIMP, "simplify"),
-            (_DEF, "definition"),
-            (_EQ, "identity"),
-        ]
-        for pattern, kind in checks:
+        The first pattern that matches the line decides; ``defs`` collects ``f(x) = ...``.
+        """
+        for pattern, kind, read in _STEPS:
             m = pattern.match(line)
             if not m:
                 continue
             try:
-                if kind == "derivative" and pattern is _DERIV:
-                    var = sympy.Symbol(m.group(1) or "x")
-                    expected = sympy.diff(_parse(m.group(2)), var)
-                    try:
-                        got = _parse(m.group(3))
-                    except (
-                        ValueError,
-                        TypeError,
-                        SyntaxError,
-                        sympy.SympifyError,
-                        tokenize.TokenError,
-                    ) as e:
-                        if not self.strict:
-                            raise
-                        return self._fail(
-                            idx, pos, line, m, 3, kind, expected, f"cannot read the result: {e}"
-                        )
-                    group = 3
-                elif kind == "derivative":
-                    fname, var = m.group(1), sympy.Symbol(m.group(2))
-                    if fname not in defs:
-                        return None
-                    expected, got, group = sympy.diff(defs[fname], var), _parse(m.group(3)), 3
-                elif kind == "integral":
-                    var = sympy.Symbol(m.group(2))
-                    integrand, got = _parse(m.group(1)), _parse(m.group(3))
-                    if _same(sympy.diff(got, var), integrand):
-                        return True
-                    expected = sympy.integrate(integrand, var)
-                    return self._fail(
-                        idx,
-                        pos,
-                        line,
-                        m,
-                        3,
-                        kind,
-                        expected,
-                        f"d/d{var} of the result is not the integrand",
-                    )
-                elif kind == "solve":
-                    lhs, rhs = m.group(1).split("=", 1)
-                    eq = _parse(lhs) - _parse(rhs)
-                    var = sorted(eq.free_symbols, key=str)[0]
-                    want = set(sympy.solve(eq, var))
-                    vals = re.findall(r"=\s*([^,;]+?)(?=\s*(?:,|;|\bor\b|\band\b|$))", m.group(2))
-                    got_set = {_parse(v) for v in vals}
-                    if got_set and {sympy.nsimplify(g) for g in got_set} == want:
-                        return True
-                    return self._fail(
-                        idx,
-                        pos,
-                        line,
-                        m,
-                        2,
-                        kind,
-                        sorted(want, key=str),
-                        f"the solutions are {sorted(want, key=str)}",
-                    )
-                elif kind == "definition":
-                    defs[m.group(1)] = _parse(m.group(3))
-                    return None
-                elif kind == "simplify":
-                    expected, got, group = _parse(m.group(1)), _parse(m.group(2)), 2
-                else:  # plain identity: only when the left side is more than a name
-                    left = m.group(1).strip()
-                    if re.fullmatch(r"[A-Za-z]\w*", left) or "=" in m.group(2):
-                        return None
-                    expected, got, group = _parse(left), _parse(m.group(2)), 2
-            except (
-                ValueError,
-                TypeError,
-                SyntaxError,
-                AttributeError,
-                sympy.SympifyError,
-                NotImplementedError,
-                IndexError,
-                tokenize.TokenError,
-            ):
+                outcome = read(m, defs, self.strict)
+            except _unreadable():
                 return None
-            if _same(got, expected):
-                return True
-            return self._fail(
-                idx,
-                pos,
-                line,
-                m,
-                group,
-                kind,
-                expected,
-                f"expected {_caret(expected)}, got {_caret(got)}",
-            )
+            if isinstance(outcome, _Claim):
+                if _same(outcome.got, outcome.expected):
+                    return True
+                got = _caret(outcome.got)
+                message = f"expected {_caret(outcome.expected)}, got {got}"
+                outcome = _Wrong(outcome.group, outcome.expected, message)
+            if isinstance(outcome, _Wrong):
+                return self._fail(
+                    idx, pos, line, m, outcome.group, kind, outcome.expected, outcome.message
+                )
+            return outcome
         return None
+
+
+# --- one reader per kind of step --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A step read: it claims ``got`` where ``expected`` is right (in match group ``group``)."""
+
+    expected: Any
+    got: Any
+    group: int
+
+
+@dataclass(frozen=True)
+class _Wrong:
+    """A step already found wrong; ``group`` holds the wrong claim."""
+
+    group: int
+    expected: Any
+    message: str
+
+
+# None: not a step this verifier reads; True: checked and right
+_Outcome = _Claim | _Wrong | bool | None
+
+
+def _parse_errors() -> tuple[type[Exception], ...]:
+    """What :func:`_parse` raises on text it cannot read."""
+    import sympy
+
+    return (ValueError, TypeError, SyntaxError, sympy.SympifyError, tokenize.TokenError)
+
+
+def _unreadable() -> tuple[type[Exception], ...]:
+    """What reading a step raises when the step is not one SymPy can check."""
+    return (*_parse_errors(), AttributeError, NotImplementedError, IndexError)
+
+
+def _derivative(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """``d/dx EXPR = RESULT``; with ``strict`` an unreadable result is a failure."""
+    import sympy
+
+    var = sympy.Symbol(m.group(1) or "x")
+    expected = sympy.diff(_parse(m.group(2)), var)
+    try:
+        got = _parse(m.group(3))
+    except _parse_errors() as e:
+        if not strict:
+            raise
+        return _Wrong(3, expected, f"cannot read the result: {e}")
+    return _Claim(expected, got, 3)
+
+
+def _prime(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """``f'(x) = RESULT`` after a definition of ``f``."""
+    import sympy
+
+    fname, var = m.group(1), sympy.Symbol(m.group(2))
+    if fname not in defs:
+        return None
+    return _Claim(sympy.diff(defs[fname], var), _parse(m.group(3)), 3)
+
+
+def _integral(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """``∫ EXPR dx = RESULT``, checked by differentiating the result."""
+    import sympy
+
+    var = sympy.Symbol(m.group(2))
+    integrand, got = _parse(m.group(1)), _parse(m.group(3))
+    if _same(sympy.diff(got, var), integrand):
+        return True
+    expected = sympy.integrate(integrand, var)
+    return _Wrong(3, expected, f"d/d{var} of the result is not the integrand")
+
+
+def _solve(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """``solve EQ: x = a, x = b``: the stated solutions are exactly SymPy's."""
+    import sympy
+
+    lhs, rhs = m.group(1).split("=", 1)
+    eq = _parse(lhs) - _parse(rhs)
+    var = sorted(eq.free_symbols, key=str)[0]
+    want = set(sympy.solve(eq, var))
+    vals = re.findall(r"=\s*([^,;]+?)(?=\s*(?:,|;|\bor\b|\band\b|$))", m.group(2))
+    got_set = {_parse(v) for v in vals}
+    if got_set and {sympy.nsimplify(g) for g in got_set} == want:
+        return True
+    solutions = sorted(want, key=str)
+    return _Wrong(2, solutions, f"the solutions are {solutions}")
+
+
+def _simplify(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """``simplify EXPR = RESULT`` (also expand, factor)."""
+    return _Claim(_parse(m.group(1)), _parse(m.group(2)), 2)
+
+
+def _definition(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """``f(x) = EXPR``: remembered for later ``f'(x)`` steps, not itself checked."""
+    defs[m.group(1)] = _parse(m.group(3))
+    return None
+
+
+def _identity(m: re.Match[str], defs: dict[str, Any], strict: bool) -> _Outcome:
+    """A plain ``A = B``, only when the left side is more than a name."""
+    left = m.group(1).strip()
+    if re.fullmatch(r"[A-Za-z]\w*", left) or "=" in m.group(2):
+        return None
+    return _Claim(_parse(left), _parse(m.group(2)), 2)
+
+
+_Reader = Callable[[re.Match[str], dict[str, Any], bool], _Outcome]
+
+# in order: the first pattern that matches a line decides how it is read
+_STEPS: tuple[tuple[re.Pattern[str], str, _Reader], ...] = (
+    (_DERIV, "derivative", _derivative),
+    (_PRIME, "derivative", _prime),
+    (_INTEG, "integral", _integral),
+    (_SOLVE, "solve", _solve),
+    (_SIMP, "simplify", _simplify),
+    (_DEF, "definition", _definition),
+    (_EQ, "identity", _identity),
+)
 
 
 # --- mapping to the session -------------------------------------------------------------------

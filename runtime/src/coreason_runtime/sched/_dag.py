@@ -172,15 +172,6 @@ class SubgoalDAG(BaseModel):
             msg = f"not a valid subgoal DAG: {e.errors(include_url=False)}"
             raise InvalidDAGError(msg) from e
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SubgoalDAG:
-        """Build a DAG from plain data; malformed input raises :class:`InvalidDAGError`."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            msg = f"not a valid subgoal DAG: {e.errors(include_url=False)}"
-            raise InvalidDAGError(msg) from e
-
     def to_json(self) -> str:
         return self.model_dump_json()
 

@@ -198,6 +198,7 @@ class ProcessJob:
         *,
         freezer: CgroupFreezer | None = None,
         confirm: bool = False,
+        stderr: Any = None,
     ) -> None:
         self.proc = proc
         pid = proc.pid
@@ -209,7 +210,7 @@ class ProcessJob:
         self.confirm = confirm
         self.paused = False
         self._killed = False
-        self._stderr: Any = None
+        self._stderr: Any = stderr  # a file of ours to read on failure and close at the end
         if freezer is not None:
             freezer.add(self.pid)
 
@@ -231,9 +232,7 @@ class ProcessJob:
                 err.close()
             raise
         freezer = CgroupFreezer(f"{proc.pid}") if freeze else None
-        job = cls(proc, freezer=freezer, confirm=confirm)
-        job._stderr = err if own_err else None
-        return job
+        return cls(proc, freezer=freezer, confirm=confirm, stderr=err if own_err else None)
 
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -318,14 +317,6 @@ class ProcessJob:
                 p.nice(0 if critical else OFF_PATH_NICE)
                 if cpus:
                     p.cpu_affinity(list(cpus))
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self._group():
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
 
     def flops_used(self) -> float | None:
         return None

@@ -263,27 +263,13 @@ class Scheduler:
     def _tick(self) -> None:
         now = time.monotonic()
         for d in list(self._dags.values()):
-            self._account(d, now)
+            for t in d.tasks.values():
+                t.account(now)
             self._poll(d, now)
             self._enforce(d, now)
-            self._promote(d, now)
+            d.promote(now)
             self._finish_if_done(d, now)
         self._decide(now)
-
-    def _account(self, d: _Dag, now: float) -> None:
-        for t in d.tasks.values():
-            if t.state != "running":
-                continue
-            dt = now - t.last
-            t.last = now
-            t.attempt_run_s += dt
-            t.rec.run_s += dt
-            reported = t.job.flops_used() if t.job is not None else None
-            spec = t.spec
-            est = spec.flops * min(t.attempt_run_s / spec.eta, 1.0) if spec.eta > 0 else spec.flops
-            delta = (reported if reported is not None else est) - t.attempt_flops
-            t.attempt_flops += delta
-            t.rec.flops += delta
 
     def _poll(self, d: _Dag, now: float) -> None:
         for t in d.tasks.values():
@@ -329,34 +315,14 @@ class Scheduler:
 
     def _enforce(self, d: _Dag, now: float) -> None:
         for t in d.tasks.values():
-            b = t.spec.budget
-            over = (b.wall_s is not None and t.rec.run_s > b.wall_s) or (
-                b.flops is not None and t.rec.flops > b.flops
-            )
-            if over and t.state in ("running", "paused"):
-                what = f"wall {t.rec.run_s:.3f}s / {b.wall_s}s, flops {t.rec.flops:.3g} / {b.flops}"
+            what = t.over_budget()
+            if what is not None and t.state in ("running", "paused"):
                 self._abort(d, t, f"over budget ({what})")
                 t.state = t.rec.state = "failed"
                 if d.status is None:
                     d.status, d.error = "over_budget", f"task {t.spec.id!r} over budget: {what}"
                     d.error_type = TaskBudgetExceededError
-        b = d.dag.budget
-        spent = sum(t.rec.flops for t in d.tasks.values())
-        if d.status is None and (
-            (b.wall_s is not None and now - d.submitted > b.wall_s)
-            or (b.flops is not None and spent > b.flops)
-        ):
-            d.status = "over_budget"
-            wall = now - d.submitted
-            d.error = f"DAG {d.dag.id!r} over budget (wall {wall:.3f}s, flops {spent:.3g})"
-            d.error_type = TaskBudgetExceededError
-
-    def _promote(self, d: _Dag, now: float) -> None:
-        if d.status is not None:
-            return
-        for t in d.tasks.values():
-            if t.state == "waiting" and all(d.tasks[x].state == "done" for x in t.spec.deps):
-                t.state, t.ready_since = "ready", now
+        d.check_budget(now)
 
     def _abort(self, d: _Dag, t: _Task, reason: str) -> None:
         if t.state in TERMINAL:
@@ -375,43 +341,13 @@ class Scheduler:
             return
         for t in d.tasks.values():
             self._abort(d, t, f"DAG {d.status}")
-        result = DAGResult(
-            dag_id=d.dag.id,
-            workflow_id=d.dag.workflow_id,
-            status=d.status,
-            makespan=now - d.submitted,
-            critical_path=d.path,
-            error=d.error,
-            tasks={
-                tid: t.rec.model_copy(update={"attempts": t.attempts}) for tid, t in d.tasks.items()
-            },
-        )
+        result = d.result(now)
         del self._dags[d.dag.id]
         # the tick may run on another loop (thread) than the one awaiting this DAG
         with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
             d.future.get_loop().call_soon_threadsafe(_resolve, d.future, result)
 
     # --- allocation --------------------------------------------------------------------------
-
-    def _views(self, d: _Dag) -> list[TaskView]:
-        return [
-            TaskView(
-                id=tid,
-                deps=t.spec.deps,
-                eta=t.spec.eta,
-                p_succ=t.spec.p_succ,
-                attempts_left=t.spec.max_attempts
-                - t.attempts
-                + (1 if t.state in ("running", "paused") else 0),
-                ready_since=t.ready_since,
-                elapsed=t.attempt_run_s,
-                order=t.order,
-                cores=t.spec.resources.cpu_cores,
-                gpus=t.spec.resources.gpu,
-            )
-            for tid, t in d.tasks.items()
-            if t.state not in TERMINAL
-        ]
 
     def _decide(self, now: float) -> None:
         candidates: list[TaskView] = []
@@ -421,7 +357,7 @@ class Scheduler:
         on_path: set[str] = set()
         preemptive = False
         for d in self._dags.values():
-            views = self._views(d)
+            views = d.views()
             path, length = critical_path(views)
             if path != d.path:
                 d.path = path

@@ -132,7 +132,6 @@ class BlockGrid:
         slot = -np.ones((nb, nb), dtype=np.int64)
         for k, (bi, bj) in enumerate(self.blocks):
             slot[bi, bj] = k
-        self._slot = slot
         nf = len(self.blocks)
         b = np.array(self.blocks, dtype=np.int64).reshape(nf, 2)
         i0, j0 = b[:, 0] * bs, b[:, 1] * bs
@@ -347,6 +346,17 @@ class BlockGrid:
             self.refined[bi, bj] = False
         self._topology()
         return sorted(gone)
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """The grid's state (coarse and fine data, refined blocks), for :meth:`restore`."""
+        be = self.backend
+        return (be.copy(self.u), be.copy(self.fine), list(self.blocks), self.refined.copy())
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        """Go back to a state :meth:`snapshot` took."""
+        u, fine, blocks, refined = snap
+        self.u, self.fine, self.blocks, self.refined = u, fine, list(blocks), refined.copy()
+        self._topology()
 
     # -- read-out --------------------------------------------------------------------------
 

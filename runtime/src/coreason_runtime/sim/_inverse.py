@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +15,6 @@ from coreason_runtime.sim._simulation import MultiFidelitySimulation
 from coreason_runtime.sim._whatif import Prediction, WhatIfGate
 
 __all__ = ["DiffusionInverseProblem", "FitResult", "LadderResult"]
-
-
-def _same(p: Prediction) -> Prediction:
-    return p
 
 
 @dataclass(frozen=True)
@@ -168,7 +163,7 @@ class DiffusionInverseProblem:
                     cur.cell_updates * (n / cur.n) ** 4,
                     {"from": cur.n, "to": n, "kappa": cur.kappa, "estimated_error": err},
                 )
-                d = gate.decide(f"escalate {cur.n}->{n}", functools.partial(_same, pred))
+                d = gate.decide(f"escalate {cur.n}->{n}", pred)
                 if not d.allowed:
                     out.refused.append(
                         {

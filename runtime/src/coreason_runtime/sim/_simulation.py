@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -32,10 +31,6 @@ if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
 
 __all__ = ["MultiFidelitySimulation", "SimResult"]
-
-
-def _same(p: Prediction) -> Prediction:
-    return p
 
 
 @dataclass
@@ -247,9 +242,7 @@ class MultiFidelitySimulation:
                 continue
             res = float(a.residual[blk])
             pred = self._predict(blk, res, horizon)
-            d = self.gate.decide(
-                "refine", functools.partial(_same, pred), region=list(g.region(blk))
-            )
+            d = self.gate.decide("refine", pred, region=list(g.region(blk)))
             if d.allowed:
                 allowed.append(blk)
             else:
@@ -268,22 +261,11 @@ class MultiFidelitySimulation:
             )
 
     def _snapshot(self) -> tuple[Any, ...]:
-        g, be = self.grid, self.grid.backend
-        return (
-            be.copy(g.u),
-            be.copy(g.fine),
-            list(g.blocks),
-            g.refined.copy(),
-            self.t,
-            self.steps,
-            self.cell_updates,
-        )
+        return (self.grid.snapshot(), self.t, self.steps, self.cell_updates)
 
     def _restore(self, snap: tuple[Any, ...]) -> None:
-        g = self.grid
-        g.u, g.fine, g.blocks, g.refined = snap[0], snap[1], list(snap[2]), snap[3].copy()
-        self.t, self.steps, self.cell_updates = snap[4], snap[5], snap[6]
-        g._topology()
+        self.grid.restore(snap[0])
+        self.t, self.steps, self.cell_updates = snap[1], snap[2], snap[3]
 
     def _window(self, t_end: float) -> None:
         g = self.grid

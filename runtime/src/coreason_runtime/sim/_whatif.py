@@ -112,11 +112,12 @@ class WhatIfGate:
         return True, "predicted gain clears the thresholds"
 
     def decide(
-        self, name: str, dry_run: Callable[[], Prediction], *, region: Any = None
+        self, name: str, dry_run: Callable[[], Prediction] | Prediction, *, region: Any = None
     ) -> Decision[Any]:
-        """Run ``dry_run``, judge its prediction, log and publish the decision."""
+        """Run ``dry_run`` (or take a prediction already made), judge the prediction, log and
+        publish the decision."""
         t0 = time.perf_counter()
-        prediction = dry_run()
+        prediction = dry_run() if callable(dry_run) else dry_run
         elapsed = time.perf_counter() - t0
         allowed, reason = self.judge(prediction)
         decision: Decision[Any] = Decision(name, allowed, prediction, reason, elapsed, region)

@@ -28,6 +28,7 @@ from coreason_runtime._exceptions import (
     TierTimeoutError,
     TierUnavailableError,
 )
+from coreason_runtime._redact import redact_exception, redact_text, secret_values
 from coreason_runtime.tensor._types import (
     BlackBoxTier,
     Messages,
@@ -48,7 +49,6 @@ __all__ = ["RemoteTier"]
 
 logger = logging.getLogger("coreason_runtime.tensor.remote")
 
-_REDACTED = "[REDACTED]"
 # Sent when no key is configured, so the SDK never falls back to $OPENAI_API_KEY and leaks a
 # real OpenAI key to whatever server base_url names.
 _NO_KEY = "coreason-no-key"
@@ -263,8 +263,6 @@ class RemoteTier(BlackBoxTier):
         deadline: float,
         timeout: float,
     ) -> TierOutput:
-        import openai
-
         parts: list[str] = []
         charged_in = charged_out = 0
         usage_in: int | None = None
@@ -274,23 +272,7 @@ class RemoteTier(BlackBoxTier):
         unreported = reported = 0  # tokens not yet announced; parts already announced
         chunks = _iter_chunks(stream)
         try:
-            while True:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                except openai.APITimeoutError as e:
-                    msg = f"the oracle stalled for more than {timeout:g}s mid-stream"
-                    raise TierTimeoutError(
-                        msg, workflow_id=request.workflow_id, tier=self.name
-                    ) from self._scrubbed(e)
-                except openai.APIError as e:
-                    raise self._translate(e, request, started=True) from self._scrubbed(e)
-                except (ValueError, TypeError, AttributeError, KeyError) as e:
-                    msg = f"malformed stream from the oracle: {self._scrub(str(e))}"
-                    raise ProtocolError(
-                        msg, workflow_id=request.workflow_id, tier=self.name
-                    ) from self._scrubbed(e)
+            while (chunk := self._next_chunk(chunks, request, timeout)) is not None:
                 model = chunk.model or model
                 usage = chunk.usage
                 if usage is not None:
@@ -327,24 +309,37 @@ class RemoteTier(BlackBoxTier):
                 "received): cut off mid-way"
             )
             raise ProtocolError(msg, workflow_id=request.workflow_id, tier=self.name)
-        if usage_out is not None and usage_out > charged_out:
-            # True-up to the server's own count; charges were lower bounds, so never negative.
-            meter.charge(tokens_out=usage_out - charged_out)
-            charged_out = usage_out
-        elif usage_out is not None and usage_out < charged_out:
-            logger.warning(
-                "oracle reported %d output tokens, %d were charged (no credit)",
-                usage_out,
-                charged_out,
-            )
         return TierOutput(
             text="".join(parts),
             tokens_in=charged_in,
-            tokens_out=charged_out,
+            tokens_out=_true_up(meter, usage_out, charged_out),
             model=model,
             finish_reason=finish,
             extra={"usage_reported": usage_out is not None},
         )
+
+    def _next_chunk(
+        self, chunks: Iterator[ChatCompletionChunk], request: TierRequest, timeout: float
+    ) -> ChatCompletionChunk | None:
+        """The next chunk of the stream, ``None`` at its end; failures become typed errors."""
+        import openai
+
+        try:
+            return next(chunks)
+        except StopIteration:
+            return None
+        except openai.APITimeoutError as e:
+            msg = f"the oracle stalled for more than {timeout:g}s mid-stream"
+            raise TierTimeoutError(
+                msg, workflow_id=request.workflow_id, tier=self.name
+            ) from self._scrubbed(e)
+        except openai.APIError as e:
+            raise self._translate(e, request, started=True) from self._scrubbed(e)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            msg = f"malformed stream from the oracle: {self._scrub(str(e))}"
+            raise ProtocolError(
+                msg, workflow_id=request.workflow_id, tier=self.name
+            ) from self._scrubbed(e)
 
     def _count(self, text: str, before: list[str], charged: int) -> int:
         if self.token_counter is None:
@@ -382,30 +377,11 @@ class RemoteTier(BlackBoxTier):
     # --- errors, with the key scrubbed -------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        key = self.config.api_key
-        return text.replace(key, _REDACTED) if key else text
+        return redact_text(text, secret_values(self.config.api_key))
 
     def _scrubbed(self, exc: BaseException) -> BaseException:
         """Redact the key from ``exc`` and its causes in place (args, message, body, headers)."""
-        key = self.config.api_key
-        seen: set[int] = set()
-        cur: BaseException | None = exc
-        while cur is not None and id(cur) not in seen:
-            seen.add(id(cur))
-            if key:
-                cur.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in cur.args)
-                for attr in ("message", "body", "doc"):
-                    value = getattr(cur, attr, None)
-                    if isinstance(value, str):
-                        setattr(cur, attr, self._scrub(value))
-                    elif isinstance(value, dict):
-                        setattr(cur, attr, _scrub_obj(value, key))
-            request = getattr(cur, "request", None)
-            headers = getattr(request, "headers", None)
-            if headers is not None and "authorization" in headers:
-                headers["authorization"] = f"Bearer {_REDACTED}"
-            cur = cur.__cause__ or cur.__context__
-        return exc
+        return redact_exception(exc, secret_values(self.config.api_key))
 
     def _translate(self, e: Exception, request: TierRequest, *, started: bool) -> CoreasonError:
         import openai
@@ -453,14 +429,20 @@ def _root(e: BaseException) -> str:
     return type(e).__name__
 
 
-def _scrub_obj(value: Any, key: str) -> Any:
-    if isinstance(value, str):
-        return value.replace(key, _REDACTED)
-    if isinstance(value, dict):
-        return {k: _scrub_obj(v, key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_obj(v, key) for v in value]
-    return value
+def _true_up(meter: Meter, usage_out: int | None, charged_out: int) -> int:
+    """The output tokens to report: the server's own count when it is higher than what was
+    charged (the difference is charged now), else what was charged (meters give no credit)."""
+    if usage_out is not None and usage_out > charged_out:
+        # charges were lower bounds, so the true-up is never negative
+        meter.charge(tokens_out=usage_out - charged_out)
+        return usage_out
+    if usage_out is not None and usage_out < charged_out:
+        logger.warning(
+            "oracle reported %d output tokens, %d were charged (no credit)",
+            usage_out,
+            charged_out,
+        )
+    return charged_out
 
 
 def _retry_after(headers: Any) -> float | None:

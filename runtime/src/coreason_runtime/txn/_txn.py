@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import psutil
 
 from coreason_runtime._events import Event, EventBus, EventType
 from coreason_runtime._exceptions import (
@@ -28,7 +21,9 @@ from coreason_runtime._exceptions import (
     TransactionStateError,
     UnknownTransactionError,
 )
-from coreason_runtime.txn._log import AuditLog, TxnRow
+from coreason_runtime.txn._log import AuditLog
+from coreason_runtime.txn._proc import GATE_CLOSED, GatedRun, identity
+from coreason_runtime.txn._recover import RecoveryReport, recover_open
 from coreason_runtime.txn._tool import Tool
 
 if TYPE_CHECKING:
@@ -36,68 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = ["RecoveryReport", "ToolTransactions", "Transaction"]
 
-# The heavy run waits on a gate pipe until its pid and start time are durable in the log; if
-# the coordinator dies first the pipe closes and the run exits (125) without doing anything.
-# Its exit status goes to a file so a restarted coordinator learns how a run it missed ended.
-_GATE = (
-    "read -r go || exit 125\n"
-    "exec 0</dev/null\n"
-    '"$@"\n'
-    "rc=$?\n"
-    'printf %s "$rc" > "$COREASON_RC_FILE.tmp" && mv "$COREASON_RC_FILE.tmp" "$COREASON_RC_FILE"\n'
-    'exit "$rc"\n'
-)
-
-OPEN_STATES = ("prepared", "running")
-
-
-def _identity(pid: int) -> float | None:
-    """A process's start time (pid + start time identify it across pid reuse)."""
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-def _alive(pid: int | None, start: float | None) -> bool:
-    if pid is None or start is None:
-        return False
-    now = _identity(pid)
-    return now is not None and abs(now - start) < 0.05
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _group_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its descendants, read from /proc (no full process scan)."""
-    total = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
-            with open(f"/proc/{p}/task/{p}/children", "rb") as f:
-                stack.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
-@dataclass
-class RecoveryReport:
-    """What a restart found: undecided calls aborted, interrupted runs killed or completed."""
-
-    aborted: list[str] = field(default_factory=list)
-    interrupted: list[str] = field(default_factory=list)
-    completed: list[str] = field(default_factory=list)
-    killed_pids: list[int] = field(default_factory=list)
-
 
 class Transaction:
-    """One two-phase tool call. ``commit()`` runs it (once), ``abort()`` cancels it."""
+    """One two-phase tool call. ``commit()`` runs it (once), ``abort()`` cancels it.
+
+    It owns its heavy run: the launch, the watcher that records how the run ended, and the
+    kill of an abort. Its manager keeps the audit log, the run folder and the consumers.
+    """
 
     def __init__(
         self,
@@ -117,7 +57,7 @@ class Transaction:
         self.consumers = consumers
         self.workflow_id = workflow_id
         self._future: concurrent.futures.Future[Any] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._run: GatedRun | None = None
         self._watcher: threading.Thread | None = None
         self._abort_reason: str | None = None
         self._cpu_at_kill = 0.0
@@ -136,10 +76,6 @@ class Transaction:
         or because no consumer needs it any more) and :class:`ToolRunError` if it failed.
         """
         return self.start().result(timeout)
-
-    async def commit_async(self) -> Any:
-        """:meth:`commit` for coroutines."""
-        return await asyncio.wrap_future(self.start())
 
     def start(self) -> concurrent.futures.Future[Any]:
         """Begin the commit without waiting; the future holds the result."""
@@ -162,11 +98,11 @@ class Transaction:
                 msg = f"transaction {self.id} is running under another coordinator"
                 raise TransactionStateError(msg, workflow_id=self.workflow_id)
             if not self.manager.needed(self):
-                self.manager._abort_prepared(self, "no consumer needs the result at commit")
+                self._abort_prepared("no consumer needs the result at commit")
                 msg = f"transaction {self.id} aborted: no consumer needs it any more"
                 raise TransactionAbortedError(msg, workflow_id=self.workflow_id)
             self._future = fut
-        self.manager._launch(self)
+        self._launch(fut)
         return fut
 
     def abort(self, reason: str = "aborted by caller") -> bool:
@@ -175,10 +111,165 @@ class Transaction:
         Returns ``True`` if this call aborted it, ``False`` if it had already ended (a
         committed call stays committed).
         """
-        return self.manager._abort(self, reason)
+        with self._lock:
+            run = self._run
+            if run is None:
+                return self._abort_prepared(reason)
+            # already exited (reaped or not)? then it ran to the end: nothing to abort
+            if self._abort_reason is not None or run.exited():
+                return False
+            self._abort_reason = reason
+            self._cpu_at_kill = run.kill()
+            # the group is killed (SIGKILL cannot be caught); log it now, the watcher reaps
+            self.manager.log.record(
+                self.id,
+                "aborted",
+                expect=("running",),
+                state="aborted",
+                cpu_s=self._cpu_at_kill,
+                error=reason,
+                during_run=True,
+            )
+        _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=True, cpu_s=self._cpu_at_kill)
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the run (if one started) has been reaped and its end recorded."""
+        if self._watcher is not None:
+            self._watcher.join(timeout)
 
     def __repr__(self) -> str:
         return f"<Transaction {self.id} tool={self.tool.name!r} consumers={self.consumers}>"
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def _path(self, suffix: str) -> Path:
+        return self.manager.runs / f"{self.id}.{suffix}"
+
+    def _launch(self, fut: concurrent.futures.Future[Any]) -> None:
+        try:
+            run = GatedRun.spawn(
+                self.tool.command(self.inputs),
+                out=self._path("out"),
+                err=self._path("err"),
+                rc_file=self._path("rc"),
+                env={"COREASON_TXN_ID": self.id},
+            )
+        except OSError as e:
+            self._abort_prepared(f"could not start: {e}", state="failed")
+            fut.set_exception(ToolRunError(f"{self.id}: could not start: {e}"))
+            return
+        owner_pid, owner_start = self.manager.owner
+        with self._lock:
+            applied = self.manager.log.record(
+                self.id,
+                "commit_started",
+                expect=("prepared", "interrupted"),
+                state="running",
+                run_pid=run.pid,
+                run_start=run.start,
+                owner_pid=owner_pid,
+                owner_start=owner_start,
+            )
+            if applied:
+                self._run = run
+        if not applied:  # aborted between the check and the launch: never open the gate
+            run.cancel()
+            fut.set_exception(
+                TransactionAbortedError(
+                    f"transaction {self.id} was aborted before its run started",
+                    workflow_id=self.workflow_id,
+                )
+            )
+            return
+        _emit(self, EventType.TXN_COMMITTED, phase="running", pid=run.pid)
+        run.open_gate()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(fut, run), daemon=True, name=f"txn-{self.id}"
+        )
+        self._watcher.start()
+
+    def _watch(self, fut: concurrent.futures.Future[Any], run: GatedRun) -> None:
+        cpu = run.wait()
+        rc = run.returncode
+        assert rc is not None
+        cpu = max(cpu, self._cpu_at_kill)
+        gate_closed = rc == GATE_CLOSED and not self._path("rc").exists()
+        try:
+            if (self._abort_reason is not None and rc != 0) or gate_closed:
+                self._settle_aborted(rc, cpu)
+            else:
+                fut.set_result(self._settle_ended(rc, cpu))
+        except (TransactionAbortedError, ToolRunError) as e:  # how the commit ends
+            fut.set_exception(e)
+
+    def _settle_aborted(self, rc: int, cpu: float) -> None:
+        """Record a run that an abort (or a closed gate) ended; raise what the commit raises."""
+        reason = self._abort_reason or "aborted before the gate opened"
+        if self._abort_reason is None:
+            self.manager.log.record(
+                self.id,
+                "aborted",
+                state="aborted",
+                returncode=rc,
+                cpu_s=cpu,
+                error=reason,
+                during_run=True,
+            )
+            _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=True, cpu_s=cpu)
+        else:
+            self.manager.log.record(self.id, "reaped", returncode=rc)
+        self.manager.forget(self)
+        msg = f"transaction {self.id} aborted during its run: {reason}"
+        raise TransactionAbortedError(msg, workflow_id=self.workflow_id)
+
+    def _settle_ended(self, rc: int, cpu: float) -> Any:
+        """Record a run that ended by itself; return its parsed result or raise its failure."""
+        stdout = self._path("out").read_bytes()
+        if rc == 0:
+            try:
+                value = self.tool.parse(stdout)
+            except Exception as e:  # the run happened; its output is the tool's problem
+                error = f"output could not be parsed: {type(e).__name__}: {e}"
+            else:
+                late: dict[str, Any] = {"finished_before_abort": True} if self._abort_reason else {}
+                self.manager.log.record(
+                    self.id,
+                    "committed",
+                    state="committed",
+                    returncode=0,
+                    cpu_s=cpu,
+                    result=stdout.decode(errors="replace"),
+                    **late,
+                )
+                self.manager.forget(self)
+                _emit(self, EventType.TXN_COMMITTED, phase="done", cpu_s=cpu)
+                return value
+        else:
+            tail = self._path("err").read_bytes()[-500:].decode(errors="replace")
+            error = f"exit status {rc}: {tail}"
+        self.manager.log.record(
+            self.id, "failed", state="failed", returncode=rc, cpu_s=cpu, error=error
+        )
+        self.manager.forget(self)
+        _emit(self, EventType.TXN_ABORTED, reason=error, during_run=True, failed=True)
+        msg = f"transaction {self.id} failed: {error}"
+        raise ToolRunError(msg, returncode=rc, workflow_id=self.workflow_id)
+
+    def _abort_prepared(self, reason: str, *, state: str = "aborted") -> bool:
+        if not self.manager.log.record(
+            self.id,
+            state,
+            expect=("prepared", "interrupted"),
+            state=state,
+            error=reason,
+            during_run=False,
+            cpu_s=0.0,
+        ):
+            return False
+        self.manager.forget(self)
+        _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=False, cpu_s=0.0)
+        return True
 
 
 class ToolTransactions:
@@ -219,7 +310,8 @@ class ToolTransactions:
         self._open: dict[str, Transaction] = {}
         self._dropped: set[str] = set()
         self._lock = threading.RLock()
-        self._me = (os.getpid(), _identity(os.getpid()) or 0.0)
+        # this coordinator, as the owner of what it prepares (pid + start time)
+        self.owner = (os.getpid(), identity(os.getpid()) or 0.0)
         self.last_recovery = self.recover() if recover else RecoveryReport()
         self._sub = self.bus.subscribe(self._on_task_event, [EventType.TASK_ABORTED])
 
@@ -281,8 +373,8 @@ class ToolTransactions:
                 "est_cost": est_cost,
                 "consumers": json.dumps(names),
                 "state": "prepared",
-                "owner_pid": self._me[0],
-                "owner_start": self._me[1],
+                "owner_pid": self.owner[0],
+                "owner_start": self.owner[1],
                 "created": now,
                 "updated": now,
             },
@@ -295,7 +387,7 @@ class ToolTransactions:
             self._open[txn_id] = txn
             # naming a dropped consumer again declares it live: a new plan may reuse task ids
             self._dropped.difference_update(names)
-        self._emit(EventType.TXN_PREPARED, txn, est_cost=est_cost, consumers=names)
+        _emit(txn, EventType.TXN_PREPARED, est_cost=est_cost, consumers=names)
         return txn
 
     # --- consumers and plan changes ----------------------------------------------------------
@@ -314,7 +406,7 @@ class ToolTransactions:
             victims = [
                 t for t in self._open.values() if consumer in t.consumers and not self.needed(t)
             ]
-        return [t.id for t in victims if self._abort(t, f"{reason}: {consumer} dropped")]
+        return [t.id for t in victims if t.abort(f"{reason}: {consumer} dropped")]
 
     def _on_task_event(self, event: Event) -> None:
         task = event.data.get("task")
@@ -324,186 +416,8 @@ class ToolTransactions:
             if dag:
                 self.drop_consumer(f"{dag}/{task}", reason="task aborted")
 
-    # --- commit ------------------------------------------------------------------------------
-
-    def _launch(self, txn: Transaction) -> None:
-        out_path = self.runs / f"{txn.id}.out"
-        rc_path = self.runs / f"{txn.id}.rc"
-        rc_path.unlink(missing_ok=True)
-        gate_r, gate_w = os.pipe()
-        env = {**os.environ, "COREASON_RC_FILE": str(rc_path), "COREASON_TXN_ID": txn.id}
-        fut = txn._future
-        assert fut is not None
-        try:
-            with open(out_path, "wb") as out, open(self.runs / f"{txn.id}.err", "wb") as err:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _GATE, "coreason-txn", *txn.tool.command(txn.inputs)],
-                    stdin=gate_r,
-                    stdout=out,
-                    stderr=err,
-                    env=env,
-                    start_new_session=True,
-                )
-        except OSError as e:
-            os.close(gate_w)
-            self._abort_prepared(txn, f"could not start: {e}", state="failed")
-            fut.set_exception(ToolRunError(f"{txn.id}: could not start: {e}"))
-            return
-        finally:
-            os.close(gate_r)
-        start = _identity(proc.pid)
-        with txn._lock:
-            applied = self.log.record(
-                txn.id,
-                "commit_started",
-                expect=("prepared", "interrupted"),
-                state="running",
-                run_pid=proc.pid,
-                run_start=start,
-                owner_pid=self._me[0],
-                owner_start=self._me[1],
-            )
-            if applied:
-                txn._proc = proc
-        if not applied:  # aborted between the check and the launch: never open the gate
-            os.close(gate_w)
-            proc.wait()
-            fut.set_exception(
-                TransactionAbortedError(
-                    f"transaction {txn.id} was aborted before its run started",
-                    workflow_id=txn.workflow_id,
-                )
-            )
-            return
-        self._emit(EventType.TXN_COMMITTED, txn, phase="running", pid=proc.pid)
-        os.write(gate_w, b"go\n")
-        os.close(gate_w)
-        txn._watcher = threading.Thread(
-            target=self._watch, args=(txn, proc), daemon=True, name=f"txn-{txn.id}"
-        )
-        txn._watcher.start()
-
-    def _watch(self, txn: Transaction, proc: subprocess.Popen[bytes]) -> None:
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self._settle(txn, proc, cpu_before_kill=usage.ru_utime + usage.ru_stime)
-
-    def _settle(
-        self, txn: Transaction, proc: subprocess.Popen[bytes], *, cpu_before_kill: float
-    ) -> None:
-        """Record how the run ended and resolve the commit's future."""
-        fut = txn._future
-        assert fut is not None
-        rc = proc.returncode
-        cpu = max(cpu_before_kill, txn._cpu_at_kill)
-        gate_closed = rc == 125 and not (self.runs / f"{txn.id}.rc").exists()
-        if (txn._abort_reason is not None and rc != 0) or gate_closed:
-            reason = txn._abort_reason or "aborted before the gate opened"
-            if txn._abort_reason is None:
-                self.log.record(
-                    txn.id,
-                    "aborted",
-                    state="aborted",
-                    returncode=rc,
-                    cpu_s=cpu,
-                    error=reason,
-                    during_run=True,
-                )
-                self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=True, cpu_s=cpu)
-            else:
-                self.log.record(txn.id, "reaped", returncode=rc)
-            self._close(txn)
-            fut.set_exception(
-                TransactionAbortedError(
-                    f"transaction {txn.id} aborted during its run: {reason}",
-                    workflow_id=txn.workflow_id,
-                )
-            )
-            return
-        stdout = (self.runs / f"{txn.id}.out").read_bytes()
-        if rc == 0:
-            try:
-                value = txn.tool.parse(stdout)
-            except Exception as e:  # the run happened; its output is the tool's problem
-                rc_error = f"output could not be parsed: {type(e).__name__}: {e}"
-            else:
-                late: dict[str, Any] = {"finished_before_abort": True} if txn._abort_reason else {}
-                self.log.record(
-                    txn.id,
-                    "committed",
-                    state="committed",
-                    returncode=0,
-                    cpu_s=cpu,
-                    result=stdout.decode(errors="replace"),
-                    **late,
-                )
-                self._close(txn)
-                self._emit(EventType.TXN_COMMITTED, txn, phase="done", cpu_s=cpu)
-                fut.set_result(value)
-                return
-        else:
-            tail = (self.runs / f"{txn.id}.err").read_bytes()[-500:].decode(errors="replace")
-            rc_error = f"exit status {rc}: {tail}"
-        self.log.record(txn.id, "failed", state="failed", returncode=rc, cpu_s=cpu, error=rc_error)
-        self._close(txn)
-        self._emit(EventType.TXN_ABORTED, txn, reason=rc_error, during_run=True, failed=True)
-        fut.set_exception(
-            ToolRunError(
-                f"transaction {txn.id} failed: {rc_error}",
-                returncode=rc,
-                workflow_id=txn.workflow_id,
-            )
-        )
-
-    # --- abort -------------------------------------------------------------------------------
-
-    def _abort(self, txn: Transaction, reason: str) -> bool:
-        with txn._lock:
-            proc = txn._proc
-            if proc is None:
-                return self._abort_prepared(txn, reason)
-            if proc.returncode is not None or txn._abort_reason is not None:
-                return False
-            try:  # already exited (not yet reaped)? then it ran to the end: nothing to abort
-                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                    return False
-            except ChildProcessError:
-                return False
-            txn._abort_reason = reason
-            txn._cpu_at_kill = _group_cpu(proc.pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            # the group is killed (SIGKILL cannot be caught); log it now, the watcher reaps
-            self.log.record(
-                txn.id,
-                "aborted",
-                expect=("running",),
-                state="aborted",
-                cpu_s=txn._cpu_at_kill,
-                error=reason,
-                during_run=True,
-            )
-        self._emit(
-            EventType.TXN_ABORTED, txn, reason=reason, during_run=True, cpu_s=txn._cpu_at_kill
-        )
-        return True
-
-    def _abort_prepared(self, txn: Transaction, reason: str, *, state: str = "aborted") -> bool:
-        if not self.log.record(
-            txn.id,
-            state,
-            expect=("prepared", "interrupted"),
-            state=state,
-            error=reason,
-            during_run=False,
-            cpu_s=0.0,
-        ):
-            return False
-        self._close(txn)
-        self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=False, cpu_s=0.0)
-        return True
-
-    def _close(self, txn: Transaction) -> None:
+    def forget(self, txn: Transaction) -> None:
+        """Stop tracking a transaction that has ended (its run recorded in the log)."""
         with self._lock:
             self._open.pop(txn.id, None)
 
@@ -531,22 +445,7 @@ class ToolTransactions:
 
     def recover(self) -> RecoveryReport:
         """Resolve what a dead coordinator left open: presumed abort, kill orphaned runs."""
-        report = RecoveryReport()
-        for row in self.log.in_states(*OPEN_STATES):
-            if _alive(row["owner_pid"], row["owner_start"]):
-                continue  # a live coordinator (maybe this one) owns it
-            if row["state"] == "prepared":
-                if self.log.record(
-                    row["id"],
-                    "aborted",
-                    expect=("prepared",),
-                    state="aborted",
-                    error="recovered: coordinator died before deciding",
-                    recovered=True,
-                ):
-                    report.aborted.append(row["id"])
-                continue
-            self._recover_run(row, report)
+        report = recover_open(self.log, self.runs)
         if report.aborted or report.interrupted or report.completed:
             self.bus.emit(
                 EventType.TXN_RECOVERED,
@@ -558,39 +457,6 @@ class ToolTransactions:
             )
         return report
 
-    def _recover_run(self, row: TxnRow, report: RecoveryReport) -> None:
-        pid, start = row["run_pid"], row["run_start"]
-        cpu = 0.0
-        if _alive(pid, start):
-            cpu = _group_cpu(pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            report.killed_pids.append(pid)
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).wait(timeout=5)
-        rc_path = self.runs / f"{row['id']}.rc"
-        rc = (
-            int(rc_path.read_text()) if rc_path.exists() and pid not in report.killed_pids else None
-        )
-        if rc == 0:
-            out = (self.runs / f"{row['id']}.out").read_bytes().decode(errors="replace")
-            self.log.record(
-                row["id"], "committed", state="committed", returncode=0, result=out, recovered=True
-            )
-            report.completed.append(row["id"])
-            return
-        self.log.record(
-            row["id"],
-            "interrupted",
-            state="interrupted",
-            returncode=rc,
-            cpu_s=cpu,
-            error="coordinator died during the run",
-            recovered=True,
-            killed=pid in report.killed_pids,
-        )
-        report.interrupted.append(row["id"])
-
     def close(self) -> None:
         """Abort every open call (killing running ones), wait for their runs to be reaped and
         recorded, and close the log."""
@@ -601,16 +467,16 @@ class ToolTransactions:
             t.abort("runtime closing")
         # the watchers still write how each run ended: the log must outlive them
         for t in open_txns:
-            if t._watcher is not None:
-                t._watcher.join(timeout=10)
+            t.join(timeout=10)
         self.log.close()
 
-    def _emit(self, type: EventType, txn: Transaction, **data: Any) -> None:
-        self.bus.emit(
-            type,
-            workflow_id=txn.workflow_id,
-            source="txn",
-            txn_id=txn.id,
-            tool=txn.tool.name,
-            **data,
-        )
+
+def _emit(txn: Transaction, type: EventType, **data: Any) -> None:
+    txn.manager.bus.emit(
+        type,
+        workflow_id=txn.workflow_id,
+        source="txn",
+        txn_id=txn.id,
+        tool=txn.tool.name,
+        **data,
+    )
