@@ -149,14 +149,10 @@ def repair_span(
     Parameters
     ----------
     candidates, accept:
-        Decode up to ``candidates`` spans and keep the first that ``accept(text)`` passes
-        (else the most likely one).
-    sampler, grammar:
-        How the span is re-decoded: its own sampler (default: the session's, or T=0.7 when
-        several candidates are asked for) and an optional llguidance grammar for the span.
-    max_tokens, stop:
-        Bounds for the re-decode. By default the span ends at a newline (steps are lines),
-        kept only if the old span ended with one.
+        Decode up to ``candidates`` spans; keep the first ``accept(text)`` passes, else the
+        most likely. ``sampler`` defaults to the session's (T=0.7 for several candidates);
+        ``grammar`` optionally constrains the span; ``max_tokens`` and ``stop`` bound it (by
+        default it ends at a newline, kept only if the old span ended with one).
 
     Raises
     ------
@@ -176,23 +172,21 @@ def repair_span(
         raise SessionStateError(msg)
     t0 = time.perf_counter()
     tokens = list(session.tokens)
-    old_text = session.engine.text.text(tokens[start:end])
+    text = session.engine.text
+    ctx = SpanContext(
+        text.text(tokens[session.prompt_len : start]),
+        text.text(tokens[start:end]),
+        text.text(tokens[end:]),
+        start,
+        end,
+        reason,
+    )
     try:
         with session.edit("repairing a span", keep_from=start, allow_finished=True) as ed:
-            ctx = SpanContext(
-                session.engine.text.text(tokens[session.prompt_len : start]),
-                old_text,
-                session.engine.text.text(tokens[end:]),
-                start,
-                end,
-                reason,
-            )
             if replacement is not None:
                 new, in_cache, decoded, tried, accepted = _replace(ed, ctx, replacement, accept)
             else:
-                how = _redecode_plan(
-                    session, start, end, old_text, sampler, candidates, grammar, max_tokens, stop
-                )
+                how = _redecode_plan(session, ctx, sampler, candidates, grammar, max_tokens, stop)
                 new, in_cache, decoded, tried, accepted = _candidates(
                     ed, start, tokens, how, candidates, accept
                 )
@@ -203,23 +197,20 @@ def repair_span(
         msg = f"repairing span [{start}, {end}) of {session.id} failed: {type(e).__name__}: {e}"
         raise DecodeError(msg) from e
     result = RepairResult(
-        start,
-        end,
-        start + len(new),
-        old_text,
-        session.engine.text.text(new),
-        decoded,
-        prefilled,
-        tried,
-        accepted,
-        time.perf_counter() - t0,
-    )
+        start, end, start + len(new), ctx.span, text.text(new), decoded, prefilled, tried,
+        accepted, time.perf_counter() - t0,
+    )  # fmt: skip
+    _announce(session, result, reason)
+    return result
+
+
+def _announce(session: DecodeSession, result: RepairResult, reason: str | None) -> None:
     session.emit(
         EventType.SPAN_REPAIRED,
-        start=start,
-        old_end=end,
+        start=result.start,
+        old_end=result.old_end,
         new_end=result.new_end,
-        old_text=old_text,
+        old_text=result.old_text,
         new_text=result.new_text,
         decoded_tokens=result.decoded_tokens,
         prefilled_tokens=result.prefilled_tokens,
@@ -227,7 +218,6 @@ def repair_span(
         accepted=result.accepted,
         reason=reason,
     )
-    return result
 
 
 def _replace(
@@ -251,9 +241,7 @@ def _replace(
 
 def _redecode_plan(
     session: DecodeSession,
-    start: int,
-    end: int,
-    old_text: str,
+    ctx: SpanContext,
     sampler: Sampler | None,
     candidates: int,
     grammar: str | None,
@@ -261,15 +249,15 @@ def _redecode_plan(
     stop: Sequence[str] | None,
 ) -> _Redecode:
     if sampler is None:
-        sampler = session.sampler if candidates == 1 else Sampler(temperature=0.7, seed=start)
+        sampler = session.sampler if candidates == 1 else Sampler(temperature=0.7, seed=ctx.start)
     stops = ("\n",) if stop is None else tuple(stop)
-    span_len = end - start
+    span_len = ctx.end - ctx.start
     return _Redecode(
         sampler,
         grammar,
         max_tokens or max(2 * span_len, span_len + 8),
         stops,
-        any(old_text.endswith(s) for s in stops),
+        any(ctx.span.endswith(s) for s in stops),
     )
 
 
