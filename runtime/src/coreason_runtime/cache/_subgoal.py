@@ -260,6 +260,8 @@ class SubgoalCache:
                 kind=form.kind,
                 admitted=False,
                 reason="verification_failed",
+                sightings=None,
+                verifier=None,
             )
             return None
         canon = (
@@ -398,9 +400,12 @@ class SubgoalCache:
             self._emit(
                 EventType.CACHE_ADMIT,
                 workflow_id,
+                key=None,
                 kind="request",
                 admitted=False,
                 reason="verification_failed",
+                sightings=None,
+                verifier=None,
             )
             return False
         form = self._prompt(schema_key, prompt)
@@ -505,6 +510,7 @@ class SubgoalCache:
                     admitted=False,
                     reason="score_below_victim",
                     sightings=sightings,
+                    verifier=None,
                 )
                 return None
         stored = self.store.put(entry)
@@ -514,6 +520,7 @@ class SubgoalCache:
             key=key,
             kind=kind,
             admitted=True,
+            reason=None,
             sightings=sightings,
             verifier=verifier,
         )

@@ -262,7 +262,8 @@ class RemoteTier:
         usage_out: int | None = None
         finish: str | None = None
         model = self.model
-        unreported = 0
+        unreported = 0  # tokens (and parts[reported:], their text) not yet published
+        reported = 0
         chunks = _iter_chunks(stream)
         try:
             while True:
@@ -303,15 +304,15 @@ class RemoteTier:
                     if choice.finish_reason:
                         finish = choice.finish_reason
                 if unreported >= _TOKENS_EVENT_EVERY:
-                    self._emit_tokens(request, unreported, charged_out)
-                    unreported = 0
+                    self._emit_tokens(request, "".join(parts[reported:]), unreported, charged_out)
+                    unreported, reported = 0, len(parts)
                 if time.monotonic() > deadline:
                     msg = f"the oracle did not finish within {timeout:g}s"
                     raise TierTimeoutError(msg, workflow_id=request.workflow_id, tier=self.name)
         finally:
             stream.close()
             if unreported:
-                self._emit_tokens(request, unreported, charged_out)
+                self._emit_tokens(request, "".join(parts[reported:]), unreported, charged_out)
         if finish is None:
             msg = (
                 f"the oracle's stream ended before a finish_reason ({charged_out} output tokens "
@@ -353,14 +354,15 @@ class RemoteTier:
     def model_name(self) -> str:
         return self.model
 
-    def _emit_tokens(self, request: TierRequest, delta: int, total: int) -> None:
+    def _emit_tokens(self, request: TierRequest, text: str, tokens: int, total: int) -> None:
         if self.bus is not None:
             self.bus.emit(
                 EventType.TOKENS,
                 workflow_id=request.workflow_id,
                 source="tier.oracle",
                 tier=self.name,
-                tokens_out=delta,
+                delta=text,
+                tokens_out=tokens,
                 total_out=total,
             )
 

@@ -28,6 +28,7 @@ from coreason_runtime._exceptions import (
     TransactionStateError,
     UnknownTransactionError,
 )
+from coreason_runtime._payloads import TaskAborted
 from coreason_runtime.txn._log import AuditLog, TxnRow
 from coreason_runtime.txn._tool import Tool
 
@@ -317,12 +318,10 @@ class ToolTransactions:
         return [t.id for t in victims if self._abort(t, f"{reason}: {consumer} dropped")]
 
     def _on_task_event(self, event: Event) -> None:
-        task = event.data.get("task")
-        if task:
-            self.drop_consumer(str(task), reason="task aborted")
-            dag = event.data.get("dag_id")
-            if dag:
-                self.drop_consumer(f"{dag}/{task}", reason="task aborted")
+        if isinstance(event.data, TaskAborted):
+            task, dag = event.data.task, event.data.dag_id
+            self.drop_consumer(task, reason="task aborted")
+            self.drop_consumer(f"{dag}/{task}", reason="task aborted")
 
     # --- commit ------------------------------------------------------------------------------
 
@@ -375,7 +374,7 @@ class ToolTransactions:
                 )
             )
             return
-        self._emit(EventType.TXN_COMMITTED, txn, phase="running", pid=proc.pid)
+        self._emit(EventType.TXN_COMMITTED, txn, phase="running", pid=proc.pid, cpu_s=None)
         os.write(gate_w, b"go\n")
         os.close(gate_w)
         txn._watcher = threading.Thread(
@@ -409,7 +408,14 @@ class ToolTransactions:
                     error=reason,
                     during_run=True,
                 )
-                self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=True, cpu_s=cpu)
+                self._emit(
+                    EventType.TXN_ABORTED,
+                    txn,
+                    reason=reason,
+                    during_run=True,
+                    failed=False,
+                    cpu_s=cpu,
+                )
             else:
                 self.log.record(txn.id, "reaped", returncode=rc)
             self._close(txn)
@@ -438,7 +444,7 @@ class ToolTransactions:
                     **late,
                 )
                 self._close(txn)
-                self._emit(EventType.TXN_COMMITTED, txn, phase="done", cpu_s=cpu)
+                self._emit(EventType.TXN_COMMITTED, txn, phase="done", pid=proc.pid, cpu_s=cpu)
                 fut.set_result(value)
                 return
         else:
@@ -446,7 +452,9 @@ class ToolTransactions:
             rc_error = f"exit status {rc}: {tail}"
         self.log.record(txn.id, "failed", state="failed", returncode=rc, cpu_s=cpu, error=rc_error)
         self._close(txn)
-        self._emit(EventType.TXN_ABORTED, txn, reason=rc_error, during_run=True, failed=True)
+        self._emit(
+            EventType.TXN_ABORTED, txn, reason=rc_error, during_run=True, failed=True, cpu_s=cpu
+        )
         fut.set_exception(
             ToolRunError(
                 f"transaction {txn.id} failed: {rc_error}",
@@ -484,7 +492,12 @@ class ToolTransactions:
                 during_run=True,
             )
         self._emit(
-            EventType.TXN_ABORTED, txn, reason=reason, during_run=True, cpu_s=txn._cpu_at_kill
+            EventType.TXN_ABORTED,
+            txn,
+            reason=reason,
+            during_run=True,
+            failed=False,
+            cpu_s=txn._cpu_at_kill,
         )
         return True
 
@@ -500,7 +513,9 @@ class ToolTransactions:
         ):
             return False
         self._close(txn)
-        self._emit(EventType.TXN_ABORTED, txn, reason=reason, during_run=False, cpu_s=0.0)
+        self._emit(
+            EventType.TXN_ABORTED, txn, reason=reason, during_run=False, failed=False, cpu_s=0.0
+        )
         return True
 
     def _close(self, txn: Transaction) -> None:
