@@ -52,11 +52,21 @@ def feeder(stop):
     while not stop.is_set():
         i += 1
         t = f"t{{i % 12}}"
-        for kind, data in ((E.CACHE_HIT if i % 3 else E.CACHE_MISS, {{"kind": "subgoal"}}),
-                           (E.TASK_STARTED, {{"task": t, "deps": [f"t{{(i - 1) % 12}}"]}}),
-                           (E.TASK_FINISHED, {{"task": t, "run_s": 0.01}}),
-                           (E.BUDGET_CHARGED, {{"tier": "local", "cost": 4, "spent": 4 * i}}),
-                           (E.SPAN_REPAIRED, {{"new_text": "2*x", "old_text": "x^2"}})):
+        lookup = {{"key": f"k{{i}}", "kind": "integral"}}
+        hit = {{"cross_workflow": False, "admitted_by": "bench", "verifier": "sympy"}}
+        task = {{"dag_id": "d", "task": t, "attempt": 1}}
+        for kind, data in ((E.CACHE_HIT, {{**lookup, **hit}}) if i % 3 else
+                           (E.CACHE_MISS, {{**lookup, "reason": "absent"}}),
+                           (E.TASK_STARTED, {{**task, "pid": None, "kind": "solver"}}),
+                           (E.TASK_FINISHED, {{**task, "run_s": 0.01}}),
+                           (E.BUDGET_CHARGED, {{"tier": "local", "tokens_in": 1, "tokens_out": 1,
+                                               "cost": 4, "spent": 4 * i, "ceiling": None,
+                                               "released": 4}}),
+                           (E.SPAN_REPAIRED, {{"session": "s", "start": 0, "old_end": 2,
+                                              "new_end": 3, "old_text": "x^2",
+                                              "new_text": "2*x", "decoded_tokens": 1,
+                                              "prefilled_tokens": 0, "candidates": 1,
+                                              "accepted": True, "reason": None}})):
             rt.bus.emit(kind, workflow_id="bench", source="feeder", **data)
         time.sleep(5 / {RATE})
     FEEDER_CPU["s"] = time.thread_time()  # publishing, and every subscriber's offer()

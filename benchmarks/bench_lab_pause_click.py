@@ -8,7 +8,7 @@ comm. Then, alternating, ``REPS`` times each:
   intent goes over the comm to the kernel, ``Controls.apply`` runs, the ack comes back);
 * **magic**: ``%coreason pause`` sent as an execute request on the same kernel connection,
   timed to its execute reply (the runtime paused) and to the panel showing ``paused`` (the
-  ``decode.paused`` event crossing the bus, the 10/s throttle and the comm).
+  ``workflow.paused`` event crossing the bus, the 10/s throttle and the comm).
 
 Each pause is undone by a ``%coreason resume`` before the next one; timings are
 ``performance.now()`` in the page, so both paths share one clock and one browser.

@@ -11,6 +11,12 @@ from typing import Any
 
 import ipywidgets as W
 from coreason_runtime import EpistemicYieldError, Event
+from coreason_runtime.events import (
+    AttemptFailed,
+    AttemptFinished,
+    AttemptStarted,
+    WorkflowControlChanged,
+)
 from IPython.core.error import UsageError
 from pydantic import BaseModel
 
@@ -73,7 +79,9 @@ class AskHandle:
 
     Its widget streams progress (attempts, tokens, C, control state). When the request
     finishes, the value lands in the namespace variable ``into``; if every tier failed, the
-    Oracle Circuit form appears in the handle's output area instead.
+    Oracle Circuit form appears in the handle's output area instead. The control state is the
+    last ``workflow.*`` event of its workflow (received unthrottled, so it is current as soon as
+    an intent returns).
     """
 
     def __init__(
@@ -105,12 +113,14 @@ class AskHandle:
         self._attempts = 0
         self._tier = ""
         self._cost = 0.0
+        self._control = controls.state(workflow_id)
         self.progress = W.HTML()
         self.output = W.Output()
         self.widget = W.VBox([self.progress, self.output])
+        self._control_sub = bus.subscribe(self._on_control, "workflow")
         self._throttle = Throttle(
             bus,
-            ["attempt", "request", "budget", "tokens", "decode", "task"],
+            ["attempt", "request", "budget", "tokens", "workflow"],
             max_per_second=max_per_second,
         )
         self._throttle.attach(self._on_events)
@@ -124,8 +134,7 @@ class AskHandle:
         """``running``, ``paused``, ``preempted``, ``done``, ``failed``, ``aborted``, or
         ``awaiting human``."""
         if not self._finished.is_set():
-            state = self._controls.state(self.workflow_id)
-            return state if state in ("paused", "preempted") else "running"
+            return self._control if self._control in ("paused", "preempted") else "running"
         if self.result_obj is not None:
             return "done"
         if self.form is not None:
@@ -176,16 +185,20 @@ class AskHandle:
 
     # --- callbacks (runtime thread) -----------------------------------------------------------
 
+    def _on_control(self, ev: Event) -> None:
+        if ev.workflow_id == self.workflow_id and isinstance(ev.data, WorkflowControlChanged):
+            self._control = ev.data.state
+
     def _on_events(self, batch: list[Event]) -> None:
         for ev in batch:
             if ev.workflow_id != self.workflow_id:
                 continue
-            if ev.type.value == "attempt.started":
+            p = ev.data
+            if isinstance(p, AttemptStarted):
                 self._attempts += 1
-                self._tier = str(ev.data.get("tier", ""))
-            cost = ev.data.get("cost")
-            if ev.type.value in ("attempt.finished", "attempt.failed") and cost is not None:
-                self._cost += float(cost)
+                self._tier = p.tier
+            elif isinstance(p, (AttemptFinished, AttemptFailed)):
+                self._cost += p.cost
         self._render()
 
     def _done(self, fut: concurrent.futures.Future[Any]) -> None:
@@ -203,6 +216,7 @@ class AskHandle:
             self.output.append_display_data(ResultDisplay(self.result_obj, name=self.into))
         if isinstance(self.error, WorkflowAborted):
             self._controls.clear(self.workflow_id)
+        self._control_sub.unsubscribe()
         self._throttle.close()
         self._finished.set()
         self._render()

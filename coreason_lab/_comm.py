@@ -6,7 +6,9 @@ kernel → frontend
     ``{"type": "hello", "version", "intents", "workflows": [{workflow_id, state}], "ledgers"}``
         once, when the frontend opens the comm;
     ``{"type": "events", "events": [Event as JSON ...], "dropped": int}``
-        at most ``max_per_second`` times a second while the comm is open;
+        at most ``max_per_second`` times a second while the comm is open; each event's
+        ``data`` holds the fields of its type's payload model (``coreason_runtime.events``),
+        e.g. ``workflow.paused`` → ``{"state", "previous", "reason"}``;
     ``{"type": "ack", "intent", "workflow_id", "state"}`` after an intent was applied;
     ``{"type": "snapshot", "ledgers": [...], "workflows": [...]}`` on request;
     ``{"type": "error", "message"}`` for a malformed message (nothing was changed).
@@ -48,9 +50,10 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 def _body(event: Event) -> dict[str, Any]:
-    body = event.model_dump(mode="python", exclude={"data"})
+    # the payload's own fields, as ``Event.model_validate`` reads them back; values JSON cannot
+    # hold (a caller's region object) become strings in ``events_json``
+    body = event.model_dump(mode="python")
     body["type"] = event.type.value
-    body["data"] = event.data
     return body
 
 

@@ -24,6 +24,7 @@ from coreason_runtime import BudgetExceededError, EventBus, EventType
 __all__ = ["INTENTS", "Controls", "GatedMeter", "GatedTier", "WorkflowAborted", "WorkflowControl"]
 
 INTENTS = ("pause", "resume", "abort", "preempt")
+CONTROL_SOURCE = "coreason_lab.controls"
 
 
 class WorkflowAborted(BudgetExceededError):
@@ -64,9 +65,10 @@ class Controls:
     Parameters
     ----------
     bus:
-        Where state changes are announced (``decode.paused``, ``decode.resumed``,
-        ``task.preempted``, ``task.resumed``, ``task.aborted``), so views and the side
-        panel see them.
+        Where state changes are announced (``workflow.paused``, ``workflow.resumed``,
+        ``workflow.preempted``, ``workflow.aborted``, each a ``WorkflowControlChanged``), so
+        views and the side panel see them. ``origin`` (magic, dashboard, comm …) goes into the
+        event's source, ``reason`` into its payload.
     """
 
     def __init__(self, bus: EventBus) -> None:
@@ -93,7 +95,9 @@ class Controls:
 
     # --- intents ------------------------------------------------------------------------------
 
-    def apply(self, intent: str, workflow_id: str, **data: Any) -> WorkflowControl:
+    def apply(
+        self, intent: str, workflow_id: str, *, origin: str | None = None, reason: str | None = None
+    ) -> WorkflowControl:
         """Apply one of :data:`INTENTS`; unknown intents raise ``ValueError``."""
         handlers = {
             "pause": self.pause,
@@ -104,24 +108,31 @@ class Controls:
         if intent not in handlers:
             msg = f"unknown intent {intent!r}; expected one of {', '.join(INTENTS)}"
             raise ValueError(msg)
-        return handlers[intent](workflow_id, **data)
+        return handlers[intent](workflow_id, origin=origin, reason=reason)
 
-    def pause(self, workflow_id: str, **data: Any) -> WorkflowControl:
+    def pause(
+        self, workflow_id: str, *, origin: str | None = None, reason: str | None = None
+    ) -> WorkflowControl:
         """Block the workflow at its next checkpoint until :meth:`resume`."""
-        return self._set(workflow_id, "paused", EventType.DECODE_PAUSED, data)
+        return self._set(workflow_id, "paused", EventType.WORKFLOW_PAUSED, origin, reason)
 
-    def preempt(self, workflow_id: str, **data: Any) -> WorkflowControl:
-        """Like :meth:`pause`, but announced as a preemption (the DAG view marks the task)."""
-        return self._set(workflow_id, "preempted", EventType.TASK_PREEMPTED, data)
+    def preempt(
+        self, workflow_id: str, *, origin: str | None = None, reason: str | None = None
+    ) -> WorkflowControl:
+        """Like :meth:`pause`, but announced as a preemption."""
+        return self._set(workflow_id, "preempted", EventType.WORKFLOW_PREEMPTED, origin, reason)
 
-    def resume(self, workflow_id: str, **data: Any) -> WorkflowControl:
-        ctl = self.get(workflow_id)
-        kind = EventType.TASK_RESUMED if ctl.state == "preempted" else EventType.DECODE_RESUMED
-        return self._set(workflow_id, "running", kind, data)
+    def resume(
+        self, workflow_id: str, *, origin: str | None = None, reason: str | None = None
+    ) -> WorkflowControl:
+        """Let a paused or preempted workflow go on."""
+        return self._set(workflow_id, "running", EventType.WORKFLOW_RESUMED, origin, reason)
 
-    def abort(self, workflow_id: str, **data: Any) -> WorkflowControl:
+    def abort(
+        self, workflow_id: str, *, origin: str | None = None, reason: str | None = None
+    ) -> WorkflowControl:
         """Make the workflow's next checkpoint raise :class:`WorkflowAborted`."""
-        return self._set(workflow_id, "aborted", EventType.TASK_ABORTED, data)
+        return self._set(workflow_id, "aborted", EventType.WORKFLOW_ABORTED, origin, reason)
 
     def clear(self, workflow_id: str) -> None:
         """Forget an aborted (or any) state: the next request in this workflow runs normally."""
@@ -131,7 +142,12 @@ class Controls:
             ctl._go.set()
 
     def _set(
-        self, workflow_id: str, state: str, kind: EventType, data: dict[str, Any]
+        self,
+        workflow_id: str,
+        state: str,
+        kind: EventType,
+        origin: str | None,
+        reason: str | None,
     ) -> WorkflowControl:
         ctl = self.get(workflow_id)
         with self._lock:
@@ -147,10 +163,10 @@ class Controls:
             self._bus.emit(
                 kind,
                 workflow_id=workflow_id,
-                source="coreason_lab.controls",
-                intent=state,
+                source=CONTROL_SOURCE if origin is None else f"{CONTROL_SOURCE}:{origin}",
+                state=state,
                 previous=previous,
-                **data,
+                reason=reason,
             )
             for listener in list(self.listeners):
                 listener(ctl)

@@ -55,7 +55,7 @@ class CellThunk:
 
     The body sees the user namespace, with each dependency's *value* bound under its name, so
     ``%%coreason thunk area --after side`` can say ``side ** 2``. Forcing a thunk forces its
-    dependencies first. Declaring publishes ``thunk.declared``; forcing ``thunk.forced``.
+    dependencies first. Declaring publishes ``step.declared``; forcing ``step.forced``.
     """
 
     def __init__(
@@ -85,7 +85,7 @@ class CellThunk:
         tree = ast.parse(code, filename=f"<thunk {name}>")  # syntax errors surface here
         self._names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - {name})
         bus.emit(
-            EventType.THUNK_DECLARED,
+            EventType.STEP_DECLARED,
             workflow_id=workflow_id,
             source="coreason_lab",
             name=name,
@@ -127,7 +127,7 @@ class CellThunk:
             self._value = value
             self.error = None
         self._bus.emit(
-            EventType.THUNK_FORCED,
+            EventType.STEP_FORCED,
             workflow_id=self.workflow_id,
             source="coreason_lab",
             name=self.name,

@@ -164,7 +164,7 @@ class StepRunner:
         failed = [r for r in report.results if r.ok is False]
         for r in failed:
             self.runtime.bus.emit(
-                EventType.INVARIANT_VIOLATED,
+                EventType.STEP_INVARIANT_VIOLATED,
                 workflow_id=workflow_id,
                 source="coreason_lab",
                 invariant=r.name,

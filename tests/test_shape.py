@@ -22,8 +22,7 @@ LONG_MODULES = {
     "runtime/src/coreason_runtime/cache/_subgoal.py": 507,
 }
 # "path::function" -> lines today
-LONG_FUNCTIONS = {
-}
+LONG_FUNCTIONS = {}
 # "path: expression" for a private field of another module's class (or a library's)
 FOREIGN_PRIVATES = {
     # ipykernel offers no public way to route a comm's messages to the frontend's subshell

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from coreason_lab._widgets._dashboard import VIEWS, Dashboard
-from coreason_lab._widgets._state import BudgetState, CacheState, DagState, DecodeState
+from coreason_lab._widgets._state import (
+    BudgetState,
+    CacheState,
+    DagState,
+    DecodeState,
+    WorkflowState,
+)
 from coreason_lab._widgets._views import BudgetView, CacheView, DagView, DecodeView
 
 __all__ = [
@@ -17,4 +23,5 @@ __all__ = [
     "Dashboard",
     "DecodeState",
     "DecodeView",
+    "WorkflowState",
 ]

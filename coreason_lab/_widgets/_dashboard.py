@@ -15,6 +15,7 @@ from coreason_runtime import Event
 from coreason_lab._comm import honour_frontend_subshell
 from coreason_lab._control import Controls
 from coreason_lab._throttle import Throttle
+from coreason_lab._widgets._state import WorkflowState
 from coreason_lab._widgets._views import (
     FIGURE_INTERVAL_S,
     BudgetView,
@@ -42,7 +43,8 @@ class Dashboard:
     runtime:
         The Coordinator (its bus feeds the views; its ledgers are the budget view's truth).
     controls:
-        Where the pause / resume / preempt / abort buttons send their intents.
+        Where the pause / resume / preempt / abort buttons send their intents. The status line
+        shows each workflow's control state from the ``workflow.*`` events, whoever sent them.
     workflow:
         Show and control one workflow; ``None`` shows all and controls the one picked.
     views:
@@ -81,7 +83,10 @@ class Dashboard:
                 self.views[name] = CacheView(max_points)
             else:
                 self.views[name] = DecodeView()
-        areas = sorted({a for v in self.views.values() for a in v.areas} | {"budget"})
+        areas = sorted({a for v in self.views.values() for a in v.areas} | {"budget", "workflow"})
+        # what the controls hold now; the events replayed and delivered below keep it current
+        self.workflows = WorkflowState()
+        self.workflows.states.update({c.workflow_id: c.state for c in controls.workflows()})
         self.throttle = Throttle(
             runtime.bus, areas, max_per_second=max_updates_per_second, start=start
         )
@@ -126,7 +131,7 @@ class Dashboard:
         self.deliver(runtime.bus.history(areas))  # what happened before the dashboard opened
 
     def _workflow_options(self) -> list[str]:
-        names = {c.workflow_id for c in self.controls.workflows()}
+        names = set(self.workflows.states)
         # the dashboard still opens if the ledger store is unavailable
         with contextlib.suppress(Exception):
             names |= {led.workflow_id for led in self.runtime.budgets.workflows()}
@@ -148,7 +153,8 @@ class Dashboard:
             self._redraw = threading.Timer(FIGURE_INTERVAL_S, self._redraw_stale)
             self._redraw.daemon = True
             self._redraw.start()
-        states = ", ".join(f"{c.workflow_id}: {c.state}" for c in self.controls.workflows())
+        self.workflows.apply(batch)
+        states = ", ".join(f"{wf}: {state}" for wf, state in self.workflows.states.items())
         now = time.monotonic()
         # The status line carries the throttle's counters, which change with every batch:
         # resent at once when a workflow's state changes, else at most once a second (each

@@ -1,8 +1,8 @@
 """What the dashboards show, folded from events: plain state objects, no widgets, no I/O.
 
-Payloads of other mechanisms' events are free-form dicts, so every lookup is defensive: a
-field is read under the names its producers are likely to use, and an event that carries
-nothing usable is counted and otherwise ignored.
+Every event carries its type's payload model (``coreason_runtime.events``), so a state object
+narrows ``event.data`` with ``isinstance`` and reads fields; events it does not show are
+skipped.
 """
 
 from __future__ import annotations
@@ -11,27 +11,62 @@ import collections
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from coreason_runtime import Event
+from coreason_runtime import Event, EventType
+from coreason_runtime.budget import Ledger
+from coreason_runtime.events import (
+    BudgetCharged,
+    BudgetExceeded,
+    BudgetSet,
+    CacheAdmitted,
+    CacheEvicted,
+    CacheLookupHit,
+    CacheLookupMiss,
+    CheckpointRestored,
+    CriticalPath,
+    DagSubmitted,
+    DecodeFinished,
+    DecodeInjected,
+    DecodePaused,
+    DecodeResumed,
+    DecodeStarted,
+    EventPayload,
+    PrefixReused,
+    SpanRepaired,
+    StepDeclared,
+    StepForced,
+    TaskAborted,
+    TaskFailed,
+    TaskFinished,
+    TaskPreempted,
+    TaskResumed,
+    TaskStarted,
+    ThunkForced,
+    TokensBatch,
+    WorkflowControlChanged,
+)
 
-__all__ = ["BudgetState", "CacheState", "DagState", "DecodeState", "pick"]
+__all__ = ["BudgetState", "CacheState", "DagState", "DecodeState", "WorkflowState"]
 
 
-def pick(data: dict[str, Any], *names: str, default: Any = None) -> Any:
-    """The first present, non-None value among ``names`` in ``data``."""
-    for name in names:
-        value = data.get(name)
-        if value is not None:
-            return value
-    return default
+# --- workflow controls ---------------------------------------------------------------------
 
 
-def _num(value: Any, default: float = 0.0) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
+class WorkflowState:
+    """Each workflow's control state (running, paused, preempted, aborted), from the
+    ``workflow.*`` events: whoever paused it (a magic, a button, the side panel, a script)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+
+    def apply(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if isinstance(ev.data, WorkflowControlChanged) and ev.workflow_id is not None:
+                self.states[ev.workflow_id] = ev.data.state
+
+    def state(self, workflow_id: str) -> str:
+        """The last state announced for ``workflow_id`` (``running`` if none was)."""
+        return self.states.get(workflow_id, "running")
 
 
 # --- budgets -------------------------------------------------------------------------------
@@ -58,7 +93,6 @@ class BudgetState:
     def __init__(self, max_points: int = 500) -> None:
         self.max_points = max_points
         self.flows: dict[str, FlowBudget] = {}
-        self.dirty: set[str] = set()
 
     def flow(self, workflow_id: str) -> FlowBudget:
         fb = self.flows.get(workflow_id)
@@ -72,20 +106,16 @@ class BudgetState:
         for ev in events:
             if ev.workflow_id is None or ev.area not in ("budget", "request", "attempt"):
                 continue
-            fb = self.flow(ev.workflow_id)
-            d = ev.data
-            if ev.type.value == "budget.exceeded":
+            fb = self.flow(ev.workflow_id)  # a workflow shows up with its first request
+            p = ev.data
+            if isinstance(p, (BudgetSet, BudgetCharged)):
+                fb.ceiling = p.ceiling
+                fb.spent = p.spent
+                fb.burn.append((ev.ts, p.spent))
+            elif isinstance(p, BudgetExceeded):
                 fb.exceeded += 1
-            ceiling = pick(d, "ceiling", "omega")
-            if ceiling is not None:
-                fb.ceiling = _num(ceiling, fb.ceiling or 0.0)
-            spent = pick(d, "spent", "total_spent")
-            if spent is not None:
-                fb.spent = _num(spent, fb.spent)
-                fb.burn.append((ev.ts, fb.spent))
-            self.dirty.add(ev.workflow_id)
 
-    def refresh(self, ledgers: Iterable[Any]) -> None:
+    def refresh(self, ledgers: Iterable[Ledger]) -> None:
         """Take the ledgers' figures as the truth (events may have been dropped)."""
         for led in ledgers:
             fb = self.flow(led.workflow_id)
@@ -93,25 +123,25 @@ class BudgetState:
             if not fb.burn or fb.burn[-1][1] != led.spent:
                 fb.burn.append((time.time(), float(led.spent)))
             fb.spent = float(led.spent)
-            fb.reserved = float(getattr(led, "reserved", 0.0))
-            fb.tokens_in = int(getattr(led, "tokens_in", 0))
-            fb.tokens_out = int(getattr(led, "tokens_out", 0))
-            fb.by_tier = dict(getattr(led, "by_tier", {}) or {})
-        self.dirty.clear()
+            fb.reserved = float(led.reserved)
+            fb.tokens_in = led.tokens_in
+            fb.tokens_out = led.tokens_out
+            fb.by_tier = dict(led.by_tier)
 
 
 # --- the task DAG --------------------------------------------------------------------------
 
-TASK_STATES = {
-    "task.started": "running",
-    "task.finished": "done",
-    "task.failed": "failed",
-    "task.preempted": "preempted",
-    "task.resumed": "running",
-    "task.aborted": "aborted",
-    "thunk.declared": "pending",
-    "thunk.forced": "done",
+TASK_STATES: dict[EventType, str] = {
+    EventType.TASK_STARTED: "running",
+    EventType.TASK_FINISHED: "done",
+    EventType.TASK_FAILED: "failed",
+    EventType.TASK_PREEMPTED: "preempted",
+    EventType.TASK_RESUMED: "running",
+    EventType.TASK_ABORTED: "aborted",
+    EventType.STEP_DECLARED: "pending",
+    EventType.STEP_FORCED: "done",
 }
+_TASK_PAYLOADS = (TaskStarted, TaskFinished, TaskFailed, TaskPreempted, TaskResumed, TaskAborted)
 
 
 @dataclass
@@ -124,9 +154,13 @@ class Node:
     workflow_id: str | None = None
 
 
-def _node_name(d: dict[str, Any]) -> str | None:
-    value = pick(d, "task", "task_id", "node", "name", "thunk", "id", "step")
-    return None if value is None else str(value)
+def _node_name(p: EventPayload) -> str | None:
+    """The DAG node an event is about: a scheduler task or a notebook step."""
+    if isinstance(p, _TASK_PAYLOADS):
+        return p.task
+    if isinstance(p, (StepDeclared, StepForced)):
+        return p.name
+    return None
 
 
 class DagState:
@@ -146,56 +180,40 @@ class DagState:
 
     def apply(self, events: Iterable[Event]) -> None:
         for ev in events:
-            d, kind = ev.data, ev.type.value
-            if kind == "sched.dag_submitted":
-                self._submit(d)
-            elif kind == "sched.critical_path":
-                path = pick(d, "path", "nodes", "critical_path")
-                if isinstance(path, (list, tuple)):
-                    self.given_critical = [str(p) for p in path]
-            elif kind in TASK_STATES:
-                name = _node_name(d)
-                n = self.node(name) if name else None
-                if n is None:
-                    self.ignored += 1
-                    continue
-                n.workflow_id = n.workflow_id or ev.workflow_id
-                deps = pick(d, "deps", "after", "depends_on")
-                if isinstance(deps, (list, tuple)):
-                    n.deps = [str(x) for x in deps]
-                if kind == "thunk.declared" and n.state != "pending":
-                    continue
-                n.state = TASK_STATES[kind]
-                if kind == "task.started" and n.started is None:
-                    n.started = ev.ts
-                dur = pick(d, "duration_s", "duration", "seconds")
-                if dur is not None:
-                    n.duration = _num(dur)
-                elif kind in ("task.finished", "thunk.forced") and n.started is not None:
-                    n.duration = ev.ts - n.started
+            p = ev.data
+            if isinstance(p, DagSubmitted):
+                self._submit(p)
+            elif isinstance(p, CriticalPath):
+                self.given_critical = list(p.path)
+            else:
+                name = _node_name(p)
+                n = self.node(name) if name is not None else None
+                if n is not None:
+                    self._apply_to(n, ev)
 
-    def _submit(self, d: dict[str, Any]) -> None:
-        spec = d.get("spec")
-        if isinstance(spec, dict):  # the scheduler publishes the whole SubgoalDAG
-            d = {**spec, **{k: v for k, v in d.items() if k != "spec"}}
-        nodes = pick(d, "nodes", "tasks", default=[])
-        for item in nodes if isinstance(nodes, (list, tuple)) else []:
-            if isinstance(item, dict):
-                name = _node_name(item)
-                n = self.node(name) if name else None
-                deps = pick(item, "deps", "after", "depends_on", default=[])
-                if n is not None and isinstance(deps, (list, tuple)):
-                    n.deps = [str(x) for x in deps]
-            elif item is not None:
-                self.node(str(item))
-        edges = pick(d, "edges", default=[])
-        for edge in edges if isinstance(edges, (list, tuple)) else []:
-            if isinstance(edge, (list, tuple)) and len(edge) == 2:
-                src, dst = (str(e) for e in edge)
-                self.node(src)
-                n = self.node(dst)
-                if n is not None and src not in n.deps:
-                    n.deps.append(src)
+    def _apply_to(self, n: Node, ev: Event) -> None:
+        p = ev.data
+        n.workflow_id = n.workflow_id or ev.workflow_id
+        if isinstance(p, StepDeclared):
+            n.deps = list(p.deps)
+            if n.state != "pending":  # declared again after it ran: keep what it did
+                return
+        n.state = TASK_STATES[ev.type]
+        if isinstance(p, TaskStarted) and n.started is None:
+            n.started = ev.ts
+        if isinstance(p, StepForced):
+            n.duration = p.duration_s
+        elif isinstance(p, TaskFinished):
+            n.duration = p.run_s
+
+    def _submit(self, p: DagSubmitted) -> None:
+        # the scheduler's modules load only once a DAG is shown
+        from coreason_runtime.sched import SubgoalDAG
+
+        for task in SubgoalDAG.model_validate(p.spec).tasks:
+            n = self.node(task.id)
+            if n is not None:
+                n.deps = list(task.deps)
 
     def critical_path(self) -> list[str]:
         """The longest chain by duration (unknown durations count 1); the given one if any."""
@@ -240,6 +258,17 @@ class DagState:
 # --- caches --------------------------------------------------------------------------------
 
 
+def _cache_name(p: EventPayload) -> str | None:
+    """Which cache a lookup went to: the subgoal cache by kind, the KV prefix, a proof chain."""
+    if isinstance(p, (CacheLookupHit, CacheLookupMiss)):
+        return p.kind
+    if isinstance(p, PrefixReused):
+        return "prefix"
+    if isinstance(p, CheckpointRestored):
+        return "checkpoint"
+    return None
+
+
 class CacheState:
     """Hits and misses (total and per cache) and the hit ratio over time."""
 
@@ -261,19 +290,17 @@ class CacheState:
     def apply(self, events: Iterable[Event]) -> None:
         last_ts = None
         for ev in events:
-            kind = ev.type.value
-            name = str(pick(ev.data, "cache", "store", "name", "kind", default="cache"))
-            counts = self.by_cache.setdefault(name, [0, 0])
-            if kind in ("cache.hit", "cache.prefix_reused", "cache.checkpoint_restored"):
-                self.hits += 1
-                counts[0] += 1
-            elif kind == "cache.miss":
-                self.misses += 1
-                counts[1] += 1
-            elif kind == "cache.admit":
-                self.admits += 1
-            elif kind == "cache.evict":
-                self.evicts += 1
+            p = ev.data
+            name = _cache_name(p)
+            if name is not None:
+                hit = not isinstance(p, CacheLookupMiss)
+                self.hits += hit
+                self.misses += not hit
+                self.by_cache.setdefault(name, [0, 0])[0 if hit else 1] += 1
+            elif isinstance(p, CacheAdmitted):
+                self.admits += p.admitted
+            elif isinstance(p, CacheEvicted):
+                self.evicts += p.count
             else:
                 continue
             last_ts = ev.ts
@@ -283,9 +310,14 @@ class CacheState:
 
 # --- the decode stream ---------------------------------------------------------------------
 
+_DECODE_STATES = {"running": "decoding", "paused": "paused", "preempted": "preempted"}
+
 
 class DecodeState:
-    """The decoded text as spans: plain, repaired, injected, forced thunk; capped in length."""
+    """The decoded text as spans: plain, repaired, injected, forced thunk; capped in length.
+
+    ``tokens`` counts every tier's streamed output tokens (local and remote alike).
+    """
 
     def __init__(self, max_chars: int = 4000) -> None:
         self.max_chars = max_chars
@@ -295,8 +327,6 @@ class DecodeState:
         self.repairs = 0
         self.forced = 0
         self.state = "idle"
-        self._base = 0
-        self._last = 0
 
     def _add(self, text: str, kind: str) -> None:
         if not text:
@@ -317,33 +347,28 @@ class DecodeState:
 
     def apply(self, events: Iterable[Event]) -> None:
         for ev in events:
-            d, kind = ev.data, ev.type.value
-            if kind == "tokens.batch":
-                count = pick(d, "count", "n", "n_tokens")
-                if count is not None:
-                    self.tokens += int(_num(count))
-                elif isinstance(d.get("tokens"), int):  # running total of one request
-                    total = d["tokens"]
-                    self._base += self._last if total < self._last else 0
-                    self._last = total
-                    self.tokens = self._base + total
-                text = pick(d, "text", "delta", "chunk")
-                self._add(str(text) if text is not None else "", "text")
-            elif kind == "decode.span_repaired":
+            p = ev.data
+            if isinstance(p, TokensBatch):
+                self.tokens += p.tokens_out
+                self._add(p.delta, "text")
+            elif isinstance(p, SpanRepaired):
                 self.repairs += 1
-                self._add(
-                    str(pick(d, "new_text", "text", "new", "replacement", default="")), "repaired"
-                )
-            elif kind == "decode.injected":
-                self._add(str(pick(d, "text", "injected", default="")), "injected")
-            elif kind == "thunk.forced":
+                self._add(p.new_text, "repaired")
+            elif isinstance(p, DecodeInjected):
+                self._add(f"⟦+{p.n_tokens} tokens⟧", "injected")
+            elif isinstance(p, ThunkForced):
                 self.forced += 1
-                label = pick(d, "name", "thunk", default="thunk")
-                value = pick(d, "summary", "value", "expansion", "text", default="")
-                self._add(f"⟦{label}={value}⟧" if value != "" else f"⟦{label}⟧", "thunk")
-            elif kind in ("decode.started", "decode.resumed"):
-                self.state = "decoding"
-            elif kind == "decode.paused":
-                self.state = "paused"
-            elif kind == "decode.finished":
-                self.state = "finished"
+                self._add(f"⟦{p.name}={p.expansion}⟧" if p.expansion else f"⟦{p.name}⟧", "thunk")
+            else:
+                self._follow(p)
+
+    def _follow(self, p: EventPayload) -> None:
+        """The stream's state: a session's lifecycle, or its workflow's controls."""
+        if isinstance(p, (DecodeStarted, DecodeResumed)):
+            self.state = "decoding"
+        elif isinstance(p, DecodePaused):
+            self.state = "paused"
+        elif isinstance(p, DecodeFinished):
+            self.state = "finished"
+        elif isinstance(p, WorkflowControlChanged):
+            self.state = _DECODE_STATES.get(p.state, p.state)

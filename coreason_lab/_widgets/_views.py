@@ -14,7 +14,7 @@ from typing import Any
 
 import ipywidgets as W
 import numpy as np
-from coreason_runtime import Event
+from coreason_runtime import Event, EventType
 
 from coreason_lab._widgets._state import BudgetState, CacheState, DagState, DecodeState
 
@@ -163,7 +163,7 @@ class BudgetView(View):
         due = (
             now - self._ledgers_at >= LEDGER_INTERVAL_S
             or known != self._known
-            or any(e.type.value in ("budget.set", "budget.reset") for e in events)
+            or any(e.type in (EventType.BUDGET_SET, EventType.BUDGET_RESET) for e in events)
         )
         if runtime is not None and due:
             self._ledgers_at, self._known = now, known
@@ -253,7 +253,7 @@ class BudgetView(View):
 class DagView(View):
     """The live task DAG: nodes coloured by state, the critical path drawn in red."""
 
-    areas = ("sched", "task", "thunk")
+    areas = ("sched", "task", "step")
     title = "Tasks"
 
     def __init__(self, max_nodes: int = 200) -> None:
@@ -383,7 +383,7 @@ class CacheView(View):
 class DecodeView(View):
     """The decode stream, with repaired spans and forced thunks highlighted."""
 
-    areas = ("tokens", "decode", "thunk")
+    areas = ("tokens", "decode", "thunk", "workflow")
     title = "Decode"
 
     def __init__(self, max_chars: int = 4000) -> None:

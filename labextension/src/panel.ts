@@ -27,8 +27,8 @@ export interface ILedger {
 export type Intent = 'pause' | 'resume' | 'abort' | 'preempt';
 
 const MAX_LOG = 60;
-/** The source of the events `Controls` publishes when a workflow's control state changes. */
-const CONTROL_SOURCE = 'coreason_lab.controls';
+/** The area of the events announcing a workflow's control state (`workflow.paused`, …). */
+const CONTROL_AREA = 'workflow.';
 /** Control states that override what the workflow is doing (its activity). */
 const HALTED = new Set(['paused', 'preempted', 'aborted']);
 
@@ -153,9 +153,9 @@ export class CoreasonPanel extends Widget {
   private _apply(ev: IEvent): void {
     const wf = ev.workflow_id || undefined;
     const d = ev.data || {};
-    if (ev.source === CONTROL_SOURCE && wf && typeof d.intent === 'string') {
+    if (ev.type.startsWith(CONTROL_AREA) && wf && typeof d.state === 'string') {
       // pause / resume / preempt / abort from any origin: a magic, the dashboard, this panel
-      this._workflowState.set(wf, d.intent);
+      this._workflowState.set(wf, d.state);
       return;
     }
     if (ev.type === 'budget.charged' && wf) {
@@ -185,7 +185,7 @@ export class CoreasonPanel extends Widget {
     } else if (ev.type === 'budget.exceeded' && wf) {
       this._activity.set(wf, 'refused (over Ω)');
     } else if (ev.type.startsWith('task.')) {
-      const task = String(d.task_id ?? d.task ?? d.name ?? '?');
+      const task = String(d.task);
       this._taskState.set(task, ev.type.slice(5));
     } else if (ev.type === 'sched.critical_path' && Array.isArray(d.path)) {
       this._criticalPath = new Set(d.path.map(String));

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from comm.base_comm import BaseComm
 from coreason_runtime import Coordinator, Event, EventType
+from coreason_runtime.events import Log, WhatIfDecided
 
 from coreason_lab import CommBridge, Controls
 from coreason_lab._comm import event_json
@@ -56,12 +57,17 @@ def test_events_go_out_in_throttled_batches(
     rt: Coordinator, bridge: CommBridge, opened: RecordingComm
 ) -> None:
     for i in range(30):
-        rt.bus.emit(EventType.CACHE_HIT, workflow_id="wf", i=i)
+        rt.bus.emit(EventType.LOG, workflow_id="wf", message=f"line {i}")
     throttle = bridge.open_comms[opened.comm_id][1]
     throttle.flush()
     batches = [m for m in opened.sent if m["type"] == "events"]
     assert sum(len(b["events"]) for b in batches) == 30
-    assert batches[-1]["events"][-1]["type"] == "cache.hit"
+    assert batches[-1]["events"][-1]["type"] == "runtime.log"
+    assert batches[-1]["events"][-1]["data"] == {
+        "message": "line 29",
+        "retry_in": None,
+        "attempt": None,
+    }
 
 
 def test_an_intent_is_applied_and_acknowledged(bridge: CommBridge, opened: RecordingComm) -> None:
@@ -101,26 +107,47 @@ def test_closing_the_comm_unsubscribes(rt: Coordinator, bridge: CommBridge) -> N
     assert rt.bus.subscriber_count == before and bridge.open_comms == {}
 
 
+def _gated(region: Any = None, **detail: Any) -> Event:
+    """An event whose payload holds free-form values: what a caller gated, and why."""
+    payload = WhatIfDecided(
+        name="refine",
+        allowed=True,
+        reason="pays",
+        predicted_gain=1.0,
+        predicted_cost=0.5,
+        dry_run_s=0.01,
+        region=region,
+        detail=detail,
+    )
+    return Event(type=EventType.WHATIF_ALLOWED, data=payload)
+
+
 def test_event_json_is_json_safe_and_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COREASON_ORACLE_API_KEY", "sk-SECRET")
-    body = event_json(
-        Event(type=EventType.LOG, data={"obj": object(), "api_key": "x", "msg": "auth sk-SECRET"})
-    )
-    assert "api_key" not in body["data"] and body["data"]["msg"] == "auth ***"
-    assert body["data"]["obj"].startswith("<object object")
+    body = event_json(_gated(object(), api_key="x", msg="auth sk-SECRET"))
+    assert body["data"]["detail"] == {"msg": "auth ***"}
+    assert body["data"]["region"].startswith("<object object")
+    line = event_json(Event(type=EventType.LOG, data=Log(message="auth sk-SECRET")))
+    assert line["data"]["message"] == "auth ***"
 
 
 def test_events_json_cuts_secrets_anywhere_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     from coreason_lab._comm import events_json
 
     monkeypatch.setenv("COREASON_ORACLE_API_KEY", "sk-SECRET")
-    clean = Event(type=EventType.LOG, data={"msg": "nothing to hide", "n": 3})
-    keyed = Event(type=EventType.LOG, data={"nested": {"Authorization": "Bearer x"}})
-    valued = Event(type=EventType.LOG, data={"items": ["a", "key sk-SECRET here"]})
+    clean = _gated(msg="nothing to hide", n=3)
+    keyed = _gated(nested={"Authorization": "Bearer x"})
+    valued = _gated(["a", "key sk-SECRET here"])
     plain = events_json([clean, clean])  # the fast path: nothing secret-looking in the text
-    assert [b["data"] for b in plain] == [{"msg": "nothing to hide", "n": 3}] * 2
+    assert [b["data"]["detail"] for b in plain] == [{"msg": "nothing to hide", "n": 3}] * 2
     out = events_json([clean, keyed, valued])
-    assert out[0]["data"] == {"msg": "nothing to hide", "n": 3}
-    assert out[1]["data"] == {"nested": {}}
-    assert out[2]["data"] == {"items": ["a", "key *** here"]}
+    assert out[0]["data"]["detail"] == {"msg": "nothing to hide", "n": 3}
+    assert out[1]["data"]["detail"] == {"nested": {}}
+    assert out[2]["data"]["region"] == ["a", "key *** here"]
     assert "sk-SECRET" not in json.dumps(out) and "Bearer" not in json.dumps(out)
+
+
+def test_an_event_sent_to_the_frontend_validates_back_into_its_payload() -> None:
+    event = _gated([0, 1], block=[2, 3])
+    again = Event.model_validate(event_json(event))
+    assert again == event and isinstance(again.data, WhatIfDecided)

@@ -86,11 +86,11 @@ def test_comm_intent_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> N
     done = kernel.execute_nowait("_tier.finish.set()", subshell=sub)
     kernel.shell_reply(done)
     assert kernel.shell_reply(running, timeout=120)["content"]["status"] == "ok"
-    kernel.drain_iopub(lambda d: "decode.resumed" in {e["type"] for e in d.get("events", [])})
+    kernel.drain_iopub(lambda d: "workflow.resumed" in {e["type"] for e in d.get("events", [])})
     assert kernel.run("print(fg_value.value)").strip() == "1"
     events = [e for m in kernel.comm_msgs if m.get("type") == "events" for e in m["events"]]
     kinds = [e["type"] for e in events if e["workflow_id"] == "fg"]
-    assert kinds.index("decode.paused") < kinds.index("decode.resumed")
+    assert kinds.index("workflow.paused") < kinds.index("workflow.resumed")
 
 
 def test_dashboard_button_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> None:

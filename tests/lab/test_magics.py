@@ -8,12 +8,13 @@ from importlib import metadata
 
 import pytest
 from coreason_runtime import BudgetExceededError, Coordinator, EventType
+from coreason_runtime.events import WorkflowControlChanged
 from coreason_runtime.tensor import ScriptedTier
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import TraitError
 
-from coreason_lab import CoreasonMagics, ResultDisplay
+from coreason_lab import Controls, CoreasonMagics, ResultDisplay
 from tests.lab.conftest import tiers
 
 
@@ -260,7 +261,9 @@ def test_pause_of_unknown_workflow_suggests(ip: InteractiveShell) -> None:
 def test_pause_publishes_an_event(ip: InteractiveShell, rt: Coordinator) -> None:
     line(ip, "budget wf 1000")
     line(ip, "preempt wf")
-    assert rt.bus.history([EventType.TASK_PREEMPTED])[-1].workflow_id == "wf"
+    event = rt.bus.history([EventType.WORKFLOW_PREEMPTED])[-1]
+    assert event.workflow_id == "wf" and isinstance(event.data, WorkflowControlChanged)
+    assert (event.data.state, event.data.previous) == ("preempted", "running")
 
 
 # --- status and dashboard ------------------------------------------------------------------
@@ -310,6 +313,22 @@ def test_dashboard_button_intent_pauses_the_workflow(
     dash = line(ip, "dashboard -w wf")
     dash.intent("pause")  # type: ignore[attr-defined]
     assert magics.controls.state("wf") == "paused"
+    assert "wf: paused" in dash.status.value  # type: ignore[attr-defined]
+
+
+def test_dashboard_status_follows_workflow_events_from_any_origin(
+    ip: InteractiveShell, rt: Coordinator, magics: CoreasonMagics
+) -> None:
+    line(ip, "budget wf 1000")
+    dash = line(ip, "dashboard")
+    line(ip, "preempt wf")
+    Controls(rt.bus).pause("script-wf")  # another controller on the same bus (a script)
+    dash.throttle.flush()  # type: ignore[attr-defined]
+    assert "wf: preempted, script-wf: paused" in dash.status.value  # type: ignore[attr-defined]
+    assert magics.controls.state("script-wf") == "running"  # known from the event alone
+    line(ip, "resume wf")
+    dash.throttle.flush()  # type: ignore[attr-defined]
+    assert "wf: running" in dash.status.value  # type: ignore[attr-defined]
 
 
 def test_show_dashboard_on_ask_opens_the_workflows_dashboard(

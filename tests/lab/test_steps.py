@@ -21,8 +21,9 @@ def test_a_thunk_body_runs_only_when_forced(ip: InteractiveShell) -> None:
 def test_thunk_events_are_published(ip: InteractiveShell, rt: Coordinator) -> None:
     ip.run_cell_magic("coreason", "thunk step", "1")
     ip.user_ns["step"].force()
-    kinds = [e.type for e in rt.bus.history(["thunk"])]
-    assert kinds == [EventType.THUNK_DECLARED, EventType.THUNK_FORCED]
+    events = rt.bus.history(["step"])
+    assert [e.type for e in events] == [EventType.STEP_DECLARED, EventType.STEP_FORCED]
+    assert [e.data.name for e in events] == ["step", "step"]
 
 
 def test_thunk_dependencies_are_detected_and_forced_first(ip: InteractiveShell) -> None:
@@ -54,7 +55,7 @@ def test_run_forces_steps_in_dependency_order(ip: InteractiveShell, rt: Coordina
     ip.run_cell_magic("coreason", "thunk a", "1")
     ip.run_cell_magic("coreason", "thunk b", "a + 1")
     report = ip.run_line_magic("coreason", "run c")
-    started = [e.data["task"] for e in rt.bus.history([EventType.TASK_STARTED])]
+    started = [e.data.task for e in rt.bus.history([EventType.TASK_STARTED])]
     assert started == ["a", "b", "c"] and ip.user_ns["c"].value == 3
     assert report.critical_path == ["a", "b", "c"]  # type: ignore[attr-defined]
 
@@ -72,7 +73,7 @@ def test_a_failing_step_aborts_the_rest(ip: InteractiveShell, rt: Coordinator) -
     ip.run_cell_magic("coreason", "thunk b", "a + 1")
     with pytest.raises(ZeroDivisionError):
         ip.run_line_magic("coreason", "run")
-    assert [e.data["task"] for e in rt.bus.history([EventType.TASK_ABORTED])] == ["b"]
+    assert [e.data.task for e in rt.bus.history([EventType.TASK_ABORTED])] == ["b"]
 
 
 def test_run_waits_while_paused_and_stops_when_aborted(
@@ -95,7 +96,8 @@ def test_violated_invariant_raises_and_is_published(ip: InteractiveShell, rt: Co
     ip.run_cell_magic("coreason", "invariant positive", "energy >= 0")
     with pytest.raises(CellInvariantViolation, match="energy >= 0 is false"):
         ip.run_line_magic("coreason", "run")
-    assert rt.bus.history([EventType.INVARIANT_VIOLATED])[-1].data["invariant"] == "positive"
+    event = rt.bus.history([EventType.STEP_INVARIANT_VIOLATED])[-1]
+    assert event.data.invariant == "positive" and "energy >= 0" in event.data.detail
 
 
 def test_invariant_on_an_unforced_step_is_undecided(ip: InteractiveShell) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from coreason_runtime import Event, EventBus, EventType
+from coreason_runtime.events import CacheLookupHit
 
 from coreason_lab import Throttle
 
@@ -19,7 +20,15 @@ class Clock:
 
 def _emit(bus: EventBus, n: int) -> None:
     for i in range(n):
-        bus.emit(EventType.CACHE_HIT, workflow_id="wf", i=i)
+        bus.emit(
+            EventType.CACHE_HIT,
+            workflow_id="wf",
+            key=f"k{i}",
+            kind="integral",
+            cross_workflow=False,
+            admitted_by="wf",
+            verifier="sympy",
+        )
 
 
 def test_events_within_one_interval_arrive_as_one_batch(bus: EventBus) -> None:
@@ -70,7 +79,8 @@ def test_buffer_is_capped_and_counts_what_it_drops(bus: EventBus) -> None:
     _emit(bus, 25)
     t.flush()
     assert len(batches[0]) == 10 and t.dropped == 15
-    assert batches[0][-1].data["i"] == 24  # the newest survive
+    newest = batches[0][-1].data
+    assert isinstance(newest, CacheLookupHit) and newest.key == "k24"  # the newest survive
 
 
 def test_only_subscribed_areas_are_buffered(bus: EventBus) -> None:
@@ -78,7 +88,7 @@ def test_only_subscribed_areas_are_buffered(bus: EventBus) -> None:
     t = Throttle(bus, ["budget"], start=False)
     t.attach(batches.append)
     _emit(bus, 3)
-    bus.emit(EventType.BUDGET_SET, workflow_id="wf", ceiling=5)
+    bus.emit(EventType.BUDGET_SET, workflow_id="wf", ceiling=5, spent=0.0)
     t.flush()
     assert [e.type for e in batches[0]] == [EventType.BUDGET_SET]
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from coreason_runtime import (
     BudgetExceededError,
-    ControlState,
     Controls,
+    ControlState,
     Coordinator,
     CoreasonError,
     EventBus,

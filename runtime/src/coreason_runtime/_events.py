@@ -1,10 +1,11 @@
 """Typed runtime events and the in-process event bus every mechanism publishes on.
 
-Every mechanism publishes a pydantic :class:`Event` (or a subclass with typed fields) whose
-``type`` is an :class:`EventType`. Subscribers are called synchronously on the publisher's
-thread, so they must be cheap: dashboards put a throttle between the bus and the screen,
-remote listeners put a queue. A subscriber that raises is logged and never breaks the
-publisher. Nothing polls.
+Every mechanism publishes a pydantic :class:`Event` whose ``type`` is an :class:`EventType`
+and whose ``data`` is that type's payload model (:data:`PAYLOADS`), so one event type carries
+the same fields wherever it is emitted and readers use fields (narrowing with ``isinstance``).
+Subscribers are called synchronously on the publisher's thread, so they must be cheap:
+dashboards put a throttle between the bus and the screen, remote listeners put a queue. A
+subscriber that raises is logged and never breaks the publisher. Nothing polls.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
-__all__ = ["Event", "EventBus", "EventType", "Subscription"]
+from coreason_runtime import _payloads as P
+from coreason_runtime._exceptions import EventPayloadError
+from coreason_runtime._payloads import EventPayload
+
+__all__ = ["PAYLOADS", "Event", "EventBus", "EventType", "Subscription"]
 
 logger = logging.getLogger("coreason_runtime.events")
 
@@ -46,7 +52,6 @@ class EventType(StrEnum):
     BUDGET_SET = "budget.set"
     BUDGET_RESERVED = "budget.reserved"
     BUDGET_CHARGED = "budget.charged"
-    BUDGET_RELEASED = "budget.released"
     BUDGET_EXCEEDED = "budget.exceeded"
     BUDGET_RESET = "budget.reset"
     # decode engine
@@ -56,6 +61,7 @@ class EventType(StrEnum):
     DECODE_INJECTED = "decode.injected"
     DECODE_FINISHED = "decode.finished"
     DECODE_CHECKPOINTED = "decode.checkpointed"
+    DECODE_RESTORED = "decode.restored"
     SPAN_REPAIRED = "decode.span_repaired"
     THUNK_DECLARED = "thunk.declared"
     THUNK_FORCED = "thunk.forced"
@@ -63,6 +69,7 @@ class EventType(StrEnum):
     # scheduling
     DAG_SUBMITTED = "sched.dag_submitted"
     SCHEDULE_DECIDED = "sched.decided"
+    ESTIMATE_UPDATED = "sched.estimate_updated"
     CRITICAL_PATH = "sched.critical_path"
     TASK_STARTED = "task.started"
     TASK_PREEMPTED = "task.preempted"
@@ -71,6 +78,10 @@ class EventType(StrEnum):
     TASK_FAILED = "task.failed"
     TASK_ABORTED = "task.aborted"
     SLACK_FUNDED = "sched.slack_funded"
+    # notebook steps (coreason_lab's lazy cells and their invariants)
+    STEP_DECLARED = "step.declared"
+    STEP_FORCED = "step.forced"
+    STEP_INVARIANT_VIOLATED = "step.invariant_violated"
     # transactions and what-if gates
     TXN_PREPARED = "txn.prepared"
     TXN_COMMITTED = "txn.committed"
@@ -96,7 +107,7 @@ class EventType(StrEnum):
     RBF_PRUNED = "rbf.pruned"
     RBF_GATED = "rbf.gated"
     BANDIT_ROUND = "bandit.round"
-    # workflow controls
+    # workflow controls (pause / resume / preempt / abort from any thread)
     WORKFLOW_PAUSED = "workflow.paused"
     WORKFLOW_RESUMED = "workflow.resumed"
     WORKFLOW_PREEMPTED = "workflow.preempted"
@@ -107,11 +118,117 @@ class EventType(StrEnum):
     LOG = "runtime.log"
 
 
+#: The payload class of every event type (a test checks that none is missing).
+PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
+    {
+        EventType.REQUEST_STARTED: P.RequestStarted,
+        EventType.REQUEST_FINISHED: P.RequestFinished,
+        EventType.REQUEST_FAILED: P.RequestFailed,
+        EventType.ATTEMPT_STARTED: P.AttemptStarted,
+        EventType.ATTEMPT_FINISHED: P.AttemptFinished,
+        EventType.ATTEMPT_FAILED: P.AttemptFailed,
+        EventType.TOKENS: P.TokensBatch,
+        EventType.ESCALATED: P.Escalated,
+        EventType.YIELDED: P.Yielded,
+        EventType.HUMAN_ANSWERED: P.HumanAnswered,
+        EventType.SCHEMA_COMPILED: P.SchemaCompiled,
+        EventType.PREFIX_REUSED: P.PrefixReused,
+        EventType.BUDGET_SET: P.BudgetSet,
+        EventType.BUDGET_RESERVED: P.BudgetReserved,
+        EventType.BUDGET_CHARGED: P.BudgetCharged,
+        EventType.BUDGET_EXCEEDED: P.BudgetExceeded,
+        EventType.BUDGET_RESET: P.BudgetReset,
+        EventType.DECODE_STARTED: P.DecodeStarted,
+        EventType.DECODE_PAUSED: P.DecodePaused,
+        EventType.DECODE_RESUMED: P.DecodeResumed,
+        EventType.DECODE_INJECTED: P.DecodeInjected,
+        EventType.DECODE_FINISHED: P.DecodeFinished,
+        EventType.DECODE_CHECKPOINTED: P.DecodeCheckpointed,
+        EventType.DECODE_RESTORED: P.DecodeRestored,
+        EventType.SPAN_REPAIRED: P.SpanRepaired,
+        EventType.THUNK_DECLARED: P.ThunkDeclared,
+        EventType.THUNK_FORCED: P.ThunkForced,
+        EventType.VERIFIER_FAILED: P.VerifierFailed,
+        EventType.DAG_SUBMITTED: P.DagSubmitted,
+        EventType.SCHEDULE_DECIDED: P.ScheduleDecided,
+        EventType.ESTIMATE_UPDATED: P.EstimateUpdated,
+        EventType.CRITICAL_PATH: P.CriticalPath,
+        EventType.TASK_STARTED: P.TaskStarted,
+        EventType.TASK_PREEMPTED: P.TaskPreempted,
+        EventType.TASK_RESUMED: P.TaskResumed,
+        EventType.TASK_FINISHED: P.TaskFinished,
+        EventType.TASK_FAILED: P.TaskFailed,
+        EventType.TASK_ABORTED: P.TaskAborted,
+        EventType.SLACK_FUNDED: P.SlackFunded,
+        EventType.STEP_DECLARED: P.StepDeclared,
+        EventType.STEP_FORCED: P.StepForced,
+        EventType.STEP_INVARIANT_VIOLATED: P.StepInvariantViolated,
+        EventType.TXN_PREPARED: P.TxnPrepared,
+        EventType.TXN_COMMITTED: P.TxnCommitted,
+        EventType.TXN_ABORTED: P.TxnAborted,
+        EventType.TXN_RECOVERED: P.TxnRecovered,
+        EventType.WHATIF_ALLOWED: P.WhatIfDecided,
+        EventType.WHATIF_REFUSED: P.WhatIfDecided,
+        EventType.CACHE_HIT: P.CacheLookupHit,
+        EventType.CACHE_MISS: P.CacheLookupMiss,
+        EventType.CACHE_ADMIT: P.CacheAdmitted,
+        EventType.CACHE_EVICT: P.CacheEvicted,
+        EventType.CACHE_GRAFT: P.CacheGrafted,
+        EventType.CHECKPOINT_SAVED: P.CheckpointSaved,
+        EventType.CHECKPOINT_RESTORED: P.CheckpointRestored,
+        EventType.SIM_STEP: P.SimStep,
+        EventType.CELL_REFINED: P.CellRefined,
+        EventType.CELL_COARSENED: P.CellCoarsened,
+        EventType.INVARIANT_VIOLATED: P.InvariantViolated,
+        EventType.RBF_GROWN: P.RbfGrown,
+        EventType.RBF_PRUNED: P.RbfPruned,
+        EventType.RBF_GATED: P.RbfGated,
+        EventType.BANDIT_ROUND: P.BanditRound,
+        EventType.WORKFLOW_PAUSED: P.WorkflowControlChanged,
+        EventType.WORKFLOW_RESUMED: P.WorkflowControlChanged,
+        EventType.WORKFLOW_PREEMPTED: P.WorkflowControlChanged,
+        EventType.WORKFLOW_ABORTED: P.WorkflowControlChanged,
+        EventType.RUNTIME_STARTED: P.RuntimeStarted,
+        EventType.RUNTIME_STOPPED: P.RuntimeStopped,
+        EventType.LOG: P.Log,
+    }
+)
+
+
+def build_payload(type: EventType, fields: Mapping[str, Any]) -> EventPayload:
+    """The payload of a ``type`` event with ``fields``.
+
+    Raises
+    ------
+    EventPayloadError
+        A field the payload does not have, a required one missing, or a value of the wrong
+        type: the emit site does not match the payload.
+    """
+    cls = PAYLOADS[type]
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        unknown = sorted(set(fields) - set(cls.model_fields))
+        missing = sorted(
+            n for n, f in cls.model_fields.items() if f.is_required() and n not in fields
+        )
+        problems = [f"unknown field(s) {unknown}"] if unknown else []
+        problems += [f"missing field(s) {missing}"] if missing else []
+        detail = "; ".join(problems) or str(e)
+        msg = (
+            f"{type.value} event ({cls.__name__}): {detail}; its fields are "
+            f"{list(cls.model_fields)}"
+        )
+        raise EventPayloadError(msg) from e
+
+
 class Event(BaseModel):
-    """One thing that happened. Subclasses add typed fields; ``data`` holds the rest.
+    """One thing that happened: its ``type``, and ``data``, that type's payload model.
 
     ``seq`` is assigned by the bus on publish (monotonic per bus); ``ts`` is wall-clock
-    seconds.
+    seconds. ``data`` may be given as the payload or as a dict of its fields (a dumped event
+    from a log or a comm validates back into the right payload class); a payload of another
+    type's class is refused.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -121,7 +238,27 @@ class Event(BaseModel):
     seq: int = 0
     workflow_id: str | None = None
     source: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: SerializeAsAny[EventPayload]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payload_of_its_type(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping) or "type" not in value:
+            return value  # field validation reports what is missing
+        try:
+            payload_cls = PAYLOADS[EventType(value["type"])]
+        except ValueError:
+            return value
+        data = value.get("data", {})
+        if isinstance(data, EventPayload):
+            if type(data) is not payload_cls:
+                msg = (
+                    f"a {value['type']} event carries {payload_cls.__name__}, "
+                    f"not {type(data).__name__}"
+                )
+                raise ValueError(msg)
+            return value
+        return {**value, "data": payload_cls.model_validate(data)}
 
     @property
     def area(self) -> str:
@@ -220,10 +357,17 @@ class EventBus:
         /,
         workflow_id: str | None = None,
         source: str | None = None,
-        **data: Any,
+        **fields: Any,
     ) -> Event:
-        """Publish a plain :class:`Event` with ``data``; shorthand for untyped payloads."""
-        return self.publish(Event(type=type, workflow_id=workflow_id, source=source, data=data))
+        """Publish a ``type`` event whose payload (``PAYLOADS[type]``) is built from ``fields``.
+
+        Raises
+        ------
+        EventPayloadError
+            ``fields`` do not match the payload (unknown, missing or mistyped field).
+        """
+        payload = build_payload(type, fields)
+        return self.publish(Event(type=type, workflow_id=workflow_id, source=source, data=payload))
 
     def history(self, types: Iterable[EventType | str] | None = None) -> list[Event]:
         """Recent events, oldest first, optionally filtered like :meth:`subscribe`."""

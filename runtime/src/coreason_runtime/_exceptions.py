@@ -5,6 +5,7 @@ The hierarchy::
     CoreasonError (Exception)
     ├── ConfigurationError (+ValueError) ......... bad settings, missing optional extra
     │   └── MissingExtraError (+ImportError)
+    ├── EventPayloadError (+TypeError) ........... an event emitted with unknown or missing fields
     ├── SchemaError (+ValueError) ................ not a schema, invalid schema
     │   ├── SchemaCompileError ................... no grammar can be built (deterministic)
     │   ├── SchemaCompileTimeout (+TimeoutError)  compile took longer than allowed
@@ -100,6 +101,7 @@ __all__ = [
     "DecodeError",
     "DimensionError",
     "EpistemicYieldError",
+    "EventPayloadError",
     "ExpressionParseError",
     "ExpressionTooLargeError",
     "GrammarDeadEndError",
@@ -199,6 +201,14 @@ class MissingExtraError(ConfigurationError, ImportError):
         super().__init__(msg)
         self.package = package
         self.extra = extra
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class EventPayloadError(CoreasonError, TypeError):
+    """An event was emitted with fields its type's payload does not have, or without fields it
+    needs: a programming error at the emit site, like calling a function with wrong keywords."""
 
 
 # --- schemas and requests ------------------------------------------------------------------

@@ -29,8 +29,8 @@ def test_refusal_publishes_rbf_gated(bus: EventBus) -> None:
     budget.request(t=7)
     (event,) = bus.history([EventType.RBF_GATED])
     assert event.source == "net-a"
-    assert event.data["t"] == 7
-    assert event.data["remaining"] == 0
+    assert event.data.t == 7
+    assert event.data.remaining == 0
 
 
 def test_negative_limit_is_a_typed_error() -> None:

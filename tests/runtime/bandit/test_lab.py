@@ -43,7 +43,7 @@ def test_runtime_lowering_a_named_budget_stops_a_running_network(bus: EventBus) 
     run = run_bandit(env, RBFPolicy(net, seed=0), on_round=controller, bus=bus)
     assert net.grown == at_lowering[0] > 0
     assert run.units[200:].max() <= at_lowering[0]
-    assert any(e.data.get("reason") == "lowered" for e in bus.history([EventType.RBF_GATED]))
+    assert any(e.data.reason == "lowered" for e in bus.history([EventType.RBF_GATED]))
 
 
 def test_lowering_an_unknown_budget_is_a_bandit_error() -> None:
@@ -70,8 +70,8 @@ def test_run_publishes_a_bandit_round_every_emit_every(bus: EventBus) -> None:
     env = DriftingBandit(d=2, k=2, horizon=300, seed=0)
     lab.run(env, RBFPolicy(lab.network(2, 2), seed=0), emit_every=100)
     events = bus.history([EventType.BANDIT_ROUND])
-    assert [e.data["t"] for e in events] == [100, 200, 300]
-    assert all(e.data["mean_regret"] >= 0 for e in events)
+    assert [e.data.t for e in events] == [100, 200, 300]
+    assert all(e.data.mean_regret >= 0 for e in events)
 
 
 def test_run_regret_is_best_mean_minus_chosen_mean() -> None:

@@ -35,8 +35,8 @@ def test_first_novel_error_grows_a_unit_and_publishes(bus: EventBus) -> None:
     net.update(np.array([0.5, 0.5]), 1, 1.0)
     assert net.units == 1
     (event,) = bus.history([EventType.RBF_GROWN])
-    assert event.data["units"] == 1
-    assert event.data["arm"] == 1
+    assert event.data.units == 1
+    assert event.data.arm == 1
 
 
 def test_new_unit_makes_the_network_reproduce_the_reward_there() -> None:

@@ -51,7 +51,7 @@ def test_a_failing_step_restarts_from_the_last_checkpoint_not_the_goal(
     assert first.calls == 1
     assert chain.restarts == 2
     restored = bus.history([EventType.CHECKPOINT_RESTORED])
-    assert [e.data["index"] for e in restored] == [1, 1]
+    assert [e.data.index for e in restored] == [1, 1]
 
 
 def test_when_every_tactic_fails_the_chain_stays_at_its_last_verified_state(
@@ -87,7 +87,7 @@ def test_a_cousin_branch_grafts_a_sub_proof_instead_of_recomputing(
     assert slow.calls == 1
     assert cousin.grafts == 1
     graft = bus.history([EventType.CACHE_GRAFT])[0]
-    assert graft.data["from_branch"] == "main" and graft.data["same_root"] is True
+    assert graft.data.from_branch == "main" and graft.data.same_root is True
     t, y = sympy.symbols("t y")
     assert sympy.expand(cousin.state - ((t - 1) ** 3 + y)) == 0
 

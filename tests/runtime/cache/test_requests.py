@@ -42,7 +42,7 @@ def test_the_schema_key_separates_entries(cache: SubgoalCache) -> None:
 def test_a_wrong_derivative_is_refused_at_admission(cache: SubgoalCache, bus: EventBus) -> None:
     wrong = json.dumps({"answer": "x**2*cos(x)"})
     assert not cache.admit_request("schema", "differentiate x**2*sin(x)", wrong, "w1")
-    assert bus.history([EventType.CACHE_ADMIT])[-1].data["admitted"] is False
+    assert bus.history([EventType.CACHE_ADMIT])[-1].data.admitted is False
 
 
 def test_a_custom_verifier_is_run_on_every_hit(cache: SubgoalCache) -> None:
@@ -65,7 +65,7 @@ def test_an_entry_whose_verifier_is_not_registered_here_is_a_miss(
     )
     other = SubgoalCache(SQLiteStore(home / "cache.sqlite"), bus=bus)
     assert other.lookup_request("s", "capital of France?") is None
-    assert bus.history([EventType.CACHE_MISS])[-1].data["reason"] == "verifier_unavailable"
+    assert bus.history([EventType.CACHE_MISS])[-1].data.reason == "verifier_unavailable"
 
 
 def test_a_value_that_is_not_json_is_refused(cache: SubgoalCache) -> None:

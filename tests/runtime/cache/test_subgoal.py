@@ -74,7 +74,7 @@ def test_events_report_miss_admit_and_hit(cache: SubgoalCache, bus: EventBus) ->
     types = [e.type for e in bus.history(["cache"])]
     assert types == [EventType.CACHE_MISS, EventType.CACHE_ADMIT, EventType.CACHE_HIT]
     hit = bus.history([EventType.CACHE_HIT])[0]
-    assert hit.data["cross_workflow"] is True and hit.workflow_id == "w2"
+    assert hit.data.cross_workflow is True and hit.workflow_id == "w2"
 
 
 def test_when_full_a_subgoal_seen_by_many_workflows_displaces_a_single_use_one(
@@ -88,7 +88,7 @@ def test_when_full_a_subgoal_seen_by_many_workflows_displaces_a_single_use_one(
     assert cache.put("diff(sin(x), x)", sympy.cos(x), workflow_id="w5") is not None
     assert cache.get("diff(sin(y), y)") is not None
     assert cache.get("diff(y**3, y)") is None
-    assert bus.history([EventType.CACHE_EVICT])[0].data["count"] == 1
+    assert bus.history([EventType.CACHE_EVICT])[0].data.count == 1
 
 
 def test_hit_ratio_is_reported_by_kind(cache: SubgoalCache) -> None:

@@ -31,7 +31,7 @@ def test_replacement_text_is_spliced_and_kv_is_exact(done: DecodeSession, bus: E
     assert r.prefilled_tokens == len(new) + len(before) - end
     assert_consistent(done)
     event = bus.history([EventType.SPAN_REPAIRED])[-1]
-    assert (event.data["start"], event.data["old_end"], event.data["new_end"]) == (
+    assert (event.data.start, event.data.old_end, event.data.new_end) == (
         start,
         end,
         r.new_end,

@@ -69,8 +69,8 @@ def test_pause_inside_forward_pass_crops_kv_and_rewinds_rng(
     assert len(s) == fired[0]
     assert_consistent(s)
     paused = bus.history([EventType.DECODE_PAUSED])[-1]
-    assert paused.data["in_forward"] is True
-    assert paused.data["offset"] == len(s)
+    assert paused.data.in_forward is True
+    assert paused.data.offset == len(s)
     s.resume()
     s.run()
     assert s.tokens == ref.tokens
@@ -119,7 +119,7 @@ def test_inject_records_offsets_in_an_event(engine: DecodeEngine, bus: EventBus)
     s.pause()
     start, end = s.inject("result=5")
     event = bus.history([EventType.DECODE_INJECTED])[-1]
-    assert (event.data["start"], event.data["end"]) == (start, end)
+    assert (event.data.start, event.data.end) == (start, end)
     assert engine.text.text(s.tokens[start:end]) == "result=5"
 
 
@@ -231,7 +231,7 @@ def test_higher_priority_session_preempts_a_lower_one(engine: DecodeEngine, bus:
     preempted = [
         e
         for e in bus.history([EventType.DECODE_PAUSED])
-        if e.data["session"] == "low" and e.data["reason"] == "preempted"
+        if e.data.session == "low" and e.data.reason == "preempted"
     ]
     assert preempted
     assert_consistent(low)

@@ -60,9 +60,9 @@ def test_declare_publishes_each_thunk_with_cost_and_offsets(
     ex = DemandExecutor(s, default=expander(_derivs, cost=5))
     assert [t.name for t in ex.declare()] == ["da", "db", "dc"]
     events = bus.history([EventType.THUNK_DECLARED])
-    assert [e.data["cost"] for e in events] == [5, 5, 5]
+    assert [e.data.cost for e in events] == [5, 5, 5]
     first = events[0].data
-    assert engine.text.text(s.tokens[first["start"] : first["end"]]).strip().endswith("⟦da(x^3)⟧")
+    assert engine.text.text(s.tokens[first.start : first.end]).strip().endswith("⟦da(x^3)⟧")
 
 
 def test_only_thunks_a_downstream_step_uses_are_forced(engine: DecodeEngine, bus: EventBus) -> None:
@@ -71,7 +71,7 @@ def test_only_thunks_a_downstream_step_uses_are_forced(engine: DecodeEngine, bus
     assert ex.resolve() == ["db"]
     assert ex.pending == ["da", "dc"]
     assert "b = cos(x)\n" in s.output_text and "⟦da(x^3)⟧" in s.output_text
-    assert [e.data["name"] for e in bus.history([EventType.THUNK_FORCED])] == ["db"]
+    assert [e.data.name for e in bus.history([EventType.THUNK_FORCED])] == ["db"]
     assert_consistent(s)
 
 

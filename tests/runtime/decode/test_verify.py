@@ -94,7 +94,7 @@ def test_failure_is_mapped_to_a_token_span(worked: DecodeSession, bus: EventBus)
     f = failures[0]
     assert worked.engine.text.text(worked.tokens[f.token_start : f.token_end]).strip() == "2x^3"
     event = bus.history([EventType.VERIFIER_FAILED])[-1]
-    assert (event.data["start"], event.data["end"]) == (f.token_start, f.token_end)
+    assert (event.data.start, event.data.end) == (f.token_start, f.token_end)
 
 
 def test_verifier_that_raises_is_a_verifier_error(worked: DecodeSession) -> None:

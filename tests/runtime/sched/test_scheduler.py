@@ -22,6 +22,7 @@ from coreason_runtime._exceptions import (
     UnknownDependencyError,
     WorkerDiedError,
 )
+from coreason_runtime.events import EstimateUpdated
 from coreason_runtime.sched import (
     CallableJob,
     CgroupFreezer,
@@ -80,9 +81,9 @@ def test_outranked_job_is_physically_stopped_then_resumed(bus: EventBus) -> None
 
     def on_event(e):  # type: ignore[no-untyped-def]
         if e.type == EventType.TASK_STARTED:
-            pids[e.data["task"]] = e.data["pid"]
+            pids[e.data.task] = e.data.pid
         if e.type == EventType.TASK_PREEMPTED:
-            proc = psutil.Process(pids[e.data["task"]])
+            proc = psutil.Process(pids[e.data.task])
             deadline = time.monotonic() + 2.0
             while proc.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
                 time.sleep(0.001)
@@ -104,7 +105,7 @@ def test_outranked_job_is_physically_stopped_then_resumed(bus: EventBus) -> None
     result = asyncio.run(main())
     assert states == [psutil.STATUS_STOPPED]
     assert result.tasks["a"].preemptions == 1
-    assert [e.data["task"] for e in bus.history([EventType.TASK_RESUMED])] == ["a"]
+    assert [e.data.task for e in bus.history([EventType.TASK_RESUMED])] == ["a"]
 
 
 def test_off_path_job_is_reniced_while_on_path_job_keeps_priority(bus: EventBus) -> None:
@@ -144,7 +145,7 @@ def test_failed_attempt_is_retried(tmp_path: Path, bus: EventBus) -> None:
     marker = str(tmp_path / "tried")
     result = _run(Scheduler(bus, tick_s=0.05), dag, {"a": lambda s, n: CallableJob(_flaky, marker)})
     assert result.tasks["a"].attempts == 2
-    assert [e.data["will_retry"] for e in bus.history([EventType.TASK_FAILED])] == [True]
+    assert [e.data.will_retry for e in bus.history([EventType.TASK_FAILED])] == [True]
 
 
 class _RecordingJob(CallableJob):
@@ -355,6 +356,21 @@ def test_update_estimate_rejects_bad_values_and_keeps_old_ones(bus: EventBus) ->
 
     asyncio.run(main())
     assert seen == [1.0]
+
+
+def test_an_updated_estimate_is_published_with_who_made_it(bus: EventBus) -> None:
+    dag = SubgoalDAG(tasks=[TaskSpec(id="a", eta=0.3)])
+    sched = Scheduler(bus, tick_s=0.05)
+
+    async def main():  # type: ignore[no-untyped-def]
+        run = asyncio.create_task(sched.run(dag, {"a": lambda s, n: CallableJob(_sleepy, 0.3)}))
+        await asyncio.sleep(0.1)
+        sched.update_estimate("dag", "a", eta=0.5, source="pilot")
+        return await run
+
+    asyncio.run(main())
+    (event,) = bus.history([EventType.ESTIMATE_UPDATED])
+    assert event.data == EstimateUpdated(dag_id="dag", task="a", eta=0.5, p_succ=1.0, by="pilot")
 
 
 def test_compile_probe_marks_a_syntax_error_as_hopeless() -> None:

@@ -131,7 +131,7 @@ def test_step_publishes_slack_funded_and_runs_the_action() -> None:
     final = css.run(lambda: [halve], target=0.0)
     assert final["step"] >= 0
     funded = bus.history([EventType.SLACK_FUNDED])
-    assert [e.data["action"] for e in funded] == ["halve step"]
+    assert [e.data.action for e in funded] == ["halve step"]
 
 
 def test_css_misses_fewer_deadlines_than_edf_under_overload() -> None:

@@ -64,12 +64,12 @@ def test_every_refinement_and_window_is_published_with_its_region() -> None:
     bus = EventBus()
     pulse_sim(watchdog=Watchdog(tol=1e-2), bus=bus, workflow_id="wf").run(T)
     refined = bus.history([EventType.CELL_REFINED])
-    assert refined and all(len(e.data["region"]) == 4 for e in refined)
-    x0, x1, y0, y1 = refined[0].data["region"]
+    assert refined and all(len(e.data.region) == 4 for e in refined)
+    x0, x1, y0, y1 = refined[0].data.region
     assert x0 < x1 and y0 < y1 and refined[0].workflow_id == "wf"
     steps = bus.history([EventType.SIM_STEP])
-    assert steps and np.array(steps[-1].data["refined"]).shape == (4, 4)
-    assert np.array(steps[-1].data["residual"]).shape == (4, 4)
+    assert steps and np.array(steps[-1].data.refined).shape == (4, 4)
+    assert np.array(steps[-1].data.residual).shape == (4, 4)
 
 
 def test_blocks_are_coarsened_once_the_residual_is_small_again() -> None:
@@ -86,8 +86,8 @@ def test_gate_refuses_unprofitable_refinements_and_logs_them() -> None:
     result = pulse_sim(watchdog=Watchdog(tol=1e-2), gate=gate, bus=bus).run(T)
     assert result.refinements == 0 and result.refusals > 0
     refusal = bus.history([EventType.WHATIF_REFUSED])[0]
-    assert refusal.data["predicted_gain"] > 0 and refusal.data["predicted_cost"] > 0
-    assert len(refusal.data["region"]) == 4
+    assert refusal.data.predicted_gain > 0 and refusal.data.predicted_cost > 0
+    assert len(refusal.data.region) == 4
 
 
 def test_hooks_residual_refine_and_check_invariants() -> None:
@@ -98,7 +98,7 @@ def test_hooks_residual_refine_and_check_invariants() -> None:
     with pytest.raises(SimulationError, match="current time"):
         sim.residual((0.5, 0.5), t=0.0)
     assert sim.refine((31, 0), reason="manual")
-    assert bus.history([EventType.CELL_REFINED])[-1].data["reason"] == "manual"
+    assert bus.history([EventType.CELL_REFINED])[-1].data.reason == "manual"
     assert sim.check_invariants() == []
     with pytest.raises(SimulationError, match="outside the domain"):
         sim.residual((-0.1, 0.5))  # would wrap to the far side's block
@@ -193,9 +193,9 @@ def test_positivity_loss_refines_the_block_and_retries_then_fails_loudly() -> No
     assert info.value.region is not None
     assert sim.t == 0.0
     retried = bus.history([EventType.INVARIANT_VIOLATED])[0]
-    assert retried.data["action"] == "refine and retry"
+    assert retried.data.action == "refine and retry"
     refined = bus.history([EventType.CELL_REFINED])
-    assert refined and {e.data["reason"] for e in refined} == {"invariant"}
+    assert refined and {e.data.reason for e in refined} == {"invariant"}
 
 
 def test_positivity_loss_with_no_room_to_refine_fails_loudly_at_once() -> None:

@@ -58,9 +58,9 @@ def test_decisions_are_published_with_their_prediction() -> None:
     gate.decide("b", lambda: Prediction(0.5, 3.0))
     allowed = bus.history([EventType.WHATIF_ALLOWED])
     refused = bus.history([EventType.WHATIF_REFUSED])
-    assert [e.data["name"] for e in allowed] == ["a"]
-    assert allowed[0].data["region"] == [0, 1, 0, 1]
-    assert refused[0].data["predicted_gain"] == 0.5
+    assert [e.data.name for e in allowed] == ["a"]
+    assert allowed[0].data.region == [0, 1, 0, 1]
+    assert refused[0].data.predicted_gain == 0.5
     assert refused[0].workflow_id == "wf"
 
 

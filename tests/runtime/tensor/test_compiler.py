@@ -185,7 +185,7 @@ def test_compile_publishes_an_event(model_tokenizer: Any) -> None:
     bus = EventBus()
     UniversalCompiler(model_tokenizer, bus=bus).compile(Point)
     events = bus.history([EventType.SCHEMA_COMPILED])
-    assert events and events[-1].data["forms"] == ["grammar", "openai", "regex"]
+    assert events and events[-1].data.forms == ["grammar", "openai", "regex"]
 
 
 def test_openai_form_makes_optional_fields_nullable_and_required(

@@ -19,6 +19,7 @@ from coreason_runtime import (
     TierTimeoutError,
     WorkflowAbortedError,
 )
+from coreason_runtime.events import PrefixReused
 from coreason_runtime.models import LoadedModel, tiny_llama
 from coreason_runtime.tensor._compiler import UniversalCompiler
 from coreason_runtime.tensor._local import LocalTier
@@ -152,7 +153,7 @@ def test_reused_prefix_gives_the_same_answer(tiny_model: LoadedModel) -> None:
     assert cold.extra["reused_tokens"] == 0
     assert warm.extra["reused_tokens"] == warm.tokens_in - 1
     events = bus.history([EventType.PREFIX_REUSED])
-    assert events[-1].data == {"reused": warm.tokens_in - 1, "prefill": 1}
+    assert events[-1].data == PrefixReused(reused=warm.tokens_in - 1, prefill=1)
 
 
 def test_prefix_cache_stays_within_its_token_bound(tiny_model: LoadedModel) -> None:
@@ -170,8 +171,8 @@ def test_tokens_stream_as_events(tiny_model: LoadedModel) -> None:
     schema = streaming.compiler.compile(Reading)
     out = streaming.complete(_request(schema), UnmeteredMeter())
     events = bus.history([EventType.TOKENS])
-    assert "".join(e.data["delta"] for e in events) == out.text
-    assert {(e.workflow_id, e.data["tier"]) for e in events} == {("wf-local", "local")}
+    assert "".join(e.data.delta for e in events) == out.text
+    assert {(e.workflow_id, e.data.tier) for e in events} == {("wf-local", "local")}
 
 
 def test_timeout_raises_tier_timeout(tier: LocalTier, reading: CompiledSchema) -> None:

@@ -14,6 +14,7 @@ from coreason_runtime import (
     AuthenticationError,
     BudgetExceededError,
     EventBus,
+    EventType,
     OracleConfig,
     OracleSchemaLimitError,
     ProtocolError,
@@ -22,6 +23,7 @@ from coreason_runtime import (
     TierUnavailableError,
 )
 from coreason_runtime.budget import BudgetCage
+from coreason_runtime.events import TokensBatch
 from coreason_runtime.tensor import CompiledSchema, SchemaSpec, TierRequest, UnmeteredMeter
 from coreason_runtime.tensor._compiler import UniversalCompiler
 from coreason_runtime.tensor._remote import RemoteTier
@@ -76,6 +78,17 @@ def test_stream_is_metered_per_chunk_and_trued_up_to_usage() -> None:
     assert (out.tokens_in, out.tokens_out) == (11, 6)
     assert (meter.tokens_in, meter.tokens_out) == (11, 6)
     assert out.finish_reason == "stop"
+
+
+def test_streamed_tokens_are_published_as_typed_batches_with_their_text() -> None:
+    bus = EventBus()
+    with running("ok", tokens=40, prompt_tokens=11) as server:
+        out = tier_for(server.base_url, bus=bus).complete(request(), UnmeteredMeter())
+    batches = [e.data for e in bus.history([EventType.TOKENS])]
+    assert all(isinstance(b, TokensBatch) and b.tier == "oracle" for b in batches)
+    assert [b.tokens_out for b in batches] == [16, 16, 8]  # every 16 tokens, then the rest
+    assert [b.total_out for b in batches] == [16, 32, 40] and out.tokens_out == 40
+    assert "".join(b.delta for b in batches) == out.text
 
 
 def test_request_carries_strict_schema_streaming_and_usage_options() -> None:

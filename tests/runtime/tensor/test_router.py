@@ -78,7 +78,7 @@ def test_at_most_three_attempts_per_tier_then_escalation(rt: Coordinator) -> Non
     assert res.tier == "oracle"
     assert len(local.requests) == 3
     assert [a.tier for a in res.attempts] == ["local"] * 3 + ["oracle"]
-    assert escalations[0].data["from_tier"] == "local"
+    assert escalations[0].data.from_tier == "local"
 
 
 def test_deterministic_failure_is_not_retried(rt: Coordinator) -> None:

@@ -156,7 +156,9 @@ def test_failing_run_raises_tool_run_error_with_status(tt: ToolTransactions) -> 
 
 def test_aborted_scheduler_task_drops_its_consumer(tt: ToolTransactions) -> None:
     txn = tt.prepare(SQUARE, {"x": 5}, est_cost=1.0, consumers=["proof/lemma"])
-    tt.bus.emit(EventType.TASK_ABORTED, source="sched", dag_id="proof", task="lemma")
+    tt.bus.emit(
+        EventType.TASK_ABORTED, source="sched", dag_id="proof", task="lemma", reason="replanned"
+    )
     assert tt.log.get(txn.id)["state"] == "aborted"
 
 

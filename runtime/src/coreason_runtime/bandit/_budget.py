@@ -143,6 +143,7 @@ class GrowthBudget:
             self.bus.emit(
                 EventType.RBF_GATED,
                 source=self.name,
+                t=None,
                 remaining=remaining,
                 granted=self.granted,
                 refused=self.refused,

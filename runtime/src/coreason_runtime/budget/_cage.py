@@ -140,9 +140,10 @@ class Reservation:
             workflow_id=self.workflow_id,
             source="budget",
             tier=self.tier,
+            stage="charge",
+            requested=would_be,
             granted=self.granted,
             consumed=self.consumed,
-            would_be=would_be,
         )
         raise BudgetExceededError(
             msg,
@@ -316,7 +317,9 @@ class BudgetCage:
     def reset(self, workflow_id: str) -> Ledger:
         """Zero the spend (the ceiling stays)."""
         ledger = self.backend.reset(workflow_id)
-        self.bus.emit(EventType.BUDGET_RESET, workflow_id=workflow_id, source="budget")
+        self.bus.emit(
+            EventType.BUDGET_RESET, workflow_id=workflow_id, source="budget", deleted=False
+        )
         return ledger
 
     def delete(self, workflow_id: str) -> None:
@@ -359,8 +362,10 @@ class BudgetCage:
                 workflow_id=workflow_id,
                 source="budget",
                 tier=tier,
-                requested=minimum,
                 stage="reserve",
+                requested=minimum,
+                granted=0.0,
+                consumed=0.0,
             )
             raise
         record = record.model_copy(update={"granted": grant})

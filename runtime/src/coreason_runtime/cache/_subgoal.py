@@ -228,6 +228,8 @@ class SubgoalCache:
                 kind=form.kind,
                 admitted=False,
                 reason="verification_failed",
+                sightings=None,
+                verifier=None,
             )
             return None
         canon = (
@@ -365,9 +367,12 @@ class SubgoalCache:
             self._emit(
                 EventType.CACHE_ADMIT,
                 workflow_id,
+                key=None,
                 kind="request",
                 admitted=False,
                 reason="verification_failed",
+                sightings=None,
+                verifier=None,
             )
             return False
         form = self._prompt(schema_key, prompt)
@@ -463,6 +468,7 @@ class SubgoalCache:
                 admitted=False,
                 reason="score_below_victim",
                 sightings=sightings,
+                verifier=None,
             )
             return None
         stored = self.store.put(entry)
@@ -472,6 +478,7 @@ class SubgoalCache:
             key=key,
             kind=kind,
             admitted=True,
+            reason=None,
             sightings=sightings,
             verifier=verifier,
         )

@@ -246,4 +246,4 @@ class SessionEditing(SessionFields):
             self._prefilled = cp.prefilled
             if self._state is SessionState.RUNNING:
                 self._state = SessionState.PAUSED
-        self.emit(EventType.CHECKPOINT_RESTORED, offset=cp.offset)
+        self.emit(EventType.DECODE_RESTORED, offset=cp.offset)

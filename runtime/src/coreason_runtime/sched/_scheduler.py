@@ -170,9 +170,8 @@ class Scheduler:
             spec.eta, spec.p_succ = new.eta, new.p_succ
             dag = self._dags[dag_id].dag  # here: once unlocked, the tick may finish the DAG
         self._emit(
-            EventType.SCHEDULE_DECIDED,
+            EventType.ESTIMATE_UPDATED,
             dag,
-            reason="estimate",
             task=task_id,
             eta=spec.eta,
             p_succ=spec.p_succ,

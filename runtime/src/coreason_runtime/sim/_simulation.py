@@ -195,11 +195,13 @@ class MultiFidelitySimulation:
                 self._emit(
                     EventType.WHATIF_REFUSED,
                     name="refine",
-                    block=list(blk),
-                    region=list(g.region(blk)),
+                    allowed=False,
                     reason="memory limit: no room for another fine block",
                     predicted_gain=None,
                     predicted_cost=None,
+                    dry_run_s=None,
+                    region=list(g.region(blk)),
+                    detail={"block": list(blk)},
                 )
         for blk in done:
             self.refinements += 1
@@ -302,6 +304,7 @@ class MultiFidelitySimulation:
                 t=v.t,
                 block=None if v.block is None else list(v.block),
                 region=None if v.region is None else list(v.region),
+                action=None,
             )
             # fixable only if refinement can still happen there: a watchdog, and room for a block
             fixable = (

@@ -269,7 +269,8 @@ class RemoteTier(BlackBoxTier):
         usage_out: int | None = None
         finish: str | None = None
         model = self.model
-        unreported = reported = 0  # tokens not yet announced; parts already announced
+        unreported = 0  # tokens (and parts[reported:], their text) not yet published
+        reported = 0
         chunks = _iter_chunks(stream)
         try:
             while (chunk := self._next_chunk(chunks, request, timeout)) is not None:
@@ -294,7 +295,7 @@ class RemoteTier(BlackBoxTier):
                     if choice.finish_reason:
                         finish = choice.finish_reason
                 if unreported >= _TOKENS_EVENT_EVERY:
-                    self._emit_tokens(request, unreported, charged_out, "".join(parts[reported:]))
+                    self._emit_tokens(request, "".join(parts[reported:]), unreported, charged_out)
                     unreported, reported = 0, len(parts)
                 if time.monotonic() > deadline:
                     msg = f"the oracle did not finish within {timeout:g}s"
@@ -302,7 +303,7 @@ class RemoteTier(BlackBoxTier):
         finally:
             stream.close()
             if unreported:
-                self._emit_tokens(request, unreported, charged_out, "".join(parts[reported:]))
+                self._emit_tokens(request, "".join(parts[reported:]), unreported, charged_out)
         if finish is None:
             msg = (
                 f"the oracle's stream ended before a finish_reason ({charged_out} output tokens "
@@ -362,7 +363,7 @@ class RemoteTier(BlackBoxTier):
     def model_name(self) -> str:
         return self.model
 
-    def _emit_tokens(self, request: TierRequest, delta: int, total: int, text: str) -> None:
+    def _emit_tokens(self, request: TierRequest, text: str, tokens: int, total: int) -> None:
         if self.bus is not None:
             self.bus.emit(
                 EventType.TOKENS,
@@ -370,7 +371,7 @@ class RemoteTier(BlackBoxTier):
                 source="tier.oracle",
                 tier=self.name,
                 delta=text,
-                tokens_out=delta,
+                tokens_out=tokens,
                 total_out=total,
             )
 

@@ -231,7 +231,7 @@ class TensorRouter:
             EventType.REQUEST_STARTED,
             workflow_id=wf,
             source="router",
-            schema=spec.name,
+            schema_name=spec.name,
             schema_key=spec.key,
             tiers=[t.name for t in cascade],
         )
@@ -287,7 +287,7 @@ class TensorRouter:
             source="router",
             cost=cost,
             attempts=[a.model_dump() for a in conv.attempts],
-            schema=spec.name,
+            schema_name=spec.name,
         )
         return EpistemicYieldError(
             msg,
@@ -392,7 +392,9 @@ class TensorRouter:
         self.budgets.record(wf, "human", note="Oracle Circuit: answered by a human")
         attempt = Attempt(tier="human", index=1, ok=True, model="human")
         attempts = [*error.attempts, attempt]
-        self.bus.emit(EventType.HUMAN_ANSWERED, workflow_id=wf, source="router", schema=spec.name)
+        self.bus.emit(
+            EventType.HUMAN_ANSWERED, workflow_id=wf, source="router", schema_name=spec.name
+        )
         self.bus.emit(
             EventType.REQUEST_FINISHED,
             workflow_id=wf,

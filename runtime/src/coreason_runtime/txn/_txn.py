@@ -21,6 +21,7 @@ from coreason_runtime._exceptions import (
     TransactionStateError,
     UnknownTransactionError,
 )
+from coreason_runtime._payloads import TaskAborted
 from coreason_runtime.txn._log import AuditLog
 from coreason_runtime.txn._proc import GATE_CLOSED, GatedRun, identity
 from coreason_runtime.txn._recover import RecoveryReport, recover_open
@@ -130,7 +131,14 @@ class Transaction:
                 error=reason,
                 during_run=True,
             )
-        _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=True, cpu_s=self._cpu_at_kill)
+        _emit(
+            self,
+            EventType.TXN_ABORTED,
+            reason=reason,
+            during_run=True,
+            failed=False,
+            cpu_s=self._cpu_at_kill,
+        )
         return True
 
     def join(self, timeout: float | None = None) -> None:
@@ -182,7 +190,7 @@ class Transaction:
                 )
             )
             return
-        _emit(self, EventType.TXN_COMMITTED, phase="running", pid=run.pid)
+        _emit(self, EventType.TXN_COMMITTED, phase="running", pid=run.pid, cpu_s=None)
         run.open_gate()
         self._watcher = threading.Thread(
             target=self._watch, args=(fut, run), daemon=True, name=f"txn-{self.id}"
@@ -199,7 +207,7 @@ class Transaction:
             if (self._abort_reason is not None and rc != 0) or gate_closed:
                 self._settle_aborted(rc, cpu)
             else:
-                fut.set_result(self._settle_ended(rc, cpu))
+                fut.set_result(self._settle_ended(rc, cpu, run.pid))
         except (TransactionAbortedError, ToolRunError) as e:  # how the commit ends
             fut.set_exception(e)
 
@@ -216,14 +224,16 @@ class Transaction:
                 error=reason,
                 during_run=True,
             )
-            _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=True, cpu_s=cpu)
+            _emit(
+                self, EventType.TXN_ABORTED, reason=reason, during_run=True, failed=False, cpu_s=cpu
+            )
         else:
             self.manager.log.record(self.id, "reaped", returncode=rc)
         self.manager.forget(self)
         msg = f"transaction {self.id} aborted during its run: {reason}"
         raise TransactionAbortedError(msg, workflow_id=self.workflow_id)
 
-    def _settle_ended(self, rc: int, cpu: float) -> Any:
+    def _settle_ended(self, rc: int, cpu: float, run_pid: int) -> Any:
         """Record a run that ended by itself; return its parsed result or raise its failure."""
         stdout = self._path("out").read_bytes()
         if rc == 0:
@@ -243,7 +253,7 @@ class Transaction:
                     **late,
                 )
                 self.manager.forget(self)
-                _emit(self, EventType.TXN_COMMITTED, phase="done", cpu_s=cpu)
+                _emit(self, EventType.TXN_COMMITTED, phase="done", pid=run_pid, cpu_s=cpu)
                 return value
         else:
             tail = self._path("err").read_bytes()[-500:].decode(errors="replace")
@@ -252,7 +262,7 @@ class Transaction:
             self.id, "failed", state="failed", returncode=rc, cpu_s=cpu, error=error
         )
         self.manager.forget(self)
-        _emit(self, EventType.TXN_ABORTED, reason=error, during_run=True, failed=True)
+        _emit(self, EventType.TXN_ABORTED, reason=error, during_run=True, failed=True, cpu_s=cpu)
         msg = f"transaction {self.id} failed: {error}"
         raise ToolRunError(msg, returncode=rc, workflow_id=self.workflow_id)
 
@@ -268,7 +278,7 @@ class Transaction:
         ):
             return False
         self.manager.forget(self)
-        _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=False, cpu_s=0.0)
+        _emit(self, EventType.TXN_ABORTED, reason=reason, during_run=False, failed=False, cpu_s=0.0)
         return True
 
 
@@ -409,12 +419,10 @@ class ToolTransactions:
         return [t.id for t in victims if t.abort(f"{reason}: {consumer} dropped")]
 
     def _on_task_event(self, event: Event) -> None:
-        task = event.data.get("task")
-        if task:
-            self.drop_consumer(str(task), reason="task aborted")
-            dag = event.data.get("dag_id")
-            if dag:
-                self.drop_consumer(f"{dag}/{task}", reason="task aborted")
+        if isinstance(event.data, TaskAborted):
+            task, dag = event.data.task, event.data.dag_id
+            self.drop_consumer(task, reason="task aborted")
+            self.drop_consumer(f"{dag}/{task}", reason="task aborted")
 
     def forget(self, txn: Transaction) -> None:
         """Stop tracking a transaction that has ended (its run recorded in the log)."""
