@@ -113,8 +113,8 @@ def test_each_change_is_announced_once_with_the_previous_state() -> None:
     controls.resume("wf")
     events = bus.history(["workflow"])
     assert [e.type for e in events] == [EventType.WORKFLOW_PAUSED, EventType.WORKFLOW_RESUMED]
-    assert events[0].data["previous"] == "running"
-    assert events[0].data["reason"] == "lunch"
+    assert events[0].data.previous == "running"
+    assert events[0].data.reason == "lunch"
 
 
 def test_intents_by_name_and_bad_ones() -> None:

@@ -324,7 +324,7 @@ def test_a_pause_lands_inside_a_forward_pass_and_resume_gives_the_same_answer(
             worker.start()
             assert paused.wait(30)
             event = bus.history([EventType.DECODE_PAUSED])[-1]
-            assert event.data["in_forward"] is True
+            assert event.data.in_forward is True
             assert worker.is_alive()  # held at the pause, not finished
         finally:
             handle.remove()
