@@ -54,7 +54,7 @@ def _until(pred, timeout=120.0):
         time.sleep(0.002)
     return False
 def _probe(wf):
-    c = _m.controls.get(wf)
+    c = _m.controls.status(wf)
     print(json.dumps({"blocked": c.blocked_at, "changed": c.changed_at, "tokens": c.tokens_out}))
 """
 PROMPT = "Write a long essay about the history of lighthouses, with many details."
@@ -64,10 +64,10 @@ def _trial_magic(k: Kernel, i: int) -> dict[str, float] | None:
     wf = f"magic{i}"
     k.run(f"%coreason budget {wf} 1000000")
     k.run(f"%%coreason ask Essay -w {wf} -n 200 --background -o e{i}\n{PROMPT}")
-    k.run(f"assert _until(lambda: _m.controls.get('{wf}').tokens_out >= 8)", timeout=300)
+    k.run(f"assert _until(lambda: _m.controls.status('{wf}').tokens_out >= 8)", timeout=300)
     sent = time.time()
     k.run(f"%coreason pause {wf}")
-    k.run(f"_until(lambda: _m.controls.get('{wf}').waiting == 1, 10)")
+    k.run(f"_until(lambda: _m.controls.status('{wf}').waiting == 1, 10)")
     probe = json.loads(k.run(f"_probe('{wf}')").strip())
     k.run(f"%coreason abort {wf}")
     k.run(f"e{i}_handle.wait(60)")
@@ -81,7 +81,7 @@ def _trial_comm(k: Kernel, i: int, sub: str) -> dict[str, float] | None:
     k.run(f"%coreason budget {wf} 1000000")
     running = k.execute_nowait(f"%%coreason ask Essay -w {wf} -n 200 -o f{i}\n{PROMPT}")
     probe_id = k.execute_nowait(
-        f"_until(lambda: _m.controls.get('{wf}').tokens_out >= 8)", subshell=sub
+        f"_until(lambda: _m.controls.status('{wf}').tokens_out >= 8)", subshell=sub
     )
     k.shell_reply(probe_id, timeout=300)
     sent = time.time()
@@ -91,7 +91,7 @@ def _trial_comm(k: Kernel, i: int, sub: str) -> dict[str, float] | None:
         subshell=sub,
     )
     wait_id = k.execute_nowait(
-        f"_until(lambda: _m.controls.get('{wf}').waiting == 1, 10)\n_probe('{wf}')", subshell=sub
+        f"_until(lambda: _m.controls.status('{wf}').waiting == 1, 10)\n_probe('{wf}')", subshell=sub
     )
     reply_probe = _stdout_of(k, wait_id)
     k.send_shell(

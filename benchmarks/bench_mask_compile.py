@@ -30,8 +30,9 @@ def pct(values: list[float], q: float) -> float:
 def run(folder: Path, limit: int | None, max_tokens: int) -> dict[str, Any]:
     import numpy as np
     from coreason_runtime import SchemaCompileError
+    from coreason_runtime.decode import tokenizer_info
     from coreason_runtime.models import load_tokenizer
-    from coreason_runtime.tensor._compiler import compile_grammar, tokenizer_info
+    from coreason_runtime.tensor._compiler import compile_grammar
 
     info = tokenizer_info(load_tokenizer())
     assert info is not None

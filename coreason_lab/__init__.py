@@ -14,7 +14,6 @@ from typing import Any as _Any
 from coreason_lab._ask import AskHandle
 from coreason_lab._comm import TARGET as COMM_TARGET
 from coreason_lab._comm import CommBridge
-from coreason_lab._control import Controls, GatedTier, WorkflowAborted
 from coreason_lab._display import ResultDisplay
 from coreason_lab._magics import CoreasonMagics
 from coreason_lab._oracle_circuit import OracleForm
@@ -31,13 +30,10 @@ __all__ = [
     "CellInvariantViolation",
     "CellThunk",
     "CommBridge",
-    "Controls",
     "CoreasonMagics",
-    "GatedTier",
     "OracleForm",
     "ResultDisplay",
     "Throttle",
-    "WorkflowAborted",
     "__version__",
     "load_ipython_extension",
     "unload_ipython_extension",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ipywidgets as W
-from coreason_runtime import EpistemicYieldError, Event
+from coreason_runtime import Controls, EpistemicYieldError, Event, WorkflowAbortedError
 from coreason_runtime.events import (
     AttemptFailed,
     AttemptFinished,
@@ -21,7 +21,6 @@ from IPython.core.error import UsageError
 from pydantic import BaseModel
 
 from coreason_lab._args import suggest
-from coreason_lab._control import Controls, WorkflowAborted
 from coreason_lab._display import ResultDisplay
 from coreason_lab._throttle import Throttle
 
@@ -113,7 +112,7 @@ class AskHandle:
         self._attempts = 0
         self._tier = ""
         self._cost = 0.0
-        self._control = controls.state(workflow_id)
+        self._control: str = controls.state(workflow_id)
         self.progress = W.HTML()
         self.output = W.Output()
         self.widget = W.VBox([self.progress, self.output])
@@ -139,7 +138,7 @@ class AskHandle:
             return "done"
         if self.form is not None:
             return "awaiting human"
-        if isinstance(self.error, WorkflowAborted):
+        if isinstance(self.error, WorkflowAbortedError):
             return "aborted"
         return "failed"
 
@@ -149,8 +148,8 @@ class AskHandle:
 
     @property
     def tokens_out(self) -> int:
-        """Output tokens charged in this workflow through the control gate so far."""
-        return self._controls.get(self.workflow_id).tokens_out
+        """Output tokens charged in this workflow so far (as the runtime's controls count)."""
+        return self._controls.status(self.workflow_id).tokens_out
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the request finishes (or ``timeout``); returns :attr:`status`."""
@@ -172,16 +171,16 @@ class AskHandle:
     # --- intents ------------------------------------------------------------------------------
 
     def pause(self) -> None:
-        self._controls.pause(self.workflow_id, origin="handle")
+        self._controls.pause(self.workflow_id, reason="handle")
 
     def resume(self) -> None:
-        self._controls.resume(self.workflow_id, origin="handle")
+        self._controls.resume(self.workflow_id, reason="handle")
 
     def preempt(self) -> None:
-        self._controls.preempt(self.workflow_id, origin="handle")
+        self._controls.preempt(self.workflow_id, reason="handle")
 
     def abort(self) -> None:
-        self._controls.abort(self.workflow_id, origin="handle")
+        self._controls.abort(self.workflow_id, reason="handle")
 
     # --- callbacks (runtime thread) -----------------------------------------------------------
 
@@ -214,8 +213,6 @@ class AskHandle:
         else:
             self._ns[self.into] = self.result_obj.value
             self.output.append_display_data(ResultDisplay(self.result_obj, name=self.into))
-        if isinstance(self.error, WorkflowAborted):
-            self._controls.clear(self.workflow_id)
         self._control_sub.unsubscribe()
         self._throttle.close()
         self._finished.set()

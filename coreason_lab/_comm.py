@@ -32,9 +32,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from coreason_runtime import Event, may_hold_secret, redact
+from coreason_runtime import Controls, Event, may_hold_secret, redact
 
-from coreason_lab._control import INTENTS, Controls
 from coreason_lab._throttle import Throttle
 
 __all__ = ["TARGET", "CommBridge", "event_json", "events_json", "honour_frontend_subshell"]
@@ -101,8 +100,9 @@ class CommBridge:
 
     Parameters
     ----------
-    runtime, controls:
-        What the comm reports on and what its intents act on.
+    runtime:
+        What the comm reports on; its intents go to ``runtime.controls``. Or ``provider``, a
+        function returning the runtime (started when the frontend first connects).
     max_per_second:
         Event batches per second per open comm.
     """
@@ -110,16 +110,14 @@ class CommBridge:
     def __init__(
         self,
         runtime: Any = None,
-        controls: Controls | None = None,
         max_per_second: float = 10.0,
         *,
-        provider: Callable[[], tuple[Any, Controls]] | None = None,
+        provider: Callable[[], Any] | None = None,
     ) -> None:
-        if provider is None and (runtime is None or controls is None):
-            msg = "CommBridge needs a runtime and controls, or a provider of both"
+        if provider is None and runtime is None:
+            msg = "CommBridge needs a runtime, or a provider of one"
             raise ValueError(msg)
         self._runtime = runtime
-        self._controls = controls
         self._provider = provider
         self.max_per_second = max_per_second
         self.open_comms: dict[str, tuple[Any, Throttle]] = {}
@@ -127,7 +125,7 @@ class CommBridge:
 
     def _resolve(self) -> None:
         if self._provider is not None:  # the runtime starts when the frontend first connects
-            self._runtime, self._controls = self._provider()
+            self._runtime = self._provider()
 
     @property
     def runtime(self) -> Any:
@@ -136,9 +134,8 @@ class CommBridge:
 
     @property
     def controls(self) -> Controls:
-        self._resolve()
-        assert self._controls is not None
-        return self._controls
+        controls: Controls = self.runtime.controls
+        return controls
 
     def register(self) -> bool:
         """Register the target with the kernel's comm manager; False outside a kernel."""
@@ -188,14 +185,17 @@ class CommBridge:
             {
                 "type": "hello",
                 "version": __version__,
-                "intents": list(INTENTS),
+                "intents": list(Controls.INTENTS),
                 "workflows": self._workflows(),
                 "ledgers": _ledgers(self.runtime),
             }
         )
 
     def _workflows(self) -> list[dict[str, str]]:
-        return [{"workflow_id": c.workflow_id, "state": c.state} for c in self.controls.workflows()]
+        return [
+            {"workflow_id": c.workflow_id, "state": c.state.value}
+            for c in self.controls.workflows()
+        ]
 
     def on_msg(self, comm: Any, msg: dict[str, Any]) -> None:
         data = msg.get("content", {}).get("data")
@@ -221,15 +221,15 @@ class CommBridge:
         if kind != "intent":
             return {"type": "error", "message": f"unknown message type {kind!r}"}
         intent, workflow = data.get("intent"), data.get("workflow_id")
-        if intent not in INTENTS:
+        if intent not in Controls.INTENTS:
             return {
                 "type": "error",
-                "message": f"unknown intent {intent!r}; expected one of {list(INTENTS)}",
+                "message": f"unknown intent {intent!r}; expected one of {list(Controls.INTENTS)}",
             }
         if not isinstance(workflow, str) or not workflow:
             return {"type": "error", "message": "an intent needs a workflow_id"}
-        ctl = self.controls.apply(intent, workflow, origin="comm")
-        return {"type": "ack", "intent": intent, "workflow_id": workflow, "state": ctl.state}
+        state = self.controls.apply(intent, workflow, reason="side panel")
+        return {"type": "ack", "intent": intent, "workflow_id": workflow, "state": state.value}
 
     def _closed(self, comm_id: str) -> None:
         entry = self.open_comms.pop(comm_id, None)

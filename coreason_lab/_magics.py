@@ -7,7 +7,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-from coreason_runtime import EpistemicYieldError, UnknownWorkflowError
+from coreason_runtime import Controls, EpistemicYieldError, UnknownWorkflowError
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.display import HTML, display
@@ -17,7 +17,6 @@ from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 from coreason_lab._args import VERBS, DashboardArgs, build_parser, parse_line, suggest
 from coreason_lab._ask import AskHandle, resolve_schema, split_schema_cell
 from coreason_lab._comm import CommBridge
-from coreason_lab._control import Controls, GatedTier
 from coreason_lab._display import ResultDisplay, status_html
 from coreason_lab._oracle_circuit import OracleForm
 from coreason_lab._steps import CellInvariant, CellThunk
@@ -92,7 +91,6 @@ class CoreasonMagics(Magics):
     def __init__(self, shell: Any = None, runtime: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._runtime = runtime
-        self._controls: Controls | None = None
         self.bridge: CommBridge | None = None
         self.handles: list[AskHandle] = []
         self.thunks: dict[str, CellThunk] = {}
@@ -109,9 +107,6 @@ class CoreasonMagics(Magics):
             from coreason_runtime import Coordinator
 
             self._runtime = Coordinator.default()
-            self._controls = None
-        if self._controls is None:
-            self._controls = Controls(self._runtime.bus)
         return self._runtime
 
     def register_comm(self) -> bool:
@@ -119,16 +114,16 @@ class CoreasonMagics(Magics):
         connect before any magic ran; the runtime itself starts on the first connection."""
         if self.bridge is None:
             self.bridge = CommBridge(
-                provider=lambda: (self.runtime, self.controls),
+                provider=lambda: self.runtime,
                 max_per_second=self.max_updates_per_second,
             )
         return self.bridge.register()
 
     @property
     def controls(self) -> Controls:
-        self.runtime  # noqa: B018 - builds the controls with the runtime
-        assert self._controls is not None
-        return self._controls
+        """The runtime's workflow controls: magics, widgets and the side panel send intents."""
+        controls: Controls = self.runtime.controls
+        return controls
 
     @property
     def ns(self) -> dict[str, Any]:
@@ -220,7 +215,7 @@ class CoreasonMagics(Magics):
             targets = sorted({h.workflow_id for h in self.handles if not h.future.done()}) or [
                 self.default_workflow
             ]
-        return [self.controls.apply(intent, wf, origin="magic") for wf in targets]
+        return [self.controls.apply(intent, wf, reason=f"%coreason {intent}") for wf in targets]
 
     def handle_pause(self, args: Any, cell: str | None) -> Any:
         return self._control("pause", args)
@@ -240,7 +235,6 @@ class CoreasonMagics(Magics):
             self.invariants.clear()
         if args.workflow is not None:
             self._require_ledger(args.workflow)
-            self.controls.clear(args.workflow)
             return HTML(status_html([self.runtime.budgets.reset(args.workflow)], [], [], {}, {}))
         if not args.steps:
             msg = "%coreason reset: name a workflow to zero its ledger, or pass --steps"
@@ -295,21 +289,15 @@ class CoreasonMagics(Magics):
 
     # --- ask ----------------------------------------------------------------------------------
 
-    def _gate_tiers(self) -> None:
-        """Wrap the router's tiers so pause/abort act at the next metered token."""
-        router = self.runtime.router
-        tiers = router.tiers
-        if not all(isinstance(t, GatedTier) for t in tiers):
-            router.set_tiers(
-                [t if isinstance(t, GatedTier) else GatedTier(t, self.controls) for t in tiers]
-            )
-
     def _schema_from_cell(self, code: str) -> Any:
         try:
             ast.parse(code)
         except SyntaxError as e:
             msg = f"%%coreason ask: the schema code above '---' does not parse: {e}"
             raise UsageError(msg) from e
+        if self.shell is None:
+            msg = "%%coreason ask: a schema defined in the cell needs an IPython shell"
+            raise UsageError(msg)
         before = {k: id(v) for k, v in self.ns.items()}
         self.shell.ex(code)
         new = [
@@ -361,16 +349,12 @@ class CoreasonMagics(Magics):
         name = schema.__name__ if isinstance(schema, type) else str(schema.get("title", "schema"))
         into = args.into or self.result_name
         state = self.controls.state(wf)
-        running = any(h.workflow_id == wf and not h.future.done() for h in self.handles)
-        if state == "aborted" and not running:
-            self.controls.clear(wf)  # an abort stops the work that was running, not later asks
-        elif state in ("paused", "preempted") and not args.background:
+        if state.holds and not args.background:
             msg = (
                 f"workflow {wf!r} is {state}; `%coreason resume {wf}` first, or ask with "
                 "--background to queue behind the pause"
             )
             raise UsageError(msg)
-        self._gate_tiers()
         if args.dashboard or (args.dashboard is None and self.show_dashboard_on_ask):
             display(self.handle_dashboard(DashboardArgs(workflow=wf), None))
         kwargs = {
@@ -412,9 +396,8 @@ class CoreasonMagics(Magics):
             while not future.done():
                 concurrent.futures.wait([future], timeout=0.2)
         except KeyboardInterrupt:
-            self.controls.abort(workflow, origin="interrupt")
+            self.controls.abort(workflow, reason="interrupted")
             concurrent.futures.wait([future], timeout=30)
-            self.controls.clear(workflow)
             raise
         return future.result()
 
@@ -460,7 +443,7 @@ class CoreasonMagics(Magics):
             bus=self.runtime.bus,
             workflow_id=self._workflow(args.workflow),
             resolve=self.thunks.get,
-            checkpoint=self.controls.checkpoint,
+            controls=self.controls,
         )
         self.thunks[args.name] = thunk
         self.ns[args.name] = thunk
@@ -522,8 +505,6 @@ class CoreasonMagics(Magics):
             order = runner.order(args.targets or list(self.thunks))
         except ValueError as e:
             raise UsageError(f"%coreason run: {e}") from e
-        if self.controls.state(wf) == "aborted":
-            self.controls.clear(wf)
         report = self.wait(runner.submit(order, wf), wf)
         if args.check and self.invariants:
             report.invariants = runner.check(list(self.invariants), wf).results

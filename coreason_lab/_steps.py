@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coreason_runtime import EventBus, EventType, SimulationError
+from coreason_runtime import Controls, EventBus, EventType, SimulationError
 
 __all__ = [
     "CellInvariant",
@@ -68,7 +68,7 @@ class CellThunk:
         bus: EventBus,
         workflow_id: str | None = None,
         resolve: Callable[[str], CellThunk | None] | None = None,
-        checkpoint: Callable[[str | None], None] | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.name = name
         self.code = code
@@ -77,7 +77,7 @@ class CellThunk:
         self._ns = namespace
         self._bus = bus
         self._resolve = resolve or (lambda n: None)
-        self._checkpoint = checkpoint or (lambda wf: None)
+        self._controls = controls
         self._lock = threading.RLock()
         self._value: Any = _UNSET
         self.error: BaseException | None = None
@@ -112,7 +112,9 @@ class CellThunk:
             for dep in self.deps:
                 other = self._resolve(dep)
                 values[dep] = other.force() if other is not None else self._ns[dep]
-            self._checkpoint(self.workflow_id)
+            if self._controls is not None and self.workflow_id is not None:
+                with self._controls.scope(self.workflow_id) as ticket:
+                    ticket.checkpoint()  # a paused workflow holds the step here
             ns = dict(self._ns)
             ns.update(values)
             started = time.perf_counter()

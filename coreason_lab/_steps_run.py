@@ -14,9 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coreason_runtime import EventType, SchedulerError
+from coreason_runtime import (
+    Controls,
+    ControlState,
+    EventType,
+    SchedulerError,
+    Ticket,
+    WorkflowAbortedError,
+)
 
-from coreason_lab._control import Controls, WorkflowAborted
 from coreason_lab._steps import (
     CellInvariant,
     CellInvariantResult,
@@ -50,6 +56,18 @@ class CheckReport:
 
     def __repr__(self) -> str:
         return "CheckReport(" + ", ".join(f"{r.name}={r.ok}" for r in self.results) + ")"
+
+
+class _CancelOnAbort:
+    """Cancels a running DAG when its workflow is aborted (pauses hold its steps instead)."""
+
+    def __init__(self, scheduler: Any, dag_id: str) -> None:
+        self._scheduler = scheduler
+        self._dag_id = dag_id
+
+    def control(self, state: ControlState) -> None:
+        if state is ControlState.ABORTED:
+            self._scheduler.cancel(self._dag_id, reason="aborted by operator")
 
 
 class StepRunner:
@@ -99,31 +117,30 @@ class StepRunner:
             ],
         )
 
-        def action(name: str) -> Any:
+        def action(name: str, ticket: Ticket) -> Any:
             def target(gate: Any) -> bool:
                 gate.checkpoint()
-                self.controls.checkpoint(workflow_id)
+                ticket.checkpoint()  # the run's ticket: paused holds, aborted raises
                 self.thunks[name].force()
                 return True  # a step's value may be falsy; success is "did not raise"
 
             return lambda spec, attempt: InProcessJob(target)
 
-        def on_control(ctl: Any) -> None:
-            if ctl.workflow_id == workflow_id and ctl.aborted:
-                sched.cancel(dag.id, reason="aborted by operator")
-
-        self.controls.listeners.append(on_control)
-
         async def run() -> RunReport:
-            try:
-                result = await sched.run(dag, {n: action(n) for n in order}, check=False)
-            finally:
-                self.controls.listeners.remove(on_control)
-            return self._report(result, order, workflow_id)
+            with (
+                self.controls.scope(workflow_id) as ticket,
+                ticket.track(_CancelOnAbort(sched, dag.id)),
+            ):
+                actions = {n: action(n, ticket) for n in order}
+                result = await sched.run(dag, actions, check=False)
+                aborted = ticket.aborted
+            return self._report(result, order, workflow_id, aborted=aborted)
 
         return self.runtime.submit(run())  # type: ignore[no-any-return]
 
-    def _report(self, result: Any, order: list[str], workflow_id: str) -> RunReport:
+    def _report(
+        self, result: Any, order: list[str], workflow_id: str, *, aborted: bool
+    ) -> RunReport:
         report = RunReport(
             workflow_id,
             states={n: result.tasks[n].state for n in order},
@@ -138,9 +155,9 @@ class StepRunner:
         for thunk in failed:
             if thunk.error is not None:
                 raise thunk.error  # the step's own exception, as if it ran in the cell
-        if self.controls.state(workflow_id) == "aborted" or result.status == "cancelled":
+        if aborted or result.status == "cancelled":
             msg = f"run of workflow {workflow_id!r} was aborted: {result.error}"
-            raise WorkflowAborted(msg, workflow_id=workflow_id)
+            raise WorkflowAbortedError(msg, workflow_id=workflow_id)
         msg = f"run of workflow {workflow_id!r} {result.status}: {result.error}"
         raise SchedulerError(msg, workflow_id=workflow_id)
 

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as W
-from coreason_runtime import Event
+from coreason_runtime import Controls, Event
 
 from coreason_lab._comm import honour_frontend_subshell
-from coreason_lab._control import Controls
 from coreason_lab._throttle import Throttle
 from coreason_lab._widgets._state import WorkflowState
 from coreason_lab._widgets._views import (
@@ -189,7 +188,7 @@ class Dashboard:
         if not target:
             self.status.value = "<small style='color:#d62728'>pick a workflow first</small>"
             return
-        self.controls.apply(intent, target, origin="dashboard")
+        self.controls.apply(intent, target, reason="dashboard")
         self.throttle.flush()
 
     def _on_freeze(self, change: dict[str, Any]) -> None:

@@ -10,19 +10,19 @@ from typing import Any
 from jupyter_client.manager import start_new_kernel
 
 # A tier that decodes like a small local model: one token every ``delay`` seconds, each
-# charged to the meter as it is produced (so the control gate sees every token), until the
+# charged to the meter as it is produced (so the workflow's controls see every token), until the
 # test sets ``finish`` (or max_tokens is reached), so a test never races the decode's end.
 SLOW_TIER = """
 import threading, time
 from pydantic import BaseModel
 from coreason_runtime import Coordinator
-from coreason_runtime.tensor import TierOutput
+from coreason_runtime.tensor import BlackBoxTier, TierOutput
 
 class Answer(BaseModel):
     value: int
 
-class SlowTier:
-    name, steerable, model = "local", False, "slow"
+class SlowTier(BlackBoxTier):
+    name, model_name = "local", "slow"
     def __init__(self, delay=0.01):
         self.delay, self.finish = delay, threading.Event()
     def complete(self, request, meter):

@@ -10,7 +10,7 @@ from comm.base_comm import BaseComm
 from coreason_runtime import Coordinator, Event, EventType
 from coreason_runtime.events import Log, WhatIfDecided
 
-from coreason_lab import CommBridge, Controls
+from coreason_lab import CommBridge
 from coreason_lab._comm import event_json
 
 
@@ -35,7 +35,7 @@ class RecordingComm(BaseComm):
 
 @pytest.fixture
 def bridge(rt: Coordinator) -> CommBridge:
-    b = CommBridge(rt, Controls(rt.bus), max_per_second=10)
+    b = CommBridge(rt, max_per_second=10)
     yield b
     b.close()
 

@@ -35,10 +35,10 @@ def test_pause_magic_stops_a_background_ask_until_resume(kernel: Kernel) -> None
         "%%coreason ask Answer -w bg --background -n 5000 -o bg_value\n"
         "slow question in the background"
     )
-    kernel.run("assert _until(lambda: _m.controls.get('bg').tokens_out > 0)")
+    kernel.run("assert _until(lambda: _m.controls.status('bg').tokens_out > 0)")
     kernel.run("%coreason pause bg")  # the next cell, while the ask still decodes
     out = kernel.run(
-        "assert _until(lambda: _m.controls.get('bg').waiting == 1)\n"
+        "assert _until(lambda: _m.controls.status('bg').waiting == 1)\n"
         "n1 = bg_value_handle.tokens_out; time.sleep(0.2); n2 = bg_value_handle.tokens_out\n"
         "print(bg_value_handle.status, n1 == n2)"
     )
@@ -73,7 +73,7 @@ def test_comm_intent_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel) -> N
     acks = [m for m in kernel.comm_msgs if m.get("type") == "ack"]  # event batches interleave
     assert acks[-1] == {"type": "ack", "intent": "pause", "workflow_id": "fg", "state": "paused"}
     check = kernel.execute_nowait(
-        "assert _until(lambda: _m.controls.get('fg').waiting == 1), _m.controls.get('fg')",
+        "assert _until(lambda: _m.controls.status('fg').waiting == 1), _m.controls.status('fg')",
         subshell=sub,
     )
     reply = kernel.shell_reply(check)["content"]
@@ -111,14 +111,14 @@ def test_dashboard_button_on_a_subshell_pauses_a_foreground_cell(kernel: Kernel)
     click = {"method": "custom", "content": {"event": "click"}}
     kernel.send_shell("comm_msg", {"comm_id": ids[0], "data": click}, subshell=sub)
     check = kernel.execute_nowait(
-        "assert _until(lambda: _m.controls.get('fg2').waiting == 1), _m.controls.get('fg2')",
+        "assert _until(lambda: _m.controls.status('fg2').waiting == 1), _m.controls.status('fg2')",
         subshell=sub,
     )
     reply = kernel.shell_reply(check)["content"]
     assert reply["status"] == "ok", reply.get("evalue")
     kernel.send_shell("comm_msg", {"comm_id": ids[1], "data": click}, subshell=sub)
     done = kernel.execute_nowait(
-        "assert _until(lambda: _m.controls.get('fg2').state == 'running')\n_tier.finish.set()",
+        "assert _until(lambda: _m.controls.status('fg2').state == 'running')\n_tier.finish.set()",
         subshell=sub,
     )
     assert kernel.shell_reply(done)["content"]["status"] == "ok"

@@ -7,14 +7,14 @@ import time
 from importlib import metadata
 
 import pytest
-from coreason_runtime import BudgetExceededError, Coordinator, EventType
+from coreason_runtime import BudgetExceededError, Controls, Coordinator, EventType
 from coreason_runtime.events import WorkflowControlChanged
 from coreason_runtime.tensor import ScriptedTier
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import TraitError
 
-from coreason_lab import Controls, CoreasonMagics, ResultDisplay
+from coreason_lab import CoreasonMagics, ResultDisplay
 from tests.lab.conftest import tiers
 
 
@@ -214,7 +214,7 @@ def test_pause_stops_a_running_request_until_resume(
     assert started.wait(10)
     line(ip, "pause wf")
     release.set()
-    assert until(lambda: magics.controls.get("wf").waiting == 1)  # blocked at the next token
+    assert until(lambda: magics.controls.status("wf").waiting == 1)  # blocked at the next token
     assert handle.status == "paused" and not handle.future.done()  # type: ignore[attr-defined]
     line(ip, "resume wf")
     assert handle.wait(10) == "done"  # type: ignore[attr-defined]

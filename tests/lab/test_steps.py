@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
-from coreason_runtime import Coordinator, EventType
+from coreason_runtime import Coordinator, EventType, WorkflowAbortedError
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -80,10 +82,28 @@ def test_run_waits_while_paused_and_stops_when_aborted(
     ip: InteractiveShell, magics: CoreasonMagics
 ) -> None:
     ip.run_cell_magic("coreason", "thunk a", "1")
+    ip.run_cell_magic("coreason", "thunk b", "a + 1")
+    runner = magics._runner()
+    magics.controls.pause("default")
+    held = runner.submit(runner.order(["b"]), "default")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        held.result(timeout=0.5)  # held at its first step's checkpoint
+    assert not ip.user_ns["a"].forced
+    magics.controls.resume("default")
+    assert held.result(timeout=30).status == "succeeded" and ip.user_ns["b"].value == 2
+
+    ip.run_cell_magic("coreason", "thunk c", "2")
+    ip.run_cell_magic("coreason", "thunk d", "c * 3")
+    magics.controls.pause("default")
+    stopped = runner.submit(runner.order(["d"]), "default")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        stopped.result(timeout=0.5)
     magics.controls.abort("default")
-    magics.controls.clear("default")
-    ip.run_line_magic("coreason", "run")  # a cleared abort does not stop the next run
-    assert ip.user_ns["a"].forced
+    with pytest.raises(WorkflowAbortedError):
+        stopped.result(timeout=30)
+    assert not ip.user_ns["c"].forced and not ip.user_ns["d"].forced
+    ip.run_line_magic("coreason", "run d")  # an abort stops the run it reached, not the next
+    assert ip.user_ns["d"].value == 6
 
 
 def test_run_with_no_steps_says_how_to_declare_one(ip: InteractiveShell) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import RequestError, WorkflowAbortedError
@@ -64,9 +64,9 @@ class ControlState(StrEnum):
 
 INTENTS: dict[str, ControlState] = {
     "pause": ControlState.PAUSED,
-    "preempt": ControlState.PREEMPTED,
     "resume": ControlState.RUNNING,
     "abort": ControlState.ABORTED,
+    "preempt": ControlState.PREEMPTED,
 }
 
 _EVENTS: dict[ControlState, EventType] = {
@@ -205,6 +205,8 @@ class Controls:
     bus:
         Where ``workflow.paused``, ``.resumed``, ``.preempted`` and ``.aborted`` go.
     """
+
+    INTENTS: ClassVar[tuple[str, ...]] = tuple(INTENTS)
 
     def __init__(self, bus: EventBus | None = None) -> None:
         self.bus = bus if bus is not None else EventBus()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from coreason_runtime._controls import ControlledMeter
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     BudgetExceededError,
@@ -168,8 +169,11 @@ class TierRunner:
             wf, tier.count_prompt(conv.messages, compiled), plan.max_tokens, tier.name
         )
         output: TierOutput | None = None
+        # A steerable tier honours the ticket inside its forward passes; a black box is held
+        # and stopped at its next metered chunk.
+        metered = meter if isinstance(tier, SteerableTier) else ControlledMeter(meter, plan.ticket)
         try:
-            output = tier.complete(request, meter)
+            output = tier.complete(request, metered)
             value = compiled.validate_text(_from_strict(tier, compiled, output.text))
         except CoreasonError as e:
             e.tier = e.tier or tier.name

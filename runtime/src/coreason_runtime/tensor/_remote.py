@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 
 from coreason_runtime._config import OracleConfig
-from coreason_runtime._controls import ControlledMeter
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import (
     AuthenticationError,
@@ -170,7 +169,6 @@ class RemoteTier(BlackBoxTier):
             a timeout; messages never contain the key.
         """
         response_format = self._response_format(request)
-        meter = ControlledMeter(meter, request.ticket)  # pause holds, abort ends, per chunk
         max_out = min(request.max_tokens, meter.max_out)
         if max_out < 1:
             msg = f"no output tokens left in the reservation (max_out={meter.max_out})"

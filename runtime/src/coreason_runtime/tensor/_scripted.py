@@ -68,7 +68,8 @@ class _Scripted(BaseTier):
         return sum(self.count_tokens(m["content"]) for m in messages)
 
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
-        meter = ControlledMeter(meter, request.ticket)
+        if isinstance(self, SteerableTier):  # the router controls black boxes' meters itself
+            meter = ControlledMeter(meter, request.ticket)
         with self._lock:
             self.requests.append(request)
             if not self._steps:

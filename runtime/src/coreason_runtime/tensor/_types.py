@@ -132,8 +132,9 @@ class Result(Generic[T]):
 class TierRequest:
     """What a tier is asked: chat messages and the compiled schema its output must satisfy.
 
-    ``ticket`` is the request's handle on the workflow controls: a tier honours a pause and
-    an abort through it (the local tier at every layer boundary, a stream at every chunk).
+    ``ticket`` is the request's handle on the workflow controls. A steerable tier honours a
+    pause and an abort through it itself (the local tier at every layer boundary); a black
+    box gets a meter from the router that passes the ticket's checkpoint at every charge.
     """
 
     messages: Messages
