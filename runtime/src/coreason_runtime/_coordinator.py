@@ -82,14 +82,6 @@ class Coordinator:
                 atexit.register(cls._default.close)
             return cls._default
 
-    @classmethod
-    def _reset_default(cls) -> None:
-        """Close and forget the process-wide runtime (tests, ``%coreason reset``)."""
-        with cls._default_lock:
-            if cls._default is not None:
-                cls._default.close()
-            cls._default = None
-
     # --- the runtime thread ------------------------------------------------------------------
 
     def _run_loop(self) -> None:

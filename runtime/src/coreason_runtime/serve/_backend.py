@@ -22,6 +22,8 @@ class Backend(Protocol):
 
     def generate(self, job: Job, meter: Meter) -> TierOutput: ...
 
+    def close(self) -> None: ...
+
 
 class TierBackend:
     """Serves a steerable tier (the ``LocalTier``) through its ``complete_text``.

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._exceptions import TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
+from coreason_runtime.tensor._types import BaseTier
 
 __all__ = ["Job", "ModelHost"]
 
@@ -79,7 +80,7 @@ class ModelHost:
         self._count_lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self._closed = False
-        if not callable(source) or hasattr(source, "complete"):
+        if isinstance(source, BaseTier) or not callable(source):  # a tier or a backend
             self._backend = adapt(source)
             self._ready.set()
 
@@ -104,7 +105,7 @@ class ModelHost:
                 if not closed:
                     self._backend = backend
             if closed:  # the server shut down while the model loaded: nobody will close it
-                _close(backend)
+                backend.close()
         finally:
             self._ready.set()
 
@@ -170,10 +171,5 @@ class ModelHost:
         # never free the model under a running decode (clients are gone by shutdown, so it
         # stops at its next token)
         self._executor.shutdown(wait=True, cancel_futures=True)
-        _close(backend)
-
-
-def _close(backend: Any) -> None:
-    closer = getattr(backend, "close", None)
-    if callable(closer):
-        closer()
+        if backend is not None:
+            backend.close()

@@ -34,7 +34,7 @@ def _clip(text: str) -> str:
 
 def reask_validation(messages: Messages, error: CoreasonError) -> Messages:
     """Append the rejected output and the exact validation error, and ask again."""
-    output = getattr(error, "output", "") or ""
+    output = error.output if isinstance(error, ValidationFailure) else ""
     return [
         *messages,
         {"role": "assistant", "content": _clip(output)},

@@ -235,7 +235,7 @@ class RemoteTier(BlackBoxTier):
         if rs.attempt_number >= self.rate_limit_attempts:
             return True
         exc = rs.outcome.exception() if rs.outcome is not None else None
-        wait = getattr(exc, "retry_after", None)
+        wait = exc.retry_after if isinstance(exc, RateLimitError) else None
         return wait is not None and wait > self.max_retry_wait
 
     def _log_rate_limited(self, rs: tenacity.RetryCallState, request: TierRequest) -> None:
@@ -468,7 +468,7 @@ def _retry_after(headers: Any) -> float | None:
 
 def _wait_retry_after(rs: tenacity.RetryCallState) -> float:
     exc = rs.outcome.exception() if rs.outcome is not None else None
-    wait = getattr(exc, "retry_after", None)
+    wait = exc.retry_after if isinstance(exc, RateLimitError) else None
     if wait is not None:
         return float(wait)
     return float(min(8.0, 0.5 * 2 ** (rs.attempt_number - 1)))
