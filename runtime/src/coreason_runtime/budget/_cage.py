@@ -1,6 +1,7 @@
 """The BudgetCage: per-workflow ceilings Ω, reservations before dispatch, metering after.
 
-A request's cost is C = w_in·T_in + w_out·T_out (default w_in = 1, w_out = 3). Before a tier is
+A request's cost is C = w_in·T_in + w_out·T_out (default w_in = 1, w_out = 3; a tier may have
+weights of its own, :meth:`BudgetCage.set_tier_weights`). Before a tier is
 called, the cage reserves ``w_in·T_in + w_out·max_tokens`` — or whatever is left under Ω if that
 is less, as long as the prompt and one output token fit. Concurrent requests therefore can never
 together reserve more than Ω. While the tier runs it charges tokens to the reservation (the
@@ -17,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
@@ -82,15 +83,16 @@ class Reservation:
 
     @property
     def consumed(self) -> float:
-        return self._cage.cost(self.tokens_in, self.tokens_out)
+        return self._cage.cost(self.tokens_in, self.tokens_out, self.tier)
 
     @property
     def max_out(self) -> int:
         """Output tokens that still fit in the grant, keeping room for the prompt tokens that
         were reserved but not yet charged (a stream learns its prompt size only at the end)."""
+        w_in, w_out = self._cage.weights(self.tier)
         pending_in = max(self.estimated_in - self.tokens_in, 0)
-        left = self.granted - self.consumed - self._cage.weight_in * pending_in
-        return max(math.floor(left / self._cage.weight_out + 1e-9), 0)
+        left = self.granted - self.consumed - w_in * pending_in
+        return max(math.floor(left / w_out + 1e-9), 0)
 
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         """Raise :class:`BudgetExceededError` if consuming this much more would cross the grant.
@@ -100,7 +102,9 @@ class Reservation:
         :meth:`charge` alone and overshoots by at most that chunk.
         """
         with self._lock:
-            after = self._cage.cost(self.tokens_in + tokens_in, self.tokens_out + tokens_out)
+            after = self._cage.cost(
+                self.tokens_in + tokens_in, self.tokens_out + tokens_out, self.tier
+            )
             if after > self.granted + 1e-9:
                 self._raise(after)
 
@@ -216,7 +220,10 @@ class BudgetCage:
     bus:
         Events ``budget.*`` are published here.
     weight_in, weight_out:
-        C = weight_in·T_in + weight_out·T_out.
+        C = weight_in·T_in + weight_out·T_out, for every tier without weights of its own.
+    tier_weights:
+        ``{tier: (w_in, w_out)}``: a tier's own weights (an oracle's tokens cost more than the
+        local model's); see :meth:`set_tier_weights`.
     """
 
     def __init__(
@@ -226,11 +233,15 @@ class BudgetCage:
         *,
         weight_in: float = 1.0,
         weight_out: float = 3.0,
+        tier_weights: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.backend: LedgerBackend = backend if backend is not None else MemoryLedgerBackend()
         self.bus = bus if bus is not None else EventBus()
         self.weight_in = _positive("weight_in", weight_in)
         self.weight_out = _positive("weight_out", weight_out)
+        self._tier_weights: dict[str, tuple[float, float]] = {}
+        for name, (w_in, w_out) in (tier_weights or {}).items():
+            self.set_tier_weights(name, w_in, w_out)
         if self.backend.get(DEFAULT_WORKFLOW) is None:
             self.backend.set_ceiling(DEFAULT_WORKFLOW, None)
         self._recover_orphans()
@@ -258,9 +269,36 @@ class BudgetCage:
 
     # --- cost ------------------------------------------------------------------------------
 
-    def cost(self, tokens_in: int, tokens_out: int) -> float:
-        """C = w_in·T_in + w_out·T_out."""
-        return self.weight_in * tokens_in + self.weight_out * tokens_out
+    def cost(self, tokens_in: int, tokens_out: int, tier: str | None = None) -> float:
+        """C = w_in·T_in + w_out·T_out, with ``tier``'s own weights when it has them."""
+        w_in, w_out = self.weights(tier)
+        return w_in * tokens_in + w_out * tokens_out
+
+    def weights(self, tier: str | None = None) -> tuple[float, float]:
+        """``(w_in, w_out)`` of ``tier``: its own, else the cage's."""
+        if tier is not None:
+            own = self._tier_weights.get(tier)
+            if own is not None:
+                return own
+        return self.weight_in, self.weight_out
+
+    def set_tier_weights(
+        self, tier: str, weight_in: float | None = None, weight_out: float | None = None
+    ) -> tuple[float, float]:
+        """Give ``tier`` its own cost weights (``None`` keeps the cage's for that one).
+
+        Takes effect for reservations opened afterwards; what was charged stays charged (the
+        ledgers hold C, not weights). Returns the tier's weights.
+
+        Raises
+        ------
+        InvalidCeilingError
+            A weight is not a positive finite number; nothing changes.
+        """
+        w_in = self.weight_in if weight_in is None else _positive("weight_in", weight_in)
+        w_out = self.weight_out if weight_out is None else _positive("weight_out", weight_out)
+        self._tier_weights[tier] = (w_in, w_out)
+        return w_in, w_out
 
     # --- ledgers ---------------------------------------------------------------------------
 
@@ -348,12 +386,12 @@ class BudgetCage:
             reservation_id=uuid.uuid4().hex,
             workflow_id=workflow_id,
             tier=tier,
-            granted=self.cost(tokens_in, max_out),
+            granted=self.cost(tokens_in, max_out, tier),
             pid=os.getpid(),
             host=socket.gethostname(),
             created=time.time(),
         )
-        minimum = self.cost(tokens_in, 1)
+        minimum = self.cost(tokens_in, 1, tier)
         try:
             grant = self.backend.reserve(record, minimum)
         except BudgetExceededError:
@@ -375,7 +413,7 @@ class BudgetCage:
             source="budget",
             tier=tier,
             granted=grant,
-            wanted=self.cost(tokens_in, max_out),
+            wanted=self.cost(tokens_in, max_out, tier),
         )
         return Reservation(self, record, estimated_in=tokens_in)
 
@@ -430,7 +468,10 @@ class BudgetCage:
         self.backend.close()
 
     def __repr__(self) -> str:
+        own = "".join(
+            f" {t}: C={w[0]:g}·T_in+{w[1]:g}·T_out" for t, w in self._tier_weights.items()
+        )
         return (
             f"<BudgetCage backend={type(self.backend).__name__} "
-            f"C={self.weight_in:g}·T_in+{self.weight_out:g}·T_out>"
+            f"C={self.weight_in:g}·T_in+{self.weight_out:g}·T_out{own}>"
         )
