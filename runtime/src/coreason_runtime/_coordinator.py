@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.cache import SubgoalCache
     from coreason_runtime.decode import DecodeEngine
+    from coreason_runtime.route import TierMatrix
     from coreason_runtime.sched import Scheduler
     from coreason_runtime.sim import WhatIfGate
     from coreason_runtime.tensor import TensorRouter
@@ -129,6 +130,14 @@ class Coordinator:
         from coreason_runtime.budget import BudgetCage
 
         return self.engine("budgets", BudgetCage.for_runtime)
+
+    @property
+    def tiers(self) -> TierMatrix:
+        """The tier matrix: every tier the router may use, its weights, price and capability
+        (``$COREASON_HOME/tiers.toml``, ``COREASON_TIER_*``, or ``rt.tiers.add`` in code)."""
+        from coreason_runtime.route import TierMatrix
+
+        return self.engine("tiers", TierMatrix.for_runtime)
 
     @property
     def router(self) -> TensorRouter:

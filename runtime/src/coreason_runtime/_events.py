@@ -48,6 +48,9 @@ class EventType(StrEnum):
     HUMAN_ANSWERED = "request.human_answered"
     SCHEMA_COMPILED = "schema.compiled"
     PREFIX_REUSED = "cache.prefix_reused"
+    # routing: the policy's plan per request, tier health
+    ROUTE_DECIDED = "route.decided"
+    TIER_HEALTH = "route.tier_health"
     # budget cage
     BUDGET_SET = "budget.set"
     BUDGET_RESERVED = "budget.reserved"
@@ -133,6 +136,8 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.HUMAN_ANSWERED: P.HumanAnswered,
         EventType.SCHEMA_COMPILED: P.SchemaCompiled,
         EventType.PREFIX_REUSED: P.PrefixReused,
+        EventType.ROUTE_DECIDED: P.RouteDecided,
+        EventType.TIER_HEALTH: P.TierHealthChanged,
         EventType.BUDGET_SET: P.BudgetSet,
         EventType.BUDGET_RESERVED: P.BudgetReserved,
         EventType.BUDGET_CHARGED: P.BudgetCharged,

@@ -25,6 +25,7 @@ The hierarchy::
     │   ├── TierTimeoutError (+TimeoutError)
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
+    │   └── EscalationRefusedError ............... the what-if gate refused the next tier
     ├── WorkflowAbortedError ..................... an operator aborted the workflow: no retry,
     │   │                                          no escalation, exactly what ran is charged
     │   └── ClientDisconnectedError .............. a `coreason serve` client hung up mid-request
@@ -101,6 +102,7 @@ __all__ = [
     "DecodeError",
     "DimensionError",
     "EpistemicYieldError",
+    "EscalationRefusedError",
     "EventPayloadError",
     "ExpressionParseError",
     "ExpressionTooLargeError",
@@ -353,6 +355,24 @@ class EpistemicYieldError(CoreasonError):
         self.schema = schema
         self.prompt = prompt
         self.spec = spec
+
+
+class EscalationRefusedError(EpistemicYieldError):
+    """The what-if gate refused to escalate to a more expensive tier, so the question goes to
+    a human with the gate's reason: ``refused_tier`` and ``reason`` (its prediction fell
+    short of the gate's thresholds)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused_tier: str | None = None,
+        reason: str | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, **fields)
+        self.refused_tier = refused_tier
+        self.reason = reason
 
 
 # --- workflow controls ---------------------------------------------------------------------

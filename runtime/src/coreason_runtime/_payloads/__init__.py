@@ -48,6 +48,7 @@ from coreason_runtime._payloads._requests import (
     TokensBatch,
     Yielded,
 )
+from coreason_runtime._payloads._route import RouteDecided, TierHealthChanged
 from coreason_runtime._payloads._runtime import (
     Log,
     RuntimeStarted,
@@ -127,6 +128,7 @@ __all__ = [
     "RequestFailed",
     "RequestFinished",
     "RequestStarted",
+    "RouteDecided",
     "RuntimeStarted",
     "RuntimeStopped",
     "ScheduleDecided",
@@ -145,6 +147,7 @@ __all__ = [
     "TaskStarted",
     "ThunkDeclared",
     "ThunkForced",
+    "TierHealthChanged",
     "TokensBatch",
     "TxnAborted",
     "TxnCommitted",

@@ -31,6 +31,7 @@ from coreason_runtime.tensor._types import (
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
+    from coreason_runtime.route import Routing
 
 __all__ = ["TensorRouter"]
 
@@ -93,6 +94,7 @@ class TensorRouter:
         self.controls = controls if controls is not None else Controls(self.bus)
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
+        self.routing: Routing | None = None  # the routing policy and gate, when attached
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> TensorRouter:
@@ -110,6 +112,7 @@ class TensorRouter:
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
+        router.routing = rt.tiers.routing()
         return router
 
     # --- tiers -------------------------------------------------------------------------------
@@ -130,6 +133,8 @@ class TensorRouter:
             raise RequestError(msg)
         with self._lock:
             self._tiers = list(tiers)
+        if self.routing is not None:
+            self.routing.retier(names)
 
     def tier(self, name: str) -> Tier:
         for t in self._tiers:
@@ -245,18 +250,24 @@ class TensorRouter:
             ]
         )
         runner = TierRunner(self.budgets, self.bus, self.compile, self.max_attempts_per_tier)
-        for i, tier in enumerate(cascade):
-            if i:
+        # the routing hook: the policy's plan (which tiers, in which order, where to stop),
+        # the what-if gate before each escalation; without routing, the cascade in order
+        route = self.routing.begin(spec, plan, cascade) if self.routing is not None else None
+        walk = route.walk() if route is not None else zip([None, *cascade], cascade, strict=False)
+        for prev, tier in walk:
+            if prev is not None:
                 self.bus.emit(
                     EventType.ESCALATED,
                     workflow_id=wf,
                     source="router",
-                    from_tier=cascade[i - 1].name,
+                    from_tier=prev.name,
                     to_tier=tier.name,
                     reason=conv.attempts[-1].error_type if conv.attempts else None,
                 )
             result = runner.run(tier, spec, conv, plan)
             if result is not None:
+                if route is not None:
+                    route.finish(result)
                 self.bus.emit(
                     EventType.REQUEST_FINISHED,
                     workflow_id=wf,
@@ -269,7 +280,8 @@ class TensorRouter:
                 if cache:
                     self._admit_to_cache(spec, plan.prompt, result)
                 return result
-        raise self._yield(spec, plan, conv)
+        error = self._yield(spec, plan, conv)
+        raise error if route is None else route.fail(error)
 
     def _yield(
         self, spec: SchemaSpec, plan: RequestPlan, conv: Conversation

@@ -15,6 +15,7 @@ from coreason_runtime._controls import Ticket
 
 if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
+    from coreason_runtime.route import RoutePlan
     from coreason_runtime.tensor._compiler import UniversalCompiler
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 
@@ -75,6 +76,7 @@ class Result(Generic[T]):
     seed: int | None = None
     schema_key: str | None = None
     revision: str | None = None
+    route: RoutePlan | None = None  # the routing policy's plan and reason, when one routed it
 
     @property
     def tokens_in(self) -> int:
@@ -97,6 +99,7 @@ class Result(Generic[T]):
             "attempts": len(self.attempts),
             "workflow_id": self.workflow_id,
             "schema_key": self.schema_key,
+            "route": None if self.route is None else self.route.reason,
         }
 
     def _value_json(self) -> str:

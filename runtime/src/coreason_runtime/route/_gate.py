@@ -1,0 +1,133 @@
+"""The what-if gate on escalation and on a two-phase tool call's commit.
+
+Both ask the same :class:`~coreason_runtime.sim.WhatIfGate` (its thresholds, its events): a
+prediction of what the expensive step returns (``gain``: the chance it yields a verified
+answer, worth 1) against what it costs (``cost``: λ·C), allowed when the gain per cost is at
+least ``min_ratio`` (1: the predicted reward ``p − λC`` is not negative). A refusal is
+published as ``whatif.refused`` with its reason; a refused escalation goes to the human.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from coreason_runtime._exceptions import TransactionAbortedError
+from coreason_runtime.sim._whatif import Decision, Prediction, WhatIfGate
+
+if TYPE_CHECKING:
+    from coreason_runtime._events import EventBus
+    from coreason_runtime.route._policy import TierEstimate
+    from coreason_runtime.txn import Transaction
+
+__all__ = ["EscalationGate"]
+
+
+@dataclass
+class _Escalations:
+    """How often a tier answered when it was reached by escalation, per task family."""
+
+    counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def observe(self, family: str, tier: str, success: bool) -> None:
+        row = self.counts.setdefault((family, tier), [0, 0])
+        row[0] += int(success)
+        row[1] += 1
+
+    def get(self, family: str, tier: str) -> tuple[int, int]:
+        s, n = self.counts.get((family, tier), (0, 0))
+        return s, n
+
+
+class EscalationGate:
+    """Refuses an escalation (or a commit) whose predicted return does not clear the gate.
+
+    The prediction for an escalation to tier ``j`` is ``p`` = the policy's ``p̂_j`` blended
+    with how often ``j`` answered *after an earlier tier failed* in the same task family
+    (``prior_weight`` pseudo-observations of ``p̂_j``), since a question that beat the cheap
+    tier is often a hard one; with fewer than ``min_evidence`` observations of ``j`` the
+    policy's estimate is not trusted and ``p = 1`` (nothing known: let it through).
+
+    Parameters
+    ----------
+    whatif:
+        The gate deciding; by default one with ``min_ratio=1`` on ``bus``.
+    lam:
+        λ: what one unit of C is worth against a verified answer.
+    """
+
+    def __init__(
+        self,
+        whatif: WhatIfGate | None = None,
+        *,
+        lam: float = 1e-4,
+        bus: EventBus | None = None,
+        prior_weight: float = 2.0,
+        min_evidence: int = 3,
+    ) -> None:
+        self.whatif = whatif or WhatIfGate(min_ratio=1.0, bus=bus, source="route.gate")
+        self.lam = lam
+        self.prior_weight = prior_weight
+        self.min_evidence = min_evidence
+        self.escalations = _Escalations()
+
+    def forget(self) -> None:
+        """Drop what was learned about escalations (before re-learning a history)."""
+        self.escalations = _Escalations()
+
+    def predict(self, family: str, tier: str, estimate: TierEstimate | None) -> Prediction:
+        """What escalating to ``tier`` is predicted to return and cost."""
+        s, n = self.escalations.get(family, tier)
+        known = estimate is not None and estimate.n >= self.min_evidence
+        p_marginal = estimate.p if known and estimate is not None else 1.0
+        p = (s + self.prior_weight * p_marginal) / (n + self.prior_weight)
+        cost = estimate.cost if estimate is not None else 0.0
+        return Prediction(
+            gain=p,
+            cost=self.lam * cost,
+            detail={
+                "p_policy": p_marginal,
+                "after_failure": f"{s}/{n}",
+                "C": round(cost, 1),
+                "family": family,
+            },
+        )
+
+    def escalate(
+        self,
+        family: str,
+        from_tier: str,
+        to_tier: str,
+        estimate: TierEstimate | None,
+        *,
+        workflow_id: str | None = None,
+    ) -> Decision[Any]:
+        """Judge escalating one request from ``from_tier`` to ``to_tier`` (published)."""
+        return self.whatif.decide(
+            f"escalate {from_tier}->{to_tier}",
+            self.predict(family, to_tier, estimate),
+            region={"from": from_tier, "to": to_tier},
+            workflow_id=workflow_id,
+        )
+
+    def commit(
+        self, txn: Transaction, dry_run: Callable[[], Prediction] | Prediction, **kw: Any
+    ) -> Any:
+        """Commit a prepared two-phase tool call only if ``dry_run`` predicts it pays.
+
+        Returns the commit's result. A refusal aborts the transaction (logged with the gate's
+        reason) and raises :class:`TransactionAbortedError`.
+        """
+        decision = self.whatif.decide(
+            f"commit {txn.tool.name}",
+            dry_run,
+            region={"txn": txn.id},
+            workflow_id=txn.workflow_id,
+        )
+        if not decision.allowed:
+            reason = f"what-if gate: {decision.reason}"
+            txn.abort(reason)
+            msg = f"transaction {txn.id} not committed: {reason}"
+            raise TransactionAbortedError(msg, workflow_id=txn.workflow_id)
+        return txn.commit(**kw)
