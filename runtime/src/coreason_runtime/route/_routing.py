@@ -72,7 +72,7 @@ class Routing:
     store:
         Where outcomes are kept (and replayed from, :meth:`replay`).
     factory, arms, history:
-        ``factory(arms)`` builds the policy again when the cascade gains a tier it has no
+        ``factory(arms, specs)`` builds the policy again when the cascade gains a tier it has no
         arm for (:meth:`retier`), which then re-learns the last ``history`` outcomes.
     """
 
@@ -85,7 +85,7 @@ class Routing:
         gate: EscalationGate | None = None,
         store: HistoryStore | None = None,
         bus: EventBus | None = None,
-        factory: Callable[[list[str]], RoutingPolicy] | None = None,
+        factory: Callable[[list[str], Mapping[str, TierSpec]], RoutingPolicy] | None = None,
         arms: Sequence[str] = (),
         history: int = 5000,
     ) -> None:
@@ -110,7 +110,7 @@ class Routing:
             return
         with self._lock:
             self.arms += missing
-            self.policy = self.factory(list(self.arms))
+            self.policy = self.factory(list(self.arms), self.specs)
             if self.gate is not None:
                 self.gate.forget()
         self.replay(self.history)

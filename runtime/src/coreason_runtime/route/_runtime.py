@@ -127,16 +127,15 @@ def routing_for_runtime(
     featurizer = Featurizer()
     arms = [s.name for s in specs]
     cage = rt.budgets
-    costs = prior_costs(specs, (cage.weight_in, cage.weight_out))
 
-    def factory(names: list[str]) -> RoutingPolicy:
+    def factory(names: list[str], rows: Mapping[str, TierSpec]) -> RoutingPolicy:
         return make_policy(
             settings.policy,
             names,
             featurizer.dims,
             lam=settings.lam,
             alpha=settings.alpha,
-            costs=costs,
+            costs=prior_costs(list(rows.values()), (cage.weight_in, cage.weight_out)),
             growth=rt.bandit.budget("route", settings.growth_budget),
             bus=rt.bus,
         )
@@ -146,10 +145,11 @@ def routing_for_runtime(
         if settings.gate and settings.policy != "static"
         else None
     )
+    rows = {s.name: s for s in specs}
     routing = Routing(
-        factory(arms),
+        factory(arms, rows),
         featurizer=featurizer,
-        specs={s.name: s for s in specs},
+        specs=rows,
         gate=gate,
         store=HistoryStore(rt.home / "route" / "history.sqlite3"),
         bus=rt.bus,

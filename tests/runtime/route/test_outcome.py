@@ -1,0 +1,48 @@
+"""Success and cost per tier: verified where verification ran, validated otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coreason_runtime.route import outcome, tier_outcomes
+from coreason_runtime.tensor import Attempt, Result
+
+
+def _attempts() -> list[Attempt]:
+    return [
+        Attempt(tier="local", index=1, cost=10, tokens_in=5, tokens_out=2),
+        Attempt(tier="local", index=2, cost=12, tokens_in=5, tokens_out=3),
+        Attempt(tier="oracle", index=1, cost=90, tokens_in=30, tokens_out=20, ok=True),
+    ]
+
+
+def test_a_validated_answer_counts_as_a_success_without_verification() -> None:
+    res = Result(value=1, tier="oracle", attempts=_attempts(), cost=112.0, workflow_id="wf")
+    assert outcome(res).success is True and outcome(res).cost == 112.0
+
+
+@dataclass
+class _Verified(Result[int]):
+    """Stands in for issue 22's Result with ``verified``."""
+
+    verified: bool | None = None
+
+
+def test_a_verified_false_answer_is_not_a_success() -> None:
+    kw = {"value": 1, "tier": "oracle", "attempts": _attempts(), "cost": 112.0, "workflow_id": "w"}
+    assert outcome(_Verified(**kw, verified=False)).success is False
+    assert outcome(_Verified(**kw, verified=True)).success is True
+
+
+def test_each_tier_earns_its_own_cost_and_only_the_answerer_succeeds() -> None:
+    res = Result(value=1, tier="oracle", attempts=_attempts(), cost=112.0, workflow_id="wf")
+    local, oracle = tier_outcomes(res.attempts, outcome(res), res.tier)
+    assert (local.tier, local.success, local.cost, local.tokens_out, local.position) == (
+        "local",
+        False,
+        22,
+        5,
+        0,
+    )
+    assert (oracle.success, oracle.cost, oracle.position) == (True, 90, 1)
+    assert [o.success for o in tier_outcomes(res.attempts, None, None)] == [False, False]
