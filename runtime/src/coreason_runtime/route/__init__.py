@@ -20,6 +20,7 @@ from coreason_runtime.route._policy import (
     TierEstimate,
     order_tiers,
 )
+from coreason_runtime.route._report import format_tiers, tier_rows
 from coreason_runtime.route._routing import RouteSession, Routing, capability_gap
 from coreason_runtime.route._runtime import make_policy, prior_costs, routing_for_runtime
 from coreason_runtime.route._store import HistoryRow, HistoryStore, TierStats
@@ -54,6 +55,7 @@ __all__ = [
     "TierSpec",
     "TierStats",
     "capability_gap",
+    "format_tiers",
     "load_matrix",
     "make_policy",
     "order_tiers",
@@ -61,4 +63,5 @@ __all__ = [
     "prior_costs",
     "routing_for_runtime",
     "tier_outcomes",
+    "tier_rows",
 ]
