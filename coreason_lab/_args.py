@@ -25,6 +25,7 @@ __all__ = [
     "RunArgs",
     "StatusArgs",
     "ThunkArgs",
+    "TiersArgs",
     "VersionArgs",
     "parse_line",
     "suggest",
@@ -177,6 +178,11 @@ class VersionArgs:
     """``version``."""
 
 
+@dataclass
+class TiersArgs:
+    """``tiers``: the tier matrix."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (with a suggestion) instead of printing and exiting."""
 
@@ -243,7 +249,7 @@ def _check(p: _Parser) -> None:
 
 def _dashboard(p: _Parser) -> None:
     p.add_argument("-w", "--workflow")
-    p.add_argument("-v", "--views", type=_names, help="budget,dag,cache,decode")
+    p.add_argument("-v", "--views", type=_names, help="budget,dag,cache,decode,route")
 
 
 def _control(p: _Parser) -> None:
@@ -272,7 +278,8 @@ VERBS: dict[str, tuple[type[Any], Callable[[_Parser], None], str]] = {
     "run": (RunArgs, _run, "force declared steps in dependency order, then check invariants"),
     "check": (CheckArgs, _check, "evaluate declared invariants now"),
     "status": (StatusArgs, _nothing, "ledgers, running requests, steps, invariants"),
-    "dashboard": (DashboardArgs, _dashboard, "live budget, DAG, cache and decode views"),
+    "dashboard": (DashboardArgs, _dashboard, "live budget, DAG, cache, decode, routing views"),
+    "tiers": (TiersArgs, _nothing, "the tier matrix: weights, capability, health, success, C"),
     "pause": (ControlArgs, _control, "pause a workflow at its next layer, token or step"),
     "resume": (ControlArgs, _control, "resume a paused workflow"),
     "abort": (ControlArgs, _control, "abort a workflow's running request or run"),
