@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.cache import SubgoalCache
     from coreason_runtime.decode import DecodeEngine
+    from coreason_runtime.plan import PlanRunner
     from coreason_runtime.route import TierMatrix
     from coreason_runtime.sched import Scheduler
     from coreason_runtime.sim import WhatIfGate
@@ -145,6 +146,13 @@ class Coordinator:
         from coreason_runtime.tensor import TensorRouter
 
         return self.engine("router", TensorRouter.for_runtime)
+
+    @property
+    def plans(self) -> PlanRunner:
+        """Planners propose subgoal DAGs; this validates, gates, runs and learns from them."""
+        from coreason_runtime.plan import PlanRunner
+
+        return self.engine("plans", PlanRunner.for_runtime)
 
     @property
     def scheduler(self) -> Scheduler:
