@@ -169,7 +169,7 @@ def test_a_function_tier_declining_escalates_and_costs_its_cpu(home: Path) -> No
     declined = res.attempts[0]
     assert (declined.tier, declined.error_type, declined.index) == ("tool", "TierError", 1)
     assert "declined: not a number" in (declined.error or "")
-    assert declined.cost >= 3  # at least one CPU millisecond at the cage's w_out
+    assert declined.cost >= 3  # at least one unit of CPU time at the cage's w_out
 
 
 def test_a_function_tier_says_which_schemas_it_answers() -> None:

@@ -201,3 +201,36 @@ def test_the_static_policy_walks_every_tier_without_a_gate(
         assert res.route is not None and res.route.policy == "static"
         assert res.route.tiers == ["local", "oracle"]
         assert rt.router.routing is not None and rt.router.routing.gate is None
+
+
+def test_a_refused_tier_is_passed_over_for_the_next_one_the_gate_allows(rt: Coordinator) -> None:
+    f = Featurizer()
+    arms = ["local", "mid", "oracle"]
+    costs = {"local": 200.0, "mid": 3000.0, "oracle": 6000.0}
+    policy = make_policy("linucb", arms, f.dims, lam=1e-4, costs=costs)
+    gate = EscalationGate(lam=1e-4, bus=rt.bus)
+    spec = SchemaSpec.from_user(Answer)
+    for i in range(30):
+        ctx = f.context(spec, f"eigenvalues of matrix {i}")
+        easy = i % 3 != 0
+        # mid answers the easy questions only: 2/3 overall, but never one local failed
+        policy.observe(ctx, "local", easy, 200.0)
+        policy.observe(ctx, "mid", easy, 3000.0)
+        policy.observe(ctx, "oracle", True, 6000.0)
+        if not easy:
+            gate.escalations.observe(ctx.family, "mid", False)
+            gate.escalations.observe(ctx.family, "oracle", True)
+    rt.router.routing = Routing(policy, featurizer=f, gate=gate, bus=rt.bus)
+    rt.router.set_tiers(
+        [
+            ScriptedTier("local", ["nope"], repeat_last=True),
+            ScriptedTier("mid", [GOOD], repeat_last=True),
+            ScriptedTier("oracle", [GOOD], repeat_last=True),
+        ]
+    )
+    res = rt.router.generate(Answer, "eigenvalues of matrix B", workflow_id="wf")
+    assert res.route is not None and res.route.tiers == ["local", "mid", "oracle"]
+    assert res.tier == "oracle"
+    assert "mid" not in {a.tier for a in res.attempts}
+    refused = [e.data for e in rt.bus.history([EventType.WHATIF_REFUSED])]
+    assert [d.name for d in refused if isinstance(d, WhatIfDecided)] == ["escalate local->mid"]

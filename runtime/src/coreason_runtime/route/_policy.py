@@ -182,6 +182,7 @@ class CostBook:
         return got
 
     def observe(self, tier: str, family: str, cost: float) -> None:
+        """One tier's C on one request (its first observation replaces the prior outright)."""
         old = self._by_family.get((tier, family))
         self._by_family[tier, family] = cost if old is None else old + self.rate * (cost - old)
         old = self._by_tier.get(tier)

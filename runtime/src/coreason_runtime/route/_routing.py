@@ -262,16 +262,19 @@ class RouteSession:
                 key=lambda n: -plan.estimates[n].optimistic if n in plan.estimates else 0.0,
             )
         ]
-        self.refused: tuple[str, Decision[Any]] | None = None
+        self.refused: list[tuple[str, Decision[Any]]] = []
 
     def walk(self) -> Iterator[tuple[Tier | None, Tier]]:
-        """``(previous, tier)`` for each tier to try; the gate judges every escalation."""
+        """``(previous, tier)`` for each tier to try. The gate judges every escalation: a tier
+        it refuses is passed over (the refusal kept, with its reason) and the next one judged;
+        after the plan's tiers, those it stopped before are judged too."""
         queue = list(self.tiers)
+        gated = self.routing.gate is not None
         prev: Tier | None = None
-        while queue or (prev is not None and self._beyond and self.routing.gate is not None):
+        while queue or (gated and prev is not None and self._beyond):
             tier = queue.pop(0) if queue else self._beyond.pop(0)
             if prev is not None and not self._allowed(prev, tier):
-                return
+                continue
             yield prev, tier
             prev = tier
 
@@ -287,7 +290,7 @@ class RouteSession:
             workflow_id=self.workflow_id,
         )
         if not decision.allowed:
-            self.refused = (tier.name, decision)
+            self.refused.append((tier.name, decision))
         return decision.allowed
 
     def finish(self, result: Result[Any]) -> None:
@@ -301,12 +304,10 @@ class RouteSession:
     def fail(self, error: EpistemicYieldError) -> EpistemicYieldError:
         """No tier answered: learn, and say why the human is asked (a refusal, a plan's stop)."""
         self.routing.learn(self.ctx, tier_outcomes(error.attempts, None, None), self.workflow_id)
-        if self.refused is not None:
-            tier, decision = self.refused
-            msg = (
-                f"{error.message}; escalation to {tier!r} refused by the what-if gate: "
-                f"{decision.reason}"
-            )
+        if self.refused:
+            tier, decision = self.refused[-1]
+            why = "; ".join(f"to {t!r}: {d.reason}" for t, d in self.refused)
+            msg = f"{error.message}; escalation refused by the what-if gate ({why})"
             return EscalationRefusedError(
                 msg,
                 refused_tier=tier,

@@ -45,13 +45,14 @@ RBF_SETTINGS: dict[str, float] = {
 
 
 def prior_costs(specs: Sequence[TierSpec], weights: tuple[float, float]) -> dict[str, float]:
-    """C assumed for a tier before it was ever tried: 300 tokens in and 100 out at its weights
-    (a tool tier: 10 ms of CPU)."""
+    """C assumed for a tier before it was ever tried: optimistic, 100 tokens in and 10 out at its
+    weights (a tool tier: one unit of CPU), so an unseen tier is tried rather than ruled out
+    by a guess; its observed C replaces this at once."""
     out = {}
     for s in specs:
         w_in = s.weight_in if s.weight_in is not None else weights[0]
         w_out = s.weight_out if s.weight_out is not None else weights[1]
-        out[s.name] = 10.0 * w_out if s.kind == "tool" else 300.0 * w_in + 100.0 * w_out
+        out[s.name] = w_out if s.kind == "tool" else 100.0 * w_in + 10.0 * w_out
     return out
 
 

@@ -41,8 +41,10 @@ class FunctionTier(BlackBoxTier):
     ``fn(spec, prompt)`` returns the value (a pydantic instance or JSON-able data), validated
     by the router like any tier's output; raising ``ValueError`` declines the request (the
     cascade moves on). ``accepts(spec)`` says which schemas it answers at all: the routing
-    policy skips it for the others. Its C is its CPU milliseconds charged as output units
-    (at the tier's ``weight_out``), at least one.
+    policy skips it for the others. Its C is its CPU time charged as output units of
+    ``ms_per_unit`` milliseconds (at the tier's ``weight_out``), at least one; a request's
+    ``max_tokens`` therefore bounds the CPU a tool may spend (past it the charge raises
+    ``BudgetExceededError`` like any tier's).
 
     Parameters
     ----------
@@ -52,14 +54,22 @@ class FunctionTier(BlackBoxTier):
         The answering function (SymPy, a simulator, a lookup ...).
     accepts:
         Which schemas it answers; by default every one.
+    ms_per_unit:
+        CPU milliseconds per charged unit.
     """
 
     def __init__(
-        self, name: str, fn: Answer, *, accepts: Callable[[SchemaSpec], bool] | None = None
+        self,
+        name: str,
+        fn: Answer,
+        *,
+        accepts: Callable[[SchemaSpec], bool] | None = None,
+        ms_per_unit: float = 10.0,
     ) -> None:
         self.name = name
         self.fn = fn
         self._accepts = accepts
+        self.ms_per_unit = ms_per_unit
 
     @property
     def model_name(self) -> str:
@@ -78,6 +88,7 @@ class FunctionTier(BlackBoxTier):
 
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
         prompt = next((m["content"] for m in request.messages if m["role"] == "user"), "")
+        meter.check(tokens_out=1)  # the smallest charge must fit before anything runs
         t0 = time.thread_time()
         try:
             value = self.fn(request.schema.spec, prompt)
@@ -85,7 +96,8 @@ class FunctionTier(BlackBoxTier):
             msg = f"tool tier {self.name!r} declined: {e}"
             raise TierError(msg, tier=self.name, workflow_id=request.workflow_id) from e
         finally:
-            units = max(1, math.ceil((time.thread_time() - t0) * 1000.0))
+            cpu_ms = (time.thread_time() - t0) * 1000.0
+            units = max(1, math.ceil(cpu_ms / self.ms_per_unit))
             meter.charge(tokens_out=units)
         if isinstance(value, BaseModel):
             text = value.model_dump_json()
