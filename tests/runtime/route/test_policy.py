@@ -217,3 +217,23 @@ def test_reset_arm_restores_an_arms_uncertainty_only() -> None:
     after = net.variance(x)
     assert after[0] > 10 * before[0] and after[1] == pytest.approx(before[1])
     assert net.predict(x)[0] == pytest.approx(1.0, abs=0.1)  # the weights are kept
+
+
+def test_a_model_embedder_adds_bounded_prompt_features() -> None:
+    from coreason_runtime.route import ModelEmbedder
+
+    vocab = {
+        w: i
+        for i, w in enumerate(["differentiate", "integrate", "matrix", "the", "of", "x", "sin"])
+    }
+    table = np.random.default_rng(0).normal(size=(len(vocab), 16))
+    embed = ModelEmbedder(
+        lambda t: [vocab[w] for w in t.lower().split() if w in vocab], table, dims=4
+    )
+    f = Featurizer(embedder=embed, embed_dims=4)
+    spec = SchemaSpec.from_user({"type": "object"})
+    a = f.context(spec, "differentiate sin of x").x
+    b = f.context(spec, "the matrix of x").x
+    assert a.shape == (f.dims,) == (Featurizer().dims + 4,)
+    assert np.all(np.abs(a[-4:]) <= 1.0) and not np.allclose(a[-4:], b[-4:])
+    assert np.allclose(embed("nothing known"), 0.0)

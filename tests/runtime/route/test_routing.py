@@ -234,3 +234,17 @@ def test_a_refused_tier_is_passed_over_for_the_next_one_the_gate_allows(rt: Coor
     assert "mid" not in {a.tier for a in res.attempts}
     refused = [e.data for e in rt.bus.history([EventType.WHATIF_REFUSED])]
     assert [d.name for d in refused if isinstance(d, WhatIfDecided)] == ["escalate local->mid"]
+
+
+@pytest.mark.model
+def test_embed_dims_embeds_prompts_with_the_local_model(
+    home: Path, monkeypatch: pytest.MonkeyPatch, real_model: object
+) -> None:
+    monkeypatch.setenv("COREASON_ROUTE_EMBED_DIMS", "6")
+    with Coordinator() as rt:
+        rt.budgets.set("wf", ceiling=None)
+        rt.router.set_tiers(_scripted([GOOD], [GOOD]))
+        routing = rt.router.routing
+        assert routing is not None and routing.featurizer.dims == Featurizer().dims + 6
+        res = rt.router.generate(Answer, "differentiate x**2", workflow_id="wf")
+        assert res.route is not None and res.tier == "local"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from coreason_runtime.route._drift import DriftWatch
-from coreason_runtime.route._features import DEFAULT_FAMILIES, Featurizer, RequestContext
+from coreason_runtime.route._features import (
+    DEFAULT_FAMILIES,
+    Featurizer,
+    ModelEmbedder,
+    RequestContext,
+)
 from coreason_runtime.route._gate import EscalationGate
 from coreason_runtime.route._matrix import Capability, RouteSettings, TierSpec, load_matrix
 from coreason_runtime.route._outcome import Outcome, TierOutcome, outcome, tier_outcomes
@@ -39,6 +44,7 @@ __all__ = [
     "HistoryRow",
     "HistoryStore",
     "LinearApproximator",
+    "ModelEmbedder",
     "Outcome",
     "RBFApproximator",
     "RequestContext",

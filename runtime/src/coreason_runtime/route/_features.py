@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     FloatArray = NDArray[np.float64]
 
-__all__ = ["DEFAULT_FAMILIES", "Featurizer", "RequestContext", "schema_shape"]
+__all__ = ["DEFAULT_FAMILIES", "Featurizer", "ModelEmbedder", "RequestContext", "schema_shape"]
 
 #: Task families and the words that announce them (in the prompt or the schema's name).
 DEFAULT_FAMILIES: Mapping[str, tuple[str, ...]] = {
@@ -188,3 +188,50 @@ class Featurizer:
             fields=fields,
             prompt_chars=len(prompt),
         )
+
+
+class ModelEmbedder:
+    """A small embedding of a prompt from a language model's token-embedding table.
+
+    The mean of the prompt's token embeddings (no forward pass: a lookup and a mean), projected
+    to ``dims`` by a fixed random matrix and squashed into [-1, 1] by ``tanh`` — cheap enough to
+    run on every request. Pass it to :class:`Featurizer` as ``embedder`` with ``embed_dims``.
+
+    Parameters
+    ----------
+    encode:
+        ``encode(text) -> token ids``.
+    table:
+        The ``(vocabulary, hidden)`` embedding matrix.
+    """
+
+    def __init__(
+        self, encode: Callable[[str], Sequence[int]], table: Any, *, dims: int = 8, seed: int = 0
+    ) -> None:
+        self.encode = encode
+        self.table = np.asarray(table, dtype=np.float64)
+        rng = np.random.default_rng(seed)
+        hidden = self.table.shape[1]
+        self.projection = rng.normal(0.0, 1.0 / math.sqrt(hidden), size=(hidden, dims))
+        scale = float(np.linalg.norm(self.table, axis=1).mean()) or 1.0
+        self.scale = 1.0 / scale
+        self.dims = dims
+
+    @classmethod
+    def from_model(cls, loaded: Any, *, dims: int = 8, seed: int = 0) -> ModelEmbedder:
+        """From a loaded model (``coreason_runtime.models.load_model``): its tokenizer and its
+        input embeddings, copied once to NumPy."""
+        weights = loaded.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+
+        def encode(text: str) -> list[int]:
+            return [int(t) for t in loaded.tokenizer.encode(text, add_special_tokens=False)]
+
+        return cls(encode, weights, dims=dims, seed=seed)
+
+    def __call__(self, text: str) -> FloatArray:
+        ids = [i for i in self.encode(text) if 0 <= i < self.table.shape[0]]
+        if not ids:
+            return np.zeros(self.dims)
+        mean = self.table[ids].mean(axis=0) * self.scale
+        out: FloatArray = np.tanh(3.0 * (mean @ self.projection))
+        return out

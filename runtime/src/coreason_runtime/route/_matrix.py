@@ -114,7 +114,9 @@ class TierSpec(BaseModel):
 
 
 class RouteSettings(BaseModel):
-    """How tiers are chosen: the policy, λ, exploration and the escalation gate."""
+    """How tiers are chosen: the policy, λ, exploration, the escalation gate, the growth
+    budget of the policy's network, how much history is re-learned at start, and whether the
+    prompt is embedded (``embed_dims``, with the runtime's local model's token embeddings)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -124,6 +126,7 @@ class RouteSettings(BaseModel):
     gate: bool = True
     growth_budget: int = Field(default=64, ge=0)
     history: int = Field(default=5000, ge=0)
+    embed_dims: int = Field(default=0, ge=0, le=64)  # > 0: embed prompts with the local model
 
     @field_validator("policy")
     @classmethod

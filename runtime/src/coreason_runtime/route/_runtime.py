@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from coreason_runtime._exceptions import ConfigurationError
-from coreason_runtime.route._features import Featurizer
+from coreason_runtime.route._features import Featurizer, ModelEmbedder
 from coreason_runtime.route._gate import EscalationGate
 from coreason_runtime.route._policy import (
     BanditPolicy,
@@ -120,12 +120,21 @@ def make_policy(
     raise ConfigurationError(msg)
 
 
+def _featurizer(rt: Coordinator, settings: RouteSettings) -> Featurizer:
+    if not settings.embed_dims:
+        return Featurizer()
+    from coreason_runtime.models import load_model
+
+    embedder = ModelEmbedder.from_model(load_model(rt.config.model), dims=settings.embed_dims)
+    return Featurizer(embedder=embedder, embed_dims=settings.embed_dims)
+
+
 def routing_for_runtime(
     rt: Coordinator, settings: RouteSettings, specs: Sequence[TierSpec]
 ) -> Routing:
     """The routing of ``rt``: its matrix's policy, a history under ``$COREASON_HOME/route``
     (replayed now), the what-if gate on escalation, events on ``rt.bus``."""
-    featurizer = Featurizer()
+    featurizer = _featurizer(rt, settings)
     arms = [s.name for s in specs]
     cage = rt.budgets
 
