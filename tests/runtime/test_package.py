@@ -18,8 +18,9 @@ def _modules_after(statement: str) -> set[str]:
 def test_runtime_imports_no_jupyter_module() -> None:
     loaded = _modules_after(
         "import coreason_runtime\n"
-        "for name in ('budget', 'tensor', 'tensor._local', 'tensor._remote', 'models', 'serve', 'route', 'plan',"
-        " 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal', 'cli'):\n"
+        "for name in ('budget', 'tensor', 'tensor._local', 'tensor._remote', 'models', 'serve',"
+        " 'route', 'plan', 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal',"
+        " 'cli'):\n"
         "    __import__('coreason_runtime.' + name)"
     )
     jupyterish = {
