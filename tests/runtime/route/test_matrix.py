@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coreason_runtime import ConfigurationError, Coordinator, OracleConfig, RuntimeConfig
@@ -177,3 +178,25 @@ def test_a_function_tier_says_which_schemas_it_answers() -> None:
     assert not tier.accepts(SchemaSpec.from_user({"type": "object", "title": "Other"}))
     assert tier.accepts(SchemaSpec.from_user({"type": "object"}))
     assert tier.compile(SchemaSpec.from_user({"type": "object"})).errors == {}
+
+
+def test_a_second_in_kernel_model_is_a_tier_of_its_own(
+    home: Path, tmp_path: Path, tiny_model: Any
+) -> None:
+    folder = tmp_path / "tiny"
+    tiny_model.model.save_pretrained(folder)
+    tiny_model.tokenizer.save_pretrained(folder)
+    (home / "tiers.toml").write_text(
+        f'[[tier]]\nname = "local"\nkind = "local"\n'
+        f'[[tier]]\nname = "tiny"\nkind = "local"\nmodel = "{folder}"\n'
+    )
+    schema = {"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"]}
+    with Coordinator() as rt:
+        rt.budgets.set("wf", ceiling=None)
+        tiny = rt.router.tier("tiny")
+        assert tiny.model_name == str(folder)
+        res = rt.router.generate(
+            schema, "pick one", workflow_id="wf", tiers=["tiny"], max_tokens=16
+        )
+        assert res.tier == "tiny" and res.value["a"] in ("x", "y")
+        assert not rt.router.tier("local").loaded  # the runtime's own model was never loaded
