@@ -61,6 +61,10 @@ class RuntimeConfig:
     redis_url: str | None = field(default_factory=lambda: os.environ.get("COREASON_REDIS_URL"))
     weight_in: float = 1.0
     weight_out: float = 3.0
+    # budget leases: output tokens granted at a time (None: the worst case up front), and the
+    # longest a request waits for leases in flight to give room back
+    lease_tokens: int | None = 16
+    lease_wait: float = 30.0
     compile_timeout: float = 5.0
     local_timeout: float = 120.0
     max_tokens: int = 256

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -182,10 +182,20 @@ class ControlledMeter:
     def __init__(self, inner: Meter, ticket: Ticket) -> None:
         self._inner = inner
         self._ticket = ticket
+        self._counted = 0  # output tokens counted for the views so far
 
     @property
     def max_out(self) -> int:
         return self._inner.max_out
+
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        return self._inner.ensure(tokens_in, tokens_out, interrupted=interrupted)
 
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self._inner.check(tokens_in=tokens_in, tokens_out=tokens_out)
@@ -194,7 +204,15 @@ class ControlledMeter:
         self._ticket.checkpoint()
         self._inner.charge(tokens_in=tokens_in, tokens_out=tokens_out)
         if tokens_out:
+            self._counted += tokens_out
             self._ticket.count_tokens(tokens_out)
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self._ticket.checkpoint()
+        self._inner.correct(tokens_in, tokens_out)
+        if tokens_out > self._counted:
+            self._ticket.count_tokens(tokens_out - self._counted)
+            self._counted = tokens_out
 
 
 class Controls:
