@@ -34,6 +34,8 @@ class OracleConfig:
     model: str
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
+    # counts streamed tokens when the server sends no usage per chunk (None: the local model's)
+    tokenizer: str | None = None
 
     @classmethod
     def from_env(cls) -> OracleConfig | None:
@@ -45,6 +47,7 @@ class OracleConfig:
             base_url=base_url,
             model=os.environ.get("COREASON_ORACLE_MODEL", "default"),
             api_key=os.environ.get("COREASON_ORACLE_API_KEY") or None,
+            tokenizer=os.environ.get("COREASON_ORACLE_TOKENIZER") or None,
         )
 
 

@@ -144,7 +144,7 @@ class Reservation:
             If the room did not come: no lease in flight could give any back, or the wait
             bound passed. Nothing was consumed.
         """
-        target = self._cage.cost(self.tokens_in + tokens_in, self.tokens_out + tokens_out)
+        target = self._needs(self.tokens_in + tokens_in, self.tokens_out + tokens_out)
         return self._cover(target, interrupted)
 
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
@@ -181,17 +181,23 @@ class Reservation:
                 msg = "charge after settle: the reservation is closed"
                 raise BudgetExceededError(msg, workflow_id=self.workflow_id, tier=self.tier)
             self.tokens_in, self.tokens_out = tokens_in, tokens_out
-            consumed = self.consumed
+            needs = self._needs(tokens_in, tokens_out)
             now = time.monotonic()
             due = now - self._last_checkpoint > _CHECKPOINT_EVERY_S
             if due:
                 self._last_checkpoint = now
         if due:
             self.checkpoint()
-        if consumed > self.granted + _EPS:
-            self._cover(consumed, None)
+        if needs > self.granted + _EPS:
+            self._cover(needs, None)
 
     # --- growing -------------------------------------------------------------------------------
+
+    def _needs(self, tokens_in: int, tokens_out: int) -> float:
+        """The grant these counts need: their C, and room for the prompt tokens estimated but
+        not yet charged (a stream's prompt is reported at its end)."""
+        pending_in = max(self.estimated_in - tokens_in, 0)
+        return self._cage.cost(tokens_in, tokens_out) + self._cage.weight_in * pending_in
 
     def _cover(self, target: float, interrupted: Callable[[], bool] | None) -> bool:
         """Grow the grant to at least ``target``, waiting for room; raise when it cannot."""
