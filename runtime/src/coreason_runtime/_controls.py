@@ -195,10 +195,21 @@ class ControlledMeter:
         *,
         interrupted: Callable[[], bool] | None = None,
     ) -> bool:
-        return self._inner.ensure(tokens_in, tokens_out, interrupted=interrupted)
+        """The inner meter's ``ensure``; a wait for budget room ends when the workflow is
+        paused (held at the checkpoint, then waiting again) or aborted (raised)."""
+
+        def stop() -> bool:
+            outside = interrupted is not None and interrupted()
+            return outside or self._ticket.state is not ControlState.RUNNING
+
+        while not self._inner.ensure(tokens_in, tokens_out, interrupted=stop):
+            if interrupted is not None and interrupted():
+                return False
+            self._ticket.checkpoint()  # blocks while paused; raises once aborted
+        return True
 
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        self._inner.check(tokens_in=tokens_in, tokens_out=tokens_out)
+        self.ensure(tokens_in, tokens_out)
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self._ticket.checkpoint()

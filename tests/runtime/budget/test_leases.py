@@ -292,3 +292,34 @@ def test_the_false_refusal_case_answers_every_request_it_can_afford(tmp_path: Pa
     prompt = cage.history("wf")[0].tokens_in
     assert prompt + 3 * 290 >= 870  # each would have reserved ≈ Ω under the worst-case scheme
     assert cage.spent("wf") == sum(costs) <= 900
+
+
+def test_an_abort_ends_a_black_box_tiers_wait_for_room() -> None:
+    from coreason_runtime import WorkflowAbortedError
+    from coreason_runtime._controls import ControlledMeter, Controls
+
+    cage = BudgetCage(lease_tokens=2, lease_wait=3600)
+    cage.set("wf", ceiling=12)
+    holder = cage.open("wf", tokens_in=0, max_out=2, tier="other")  # 6 of 12, never settled
+    lease = cage.open("wf", tokens_in=0, max_out=5, tier="oracle")
+    controls = Controls()
+    meter = ControlledMeter(lease, controls.open("wf"))
+    _produce(lease, 2)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            meter.check(tokens_out=1)
+        except BaseException as e:  # reported by the assertion below
+            raised.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _until(lambda: cage.backend.releasable("wf") == holder.granted, "the wait for room")
+    controls.abort("wf")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], WorkflowAbortedError)
+    lease.settle()
+    holder.settle()
+    assert cage.spent("wf") == 6
