@@ -14,8 +14,9 @@ Uncut: a greedy request under a large Ω; its ledger charge is compared with the
 server reports for the same request asked directly over HTTP. Cut: Ω leaves room for the
 prompt and 100 output tokens, but another request in flight already consumed 60 tokens' worth
 (its lease unsettled), so the stream can only have 40; the lease waits 2 s for that room, then
-cuts the stream. Overshoot: output tokens the server really streamed (content chunks received,
-the crossing one included, × 8) beyond the 40 that fit, in tokens and in chunks.
+cuts the stream. Overshoot: output tokens the server really streamed (its final usage when it
+came, else the content chunks received, the crossing one included, × 8) beyond the 40 that
+fit, in tokens and in chunks; and the ledger's overshoot of Ω in C.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ChunkCounter:
     def __init__(self, lease: Reservation) -> None:
         self.lease = lease
         self.chunks = 0
+        self.reported_out: int | None = None  # the server's own count, when it came
 
     @property
     def max_out(self) -> int:
@@ -88,6 +90,7 @@ class ChunkCounter:
         self.lease.charge(tokens_in, tokens_out)
 
     def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self.reported_out = tokens_out
         self.lease.correct(tokens_in, tokens_out)
 
 
@@ -176,7 +179,7 @@ def cut(
         lease.settle()
         other.settle()
         tier.close()
-    streamed = meter.chunks * CHUNK
+    streamed = meter.reported_out if meter.reported_out is not None else meter.chunks * CHUNK
     ledger = cage.get("bench")
     return {
         "cut": error is not None,
@@ -212,6 +215,7 @@ def main() -> None:
                     c["charged_out"],
                     c["over_tokens"],
                     f"{c['over_tokens'] / CHUNK:.2f}",
+                    c["ledger_overshoot"],
                     "yes" if c["cut"] and c["over_tokens"] <= CHUNK else "NO",
                 ]
             )
@@ -234,16 +238,22 @@ def main() -> None:
             "charged at cut-off",
             "overshoot (tokens)",
             "overshoot (chunks)",
+            "ledger overshoot C",
             "≤ one chunk",
         ],
         rows,
         notes=(
             f"Goals, usage on every chunk: final charge = server's usage "
             f"({'met' if exact[3] == 'yes' else 'MISSED'}); overshoot at cut-off ≤ one chunk "
-            f"({'met' if exact[-1] == 'yes' else 'MISSED'}). Server usage of the uncut request: "
-            f"{usage_in} prompt + {usage_out} output tokens (C = T_in + 3·T_out). Streamed "
-            f"at cut-off: content chunks received (the crossing one included) × {CHUNK} tokens "
-            "per chunk. Load average (1/5/15 min) before "
+            f"({'met' if exact[-1] == 'yes' else 'MISSED'}). Uncut, every metering ends equal "
+            "to the server's usage (the final usage chunk trues it up; it now also corrects "
+            "downwards); they differ where the stream is cut before that chunk. Server usage "
+            f"of the uncut request: {usage_in} prompt + {usage_out} output tokens (C = T_in + 3·T_out). Streamed "
+            "at cut-off: the server's final usage when it came, else content chunks received "
+            f"(the crossing one included) × {CHUNK} tokens per chunk. The tokenizer row's "
+            "ledger stays under Ω because a stream cut before its usage chunk never learns its "
+            "prompt count (the lease held room for it; only what was reported or counted is "
+            "charged). Load average (1/5/15 min) before "
             f"{load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, after "
             f"{load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} (shared 2-core "
             "machine)."
