@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from coreason_runtime import ConfigurationError, Coordinator, OracleConfig, RuntimeConfig
 from coreason_runtime.route import Capability, FunctionTier, TierSpec, load_matrix
-from coreason_runtime.tensor import SchemaSpec, ScriptedTier
+from coreason_runtime.tensor import RemoteTier, SchemaSpec, ScriptedTier
+from coreason_runtime.tensor._usage import TokenizerCounter
 
 TOML = """
 [route]
@@ -109,6 +110,29 @@ def test_environment_overrides_a_field_and_picks_the_tiers(
     specs, settings = load_matrix(RuntimeConfig(home=home), env=env)
     assert [s.name for s in specs] == ["oracle", "local"]
     assert specs[0].weight_out == 50 and settings.policy == "static"
+
+
+def test_a_remote_tier_counts_unreported_stream_tokens_with_its_own_tokenizer(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (home / "tiers.toml").write_text(TOML)
+    monkeypatch.setenv("TEST_ORACLE_KEY", "k")
+    monkeypatch.setenv("COREASON_TIER_KINETIC_TOKENIZER", "some/tokenizer")
+    runtime = Coordinator()
+    try:
+        kinetic, oracle = runtime.router.tier("kinetic"), runtime.router.tier("oracle")
+        assert isinstance(kinetic, RemoteTier) and isinstance(oracle, RemoteTier)
+        assert isinstance(kinetic.token_counter, TokenizerCounter)
+        assert isinstance(oracle.token_counter, TokenizerCounter)
+        assert kinetic.token_counter.model == "some/tokenizer"
+        assert kinetic.config.tokenizer == "some/tokenizer"
+        assert oracle.token_counter.model == runtime.config.model  # none of its own
+    finally:
+        runtime.close()
+    (home / "tiers.toml").unlink()
+    config = RuntimeConfig(oracle=OracleConfig("http://127.0.0.1:9/v1", "m", tokenizer="t/k"))
+    specs, _ = load_matrix(config, env={})
+    assert specs[-1].tokenizer == "t/k"  # the default oracle keeps COREASON_ORACLE_TOKENIZER
 
 
 @pytest.mark.parametrize(

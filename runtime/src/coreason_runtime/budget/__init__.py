@@ -1,9 +1,15 @@
-"""The budget cage: per-workflow ceilings, reservations, metering, and ledger stores."""
+"""The budget cage: per-workflow ceilings, leases that grow as tokens are consumed, ledgers."""
 
 from __future__ import annotations
 
 from coreason_runtime.budget._cage import DEFAULT_WORKFLOW, BudgetCage, Reservation
-from coreason_runtime.budget._models import Charge, Ledger, LedgerBackend, ReservationRecord
+from coreason_runtime.budget._models import (
+    Charge,
+    LeaseGrowth,
+    Ledger,
+    LedgerBackend,
+    ReservationRecord,
+)
 from coreason_runtime.budget._sqlite import MemoryLedgerBackend, SQLiteLedgerBackend
 
 
@@ -19,6 +25,7 @@ __all__ = [
     "DEFAULT_WORKFLOW",
     "BudgetCage",
     "Charge",
+    "LeaseGrowth",
     "Ledger",
     "LedgerBackend",
     "MemoryLedgerBackend",

@@ -12,7 +12,7 @@ from coreason_runtime._exceptions import (
     MissingExtraError,
     UnknownWorkflowError,
 )
-from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
 
 __all__ = ["RedisLedgerBackend"]
 
@@ -36,11 +36,60 @@ redis.call('HSET', KEYS[2], ARGV[4] .. ':granted', tostring(grant))
 return {1, tostring(grant)}
 """
 
-# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list;
+# KEYS[1] ledger hash, KEYS[2] reservation hash, KEYS[3] waiting leases hash;
+# ARGV: id, want, minimum, consumed, record json. A lease that cannot grow gives its grant above
+# what it consumed back and is marked waiting; the ledger's 'pinned' sums waiting grants.
+_GROW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '0', '0'} end
+local gkey = ARGV[1] .. ':granted'
+local old = redis.call('HGET', KEYS[2], gkey)
+if not old then return {-2, '0', '0'} end
+old = tonumber(old)
+local was_waiting = redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1
+local ceiling = redis.call('HGET', KEYS[1], 'ceiling')
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local pinned = tonumber(redis.call('HGET', KEYS[1], 'pinned') or '0')
+local add = tonumber(ARGV[2])
+if ceiling and ceiling ~= '' then
+  local available = tonumber(ceiling) - spent - reserved
+  if available < add then add = available end
+end
+if was_waiting then pinned = pinned - old end
+local granted = old
+local grown = 0
+if add >= tonumber(ARGV[3]) - 1e-9 then
+  granted = old + add
+  grown = 1
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  local consumed = tonumber(ARGV[4])
+  if consumed < granted then granted = consumed end
+  if granted < 0 then granted = 0 end
+  pinned = pinned + granted
+  redis.call('HSET', KEYS[3], ARGV[1], '1')
+end
+reserved = reserved + granted - old
+if reserved < 0 then reserved = 0 end
+if pinned < 0 then pinned = 0 end
+redis.call('HSET', KEYS[1], 'reserved', tostring(reserved), 'pinned', tostring(pinned))
+redis.call('HSET', KEYS[2], gkey, tostring(granted), ARGV[1], ARGV[5])
+local others = reserved - pinned
+if grown == 1 then others = others - granted end
+if others < 0 then others = 0 end
+return {grown, tostring(granted), tostring(others)}
+"""
+
+# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list, KEYS[4] waiting leases;
 # ARGV: id, cost, tokens_in, tokens_out, tier, charge json
 _SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local granted = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':granted') or '0')
+if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then
+  local pinned = tonumber(redis.call('HGET', KEYS[1], 'pinned') or '0') - granted
+  if pinned < 0 then pinned = 0 end
+  redis.call('HSET', KEYS[1], 'pinned', tostring(pinned))
+end
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
 local left = reserved - granted
 if left < 0 then left = 0 end
@@ -79,6 +128,7 @@ class RedisLedgerBackend:
         try:
             self._reserve = self._r.register_script(_RESERVE)
             self._settle = self._r.register_script(_SETTLE)
+            self._grow = self._r.register_script(_GROW)
             self._r.ping()
         except redis.RedisError as e:
             msg = f"cannot reach the Redis ledger store at {url}: {e}"
@@ -134,6 +184,7 @@ class RedisLedgerBackend:
 
     def reset(self, workflow_id: str) -> Ledger:
         led = self._require(workflow_id)
+        pinned = self._call(self._r.hget, self._k(workflow_id), "pinned") or "0"
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k(workflow_id), f"{self.prefix}:charges:{workflow_id}")
         pipe.hset(
@@ -141,6 +192,7 @@ class RedisLedgerBackend:
             mapping={
                 "ceiling": "" if led.ceiling is None else repr(led.ceiling),
                 "reserved": repr(led.reserved),
+                "pinned": pinned,
             },
         )
         self._call(pipe.execute)
@@ -184,6 +236,34 @@ class RedisLedgerBackend:
             )
         return float(value)
 
+    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
+        grown, granted, others = self._call(
+            self._grow,
+            keys=[
+                self._k(record.workflow_id),
+                f"{self.prefix}:reservations",
+                f"{self.prefix}:waiting",
+            ],
+            args=[
+                record.reservation_id,
+                repr(want),
+                repr(minimum),
+                repr(record.consumed),
+                record.model_dump_json(),
+            ],
+        )
+        if grown == -1:
+            msg = f"no ledger for workflow {record.workflow_id!r}; set one with budgets.set(...)"
+            raise UnknownWorkflowError(msg, workflow_id=record.workflow_id)
+        if grown == -2:
+            msg = f"lease {record.reservation_id} is no longer in {self.url} (recovered?)"
+            raise LedgerBackendError(msg)
+        return LeaseGrowth(granted=float(granted), grown=grown == 1, releasable=float(others))
+
+    def releasable(self, workflow_id: str) -> float:
+        reserved, pinned = self._call(self._r.hmget, self._k(workflow_id), "reserved", "pinned")
+        return max(float(reserved or 0) - float(pinned or 0), 0.0)
+
     def checkpoint(self, record: ReservationRecord) -> None:
         self._call(
             self._r.hset,
@@ -199,6 +279,7 @@ class RedisLedgerBackend:
                 self._k(record.workflow_id),
                 f"{self.prefix}:reservations",
                 f"{self.prefix}:charges:{record.workflow_id}",
+                f"{self.prefix}:waiting",
             ],
             args=[
                 record.reservation_id,

@@ -18,7 +18,7 @@ from coreason_runtime._exceptions import (
     LedgerBackendError,
     UnknownWorkflowError,
 )
-from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
 
 __all__ = ["MemoryLedgerBackend", "SQLiteLedgerBackend"]
 
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     tokens_out INTEGER NOT NULL DEFAULT 0,
     pid INTEGER NOT NULL,
     host TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    waiting INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS charges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,6 +59,25 @@ CREATE TABLE IF NOT EXISTS charges (
 );
 CREATE INDEX IF NOT EXISTS charges_wf ON charges(workflow_id, id);
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the lease columns to a store written before leases (idempotent, race-safe)."""
+    columns = {r["name"] for r in conn.execute("PRAGMA table_info(reservations)")}
+    if "waiting" in columns:
+        return
+    try:
+        conn.execute("ALTER TABLE reservations ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0")
+    except sqlite3.OperationalError as e:  # another process added it first
+        if "duplicate column" not in str(e):
+            raise
+
+
+def _grown(granted: float, consumed: float, add: float, minimum: float) -> tuple[float, bool]:
+    """A lease's new grant and whether it grew: by ``add``, or trimmed to what it consumed."""
+    if add >= minimum - 1e-9:
+        return granted + add, True
+    return max(min(granted, consumed), 0.0), False
 
 
 def _ledger(row: sqlite3.Row) -> Ledger:
@@ -94,6 +114,7 @@ class SQLiteLedgerBackend:
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)
+        _migrate(self._conn())
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -216,6 +237,53 @@ class SQLiteLedgerBackend:
             )
             return grant
 
+    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
+        with self._tx() as db:
+            row = self._require(db, record.workflow_id)
+            res = db.execute(
+                "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
+            ).fetchone()
+            if res is None:
+                msg = f"lease {record.reservation_id} is no longer in {self.path} (recovered?)"
+                raise LedgerBackendError(msg)
+            ceiling = row["ceiling"]
+            available = want if ceiling is None else ceiling - row["spent"] - row["reserved"]
+            granted, grown = _grown(res["granted"], record.consumed, min(want, available), minimum)
+            db.execute(
+                "UPDATE ledgers SET reserved=MAX(reserved+?, 0) WHERE workflow_id=?",
+                (granted - res["granted"], record.workflow_id),
+            )
+            db.execute(
+                "UPDATE reservations SET granted=?, waiting=?, consumed=?, tokens_in=?, "
+                "tokens_out=? WHERE reservation_id=?",
+                (
+                    granted,
+                    0 if grown else 1,
+                    record.consumed,
+                    record.tokens_in,
+                    record.tokens_out,
+                    record.reservation_id,
+                ),
+            )
+            others = db.execute(
+                "SELECT COALESCE(SUM(granted), 0) FROM reservations "
+                "WHERE workflow_id=? AND waiting=0 AND reservation_id<>?",
+                (record.workflow_id, record.reservation_id),
+            ).fetchone()[0]
+            return LeaseGrowth(granted=granted, grown=grown, releasable=float(others))
+
+    def releasable(self, workflow_id: str) -> float:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COALESCE(SUM(granted), 0) FROM reservations "
+                "WHERE workflow_id=? AND waiting=0",
+                (workflow_id,),
+            )
+            .fetchone()
+        )
+        return float(row[0])
+
     def checkpoint(self, record: ReservationRecord) -> None:
         with self._tx() as db:
             db.execute(
@@ -298,6 +366,7 @@ class MemoryLedgerBackend:
         self._lock = threading.Lock()
         self._ledgers: dict[str, Ledger] = {}
         self._reservations: dict[str, ReservationRecord] = {}
+        self._waiting: set[str] = set()  # leases that gave their unused grant back and wait
         self._charges: dict[str, list[Charge]] = {}
 
     def _require(self, workflow_id: str) -> Ledger:
@@ -357,15 +426,54 @@ class MemoryLedgerBackend:
             self._reservations[record.reservation_id] = record.model_copy(update={"granted": grant})
             return grant
 
+    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
+        with self._lock:
+            led = self._require(record.workflow_id)
+            old = self._reservations.get(record.reservation_id)
+            if old is None:
+                msg = f"lease {record.reservation_id} is no longer in memory (recovered?)"
+                raise LedgerBackendError(msg)
+            available = want if led.ceiling is None else led.remaining
+            granted, grown = _grown(old.granted, record.consumed, min(want, available), minimum)
+            self._ledgers[record.workflow_id] = led.model_copy(
+                update={"reserved": max(led.reserved + granted - old.granted, 0.0)}
+            )
+            self._reservations[record.reservation_id] = record.model_copy(
+                update={"granted": granted}
+            )
+            if grown:
+                self._waiting.discard(record.reservation_id)
+            else:
+                self._waiting.add(record.reservation_id)
+            others = self._releasable(record.workflow_id, but=record.reservation_id)
+            return LeaseGrowth(granted, grown, others)
+
+    def _releasable(self, workflow_id: str, but: str = "") -> float:
+        return sum(
+            r.granted
+            for r in self._reservations.values()
+            if r.workflow_id == workflow_id
+            and r.reservation_id not in self._waiting
+            and r.reservation_id != but
+        )
+
+    def releasable(self, workflow_id: str) -> float:
+        with self._lock:
+            return self._releasable(workflow_id)
+
     def checkpoint(self, record: ReservationRecord) -> None:
         with self._lock:
-            if record.reservation_id in self._reservations:
-                self._reservations[record.reservation_id] = record
+            old = self._reservations.get(record.reservation_id)
+            if old is not None:  # the stored grant is the lease's; the record may be older
+                self._reservations[record.reservation_id] = record.model_copy(
+                    update={"granted": old.granted}
+                )
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
         with self._lock:
             led = self._require(record.workflow_id)
             res = self._reservations.pop(record.reservation_id, None)
+            self._waiting.discard(record.reservation_id)
             by_tier = dict(led.by_tier)
             by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
             new = led.model_copy(

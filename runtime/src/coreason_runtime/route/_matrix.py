@@ -93,6 +93,7 @@ class TierSpec(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     timeout: float = Field(default=60.0, gt=0)
+    tokenizer: str | None = None  # counts a server's streamed tokens when it sends no usage
     function: str | None = None
     weight_in: float | None = Field(default=None, gt=0)
     weight_out: float | None = Field(default=None, gt=0)
@@ -149,6 +150,7 @@ def _defaults(config: RuntimeConfig) -> list[TierSpec]:
                 base_url=oracle.base_url,
                 model=oracle.model,
                 timeout=oracle.timeout,
+                tokenizer=oracle.tokenizer,
             )
         )
     return specs

@@ -140,13 +140,19 @@ def _remote(spec: TierSpec, rt: Coordinator) -> Tier:
     if not spec.base_url:
         msg = f"tier {spec.name!r} ({spec.kind}) needs a base_url"
         raise ConfigurationError(msg)
+    from coreason_runtime.tensor._usage import TokenizerCounter
+
     config = OracleConfig(
         base_url=spec.base_url,
         model=spec.model or "default",
         api_key=_api_key(spec, rt),
         timeout=spec.timeout,
+        tokenizer=spec.tokenizer,
     )
-    tier = RemoteTier(config, bus=rt.bus)
+    # streams without usage per chunk are counted with the tier's tokenizer, else the local
+    # model's (loaded on first use)
+    counter = TokenizerCounter(spec.tokenizer or rt.config.model)
+    tier = RemoteTier(config, rt.bus, token_counter=counter)
     tier.name = spec.name
     return tier
 

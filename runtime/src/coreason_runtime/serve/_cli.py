@@ -19,7 +19,7 @@ logger = logging.getLogger("coreason_runtime.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``coreason serve`` (host, port, model, token)."""
+    """The options of ``coreason serve`` (host, port, model, token, stream interval)."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="require `Authorization: Bearer TOKEN` (or $COREASON_SERVE_TOKEN)",
     )
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk (default 1, as OpenAI streams)",
+    )
     return parser
 
 
@@ -47,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def local_tier_loader(model: str | None) -> Any:
-    """A zero-argument function that loads ``model`` and returns its ``LocalTier``."""
+def local_tier_loader(model: str | None, stream_interval: int = 1) -> Any:
+    """A zero-argument function that loads ``model`` and returns its ``LocalTier``, streaming
+    ``stream_interval`` tokens per chunk."""
 
     def load() -> Any:
         from coreason_runtime.models import load_model
@@ -58,8 +65,8 @@ def local_tier_loader(model: str | None) -> Any:
         cfg = RuntimeConfig(oracle=None)
         loaded = load_model(model)
         compiler = UniversalCompiler(loaded, timeout=cfg.compile_timeout)
-        # One token per streamed chunk, as OpenAI streams do.
-        return LocalTier(loaded, compiler, stream_every=1, timeout=cfg.local_timeout)
+        every = max(1, stream_interval)
+        return LocalTier(loaded, compiler, stream_every=every, timeout=cfg.local_timeout)
 
     return load
 
@@ -76,9 +83,9 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` on ``args.host:args.port`` until interrupted.
 
-    ``args`` carries ``host``, ``port``, ``model`` and ``token`` (``None`` reads
-    ``$COREASON_SERVE_TOKEN``). The model loads in the background; ``/health`` answers
-    ``"loading"`` until it is ready.
+    ``args`` carries ``host``, ``port``, ``model``, ``token`` (``None`` reads
+    ``$COREASON_SERVE_TOKEN``) and ``stream_interval`` (tokens per streamed chunk). The model
+    loads in the background; ``/health`` answers ``"loading"`` until it is ready.
     """
     try:
         import uvicorn
@@ -100,7 +107,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     name = model or os.environ.get("COREASON_MODEL") or DEFAULT_MODEL
-    app = create_app(local_tier_loader(model), token=token, model_name=name)
+    interval = int(getattr(args, "stream_interval", 1) or 1)
+    if interval < 1:
+        msg = f"--stream-interval must be at least 1, got {interval}"
+        raise ConfigurationError(msg)
+    app = create_app(local_tier_loader(model, interval), token=token, model_name=name)
     print(
         f"coreason serve: {name} on http://{host}:{port}/v1 (model loading; GET /health)",
         file=sys.stderr,
