@@ -25,22 +25,23 @@ from collections.abc import Callable
 from typing import Any
 
 from coreason_runtime.verify import (
-    Antiderivative,
+    CallableCheck,
     Check,
     CheckResult,
-    Derivative,
-    Eigenvalues,
-    Equivalent,
     Failure,
-    Invariant,
-    Limit,
     RepairRecord,
-    Roots,
-    Units,
     Verdict,
     VerifyPolicy,
 )
-from coreason_runtime.verify._run import CallableCheck
+from coreason_runtime.verify._builtins import (
+    Antiderivative,
+    Derivative,
+    Eigenvalues,
+    Equivalent,
+    Limit,
+    Roots,
+)
+from coreason_runtime.verify._units import Invariant, Units
 
 __all__ = [
     "Check",

@@ -34,6 +34,7 @@ from coreason_runtime.tensor._types import (
     TierOutput,
     TierRequest,
 )
+from coreason_runtime.verify._lazy import grammar_spec, lazy_pointers, pending_thunks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -123,12 +124,12 @@ class TierRunner:
         VerifierError
             A verifier misbehaved: a bug to fix, neither retried nor escalated.
         """
-        try:
-            compiled = self.compile(spec, tier)
+        steerable = isinstance(tier, SteerableTier)
+        try:  # a steerable tier may write a placeholder in a lazy field
+            compiled = self.compile(grammar_spec(spec) if steerable else spec, tier)
         except CoreasonError as e:
             self._record_skip(conv, tier, plan.workflow_id, e)
             return None
-        steerable = isinstance(tier, SteerableTier)
         form = compiled.grammar if steerable else compiled.openai
         missing = compiled.errors.get("grammar" if steerable else "openai")
         if form is None and missing is not None:
@@ -294,6 +295,11 @@ class TierRunner:
             verified=outcome is not None and outcome.verified,
             repairs=list(conv.repairs),
             verification=outcome.verdict if outcome is not None else None,
+            thunks=(
+                outcome.thunks
+                if outcome is not None
+                else pending_thunks(output.text, lazy_pointers(compiled.spec.json_schema))
+            ),
         )
 
     def _record_failure(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import threading
 import time
@@ -15,7 +14,6 @@ from pydantic import BaseModel
 from coreason_runtime._controls import Controls
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
-    CoreasonError,
     EpistemicYieldError,
     RequestError,
     SchemaCompileError,
@@ -369,63 +367,29 @@ class TensorRouter:
     # --- the subgoal cache -------------------------------------------------------------------
 
     def _from_cache(self, spec: SchemaSpec, plan: RequestPlan) -> Result[Any] | None:
-        if self.cache is None:
-            return None
-        wf = plan.workflow_id
-        try:
-            hit = self.cache.lookup_request(spec.key, plan.prompt, workflow_id=wf)
-        except CoreasonError:
-            logger.exception("subgoal cache lookup failed; asking the tiers")
-            return None
-        if hit is None or hit.value_json is None:
-            return None
-        try:
-            value = spec.validate_text(hit.value_json)
-        except CoreasonError:
-            return None  # a stale entry never reaches the user
-        verdict = None
-        if plan.verify is not None:  # a hit must pass this request's verifiers too
-            from coreason_runtime.verify import run_checks
+        from coreason_runtime.tensor._cached import from_cache
 
-            verdict = run_checks(plan.verify.checks, value, timeout=plan.verify.timeout)
-            if not verdict.ok:
-                return None
-        attempt = Attempt(tier="cache", index=1, ok=True, output=hit.value_json)
-        self.bus.emit(
-            EventType.REQUEST_FINISHED,
-            workflow_id=wf,
-            source="router",
-            tier="cache",
-            cost=0.0,
-            attempts=1,
-            duration_s=0.0,
-        )
-        return Result(
-            value=value,
-            tier="cache",
-            attempts=[attempt],
-            cost=0.0,
-            workflow_id=wf,
-            text=hit.value_json,
-            schema_key=spec.key,
-            verified=verdict is not None,
-            verification=verdict,
-        )
+        return from_cache(self.cache, self.bus, spec, plan)
 
     def _admit_to_cache(self, spec: SchemaSpec, plan: RequestPlan, result: Result[Any]) -> None:
-        """Only what a verifier passed, or a greedy answer to a request with no verifier (the
-        same question would get the same answer again): never an unverified sample."""
-        if self.cache is None or result.tier == "cache":
-            return
-        if not (result.verified or (plan.verify is None and plan.temperature == 0)):
-            return
-        prompt = plan.prompt
-        value = result.value
-        text = value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
-        try:
-            self.cache.admit_request(spec.key, prompt, text, result.workflow_id)
-        except CoreasonError:  # a cache that refuses must never fail an answered request
-            logger.exception("subgoal cache admission failed")
+        from coreason_runtime.tensor._cached import admit_to_cache
+
+        admit_to_cache(self.cache, spec, plan, result)
+
+    # --- lazy fields -------------------------------------------------------------------------
+
+    def force(self, result: Result[Any], pointer: str, **options: Any) -> Result[Any]:
+        """Force the thunk a lazy field of ``result`` still holds: a sub-request for that
+        field alone (``options`` as for :meth:`generate`); the new Result pays for both.
+
+        Raises
+        ------
+        RequestError
+            ``pointer`` holds no thunk in ``result``.
+        """
+        from coreason_runtime.tensor._verified import force_thunk
+
+        return force_thunk(self, result, pointer, **options)
 
     # --- the Oracle Circuit: a human answers -------------------------------------------------
 

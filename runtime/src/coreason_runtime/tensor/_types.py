@@ -69,7 +69,9 @@ class Result(Generic[T]):
 
     ``verified`` is true only when the request named verifiers (``verify=``) and every one of
     them passed this value; ``verification`` is their verdict (how each decided), ``repairs``
-    every field repair tried on the way (accepted or not), in order.
+    every field repair tried on the way (accepted or not), in order. ``thunks`` are the lazy
+    fields still holding a ``⟦name(args)⟧`` placeholder (pointer -> ``(name, args)``), unpaid
+    until ``rt.router.force(result, pointer)``.
     """
 
     value: T
@@ -85,6 +87,7 @@ class Result(Generic[T]):
     verified: bool = False
     repairs: list[RepairRecord] = field(default_factory=list)
     verification: Verdict | None = None
+    thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def tokens_in(self) -> int:

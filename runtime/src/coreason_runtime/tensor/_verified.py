@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.tensor._attempts import Conversation, RequestPlan
+    from coreason_runtime.tensor._router import TensorRouter
     from coreason_runtime.tensor._schema import CompiledSchema
-    from coreason_runtime.tensor._types import Meter
+    from coreason_runtime.tensor._types import Meter, Result
     from coreason_runtime.verify import VerifyPolicy
 
 __all__ = ["RemoteFieldTier", "SpanTiers", "field_tiers", "finish_verification"]
@@ -242,3 +243,52 @@ def finish_verification(
             msg, output=outcome.text, failures=failures, repairs=records, tier=tier.name
         )
     return outcome
+
+
+def force_thunk(
+    router: TensorRouter, result: Result[Any], pointer: str, **options: Any
+) -> Result[Any]:
+    """``router.force``: a sub-request for one lazy field of ``result``, spliced into its value.
+
+    The field's own schema (its placeholder alternative removed) is asked for with the thunk's
+    name and arguments as the question; the new Result carries both requests' attempts and C.
+    """
+    from dataclasses import replace as replace_result
+
+    from pydantic import BaseModel
+
+    from coreason_runtime._exceptions import RequestError
+    from coreason_runtime.verify._json import pointer_parts, subschema
+    from coreason_runtime.verify._types import as_value, normalise_pointer
+
+    pointer = normalise_pointer(pointer)
+    if pointer not in result.thunks:
+        msg = f"{pointer!r} holds no thunk; pending: {sorted(result.thunks) or 'none'}"
+        raise RequestError(msg)
+    if not isinstance(result.value, BaseModel):
+        msg = "force() needs a result whose value is a pydantic model (its schema is the model's)"
+        raise RequestError(msg)
+    spec = SchemaSpec.from_user(type(result.value))
+    field = subschema(spec.json_schema, pointer) or {"type": "string"}
+    name, args = result.thunks[pointer]
+    wrapped = {
+        "title": name,
+        "type": "object",
+        "properties": {"value": {k: v for k, v in field.items() if k != "lazy"}},
+        "required": ["value"],
+    }
+    options.setdefault("workflow_id", result.workflow_id)
+    sub = router.generate(wrapped, f"Compute {name}({args}). Give its value only.", **options)
+    value = as_value(result.value)
+    node = value
+    parts = pointer_parts(pointer)
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(parts[-1]) if isinstance(node, list) else parts[-1]] = sub.value["value"]
+    return replace_result(
+        result,
+        value=spec.validate_value(value),
+        attempts=[*result.attempts, *sub.attempts],
+        cost=result.cost + sub.cost,
+        thunks={p: t for p, t in result.thunks.items() if p != pointer},
+    )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from coreason_runtime._exceptions import ValidationFailure
 from coreason_runtime.verify._json import locate
+from coreason_runtime.verify._lazy import lazy_pointers, pending_thunks
 from coreason_runtime.verify._run import run_checks
 from coreason_runtime.verify._span import span_schema
 from coreason_runtime.verify._types import Check, Failure, RepairRecord, Verdict, VerifyPolicy
@@ -75,6 +76,7 @@ class Draft(Protocol):
         policy: VerifyPolicy,
         meter: Meter,
         reason: str,
+        thunk: str | None = None,
     ) -> RepairRecord | None: ...
 
     def replace(
@@ -85,17 +87,20 @@ class Draft(Protocol):
         tier: str,
         reason: str,
         meter: Meter | None = None,
+        thunk: str | None = None,
     ) -> RepairRecord: ...
 
 
 @dataclass
 class Outcome:
     """The answer after verification and repair: its text, the final verdict (``None`` when
-    the text does not validate, so nothing could be verified) and every repair tried."""
+    the text does not validate, so nothing could be verified), every repair tried, and the
+    lazy fields still holding a placeholder (pointer -> ``(name, args)``)."""
 
     text: str
     verdict: Verdict | None
     repairs: list[RepairRecord] = field(default_factory=list)
+    thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def verified(self) -> bool:
@@ -138,8 +143,13 @@ class VerifyJob:
         BudgetExceededError, WorkflowAbortedError
             A repair was refused by the budget, or the workflow was aborted.
         """
+        outcome = Outcome(draft.text, None)
+        lazy = lazy_pointers(self.spec.json_schema)
+        if lazy:
+            self._force_read(draft, lazy, meter, outcome.repairs, checkpoint)
         verdict = self.evaluate(draft.text)
-        outcome = Outcome(draft.text, verdict)
+        outcome.text, outcome.verdict = draft.text, verdict
+        outcome.thunks = pending_thunks(draft.text, lazy) if lazy else {}
         if verdict is None or verdict.ok or not self.policy.repair:
             return outcome
         tried: set[str] = set()
@@ -154,7 +164,24 @@ class VerifyJob:
             self._repair(draft, pointer, failures, meter, outcome.repairs, checkpoint)
             verdict = self.evaluate(draft.text)
         outcome.text, outcome.verdict = draft.text, verdict
+        outcome.thunks = pending_thunks(draft.text, lazy) if lazy else {}
         return outcome
+
+    def _force_read(
+        self,
+        draft: Draft,
+        lazy: list[str],
+        meter: Meter | None,
+        repairs: list[RepairRecord],
+        checkpoint: Callable[[], None] | None,
+    ) -> None:
+        """Force the placeholders a verifier reads, through the field's repair path."""
+        for pointer, (name, args) in pending_thunks(draft.text, lazy).items():
+            if not any(c.reads is None or pointer in c.reads for c in self.policy.checks):
+                continue  # nobody needs it yet: it stays a thunk, unpaid
+            why = f"⟦{name}({args})⟧ forced: a verifier reads {pointer}"
+            failure = Failure(pointer, why, "lazy")
+            self._repair(draft, pointer, (failure,), meter, repairs, checkpoint, thunk=name)
 
     def _accept(self, pointer: str) -> Accept:
         def accept(text: str) -> bool:
@@ -171,12 +198,13 @@ class VerifyJob:
         meter: Meter | None,
         repairs: list[RepairRecord],
         checkpoint: Callable[[], None] | None,
+        thunk: str | None = None,
     ) -> None:
         reason = "; ".join(f.message for f in failures)
         accept = self._accept(pointer)
         sub = span_schema(self.spec.json_schema, pointer, self.policy.checks)
         if sub is not None and meter is not None and self.policy.candidates:
-            record = draft.redecode(pointer, sub, accept, self.policy, meter, reason)
+            record = draft.redecode(pointer, sub, accept, self.policy, meter, reason, thunk)
             if record is not None:
                 repairs.append(record)
                 if record.accepted:
@@ -193,7 +221,9 @@ class VerifyJob:
             self.policy.timeout,
         )
         for answer in self.escalate(ask):
-            record = draft.replace(pointer, answer.value_text, accept, answer.tier, reason, meter)
+            record = draft.replace(
+                pointer, answer.value_text, accept, answer.tier, reason, meter, thunk
+            )
             repairs.append(
                 record.model_copy(
                     update={

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import DecodeError, VerifierError, WorkflowAbortedError
 from coreason_runtime.decode import DecodeSession, Sampler, repair_span
 from coreason_runtime.verify._json import locate, subschema
@@ -52,6 +53,8 @@ def span_schema(
     found = subschema(schema, pointer)
     if found is None:
         return None
+    if found.get("lazy") is True and isinstance(found.get("anyOf"), list):
+        found = dict(found["anyOf"][0])  # a forced thunk is a real value, not a placeholder
     sub: dict[str, Any] = closed_objects(found)
     math = any(pointer in c.expression_fields for c in checks)
     if math and sub.get("type") == "string" and not {"pattern", "enum", "const"} & set(sub):
@@ -123,6 +126,7 @@ class TextDraft:
         policy: VerifyPolicy,
         meter: Meter,
         reason: str,
+        thunk: str | None = None,
     ) -> RepairRecord | None:
         """A text cannot be re-decoded: ``None``."""
         return None
@@ -135,6 +139,7 @@ class TextDraft:
         tier: str,
         reason: str,
         meter: Meter | None = None,
+        thunk: str | None = None,
     ) -> RepairRecord:
         """Put ``value_text`` in place of the field's value if ``accept`` passes the result."""
         _, spans = locate(self.text)
@@ -185,6 +190,7 @@ class SessionDraft:
         policy: VerifyPolicy,
         meter: Meter,
         reason: str,
+        thunk: str | None = None,
     ) -> RepairRecord | None:
         """K candidates for the field on the policy's temperature ladder, each judged whole by
         ``accept``; the first accepted is spliced, else the session is left as it was.
@@ -228,6 +234,7 @@ class SessionDraft:
         if result.accepted:
             c0, c1 = locate(self.text)[1][pointer]
             new = self.text[c0:c1]
+            self._forced(thunk, spot, result.new_end, counted.tokens_out - before[1], new)
         return RepairRecord(
             field=pointer,
             tier="local",
@@ -249,6 +256,7 @@ class SessionDraft:
         tier: str,
         reason: str,
         meter: Meter | None = None,
+        thunk: str | None = None,
     ) -> RepairRecord:
         """Splice ``value_text`` (a tool's or a remote tier's answer) in place of the field,
         re-prefilling the suffix (charged to ``meter``), if ``accept`` passes the result."""
@@ -277,4 +285,24 @@ class SessionDraft:
             raise
         except DecodeError:  # the request's grammar rejects it (too long, ...): not spliced
             return record
+        if result.accepted:
+            self._forced(thunk, spot, result.new_end, 0, value_text)
         return record.model_copy(update={"accepted": result.accepted})
+
+    def _forced(self, thunk: str | None, spot: _Spot, new_end: int, cost: int, value: str) -> None:
+        """Announce a lazy field's placeholder replaced by its expansion (``thunk.forced``)."""
+        if thunk is None:
+            return
+        s = self.session
+        s.engine.bus.emit(
+            EventType.THUNK_FORCED,
+            workflow_id=s.workflow_id,
+            source=f"decode:{s.id}",
+            session=s.id,
+            name=thunk,
+            start=spot.t0,
+            old_end=spot.t1,
+            new_end=new_end,
+            cost=cost,
+            expansion=value,
+        )
