@@ -44,10 +44,19 @@ from coreason_runtime.verify._builtins import (
 from coreason_runtime.verify._units import Invariant, Units
 
 __all__ = [
+    "Antiderivative",
+    "CallableCheck",
     "Check",
     "CheckResult",
+    "Derivative",
+    "Eigenvalues",
+    "Equivalent",
     "Failure",
+    "Invariant",
+    "Limit",
     "RepairRecord",
+    "Roots",
+    "Units",
     "Verdict",
     "VerifyPolicy",
     "antiderivative",

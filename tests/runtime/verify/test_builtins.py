@@ -123,3 +123,27 @@ def test_checks_compute_the_field_they_judge() -> None:
     assert V.roots(of="x**2 - 1", result="r").produce({}, "/r") == [-1, 1]
     units = V.units(result="e", unit="J", equals="0.5 * 2 kg * (3 m/s)**2")
     assert str(units.produce({}, "/e")) == "9 J"
+
+
+def test_the_verifiers_module_exports_exactly_its_public_names() -> None:
+    import types
+
+    public = {
+        n
+        for n, v in vars(V).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    } - {"annotations", "Any", "Callable"}
+    assert set(V.__all__) == public
+
+
+def test_the_request_path_imports_no_sympy() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json, coreason_runtime.tensor._router, coreason_runtime.verify._driver\n"
+        "print(json.dumps('sympy' in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is False
