@@ -352,3 +352,23 @@ def test_an_abort_mid_pass_charges_what_ran_and_caches_nothing_partial(
     again = fresh.complete(_request(schema), UnmeteredMeter())
     ref = LocalTier(tiny_model).complete(_request(schema), UnmeteredMeter())
     assert again.text == ref.text
+
+
+class Note(BaseModel):
+    """Unbounded strings: a random model fills them until the tokens run out."""
+
+    title: str
+    tags: list[str]
+    count: int
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_tight_max_tokens_closes_the_value_instead_of_cutting_it(
+    tier: LocalTier, seed: int
+) -> None:
+    note = tier.compiler.compile(Note)
+    out = tier.complete(_request(note, max_tokens=40, temperature=1.0, seed=seed), UnmeteredMeter())
+    assert out.tokens_out <= 40
+    assert isinstance(note.validate_text(out.text), Note)
+    assert out.finish_reason == "stop"
+    assert out.closed in {"budget", "repetition"}

@@ -69,10 +69,12 @@ class AttemptFinished(EventPayload):
     tokens_in: int
     tokens_out: int
     cost: float
+    closed: str | None = None  # the local tier closed the value early ("budget", "repetition")
 
 
 class AttemptFailed(EventPayload):
-    """``attempt.failed``: an attempt failed (or the tier was skipped: ``skipped``)."""
+    """``attempt.failed``: an attempt failed (or the tier was skipped: ``skipped``);
+    ``failure`` classifies it (a :class:`~coreason_runtime.tensor.FailureKind` value)."""
 
     tier: str
     attempt: int
@@ -81,6 +83,7 @@ class AttemptFailed(EventPayload):
     cost: float
     retryable: bool
     skipped: bool = False  # True only when the router skipped the tier without trying it
+    failure: str | None = None
 
 
 class TokensBatch(EventPayload):

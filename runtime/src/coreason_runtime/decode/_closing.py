@@ -245,7 +245,8 @@ class Closing:
         self.top_k = top_k
         self.repeat_span = repeat_span
         self.max_period = max_period
-        self.closed: str | None = None  # "budget" or "repetition" once it changed the output
+        # "budget" or "repetition" once it narrowed a step (greedy: replaced the argmax)
+        self.closed: str | None = None
         self.checks = 0  # closing paths computed (each costs tens of microseconds)
         self._check_at: int | None = None  # look again when the tokens left drop to this
         self._last_left = 0
@@ -341,15 +342,13 @@ class Closing:
                 keep.append(tok)
             if greedy and keep:
                 break  # the argmax, or the best token that fits
-        best = int(top.indices[0])
-        if greedy and keep and keep[0] == best:
+        if greedy and keep and keep[0] == int(top.indices[0]):
             return logits  # the model's own choice fits
         if path and path[0] not in keep:
             keep.append(path[0])
         if not keep:
             return logits
-        if best not in keep:
-            self.closed = self.closed or "budget"
+        self.closed = self.closed or "budget"  # the length-aware mask chose for the model
         return _only(logits, keep)  # sampling: only among candidates known to fit
 
     def _fits(self, grammar: GrammarMask, lex: JsonLex, tok: int, limit: int, n: int) -> bool:

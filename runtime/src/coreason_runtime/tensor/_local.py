@@ -354,6 +354,7 @@ class LocalTier(SteerableTier):
             tokens_out=session.n_generated,
             model=self.loaded.name,
             finish_reason=finish,
+            closed=session.closing.closed if session.closing is not None else None,
             extra={
                 "revision": self.loaded.revision,
                 "reused_tokens": session.reused_tokens,

@@ -83,12 +83,13 @@ class SchemaSpec:
             try:
                 return self.model.model_validate_json(text)
             except PydanticValidationError as e:
-                raise ValidationFailure(str(e), output=text) from e
+                bad_json = any(err["type"] == "json_invalid" for err in e.errors())
+                raise ValidationFailure(str(e), output=text, invalid_json=bad_json) from e
         try:
             value = json.loads(text)
         except json.JSONDecodeError as e:
             msg = f"output is not valid JSON: {e}"
-            raise ValidationFailure(msg, output=text) from e
+            raise ValidationFailure(msg, output=text, invalid_json=True) from e
         validator_cls = jsonschema.validators.validator_for(self.json_schema)
         validator = validator_cls(self.json_schema, format_checker=validator_cls.FORMAT_CHECKER)
         errors = sorted(validator.iter_errors(value), key=lambda err: list(err.path))
