@@ -128,7 +128,15 @@ def test_incompatible_all_of_is_a_compile_error(compiler: UniversalCompiler) -> 
     assert isinstance(compiled.errors["grammar"], SchemaCompileError)
 
 
-def test_unknown_format_is_a_compile_error(compiler: UniversalCompiler) -> None:
+def test_unknown_format_is_dropped_from_the_grammar(compiler: UniversalCompiler) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string", "format": "no-such"}}}
+    compiled = compiler.compile(schema)
+    assert compiled.grammar is not None
+    assert compiled.relaxed == ("format:no-such",)
+
+
+def test_unknown_format_is_a_compile_error_without_relaxing(model_tokenizer: Any) -> None:
+    compiler = UniversalCompiler(model_tokenizer, relax=False)
     schema = {"type": "object", "properties": {"a": {"type": "string", "format": "no-such"}}}
     assert isinstance(compiler.compile(schema).errors["grammar"], SchemaCompileError)
 
@@ -157,9 +165,9 @@ def test_compile_timeout_skips_and_late_result_fills_cache(
     release = threading.Event()
     real = compiler_module.compile_grammar
 
-    def slow_compile(*args: Any) -> Any:  # a compile that cannot finish before it is released
+    def slow_compile(*args: Any, **kwargs: Any) -> Any:  # cannot finish before it is released
         release.wait(60)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(compiler_module, "compile_grammar", slow_compile)
     props = {f"f{i}": {"type": "string", "pattern": f"^[a-z]{{{i + 1}}}[0-9]+$"} for i in range(40)}

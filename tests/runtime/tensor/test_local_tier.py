@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -372,3 +373,15 @@ def test_a_tight_max_tokens_closes_the_value_instead_of_cutting_it(
     assert isinstance(note.validate_text(out.text), Note)
     assert out.finish_reason == "stop"
     assert out.closed in {"budget", "repetition"}
+
+
+def test_a_refused_schema_decodes_under_its_relaxation(tier: LocalTier) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "not": {"const": 3}}, "ok": {"type": "boolean"}},
+        "required": ["n", "ok"],
+    }
+    compiled = tier.compiler.compile(schema)
+    assert compiled.relaxed == ("not",)
+    out = tier.complete(_request(compiled, max_tokens=40), UnmeteredMeter())
+    assert set(json.loads(out.text)) == {"n", "ok"}  # the grammar still shaped the value

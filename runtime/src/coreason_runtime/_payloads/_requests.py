@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from coreason_runtime._payloads._base import EventPayload
 
 __all__ = [
@@ -129,6 +131,8 @@ class SchemaCompiled(EventPayload):
     seconds: float
     forms: list[str]
     errors: dict[str, str]
+    # what the local grammar dropped or weakened from a schema the engine refused as written
+    relaxed: list[str] = Field(default_factory=list)
 
 
 class PrefixReused(EventPayload):

@@ -19,6 +19,7 @@ from coreason_runtime._exceptions import (
 )
 from coreason_runtime.decode._grammar import TokenizerInfo, new_matcher, tokenizer_info
 from coreason_runtime.tensor._openai_strict import OpenAILimits, to_openai_strict, to_regex
+from coreason_runtime.tensor._relax import relax
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 
 if TYPE_CHECKING:
@@ -41,12 +42,15 @@ class LocalGrammar:
     """An llguidance grammar, with a ready matcher for the tokenizer it was compiled against.
 
     :meth:`matcher` hands out fresh matchers: a copy of the compiled prototype when the
-    tokenizer matches (cheap), otherwise a new compile.
+    tokenizer matches (cheap), otherwise a new compile. ``relaxed`` names what was dropped
+    or weakened from a schema the engine refused as written (empty when it compiled as is):
+    outputs are validated against the original schema, which enforces it.
     """
 
     grammar: str
     tokenizer_ident: str | None
     compile_seconds: float
+    relaxed: tuple[str, ...] = ()
     _proto: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _others: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -76,14 +80,38 @@ def _new_matcher(info: TokenizerInfo, grammar: str) -> Any:
         raise SchemaCompileError(msg) from e
 
 
-def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> LocalGrammar:
+def compile_grammar(
+    json_schema: dict[str, Any], info: TokenizerInfo | None, *, relaxed: bool = True
+) -> LocalGrammar:
     """Compile a JSON schema to an llguidance grammar (and matcher, given a tokenizer).
+
+    With ``relaxed`` a schema the engine refuses compiles as its least relaxed form the engine
+    accepts (:mod:`._relax`), named in ``LocalGrammar.relaxed``.
 
     Raises
     ------
     SchemaCompileError
-        Unsupported keywords, invalid or unsatisfiable schemas: deterministic, never retried.
+        Unsatisfiable or invalid schemas (and, without ``relaxed``, unsupported keywords):
+        deterministic, never retried.
     """
+    if not relaxed:
+        return _compile_exact(json_schema, info)
+    started = time.perf_counter()
+    grammar, _, steps = relax(json_schema, lambda s: _compile_exact(s, info), _is_refusal)
+    grammar.relaxed = tuple(steps)
+    grammar.compile_seconds = time.perf_counter() - started
+    return grammar
+
+
+def _is_refusal(error: Exception) -> bool:
+    """A refusal a relaxation may get past (not an unsatisfiable schema)."""
+    return isinstance(error, SchemaCompileError) and "unsatisfiable" not in error.message.lower()
+
+
+_UNSATISFIABLE = "the schema is unsatisfiable"
+
+
+def _compile_exact(json_schema: dict[str, Any], info: TokenizerInfo | None) -> LocalGrammar:
     import llguidance
 
     started = time.perf_counter()
@@ -104,7 +132,7 @@ def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> 
     proto = _new_matcher(info, grammar)
     # An unsatisfiable schema compiles to a grammar that allows nothing at all.
     if not proto.is_accepting() and not any(proto.compute_bitmask()):
-        msg = "the schema is unsatisfiable: no JSON value satisfies it"
+        msg = f"{_UNSATISFIABLE}: no JSON value satisfies it"
         raise SchemaCompileError(msg)
     return LocalGrammar(grammar, info.ident, time.perf_counter() - started, _proto=proto)
 
@@ -126,7 +154,11 @@ def _cache_put(key: tuple[str, str], entry: _Entry) -> None:
 
 
 def _grammar_future(
-    key: tuple[str, str], json_schema: dict[str, Any], info: TokenizerInfo | None
+    key: tuple[str, str],
+    json_schema: dict[str, Any],
+    info: TokenizerInfo | None,
+    *,
+    relaxed: bool = True,
 ) -> concurrent.futures.Future[_Entry]:
     """The cached result, the compile already running, or a new compile in a daemon thread."""
     with _CACHE_LOCK:
@@ -143,7 +175,7 @@ def _grammar_future(
 
     def work() -> None:
         try:
-            entry: _Entry = compile_grammar(json_schema, info)
+            entry: _Entry = compile_grammar(json_schema, info, relaxed=relaxed)
         except SchemaCompileError as e:
             entry = e
         except Exception as e:  # a crash inside the grammar engine is a compile failure too
@@ -229,6 +261,11 @@ class UniversalCompiler:
         Schemas combining objects with ``allOf``/``unevaluatedProperties`` are left open,
         since closing their parts separately could change their meaning. ``strict=False``
         compiles raw schemas faithfully (JSONSchemaBench measures that).
+    relax
+        A schema the grammar engine refuses as written compiles relaxed (the keywords it
+        cannot express dropped or weakened, named in ``CompiledSchema.relaxed``) and the
+        local tier decodes under it; validation against the original schema enforces the
+        rest. ``relax=False`` skips the local tier for such schemas instead.
     """
 
     def __init__(
@@ -239,8 +276,10 @@ class UniversalCompiler:
         *,
         openai_limits: OpenAILimits | None = None,
         strict: bool = True,
+        relax: bool = True,
     ) -> None:
         self.strict = strict
+        self.relax = relax
         self.info = tokenizer_info(tokenizer)
         self.timeout = timeout
         self.bus = bus
@@ -271,7 +310,9 @@ class UniversalCompiler:
         target, key = spec.json_schema, spec.key
         if spec.model is not None or (self.strict and _closable(spec.json_schema)):
             target, key = closed_objects(spec.json_schema), f"{spec.key}:closed"
-        fut = _grammar_future((key, self.tokenizer_ident), target, self.info)
+        if not self.relax:
+            key = f"{key}:exact"
+        fut = _grammar_future((key, self.tokenizer_ident), target, self.info, relaxed=self.relax)
         try:
             entry = fut.result(timeout=wait)
         except concurrent.futures.TimeoutError:
@@ -301,6 +342,7 @@ class UniversalCompiler:
             regex=regex,
             errors=errors,
             compile_seconds=time.perf_counter() - started,
+            relaxed=grammar.relaxed if grammar is not None else (),
         )
         if self.bus is not None:
             self.bus.emit(
@@ -315,5 +357,6 @@ class UniversalCompiler:
                     if v is not None
                 ],
                 errors={k: f"{type(v).__name__}: {v}" for k, v in errors.items()},
+                relaxed=list(compiled.relaxed),
             )
         return compiled

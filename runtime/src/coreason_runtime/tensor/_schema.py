@@ -119,6 +119,8 @@ class CompiledSchema:
     body for a strict OpenAI-compatible server, with ``residue`` the keywords strict mode
     cannot express (enforced by validation afterwards); ``regex`` a regular expression for
     SGLang-style servers where one exists. ``errors`` says, per form, why it is missing.
+    ``relaxed`` names what the local grammar dropped or weakened from a schema the grammar
+    engine refused as written (validation after decoding enforces it).
     """
 
     spec: SchemaSpec
@@ -128,6 +130,7 @@ class CompiledSchema:
     regex: str | None = None
     errors: dict[str, CoreasonError] = field(default_factory=dict)
     compile_seconds: float = 0.0
+    relaxed: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
