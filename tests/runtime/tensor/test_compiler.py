@@ -251,3 +251,34 @@ def test_model_and_its_tokenizer_share_compiled_grammars(
 ) -> None:
     by_model = UniversalCompiler(tiny_model).compile(Point).grammar
     assert UniversalCompiler(model_tokenizer).compile(Point).grammar is by_model
+
+
+POINT = {"x": 1, "y": 2, "label": "a"}
+
+
+def test_free_whitespace_only_when_pretty_output_is_asked_for(
+    compiler: UniversalCompiler,
+) -> None:
+    compact = compiler.compile(SchemaSpec.from_user(Point))
+    pretty = compiler.compile(SchemaSpec.from_user(Point, pretty=True))
+    indented = json.dumps(POINT, indent=2)
+    assert _accepts(compiler, compact.grammar, json.dumps(POINT))
+    assert not _accepts(compiler, compact.grammar, indented)
+    assert _accepts(compiler, pretty.grammar, indented)
+    assert _accepts(compiler, pretty.grammar, json.dumps(POINT, separators=(",", ":")))
+
+
+def test_pretty_whitespace_is_bounded(compiler: UniversalCompiler) -> None:
+    pretty = compiler.compile(SchemaSpec.from_user(Point, pretty=True))
+    padded = '{"x": 1,' + "\n" + " " * 40 + '"y": 2, "label": "a"}'
+    assert not _accepts(compiler, pretty.grammar, padded)
+
+
+def test_a_schema_cannot_switch_free_whitespace_on_by_itself(compiler: UniversalCompiler) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "x-guidance": {"whitespace_flexible": True},
+    }
+    compiled = compiler.compile(schema)
+    assert not _accepts(compiler, compiled.grammar, '{"a":         1}')

@@ -25,14 +25,23 @@ from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
 
-__all__ = ["JSON_OPTIONS", "LocalGrammar", "UniversalCompiler"]
+__all__ = ["JSON_OPTIONS", "PRETTY_OPTIONS", "LocalGrammar", "UniversalCompiler"]
 
 # Compact but readable JSON: one space after ',' and ':', no free whitespace. A model can then
-# neither pad forever with whitespace nor spend tokens on it.
+# neither pad forever with whitespace nor spend tokens on it. These override a schema's own
+# "x-guidance" whitespace settings: free whitespace only where the caller asks for it.
 JSON_OPTIONS: dict[str, Any] = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",
+}
+# Pretty output (``SchemaSpec.pretty``): between tokens either nothing, one space, or one
+# newline and an indentation of at most 32 spaces, so whitespace cannot run away either.
+PRETTY_OPTIONS: dict[str, Any] = {
+    "whitespace_flexible": True,
+    "whitespace_pattern": r"(\n {0,32}| )?",
+    "item_separator": ",",
+    "key_separator": ":",
 }
 _CACHE_SIZE = 1024
 
@@ -81,12 +90,17 @@ def _new_matcher(info: TokenizerInfo, grammar: str) -> Any:
 
 
 def compile_grammar(
-    json_schema: dict[str, Any], info: TokenizerInfo | None, *, relaxed: bool = True
+    json_schema: dict[str, Any],
+    info: TokenizerInfo | None,
+    *,
+    relaxed: bool = True,
+    pretty: bool = False,
 ) -> LocalGrammar:
     """Compile a JSON schema to an llguidance grammar (and matcher, given a tokenizer).
 
     With ``relaxed`` a schema the engine refuses compiles as its least relaxed form the engine
-    accepts (:mod:`._relax`), named in ``LocalGrammar.relaxed``.
+    accepts (:mod:`._relax`), named in ``LocalGrammar.relaxed``. ``pretty`` allows bounded
+    whitespace (:data:`PRETTY_OPTIONS`) instead of the compact layout (:data:`JSON_OPTIONS`).
 
     Raises
     ------
@@ -94,10 +108,11 @@ def compile_grammar(
         Unsatisfiable or invalid schemas (and, without ``relaxed``, unsupported keywords):
         deterministic, never retried.
     """
+    options = PRETTY_OPTIONS if pretty else JSON_OPTIONS
     if not relaxed:
-        return _compile_exact(json_schema, info)
+        return _compile_exact(json_schema, info, options)
     started = time.perf_counter()
-    grammar, _, steps = relax(json_schema, lambda s: _compile_exact(s, info), _is_refusal)
+    grammar, _, steps = relax(json_schema, lambda s: _compile_exact(s, info, options), _is_refusal)
     grammar.relaxed = tuple(steps)
     grammar.compile_seconds = time.perf_counter() - started
     return grammar
@@ -111,14 +126,16 @@ def _is_refusal(error: Exception) -> bool:
 _UNSATISFIABLE = "the schema is unsatisfiable"
 
 
-def _compile_exact(json_schema: dict[str, Any], info: TokenizerInfo | None) -> LocalGrammar:
+def _compile_exact(
+    json_schema: dict[str, Any], info: TokenizerInfo | None, options: dict[str, Any]
+) -> LocalGrammar:
     import llguidance
 
     started = time.perf_counter()
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             json_schema,
-            defaults=JSON_OPTIONS,  # type: ignore[arg-type]  # a TypedDict at heart
+            overrides=options,  # type: ignore[arg-type]  # a TypedDict at heart
         )
     except (ValueError, TypeError) as e:
         msg = f"llguidance cannot read the schema: {e}"
@@ -159,6 +176,7 @@ def _grammar_future(
     info: TokenizerInfo | None,
     *,
     relaxed: bool = True,
+    pretty: bool = False,
 ) -> concurrent.futures.Future[_Entry]:
     """The cached result, the compile already running, or a new compile in a daemon thread."""
     with _CACHE_LOCK:
@@ -175,7 +193,7 @@ def _grammar_future(
 
     def work() -> None:
         try:
-            entry: _Entry = compile_grammar(json_schema, info, relaxed=relaxed)
+            entry: _Entry = compile_grammar(json_schema, info, relaxed=relaxed, pretty=pretty)
         except SchemaCompileError as e:
             entry = e
         except Exception as e:  # a crash inside the grammar engine is a compile failure too
@@ -310,9 +328,10 @@ class UniversalCompiler:
         target, key = spec.json_schema, spec.key
         if spec.model is not None or (self.strict and _closable(spec.json_schema)):
             target, key = closed_objects(spec.json_schema), f"{spec.key}:closed"
-        if not self.relax:
-            key = f"{key}:exact"
-        fut = _grammar_future((key, self.tokenizer_ident), target, self.info, relaxed=self.relax)
+        key += (":exact" if not self.relax else "") + (":pretty" if spec.pretty else "")
+        fut = _grammar_future(
+            (key, self.tokenizer_ident), target, self.info, relaxed=self.relax, pretty=spec.pretty
+        )
         try:
             entry = fut.result(timeout=wait)
         except concurrent.futures.TimeoutError:

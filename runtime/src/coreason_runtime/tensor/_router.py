@@ -162,6 +162,7 @@ class TensorRouter:
         system: str | None = None,
         timeout: float | None = None,
         cache: bool = True,
+        pretty: bool = False,
     ) -> Result[Any]:
         """Answer ``prompt`` with a value that validates against ``schema``.
 
@@ -181,6 +182,9 @@ class TensorRouter:
         cache:
             Consult (and feed) the subgoal cache, when one is attached; a verified hit is
             answered by tier ``"cache"`` at no cost.
+        pretty:
+            Let the local tier indent its JSON (bounded whitespace); compact by default, so a
+            model can neither pad forever with whitespace nor spend tokens on it.
 
         Returns
         -------
@@ -200,7 +204,7 @@ class TensorRouter:
         EpistemicYieldError
             Every tier failed; carries every attempt, the schema and the prompt.
         """
-        spec = SchemaSpec.from_user(schema)
+        spec = SchemaSpec.from_user(schema, pretty=pretty)
         if not isinstance(prompt, str) or not prompt.strip():
             msg = "prompt must be a non-empty string"
             raise RequestError(msg)
