@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["RELAXATIONS", "relax"]
 
 Schema = dict[str, Any]
+T = TypeVar("T")
 
 # Where subschemas live: maps of name -> schema, single schemas, lists of schemas.
 _MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -174,8 +175,8 @@ def _candidates(message: str) -> list[Step]:
 
 
 def relax(
-    schema: Schema, compile_: Callable[[Schema], Any], is_refusal: Callable[[Exception], bool]
-) -> tuple[Any, Schema, list[str]]:
+    schema: Schema, compile_: Callable[[Schema], T], is_refusal: Callable[[Exception], bool]
+) -> tuple[T, Schema, list[str]]:
     """The result of ``compile_`` on the least relaxed schema it accepts.
 
     ``compile_`` raises on refusal; ``is_refusal`` says whether an error is one a relaxation
