@@ -15,7 +15,14 @@ from coreason_runtime import (
     ValidationFailure,
     VerifierError,
 )
-from coreason_runtime.tensor import SchemaSpec, ScriptedTier, TierOutput
+from coreason_runtime.tensor import (
+    Meter,
+    SchemaSpec,
+    ScriptedTier,
+    SteerableTier,
+    TierOutput,
+    TierRequest,
+)
 from coreason_runtime.tensor._correction import SHORTER, Outcome, Try, classify, next_try
 from coreason_runtime.tensor._types import FailureKind
 from pydantic import BaseModel
@@ -144,3 +151,21 @@ def test_a_failed_event_names_the_class(rt: Coordinator) -> None:
     rt.router.set_tiers([ScriptedTier("local", ["nope", GOOD])])
     rt.router.generate(Derivative, "q", workflow_id="wf")
     assert [e.data.failure for e in events] == ["invalid_json"]
+
+
+class _ClosingTier(SteerableTier):
+    """A steerable tier that reports having closed its value early."""
+
+    name = "local"
+
+    def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
+        meter.charge(tokens_in=3, tokens_out=4)
+        return TierOutput(text=GOOD, tokens_in=3, tokens_out=4, model="m", closed="budget")
+
+
+def test_the_result_says_when_the_value_was_closed_early(rt: Coordinator) -> None:
+    rt.router.set_tiers([_ClosingTier()])
+    res = rt.router.generate(Derivative, "q", workflow_id="wf", max_tokens=8)
+    assert res.closed == "budget"
+    assert res.attempts[-1].closed == "budget"
+    assert res.attempts[-1].max_tokens == 8
