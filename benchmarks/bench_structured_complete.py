@@ -137,11 +137,8 @@ def run_local(
     return out
 
 
-def run_peers(
-    python: str, loaded: Any, items: list[dict[str, Any]], max_tokens: int
-) -> dict[str, list[dict[str, Any]]]:
-    """Each peer on the same chat prompts, in the scratch venv (``_peers_structured.py``)."""
-    from coreason_runtime.models._loader import pull
+def peer_jobs(loaded: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat the local tier decodes for each schema, and its length in prompt tokens."""
     from coreason_runtime.tensor import SchemaSpec
     from coreason_runtime.tensor._compiler import UniversalCompiler
     from coreason_runtime.tensor._local import LocalTier
@@ -151,7 +148,40 @@ def run_peers(
     for item in items:
         compiled = tier.compiler.compile(SchemaSpec.from_user(item["schema"]))
         messages = tier.schema_messages([{"role": "user", "content": PROMPT}], compiled)
-        jobs.append({"file": item["file"], "schema": item["schema"], "messages": messages})
+        jobs.append(
+            {
+                "file": item["file"],
+                "schema": item["schema"],
+                "messages": messages,
+                "tokens_in": len(tier.encode_messages(messages)),
+            }
+        )
+    return jobs
+
+
+def score_peer(rows: list[dict[str, Any]], jobs: list[dict[str, Any]], max_tokens: int) -> None:
+    """A peer's rows judged like ours: valid, truncated (ran to the limit unparsed), invalid
+    handed back (JSON the schema rejects: a peer has no validation), C = T_in + 3 T_out."""
+    for row, job in zip(rows, jobs, strict=True):
+        text = row.get("text")
+        parsed = False
+        if text is not None:
+            with contextlib.suppress(json.JSONDecodeError):
+                json.loads(text)
+                parsed = True
+        row["ok"] = parsed and valid_by_jsonschema(job["schema"], text or "")
+        row["truncated"] = int(not parsed and row["tokens_out"] >= max_tokens - 2)
+        row["accepted_invalid"] = parsed and not row["ok"]
+        row["cost"] = job["tokens_in"] + 3 * row["tokens_out"] if text is not None else 0.0
+
+
+def run_peers(
+    python: str, loaded: Any, items: list[dict[str, Any]], max_tokens: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each peer on the same chat prompts, in the scratch venv (``_peers_structured.py``)."""
+    from coreason_runtime.models._loader import pull
+
+    jobs = peer_jobs(loaded, items)
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         todo = Path(tmp) / "jobs.json"
@@ -173,9 +203,7 @@ def run_peers(
                 print(f"peer {peer} failed:\n{proc.stderr[-3000:]}", flush=True)
                 continue
             rows = json.loads(done.read_text())
-            for row, item in zip(rows, items, strict=True):
-                text = row.get("text")
-                row["ok"] = text is not None and valid_by_jsonschema(item["schema"], text)
+            score_peer(rows, jobs, max_tokens)
             results[peer] = rows
     return results
 
@@ -203,6 +231,38 @@ def _pct(a: int, b: int) -> str:
     return f"{a}/{b} ({100.0 * a / b:.0f}%)" if b else "-"
 
 
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every run's rows, with what the notes need (``meta``)."""
+    import torch
+    from coreason_runtime.models import load_model
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    load = [os.getloadavg()[0]]
+    loaded = load_model()
+    items = pick(args.data, args.n, args.max_chars)
+    kw = {"max_tokens": args.max_tokens, "attempts": args.attempts}
+    before = run_local(loaded, items, after=False, **kw)
+    load.append(os.getloadavg()[0])
+    after = run_local(loaded, items, after=True, **kw)
+    load.append(os.getloadavg()[0])
+    peers = run_peers(args.peers, loaded, items, args.max_tokens) if args.peers else {}
+    load.append(os.getloadavg()[0])
+    meta = {"schemas": len(items), "seconds": time.perf_counter() - started, "load": load}
+    return {"meta": meta, "before": before, "after": after, **peers}
+
+
+def rescore(args: argparse.Namespace, dump: dict[str, Any]) -> None:
+    """Judge the peers' rows of a dump again (the rows themselves are kept as they ran)."""
+    from coreason_runtime.models import load_model
+
+    peers = [k for k in ("outlines", "xgrammar") if k in dump]
+    if peers:
+        jobs = peer_jobs(load_model(), pick(args.data, args.n, args.max_chars))
+        for peer in peers:
+            score_peer(dump[peer], jobs, args.max_tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -214,30 +274,29 @@ def main() -> None:
     parser.add_argument("--section", default="bench_structured_complete")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dump", type=Path, default=None, help="write every row here (JSON)")
-    args = parser.parse_args()
-
-    import torch
-    from coreason_runtime.models import load_model
-
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    load = [os.getloadavg()[0]]
-    loaded = load_model()
-    items = pick(args.data, args.n, args.max_chars)
-    before = run_local(
-        loaded, items, after=False, max_tokens=args.max_tokens, attempts=args.attempts
+    parser.add_argument(
+        "--from-dump", type=Path, default=None, help="rebuild the table from a --dump file"
     )
-    load.append(os.getloadavg()[0])
-    after = run_local(loaded, items, after=True, max_tokens=args.max_tokens, attempts=args.attempts)
-    load.append(os.getloadavg()[0])
-    peers = run_peers(args.peers, loaded, items, args.max_tokens) if args.peers else {}
-    load.append(os.getloadavg()[0])
+    parser.add_argument("--meta", default=None, help="JSON meta for a dump written without it")
+    args = parser.parse_args()
+    if args.from_dump is not None:
+        dump = json.loads(args.from_dump.read_text())
+        dump.setdefault("meta", json.loads(args.meta) if args.meta else {})
+        rescore(args, dump)
+    else:
+        dump = measure(args)
     if args.dump is not None:
-        args.dump.write_text(json.dumps({"before": before, "after": after, **peers}, indent=1))
+        args.dump.write_text(json.dumps(dump, indent=1))
+    report(args, dump)
+
+
+def report(args: argparse.Namespace, dump: dict[str, Any]) -> None:
+    peers = {k: dump[k] for k in ("outlines", "xgrammar") if k in dump}
+    meta = dump["meta"]
     rows: list[list[object]] = []
     for name, runs in [
-        ("local, before (bare grammar, exact compile, truncation re-asked)", before),
-        ("local, after (closing, relaxed compile, truncation-aware)", after),
+        ("local, before (bare grammar, exact compile, truncation re-asked)", dump["before"]),
+        ("local, after (closing, relaxed compile, truncation-aware)", dump["after"]),
         *[(f"peer: {p} (1 attempt)", r) for p, r in peers.items()],
     ]:
         s = summary(runs)
@@ -258,36 +317,40 @@ def main() -> None:
         )
     shared = args.data.name == DATA.name
     where = "the shared sample" if shared else f"`{args.data.name}` (drawn)"
+    load = ", ".join(f"{x:.1f}" for x in meta.get("load", []))
     notes = (
-        f"{len(items)} schemas from {where}: the first by sha256 of the file name whose compact "
-        f"JSON is at most {args.max_chars} characters. SmolLM2-135M-Instruct on CPU "
-        f"({args.threads} torch threads), greedy first attempt with seed 0, up to {args.attempts} "
-        f"attempts (later ones sample at T=0.4, 0.8, as the router does), max_tokens "
-        f"{args.max_tokens}, the router's local tier only (a failure yields), prompt: "
-        f"{PROMPT!r} with the local tier's schema hint. 'truncated: lost' counts schemas left "
-        f"unanswered with a truncated attempt among their failures; 'accepted invalid' re-checks "
-        f"every accepted answer with jsonschema against the original schema. Tokens per valid "
-        f"answer: output tokens of every attempt (failed ones included) over the answered "
-        f"schemas; C = T_in + 3 T_out likewise. Peers decode the same chat prompt (same "
-        f"tokenizer, same chat template) greedily with {args.max_tokens} new tokens, once: "
-        f"outlines {'' if 'outlines' in peers else '(not run) '}with its default backend, "
-        f"transformers + xgrammar {'' if 'xgrammar' in peers else '(not run) '}through its "
-        f"logits processor; they have no correction loop. {time.perf_counter() - started:.0f} s "
-        f"in all; load average {', '.join(f'{x:.1f}' for x in load)} (start, after before, "
-        f"after after, end) on the shared 2-core machine."
+        f"{meta.get('schemas', len(dump['after']))} schemas from {where}: the first by sha256 "
+        f"of the file name whose compact JSON is at most {args.max_chars} characters. "
+        f"SmolLM2-135M-Instruct on CPU ({args.threads} torch thread(s)), greedy first attempt "
+        f"with seed 0, up to {args.attempts} attempts (later ones sample at T=0.4, 0.8, as the "
+        f"router does), max_tokens {args.max_tokens}, the router's local tier only (a failure "
+        f"yields), prompt: {PROMPT!r} with the local tier's schema hint. 'truncated: lost' "
+        f"counts schemas left unanswered with a truncated attempt among their failures (a peer: "
+        f"its answer ran to the limit and does not parse). 'invalid returned': for the local "
+        f"tier, accepted answers that fail a jsonschema re-check against the original schema "
+        f"(goal 0); for a peer, JSON it returned that the schema rejects (peers do not "
+        f"validate). Tokens per valid answer: output tokens of every attempt (failed ones "
+        f"included) over the answered schemas; C = T_in + 3 T_out likewise. Peers decode the "
+        f"same chat prompt (same tokenizer, same chat template) greedily with "
+        f"{args.max_tokens} new tokens, once: outlines "
+        f"{'' if 'outlines' in peers else '(not run) '}with its default backend, transformers "
+        f"+ xgrammar {'' if 'xgrammar' in peers else '(not run) '}through its logits "
+        f"processor (its default JSON whitespace); they have no correction loop. "
+        f"{meta.get('seconds', float('nan')):.0f} s in all; load average {load or '-'} (start, "
+        f"after before, after after, end) on the shared 2-core machine."
     )
     write_section(
         args.section,
         "A local answer is never lost to truncation, and the correction loop never repeats an "
         "identical failed attempt: share of JSONSchemaBench schemas answered validly by the "
-        "local tier, truncations, refusals, invalid accepted (0), tokens per valid answer.",
+        "local tier, truncations, refusals, invalid returned (0), tokens per valid answer.",
         [
             "run",
             "valid answers",
             "truncated: lost",
             "truncated attempts",
             "refused at compile",
-            "accepted invalid",
+            "invalid returned",
             "closed early",
             "output tokens per valid",
             "C per valid",
