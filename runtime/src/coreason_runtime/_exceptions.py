@@ -242,13 +242,19 @@ class RequestError(CoreasonError, ValueError):
 
 
 class ValidationFailure(CoreasonError, ValueError):
-    """A tier's output did not validate against the schema. Retryable with the error fed back."""
+    """A tier's output did not validate against the schema. Retryable with the error fed back.
+
+    ``invalid_json`` is true when the output did not even parse as JSON.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, *, output: str = "", **fields: Any) -> None:
+    def __init__(
+        self, message: str, *, output: str = "", invalid_json: bool = False, **fields: Any
+    ) -> None:
         super().__init__(message, **fields)
         self.output = output
+        self.invalid_json = invalid_json
 
 
 class VerificationFailure(ValidationFailure):

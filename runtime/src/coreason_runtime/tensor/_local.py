@@ -110,6 +110,10 @@ class LocalTier(SteerableTier):
         Where ``tokens.batch``, ``cache.prefix_reused`` and ``decode.*`` events go.
     engine
         The decode engine to run sessions on; one over ``loaded`` when omitted.
+    close_values
+        Close a value before the tokens run out, and close a looping string or array
+        (:class:`~coreason_runtime.decode._closing.Closing`); ``False`` decodes under the
+        bare grammar (benchmarks compare the two).
     """
 
     name = "local"
@@ -125,8 +129,10 @@ class LocalTier(SteerableTier):
         prefix_cache_tokens: int = 4096,
         stream_every: int = 8,
         timeout: float = DEFAULT_TIMEOUT,
+        close_values: bool = True,
     ) -> None:
         self.loaded = loaded
+        self.close_values = close_values
         self.bus = bus if bus is not None else (engine.bus if engine is not None else EventBus())
         self.engine = engine or DecodeEngine(
             loaded.model, loaded.tokenizer, bus=self.bus, lock=loaded.lock
@@ -337,6 +343,7 @@ class LocalTier(SteerableTier):
             deadline=deadline,
             prefix=(cache, reused),
             on_token=stream.on_token,
+            closing=self.close_values,
         )
         verification = None
         try:
@@ -383,6 +390,7 @@ class LocalTier(SteerableTier):
             tokens_out=session.n_generated,
             model=self.loaded.name,
             finish_reason=finish,
+            closed=session.closing.closed if session.closing is not None else None,
             extra={
                 "revision": self.loaded.revision,
                 "reused_tokens": session.reused_tokens,

@@ -182,6 +182,7 @@ class TensorRouter:
         timeout: float | None = None,
         cache: bool | None = None,
         verify: Any = None,
+        pretty: bool = False,
     ) -> Result[Any]:
         """Answer ``prompt`` with a value that validates against ``schema``.
 
@@ -208,6 +209,9 @@ class TensorRouter:
             Verifiers (:mod:`coreason_runtime.verifiers`, callables ``value -> failures``, a
             list, or a ``VerifyPolicy``). A rejected field is re-decoded in place, then asked
             of the span tiers (CAS, a remote tier), then the request is retried, escalated.
+        pretty:
+            Let the local tier indent its JSON (bounded whitespace); compact by default, so a
+            model can neither pad forever with whitespace nor spend tokens on it.
 
         Returns
         -------
@@ -230,15 +234,9 @@ class TensorRouter:
         VerifierError
             A verifier raised, returned garbage, named a missing field or timed out.
         """
-        spec = SchemaSpec.from_user(schema)
+        spec = SchemaSpec.from_user(schema, pretty=pretty)
         policy = _policy(verify)
-        if not isinstance(prompt, str) or not prompt.strip():
-            msg = "prompt must be a non-empty string"
-            raise RequestError(msg)
-        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
-            raise RequestError(msg)
+        max_tokens = self._checked(prompt, max_tokens)
         wf = workflow_id or DEFAULT_WORKFLOW
         self.budgets.get(wf)  # UnknownWorkflowError before any spend
         cascade = self._select(tiers)
@@ -248,6 +246,17 @@ class TensorRouter:
                 wf, prompt, ticket, max_tokens, temperature, seed, timeout, verify=policy
             )
             return self._cascade(spec, plan, cascade, system, cache=cache)
+
+    def _checked(self, prompt: object, max_tokens: object) -> int:
+        """The request's ``max_tokens`` (default filled in); ``RequestError`` for bad input."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            msg = "prompt must be a non-empty string"
+            raise RequestError(msg)
+        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
+            raise RequestError(msg)
+        return max_tokens
 
     def _cascade(
         self,
