@@ -11,8 +11,10 @@ The hierarchy::
     │   ├── SchemaCompileTimeout (+TimeoutError)  compile took longer than allowed
     │   └── OracleSchemaLimitError ............... schema breaks OpenAI strict-mode limits
     ├── RequestError (+ValueError) ............... empty prompt, bad parameters
-    │   └── RequestTooLargeError ................. over a size limit (body, schema, prompt)
-    │       └── ContextLengthError ............... prompt + output exceed the model's context
+    │   ├── RequestTooLargeError ................. over a size limit (body, schema, prompt)
+    │   │   └── ContextLengthError ............... prompt + output exceed the model's context
+    │   ├── InvalidBodyError ..................... a served request that is not UTF-8 JSON
+    │   └── ModelNotFoundError (+LookupError) .... a served request names another model
     ├── ValidationFailure (+ValueError) .......... output parsed but failed validation (retryable)
     ├── BudgetError
     │   ├── BudgetExceededError .................. ceiling crossed: bypasses every retry
@@ -100,6 +102,7 @@ __all__ = [
     "ConfigurationError",
     "ConstraintError",
     "ContextDimensionError",
+    "ContextLengthError",
     "CoreasonError",
     "DAGCycleError",
     "DecodeError",
@@ -111,6 +114,7 @@ __all__ = [
     "GrammarDeadEndError",
     "GridTooLargeError",
     "InvalidArmError",
+    "InvalidBodyError",
     "InvalidBudgetError",
     "InvalidCeilingError",
     "InvalidDAGError",
@@ -120,6 +124,7 @@ __all__ = [
     "InvariantViolationError",
     "LedgerBackendError",
     "MissingExtraError",
+    "ModelNotFoundError",
     "NoConsumerError",
     "NonFiniteStateError",
     "OracleSchemaLimitError",
@@ -127,10 +132,12 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "RequestError",
+    "RequestTooLargeError",
     "SchedulerError",
     "SchemaCompileError",
     "SchemaCompileTimeout",
     "SchemaError",
+    "ServerBusyError",
     "SessionStateError",
     "SimulationError",
     "SpanError",
@@ -151,6 +158,7 @@ __all__ = [
     "VerifierError",
     "WorkerDiedError",
     "WorkflowAbortedError",
+    "WorkflowPausedError",
 ]
 
 
@@ -252,6 +260,21 @@ class RequestTooLargeError(RequestError):
         super().__init__(message, **fields)
         self.limit = limit
         self.size = size
+
+
+class InvalidBodyError(RequestError):
+    """A ``coreason serve`` request body is not UTF-8 JSON, or holds text that is not Unicode.
+
+    ``code`` is the OpenAI-style error code: ``invalid_json`` or ``invalid_unicode``.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_json", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.code = code
+
+
+class ModelNotFoundError(RequestError, LookupError):
+    """A ``coreason serve`` request names a model the server does not serve."""
 
 
 class ContextLengthError(RequestTooLargeError):

@@ -102,8 +102,12 @@ def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> 
             raise SchemaCompileError(msg)
         return LocalGrammar(grammar, None, time.perf_counter() - started)
     proto = _new_matcher(info, grammar)
+    first = proto.compute_bitmask()
+    if proto.is_error():  # e.g. a $ref cycle with no way out; its error is a state dump
+        msg = "no JSON value can be generated from the schema (a $ref cycle with no base case?)"
+        raise SchemaCompileError(msg)
     # An unsatisfiable schema compiles to a grammar that allows nothing at all.
-    if not proto.is_accepting() and not any(proto.compute_bitmask()):
+    if not proto.is_accepting() and not any(first):
         msg = "the schema is unsatisfiable: no JSON value satisfies it"
         raise SchemaCompileError(msg)
     return LocalGrammar(grammar, info.ident, time.perf_counter() - started, _proto=proto)
