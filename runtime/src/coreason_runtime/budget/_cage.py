@@ -41,6 +41,9 @@ _CHECKPOINT_EVERY_S = 0.5
 
 
 def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool):  # True is an int to Python, never a cost to a user
+        msg = f"{name} must be a number, got {value!r}"
+        raise InvalidCeilingError(msg)
     try:
         number = float(value)
     except (TypeError, ValueError) as e:
