@@ -80,7 +80,16 @@ COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": ChatCompletion,
         "description": "the completion (or, with stream=true, server-sent chunks)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # each server-sent event: `data:` holds a chunk's JSON (or an error, or [DONE])
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    "required": ["data"],
+                }
+            }
+        },
     },
     **error_responses(400, 401, 404, 413, 429, 500, 503, 504),
 }
