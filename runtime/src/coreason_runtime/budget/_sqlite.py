@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from coreason_runtime._exceptions import (
@@ -110,7 +110,20 @@ class SQLiteLedgerBackend:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        with self._store_errors("open"):
+            self._conn().executescript(_SCHEMA)
+
+    @contextmanager
+    def _store_errors(self, what: str) -> Iterator[None]:
+        """Turn a failing store (read-only, disk full, corrupt file) into LedgerBackendError."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            msg = (
+                f"ledger store {self.path} could not {what}: {e} (is $COREASON_HOME "
+                "read-only, or its disk full?); nothing was charged"
+            )
+            raise LedgerBackendError(msg) from e
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -129,19 +142,21 @@ class SQLiteLedgerBackend:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
+        with self._store_errors("open"):
+            conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             msg = f"ledger store {self.path} is unavailable: {e}"
             raise LedgerBackendError(msg) from e
         try:
-            yield conn
+            with self._store_errors("write"):
+                yield conn
+                conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+                conn.execute("ROLLBACK")
             raise
-        else:
-            conn.execute("COMMIT")
 
     def _require(self, db: sqlite3.Connection, workflow_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,)).fetchone()
@@ -160,15 +175,17 @@ class SQLiteLedgerBackend:
             return _ledger(self._require(db, workflow_id))
 
     def get(self, workflow_id: str) -> Ledger | None:
-        row = (
-            self._conn()
-            .execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,))
-            .fetchone()
-        )
+        with self._store_errors("read"):
+            row = (
+                self._conn()
+                .execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,))
+                .fetchone()
+            )
         return None if row is None else _ledger(row)
 
     def ledgers(self) -> list[Ledger]:
-        rows = self._conn().execute("SELECT * FROM ledgers ORDER BY workflow_id").fetchall()
+        with self._store_errors("read"):
+            rows = self._conn().execute("SELECT * FROM ledgers ORDER BY workflow_id").fetchall()
         return [_ledger(r) for r in rows]
 
     def reset(self, workflow_id: str) -> Ledger:
@@ -299,7 +316,12 @@ class SQLiteLedgerBackend:
         return found is not None
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
-        rows = (
+        with self._store_errors("read"):
+            rows = self._history(workflow_id, limit)
+        return [Charge(**dict(r)) for r in reversed(rows)]
+
+    def _history(self, workflow_id: str, limit: int) -> list[sqlite3.Row]:
+        return (
             self._conn()
             .execute(
                 "SELECT workflow_id, tier, tokens_in, tokens_out, cost, ts, reservation_id, note "
@@ -308,10 +330,10 @@ class SQLiteLedgerBackend:
             )
             .fetchall()
         )
-        return [Charge(**dict(r)) for r in reversed(rows)]
 
     def orphans(self) -> list[ReservationRecord]:
-        return self._orphans(self._conn())
+        with self._store_errors("read"):
+            return self._orphans(self._conn())
 
     @staticmethod
     def _orphans(db: sqlite3.Connection) -> list[ReservationRecord]:

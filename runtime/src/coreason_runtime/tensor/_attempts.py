@@ -19,6 +19,7 @@ from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     BudgetExceededError,
     CoreasonError,
+    LedgerBackendError,
     TierError,
     ValidationFailure,
     WorkflowAbortedError,
@@ -99,8 +100,9 @@ class TierRunner:
 
         Raises
         ------
-        BudgetExceededError, WorkflowAbortedError
-            The ceiling was reached, or an operator aborted: the request ends here.
+        BudgetExceededError, LedgerBackendError, WorkflowAbortedError
+            The ceiling was reached, the ledger store failed, or an operator aborted: the
+            request ends here.
         """
         try:
             compiled = self.compile(spec, tier)
@@ -120,7 +122,8 @@ class TierRunner:
                 with attempt:
                     index += 1
                     return self._attempt(tier, compiled, conv, plan, index)
-        except (BudgetExceededError, WorkflowAbortedError) as e:
+        except (BudgetExceededError, LedgerBackendError, WorkflowAbortedError) as e:
+            # a crossed ceiling, a failing ledger store, an operator's abort: no tier can help
             e.attempts = list(conv.attempts)
             self.bus.emit(
                 EventType.REQUEST_FAILED,
