@@ -20,9 +20,12 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from tests._fixtures.serve import ServeProcess
 
 __all__ = [
     "Trial",
@@ -174,15 +177,20 @@ def kill_kernel(workdir: Path, rng: random.Random) -> Trial:
     return ledger_audit(home, Trial("kernel", orphans=alive))
 
 
-def kill_serve(workdir: Path, rng: random.Random, model: str) -> Trial:
-    """``coreason serve`` killed mid-stream under a client's oracle request; then restarted."""
+def kill_serve(
+    workdir: Path, rng: random.Random, model: str, server: ServeProcess | None = None
+) -> tuple[Trial, ServeProcess]:
+    """``coreason serve`` killed mid-stream under a client's oracle request, then restarted.
+
+    Returns the trial and the restarted server (the next trial's victim; stop it when done).
+    """
     from coreason_runtime import Coordinator, CoreasonError, OracleConfig, RuntimeConfig
     from coreason_runtime.tensor import RemoteTier
 
     from tests._fixtures.serve import start_serve
 
     run = workdir / f"serve-{rng.getrandbits(32):08x}"
-    server = start_serve(model, run)
+    server = server or start_serve(model, run / "first")
     home = run / "client"
     failed = ""
     with Coordinator(RuntimeConfig(home=home, oracle=None, subgoal_cache=False)) as rt:
@@ -206,11 +214,8 @@ def kill_serve(workdir: Path, rng: random.Random, model: str) -> Trial:
     trial = ledger_audit(home, Trial("serve", orphans=left))
     trial.detail["client_error"] = failed
     restarted = start_serve(model, run / "again")
-    try:
-        trial.recovered = restarted.health().get("status") == "ok"
-    finally:
-        restarted.stop()
-    return trial
+    trial.recovered = restarted.health().get("status") == "ok"
+    return trial, restarted
 
 
 def kill_tool_run(workdir: Path, rng: random.Random) -> Trial:

@@ -41,6 +41,7 @@ def test_a_kernel_killed_mid_ask_leaves_an_exact_ledger(tmp_path: Path) -> None:
 def test_serve_killed_mid_stream_leaves_the_client_ledger_exact_and_restarts(
     tmp_path: Path,
 ) -> None:
-    trial = kill_serve(tmp_path, random.Random(0), str(tiny_model_folder()))
+    trial, restarted = kill_serve(tmp_path, random.Random(0), str(tiny_model_folder()))
+    restarted.stop()
     assert trial.clean, trial
     assert trial.detail["client_error"]  # a typed error reached the client

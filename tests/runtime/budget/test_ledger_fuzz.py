@@ -128,12 +128,9 @@ def _check_invariants(path: Path, ceiling: float) -> tuple[float, float]:
     return ledger.spent, charged
 
 
-@settings(max_examples=examples(8))
-@given(program=ledger_programs)
-def test_processes_killed_at_random_points_leave_the_ledger_exact(
-    tmp_path_factory: Any, program: dict[str, Any]
-) -> None:
-    path = tmp_path_factory.mktemp("ledger") / "l.sqlite"
+def run_process_program(workdir: Path, program: dict[str, Any]) -> None:
+    """Fork the program's processes on one ledger, kill some, recover, check the invariants."""
+    path = workdir / "l.sqlite"
     BudgetCage(SQLiteLedgerBackend(path)).set("wf", ceiling=program["ceiling"])
     fork = multiprocessing.get_context("fork")
     procs = [
@@ -151,6 +148,14 @@ def test_processes_killed_at_random_points_leave_the_ledger_exact(
         assert abs(spent - sum(reported)) < 1e-6
     else:
         assert spent >= sum(reported) - 1e-6
+
+
+@settings(max_examples=examples(8))
+@given(program=ledger_programs)
+def test_processes_killed_at_random_points_leave_the_ledger_exact(
+    tmp_path_factory: Any, program: dict[str, Any]
+) -> None:
+    run_process_program(tmp_path_factory.mktemp("ledger"), program)
 
 
 @settings(max_examples=examples(25))
