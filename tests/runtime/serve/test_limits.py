@@ -100,6 +100,7 @@ def assert_openai_error(r: httpx.Response, code: str) -> dict[str, Any]:
 def test_a_body_over_the_limit_gets_413_before_it_is_parsed(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json=chat("x " * 3000))
     assert_openai_error(r, "request_too_large")
+    assert r.headers["connection"] == "close"  # the rest of the upload is not drained
 
 
 def test_a_streamed_body_without_a_length_is_cut_at_the_limit(client: TestClient) -> None:
@@ -357,3 +358,16 @@ def test_the_host_refuses_work_over_its_queue_bound() -> None:
     finally:
         host.close()
     assert host.waiting == 0
+
+
+def test_prompts_are_counted_on_a_low_priority_thread() -> None:
+    import os
+
+    from coreason_runtime.serve._limits import low_priority_worker
+
+    worker = low_priority_worker()
+    try:
+        nice = worker.submit(lambda: os.getpriority(os.PRIO_PROCESS, 0)).result(10)
+    finally:
+        worker.shutdown()
+    assert nice >= min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)

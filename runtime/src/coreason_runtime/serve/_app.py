@@ -8,12 +8,12 @@ is touched (``serve/_limits.py``); every refusal is one OpenAI-style error with 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from coreason_runtime.serve._limits import (
     check_model,
     check_schema_size,
     fit_context,
+    low_priority_worker,
     request_deadline,
 )
 from coreason_runtime.serve._openapi import (
@@ -110,6 +111,7 @@ def create_app(
         host.start()
         yield
         host.close()
+        api._counter.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="coreason serve",
@@ -139,8 +141,10 @@ def create_app(
 
 
 def _refusal(e: RequestError) -> Callable[..., Awaitable[None]]:
-    """The ASGI response for a body the guard refused."""
-    return api_error(e).response()
+    """The ASGI response for a body the guard refused; the connection closes with it, so a
+    client sending megabytes stops instead of having them drained."""
+    error = api_error(e)
+    return ApiError(error.code, error.message, {**error.headers, "Connection": "close"}).response()
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -200,8 +204,9 @@ class _Endpoints:
     max_tokens_ceiling: int
     limits: ServeLimits
     aliases: tuple[str, ...]
-    # prompts are counted off the model thread, one at a time
-    _counting: threading.Lock = field(default_factory=threading.Lock)
+    # prompts are counted off the model thread, one at a time, at a low CPU priority: a
+    # flood of over-long prompts then slows the decoding of the others as little as it can
+    _counter: concurrent.futures.ThreadPoolExecutor = field(default_factory=low_priority_worker)
 
     async def health(self) -> JSONResponse:
         host = self.host
@@ -291,12 +296,8 @@ class _Endpoints:
     async def _fit(self, job: Job, body: ChatRequest) -> None:
         """Count the prompt (off the model thread) and fit the output into the context."""
         backend = self.host.backend
-
-        def count() -> int:
-            with self._counting:
-                return backend.count_prompt(job)
-
-        prompt = await asyncio.to_thread(count)
+        loop = asyncio.get_running_loop()
+        prompt = await loop.run_in_executor(self._counter, backend.count_prompt, job)
         explicit = (body.max_completion_tokens or body.max_tokens) is not None
         job.max_tokens = fit_context(
             prompt, job.max_tokens, backend.context_length, explicit=explicit

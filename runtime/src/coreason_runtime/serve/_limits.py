@@ -8,8 +8,12 @@ parses them and still passes client disconnects through to the endpoints.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import math
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ __all__ = [
     "check_queue",
     "check_schema_size",
     "fit_context",
+    "low_priority_worker",
     "parse_body",
     "request_deadline",
     "retry_after",
@@ -108,6 +113,18 @@ def fit_context(prompt_tokens: int, max_tokens: int, context: int | None, *, exp
         + (" or max_tokens" if explicit else "")
     )
     raise ContextLengthError(msg, limit=context, size=prompt_tokens + max_tokens)
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def low_priority_worker() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread at nice +10, for checks (prompt counts) a hostile client can make costly."""
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="coreason-serve-check", initializer=_lower_priority
+    )
 
 
 def request_deadline(limits: ServeLimits, now: float | None = None) -> float:
