@@ -58,7 +58,7 @@ def run(name: str, strategy: Any, check: Callable[[Any], object], n: int) -> lis
     failure = ""
     try:
         prop()
-    except Exception as e:  # a broken property: reported, not raised
+    except (Exception, BaseExceptionGroup) as e:  # a broken property: reported, not raised
         failure = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
     seconds = round(time.perf_counter() - t0, 1)
     return [name, count[0], 1 if failure else 0, FOUND[name], failure or "-", seconds]
