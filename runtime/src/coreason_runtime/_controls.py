@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -194,19 +194,48 @@ class ControlledMeter:
     def __init__(self, inner: Meter, ticket: Ticket) -> None:
         self._inner = inner
         self._ticket = ticket
+        self._counted = 0  # output tokens counted for the views so far
 
     @property
     def max_out(self) -> int:
         return self._inner.max_out
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """The inner meter's ``ensure``; a wait for budget room ends when the workflow is
+        paused (held at the checkpoint, then waiting again) or aborted (raised)."""
+
+        def stop() -> bool:
+            outside = interrupted is not None and interrupted()
+            return outside or self._ticket.state is not ControlState.RUNNING
+
+        while not self._inner.ensure(tokens_in, tokens_out, interrupted=stop):
+            if interrupted is not None and interrupted():
+                return False
+            self._ticket.checkpoint()  # blocks while paused; raises once aborted
+        return True
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        self._inner.check(tokens_in=tokens_in, tokens_out=tokens_out)
+        self.ensure(tokens_in, tokens_out)
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self._ticket.checkpoint()
         self._inner.charge(tokens_in=tokens_in, tokens_out=tokens_out)
         if tokens_out:
+            self._counted += tokens_out
             self._ticket.count_tokens(tokens_out)
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self._ticket.checkpoint()
+        self._inner.correct(tokens_in, tokens_out)
+        if tokens_out > self._counted:
+            self._ticket.count_tokens(tokens_out - self._counted)
+            self._counted = tokens_out
 
 
 class Controls:

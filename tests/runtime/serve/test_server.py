@@ -177,6 +177,27 @@ def test_stream_without_include_usage_sends_no_usage(serve_process: ServeProcess
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def test_stream_with_continuous_usage_counts_every_chunk(serve_process: ServeProcess) -> None:
+    payload = chat(
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        response_format=strict(SMALL),
+        seed=5,
+    )
+    with client(serve_process) as c, c.stream("POST", "/v1/chat/completions", json=payload) as r:
+        events = sse_events(r)
+    chunks = [json.loads(e) for e in events[:-1]]
+    counted = [ch["usage"] for ch in chunks[1:-1] if ch["choices"][0]["delta"].get("content")]
+    final = chunks[-1]["usage"]
+    assert len(counted) > 2
+    outs = [u["completion_tokens"] for u in counted]
+    assert outs == sorted(outs) and outs[0] > 0  # running counts, growing with the text
+    assert all(u["prompt_tokens"] == final["prompt_tokens"] > 0 for u in counted)
+    assert chunks[-2]["usage"] == final  # the finish chunk counts what the final usage does
+    assert final["completion_tokens"] >= outs[-1] - 1  # the end-of-sequence token aside
+
+
 def test_client_hanging_up_mid_stream_stops_decoding(serve_process: ServeProcess) -> None:
     before = serve_process.health()["cancelled"]
     assert isinstance(before, int)

@@ -49,10 +49,17 @@ class CeilingMeter:
     def max_out(self) -> int:
         return self.limit_out - self.tokens_out
 
-    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        if self.tokens_out + tokens_out > self.limit_out:
+    def ensure(
+        self, tokens_in: int = 0, tokens_out: int = 0, *, interrupted: object = None
+    ) -> bool:
+        over_in = self.tokens_in + tokens_in > self.max_in
+        if over_in or self.tokens_out + tokens_out > self.limit_out:
             msg = "ceiling reached"
             raise BudgetExceededError(msg, ceiling=float(self.max_in + self.limit_out))
+        return True
+
+    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        self.ensure(tokens_in, tokens_out)
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         over_in = self.tokens_in + tokens_in > self.max_in
@@ -61,6 +68,9 @@ class CeilingMeter:
             raise BudgetExceededError(msg, ceiling=float(self.max_in + self.limit_out))
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,10 @@ from coreason_runtime._exceptions import (
     LedgerBackendError,
     UnknownWorkflowError,
 )
-from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
 from coreason_runtime.budget._owners import owner_gone
 
-__all__ = ["MemoryLedgerBackend", "SQLiteLedgerBackend"]
+__all__ = ["RECOVERED_NOTE", "SQLiteLedgerBackend", "grow_grant", "recovered_charge"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledgers (
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     tokens_out INTEGER NOT NULL DEFAULT 0,
     pid INTEGER NOT NULL,
     host TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    waiting INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS charges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,6 +76,25 @@ def recovered_charge(record: ReservationRecord, note: str = RECOVERED_NOTE) -> C
         reservation_id=record.reservation_id,
         note=note,
     )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the lease columns to a store written before leases (idempotent, race-safe)."""
+    columns = {r["name"] for r in conn.execute("PRAGMA table_info(reservations)")}
+    if "waiting" in columns:
+        return
+    try:
+        conn.execute("ALTER TABLE reservations ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0")
+    except sqlite3.OperationalError as e:  # another process added it first
+        if "duplicate column" not in str(e):
+            raise
+
+
+def grow_grant(granted: float, consumed: float, add: float, minimum: float) -> tuple[float, bool]:
+    """A lease's new grant and whether it grew: by ``add``, or trimmed to what it consumed."""
+    if add >= minimum - 1e-9:
+        return granted + add, True
+    return max(min(granted, consumed), 0.0), False
 
 
 def _ledger(row: sqlite3.Row) -> Ledger:
@@ -112,6 +132,7 @@ class SQLiteLedgerBackend:
         self._local = threading.local()
         with self._store_errors("open"):
             self._conn().executescript(_SCHEMA)
+            _migrate(self._conn())
 
     @contextmanager
     def _store_errors(self, what: str) -> Iterator[None]:
@@ -250,6 +271,55 @@ class SQLiteLedgerBackend:
             )
             return grant
 
+    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
+        with self._tx() as db:
+            row = self._require(db, record.workflow_id)
+            res = db.execute(
+                "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
+            ).fetchone()
+            if res is None:
+                msg = f"lease {record.reservation_id} is no longer in {self.path} (recovered?)"
+                raise LedgerBackendError(msg)
+            ceiling = row["ceiling"]
+            available = want if ceiling is None else ceiling - row["spent"] - row["reserved"]
+            granted, grown = grow_grant(
+                res["granted"], record.consumed, min(want, available), minimum
+            )
+            db.execute(
+                "UPDATE ledgers SET reserved=MAX(reserved+?, 0) WHERE workflow_id=?",
+                (granted - res["granted"], record.workflow_id),
+            )
+            db.execute(
+                "UPDATE reservations SET granted=?, waiting=?, consumed=?, tokens_in=?, "
+                "tokens_out=? WHERE reservation_id=?",
+                (
+                    granted,
+                    0 if grown else 1,
+                    record.consumed,
+                    record.tokens_in,
+                    record.tokens_out,
+                    record.reservation_id,
+                ),
+            )
+            others = db.execute(
+                "SELECT COALESCE(SUM(granted), 0) FROM reservations "
+                "WHERE workflow_id=? AND waiting=0 AND reservation_id<>?",
+                (record.workflow_id, record.reservation_id),
+            ).fetchone()[0]
+            return LeaseGrowth(granted=granted, grown=grown, releasable=float(others))
+
+    def releasable(self, workflow_id: str) -> float:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COALESCE(SUM(granted), 0) FROM reservations "
+                "WHERE workflow_id=? AND waiting=0",
+                (workflow_id,),
+            )
+            .fetchone()
+        )
+        return float(row[0])
+
     def checkpoint(self, record: ReservationRecord) -> None:
         with self._tx() as db:
             db.execute(
@@ -360,111 +430,3 @@ class SQLiteLedgerBackend:
         if conn is not None:
             conn.close()
             self._local.conn = None
-
-
-class MemoryLedgerBackend:
-    """Ledgers in this process only (tests, scratch work); same semantics as SQLite."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ledgers: dict[str, Ledger] = {}
-        self._reservations: dict[str, ReservationRecord] = {}
-        self._charges: dict[str, list[Charge]] = {}
-        self._settled: set[str] = set()
-
-    def _require(self, workflow_id: str) -> Ledger:
-        ledger = self._ledgers.get(workflow_id)
-        if ledger is None:
-            msg = f"no ledger for workflow {workflow_id!r}; set one with budgets.set(...)"
-            raise UnknownWorkflowError(msg, workflow_id=workflow_id)
-        return ledger
-
-    def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger:
-        with self._lock:
-            old = self._ledgers.get(workflow_id) or Ledger(workflow_id=workflow_id, ceiling=None)
-            self._ledgers[workflow_id] = new = old.model_copy(update={"ceiling": ceiling})
-            return new
-
-    def get(self, workflow_id: str) -> Ledger | None:
-        return self._ledgers.get(workflow_id)
-
-    def ledgers(self) -> list[Ledger]:
-        return sorted(self._ledgers.values(), key=lambda led: led.workflow_id)
-
-    def reset(self, workflow_id: str) -> Ledger:
-        with self._lock:
-            old = self._require(workflow_id)
-            new = Ledger(workflow_id=workflow_id, ceiling=old.ceiling, reserved=old.reserved)
-            self._ledgers[workflow_id] = new
-            self._charges.pop(workflow_id, None)
-            return new
-
-    def delete(self, workflow_id: str) -> None:
-        with self._lock:
-            self._require(workflow_id)
-            del self._ledgers[workflow_id]
-            self._charges.pop(workflow_id, None)
-
-    def reserve(self, record: ReservationRecord, minimum: float) -> float:
-        with self._lock:
-            led = self._require(record.workflow_id)
-            grant = min(record.granted, led.remaining)
-            if grant < minimum:
-                msg = (
-                    f"workflow {record.workflow_id!r}: request needs at least {minimum:g} but "
-                    f"only {max(led.remaining, 0):g} of Ω={led.ceiling:g} is left"
-                )
-                raise BudgetExceededError(
-                    msg,
-                    workflow_id=record.workflow_id,
-                    tier=record.tier,
-                    ceiling=led.ceiling,
-                    spent=led.spent,
-                    requested=minimum,
-                    ledger=led,
-                )
-            self._ledgers[record.workflow_id] = led.model_copy(
-                update={"reserved": led.reserved + grant}
-            )
-            self._reservations[record.reservation_id] = record.model_copy(update={"granted": grant})
-            return grant
-
-    def checkpoint(self, record: ReservationRecord) -> None:
-        with self._lock:
-            if record.reservation_id in self._reservations:
-                self._reservations[record.reservation_id] = record
-
-    def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
-        with self._lock:
-            led = self._require(record.workflow_id)
-            res = self._reservations.pop(record.reservation_id, None)
-            if res is None and record.reservation_id in self._settled:
-                return led  # settled already: charged once
-            self._settled.add(record.reservation_id)
-            by_tier = dict(led.by_tier)
-            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
-            new = led.model_copy(
-                update={
-                    "reserved": max(led.reserved - (res.granted if res else 0.0), 0.0),
-                    "spent": led.spent + charge.cost,
-                    "tokens_in": led.tokens_in + charge.tokens_in,
-                    "tokens_out": led.tokens_out + charge.tokens_out,
-                    "requests": led.requests + 1,
-                    "by_tier": by_tier,
-                }
-            )
-            self._ledgers[record.workflow_id] = new
-            self._charges.setdefault(record.workflow_id, []).append(charge)
-            return new
-
-    def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
-        return list(self._charges.get(workflow_id, []))[-limit:]
-
-    def orphans(self) -> list[ReservationRecord]:
-        return []  # every reservation lives and dies with this process
-
-    def recover_orphans(self, note: str = RECOVERED_NOTE) -> list[Charge]:
-        return []
-
-    def close(self) -> None:
-        pass

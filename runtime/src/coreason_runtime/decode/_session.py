@@ -369,8 +369,12 @@ class DecodeSession(SessionSteps, SessionEditing):
                 return None
             self._executing = True
         try:
-            with self.engine.lock, self.engine.stream_context(self.stream):
-                result = self._step()
+            # a budget lease waits for room here, outside the model lock (see _cover_next)
+            if self._cover_next():
+                with self.engine.lock, self.engine.stream_context(self.stream):
+                    result = self._step()
+            else:
+                result = INTERRUPTED
         except BaseException as e:
             with self._cv:
                 self._executing = False

@@ -66,14 +66,49 @@ class SessionSteps(SessionFields):
             crop_to(self.cache, base)
             raise
 
+    def _done(self) -> str | None:
+        """Why the next step finishes without sampling (``"length"``, ``"grammar"``), if it does."""
+        if self.n_generated >= self.max_new_tokens:
+            return "length"
+        if self.grammar is not None and self.grammar.stopped:
+            return "grammar"
+        return None
+
+    def _cover_next(self) -> bool:
+        """Make the meter cover what the next step consumes, *before* the model lock is taken.
+
+        A budget lease may wait for requests in flight to give room back; they need the
+        model lock to finish, so the wait happens here, outside it, and :meth:`_step` then
+        finds the room granted. A pause or a cancel ends the wait early (False: the step is
+        not run); a passed deadline raises :class:`TierTimeoutError`, a refused room
+        ``BudgetExceededError``.
+        """
+        if self.meter is None:
+            return True
+        deadline, interrupt = self.deadline, self._interrupt
+
+        def interrupted() -> bool:
+            return interrupt.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+        if not self._prefilled:
+            if self._prompt_charged:
+                return True
+            covered = self.meter.ensure(tokens_in=self.prompt_len, interrupted=interrupted)
+        elif self._done() is not None:
+            return True
+        else:
+            covered = self.meter.ensure(tokens_out=1, interrupted=interrupted)
+        if not covered and deadline is not None and time.monotonic() > deadline:
+            raise self._timed_out("waiting for budget")
+        return covered
+
     def _step(self) -> str:
         """Prefill the prompt or decode one token. Caller holds the model lock."""
         if not self._prefilled:
             return self._prefill()
-        if self.n_generated >= self.max_new_tokens:
-            return self._finish("length")
-        if self.grammar is not None and self.grammar.stopped:
-            return self._finish("grammar")
+        done = self._done()
+        if done is not None:
+            return self._finish(done)
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise self._timed_out("between tokens")
         if self.meter is not None:

@@ -56,7 +56,6 @@ from coreason_runtime.serve._protocol import (
     new_completion_id,
     usage_body,
 )
-from coreason_runtime.tensor._types import UnmeteredMeter
 
 if TYPE_CHECKING:
     from coreason_runtime.tensor._types import TierOutput
@@ -260,8 +259,11 @@ class _Endpoints:
         self.host.check_capacity()  # 429 now, before a streamed answer sends its headers
         cid = new_completion_id()
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(self.host, job, cid, self.model_name, include_usage)
+            options = body.stream_options
+            include_usage = bool(options and options.include_usage)
+            continuous = bool(options and options.include_usage and options.continuous_usage_stats)
+            chunks = _Chunks(cid, self.model_name, include_usage, continuous)
+            return _stream(self.host, job, chunks)
         return await self._complete(job, cid, raw)
 
     def _unavailable(self) -> ApiError | None:
@@ -299,8 +301,8 @@ class _Endpoints:
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(self._counter, backend.count_prompt, job)
         explicit = (body.max_completion_tokens or body.max_tokens) is not None
-        job.max_tokens = fit_context(
-            prompt, job.max_tokens, backend.context_length, explicit=explicit
+        job.limit_output(
+            fit_context(prompt, job.max_tokens, backend.context_length, explicit=explicit)
         )
 
     async def _complete(self, job: Job, cid: str, raw: Request) -> Response:
@@ -338,7 +340,7 @@ def _generate(host: ModelHost, job: Job) -> TierOutput:
         msg = "the request waited in the queue past its deadline"
         raise TierTimeoutError(msg, tier="local", workflow_id=job.workflow_id)
     try:
-        out = host.backend.generate(job, UnmeteredMeter(job.max_tokens), left)
+        out = host.backend.generate(job, job.meter, left)
     except WorkflowAbortedError as e:  # the job's controls: its client hung up mid-decode
         host.record(cancelled=True)
         msg = "the client disconnected; decoding stopped"
@@ -349,24 +351,31 @@ def _generate(host: ModelHost, job: Job) -> TierOutput:
 
 @dataclass
 class _Chunks:
-    """Server-sent chunks of one streamed completion."""
+    """Server-sent chunks of one streamed completion; with ``continuous`` usage, every chunk
+    carries the tokens counted so far (``usage`` is then the count when the text was sent)."""
 
     cid: str
     model: str
     include_usage: bool
+    continuous: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def delta(self, delta: dict[str, Any], finish: str | None = None) -> str:
-        return _sse(
-            chunk_body(
-                self.cid,
-                self.model,
-                self.created,
-                delta=delta,
-                finish=finish,
-                with_usage_field=self.include_usage,
-            )
+    def delta(
+        self,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        usage: tuple[int, int] | None = None,
+    ) -> str:
+        body = chunk_body(
+            self.cid,
+            self.model,
+            self.created,
+            delta=delta,
+            finish=finish,
+            usage=usage_body(*usage) if self.continuous and usage is not None else None,
+            with_usage_field=self.include_usage,
         )
+        return _sse(body)
 
     def usage(self, out: TierOutput) -> str:
         usage = usage_body(out.tokens_in, out.tokens_out)
@@ -377,15 +386,16 @@ def _sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
-def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool) -> Response:
+def _stream(host: ModelHost, job: Job, chunks: _Chunks) -> Response:
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[str, tuple[int, int]] | None] = asyncio.Queue()
 
     def on_text(text: str) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, text)
+        # on the model thread, right after the text's tokens were counted
+        counted = (job.meter.tokens_in, job.meter.tokens_out)
+        loop.call_soon_threadsafe(queue.put_nowait, (text, counted))
 
     job.on_text = on_text
-    chunks = _Chunks(cid, model, include_usage)
 
     async def events() -> AsyncIterator[str]:
         task = asyncio.ensure_future(host.run(_generate, host, job))  # busy: reported in-band
@@ -398,9 +408,10 @@ def _stream(host: ModelHost, job: Job, cid: str, model: str, include_usage: bool
         try:
             yield chunks.delta({"role": "assistant", "content": ""})
             sent: list[str] = []
-            while (text := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:
+                text, counted = item
                 sent.append(text)
-                yield chunks.delta({"content": text})
+                yield chunks.delta({"content": text}, usage=counted)
             for event in _stream_end(task, "".join(sent), chunks):
                 yield event
         finally:
@@ -420,11 +431,12 @@ def _stream_end(task: asyncio.Future[TierOutput], streamed: str, chunks: _Chunks
         # OpenAI streams report a mid-stream failure as an error event, then stop.
         yield _sse(api_error(e).body())
         return
+    counted = (out.tokens_in, out.tokens_out)
     if out.text != streamed:
         # Text the tier did not stream token by token (or held back at the end).
         rest = out.text.removeprefix(streamed) if out.text.startswith(streamed) else out.text
-        yield chunks.delta({"content": rest})
-    yield chunks.delta({}, finish=out.finish_reason)
+        yield chunks.delta({"content": rest}, usage=counted)
+    yield chunks.delta({}, finish=out.finish_reason, usage=counted)
     if chunks.include_usage:
         yield chunks.usage(out)
     yield "data: [DONE]\n\n"

@@ -29,7 +29,8 @@ logger = logging.getLogger("coreason_runtime.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``coreason serve`` (host, port, model, token file, limits)."""
+    """The options of ``coreason serve`` (host, port, model, token file, limits, stream
+    interval)."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -79,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=4096,
         metavar="N",
         help="the most output tokens a request may ask for (default 4096)",
+    )
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk (default 1, as OpenAI streams)",
     )
     return parser
 
@@ -134,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def local_tier_loader(model: str | None) -> Any:
-    """A zero-argument function that loads ``model`` and returns its ``LocalTier``."""
+def local_tier_loader(model: str | None, stream_interval: int = 1) -> Any:
+    """A zero-argument function that loads ``model`` and returns its ``LocalTier``, streaming
+    ``stream_interval`` tokens per chunk."""
 
     def load() -> Any:
         from coreason_runtime.models import load_model
@@ -145,8 +153,8 @@ def local_tier_loader(model: str | None) -> Any:
         cfg = RuntimeConfig(oracle=None)
         loaded = load_model(model)
         compiler = UniversalCompiler(loaded, timeout=cfg.compile_timeout)
-        # One token per streamed chunk, as OpenAI streams do.
-        return LocalTier(loaded, compiler, stream_every=1, timeout=cfg.local_timeout)
+        every = max(1, stream_interval)
+        return LocalTier(loaded, compiler, stream_every=every, timeout=cfg.local_timeout)
 
     return load
 
@@ -164,8 +172,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` on ``args.host:args.port`` until interrupted.
 
     ``args`` carries ``host``, ``port``, ``model``, ``token_file`` (else
-    ``$COREASON_SERVE_TOKEN``) and the limits. The model loads in the background; ``/health``
-    answers ``"loading"`` until it is ready.
+    ``$COREASON_SERVE_TOKEN``), the limits and ``stream_interval`` (tokens per streamed
+    chunk). The model loads in the background; ``/health`` answers ``"loading"`` until it is
+    ready.
     """
     try:
         import uvicorn
@@ -188,8 +197,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     name = model or os.environ.get("COREASON_MODEL") or DEFAULT_MODEL
+    interval = int(getattr(args, "stream_interval", 1) or 1)
+    if interval < 1:
+        msg = f"--stream-interval must be at least 1, got {interval}"
+        raise ConfigurationError(msg)
     app = create_app(
-        local_tier_loader(model),
+        local_tier_loader(model, interval),
         token=token,
         model_name=name,
         limits=limits,

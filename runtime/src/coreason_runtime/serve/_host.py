@@ -16,7 +16,7 @@ from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._exceptions import TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
 from coreason_runtime.serve._limits import check_queue
-from coreason_runtime.tensor._types import BaseTier
+from coreason_runtime.tensor._types import BaseTier, UnmeteredMeter
 
 __all__ = ["Job", "ModelHost"]
 
@@ -48,10 +48,18 @@ class Job:
     workflow_id: str = field(default_factory=lambda: f"serve-{next(_job_ids)}")
     cancelled: threading.Event = field(default_factory=threading.Event)
     ticket: Ticket = field(init=False)
+    # counts the job's tokens as they are decoded (streamed usage reads it)
+    meter: UnmeteredMeter = field(init=False)
 
     def __post_init__(self) -> None:
         # opened now, so a cancel that comes while the job is queued already reaches it
         self.ticket = self.controls.open(self.workflow_id)
+        self.meter = UnmeteredMeter(self.max_tokens)
+
+    def limit_output(self, max_tokens: int) -> None:
+        """Decode at most ``max_tokens`` (what fits in the model's context beside the prompt)."""
+        self.max_tokens = max_tokens
+        self.meter = UnmeteredMeter(max_tokens)
 
     def cancel(self) -> None:
         """Stop the job: nobody will read its answer. Idempotent."""

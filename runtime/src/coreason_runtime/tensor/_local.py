@@ -49,21 +49,25 @@ SYSTEM_HINT = (
 
 
 class _TextStream:
-    """Publishes a session's text as it grows: ``tokens.batch`` events and ``on_delta``."""
+    """Publishes a session's text as it grows: ``tokens.batch`` events and ``on_delta``; counts
+    its tokens on the request's ticket."""
 
     def __init__(
         self,
         tier: LocalTier,
+        ticket: Ticket,
         workflow_id: str | None,
         on_delta: Callable[[str], None] | None,
     ) -> None:
         self._tier = tier
+        self._ticket = ticket
         self._workflow_id = workflow_id
         self._on_delta = on_delta
         self._text = ""
         self._count = 0
 
     def on_token(self, session: DecodeSession) -> None:
+        self._ticket.count_tokens(1)  # the workflow's running count (views, handles)
         if session.n_generated % self._tier.stream_every == 0:
             self.flush(session)
 
@@ -309,7 +313,7 @@ class LocalTier(SteerableTier):
                 reused=reused,
                 prefill=len(prompt) - reused,
             )
-        stream = _TextStream(self, workflow_id, on_delta)
+        stream = _TextStream(self, ticket, workflow_id, on_delta)
         session = self.engine.session(
             prompt,
             chat=False,

@@ -6,6 +6,7 @@ import html
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -164,18 +165,39 @@ class TierOutput:
 class Meter(Protocol):
     """Charges tokens as they are consumed; raises ``BudgetExceededError`` to stop a tier.
 
-    ``max_out`` is how many output tokens the grant still allows. A tier that can stop
+    ``max_out`` is how many output tokens the budget could still grant. A tier that can stop
     *before* consuming (a local decoder) calls :meth:`check` first and never overshoots; a
     stream that learns of tokens only when they arrive calls :meth:`charge` alone and
     overshoots by at most that chunk. Tokens charged are recorded even when the charge raises.
+
+    A budget lease may *wait* (bounded) inside :meth:`check`, :meth:`charge` and
+    :meth:`ensure` for requests in flight to give room back. Code that holds a lock other
+    requests need in order to finish (the local model's lock) calls :meth:`ensure` *before*
+    taking it, so that :meth:`check` and :meth:`charge` under the lock find the room there;
+    ``interrupted`` lets a pause or an abort end the wait early.
     """
 
     @property
     def max_out(self) -> int: ...
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Make sure consuming this much more is covered; False if interrupted while waiting,
+        ``BudgetExceededError`` if it cannot be."""
+        ...
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None: ...
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None: ...
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        """Replace the counts charged so far by exact totals (a server's usage), up or down."""
+        ...
 
 
 class UnmeteredMeter:
@@ -190,12 +212,25 @@ class UnmeteredMeter:
     def max_out(self) -> int:
         return self._max_out - self.tokens_out
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Always covered: there is no ceiling."""
+        return True
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         """Never refuses: there is no ceiling."""
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
 
 
 @runtime_checkable
