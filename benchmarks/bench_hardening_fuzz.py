@@ -36,8 +36,8 @@ SEED = int(os.environ.get("FUZZ_SEED", str(random.SystemRandom().getrandbits(32)
 FOUND = {
     "schemas -> UniversalCompiler": "1 (deep nesting: RecursionError; now SchemaError)",
     "magic lines -> parser": "0",
-    "ledger programs (threads, processes, kill -9)": "0 (the concurrent-recovery double "
-    "charge is caught when run on the old code)",
+    "ledger programs (threads, processes, kill -9)": "0 (run on the old code, it caught the "
+    "concurrent-recovery double charge in 1 of 2 runs)",
     "HTTP requests -> coreason serve (schemathesis)": "2 (SSE answers undocumented; a 500 "
     "on temperature=3e-92, the sampler's softmax went NaN; both fixed)",
 }
