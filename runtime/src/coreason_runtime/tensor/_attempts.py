@@ -26,6 +26,7 @@ from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     BudgetExceededError,
     CoreasonError,
+    LedgerBackendError,
     TierError,
     ValidationFailure,
     VerifierError,
@@ -137,8 +138,9 @@ class TierRunner:
 
         Raises
         ------
-        BudgetExceededError, WorkflowAbortedError
-            The ceiling was reached, or an operator aborted: the request ends here.
+        BudgetExceededError, LedgerBackendError, WorkflowAbortedError
+            The ceiling was reached, the ledger store failed, or an operator aborted: the
+            request ends here.
         VerifierError
             A verifier misbehaved: a bug to fix, neither retried nor escalated.
         """
@@ -161,7 +163,9 @@ class TierRunner:
                 with attempt:
                     index += 1
                     return self._attempt(tier, compiled, conv, plan, index)
-        except (BudgetExceededError, WorkflowAbortedError, VerifierError) as e:
+        except (BudgetExceededError, LedgerBackendError, WorkflowAbortedError, VerifierError) as e:
+            # a crossed ceiling, a failing ledger store, an operator's abort, a broken
+            # verifier: no tier can help
             e.attempts = list(conv.attempts)
             self.bus.emit(
                 EventType.REQUEST_FAILED,

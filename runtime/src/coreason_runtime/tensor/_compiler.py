@@ -147,8 +147,12 @@ def _compile_exact(
             raise SchemaCompileError(msg)
         return LocalGrammar(grammar, None, time.perf_counter() - started)
     proto = _new_matcher(info, grammar)
+    first = proto.compute_bitmask()
+    if proto.is_error():  # e.g. a $ref cycle with no way out; its error is a state dump
+        msg = f"{_UNSATISFIABLE}: no JSON value can be generated (a $ref cycle with no base case?)"
+        raise SchemaCompileError(msg)
     # An unsatisfiable schema compiles to a grammar that allows nothing at all.
-    if not proto.is_accepting() and not any(proto.compute_bitmask()):
+    if not proto.is_accepting() and not any(first):
         msg = f"{_UNSATISFIABLE}: no JSON value satisfies it"
         raise SchemaCompileError(msg)
     return LocalGrammar(grammar, info.ident, time.perf_counter() - started, _proto=proto)

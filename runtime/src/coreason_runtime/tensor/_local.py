@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from coreason_runtime._controls import Ticket
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
+    ContextLengthError,
     CoreasonError,
     RequestError,
     SchemaCompileError,
@@ -156,6 +157,13 @@ class LocalTier(SteerableTier):
     @property
     def model_name(self) -> str:
         return self.loaded.name
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens, prompt and output together, the model attends to (its config's
+        ``max_position_embeddings``; None for an architecture that names no such bound)."""
+        n = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
 
     # --- prompts -----------------------------------------------------------------------------
 
@@ -319,6 +327,7 @@ class LocalTier(SteerableTier):
         if max_tokens < 1:
             msg = f"max_tokens must be at least 1, got {max_tokens}"
             raise RequestError(msg, workflow_id=workflow_id, tier=self.name)
+        self._fit_context(len(prompt), max_tokens, workflow_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         cache, reused = self.prefix_cache.lookup(prompt, self.loaded.model.config)
@@ -361,6 +370,23 @@ class LocalTier(SteerableTier):
         output = self._output(session, time.perf_counter() - started)
         output.verification = verification
         return output
+
+    def _fit_context(self, prompt_tokens: int, max_tokens: int, workflow_id: str) -> None:
+        """Refuse, before any prefill, a request the model's context cannot hold."""
+        context = self.context_length
+        if context is None or prompt_tokens + max_tokens <= context:
+            return
+        msg = (
+            f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the "
+            f"model's context of {context} tokens"
+        )
+        raise ContextLengthError(
+            msg,
+            limit=context,
+            size=prompt_tokens + max_tokens,
+            workflow_id=workflow_id,
+            tier=self.name,
+        )
 
     @staticmethod
     def _drive(session: DecodeSession, ticket: Ticket) -> None:

@@ -13,7 +13,30 @@ from pydantic import ValidationError as PydanticValidationError
 
 from coreason_runtime._exceptions import CoreasonError, SchemaError, ValidationFailure
 
-__all__ = ["CompiledSchema", "SchemaSpec", "schema_key"]
+__all__ = ["MAX_SCHEMA_BYTES", "MAX_SCHEMA_DEPTH", "CompiledSchema", "SchemaSpec", "schema_key"]
+
+# Bounds on a raw schema, checked before anything recursive touches it: the deepest schema in
+# JSONSchemaBench nests 17 levels, and validators recurse (a few hundred levels crash them).
+MAX_SCHEMA_DEPTH = 64
+MAX_SCHEMA_BYTES = 1 << 20
+
+
+def _check_bounds(schema: dict[str, Any]) -> None:
+    """Refuse a schema nested deeper than MAX_SCHEMA_DEPTH or larger than MAX_SCHEMA_BYTES."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            msg = f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels"
+            raise SchemaError(msg)
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    size = len(json.dumps(schema, separators=(",", ":"), default=str))
+    if size > MAX_SCHEMA_BYTES:
+        msg = f"the schema is {size} bytes of JSON; at most {MAX_SCHEMA_BYTES} are accepted"
+        raise SchemaError(msg)
 
 
 def schema_key(json_schema: dict[str, Any]) -> str:
@@ -64,6 +87,7 @@ class SchemaSpec:
             if not schema:
                 msg = "an empty schema accepts anything; give at least a 'type'"
                 raise SchemaError(msg)
+            _check_bounds(schema)
             try:
                 validator_cls = jsonschema.validators.validator_for(schema)
                 validator_cls.check_schema(schema)
