@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from coreason_runtime.route import outcome, tier_outcomes
 from coreason_runtime.tensor import Attempt, Result
+from coreason_runtime.verify import Failure, Verdict
 
 
 def _attempts() -> list[Attempt]:
@@ -21,17 +20,14 @@ def test_a_validated_answer_counts_as_a_success_without_verification() -> None:
     assert outcome(res).success is True and outcome(res).cost == 112.0
 
 
-@dataclass
-class _Verified(Result[int]):
-    """Stands in for issue 22's Result with ``verified``."""
-
-    verified: bool | None = None
-
-
-def test_a_verified_false_answer_is_not_a_success() -> None:
+def test_with_verifiers_only_a_verified_answer_is_a_success() -> None:
     kw = {"value": 1, "tier": "oracle", "attempts": _attempts(), "cost": 112.0, "workflow_id": "w"}
-    assert outcome(_Verified(**kw, verified=False)).success is False
-    assert outcome(_Verified(**kw, verified=True)).success is True
+    failed = Verdict(failures=[Failure("/d", "not the derivative", "derivative")])
+    assert outcome(Result(**kw, verified=False, verification=failed)).success is False
+    passed = Verdict(methods={"derivative": "sympy"})
+    assert outcome(Result(**kw, verified=True, verification=passed)).success is True
+    # no verifier named: verified is False because nothing was asked, and validated counts
+    assert outcome(Result(**kw, verified=False, verification=None)).success is True
 
 
 def test_each_tier_earns_its_own_cost_and_only_the_answerer_succeeds() -> None:
@@ -46,3 +42,10 @@ def test_each_tier_earns_its_own_cost_and_only_the_answerer_succeeds() -> None:
     )
     assert (oracle.success, oracle.cost, oracle.position) == (True, 90, 1)
     assert [o.success for o in tier_outcomes(res.attempts, None, None)] == [False, False]
+
+
+def test_span_repairs_paid_beside_the_attempts_are_the_answering_tiers_cost() -> None:
+    # C 112 in attempts and 30 more for a field answered by another tier (Result.cost has both)
+    res = Result(value=1, tier="oracle", attempts=_attempts(), cost=142.0, workflow_id="wf")
+    local, oracle = tier_outcomes(res.attempts, outcome(res), res.tier)
+    assert (local.cost, oracle.cost) == (22, 120)

@@ -248,3 +248,30 @@ def test_embed_dims_embeds_prompts_with_the_local_model(
         assert routing is not None and routing.featurizer.dims == Featurizer().dims + 6
         res = rt.router.generate(Answer, "differentiate x**2", workflow_id="wf")
         assert res.route is not None and res.tier == "local"
+
+
+def test_answers_a_verifier_rejects_are_failures_the_policy_learns_from(
+    rt: Coordinator,
+) -> None:
+    # local answers every time, but wrongly; only the oracle's answer passes the verifier
+    rt.router.set_tiers(_scripted(['{"value": "wrong"}'], [GOOD]))
+    rt.router.set_tool_tiers([])
+
+    def right(value: Answer) -> bool:
+        return value.value == "ok"
+
+    plans = []
+    for i in range(8):
+        res = rt.router.generate(Answer, f"differentiate x**{i}", workflow_id="wf", verify=right)
+        assert res.verified is True and res.tier == "oracle"
+        assert res.route is not None
+        plans.append(res.route.tiers[0])
+    routing = rt.router.routing
+    assert routing is not None
+    stats = routing.stats()
+    assert stats["local"].successes == 0 and stats["oracle"].successes == 8
+    assert plans[0] == "local" and plans[-1] == "oracle"  # learned from verification
+    # without a verifier the same wrong answer is a validated success
+    res = rt.router.generate(Answer, "differentiate x**9", workflow_id="wf", tiers=["local"])
+    assert res.verified is False and res.value.value == "wrong"
+    assert routing.stats()["local"].successes == 1

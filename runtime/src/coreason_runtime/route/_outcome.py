@@ -35,22 +35,25 @@ class TierOutcome:
 def outcome(result: Result[Any]) -> Outcome:
     """Success and C of an answered request: the one place "success" is defined.
 
-    With verification (issue 22's ``Result.verified``) success is ``verified is True``; a
-    request without a verifier, or before verification exists, counts a validated answer
-    as a success.
+    A request that named verifiers (``verify=``: ``Result.verification`` holds their verdict)
+    succeeds only when ``Result.verified``; a request without verifiers counts a validated
+    answer as a success (``verified`` is False there only because nothing was asked).
     """
-    # Result.verified arrives with issue 22 (verified answers); until then "validated" counts.
-    verified = getattr(result, "verified", None)
-    success = True if verified is None else verified is True
+    success = result.verified if result.verification is not None else True
     return Outcome(success=success, cost=result.cost)
 
 
 def tier_outcomes(
     attempts: Sequence[Attempt], answer: Outcome | None, answered_by: str | None
 ) -> list[TierOutcome]:
-    """Per tier tried, in order: the answering tier earns ``answer.success``, the others 0."""
+    """Per tier tried, in order: the answering tier earns ``answer.success``, the others 0.
+
+    C paid beside the attempts (span repairs by other tiers, in ``answer.cost``) is the
+    answering tier's: its answer needed them.
+    """
     order: list[str] = []
     sums: dict[str, list[float]] = {}
+    beside = 0.0 if answer is None else max(answer.cost - sum(a.cost for a in attempts), 0.0)
     for a in attempts:
         if a.tier in ("cache", "human"):
             continue
@@ -61,6 +64,8 @@ def tier_outcomes(
         row[0] += a.cost
         row[1] += a.tokens_in
         row[2] += a.tokens_out
+    if answered_by in sums:
+        sums[answered_by][0] += beside
     return [
         TierOutcome(
             tier=t,
