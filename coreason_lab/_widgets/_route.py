@@ -53,7 +53,7 @@ class RouteState:
                 )
             elif isinstance(p, RequestFinished):
                 self._finished(ev.workflow_id, p)
-            elif isinstance(p, WhatIfDecided) and not p.allowed and p.name.startswith("escalate"):
+            elif isinstance(p, WhatIfDecided) and _refused_escalation(ev.source, p):
                 self.refusals.append((ev.ts, ev.workflow_id, p.name, p.reason))
             elif isinstance(p, TierHealthChanged):
                 self.health[p.tier] = p.state
@@ -63,6 +63,12 @@ class RouteState:
             if choice.workflow_id == workflow_id and choice.answered_by is None:
                 choice.answered_by, choice.cost = p.tier, p.cost
                 return
+
+
+def _refused_escalation(source: str | None, p: WhatIfDecided) -> bool:
+    """A refusal by the router's gate of a request's escalation, or of one field's to a span
+    tier (the simulator's gates publish ``escalate ...`` decisions of their own)."""
+    return not p.allowed and source == "route.gate" and p.name.startswith(("escalate ", "span "))
 
 
 def _cell(value: Any) -> str:

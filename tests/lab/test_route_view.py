@@ -12,8 +12,10 @@ from coreason_lab._widgets import RouteState, RouteView, tiers_html
 from tests.lab.conftest import tiers
 
 
-def ev(type_: EventType, /, wf: str | None = "wf", **fields: object) -> Event:
-    return Event(type=type_, workflow_id=wf, data=dict(fields))
+def ev(
+    type_: EventType, /, wf: str | None = "wf", source: str | None = None, **fields: object
+) -> Event:
+    return Event(type=type_, workflow_id=wf, source=source, data=dict(fields))
 
 
 def _decided(reason: str = "best r/p first", tiers_: list[str] | None = None) -> Event:
@@ -28,10 +30,11 @@ def _decided(reason: str = "best r/p first", tiers_: list[str] | None = None) ->
     )
 
 
-def _refused() -> Event:
+def _refused(name: str = "escalate local->oracle", source: str = "route.gate") -> Event:
     return ev(
         EventType.WHATIF_REFUSED,
-        name="escalate local->oracle",
+        source=source,
+        name=name,
         allowed=False,
         reason="gain/cost 0.4 < min_ratio 1",
         predicted_gain=0.4,
@@ -50,6 +53,8 @@ def test_route_state_pairs_each_plan_with_who_answered() -> None:
             ev(EventType.REQUEST_FINISHED, tier="oracle", cost=120.0, attempts=4),
             _decided("second"),
             _refused(),
+            _refused("span /d -> oracle"),
+            _refused("escalate 32->64", source="sim"),  # a simulator's own gate: not routing
             ev(
                 EventType.TIER_HEALTH,
                 wf=None,
@@ -63,7 +68,7 @@ def test_route_state_pairs_each_plan_with_who_answered() -> None:
     first, second = state.choices
     assert (first.reason, first.answered_by, first.cost) == ("first", "oracle", 120.0)
     assert second.answered_by is None
-    assert [r[2] for r in state.refusals] == ["escalate local->oracle"]
+    assert [r[2] for r in state.refusals] == ["escalate local->oracle", "span /d -> oracle"]
     assert state.health == {"local": "degraded"}
 
 

@@ -1,10 +1,13 @@
-"""The what-if gate on escalation and on a two-phase tool call's commit.
+"""The what-if gate on escalation (of a request, or of one field), and on a tool call's commit.
 
 Both ask the same :class:`~coreason_runtime.sim.WhatIfGate` (its thresholds, its events): a
 prediction of what the expensive step returns (``gain``: the chance it yields a verified
 answer, worth 1) against what it costs (``cost``: λ·C), allowed when the gain per cost is at
 least ``min_ratio`` (1: the predicted reward ``p − λC`` is not negative). A refusal is
 published as ``whatif.refused`` with its reason; a refused escalation goes to the human.
+A field a verifier rejected and the request's own decoder could not fix is asked of span tiers
+(a CAS, a remote tier asked for that field only): each such span escalation is judged the same
+way, on how often that tier's field answers were accepted in the task family.
 """
 
 from __future__ import annotations
@@ -71,17 +74,24 @@ class EscalationGate:
         self.prior_weight = prior_weight
         self.min_evidence = min_evidence
         self.escalations = _Escalations()
+        self.spans = _Escalations()  # field answers accepted, per (family, span tier)
 
     def forget(self) -> None:
         """Drop what was learned about escalations (before re-learning a history)."""
         self.escalations = _Escalations()
+        self.spans = _Escalations()
+
+    def _blend(self, s: int, n: int, estimate: TierEstimate | None) -> tuple[float, float]:
+        """``(p, p̂)``: ``s`` of ``n`` observed, with ``prior_weight`` pseudo-observations of the
+        policy's ``p̂`` (1 when it knows the tier from fewer than ``min_evidence`` requests)."""
+        known = estimate is not None and estimate.n >= self.min_evidence
+        p_marginal = estimate.p if known and estimate is not None else 1.0
+        return (s + self.prior_weight * p_marginal) / (n + self.prior_weight), p_marginal
 
     def predict(self, family: str, tier: str, estimate: TierEstimate | None) -> Prediction:
         """What escalating to ``tier`` is predicted to return and cost."""
         s, n = self.escalations.get(family, tier)
-        known = estimate is not None and estimate.n >= self.min_evidence
-        p_marginal = estimate.p if known and estimate is not None else 1.0
-        p = (s + self.prior_weight * p_marginal) / (n + self.prior_weight)
+        p, p_marginal = self._blend(s, n, estimate)
         cost = estimate.cost if estimate is not None else 0.0
         return Prediction(
             gain=p,
@@ -108,6 +118,41 @@ class EscalationGate:
             f"escalate {from_tier}->{to_tier}",
             self.predict(family, to_tier, estimate),
             region={"from": from_tier, "to": to_tier},
+            workflow_id=workflow_id,
+        )
+
+    def span(
+        self,
+        family: str,
+        pointer: str,
+        tier: str,
+        estimate: TierEstimate | None,
+        cost: float,
+        *,
+        workflow_id: str | None = None,
+    ) -> Decision[Any]:
+        """Judge asking span tier ``tier`` for field ``pointer`` at an estimated C of ``cost``.
+
+        The gain is how often ``tier``'s field answers were accepted in ``family``, blended with
+        ``prior_weight`` pseudo-observations of the policy's ``p̂`` for the tier (1 while the
+        policy knows it from fewer than ``min_evidence`` requests, or not at all: a CAS).
+        """
+        s, n = self.spans.get(family, tier)
+        p, p_marginal = self._blend(s, n, estimate)
+        prediction = Prediction(
+            gain=p,
+            cost=self.lam * cost,
+            detail={
+                "p_policy": p_marginal,
+                "accepted": f"{s}/{n}",
+                "C": round(cost, 1),
+                "family": family,
+            },
+        )
+        return self.whatif.decide(
+            f"span {pointer or '/'} -> {tier}",
+            prediction,
+            region={"field": pointer, "to": tier},
             workflow_id=workflow_id,
         )
 

@@ -63,7 +63,9 @@ class RoutePlan(BaseModel):
     """A policy's choice for one request: which tiers, in which order, and why.
 
     ``tiers`` are tried in order, stopping at the first answer; ``skipped`` says why each
-    other tier is not tried (capability, health, not worth its price).
+    other tier is not tried (capability, health, not worth its price). On a result,
+    ``refused`` holds the escalations the what-if gate refused on the way (a tier, or a span
+    tier asked for one field), each with the gate's reason.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -74,6 +76,7 @@ class RoutePlan(BaseModel):
     skipped: dict[str, str]
     reason: str
     estimates: dict[str, TierEstimate] = {}
+    refused: dict[str, str] = {}
 
 
 class RoutingPolicy(Protocol):

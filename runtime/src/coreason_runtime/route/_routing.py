@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from coreason_runtime.tensor._attempts import RequestPlan
     from coreason_runtime.tensor._schema import SchemaSpec
     from coreason_runtime.tensor._types import Result, Tier
+    from coreason_runtime.verify import RepairRecord
 
 __all__ = ["RouteSession", "Routing", "capability_gap"]
 
@@ -262,7 +263,8 @@ class RouteSession:
                 key=lambda n: -plan.estimates[n].optimistic if n in plan.estimates else 0.0,
             )
         ]
-        self.refused: list[tuple[str, Decision[Any]]] = []
+        self.refused: list[tuple[str, Decision[Any]]] = []  # (tier, decision)
+        self.spans_refused: list[tuple[str, str, Decision[Any]]] = []  # (tier, field, decision)
 
     def walk(self) -> Iterator[tuple[Tier | None, Tier]]:
         """``(previous, tier)`` for each tier to try. The gate judges every escalation: a tier
@@ -293,20 +295,58 @@ class RouteSession:
             self.refused.append((tier.name, decision))
         return decision.allowed
 
+    def span_allowed(self, tier: str, pointer: str, cost: float) -> bool:
+        """Whether field ``pointer`` may be asked of span tier ``tier`` at an estimated C of
+        ``cost`` (the gate judges it; without a gate, always). A refusal is kept."""
+        gate = self.routing.gate
+        if gate is None:
+            return True
+        estimate = self.plan.estimates.get(tier)
+        decision = gate.span(
+            self.ctx.family, pointer, tier, estimate, cost, workflow_id=self.workflow_id
+        )
+        if not decision.allowed:
+            self.spans_refused.append((tier, pointer, decision))
+        return decision.allowed
+
+    def _refusals(self) -> dict[str, str]:
+        """Every escalation the gate refused on this request: target -> reason."""
+        out = {t: d.reason for t, d in self.refused}
+        out.update({f"{t} (field {f or '/'})": d.reason for t, f, d in self.spans_refused})
+        return out
+
+    def _learn_spans(self, repairs: Sequence[RepairRecord]) -> None:
+        """Teach the gate how each span tier's field answers fared (in-session repairs aside)."""
+        gate = self.routing.gate
+        if gate is None:
+            return
+        for r in repairs:
+            if r.tier != "local":
+                gate.spans.observe(self.ctx.family, r.tier, r.accepted)
+
     def finish(self, result: Result[Any]) -> None:
-        """The answer came: put the plan on ``result`` and learn from every tier tried."""
-        result.route = self.plan
+        """The answer came: put the plan (and any refusals) on ``result``, learn from every
+        tier tried and every span tier asked."""
+        refusals = self._refusals()
+        result.route = self.plan.model_copy(update={"refused": refusals}) if refusals else self.plan
         answered = outcome(result)
         self.routing.learn(
             self.ctx, tier_outcomes(result.attempts, answered, result.tier), self.workflow_id
         )
+        self._learn_spans(result.repairs)
 
-    def fail(self, error: EpistemicYieldError) -> EpistemicYieldError:
+    def fail(
+        self, error: EpistemicYieldError, repairs: Sequence[RepairRecord] = ()
+    ) -> EpistemicYieldError:
         """No tier answered: learn, and say why the human is asked (a refusal, a plan's stop)."""
         self.routing.learn(self.ctx, tier_outcomes(error.attempts, None, None), self.workflow_id)
-        if self.refused:
-            tier, decision = self.refused[-1]
-            why = "; ".join(f"to {t!r}: {d.reason}" for t, d in self.refused)
+        self._learn_spans(repairs)
+        if self.refused or self.spans_refused:
+            if self.refused:
+                tier, decision = self.refused[-1]
+            else:
+                tier, _, decision = self.spans_refused[-1]
+            why = "; ".join(f"to {t!r}: {r}" for t, r in self._refusals().items())
             msg = f"{error.message}; escalation refused by the what-if gate ({why})"
             return EscalationRefusedError(
                 msg,

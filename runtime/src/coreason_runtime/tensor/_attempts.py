@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from coreason_runtime._controls import Ticket
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+    from coreason_runtime.tensor._verified import SpanGate
     from coreason_runtime.verify import Failure, RepairRecord, VerifyPolicy
     from coreason_runtime.verify._driver import Outcome as VerifyOutcome
     from coreason_runtime.verify._driver import VerifyJob
@@ -115,6 +116,8 @@ class TierRunner:
     span_tiers:
         With ``plan.verify``: the tiers asked for a field the answer's own candidates could
         not fix (``tensor._verified.field_tiers``).
+    span_gate:
+        Judges each of those span escalations (``tensor._verified.SpanGate``); None: all go.
     """
 
     def __init__(
@@ -124,12 +127,14 @@ class TierRunner:
         compile: Callable[[SchemaSpec, Tier], CompiledSchema],
         max_attempts: int,
         span_tiers: Sequence[FieldTier] = (),
+        span_gate: SpanGate | None = None,
     ) -> None:
         self.budgets = budgets
         self.bus = bus
         self.compile = compile
         self.max_attempts = max_attempts
         self.span_tiers = list(span_tiers)
+        self.span_gate = span_gate
 
     def run(
         self, tier: Tier, spec: SchemaSpec, conv: Conversation, plan: RequestPlan
@@ -265,7 +270,7 @@ class TierRunner:
         from coreason_runtime.tensor._verified import SpanTiers
         from coreason_runtime.verify._driver import VerifyJob
 
-        spans = SpanTiers(self.span_tiers, self.budgets, plan, conv)
+        spans = SpanTiers(self.span_tiers, self.budgets, plan, conv, self.span_gate)
         return VerifyJob(plan.verify, compiled.spec, plan.prompt, spans if spans.tiers else None)
 
     def _after_failure(

@@ -13,19 +13,11 @@ from pydantic import BaseModel
 
 from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import (
-    EpistemicYieldError,
-    RequestError,
-    SchemaCompileError,
-)
+from coreason_runtime._exceptions import EpistemicYieldError, RequestError, SchemaCompileError
 from coreason_runtime.budget import DEFAULT_WORKFLOW, BudgetCage
 from coreason_runtime.tensor._attempts import Conversation, RequestPlan, TierRunner
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
-from coreason_runtime.tensor._types import (
-    Attempt,
-    Result,
-    Tier,
-)
+from coreason_runtime.tensor._types import Attempt, Result, Tier
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
@@ -317,14 +309,18 @@ class TensorRouter:
                 {"role": "user", "content": plan.prompt},
             ]
         )
+        # the routing hook: the policy's plan, the what-if gate before each escalation (of the
+        # request, or of one field to a span tier); without routing, the cascade in order
+        route = self.routing.begin(spec, plan, cascade) if self.routing is not None else None
         spans: list[FieldTier] = []
         if plan.verify is not None:
             from coreason_runtime.tensor._verified import field_tiers
 
             spans = field_tiers(plan.verify, self.tool_tiers, cascade, self.compile, plan)
-        runner = TierRunner(self.budgets, self.bus, self.compile, self.max_attempts_per_tier, spans)
-        # the routing hook (policy's plan, what-if gate); without routing, the cascade in order
-        route = self.routing.begin(spec, plan, cascade) if self.routing is not None else None
+        gate = route.span_allowed if route is not None else None
+        runner = TierRunner(
+            self.budgets, self.bus, self.compile, self.max_attempts_per_tier, spans, gate
+        )
         walk = route.walk() if route is not None else zip([None, *cascade], cascade, strict=False)
         for prev, tier in walk:
             if prev is not None:
@@ -353,7 +349,7 @@ class TensorRouter:
                     self._admit_to_cache(spec, plan, result)
                 return result
         error = self._yield(spec, plan, conv)
-        raise error if route is None else route.fail(error)
+        raise error if route is None else route.fail(error, conv.repairs)
 
     def _yield(
         self, spec: SchemaSpec, plan: RequestPlan, conv: Conversation
