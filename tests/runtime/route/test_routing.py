@@ -233,7 +233,9 @@ def test_a_refused_tier_is_passed_over_for_the_next_one_the_gate_allows(rt: Coor
     assert res.tier == "oracle"
     assert "mid" not in {a.tier for a in res.attempts}
     refused = [e.data for e in rt.bus.history([EventType.WHATIF_REFUSED])]
-    assert [d.name for d in refused if isinstance(d, WhatIfDecided)] == ["escalate local->mid"]
+    decisions = [d for d in refused if isinstance(d, WhatIfDecided)]
+    assert [d.name for d in decisions] == ["escalate local->mid"]
+    assert res.route.refused == {"mid": decisions[0].reason}  # the result says so too
 
 
 @pytest.mark.model
