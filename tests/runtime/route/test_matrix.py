@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from coreason_runtime import ConfigurationError, Coordinator, OracleConfig, RuntimeConfig
+from coreason_runtime import (
+    BudgetExceededError,
+    ConfigurationError,
+    Coordinator,
+    OracleConfig,
+    RuntimeConfig,
+)
 from coreason_runtime.route import Capability, FunctionTier, TierSpec, load_matrix
 from coreason_runtime.tensor import RemoteTier, SchemaSpec, ScriptedTier
 from coreason_runtime.tensor._usage import TokenizerCounter
@@ -180,6 +186,33 @@ def test_a_tier_added_in_code_is_installed_on_the_router(home: Path) -> None:
         assert rt.tiers.spec("scripted").kind == "custom"
         rt.tiers.remove("scripted")
         assert rt.router.tier_names == ["local"]
+
+
+def test_a_request_is_leased_and_charged_at_the_answering_tiers_own_weights(
+    home: Path,
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    with Coordinator() as rt:
+        rt.router.set_tiers([])
+        rt.tiers.add(ScriptedTier("cheap", ["nope"], repeat_last=True))
+        dear_tier = ScriptedTier("dear", ['{"n": 12345}'], repeat_last=True)
+        rt.tiers.add(dear_tier, weight_in=10, weight_out=30)
+        rt.budgets.set("wf", ceiling=None)
+        res = rt.router.generate(schema, "a number", workflow_id="wf", tiers=["cheap", "dear"])
+        assert res.tier == "dear"
+        cheap = [a for a in res.attempts if a.tier == "cheap"]
+        (dear,) = [a for a in res.attempts if a.tier == "dear"]
+        assert dear.cost == 10 * dear.tokens_in + 30 * dear.tokens_out
+        assert all(a.cost == a.tokens_in + 3 * a.tokens_out for a in cheap)
+        ledger = rt.budgets.get("wf")
+        assert ledger.by_tier == {"cheap": sum(a.cost for a in cheap), "dear": dear.cost}
+        assert ledger.spent == res.cost and ledger.reserved == 0
+        # under a ceiling, the dear tier's lease is cut off at what its own weights allow
+        rt.budgets.set("tight", ceiling=10 * dear.tokens_in + 30 * (dear.tokens_out - 1))
+        with pytest.raises(BudgetExceededError):
+            rt.router.generate(schema, "a number", workflow_id="tight", tiers=["dear"], cache=False)
+        tight = rt.budgets.get("tight")
+        assert (tight.spent, tight.reserved) == (tight.ceiling, 0)  # every token that fit
 
 
 def test_a_function_tier_declining_escalates_and_costs_its_cpu(home: Path) -> None:
