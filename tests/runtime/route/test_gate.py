@@ -70,3 +70,24 @@ def test_the_same_gate_guards_a_tool_commit(tt: ToolTransactions, bus: EventBus)
         if isinstance(e.data, WhatIfDecided)
     ]
     assert names == ["commit square"]
+
+
+def test_a_span_escalation_is_judged_on_accepted_field_answers(bus: EventBus) -> None:
+    gate = EscalationGate(lam=1e-4, bus=bus, prior_weight=2.0)
+    assert gate.span("calculus", "/d", "oracle", None, 5000).allowed  # nothing known yet
+    for _ in range(6):
+        gate.spans.observe("calculus", "oracle", False)
+    refused = gate.span("calculus", "/d", "oracle", _est(0.9, 5000), 5000, workflow_id="wf")
+    assert not refused.allowed  # p = (0 + 2·0.9) / 8 = 0.225 < λ·C = 0.5
+    assert refused.prediction.gain == pytest.approx(1.8 / 8)
+    assert refused.prediction.cost == pytest.approx(0.5)
+    assert gate.span("mechanics", "/d", "oracle", _est(0.9, 5000), 5000).allowed  # per family
+    (event,) = bus.history([EventType.WHATIF_REFUSED])
+    assert isinstance(event.data, WhatIfDecided) and event.data.name == "span /d -> oracle"
+
+
+def test_the_gate_keeps_only_its_last_decisions_in_memory(bus: EventBus) -> None:
+    gate = EscalationGate(lam=1e-4, bus=bus, keep=10)
+    for i in range(55):
+        gate.escalate("x", "local", "oracle", None, workflow_id=f"wf{i}")
+    assert 10 <= len(gate.whatif.decisions) <= 20

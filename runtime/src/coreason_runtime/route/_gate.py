@@ -58,6 +58,8 @@ class EscalationGate:
         The gate deciding; by default one with ``min_ratio=1`` on ``bus``.
     lam:
         λ: what one unit of C is worth against a verified answer.
+    keep:
+        Decisions kept in ``whatif.decisions`` (the last ones; every one is also published).
     """
 
     def __init__(
@@ -68,11 +70,13 @@ class EscalationGate:
         bus: EventBus | None = None,
         prior_weight: float = 2.0,
         min_evidence: int = 3,
+        keep: int = 1000,
     ) -> None:
         self.whatif = whatif or WhatIfGate(min_ratio=1.0, bus=bus, source="route.gate")
         self.lam = lam
         self.prior_weight = prior_weight
         self.min_evidence = min_evidence
+        self.keep = keep  # decisions kept in memory (every one is published on the bus)
         self.escalations = _Escalations()
         self.spans = _Escalations()  # field answers accepted, per (family, span tier)
 
@@ -80,6 +84,14 @@ class EscalationGate:
         """Drop what was learned about escalations (before re-learning a history)."""
         self.escalations = _Escalations()
         self.spans = _Escalations()
+
+    def _decide(self, name: str, dry_run: Any, **kw: Any) -> Decision[Any]:
+        """The what-if gate's decision, keeping only the last ``keep`` in memory: a router's
+        gate lives as long as its kernel or server and judges every escalation."""
+        decision = self.whatif.decide(name, dry_run, **kw)
+        if len(self.whatif.decisions) > 2 * self.keep:
+            del self.whatif.decisions[: -self.keep]
+        return decision
 
     def _blend(self, s: int, n: int, estimate: TierEstimate | None) -> tuple[float, float]:
         """``(p, p̂)``: ``s`` of ``n`` observed, with ``prior_weight`` pseudo-observations of the
@@ -114,7 +126,7 @@ class EscalationGate:
         workflow_id: str | None = None,
     ) -> Decision[Any]:
         """Judge escalating one request from ``from_tier`` to ``to_tier`` (published)."""
-        return self.whatif.decide(
+        return self._decide(
             f"escalate {from_tier}->{to_tier}",
             self.predict(family, to_tier, estimate),
             region={"from": from_tier, "to": to_tier},
@@ -149,7 +161,7 @@ class EscalationGate:
                 "family": family,
             },
         )
-        return self.whatif.decide(
+        return self._decide(
             f"span {pointer or '/'} -> {tier}",
             prediction,
             region={"field": pointer, "to": tier},
@@ -164,7 +176,7 @@ class EscalationGate:
         Returns the commit's result. A refusal aborts the transaction (logged with the gate's
         reason) and raises :class:`TransactionAbortedError`.
         """
-        decision = self.whatif.decide(
+        decision = self._decide(
             f"commit {txn.tool.name}",
             dry_run,
             region={"txn": txn.id},
