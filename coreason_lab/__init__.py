@@ -56,6 +56,7 @@ def load_ipython_extension(ipython: _Any, runtime: _Any = None) -> CoreasonMagic
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)  # so `%config CoreasonMagics` finds it
     magics.register_comm()  # a no-op outside a kernel (plain IPython has no frontend)
+    magics.errors.install(ipython)  # coreason errors as a few lines; %tb has the rest
     _loaded[id(ipython)] = magics
     return magics
 
@@ -67,6 +68,7 @@ def unload_ipython_extension(ipython: _Any) -> None:
     if magics is None:
         return
     magics.close()
+    magics.errors.uninstall()
     if magics in ipython.configurables:
         ipython.configurables.remove(magics)
     ipython.magics_manager.magics["line"].pop("coreason", None)

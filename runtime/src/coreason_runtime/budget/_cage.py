@@ -28,6 +28,7 @@ from coreason_runtime._exceptions import (
     InvalidCeilingError,
     UnknownWorkflowError,
 )
+from coreason_runtime._signals import interrupts_deferred
 from coreason_runtime.budget._models import Charge, Ledger, LedgerBackend, ReservationRecord
 from coreason_runtime.budget._sqlite import MemoryLedgerBackend, SQLiteLedgerBackend
 
@@ -156,12 +157,16 @@ class Reservation:
         )
 
     def settle(self, note: str = "") -> Ledger | None:
-        """Release the grant and charge what was consumed; idempotent."""
-        with self._lock:
-            if self._settled:
-                return None
-            self._settled = True
-        return self._write(note)
+        """Release the grant and charge what was consumed; idempotent.
+
+        A Ctrl-C arriving meanwhile is delivered once the ledger is written.
+        """
+        with interrupts_deferred():
+            with self._lock:
+                if self._settled:
+                    return None
+                self._settled = True
+            return self._write(note)
 
     def checkpoint(self) -> None:
         """Record the consumption so far durably, so that if this process dies the orphaned
@@ -354,6 +359,22 @@ class BudgetCage:
             created=time.time(),
         )
         minimum = self.cost(tokens_in, 1)
+        # A Ctrl-C inside the reservation's bookkeeping is held until it ends; if it then
+        # stops the caller before it holds the reservation, the grant is released here.
+        reservation: Reservation | None = None
+        try:
+            with interrupts_deferred():
+                reservation = self._reserve(record, minimum, tokens_in, max_out)
+        except BaseException:
+            if reservation is not None:
+                reservation.settle(note="interrupted")
+            raise
+        return reservation
+
+    def _reserve(
+        self, record: ReservationRecord, minimum: float, tokens_in: int, max_out: int
+    ) -> Reservation:
+        workflow_id, tier = record.workflow_id, record.tier
         try:
             grant = self.backend.reserve(record, minimum)
         except BudgetExceededError:

@@ -147,6 +147,10 @@ class LocalTier(SteerableTier):
     def model_name(self) -> str:
         return self.loaded.name
 
+    @property
+    def revision(self) -> str | None:
+        return self.loaded.revision
+
     # --- prompts -----------------------------------------------------------------------------
 
     def compile(self, spec: SchemaSpec) -> CompiledSchema:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 import threading
@@ -22,7 +23,10 @@ from coreason_runtime._exceptions import (
 )
 from coreason_runtime.budget import DEFAULT_WORKFLOW, BudgetCage
 from coreason_runtime.tensor._attempts import Conversation, RequestPlan, TierRunner
+from coreason_runtime.tensor._plan import DryRun, plan_request
+from coreason_runtime.tensor._replay import ReplayRecord
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+from coreason_runtime.tensor._stream import PartialStream
 from coreason_runtime.tensor._types import (
     Attempt,
     Result,
@@ -93,6 +97,7 @@ class TensorRouter:
         self.controls = controls if controls is not None else Controls(self.bus)
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
+        self.replay: ReplayRecord | None = None  # a notebook's exact replay, consulted first
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> TensorRouter:
@@ -110,6 +115,7 @@ class TensorRouter:
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
+        router.replay = rt.engine("replay", ReplayRecord.for_runtime)
         return router
 
     # --- tiers -------------------------------------------------------------------------------
@@ -214,7 +220,40 @@ class TensorRouter:
         with self.controls.scope(wf) as ticket:
             ticket.checkpoint()  # a paused workflow holds here, before anything is reserved
             plan = RequestPlan(wf, prompt, ticket, max_tokens, temperature, seed, timeout)
-            return self._cascade(spec, plan, cascade, system, cache=cache)
+            run = functools.partial(self._cascade, spec, plan, cascade, system, cache=cache)
+            if self.replay is None:
+                return run()
+            sys_prompt, k = system or self.system_prompt, self.max_attempts_per_tier
+            key = self.replay.key(spec, plan, cascade, sys_prompt, k)
+            return self.replay.answer(key, spec, plan, [t.name for t in cascade], run)
+
+    def stream(self, schema: Any, prompt: str, **kwargs: Any) -> PartialStream:
+        """:meth:`generate`, streamed: iterate :class:`Partial` values as tokens arrive.
+
+        Takes the arguments of :meth:`generate`. Each item's ``value`` is the JSON parsed so
+        far; the last item is ``final``, with the validated value and the ``Result``. Leaving
+        the loop early aborts the workflow's running work (it settles what ran).
+        """
+        return PartialStream(self, schema, prompt, kwargs)
+
+    def dry_run(
+        self,
+        schema: Any,
+        prompt: str,
+        *,
+        workflow_id: str | None = None,
+        tiers: Sequence[str] | None = None,
+        max_tokens: int | None = None,
+        system: str | None = None,
+    ) -> DryRun:
+        """What :meth:`generate` would reserve, tier by tier, and what is left of Ω.
+
+        Compiles the schema and counts the prompt's tokens per tier; decodes nothing, reserves
+        nothing, charges nothing. Raises what :meth:`generate` raises before any spend.
+        """
+        wf, chosen = workflow_id or DEFAULT_WORKFLOW, self._select(tiers)
+        limit = self.default_max_tokens if max_tokens is None else max_tokens
+        return plan_request(self, schema, prompt, wf, chosen, limit, system or self.system_prompt)
 
     def _cascade(
         self,

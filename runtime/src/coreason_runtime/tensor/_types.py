@@ -62,7 +62,8 @@ class Result(Generic[T]):
 
     ``value`` is an instance of the requested pydantic model (or a ``dict``/value for a raw
     JSON schema); ``tier`` is the tier that answered; ``attempts`` lists every attempt made on
-    the way, failures included; ``cost`` is the total C charged for this call.
+    the way, failures included; ``cost`` is the total C charged for this call. ``replayed``:
+    answered from the notebook's replay record (the recorded attempts, nothing charged).
     """
 
     value: T
@@ -75,6 +76,7 @@ class Result(Generic[T]):
     seed: int | None = None
     schema_key: str | None = None
     revision: str | None = None
+    replayed: bool = False
 
     @property
     def tokens_in(self) -> int:
@@ -97,6 +99,7 @@ class Result(Generic[T]):
             "attempts": len(self.attempts),
             "workflow_id": self.workflow_id,
             "schema_key": self.schema_key,
+            "replayed": self.replayed,
         }
 
     def _value_json(self) -> str:
@@ -116,6 +119,7 @@ class Result(Generic[T]):
             f"<div class='coreason-result'><b>tier</b> {html.escape(self.tier)} · "
             f"<b>cost</b> {self.cost:g} · <b>workflow</b> {html.escape(self.workflow_id)}"
             f" · <b>model</b> {html.escape(str(self.model))}"
+            f"{' · <b>replayed</b> (nothing charged)' if self.replayed else ''}"
             f"<pre>{html.escape(self._value_json())}</pre>"
             "<table><tr><th>tier</th><th>#</th><th>in</th><th>out</th><th>C</th><th>status</th>"
             f"</tr>{rows}</table></div>"
@@ -239,6 +243,11 @@ class BaseTier(ABC):
     def model_name(self) -> str:
         """The model behind the tier, for attempts and results (default: the tier's name)."""
         return self.name
+
+    @property
+    def revision(self) -> str | None:
+        """The exact weights behind :attr:`model_name`, when the tier knows them (replay keys)."""
+        return None
 
     def compile(self, spec: SchemaSpec) -> CompiledSchema:
         """Every form of ``spec`` a tier may need, with no tokenizer: the OpenAI strict form, a
