@@ -119,8 +119,8 @@ class PartialValues:
             self._tokens = data.total_out
             self._tier = data.tier or self._tier
             value = parse_partial(self._text)
-            if value is None or value == self._last:
-                return
+            if value in (None, {}, [], "") or value == self._last:
+                return  # nothing to show yet, or nothing new
             self._last = value
             if self.first_partial_s is None:
                 self.first_partial_s = time.perf_counter() - self.started

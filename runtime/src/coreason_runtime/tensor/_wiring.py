@@ -53,6 +53,10 @@ class LazyLocalTier(SteerableTier):
     def model_name(self) -> str:
         return self._rt.config.model
 
+    @property
+    def revision(self) -> str | None:
+        return self.load().revision
+
     def compile(self, spec: SchemaSpec) -> CompiledSchema:
         return self.load().compile(spec)
 
