@@ -15,6 +15,7 @@ from coreason_lab._ask import AskHandle
 from coreason_lab._comm import TARGET as COMM_TARGET
 from coreason_lab._comm import CommBridge
 from coreason_lab._display import ResultDisplay
+from coreason_lab._export import OfflineHTMLExporter, export_html
 from coreason_lab._magics import CoreasonMagics
 from coreason_lab._oracle_circuit import OracleForm
 from coreason_lab._steps import CellInvariant, CellInvariantViolation, CellThunk
@@ -31,10 +32,12 @@ __all__ = [
     "CellThunk",
     "CommBridge",
     "CoreasonMagics",
+    "OfflineHTMLExporter",
     "OracleForm",
     "ResultDisplay",
     "Throttle",
     "__version__",
+    "export_html",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

@@ -191,9 +191,9 @@ def wait_for(
         raise
     try:
         result = future.result()
-    except CoreasonError:
+    except CoreasonError as e:
         if view is not None:
-            view.close("stopped without a validated answer")
+            view.close(f"no validated answer: {type(e).__name__} (below)")
         raise
     except Exception as e:
         raise e.with_traceback(user_traceback(e.__traceback__))  # noqa: B904  # its own error
