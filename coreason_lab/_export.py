@@ -127,7 +127,7 @@ class OfflineHTMLExporter(HTMLExporter):  # type: ignore[misc]
 
     def from_notebook_node(
         self, nb: Any, resources: dict[str, Any] | None = None, **kw: Any
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[Any, dict[str, Any]]:
         nb = copy.deepcopy(nb)
         drop_stale_buffers(nb)
         resources = dict(resources or {})
@@ -148,9 +148,9 @@ def export_html(notebook: Path, out: Path | None = None) -> Path:
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    body, _ = OfflineHTMLExporter().from_notebook_node(
-        nb, resources={"metadata": {"name": notebook.stem}}
-    )
+    # traitlets' configurable __init__ is unannotated: the exporter's constructor inherits it
+    exporter = OfflineHTMLExporter()  # type: ignore[no-untyped-call]
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
     target = out if out is not None else notebook.with_suffix(".html")
     target.write_text(body)
     return target

@@ -409,8 +409,8 @@ class CoreasonMagics(Magics):
         """A foreground ask: its answer streams into the cell; an interrupt stops it."""
         __tracebackhide__ = True
         wf = kwargs["workflow_id"]
-        view = StreamView(into, self.max_updates_per_second)
-        view = view if (self.stream if stream is None else stream) else None
+        streaming = self.stream if stream is None else stream
+        view = StreamView(into, self.max_updates_per_second) if streaming else None
         future = self.runtime.call(
             functools.partial(run_request, router, schema, prompt, kwargs, view)
         )
