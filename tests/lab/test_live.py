@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from coreason_runtime import Coordinator, EventType
 from coreason_runtime.tensor import DryRun, ScriptedTier
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
@@ -144,6 +145,26 @@ def test_an_interrupted_plain_generate_ends_with_one_line(
     assert ledger.reserved == 0
 
 
+def test_an_interrupted_run_ends_with_one_line(
+    ip: InteractiveShell, rt: Coordinator, wf: str
+) -> None:
+    streaming(rt, LONG, delay=0.01)
+    ip.user_ns["rt"] = rt
+    ip.run_cell_magic(
+        "coreason",
+        "thunk slow -w wf",
+        "rt.router.generate(Answer, 'long?', workflow_id='wf', max_tokens=400)",
+    )
+    result, text = run_interrupted(ip, rt, "%coreason run -w wf")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    ledger = rt.budgets.get("wf")
+    assert text.strip().splitlines()[-1] == (
+        f"KeyboardInterrupt: the run of workflow 'wf' was aborted; C {ledger.spent:g} charged "
+        "while it ran, nothing left reserved"
+    )
+    assert ledger.reserved == 0 and ledger.spent > 0
+
+
 # --- cost before spend -------------------------------------------------------------------------
 
 
@@ -210,3 +231,8 @@ def test_outside_a_notebook_replay_waits_to_be_asked(
     ip.run_cell_magic("coreason", "ask Answer -w wf", "q?")
     assert len(tier.requests) == 2
     assert "replay <b>off</b>" in ip.run_line_magic("coreason", "replay").data
+
+
+def test_replay_takes_only_its_words(ip: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match="invalid choice: 'maybe'"):
+        ip.run_line_magic("coreason", "replay maybe")
