@@ -177,7 +177,7 @@ def test_dry_run_plans_the_ask_and_spends_nothing(
     assert plan.tiers[0].reserve == rt.budgets.cost(plan.tiers[0].prompt_tokens, 40)
     assert rt.budgets.get("wf").spent == 0 and tier.requests == []
     assert "answer" not in ip.user_ns
-    assert "first attempt reserves" in plan._repr_html_()
+    assert "first attempt leases" in plan._repr_html_()
 
 
 # --- replay ------------------------------------------------------------------------------------

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from coreason_runtime._exceptions import CoreasonError
-from coreason_runtime.tensor._admission import checked_request
+from coreason_runtime.tensor._admission import checked_request, policy_of
 from coreason_runtime.tensor._schema import SchemaSpec
-from coreason_runtime.tensor._types import SteerableTier, Tier
+from coreason_runtime.tensor._types import SteerableTier
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from coreason_runtime.budget import Ledger
     from coreason_runtime.tensor._router import TensorRouter
 
@@ -138,19 +140,27 @@ def plan_request(
     schema: Any,
     prompt: str,
     workflow_id: str,
-    cascade: list[Tier],
-    max_tokens: int,
-    system: str,
+    *,
+    tiers: Sequence[str] | None = None,
+    max_tokens: int | None = None,
+    system: str | None = None,
+    verify: Any = None,
 ) -> DryRun:
-    """The :class:`DryRun` of a request over ``cascade`` (see the module's docstring).
+    """The :class:`DryRun` of a request (see the module's docstring); the arguments are
+    :meth:`TensorRouter.generate`'s. With ``verify``, a steerable tier's attempt may also spend
+    the policy's span-repair tokens.
 
     Raises
     ------
     SchemaError, RequestError, UnknownWorkflowError
         As :meth:`TensorRouter.generate` would, before any spend.
     """
+    cascade = router.select(tiers)
+    system = system or router.system_prompt
+    policy = policy_of(verify)
+    repair = 0 if policy is None else policy.repair_tokens
     spec = schema if isinstance(schema, SchemaSpec) else SchemaSpec.from_user(schema)
-    max_tokens = checked_request(prompt, max_tokens, max_tokens)
+    max_tokens = checked_request(prompt, max_tokens, router.default_max_tokens)
     budgets = router.budgets
     plan = DryRun(
         workflow_id,
@@ -182,7 +192,7 @@ def plan_request(
                 tier.model_name,
                 "grammar" if steerable else "openai strict",
                 tokens,
-                budgets.cost(tokens, max_tokens),
+                budgets.cost(tokens, max_tokens + (repair if steerable else 0)),
                 router.max_attempts_per_tier,
                 budgets.cost(tokens, first_chunk),
             )

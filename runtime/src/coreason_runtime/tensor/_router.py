@@ -250,7 +250,7 @@ class TensorRouter:
         max_tokens = checked_request(prompt, max_tokens, self.default_max_tokens)
         wf = workflow_id or DEFAULT_WORKFLOW
         self.budgets.get(wf)  # UnknownWorkflowError before any spend
-        cascade = self._select(tiers)
+        cascade = self.select(tiers)
         wait = self.pause_timeout if pause_timeout is None else pause_timeout
         with self.controls.scope(wf) as ticket:
             hold_while_paused(ticket, wait)  # before anything is reserved
@@ -293,15 +293,12 @@ class TensorRouter:
         tiers: Sequence[str] | None = None,
         max_tokens: int | None = None,
         system: str | None = None,
+        verify: Any = None,
     ) -> DryRun:
-        """What :meth:`generate` would reserve, tier by tier, and what is left of Ω.
-
-        Compiles the schema and counts the prompt's tokens per tier; decodes nothing, reserves
-        nothing, charges nothing. Raises what :meth:`generate` raises before any spend.
-        """
-        wf, chosen = workflow_id or DEFAULT_WORKFLOW, self._select(tiers)
-        limit = self.default_max_tokens if max_tokens is None else max_tokens
-        return plan_request(self, schema, prompt, wf, chosen, limit, system or self.system_prompt)
+        """What :meth:`generate` would reserve, tier by tier, and what is left of Ω: compiles
+        and counts tokens only (see :func:`~coreason_runtime.tensor._plan.plan_request`)."""
+        options = {"tiers": tiers, "max_tokens": max_tokens, "system": system, "verify": verify}
+        return plan_request(self, schema, prompt, workflow_id or DEFAULT_WORKFLOW, **options)
 
     def _cascade(
         self,
@@ -403,7 +400,8 @@ class TensorRouter:
             return fut
         return self._executor(lambda: self.generate(schema, prompt, **kwargs))
 
-    def _select(self, names: Sequence[str] | None) -> list[Tier]:
+    def select(self, names: Sequence[str] | None) -> list[Tier]:
+        """The cascade restricted to ``names``, in its order (all tiers for ``None``)."""
         if names is None:
             return list(self._tiers)
         if isinstance(names, str):
