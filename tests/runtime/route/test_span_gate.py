@@ -126,3 +126,23 @@ def test_a_span_tier_whose_answers_fail_is_no_longer_asked(rt: Coordinator) -> N
     with pytest.raises(EscalationRefusedError, match="field /value"):
         rt.router.generate(Answer, "say ok again", workflow_id="wf", verify=VERIFY)
     assert expert.asked == asked  # learned from the first request: not asked again
+
+
+def test_what_the_span_gate_learned_survives_a_restart(home: Path) -> None:
+    def runtime() -> tuple[Coordinator, Expert]:
+        rt = Coordinator()
+        rt.budgets.set("wf", ceiling=None)
+        expert = Expert('"still wrong"')
+        rt.router.set_tiers([ScriptedTier("local", [WRONG], repeat_last=True)])
+        rt.router.set_tool_tiers([expert])
+        rt.budgets.set_tier_weights("expert", 10, 400)
+        return rt, expert
+
+    rt, expert = runtime()
+    with rt, pytest.raises(EpistemicYieldError):
+        rt.router.generate(Answer, "say ok", workflow_id="wf", verify=VERIFY)
+    assert expert.asked >= 1
+    again, fresh = runtime()
+    with again, pytest.raises(EscalationRefusedError, match="field /value"):
+        again.router.generate(Answer, "say ok", workflow_id="wf", verify=VERIFY)
+    assert fresh.asked == 0

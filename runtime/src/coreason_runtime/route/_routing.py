@@ -184,6 +184,19 @@ class Routing:
             )
         self._announce(degraded, workflow_id)
 
+    def learn_spans(
+        self, family: str, spans: list[tuple[str, bool, float]], workflow_id: str | None
+    ) -> None:
+        """Teach the gate how span tiers' field answers fared on one request (``(tier,
+        accepted, C)`` each); keep them."""
+        if self.gate is None or not spans:
+            return
+        with self._lock:
+            for tier, accepted, _ in spans:
+                self.gate.spans.observe(family, tier, accepted)
+        if self.store is not None:
+            self.store.append_spans(family, spans, workflow_id)
+
     def _announce(self, degraded: dict[str, str], workflow_id: str | None) -> None:
         for tier in sorted(set(degraded) | set(self._health)):
             state = "degraded" if tier in degraded else "ok"
@@ -206,7 +219,8 @@ class Routing:
         return "degraded" if tier in self.policy.degraded() else "ok"
 
     def replay(self, limit: int) -> int:
-        """Re-learn from the last ``limit`` stored outcomes, oldest first; returns how many."""
+        """Re-learn from the last ``limit`` stored outcomes, oldest first (and the gate from the
+        last ``limit`` span answers); returns how many outcomes."""
         if self.store is None or limit <= 0:
             return 0
         import numpy as np
@@ -224,6 +238,9 @@ class Routing:
                     self.gate.escalations.observe(r.family, r.tier, r.success)
                 used += 1
             self._health = dict.fromkeys(self.policy.degraded(), "degraded")
+            if self.gate is not None:
+                for family, tier, accepted in self.store.recent_spans(limit):
+                    self.gate.spans.observe(family, tier, accepted)
         return used
 
     def stats(self) -> dict[str, TierStats]:
@@ -317,12 +334,8 @@ class RouteSession:
 
     def _learn_spans(self, repairs: Sequence[RepairRecord]) -> None:
         """Teach the gate how each span tier's field answers fared (in-session repairs aside)."""
-        gate = self.routing.gate
-        if gate is None:
-            return
-        for r in repairs:
-            if r.tier != "local":
-                gate.spans.observe(self.ctx.family, r.tier, r.accepted)
+        spans = [(r.tier, r.accepted, r.cost) for r in repairs if r.tier != "local"]
+        self.routing.learn_spans(self.ctx.family, spans, self.workflow_id)
 
     def finish(self, result: Result[Any]) -> None:
         """The answer came: put the plan (and any refusals) on ``result``, learn from every

@@ -1,4 +1,5 @@
-"""The routing history: one row per tier tried per request, in SQLite under $COREASON_HOME.
+"""The routing history: one row per tier tried per request, in SQLite under $COREASON_HOME,
+and one per field a span tier was asked for (what the gate on span escalation learns from).
 
 The policy is re-learned from it when a runtime starts (the most recent rows, in order), so
 what a thousand requests taught survives a restart; ``coreason tiers`` reads each tier's
@@ -37,6 +38,15 @@ CREATE TABLE IF NOT EXISTS outcomes (
     tokens_out INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outcomes_tier ON outcomes(tier);
+CREATE TABLE IF NOT EXISTS spans (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    workflow_id TEXT,
+    family TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    cost REAL NOT NULL
+);
 """
 
 
@@ -147,6 +157,33 @@ class HistoryStore:
                     "DELETE FROM outcomes WHERE seq <= (SELECT MAX(seq) FROM outcomes) - ?",
                     (self.keep,),
                 )
+
+    def append_spans(
+        self, family: str, spans: Iterable[tuple[str, bool, float]], workflow_id: str | None
+    ) -> None:
+        """Record span tiers' field answers on one request: ``(tier, accepted, C)`` each."""
+        now = time.time()
+        rows = [(now, workflow_id, family, t, int(ok), c) for t, ok, c in spans]
+        if not rows:
+            return
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO spans (ts, workflow_id, family, tier, accepted, cost)"
+                " VALUES (?,?,?,?,?,?)",
+                rows,
+            )
+            self._db.execute(
+                "DELETE FROM spans WHERE seq <= (SELECT MAX(seq) FROM spans) - ?", (self.keep,)
+            )
+
+    def recent_spans(self, limit: int) -> list[tuple[str, str, bool]]:
+        """The last ``limit`` span answers, oldest first: ``(family, tier, accepted)``."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT family, tier, accepted FROM spans ORDER BY seq DESC LIMIT ?", (limit,)
+            )
+            rows = cur.fetchall()
+        return [(f, t, bool(a)) for f, t, a in rows[::-1]]
 
     def recent(self, limit: int) -> list[HistoryRow]:
         """The last ``limit`` rows, oldest first."""
