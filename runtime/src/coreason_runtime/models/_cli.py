@@ -17,18 +17,18 @@ __all__ = ["add_arguments", "cmd_list", "cmd_pull"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``pull``/``list``/``precision`` subcommands to a ``models`` parser."""
     sub = parser.add_subparsers(dest="models_command")
-    parser.set_defaults(func=cmd_list, json=False, cache_dir=None)
+    parser.set_defaults(models_func=cmd_list, json=False, cache_dir=None, name=None)
     p = sub.add_parser("pull", help="convert/fetch a model for offline use (and its precision map)")
     p.add_argument("name", nargs="?", default=None, help="model id, folder or .gguf file")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument(
         "--no-precision", dest="precision", action="store_false", help="skip the precision map"
     )
-    p.set_defaults(func=cmd_pull)
+    p.set_defaults(models_func=cmd_pull)
     ls = sub.add_parser("list", help="list local models")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--cache-dir", type=Path, default=None)
-    ls.set_defaults(func=cmd_list)
+    ls.set_defaults(models_func=cmd_list)
     from coreason_runtime.models._precision_cli import add_precision_arguments
 
     add_precision_arguments(sub)

@@ -32,7 +32,7 @@ def add_precision_arguments(sub: Any) -> None:
     p.add_argument("--rebuild", action="store_true", help="build: probe again from scratch")
     p.add_argument("--json", action="store_true", help="show: machine-readable output")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.set_defaults(func=cmd_precision)
+    p.set_defaults(models_func=cmd_precision)
 
 
 def describe_map(pmap: PrecisionMap) -> list[str]:
