@@ -56,6 +56,16 @@ class TokenGroups:
     entropy: float = 2.0
 
 
+def precision_label(pmap: Any) -> str:
+    """``fp32``, or a one-line summary of the precision map a model was loaded with."""
+    if pmap is None or not pmap.modules:
+        return "fp32"
+    counts = ", ".join(f"{n} {fmt}" for fmt, n in pmap.counts().items())
+    v = pmap.validation
+    quality = f"; perplexity {100 * v.ppl_increase:+.2f}%" if v is not None else ""
+    return f"POPB map: {counts} modules{quality}"
+
+
 class DecodeEngine:
     """Runs decode sessions over one causal LM, one step at a time, most urgent first.
 
@@ -100,6 +110,7 @@ class DecodeEngine:
         # set by a precision map that keeps full-precision copies (models._formats)
         self.switch: Any = getattr(self.model, "precision_switch", None)
         self.token_groups: TokenGroups | None = None
+        self.precision = precision_label(getattr(self.model, "precision_map", None))
         eos = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
         for extra in ("<|im_end|>", "<|endoftext|>"):
             tid = tokenizer.convert_tokens_to_ids(extra)

@@ -29,11 +29,14 @@ def _growing_layer() -> type:
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):  # type: ignore[misc]  # transformers is untyped
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc,no-untyped-call]  # untyped base
         """A DynamicLayer whose keys and values are views of a buffer grown by doubling."""
 
+        keys: Any
+        values: Any
+
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__()  # type: ignore[no-untyped-call]  # transformers is untyped
             self._kbuf: torch.Tensor | None = None
             self._vbuf: torch.Tensor | None = None
 
