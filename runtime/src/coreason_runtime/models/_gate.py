@@ -62,6 +62,9 @@ class LayerGate:
             layer.register_forward_pre_hook(self._hook) for layer in decoder_layers(model)
         ]
         self._split_head = self._can_split(model)
+        from coreason_runtime.models._fast import FastStep
+
+        self._fast = FastStep.for_model(model)
 
     @classmethod
     def for_model(cls, model: Any) -> LayerGate:
@@ -112,22 +115,34 @@ class LayerGate:
         """Append ``input_ids`` (shape ``[1, n]``) to ``cache``; next-token logits (1-D, fp32).
 
         The caller holds whatever lock serialises the model and runs under ``no_grad`` or
-        ``inference_mode``. With a check installed and a splittable head, the head runs in
-        row blocks with the check between them.
+        ``inference_mode``. One new token of a Llama-family model takes the lean step
+        (:class:`~coreason_runtime.models._fast.FastStep`, checks between its layers);
+        anything else runs the model's own forward. With a check installed and a splittable
+        head, the head runs in row blocks with the check between them.
         """
         model = self._model_ref()
         assert model is not None
         check = self.check
+        fast = self._fast
+        if fast is not None and input_ids.shape[1] == 1 and fast.usable(cache):
+            return self._head(model, fast.hidden(input_ids, cache, check), check)
         if check is None or not self._split_head or self.head_rows <= 0:
             out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
             last: torch.Tensor = out.logits[0, -1].float()
             return last
-        import torch
-
         hidden = model.get_decoder()(
             input_ids=input_ids, cache=cache, use_cache=True
         ).last_hidden_state[0, -1]
+        return self._head(model, hidden, check)
+
+    def _head(self, model: Any, hidden: torch.Tensor, check: Check | None) -> torch.Tensor:
+        """The LM head on one hidden state; in row blocks with ``check`` between them."""
+        import torch
+
         head = model.get_output_embeddings()
+        if check is None or not self._split_head or self.head_rows <= 0:
+            out: torch.Tensor = head(hidden)
+            return out.float()
         parts = []
         for i, rows in enumerate(head.weight.split(self.head_rows)):
             if i:

@@ -373,18 +373,7 @@ def load_model(
         folder = _local_folder(name, cache)
         revision = _revision(folder)
         pmap = _precision_map(precision, folder, revision, dname, dev)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch_dtype, local_files_only=True
-            )
-            model.to(dev)
-        except (OSError, ValueError, RuntimeError) as e:
-            msg = f"cannot load model {name!r} from {folder}: {e}"
-            raise TierUnavailableError(msg, tier="local") from e
-        model.eval()
+        tokenizer, model = _read_weights(name, folder, torch_dtype, dev)
         if pmap is not None:
             from coreason_runtime.models._precision import apply_map
 
@@ -401,6 +390,22 @@ def load_model(
         )
         _LOADED[key] = loaded
         return loaded
+
+
+def _read_weights(name: str, folder: Path, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
+    """The tokenizer and the model (in eval mode, on ``device``) saved in ``folder``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=True
+        )
+        model.to(device)
+    except (OSError, ValueError, RuntimeError) as e:
+        msg = f"cannot load model {name!r} from {folder}: {e}"
+        raise TierUnavailableError(msg, tier="local") from e
+    return tokenizer, model.eval()
 
 
 def _precision_map(

@@ -59,7 +59,7 @@ def describe_map(pmap: PrecisionMap) -> list[str]:
         )
     if pmap.cost_us_fp32:
         lines.append(
-            f"estimated weight time per token: {pmap.cost_us / 1000:.1f} ms "
+            f"weight time per token, as timed while probing: {pmap.cost_us / 1000:.1f} ms "
             f"(fp32 {pmap.cost_us_fp32 / 1000:.1f} ms)"
         )
     by_group: dict[str, dict[str, int]] = {}
