@@ -65,7 +65,8 @@ def _variant(base: Any, modules: dict[str, str], sensitive: tuple[str, ...] = ()
     from coreason_runtime.models import PrecisionMap, apply_map
 
     model = copy.deepcopy(base)
-    apply_map(model, PrecisionMap("bench", "-", modules, sensitive=sensitive))
+    pmap = PrecisionMap("bench", "-", modules, sensitive=sensitive)
+    apply_map(model, pmap, token_groups=bool(sensitive))
     return model
 
 

@@ -160,7 +160,7 @@ def test_apply_converts_named_modules_and_keeps_sensitive_copies(tiny_model: Loa
     pmap = PrecisionMap(
         "tiny", "r0", {q: "int8", "lm_head": "int4", "model.norm": "bf16"}, sensitive=(q,)
     )
-    counts = apply_map(model, pmap)
+    counts = apply_map(model, pmap, token_groups=True)
     assert counts == {"bf16": 1, "int4": 1, "int8": 1}
     assert format_of(model.get_submodule("lm_head")) == "int4"
     assert type(model.get_submodule(q)).__name__ == "DualLinear"

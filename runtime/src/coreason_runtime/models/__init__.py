@@ -27,6 +27,7 @@ from coreason_runtime.models._precision import (
     read_map,
     write_map,
 )
+from coreason_runtime.models._precision_cli import describe_map
 from coreason_runtime.models._probe import ProbeRow, ProbeTable, probe_model, step_entropy
 from coreason_runtime.models._tiny import tiny_llama
 
@@ -42,6 +43,7 @@ __all__ = [
     "apply_map",
     "build_precision_map",
     "decoder_layers",
+    "describe_map",
     "ensure_map",
     "install_map",
     "list_models",

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from coreason_runtime.models._gate import GateHook
+
 __all__ = ["FastStep"]
 
 Check = Callable[[], None]
@@ -51,8 +53,8 @@ class FastStep:
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads)
         self.scaling = float(self.layers[0].self_attn.scaling)
         self._cos = self._sin = torch.empty(0)
-        # modules whose own forward this step does not call: a hook on one of them (beyond
-        # the layer gate's one pre-hook per layer) sends the step through transformers
+        # modules whose own forward this step does not call: a hook on one of them (other than
+        # a layer gate's, whose checks this step makes itself) sends it through transformers
         self._bypassed = [m for layer in self.layers for m in (layer, layer.self_attn, layer.mlp)]
 
     @classmethod
@@ -86,9 +88,10 @@ class FastStep:
         layers = getattr(cache, "layers", None)
         if not layers or any(getattr(x, "is_sliding", False) for x in layers):
             return False
-        for i, m in enumerate(self._bypassed):
-            pre = len(m._forward_pre_hooks) - (i % 3 == 0)  # the gate's own, on each layer
-            if pre > 0 or m._forward_hooks:
+        for m in self._bypassed:
+            if m._forward_hooks or any(
+                not isinstance(h, GateHook) for h in m._forward_pre_hooks.values()
+            ):
                 return False
         return True
 

@@ -26,7 +26,7 @@ from coreason_runtime._exceptions import ConfigurationError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LayerGate", "decoder_layers"]
+__all__ = ["GateHook", "LayerGate", "decoder_layers"]
 
 Check = Callable[[], None]
 
@@ -46,6 +46,28 @@ def decoder_layers(model: Any) -> Sequence[Any]:
     raise ConfigurationError(msg)
 
 
+class GateHook:
+    """The forward pre-hook a :class:`LayerGate` puts on each decoder layer.
+
+    It holds its gate weakly and is shared, not copied, by ``copy.deepcopy`` (a copied model
+    keeps working; its own gate adds its own hooks).
+    """
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: LayerGate) -> None:
+        self._gate = weakref.ref(gate)
+
+    def __call__(self, module: Any, args: Any) -> None:
+        gate = self._gate()
+        check = None if gate is None else gate.check
+        if check is not None:
+            check()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GateHook:
+        return self
+
+
 class LayerGate:
     """The per-model hooks that run the calling thread's check at layer boundaries.
 
@@ -58,9 +80,8 @@ class LayerGate:
     def __init__(self, model: Any) -> None:
         self._local = threading.local()
         self._model_ref = weakref.ref(model)
-        self.handles = [
-            layer.register_forward_pre_hook(self._hook) for layer in decoder_layers(model)
-        ]
+        hook = GateHook(self)
+        self.handles = [layer.register_forward_pre_hook(hook) for layer in decoder_layers(model)]
         self._split_head = self._can_split(model)
         from coreason_runtime.models._fast import FastStep
 
@@ -103,11 +124,6 @@ class LayerGate:
             yield
         finally:
             self._local.check = previous
-
-    def _hook(self, module: Any, args: Any) -> None:
-        check = getattr(self._local, "check", None)
-        if check is not None:
-            check()
 
     # --- the forward pass --------------------------------------------------------------------
 

@@ -205,14 +205,19 @@ def _parent(model: Any, name: str) -> tuple[Any, str]:
 
 
 def apply_map(
-    model: Any, pmap: PrecisionMap, *, switch: PrecisionSwitch | None = None
+    model: Any,
+    pmap: PrecisionMap,
+    *,
+    token_groups: bool = False,
+    switch: PrecisionSwitch | None = None,
 ) -> dict[str, int]:
     """Convert ``model``'s modules in place to the formats ``pmap`` names.
 
-    Modules listed in ``pmap.sensitive`` become a :class:`~._formats.DualLinear` over
-    ``switch`` (a new one by default, reachable as ``model.precision_switch``), keeping their
-    fp32 copy. Returns how many modules run in each format. Tied weights (an LM head sharing
-    the embedding's) are untied by converting only one of them.
+    With ``token_groups`` the modules listed in ``pmap.sensitive`` become a
+    :class:`~._formats.DualLinear` over ``switch`` (a new one by default, reachable as
+    ``model.precision_switch``), keeping their fp32 copy for sensitive steps. Returns how
+    many modules run in each format. Tied weights (an LM head sharing the embedding's) are
+    untied by converting only one of them.
 
     Raises
     ------
@@ -234,9 +239,10 @@ def apply_map(
             msg = f"the precision map cannot convert {name}: {e}"
             raise PrecisionMapError(msg) from e
         parent, attr = _parent(model, name)
-        new = DualLinear(low, names[name], switch) if name in pmap.sensitive else low
+        dual = token_groups and name in pmap.sensitive
+        new = DualLinear(low, names[name], switch) if dual else low
         setattr(parent, attr, new)
-    model.precision_switch = switch
+    model.precision_switch = switch if token_groups and pmap.sensitive else None
     model.precision_map = pmap
     return pmap.counts()
 
