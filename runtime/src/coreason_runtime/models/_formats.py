@@ -106,7 +106,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = torch.ops.quantized.linear_dynamic(
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic(
             x.reshape(-1, shape[-1]).float(), self._packed, False
         )
         return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -116,6 +116,9 @@ class Int4Linear(nn.Module):
     """int4 weight-only in groups of :data:`INT4_GROUP`, computed with bf16 activations."""
 
     fmt = "int4"
+    packed: torch.Tensor
+    scales_zeros: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, src: nn.Linear) -> None:
         super().__init__()
@@ -136,7 +139,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.reshape(-1, shape[-1]).to(torch.bfloat16), self.packed, INT4_GROUP, self.scales_zeros
         ).to(x.dtype)
         if self.bias is not None:
@@ -161,6 +164,9 @@ class Int8Embedding(nn.Module):
     """An embedding table in int8 with one scale per row."""
 
     fmt = "int8"
+
+    qweight: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, src: nn.Embedding) -> None:
         super().__init__()

@@ -153,10 +153,11 @@ class _Replay:
         self.model = model
         self.layers = decoder_layers(model)
         decoder = model.get_decoder()
-        self.norm = getattr(decoder, "norm", None)
-        if self.norm is None:
+        norm = getattr(decoder, "norm", None)
+        if norm is None:
             msg = f"cannot probe {type(model).__name__}: its decoder has no final `norm`"
             raise PrecisionError(msg)
+        self.norm: Any = norm
         self.ids = ids
         self.inputs: list[tuple[Any, dict[str, Any]]] = []
         hooks = [
