@@ -235,15 +235,15 @@ def ensure_map(
     """
     import json
 
-    from coreason_runtime.models._loader import load_model, pull
+    from coreason_runtime.models._loader import _revision, load_model, pull
     from coreason_runtime.models._precision import PROBE_FILE, _write_json, read_map, write_map
 
     folder = pull(name, cache_dir=cache_dir, precision=False)
-    loaded = load_model(name, cache_dir=cache_dir, precision="fp32")
     budget = budget or QualityBudget()
-    current = None if rebuild else _current(read_map(folder), loaded.revision, budget)
-    if current is not None:
+    current = None if rebuild else _current(read_map(folder), _revision(folder), budget)
+    if current is not None:  # validated for these weights: nothing to load
         return current
+    loaded = load_model(name, cache_dir=cache_dir, precision="fp32")
     table = None
     probe_path = folder / PROBE_FILE
     if not rebuild and probe_path.is_file():
