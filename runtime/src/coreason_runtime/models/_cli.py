@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -40,6 +41,12 @@ def cmd_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
     A converted model also gets its validated precision map unless ``--no-precision``.
     """
     out = out or sys.stdout
+    if getattr(args, "precision", False):  # probing takes minutes: say what it is doing
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[coreason] %(message)s"))
+        log = logging.getLogger("coreason_runtime.models")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         folder = pull(
             getattr(args, "name", None),
