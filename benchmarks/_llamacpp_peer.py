@@ -7,9 +7,11 @@ dependency). Build it once from source, as the benchmark that uses it documents:
     CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \\
         /tmp/llamacpp-venv/bin/pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
 
-(cmake and a C++ compiler; ~30 minutes on two shared cores). Reads a JSON job on stdin
-(``gguf``, ``prompts`` as token ids, ``schema``, ``n``, ``threads``, ``reps``) and prints one JSON
-object: per run the tokens generated, wall seconds, prompt-evaluation seconds and the text.
+(cmake and a C++ compiler; ~30 minutes on two shared cores). Speaks JSON lines on stdin and
+stdout, so a benchmark can interleave it with its own runs: the first line sets up (``gguf``,
+``schema``, ``n``, ``threads``); then each ``{"ids": [...]}`` decodes that prompt and answers
+the tokens generated, wall and prompt-evaluation seconds and the text, and ``{"ppl_ids":
+[...]}`` answers the perplexity of those tokens under llama.cpp's own kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
     import llama_cpp
     from llama_cpp import Llama, LlamaGrammar
 
-    job = json.load(sys.stdin)
+    job = json.loads(sys.stdin.readline())
     llm = Llama(
         model_path=job["gguf"],
         n_ctx=4096,
@@ -33,44 +35,47 @@ def main() -> None:
         verbose=False,
     )
     grammar = LlamaGrammar.from_json_schema(json.dumps(job["schema"]), verbose=False)
-    runs = []
-    llm.create_completion(job["prompts"][0], max_tokens=4, temperature=0.0, grammar=grammar)
-    for _ in range(job["reps"]):
-        for ids in job["prompts"]:
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(ids)  # the prompt alone: its time is left out of the decode rate
-            prefill = time.perf_counter() - t0
-            llm.reset()
-            t0 = time.perf_counter()
-            out = llm.create_completion(
-                ids,
-                max_tokens=job["n"],
-                temperature=0.0,
-                top_k=1,
-                repeat_penalty=1.0,
-                grammar=grammar,
-            )
-            wall = time.perf_counter() - t0
-            runs.append(
-                {
-                    "tokens": out["usage"]["completion_tokens"],
-                    "seconds": wall,
-                    "prefill_seconds": prefill,
-                    "text": out["choices"][0]["text"],
-                }
-            )
-    json.dump({"version": llama_cpp.__version__, "runs": runs, "ppl": _ppl(job)}, sys.stdout)
+    _answer({"version": llama_cpp.__version__})
+    for line in sys.stdin:
+        ask = json.loads(line)
+        if "ppl_ids" in ask:
+            _answer({"ppl": _ppl(job, ask["ppl_ids"])})
+            continue
+        ids = ask["ids"]
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)  # the prompt alone: its time is left out of the decode rate
+        prefill = time.perf_counter() - t0
+        llm.reset()
+        t0 = time.perf_counter()
+        out = llm.create_completion(
+            ids,
+            max_tokens=job["n"],
+            temperature=0.0,
+            top_k=1,
+            repeat_penalty=1.0,
+            grammar=grammar,
+        )
+        _answer(
+            {
+                "tokens": out["usage"]["completion_tokens"],
+                "seconds": time.perf_counter() - t0,
+                "prefill_seconds": prefill,
+                "text": out["choices"][0]["text"],
+            }
+        )
 
 
-def _ppl(job: dict[str, Any]) -> float | None:
-    """Perplexity of the validation tokens under llama.cpp's own kernels (Q4_1 weights)."""
+def _answer(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _ppl(job: dict[str, Any], ids: list[int]) -> float:
+    """Perplexity of ``ids`` under llama.cpp's own kernels (Q4_1 weights)."""
     import numpy as np
     from llama_cpp import Llama
 
-    ids = job.get("ppl_ids")
-    if not ids:
-        return None
     llm = Llama(
         model_path=job["gguf"],
         n_ctx=4096,

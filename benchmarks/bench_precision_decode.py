@@ -76,21 +76,17 @@ def _weights_mb(model: Any) -> float:
     return round(module_bytes(model) / 1e6, 1)
 
 
-def decode(
-    engine: Any, prompts: list[list[int]], grammar: str, n: int, reps: int
-) -> dict[str, Any]:
-    """Decode every prompt ``reps`` times: tokens/s of the decode (prefill left out), tokens."""
-    seconds, tokens, outs, high = 0.0, 0, [], 0
-    for _ in range(reps):
-        for ids in prompts:
-            s = engine.session(ids, max_new_tokens=n, grammar=engine.new_mask(grammar))
-            t0 = time.perf_counter()
-            s.run()
-            seconds += time.perf_counter() - t0 - s.timings.prefill
-            tokens += s.n_generated
-            high += s.timings.high_steps
-            outs.append(list(s.output_ids))
-    return {"tps": tokens / seconds, "tokens": tokens, "outs": outs, "high": high / max(1, tokens)}
+def decode_one(engine: Any, ids: list[int], grammar: str, n: int) -> dict[str, Any]:
+    """One greedy decode: seconds of decoding (prefill left out), tokens, output, high steps."""
+    s = engine.session(ids, max_new_tokens=n, grammar=engine.new_mask(grammar))
+    t0 = time.perf_counter()
+    s.run()
+    return {
+        "seconds": time.perf_counter() - t0 - s.timings.prefill,
+        "tokens": s.n_generated,
+        "out": list(s.output_ids),
+        "high": s.timings.high_steps,
+    }
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -102,22 +98,40 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return total / max(1, len(a))
 
 
-def llamacpp(python: str, job: dict[str, Any]) -> dict[str, Any] | None:
+class Peer:
+    """llama.cpp in its scratch environment, answering one JSON line per request."""
+
+    def __init__(self, python: str, setup: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [python, str(ROOT / "benchmarks" / "_llamacpp_peer.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.version = str(self.ask(setup)["version"])
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            msg = "llama.cpp peer exited"
+            raise RuntimeError(msg)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def start_peer(python: str, setup: dict[str, Any]) -> Peer | None:
     if not Path(python).is_file():
+        print(f"no llama.cpp peer at {python}: its row is left out", file=sys.stderr)
         return None
-    proc = subprocess.run(
-        [python, str(ROOT / "benchmarks" / "_llamacpp_peer.py")],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return None
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+    return Peer(python, setup)
 
 
 def main() -> None:
@@ -156,33 +170,43 @@ def main() -> None:
         "POPB map": _variant(base, pmap.modules),
         "POPB map + token groups": _variant(base, pmap.modules, pmap.sensitive),
     }
+    engines = {label: DecodeEngine(model, tok) for label, model in variants.items()}
+    engines["POPB map + token groups"].token_groups = TokenGroups(entropy=args.entropy)
+    gguf = builtin_gguf()
+    setup = {"gguf": str(gguf), "schema": grammar_schema, "n": args.tokens, "threads": args.threads}
+    peer = start_peer(args.llamacpp_python, setup)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in [*engines, "llama.cpp"]}
+    for engine in engines.values():  # warm up
+        engine.generate(prompts[0], max_new_tokens=4, grammar=engine.new_mask(grammar))
+    # interleaved: every engine decodes each prompt in turn, so they see the same load
+    for _ in range(args.reps):
+        for ids in prompts:
+            for label, engine in engines.items():
+                runs[label].append(decode_one(engine, ids, grammar, args.tokens))
+            if peer is not None:
+                runs["llama.cpp"].append(peer.ask({"ids": ids}))
+            print({k: len(v) for k, v in runs.items()}, file=sys.stderr, flush=True)
     results: dict[str, dict[str, Any]] = {}
     ppl_ref, _, ref_logp = perplexity(base, val_ids)
     for label, model in variants.items():
-        engine = DecodeEngine(model, tok)
-        if label.endswith("token groups"):
-            engine.token_groups = TokenGroups(entropy=args.entropy)
-        engine.generate(prompts[0], max_new_tokens=4, grammar=engine.new_mask(grammar))  # warm
-        r = decode(engine, prompts, grammar, args.tokens, args.reps)
-        engine.close()
-        r["ppl"], r["kl"], _ = perplexity(model, val_ids, ref_logp)
-        r["mb"] = _weights_mb(model)
-        results[label] = r
-        print(label, round(r["tps"], 1), "tok/s", file=sys.stderr)
-    gguf = builtin_gguf()
-    peer = llamacpp(
-        args.llamacpp_python,
-        {
-            "gguf": str(gguf),
-            "prompts": prompts,
-            "schema": grammar_schema,
-            "n": args.tokens,
-            "threads": args.threads,
-            "reps": args.reps,
-            "ppl_ids": val_ids[0].tolist(),
-        },
-    )
-    report(args, results, peer, ppl_ref, pmap, gguf)
+        engines[label].close()
+        r = runs[label]
+        results[label] = {
+            "tps": sum(x["tokens"] for x in r) / sum(x["seconds"] for x in r),
+            "outs": [x["out"] for x in r],
+            "high": sum(x["high"] for x in r) / max(1, sum(x["tokens"] for x in r)),
+            "mb": _weights_mb(model),
+        }
+        results[label]["ppl"], results[label]["kl"], _ = perplexity(model, val_ids, ref_logp)
+    peer_result = None
+    if peer is not None:
+        peer_result = {
+            "version": peer.version,
+            "runs": runs["llama.cpp"],
+            "ppl": peer.ask({"ppl_ids": val_ids[0].tolist()})["ppl"],
+        }
+        peer.close()
+    report(args, results, peer_result, ppl_ref, pmap, gguf)
 
 
 def report(
@@ -239,7 +263,8 @@ def report(
     notes = (
         f"{args.tokens} output tokens per prompt under one JSON schema (an array that cannot "
         f"close early, so every engine decodes exactly that many), {len(PROMPTS)} chat prompts "
-        f"x {args.reps}, greedy, {args.threads} thread(s) each, llama.cpp in the same run. "
+        f"x {args.reps}, greedy, {args.threads} thread(s) each, llama.cpp in the same run, "
+        "interleaved (each engine decodes each prompt in turn, so all see the same load). "
         "tok/s leaves the prompt's prefill out (mask, sampling and Python included). "
         "Perplexity and KL on the shipped held-out validation chats; the fp32 model is the "
         "GGUF's Q4_1 weights dequantised, so llama.cpp's row differs from fp32 only by its "
