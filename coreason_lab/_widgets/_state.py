@@ -327,6 +327,7 @@ class DecodeState:
         self.repairs = 0
         self.forced = 0
         self.state = "idle"
+        self.precision = ""  # of the model the last session decoded on
 
     def _add(self, text: str, kind: str) -> None:
         if not text:
@@ -382,6 +383,8 @@ class DecodeState:
 
     def _follow(self, p: EventPayload) -> None:
         """The stream's state: a session's lifecycle, or its workflow's controls."""
+        if isinstance(p, DecodeStarted):
+            self.precision = p.precision
         if isinstance(p, (DecodeStarted, DecodeResumed)):
             self.state = "decoding"
         elif isinstance(p, DecodePaused):

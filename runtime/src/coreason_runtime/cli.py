@@ -12,6 +12,7 @@ from typing import Any
 
 from coreason_runtime._exceptions import CoreasonError
 from coreason_runtime._signals import interrupt_summary
+from coreason_runtime.models._cli import add_arguments as models_arguments
 from coreason_runtime.serve._cli import add_arguments as serve_arguments
 
 __all__ = ["build_parser", "main"]
@@ -133,11 +134,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from coreason_runtime.models import _cli
-
-    if args.action == "pull":
-        return int(_cli.cmd_pull(args) or 0)
-    return int(_cli.cmd_list(args) or 0)
+    return int(args.models_func(args) or 0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -222,9 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(func=cmd_budget)
 
-    models = sub.add_parser("models", help="provision / list local models")
-    models.add_argument("action", choices=["pull", "list"], nargs="?", default="list")
-    models.add_argument("name", nargs="?", default=None)
+    models = sub.add_parser("models", help="provision / list local models, precision maps")
+    models_arguments(models)
     models.set_defaults(func=cmd_models)
 
     worker = sub.add_parser("worker", help="run a Temporal worker for structured requests")
