@@ -11,6 +11,8 @@ The hierarchy::
     │   ├── SchemaCompileTimeout (+TimeoutError)  compile took longer than allowed
     │   └── OracleSchemaLimitError ............... schema breaks OpenAI strict-mode limits
     ├── RequestError (+ValueError) ............... empty prompt, bad parameters
+    │   └── RequestTooLargeError ................. over a size limit (body, schema, prompt)
+    │       └── ContextLengthError ............... prompt + output exceed the model's context
     ├── ValidationFailure (+ValueError) .......... output parsed but failed validation (retryable)
     ├── BudgetError
     │   ├── BudgetExceededError .................. ceiling crossed: bypasses every retry
@@ -23,11 +25,13 @@ The hierarchy::
     │   ├── RateLimitError ....................... 429 after honouring Retry-After
     │   ├── ProtocolError ........................ malformed SSE, stream cut mid-way
     │   ├── TierTimeoutError (+TimeoutError)
+    │   ├── ServerBusyError ...................... a bounded queue is full: retry after a while
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
     ├── WorkflowAbortedError ..................... an operator aborted the workflow: no retry,
     │   │                                          no escalation, exactly what ran is charged
     │   └── ClientDisconnectedError .............. a `coreason serve` client hung up mid-request
+    ├── WorkflowPausedError (+TimeoutError) ...... still paused when the request's wait ran out
     ├── DecodeError .............................. decode sessions, span repair, thunks
     │   ├── SessionStateError .................... resume without pause, inject when finished
     │   ├── SpanError (+ValueError) .............. span out of range or over a special token
@@ -236,6 +240,27 @@ class RequestError(CoreasonError, ValueError):
     """A request's own parameters are wrong (empty prompt, max_tokens < 1, unknown tier)."""
 
 
+class RequestTooLargeError(RequestError):
+    """A request exceeds a size limit (body bytes, schema size, prompt tokens); nothing ran.
+
+    ``limit`` and ``size`` are in the limit's own unit (bytes or tokens).
+    """
+
+    def __init__(
+        self, message: str, *, limit: int | None = None, size: int | None = None, **fields: Any
+    ) -> None:
+        super().__init__(message, **fields)
+        self.limit = limit
+        self.size = size
+
+
+class ContextLengthError(RequestTooLargeError):
+    """The prompt and the output asked for do not fit in the model's context window.
+
+    Checked before prefill: no model time is spent on a request that cannot fit.
+    """
+
+
 class ValidationFailure(CoreasonError, ValueError):
     """A tier's output did not validate against the schema. Retryable with the error fed back."""
 
@@ -325,6 +350,16 @@ class TierTimeoutError(TierError, TimeoutError):
     retryable = False
 
 
+class ServerBusyError(TierError):
+    """A bounded queue is full; ``retry_after`` seconds is a fair wait before retrying."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after = retry_after
+
+
 class GrammarDeadEndError(TierError):
     """The grammar allowed no token the model could produce; escalate rather than retry."""
 
@@ -369,6 +404,16 @@ class WorkflowAbortedError(CoreasonError):
 
 class ClientDisconnectedError(WorkflowAbortedError):
     """The client of a ``coreason serve`` request hung up: its decode stopped where it was."""
+
+
+class WorkflowPausedError(CoreasonError, TimeoutError):
+    """The workflow was paused (or preempted) and stayed so longer than the request would wait.
+
+    Raised before anything was reserved; resume the workflow (``rt.controls.resume``) and ask
+    again, or pass a longer ``pause_timeout``.
+    """
+
+    retryable = True
 
 
 # --- decode engine -------------------------------------------------------------------------

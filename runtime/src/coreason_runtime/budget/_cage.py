@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventBus, EventType
@@ -411,20 +411,9 @@ class BudgetCage:
         return ledger
 
     def _recover_orphans(self) -> None:
-        """Settle reservations left by crashed processes at their last checkpoint."""
-        for rec in self.backend.orphans():
-            charge = Charge(
-                workflow_id=rec.workflow_id,
-                tier=rec.tier,
-                tokens_in=rec.tokens_in,
-                tokens_out=rec.tokens_out,
-                cost=rec.consumed,
-                ts=time.time(),
-                reservation_id=rec.reservation_id,
-                note="recovered: process died mid-request; charged at last checkpoint",
-            )
-            with suppress(UnknownWorkflowError):
-                self.backend.settle(rec, charge)
+        """Settle reservations left by crashed processes at their last checkpoint (each once,
+        even when several processes recover at the same time)."""
+        self.backend.recover_orphans()
 
     def close(self) -> None:
         self.backend.close()

@@ -7,11 +7,10 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import psutil
 
 from coreason_runtime._exceptions import (
     BudgetExceededError,
@@ -19,6 +18,7 @@ from coreason_runtime._exceptions import (
     UnknownWorkflowError,
 )
 from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+from coreason_runtime.budget._owners import owner_gone
 
 __all__ = ["MemoryLedgerBackend", "SQLiteLedgerBackend"]
 
@@ -57,7 +57,24 @@ CREATE TABLE IF NOT EXISTS charges (
     note TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS charges_wf ON charges(workflow_id, id);
+CREATE INDEX IF NOT EXISTS charges_reservation ON charges(reservation_id);
 """
+
+RECOVERED_NOTE = "recovered: process died mid-request; charged at last checkpoint"
+
+
+def recovered_charge(record: ReservationRecord, note: str = RECOVERED_NOTE) -> Charge:
+    """The charge that settles an orphaned reservation at its last checkpoint."""
+    return Charge(
+        workflow_id=record.workflow_id,
+        tier=record.tier,
+        tokens_in=record.tokens_in,
+        tokens_out=record.tokens_out,
+        cost=record.consumed,
+        ts=time.time(),
+        reservation_id=record.reservation_id,
+        note=note,
+    )
 
 
 def _ledger(row: sqlite3.Row) -> Ledger:
@@ -226,42 +243,60 @@ class SQLiteLedgerBackend:
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
         with self._tx() as db:
-            res = db.execute(
-                "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
-            ).fetchone()
-            row = self._require(db, record.workflow_id)
-            by_tier = json.loads(row["by_tier"])
-            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
-            release = res["granted"] if res is not None else 0.0
-            db.execute(
-                "UPDATE ledgers SET reserved=MAX(reserved-?, 0), spent=spent+?, "
-                "tokens_in=tokens_in+?, tokens_out=tokens_out+?, requests=requests+1, by_tier=? "
-                "WHERE workflow_id=?",
-                (
-                    release,
-                    charge.cost,
-                    charge.tokens_in,
-                    charge.tokens_out,
-                    json.dumps(by_tier),
-                    record.workflow_id,
-                ),
-            )
-            db.execute("DELETE FROM reservations WHERE reservation_id=?", (record.reservation_id,))
-            db.execute(
-                "INSERT INTO charges(workflow_id, tier, tokens_in, tokens_out, cost, ts, "
-                "reservation_id, note) VALUES(?,?,?,?,?,?,?,?)",
-                (
-                    charge.workflow_id,
-                    charge.tier,
-                    charge.tokens_in,
-                    charge.tokens_out,
-                    charge.cost,
-                    charge.ts,
-                    charge.reservation_id,
-                    charge.note,
-                ),
-            )
+            self._apply(db, record, charge)
             return _ledger(self._require(db, record.workflow_id))
+
+    def _apply(self, db: sqlite3.Connection, record: ReservationRecord, charge: Charge) -> bool:
+        """Release ``record``'s grant and add ``charge``, inside the caller's transaction.
+
+        A reservation that is gone because it was already settled (a recovery settled it while
+        its owner was thought dead, or two recoveries raced) charges nothing: False.
+        """
+        res = db.execute(
+            "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
+        ).fetchone()
+        row = self._require(db, record.workflow_id)
+        if res is None and self._settled(db, record.reservation_id):
+            return False
+        by_tier = json.loads(row["by_tier"])
+        by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
+        release = res["granted"] if res is not None else 0.0
+        db.execute(
+            "UPDATE ledgers SET reserved=MAX(reserved-?, 0), spent=spent+?, "
+            "tokens_in=tokens_in+?, tokens_out=tokens_out+?, requests=requests+1, by_tier=? "
+            "WHERE workflow_id=?",
+            (
+                release,
+                charge.cost,
+                charge.tokens_in,
+                charge.tokens_out,
+                json.dumps(by_tier),
+                record.workflow_id,
+            ),
+        )
+        db.execute("DELETE FROM reservations WHERE reservation_id=?", (record.reservation_id,))
+        db.execute(
+            "INSERT INTO charges(workflow_id, tier, tokens_in, tokens_out, cost, ts, "
+            "reservation_id, note) VALUES(?,?,?,?,?,?,?,?)",
+            (
+                charge.workflow_id,
+                charge.tier,
+                charge.tokens_in,
+                charge.tokens_out,
+                charge.cost,
+                charge.ts,
+                charge.reservation_id,
+                charge.note,
+            ),
+        )
+        return True
+
+    @staticmethod
+    def _settled(db: sqlite3.Connection, reservation_id: str) -> bool:
+        found = db.execute(
+            "SELECT 1 FROM charges WHERE reservation_id=? LIMIT 1", (reservation_id,)
+        ).fetchone()
+        return found is not None
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
         rows = (
@@ -276,13 +311,27 @@ class SQLiteLedgerBackend:
         return [Charge(**dict(r)) for r in reversed(rows)]
 
     def orphans(self) -> list[ReservationRecord]:
-        host = socket.gethostname()
-        rows = self._conn().execute("SELECT * FROM reservations").fetchall()
-        return [
-            _record(r)
-            for r in rows
-            if r["host"] == host and r["pid"] != os.getpid() and not psutil.pid_exists(r["pid"])
-        ]
+        return self._orphans(self._conn())
+
+    @staticmethod
+    def _orphans(db: sqlite3.Connection) -> list[ReservationRecord]:
+        mine = (socket.gethostname(), os.getpid())
+        rows = db.execute("SELECT * FROM reservations WHERE host=? AND pid<>?", mine).fetchall()
+        return [_record(r) for r in rows if owner_gone(r["pid"], r["created"])]
+
+    def recover_orphans(self, note: str = RECOVERED_NOTE) -> list[Charge]:
+        """Settle every orphan at its last checkpoint, reading them inside the same transaction.
+
+        Two processes recovering at once serialise on the write lock: the second finds nothing
+        left to recover, so no orphan is charged twice.
+        """
+        charges: list[Charge] = []
+        with self._tx() as db:
+            for record in self._orphans(db):
+                charge = recovered_charge(record, note)
+                if self._apply(db, record, charge):
+                    charges.append(charge)
+        return charges
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -299,6 +348,7 @@ class MemoryLedgerBackend:
         self._ledgers: dict[str, Ledger] = {}
         self._reservations: dict[str, ReservationRecord] = {}
         self._charges: dict[str, list[Charge]] = {}
+        self._settled: set[str] = set()
 
     def _require(self, workflow_id: str) -> Ledger:
         ledger = self._ledgers.get(workflow_id)
@@ -366,6 +416,9 @@ class MemoryLedgerBackend:
         with self._lock:
             led = self._require(record.workflow_id)
             res = self._reservations.pop(record.reservation_id, None)
+            if res is None and record.reservation_id in self._settled:
+                return led  # settled already: charged once
+            self._settled.add(record.reservation_id)
             by_tier = dict(led.by_tier)
             by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
             new = led.model_copy(
@@ -386,6 +439,9 @@ class MemoryLedgerBackend:
         return list(self._charges.get(workflow_id, []))[-limit:]
 
     def orphans(self) -> list[ReservationRecord]:
+        return []  # every reservation lives and dies with this process
+
+    def recover_orphans(self, note: str = RECOVERED_NOTE) -> list[Charge]:
         return []
 
     def close(self) -> None:

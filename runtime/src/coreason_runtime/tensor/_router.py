@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from coreason_runtime._controls import Controls
+from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     CoreasonError,
@@ -63,6 +63,9 @@ class TensorRouter:
         private set when omitted.
     max_attempts_per_tier:
         k_max: tries per tier, counting the first, for retryable failures.
+    pause_timeout:
+        How long a request that finds its workflow paused waits for a resume (``math.inf``:
+        without limit) before raising :class:`WorkflowPausedError`.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class TensorRouter:
         executor: Callable[[Callable[[], Result[Any]]], concurrent.futures.Future[Any]]
         | None = None,
         controls: Controls | None = None,
+        pause_timeout: float = 600.0,
     ) -> None:
         if max_attempts_per_tier < 1:
             msg = f"max_attempts_per_tier must be >= 1, got {max_attempts_per_tier}"
@@ -91,6 +95,7 @@ class TensorRouter:
         self.system_prompt = system_prompt
         self._executor = executor
         self.controls = controls if controls is not None else Controls(self.bus)
+        self.pause_timeout = pause_timeout
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
 
@@ -107,6 +112,7 @@ class TensorRouter:
             default_max_tokens=rt.config.max_tokens,
             executor=lambda fn: rt.call(fn),
             controls=rt.controls,
+            pause_timeout=rt.config.pause_timeout,
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
@@ -162,6 +168,7 @@ class TensorRouter:
         system: str | None = None,
         timeout: float | None = None,
         cache: bool = True,
+        pause_timeout: float | None = None,
     ) -> Result[Any]:
         """Answer ``prompt`` with a value that validates against ``schema``.
 
@@ -181,6 +188,11 @@ class TensorRouter:
         cache:
             Consult (and feed) the subgoal cache, when one is attached; a verified hit is
             answered by tier ``"cache"`` at no cost.
+        pause_timeout:
+            If the workflow is paused when the request arrives, wait this long for a resume
+            (a warning says so) before raising :class:`WorkflowPausedError`; ``None`` takes the
+            router's default (``COREASON_PAUSE_TIMEOUT``, 600 s), ``0`` refuses at once,
+            ``math.inf`` waits without limit. Nothing is reserved while it waits.
 
         Returns
         -------
@@ -199,6 +211,8 @@ class TensorRouter:
             The ceiling was reached; no further attempt is made. Carries ``attempts``.
         EpistemicYieldError
             Every tier failed; carries every attempt, the schema and the prompt.
+        WorkflowPausedError
+            The workflow stayed paused for ``pause_timeout``; nothing was reserved.
         """
         spec = SchemaSpec.from_user(schema)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -211,10 +225,28 @@ class TensorRouter:
         wf = workflow_id or DEFAULT_WORKFLOW
         self.budgets.get(wf)  # UnknownWorkflowError before any spend
         cascade = self._select(tiers)
+        wait = self.pause_timeout if pause_timeout is None else pause_timeout
         with self.controls.scope(wf) as ticket:
-            ticket.checkpoint()  # a paused workflow holds here, before anything is reserved
+            self._hold_while_paused(ticket, wait)
             plan = RequestPlan(wf, prompt, ticket, max_tokens, temperature, seed, timeout)
             return self._cascade(spec, plan, cascade, system, cache=cache)
+
+    @staticmethod
+    def _hold_while_paused(ticket: Ticket, timeout: float) -> None:
+        """Hold a request that finds its workflow paused, before anything is reserved: say so,
+        and wait at most ``timeout`` for a resume (then :class:`WorkflowPausedError`)."""
+        if ticket.held:
+            wf = ticket.workflow_id
+            bound = "without limit" if timeout == float("inf") else f"at most {timeout:g} s"
+            logger.warning(
+                "workflow %r is %s: this request waits for rt.controls.resume(%r) (%s; "
+                "nothing is reserved meanwhile)",
+                wf,
+                ticket.state.value,
+                wf,
+                bound,
+            )
+        ticket.checkpoint(timeout)
 
     def _cascade(
         self,
