@@ -31,11 +31,11 @@ from coreason_runtime._exceptions import (
     LedgerBackendError,
     WorkflowAbortedError,
 )
+from coreason_runtime.scale._ceilings import CeilingChanges
 from coreason_runtime.scale._workflow import (
     AskInput,
     AskOutcome,
     BudgetChange,
-    LedgerView,
     Suspension,
 )
 
@@ -105,14 +105,23 @@ class AskActivities:
     bridge:
         The worker's :class:`ControlBridge`, so an intent given before this worker took the
         request (a pause, an abort) reaches it; ``None`` for a worker without one.
+    ceilings:
+        Where ceiling changes are applied once each (the deployment's lock and record); one
+        local to this process when omitted.
     """
 
     def __init__(
-        self, rt: Coordinator, *, worker: str = "worker", bridge: ControlBridge | None = None
+        self,
+        rt: Coordinator,
+        *,
+        worker: str = "worker",
+        bridge: ControlBridge | None = None,
+        ceilings: CeilingChanges | None = None,
     ) -> None:
         self.rt = rt
         self.worker = worker
         self.bridge = bridge
+        self.ceilings = ceilings if ceilings is not None else CeilingChanges(rt.budgets)
         self._lock = threading.Lock()
         self.running = 0
         self.completed = 0
@@ -234,26 +243,22 @@ class AskActivities:
             status="answered", value=_jsonable(value), tier="human", worker=self.worker
         )
 
-    @activity.defn(name="coreason.ledger")
-    def ledger(self, workflow_id: str) -> LedgerView:
-        """The ledger's ceiling, spent and reserved C."""
-        led = self.rt.budgets.get(workflow_id)
-        return LedgerView(ceiling=led.ceiling, spent=led.spent, reserved=led.reserved)
-
-    @activity.defn(name="coreason.set_ceiling")
-    def set_ceiling(self, change: BudgetChange) -> None:
-        """Set the ceiling a ``raise_ceiling`` / ``top_up`` decided; the request goes on."""
-        self.rt.budgets.set(change.workflow_id, ceiling=change.ceiling)
+    @activity.defn(name="coreason.adjust_ceiling")
+    def adjust_ceiling(self, change: BudgetChange) -> None:
+        """Apply a ``raise_ceiling`` / ``top_up`` (once); the suspended request goes on."""
+        ceiling = self.ceilings.apply(
+            change.workflow_id, change.change_id, change.by, change.amount
+        )
         self.rt.bus.emit(
             EventType.REQUEST_CONTINUED,
             workflow_id=change.workflow_id,
             source="scale",
             request_id=change.request_id,
             by=change.by,
-            ceiling=change.ceiling,
+            ceiling=ceiling,
         )
 
     @property
     def all(self) -> list[Any]:
         """Every activity, for a Temporal ``Worker``."""
-        return [self.generate, self.resolve, self.ledger, self.set_ceiling]
+        return [self.generate, self.resolve, self.adjust_ceiling]

@@ -57,12 +57,19 @@ def make_worker(
         Requests this worker runs at once (they interleave on its decode engine).
     """
     from temporalio.worker import Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     acts = activities if activities is not None else AskActivities(rt)
+    # The sandbox re-imports a workflow's modules for every run; coreason_runtime (the package
+    # the workflow's module lives in, with pydantic and the rest behind it) is passed through
+    # instead: re-importing it cost seconds per workflow task on a busy machine, long enough
+    # to delay heartbeats. The workflow uses only dataclasses and temporalio from it.
+    restrictions = SandboxRestrictions.default.with_passthrough_modules("coreason_runtime")
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[StructuredRequestWorkflow],
+        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
         activities=acts.all,
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=concurrency),
         max_concurrent_activities=concurrency,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from coreason_runtime._exceptions import ConfigurationError, LedgerBackendError
 from coreason_runtime.scale._activities import AskActivities
+from coreason_runtime.scale._ceilings import CeilingChanges
 from coreason_runtime.scale._control_bridge import ControlBridge
 from coreason_runtime.scale._registry import ClusterLiveness, WorkerRegistry
 from coreason_runtime.scale._temporal import make_worker
@@ -122,7 +123,10 @@ class ClusterWorker:
             member=self.name,
             forward_events=True,
         )
-        self.activities = AskActivities(rt, worker=self.name, bridge=self.bridge)
+        self.ceilings = CeilingChanges(rt.budgets, redis_url, deployment)
+        self.activities = AskActivities(
+            rt, worker=self.name, bridge=self.bridge, ceilings=self.ceilings
+        )
         acts = self.activities
         self.registry = WorkerRegistry(
             redis_url,
@@ -162,6 +166,7 @@ class ClusterWorker:
             self._stop.set()
             self.registry.stop()
             self.bridge.close()
+            self.ceilings.close()
             if self._reaper is not None:
                 self._reaper.join(timeout=5)
 

@@ -1,8 +1,8 @@
 """A structured request as a Temporal workflow: it answers, suspends at its ceiling, or yields.
 
 The workflow itself holds no model and no ledger; it runs activities (``coreason.generate`` on
-whichever worker takes it, ``coreason.resolve`` for a human's answer, ``coreason.ledger`` and
-``coreason.set_ceiling`` for the budget) and waits on signals. Everything here runs in
+whichever worker takes it, ``coreason.resolve`` for a human's answer,
+``coreason.adjust_ceiling`` for the budget) and waits on signals. Everything here runs in
 Temporal's deterministic sandbox: standard library and ``temporalio`` only.
 
 A request that crosses its workflow's ceiling Ω is **suspended**, not failed: the workflow
@@ -26,7 +26,6 @@ __all__ = [
     "AskInput",
     "AskOutcome",
     "BudgetChange",
-    "LedgerView",
     "StructuredRequestWorkflow",
     "Suspension",
 ]
@@ -86,23 +85,16 @@ class AskOutcome:
 
 
 @dataclass
-class LedgerView:
-    """A ledger's figures, as an activity reads them."""
-
-    ceiling: float | None
-    spent: float
-    reserved: float
-
-
-@dataclass
 class BudgetChange:
-    """Set ``workflow_id``'s ceiling for suspended request ``request_id`` (``by`` a
-    ``raise_ceiling`` or a ``top_up``)."""
+    """Change ``workflow_id``'s ceiling for suspended request ``request_id``: ``by`` a
+    ``top_up`` (add ``amount``) or a ``raise_ceiling`` (to ``amount``, never lower).
+    ``change_id`` names the change, so it is applied once however often it is run."""
 
     workflow_id: str
     request_id: str
-    ceiling: float | None
     by: str
+    amount: float
+    change_id: str
 
 
 def _retry(attempts: int) -> RetryPolicy:
@@ -125,6 +117,7 @@ class StructuredRequestWorkflow:
         self._last_error: str | None = None
         self._suspension: Suspension | None = None
         self._generations = 0
+        self._changes = 0
         self._cost = 0.0
         self._attempts: list[dict[str, Any]] = []
 
@@ -160,24 +153,19 @@ class StructuredRequestWorkflow:
         return outcome
 
     async def _raise_ceiling(self, req: AskInput) -> None:
-        """Apply the first waiting ``raise_ceiling`` / ``top_up``: read the ledger, then set
-        the new ceiling (setting is idempotent, so a retried activity adds nothing twice)."""
+        """Apply the first waiting ``raise_ceiling`` / ``top_up`` (once, even if retried)."""
         by, amount = self._raises.pop(0)
-        options: dict[str, Any] = {
-            "start_to_close_timeout": timedelta(seconds=30),
-            "retry_policy": _retry(attempts=10),
-        }
-        ledger: LedgerView = await workflow.execute_activity(
-            "coreason.ledger", req.workflow_id, result_type=LedgerView, **options
+        self._changes += 1
+        request_id = workflow.info().workflow_id
+        change = BudgetChange(
+            req.workflow_id, request_id, by, amount, f"{request_id}:{self._changes}"
         )
-        if ledger.ceiling is None:
-            ceiling = None
-        elif by == "top_up":
-            ceiling = ledger.ceiling + amount
-        else:
-            ceiling = max(ledger.ceiling, amount)
-        change = BudgetChange(req.workflow_id, workflow.info().workflow_id, ceiling, by)
-        await workflow.execute_activity("coreason.set_ceiling", change, **options)
+        await workflow.execute_activity(
+            "coreason.adjust_ceiling",
+            change,
+            start_to_close_timeout=timedelta(seconds=90),
+            retry_policy=_retry(attempts=10),
+        )
 
     async def _human(self, req: AskInput) -> AskOutcome:
         """Wait for answers until one validates against the schema (tier ``"human"``)."""
