@@ -22,9 +22,11 @@ def run_with_workers(
     scenario: Callable[[Any, str], Awaitable[T]],
     *,
     deployment: str = "default",
+    separate_queues: bool = False,
 ) -> T:
     """Run ``scenario(client, task_queue)`` while one in-process worker serves each runtime
-    (named ``w1``, ``w2`` ...) on a fresh task queue."""
+    (named ``w1``, ``w2`` ...) on a fresh task queue (or worker ``wN`` alone on
+    ``<task_queue>-N`` when ``separate_queues``)."""
     from temporalio.client import Client
 
     async def main() -> T:
@@ -38,7 +40,7 @@ def run_with_workers(
                     redis_url=redis_url,
                     deployment=deployment,
                     name=f"w{i}",
-                    task_queue=queue,
+                    task_queue=f"{queue}-{i}" if separate_queues else queue,
                 )
                 await stack.enter_async_context(worker)
             return await scenario(client, queue)
