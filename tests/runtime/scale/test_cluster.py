@@ -103,7 +103,7 @@ def test_sixty_requests_over_four_budgets_never_overshoot_and_the_ledgers_match_
     assert suspended, "no request reached its ceiling"
     for h in suspended:
         h.top_up(2 * cost)
-    outcomes = [h.result(300) for h in handles]
+    outcomes = [h.result(300) for h in handles]  # a top-up each is room enough for it
     assert {o.status for o in outcomes} == {"answered"}
     assert len({o.worker for o in outcomes}) == 3  # every worker took requests
     by_worker = client.consumed()

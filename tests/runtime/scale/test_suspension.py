@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +103,24 @@ def test_top_up_adds_to_the_ceiling_and_a_human_may_answer_a_suspended_request(
     assert human.value == {"answer": "from a person"}
     assert human.attempts[-1]["tier"] == "human"
     assert rt.budgets.get("wf").spent <= rt.budgets.get("wf").ceiling
+
+
+def test_a_request_refused_while_others_hold_the_room_waits_for_them_instead_of_suspending(
+    temporal_server, redis_url: str, rt: Coordinator
+) -> None:
+    rt.router.set_tiers([PacedTier("local", tokens=20, token_s=0.05)])
+    cost = _one_request_cost(temporal_server, redis_url, rt)
+    rt.budgets.set("wf", ceiling=2.5 * cost)  # room for both, but one reservation takes it all
+    refused = rt.bus.listen([EventType.BUDGET_EXCEEDED, EventType.REQUEST_SUSPENDED])
+    wide = AskInput(schema=DEMO_SCHEMA, prompt="wide", workflow_id="wf", max_tokens=256)
+
+    async def scenario(client, queue):
+        handles = [await start_request(client, wide, task_queue=queue) for _ in range(2)]
+        return [await asyncio.wait_for(h.result(), 90) for h in handles]  # none suspends
+
+    outcomes = run_with_workers(temporal_server.address, redis_url, [rt], scenario)
+    assert [o.status for o in outcomes] == ["answered", "answered"]
+    kinds = [e.type for e in refused.drain()]
+    assert EventType.BUDGET_EXCEEDED in kinds  # the second was refused at first ...
+    assert EventType.REQUEST_SUSPENDED not in kinds  # ... and waited, not suspended
+    assert rt.budgets.spent("wf") == pytest.approx(sum(o.cost for o in outcomes))

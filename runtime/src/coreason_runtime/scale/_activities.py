@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,12 @@ if TYPE_CHECKING:
 __all__ = ["AskActivities", "resolve_schema"]
 
 logger = logging.getLogger("coreason_runtime.scale")
+
+# A request refused at its ceiling while other requests of its workflow hold reservations
+# waits (up to _ROOM_WAIT_S) for them to settle and tries again, up to _ROOM_ROUNDS times.
+_ROOM_WAIT_S = 120.0
+_ROOM_POLL_S = 0.05
+_ROOM_ROUNDS = 20
 
 
 def resolve_schema(schema: dict[str, Any] | str) -> Any:
@@ -157,41 +164,79 @@ class AskActivities:
                 raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
 
     def _generate(self, req: AskInput, request_id: str) -> AskOutcome:
-        try:
-            res = self.rt.router.generate(
-                resolve_schema(req.schema),
-                req.prompt,
-                workflow_id=req.workflow_id,
-                tiers=req.tiers,
-                max_tokens=req.max_tokens,
-                seed=req.seed,
-                pause_timeout=math.inf,  # the activity heartbeats while it waits
+        spent_before: list[dict[str, Any]] = []  # attempts cut off by a ceiling, then retried
+        last: BudgetExceededError | None = None
+        for _ in range(_ROOM_ROUNDS):
+            try:
+                res = self.rt.router.generate(
+                    resolve_schema(req.schema),
+                    req.prompt,
+                    workflow_id=req.workflow_id,
+                    tiers=req.tiers,
+                    max_tokens=req.max_tokens,
+                    seed=req.seed,
+                    pause_timeout=math.inf,  # the activity heartbeats while it waits
+                )
+            except EpistemicYieldError as e:
+                return self._stopped("yielded", e, spent_before)
+            except WorkflowAbortedError as e:
+                return self._stopped("aborted", e, spent_before)
+            except BudgetExceededError as e:
+                last = e
+                spent_before += [a.model_dump() for a in e.attempts]
+                if not self._room_frees_up(req.workflow_id, e.requested or 0.0):
+                    break
+                continue
+            attempts = spent_before + [a.model_dump() for a in res.attempts]
+            return AskOutcome(
+                status="answered",
+                value=_jsonable(res.value),
+                tier=res.tier,
+                cost=sum(a["cost"] for a in attempts),
+                attempts=attempts,
+                worker=self.worker,
             )
-        except EpistemicYieldError as e:
-            return self._stopped("yielded", e)
-        except WorkflowAbortedError as e:
-            return self._stopped("aborted", e)
-        except BudgetExceededError as e:
-            return self._suspend(req, request_id, e)
-        return AskOutcome(
-            status="answered",
-            value=_jsonable(res.value),
-            tier=res.tier,
-            cost=res.cost,
-            attempts=[a.model_dump() for a in res.attempts],
-            worker=self.worker,
-        )
+        assert last is not None  # the loop ends early only by a refusal
+        return self._suspend(req, request_id, last, spent_before)
 
-    def _stopped(self, status: str, e: CoreasonError) -> AskOutcome:
+    def _room_frees_up(self, workflow_id: str, need: float) -> bool:
+        """Whether ``need`` fits under the ceiling once the workflow's other requests in flight
+        settle (they reserved room they may not use): wait for that, at most a while.
+
+        A refusal while others hold reservations is not yet the ceiling: only when nothing in
+        flight can give room back is the request suspended for a human to raise Ω.
+        """
+        deadline = time.monotonic() + _ROOM_WAIT_S
+        while time.monotonic() < deadline:
+            ledger = self.rt.budgets.get(workflow_id)
+            if ledger.ceiling is None or ledger.remaining >= need:
+                return True
+            if ledger.reserved <= 1e-9:
+                return False  # nothing in flight: the ceiling itself is reached
+            time.sleep(_ROOM_POLL_S)
+        return False
+
+    def _stopped(
+        self, status: str, e: CoreasonError, before: list[dict[str, Any]] | None = None
+    ) -> AskOutcome:
+        attempts = (before or []) + (
+            [] if isinstance(e, BudgetExceededError) else [a.model_dump() for a in e.attempts]
+        )
         return AskOutcome(
             status=status,
-            cost=sum(a.cost for a in e.attempts),
-            attempts=[a.model_dump() for a in e.attempts],
+            cost=sum(a["cost"] for a in attempts),
+            attempts=attempts,
             error=e.message,
             worker=self.worker,
         )
 
-    def _suspend(self, req: AskInput, request_id: str, e: BudgetExceededError) -> AskOutcome:
+    def _suspend(
+        self,
+        req: AskInput,
+        request_id: str,
+        e: BudgetExceededError,
+        before: list[dict[str, Any]],
+    ) -> AskOutcome:
         ledger = self.rt.budgets.get(req.workflow_id)
         suspension = Suspension(
             reason="ceiling",
@@ -213,7 +258,7 @@ class AskActivities:
             tier=suspension.tier,
             worker=suspension.worker,
         )
-        outcome = self._stopped("suspended", e)
+        outcome = self._stopped("suspended", e, before)
         outcome.suspension = suspension
         return outcome
 
