@@ -96,6 +96,7 @@ def ledger_run(cluster: Any, rt: Any, client: Any, tag: str, kill: bool) -> dict
     """``REQUESTS`` concurrent requests over ``BUDGETS`` tight budgets (some suspend, then are
     topped up), optionally with a worker SIGKILLed every ``KILL_EVERY_S``."""
     from coreason_runtime.scale import DEMO_SCHEMA
+    from temporalio.service import RPCError
 
     rt.budgets.set(f"{tag}-probe", ceiling=None)
     probe = client.ask(DEMO_SCHEMA, "probe", workflow_id=f"{tag}-probe", max_tokens=30)
@@ -125,7 +126,10 @@ def ledger_run(cluster: Any, rt: Any, client: Any, tag: str, kill: bool) -> dict
         for b in budgets:
             led = rt.budgets.get(b)
             overshoot = max(overshoot, led.spent - led.ceiling)
-        states = [h.state()["state"] for h in handles]
+        try:
+            states = [h.state()["state"] for h in handles]
+        except RPCError:  # a query to a workflow its killed worker held times out: ask again
+            return None
         done = all(s in ("answered", "suspended") for s in states)
         return states if done and _held(rt) == 0 else None
 
