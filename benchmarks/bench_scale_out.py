@@ -140,7 +140,7 @@ def ledger_run(cluster: Any, rt: Any, client: Any, tag: str, kill: bool) -> dict
     outcomes = [h.result(900) for h in handles]  # a top-up each is room enough for it
     killer.stop.set()
     wall = time.perf_counter() - t0
-    _wait(lambda: _held(rt) == 0 and all(rt.budgets.get(b).reserved == 0 for b in budgets))
+    _wait(lambda: _held(rt) == 0 and all(rt.budgets.get(b).reserved < 1e-6 for b in budgets))
     return _ledger_figures(
         rt, client, budgets, outcomes, len(suspended), killer.kills, wall, overshoot
     )
