@@ -13,8 +13,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from coreason_runtime.tensor._scripted import ScriptedTier
-from coreason_runtime.tensor._types import Meter, TierOutput, TierRequest
+from coreason_runtime.tensor._schema import CompiledSchema
+from coreason_runtime.tensor._types import BlackBoxTier, Messages, Meter, TierOutput, TierRequest
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
@@ -28,37 +28,41 @@ DEMO_SCHEMA: dict[str, Any] = {
 }
 
 
-class _PacedMeter:
-    """A meter that spends ``token_s`` seconds on every output token before charging it."""
-
-    def __init__(self, inner: Meter, token_s: float) -> None:
-        self._inner = inner
-        self._token_s = token_s
-
-    @property
-    def max_out(self) -> int:
-        return self._inner.max_out
-
-    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        self._inner.check(tokens_in=tokens_in, tokens_out=tokens_out)
-
-    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        if tokens_out:
-            time.sleep(self._token_s * tokens_out)
-        self._inner.charge(tokens_in=tokens_in, tokens_out=tokens_out)
-
-
-class PacedTier(ScriptedTier):
-    """A scripted black-box tier answering every request with ``{"answer": "<words>"}``:
-    ``tokens`` output tokens (the JSON counts as words), ``token_s`` seconds each."""
+class PacedTier(BlackBoxTier):
+    """A black-box tier answering every request with ``{"answer": "<words>"}``: ``tokens``
+    output tokens (whitespace-separated words of the JSON), ``token_s`` seconds each, each
+    checked and charged on the meter before it is produced (the router's meter passes the
+    workflow's controls at every charge)."""
 
     def __init__(self, name: str = "local", *, tokens: int = 20, token_s: float = 0.05) -> None:
         words = " ".join(f"w{i}" for i in range(max(tokens - 1, 1)))
-        super().__init__(name, [f'{{"answer": "{words}"}}'], repeat_last=True, model="paced")
+        self.name = name
+        self.text = f'{{"answer": "{words}"}}'
         self.token_s = token_s
 
+    @property
+    def model_name(self) -> str:
+        return "paced"
+
+    def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
+        return sum(max(len(m["content"].split()), 1) for m in messages)
+
     def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
-        return super().complete(request, _PacedMeter(meter, self.token_s))
+        tokens_in = self.count_prompt(request.messages)
+        meter.charge(tokens_in=tokens_in)
+        pieces = self.text.split(" ")[: request.max_tokens]
+        for _ in pieces:
+            time.sleep(self.token_s)
+            meter.check(tokens_out=1)
+            meter.charge(tokens_out=1)
+        finished = len(pieces) == len(self.text.split(" "))
+        return TierOutput(
+            text=" ".join(pieces),
+            tokens_in=tokens_in,
+            tokens_out=len(pieces),
+            model="paced",
+            finish_reason="stop" if finished else "length",
+        )
 
 
 def paced(rt: Coordinator) -> None:

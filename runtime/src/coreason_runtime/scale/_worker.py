@@ -73,7 +73,11 @@ def cluster_runtime(
     home: Path | None = None,
 ) -> Coordinator:
     """A runtime whose ledgers and subgoal cache are the deployment's Redis, whose ledgers
-    know which owners of reservations are gone from the deployment's worker registry."""
+    know which owners of reservations are gone from the deployment's worker registry.
+
+    Every store shared by the deployment is wired here: the ledgers, the subgoal cache (through
+    ``redis_url``), and, once there is one, the KV disk tier's shared folder.
+    """
     from coreason_runtime import Coordinator, RuntimeConfig
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.budget._redis import RedisLedgerBackend
@@ -84,12 +88,14 @@ def cluster_runtime(
     if home is not None:
         overrides["home"] = home
     rt = Coordinator(RuntimeConfig(**overrides))
-    liveness = ClusterLiveness(redis_url, deployment)
+    # an engine of the runtime, so that closing the runtime closes its connection
+    liveness = rt.engine("cluster_liveness", lambda rt: ClusterLiveness(redis_url, deployment))
 
     def budgets(rt: Coordinator) -> BudgetCage:
-        cfg = rt.config
-        backend = RedisLedgerBackend(redis_url, owner_gone=liveness)
-        return BudgetCage(backend, rt.bus, weight_in=cfg.weight_in, weight_out=cfg.weight_out)
+        cage = BudgetCage.for_runtime(rt)  # the cage as configured, on the Redis store
+        if isinstance(cage.backend, RedisLedgerBackend):
+            cage.backend.owner_gone = liveness  # a worker elsewhere is gone when its beat is
+        return cage
 
     rt.engine("budgets", budgets)
     return rt
