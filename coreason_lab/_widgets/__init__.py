@@ -9,6 +9,7 @@ from coreason_lab._widgets._state import (
     CacheState,
     DagState,
     DecodeState,
+    WorkerState,
     WorkflowState,
 )
 from coreason_lab._widgets._views import BudgetView, CacheView, DagView, DecodeView
@@ -26,6 +27,7 @@ __all__ = [
     "DecodeView",
     "RouteState",
     "RouteView",
+    "WorkerState",
     "WorkflowState",
     "tiers_html",
 ]

@@ -20,7 +20,7 @@ def test_runtime_imports_no_jupyter_module() -> None:
         "import coreason_runtime\n"
         "for name in ('budget', 'tensor', 'tensor._local', 'tensor._remote', 'models', 'serve',"
         " 'route', 'plan', 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal',"
-        " 'cli'):\n"
+        " 'scale._worker', 'scale._client', 'scale._cluster', 'cli'):\n"
         "    __import__('coreason_runtime.' + name)"
     )
     jupyterish = {

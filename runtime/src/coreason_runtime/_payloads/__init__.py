@@ -55,6 +55,7 @@ from coreason_runtime._payloads._runtime import (
     RuntimeStopped,
     WorkflowControlChanged,
 )
+from coreason_runtime._payloads._scale import RequestContinued, RequestSuspended, WorkerStatus
 from coreason_runtime._payloads._sched import (
     CriticalPath,
     DagSubmitted,
@@ -127,9 +128,11 @@ __all__ = [
     "RbfGated",
     "RbfGrown",
     "RbfPruned",
+    "RequestContinued",
     "RequestFailed",
     "RequestFinished",
     "RequestStarted",
+    "RequestSuspended",
     "RequestVerified",
     "RouteDecided",
     "RuntimeStarted",
@@ -158,6 +161,7 @@ __all__ = [
     "TxnRecovered",
     "VerifierFailed",
     "WhatIfDecided",
+    "WorkerStatus",
     "WorkflowControlChanged",
     "Yielded",
 ]

@@ -110,6 +110,9 @@ class HistoryStore:
             )
             if path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
+                # a learning history, not a ledger: no fsync per request (WAL stays consistent;
+                # a power cut may lose the last few outcomes, which the policy re-learns)
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             msg = f"cannot open the routing history at {path}: {e}"

@@ -49,6 +49,8 @@ class PrefixCache:
         tokens it already holds."""
         from transformers import DynamicCache
 
+        from coreason_runtime.decode._kv import new_cache
+
         best: tuple[int, ...] | None = None
         best_len = 0
         with self._lock:
@@ -57,7 +59,7 @@ class PrefixCache:
                 if n > best_len:
                     best, best_len = key, n
             reuse = min(best_len, len(prompt) - 1)
-            cache = DynamicCache(config=config) if config is not None else DynamicCache()
+            cache = new_cache(config) if config is not None else DynamicCache()
             if best is None or reuse <= 0:
                 self.misses += 1
                 return cache, 0
