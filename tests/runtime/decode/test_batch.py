@@ -1,0 +1,235 @@
+"""Continuous batching: sessions on the engine's thread step together in one forward pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from coreason_runtime._exceptions import BudgetExceededError, TierTimeoutError
+from coreason_runtime.decode import DecodeEngine, DecodeSession, Sampler, SessionState
+from coreason_runtime.decode._batch import pick_batch
+
+from tests.runtime.decode.conftest import assert_consistent
+
+PROMPTS = ["Differentiate x^3.", "Hello", "List three primes, then stop.", "Q: 2+2?\nA:"]
+JSON_GRAMMAR = r"%llguidance {}" + '\nstart: "{\\"a\\": " /[0-9]{1,4}/ "}"'
+
+
+# the tiny random model's greedy choice is one token over and over; seeded sampling from its
+# flat distributions tells sessions (and any mix-up of their logits or RNGs) apart
+def _hot(seed: int) -> Sampler:
+    return Sampler(temperature=1.0, seed=seed)
+
+
+def _alone(engine: DecodeEngine, prompt: str, **kw: object) -> tuple[int, ...]:
+    s = engine.session(prompt, **kw)  # type: ignore[arg-type]
+    s.run()
+    return s.output_ids
+
+
+def _together(engine: DecodeEngine, sessions: list[DecodeSession]) -> None:
+    for s in sessions:
+        engine.submit(s)
+    for s in sessions:
+        assert s.wait(timeout=120) is SessionState.FINISHED
+
+
+def test_batched_outputs_equal_each_session_alone(engine: DecodeEngine) -> None:
+    alone = [
+        _alone(engine, p, max_new_tokens=16 + 3 * i, sampler=_hot(i)) for i, p in enumerate(PROMPTS)
+    ]
+    sessions = [
+        engine.session(p, max_new_tokens=16 + 3 * i, sampler=_hot(i)) for i, p in enumerate(PROMPTS)
+    ]
+    _together(engine, sessions)
+    assert len(set(alone)) == len(PROMPTS)  # the sessions' outputs differ
+    assert engine.largest_batch == len(PROMPTS)
+    assert [s.output_ids for s in sessions] == alone
+    for s in sessions:
+        assert_consistent(s)
+
+
+def test_each_session_keeps_its_own_grammar(engine: DecodeEngine) -> None:
+    alone = _alone(engine, "Number:", max_new_tokens=12, grammar=JSON_GRAMMAR, sampler=_hot(1))
+    free = _alone(engine, "Number:", max_new_tokens=12, sampler=_hot(1))
+    sessions = [
+        engine.session("Number:", max_new_tokens=12, grammar=JSON_GRAMMAR, sampler=_hot(1)),
+        engine.session("Number:", max_new_tokens=12, sampler=_hot(1)),
+    ]
+    _together(engine, sessions)
+    assert engine.largest_batch == 2
+    assert sessions[0].output_ids == alone
+    assert sessions[0].output_text.startswith('{"a": ')
+    assert sessions[1].output_ids == free
+
+
+def test_a_session_joins_a_running_batch_at_a_token_boundary(engine: DecodeEngine) -> None:
+    alone = [_alone(engine, p, max_new_tokens=30, sampler=_hot(2)) for p in PROMPTS[:2]]
+    first = engine.session(PROMPTS[0], max_new_tokens=30, sampler=_hot(2))
+    engine.submit(first)
+    deadline = time.monotonic() + 30
+    while first.n_generated < 5 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    second = engine.session(PROMPTS[1], max_new_tokens=30, sampler=_hot(2))
+    _together(engine, [second])
+    assert first.wait(timeout=60) is SessionState.FINISHED
+    assert [first.output_ids, second.output_ids] == alone
+    assert engine.largest_batch == 2
+
+
+def test_a_paused_session_leaves_the_batch_and_the_others_go_on(engine: DecodeEngine) -> None:
+    alone = [_alone(engine, p, max_new_tokens=40, sampler=_hot(2)) for p in PROMPTS[:3]]
+    sessions = [engine.session(p, max_new_tokens=40, sampler=_hot(2)) for p in PROMPTS[:3]]
+    for s in sessions:
+        engine.submit(s)
+    deadline = time.monotonic() + 30
+    while sessions[1].n_generated < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    sessions[1].pause(timeout=30)
+    paused_at = sessions[1].n_generated
+    for s in (sessions[0], sessions[2]):
+        assert s.wait(timeout=60) is SessionState.FINISHED
+    assert sessions[1].state is SessionState.PAUSED
+    assert sessions[1].n_generated == paused_at  # it did not step while parked
+    assert_consistent(sessions[0])
+    sessions[1].resume()
+    assert sessions[1].wait(timeout=60) is SessionState.FINISHED
+    assert [s.output_ids for s in sessions] == alone
+    assert_consistent(sessions[1])
+
+
+def test_a_pause_inside_the_batched_pass_drops_only_that_row(engine: DecodeEngine) -> None:
+    alone = [_alone(engine, p, max_new_tokens=20, sampler=_hot(2)) for p in PROMPTS[:2]]
+    sessions = [engine.session(p, max_new_tokens=20, sampler=_hot(2)) for p in PROMPTS[:2]]
+    target = sessions[0]
+    fired = threading.Event()
+    base_check = target.layer_check
+
+    def check_pausing() -> Callable[[], None]:
+        inner = base_check()
+        calls = [0]
+
+        def check() -> None:
+            calls[0] += 1
+            if target.n_generated == 5 and calls[0] == 3 and not fired.is_set():
+                fired.set()
+                target.pause(wait=False)
+            inner()
+
+        return check
+
+    target.layer_check = check_pausing  # type: ignore[method-assign]  # a test hook
+    _together_until_paused(engine, sessions, target)
+    assert fired.is_set()
+    assert target.state is SessionState.PAUSED
+    assert target.last_pause_latency is not None
+    assert sessions[1].wait(timeout=60) is SessionState.FINISHED
+    assert target.kv_length == len(target)  # the partial pass was cropped back
+    target.resume()
+    assert target.wait(timeout=60) is SessionState.FINISHED
+    assert [s.output_ids for s in sessions] == alone
+    assert_consistent(target)
+
+
+def _together_until_paused(
+    engine: DecodeEngine, sessions: list[DecodeSession], target: DecodeSession
+) -> None:
+    for s in sessions:
+        engine.submit(s)
+    deadline = time.monotonic() + 60
+    while target.state is not SessionState.PAUSED and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def test_a_cancelled_session_leaves_without_changing_the_others(engine: DecodeEngine) -> None:
+    alone = _alone(engine, PROMPTS[0], max_new_tokens=30, sampler=_hot(3))
+    keep = engine.session(PROMPTS[0], max_new_tokens=30, sampler=_hot(3))
+    gone = engine.session(PROMPTS[1], max_new_tokens=10_000, min_new_tokens=10_000)
+    engine.submit(gone)
+    engine.submit(keep)
+    while keep.n_generated < 3:
+        time.sleep(0.001)
+    gone.cancel("aborted")
+    assert gone.wait(timeout=30) is SessionState.FINISHED
+    assert gone.finish_reason == "aborted"
+    assert keep.wait(timeout=60) is SessionState.FINISHED
+    assert keep.output_ids == alone
+
+
+@dataclass
+class _Budget:
+    """A meter that refuses the token after ``limit``."""
+
+    limit: int
+    out: int = 0
+    max_out: int | None = None
+
+    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        if self.out + tokens_out > self.limit:
+            msg = f"budget of {self.limit} tokens spent"
+            raise BudgetExceededError(msg)
+
+    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        self.out += tokens_out
+
+
+def test_a_refused_budget_finishes_one_session_with_its_error(engine: DecodeEngine) -> None:
+    alone = _alone(engine, PROMPTS[0], max_new_tokens=25, sampler=_hot(4))
+    poor = engine.session(PROMPTS[1], max_new_tokens=25, meter=_Budget(4), sampler=_hot(4))
+    rich = engine.session(PROMPTS[0], max_new_tokens=25, sampler=_hot(4))
+    _together(engine, [poor, rich])
+    assert isinstance(poor.error, BudgetExceededError)
+    assert poor.n_generated == 4
+    assert rich.output_ids == alone
+    assert rich.error is None
+
+
+def test_a_deadline_passed_inside_the_batch_fails_that_session(engine: DecodeEngine) -> None:
+    late = engine.session(PROMPTS[1], max_new_tokens=10_000, min_new_tokens=10_000)
+    other = engine.session(PROMPTS[0], max_new_tokens=25)
+    late.deadline = time.monotonic() + 0.3
+    _together(engine, [late, other])
+    assert isinstance(late.error, TierTimeoutError)
+    assert other.finish_reason in {"eos", "length"}
+
+
+@dataclass
+class _Fake:
+    priority: int
+    workflow_id: str | None
+    name: str
+
+
+def test_batches_take_the_most_urgent_and_share_slots_between_workflows() -> None:
+    burst = [_Fake(0, "burst", f"b{i}") for i in range(6)]
+    other = [_Fake(0, "other", "o0"), _Fake(0, "other", "o1")]
+    urgent = _Fake(1, "urgent", "u")
+    chosen = pick_batch([*burst, *other], {}, 4)
+    assert [s.name for s in chosen] == ["b0", "o0", "b1", "o1"]
+    served: dict[str | None, int] = {"burst": 100, "other": 3}
+    chosen = pick_batch([*burst, *other], served, 3)
+    assert [s.name for s in chosen] == ["o0", "b0", "o1"]
+    assert pick_batch([*burst, urgent], {}, 4) == [urgent]
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_max_batch_bounds_the_sessions_per_pass(engine: DecodeEngine, limit: int) -> None:
+    engine.max_batch = limit
+    sessions = [engine.session(p, max_new_tokens=8) for p in PROMPTS]
+    _together(engine, sessions)
+    assert engine.largest_batch == (0 if limit == 1 else 2)
+
+
+@pytest.mark.model
+def test_batched_greedy_outputs_of_the_real_model_equal_each_alone(
+    real_engine: DecodeEngine,
+) -> None:
+    prompts = [*PROMPTS, "Name a colour.", "Write a haiku about rain."]
+    alone = [_alone(real_engine, p, max_new_tokens=24) for p in prompts]
+    sessions = [real_engine.session(p, max_new_tokens=24) for p in prompts]
+    _together(real_engine, sessions)
+    assert real_engine.largest_batch == len(prompts)
+    assert [s.output_ids for s in sessions] == alone
