@@ -318,15 +318,17 @@ class DecodeEngine:
         s.run()
         return s
 
-    def submit(self, session: DecodeSession) -> DecodeSession:
-        """Queue ``session`` on the engine's thread; a more urgent one preempts the current."""
+    def submit(self, session: DecodeSession, *, paused_ok: bool = False) -> DecodeSession:
+        """Queue ``session`` on the engine's thread, to step in a batch with the others of its
+        priority; a more urgent one preempts them. A paused session (``paused_ok``) is queued
+        and steps once resumed."""
         if self._closed:
             msg = "this DecodeEngine is closed"
             raise DecodeError(msg)
         if session.engine is not self:
             msg = f"session {session.id} belongs to another engine"
             raise RequestError(msg)
-        session.begin()
+        session.begin(paused_ok=paused_ok)
         with self._sched:
             if session not in self._sessions:
                 self._sessions.append(session)
