@@ -58,6 +58,7 @@ def create_app(
     *,
     default_max_tokens: int = 256,
     max_tokens_ceiling: int = 4096,
+    batch: int = 8,
 ) -> FastAPI:
     """An OpenAI-compatible app over one local tier shared by every client.
 
@@ -73,10 +74,12 @@ def create_app(
         The id reported by ``/v1/models`` and in every completion.
     default_max_tokens, max_tokens_ceiling:
         The output limit when a request names none, and the most any request may ask for.
+    batch:
+        How many requests decode at once, batched on the model (``1``: one at a time).
     """
     if token is None:
         token = os.environ.get("COREASON_SERVE_TOKEN") or None
-    host = ModelHost(tier, model_name)
+    host = ModelHost(tier, model_name, batch=batch)
     api = _Endpoints(host, model_name, default_max_tokens, max_tokens_ceiling)
 
     @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ logger = logging.getLogger("coreason_runtime.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``coreason serve`` (host, port, model, token)."""
+    """The options of ``coreason serve`` (host, port, model, token, batch)."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--token",
         default=None,
         help="require `Authorization: Bearer TOKEN` (or $COREASON_SERVE_TOKEN)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="requests decoded at once, batched on the model (default 8; 1: one at a time)",
     )
     return parser
 
@@ -76,8 +82,8 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` on ``args.host:args.port`` until interrupted.
 
-    ``args`` carries ``host``, ``port``, ``model`` and ``token`` (``None`` reads
-    ``$COREASON_SERVE_TOKEN``). The model loads in the background; ``/health`` answers
+    ``args`` carries ``host``, ``port``, ``model``, ``token`` (``None`` reads
+    ``$COREASON_SERVE_TOKEN``) and ``batch`` (requests decoded at once). The model loads in the background; ``/health`` answers
     ``"loading"`` until it is ready.
     """
     try:
@@ -100,7 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     name = model or os.environ.get("COREASON_MODEL") or DEFAULT_MODEL
-    app = create_app(local_tier_loader(model), token=token, model_name=name)
+    batch = int(getattr(args, "batch", 8))
+    if batch < 1:
+        msg = f"--batch must be at least 1, got {batch}"
+        raise ConfigurationError(msg)
+    app = create_app(local_tier_loader(model), token=token, model_name=name, batch=batch)
     print(
         f"coreason serve: {name} on http://{host}:{port}/v1 (model loading; GET /health)",
         file=sys.stderr,
