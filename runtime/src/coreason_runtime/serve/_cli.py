@@ -83,8 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` on ``args.host:args.port`` until interrupted.
 
     ``args`` carries ``host``, ``port``, ``model``, ``token`` (``None`` reads
-    ``$COREASON_SERVE_TOKEN``) and ``batch`` (requests decoded at once). The model loads in the background; ``/health`` answers
-    ``"loading"`` until it is ready.
+    ``$COREASON_SERVE_TOKEN``) and ``batch`` (requests decoded at once). The model loads in
+    the background; ``/health`` answers ``"loading"`` until it is ready.
     """
     try:
         import uvicorn
