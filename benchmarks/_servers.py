@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,14 +31,19 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def serve_subprocess(home: Path, timeout: float = 300.0) -> Iterator[int]:
-    """`coreason serve` on the default model, ready (``/health`` ok); yields its port."""
+def serve_subprocess(
+    home: Path, timeout: float = 300.0, extra_args: Sequence[str] = ()
+) -> Iterator[int]:
+    """`coreason serve` on the default model, ready (``/health`` ok); yields its port.
+
+    ``extra_args`` go to the command line (``--stream-interval 8``).
+    """
     import httpx
 
     port = free_port()
     env = dict(os.environ, COREASON_HOME=str(home), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port)],
+        [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port), *extra_args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ run: tokens/s ratio (goal >= 0.97)."""
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -103,17 +104,19 @@ def main() -> None:
         ]
     )
     notes = (
-        f"SmolLM2-135M-Instruct (fp32, CPU, {args.threads} torch thread(s)), our decode loop over "
-        f"an explicit DynamicCache; constrained = llguidance mask computed, unpacked and applied "
-        f"to the logits, and the sampled token consumed by the matcher, on every step. Both "
-        f"sides decode the same prompt to the same number of tokens (the unconstrained side "
-        f"ignores EOS); constrained first in the first rep and second in later reps; prefix "
-        f"cache off; tok/s is over the decode steps (the identical prefill excluded). "
-        f"{len(PROMPTS)} prompts x {args.reps} reps, at most {args.max_tokens} tokens each. "
-        f"'grammar share' is the measured time inside the grammar code path of the constrained "
-        f"run, 'implied ratio' = 1 - that share: the same-run overhead without the noise of two "
-        f"separate runs. The machine is a shared 2-core box (load average above 10 while this "
-        f"ran), so the two-run ratio swings by tens of percent either way between rows."
+        f"SmolLM2-135M-Instruct (fp32, CPU, {args.threads} torch thread(s)), through the one "
+        f"runtime path: each side is a DecodeSession of the local tier on the decode engine "
+        f"(explicit DynamicCache, layer gate on); constrained = llguidance mask computed, "
+        f"unpacked and applied to the logits, and the sampled token consumed by the matcher, on "
+        f"every step. Both sides decode the same prompt to the same number of tokens (the "
+        f"unconstrained side ignores EOS); constrained first in the first rep and second in "
+        f"later reps; prefix cache off; tok/s is over the decode steps (the identical prefill "
+        f"excluded). {len(PROMPTS)} prompts x {args.reps} reps, at most {args.max_tokens} tokens"
+        f" each. 'grammar share' is the measured time inside the grammar code path of the "
+        f"constrained run, 'implied ratio' = 1 - that share: the same-run overhead without the "
+        f"noise of two separate runs. The machine is a shared 2-core box (load average "
+        f"{os.getloadavg()[0]:.1f} when this was written), so the two-run ratio swings by "
+        f"several percent either way between rows."
     )
     write_section(
         "bench_constrained_decoding",

@@ -7,12 +7,12 @@ the client sends a pause intent two ways:
 * **comm**: the request runs in the foreground (the main shell is busy); the intent goes to
   the ``coreason`` comm on an ipykernel 7 subshell, as the side panel sends it.
 
-Latency = the moment the decode thread blocked at the control gate (kernel clock) minus the
-moment the client sent the intent (same machine, same clock). The kernel-side part alone
-(intent applied → decode blocked) is reported too. Baseline in the same run: the time one
-token takes to decode, which is what a gate checked only between tokens would wait for; the
-local tier checks the gate at every decoder-layer boundary and between the LM head's row
-blocks, so the decode stops within a layer.
+Latency = the moment the request's decode session parked (its ``decode.paused`` event, kernel
+clock) minus the moment the client sent the intent (same machine, same clock). The kernel-side
+part alone (``rt.controls`` applied the intent → session parked) is reported too. Baseline in
+the same run: the time one token takes to decode, which is what a pause checked only between
+tokens would wait for; the session checks at every decoder-layer boundary and between the LM
+head's row blocks, so the decode stops within a layer.
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ def _until(pred, timeout=120.0):
         time.sleep(0.002)
     return False
 def _probe(wf):
+    # when the intent reached the controls, and when the decode really parked (its event)
+    seen = [e for e in rt.bus.history(["workflow.paused", "decode.paused"]) if e.workflow_id == wf]
+    asked = [e.ts for e in seen if e.type == "workflow.paused"]
+    parked = [e.ts for e in seen if e.type == "decode.paused"]
     c = _m.controls.status(wf)
-    print(json.dumps({"blocked": c.blocked_at, "changed": c.changed_at, "tokens": c.tokens_out}))
+    print(json.dumps({"blocked": parked[-1] if parked else None,
+                      "changed": asked[-1] if asked else c.changed_at, "tokens": c.tokens_out}))
 """
 PROMPT = "Write a long essay about the history of lighthouses, with many details."
 
@@ -203,9 +208,10 @@ def main() -> None:
             f"Real kernel (jupyter_client over ZMQ), SmolLM2-135M-Instruct on the CPU "
             f"({THREADS} torch thread), "
             f"`%%coreason ask Essay -n 200`, intent sent after ≥ 8 tokens; {TRIALS} trials "
-            f"per path{skip_note}. 'Decode stopped' is when the decode thread blocked at the "
-            "control gate, which the local tier passes at every decoder-layer boundary "
-            "and between the LM head's row blocks (`LayerGate`), so the kernel part is a "
+            f"per path{skip_note}. 'Decode stopped' is when the request's decode session "
+            "parked (`decode.paused`): the intent goes to `rt.controls`, which interrupts the "
+            "session at its next decoder-layer boundary or LM-head row block (`LayerGate`), "
+            "so the kernel part is a "
             "fraction of one token's decode time (the baseline column). The magic path "
             "includes the kernel executing a cell; the comm path needs ipykernel 7 "
             "subshells because the main shell is busy with the running cell."

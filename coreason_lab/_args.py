@@ -92,7 +92,7 @@ class BudgetArgs:
 
 @dataclass
 class AskArgs:
-    """``ask [SCHEMA] [-w W] [-t a,b] [-n MAX_TOKENS] [-o VAR] [--background]``."""
+    """``ask [SCHEMA] [-w W] [-t a,b] [-n MAX_TOKENS] [-o VAR] [--verify V] [--background]``."""
 
     schema: str | None = None
     workflow: str | None = None
@@ -101,6 +101,7 @@ class AskArgs:
     into: str | None = None
     background: bool = False
     dashboard: bool | None = None
+    verify: str | None = None
 
 
 @dataclass
@@ -186,7 +187,7 @@ class _Parser(argparse.ArgumentParser):
             unknown = message.split(":", 1)[1].split()
             options = [o for a in self._actions for o in a.option_strings]
             hint = "".join(suggest(u.split("=", 1)[0], options) for u in unknown if u[:1] == "-")
-        msg = f"%coreason {self.prog.split()[-1]}: {message}.{hint}\nusage: {self.format_usage()}"
+        msg = f"%coreason {self.prog.split()[-1]}: {message}.{hint}\n{self.format_usage()}"
         raise UsageError(msg.strip())
 
     def exit(self, status: int = 0, message: str | None = None) -> Any:  # type: ignore[override]
@@ -215,6 +216,10 @@ def _ask(p: _Parser) -> None:
         help="return a handle at once; the request runs on the runtime thread",
     )
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--verify",
+        help="verifiers, e.g. 'derivative(of=x**3, result=derivative)', or a callable's name",
+    )
 
 
 def _thunk(p: _Parser) -> None:

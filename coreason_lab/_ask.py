@@ -10,7 +10,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ipywidgets as W
-from coreason_runtime import Controls, EpistemicYieldError, Event, WorkflowAbortedError
+from coreason_runtime import (
+    Controls,
+    CoreasonError,
+    EpistemicYieldError,
+    Event,
+    WorkflowAbortedError,
+)
 from coreason_runtime.events import (
     AttemptFailed,
     AttemptFinished,
@@ -24,11 +30,23 @@ from coreason_lab._args import suggest
 from coreason_lab._display import ResultDisplay
 from coreason_lab._throttle import Throttle
 
-__all__ = ["AskHandle", "resolve_schema", "split_schema_cell"]
+__all__ = ["AskHandle", "parse_verifiers", "resolve_schema", "split_schema_cell"]
+
+
+# IPython's output history is a dict in every namespace, never a schema.
+_HISTORY = frozenset({"Out", "_oh"})
 
 
 def _schema_like(value: Any) -> bool:
-    return (isinstance(value, type) and issubclass(value, BaseModel)) or isinstance(value, dict)
+    if isinstance(value, type):
+        return issubclass(value, BaseModel)
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _schema_names(ns: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        k for k, v in ns.items() if not k.startswith("_") and k not in _HISTORY and _schema_like(v)
+    )
 
 
 def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
@@ -41,7 +59,7 @@ def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
     """
     head, *rest = name.split(".")
     if head not in ns:
-        schemas = sorted(k for k, v in ns.items() if not k.startswith("_") and _schema_like(v))
+        schemas = _schema_names(ns)
         hint = suggest(head, schemas) or suggest(head, [k for k in ns if not k.startswith("_")])
         known = f" Schemas in the namespace: {', '.join(schemas)}." if schemas else ""
         msg = f"%coreason ask: no schema named {name!r} in the namespace.{hint}{known}"
@@ -62,6 +80,26 @@ def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
         )
         raise UsageError(msg)
     return value
+
+
+def parse_verifiers(text: str | None, ns: Mapping[str, Any]) -> Any:
+    """``--verify``'s verifiers: built-ins (``derivative(of=x**3, result=derivative)``) or
+    callables of the namespace, comma-separated; ``None`` without the option.
+
+    Raises
+    ------
+    UsageError
+        The text names something that is not a verifier.
+    """
+    if text is None:
+        return None
+    from coreason_runtime.verify._spec import parse_verify
+
+    try:
+        return parse_verify(text, ns)
+    except CoreasonError as e:
+        msg = f"%%coreason ask {e} (quote the whole option: --verify '...')"
+        raise UsageError(msg) from e
 
 
 def split_schema_cell(cell: str) -> tuple[str | None, str]:

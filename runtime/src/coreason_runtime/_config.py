@@ -34,6 +34,8 @@ class OracleConfig:
     model: str
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
+    # counts streamed tokens when the server sends no usage per chunk (None: the local model's)
+    tokenizer: str | None = None
 
     @classmethod
     def from_env(cls) -> OracleConfig | None:
@@ -45,6 +47,7 @@ class OracleConfig:
             base_url=base_url,
             model=os.environ.get("COREASON_ORACLE_MODEL", "default"),
             api_key=os.environ.get("COREASON_ORACLE_API_KEY") or None,
+            tokenizer=os.environ.get("COREASON_ORACLE_TOKENIZER") or None,
         )
 
 
@@ -61,10 +64,19 @@ class RuntimeConfig:
     redis_url: str | None = field(default_factory=lambda: os.environ.get("COREASON_REDIS_URL"))
     weight_in: float = 1.0
     weight_out: float = 3.0
+    # budget leases: output tokens granted at a time (None: the worst case up front), and the
+    # longest a request waits for leases in flight to give room back
+    lease_tokens: int | None = 16
+    lease_wait: float = 30.0
     compile_timeout: float = 5.0
     local_timeout: float = 120.0
     max_tokens: int = 256
     max_attempts_per_tier: int = 3
+    # A request that finds its workflow paused waits this long for a resume (saying so), then
+    # raises WorkflowPausedError; COREASON_PAUSE_TIMEOUT=inf waits without limit.
+    pause_timeout: float = field(
+        default_factory=lambda: float(os.environ.get("COREASON_PAUSE_TIMEOUT", "600"))
+    )
     # The router answers a question it has answered and verified before from `rt.cache` (any
     # workflow, cost 0); COREASON_SUBGOAL_CACHE=0 makes every request go to the tiers.
     subgoal_cache: bool = field(

@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import RequestError, WorkflowAbortedError
+from coreason_runtime._exceptions import RequestError, WorkflowAbortedError, WorkflowPausedError
 
 if TYPE_CHECKING:
     from coreason_runtime.tensor._types import Meter
@@ -140,15 +140,27 @@ class Ticket:
         """The workflow's state as this ticket sees it (ABORTED once an abort reached it)."""
         return ControlState.ABORTED if self.aborted else self._controls.state(self.workflow_id)
 
-    def checkpoint(self) -> None:
+    @property
+    def held(self) -> bool:
+        """Whether a checkpoint would block now (paused or preempted, and not aborted)."""
+        return self.state.holds
+
+    def checkpoint(self, timeout: float | None = None) -> None:
         """Return at once while the workflow runs; block while paused; raise once aborted.
+
+        Parameters
+        ----------
+        timeout:
+            The longest to wait while paused (``None``: until resumed or aborted).
 
         Raises
         ------
         WorkflowAbortedError
             The operator aborted the workflow after this ticket was opened.
+        WorkflowPausedError
+            Still paused or preempted after ``timeout`` seconds.
         """
-        self._controls._checkpoint(self)
+        self._controls._checkpoint(self, timeout)
 
     @contextmanager
     def track(self, work: Controllable) -> Iterator[None]:
@@ -182,19 +194,48 @@ class ControlledMeter:
     def __init__(self, inner: Meter, ticket: Ticket) -> None:
         self._inner = inner
         self._ticket = ticket
+        self._counted = 0  # output tokens counted for the views so far
 
     @property
     def max_out(self) -> int:
         return self._inner.max_out
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """The inner meter's ``ensure``; a wait for budget room ends when the workflow is
+        paused (held at the checkpoint, then waiting again) or aborted (raised)."""
+
+        def stop() -> bool:
+            outside = interrupted is not None and interrupted()
+            return outside or self._ticket.state is not ControlState.RUNNING
+
+        while not self._inner.ensure(tokens_in, tokens_out, interrupted=stop):
+            if interrupted is not None and interrupted():
+                return False
+            self._ticket.checkpoint()  # blocks while paused; raises once aborted
+        return True
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        self._inner.check(tokens_in=tokens_in, tokens_out=tokens_out)
+        self.ensure(tokens_in, tokens_out)
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self._ticket.checkpoint()
         self._inner.charge(tokens_in=tokens_in, tokens_out=tokens_out)
         if tokens_out:
+            self._counted += tokens_out
             self._ticket.count_tokens(tokens_out)
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self._ticket.checkpoint()
+        self._inner.correct(tokens_in, tokens_out)
+        if tokens_out > self._counted:
+            self._ticket.count_tokens(tokens_out - self._counted)
+            self._counted = tokens_out
 
 
 class Controls:
@@ -346,20 +387,33 @@ class Controls:
             flow = self._flows.get(ticket.workflow_id)
             return flow is not None and flow.abort_epoch > ticket.epoch
 
-    def _checkpoint(self, ticket: Ticket) -> None:
+    def _checkpoint(self, ticket: Ticket, timeout: float | None = None) -> None:
         with self._cv:
             flow = self._flow(ticket.workflow_id)
             if flow.state.holds and flow.abort_epoch <= ticket.epoch:
                 flow.waiting += 1
                 logger.info("workflow %r is %s; waiting for a resume", flow.workflow_id, flow.state)
                 try:
-                    while flow.state.holds and flow.abort_epoch <= ticket.epoch:
-                        self._cv.wait(_WAIT_SLICE_S)
+                    self._hold(flow, ticket, timeout)
                 finally:
                     flow.waiting -= 1
             if flow.abort_epoch > ticket.epoch:
                 msg = f"workflow {ticket.workflow_id!r} was aborted by its operator"
                 raise WorkflowAbortedError(msg, workflow_id=ticket.workflow_id)
+
+    def _hold(self, flow: _Flow, ticket: Ticket, timeout: float | None) -> None:
+        """Wait (holding ``_cv``) while ``flow`` is held for ``ticket``, at most ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while flow.state.holds and flow.abort_epoch <= ticket.epoch:
+            left = _WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                msg = (
+                    f"workflow {flow.workflow_id!r} is still {flow.state.value} after "
+                    f"{timeout:g} s; resume it with rt.controls.resume({flow.workflow_id!r}) "
+                    "and ask again"
+                )
+                raise WorkflowPausedError(msg, workflow_id=flow.workflow_id)
+            self._cv.wait(min(left, _WAIT_SLICE_S))
 
     def _track(self, ticket: Ticket, work: Controllable) -> ControlState:
         with self._cv:

@@ -11,7 +11,12 @@ The hierarchy::
     │   ├── SchemaCompileTimeout (+TimeoutError)  compile took longer than allowed
     │   └── OracleSchemaLimitError ............... schema breaks OpenAI strict-mode limits
     ├── RequestError (+ValueError) ............... empty prompt, bad parameters
+    │   ├── RequestTooLargeError ................. over a size limit (body, schema, prompt)
+    │   │   └── ContextLengthError ............... prompt + output exceed the model's context
+    │   ├── InvalidBodyError ..................... a served request that is not UTF-8 JSON
+    │   └── ModelNotFoundError (+LookupError) .... a served request names another model
     ├── ValidationFailure (+ValueError) .......... output parsed but failed validation (retryable)
+    │   └── VerificationFailure .................. it validated, but a verifier rejected a field
     ├── BudgetError
     │   ├── BudgetExceededError .................. ceiling crossed: bypasses every retry
     │   ├── UnknownWorkflowError (+LookupError)
@@ -23,15 +28,19 @@ The hierarchy::
     │   ├── RateLimitError ....................... 429 after honouring Retry-After
     │   ├── ProtocolError ........................ malformed SSE, stream cut mid-way
     │   ├── TierTimeoutError (+TimeoutError)
+    │   ├── ServerBusyError ...................... a bounded queue is full: retry after a while
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
     ├── WorkflowAbortedError ..................... an operator aborted the workflow: no retry,
     │   │                                          no escalation, exactly what ran is charged
     │   └── ClientDisconnectedError .............. a `coreason serve` client hung up mid-request
+    ├── WorkflowPausedError (+TimeoutError) ...... still paused when the request's wait ran out
     ├── DecodeError .............................. decode sessions, span repair, thunks
     │   ├── SessionStateError .................... resume without pause, inject when finished
     │   ├── SpanError (+ValueError) .............. span out of range or over a special token
-    │   ├── VerifierError ........................ a verifier raised instead of judging
+    │   ├── VerifierError ........................ a verifier raised, returned garbage, named a
+    │   │   │                                      field the value lacks: a bug, never retried
+    │   │   └── VerifierTimeoutError (+TimeoutError) a verifier did not return in time
     │   └── ThunkError (+LookupError) ............ unknown or cyclic thunk, expander failed
     ├── PrecisionError (+ValueError) ............. per-operator precision maps
     │   ├── PrecisionBudgetError ................. a map breaks its quality budget: refused
@@ -99,6 +108,7 @@ __all__ = [
     "ConfigurationError",
     "ConstraintError",
     "ContextDimensionError",
+    "ContextLengthError",
     "CoreasonError",
     "DAGCycleError",
     "DecodeError",
@@ -110,6 +120,7 @@ __all__ = [
     "GrammarDeadEndError",
     "GridTooLargeError",
     "InvalidArmError",
+    "InvalidBodyError",
     "InvalidBudgetError",
     "InvalidCeilingError",
     "InvalidDAGError",
@@ -119,6 +130,7 @@ __all__ = [
     "InvariantViolationError",
     "LedgerBackendError",
     "MissingExtraError",
+    "ModelNotFoundError",
     "NoConsumerError",
     "NonFiniteStateError",
     "OracleSchemaLimitError",
@@ -129,10 +141,12 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "RequestError",
+    "RequestTooLargeError",
     "SchedulerError",
     "SchemaCompileError",
     "SchemaCompileTimeout",
     "SchemaError",
+    "ServerBusyError",
     "SessionStateError",
     "SimulationError",
     "SpanError",
@@ -150,9 +164,12 @@ __all__ = [
     "UnknownTransactionError",
     "UnknownWorkflowError",
     "ValidationFailure",
+    "VerificationFailure",
     "VerifierError",
+    "VerifierTimeoutError",
     "WorkerDiedError",
     "WorkflowAbortedError",
+    "WorkflowPausedError",
 ]
 
 
@@ -242,14 +259,76 @@ class RequestError(CoreasonError, ValueError):
     """A request's own parameters are wrong (empty prompt, max_tokens < 1, unknown tier)."""
 
 
+class RequestTooLargeError(RequestError):
+    """A request exceeds a size limit (body bytes, schema size, prompt tokens); nothing ran.
+
+    ``limit`` and ``size`` are in the limit's own unit (bytes or tokens).
+    """
+
+    def __init__(
+        self, message: str, *, limit: int | None = None, size: int | None = None, **fields: Any
+    ) -> None:
+        super().__init__(message, **fields)
+        self.limit = limit
+        self.size = size
+
+
+class InvalidBodyError(RequestError):
+    """A ``coreason serve`` request body is not UTF-8 JSON, or holds text that is not Unicode.
+
+    ``code`` is the OpenAI-style error code: ``invalid_json`` or ``invalid_unicode``.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_json", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.code = code
+
+
+class ModelNotFoundError(RequestError, LookupError):
+    """A ``coreason serve`` request names a model the server does not serve."""
+
+
+class ContextLengthError(RequestTooLargeError):
+    """The prompt and the output asked for do not fit in the model's context window.
+
+    Checked before prefill: no model time is spent on a request that cannot fit.
+    """
+
+
 class ValidationFailure(CoreasonError, ValueError):
-    """A tier's output did not validate against the schema. Retryable with the error fed back."""
+    """A tier's output did not validate against the schema. Retryable with the error fed back.
+
+    ``invalid_json`` is true when the output did not even parse as JSON.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, *, output: str = "", **fields: Any) -> None:
+    def __init__(
+        self, message: str, *, output: str = "", invalid_json: bool = False, **fields: Any
+    ) -> None:
         super().__init__(message, **fields)
         self.output = output
+        self.invalid_json = invalid_json
+
+
+class VerificationFailure(ValidationFailure):
+    """The output validated, but a verifier rejected it (retryable with the failures fed back).
+
+    ``failures`` are the verifier's findings (each names a field by JSON pointer, with a
+    message); ``repairs`` the span repairs tried on the way, accepted or not.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failures: Sequence[Any] = (),
+        repairs: Sequence[Any] = (),
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, **fields)
+        self.failures = list(failures)
+        self.repairs = list(repairs)
 
 
 # --- budgets -------------------------------------------------------------------------------
@@ -331,6 +410,16 @@ class TierTimeoutError(TierError, TimeoutError):
     retryable = False
 
 
+class ServerBusyError(TierError):
+    """A bounded queue is full; ``retry_after`` seconds is a fair wait before retrying."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after = retry_after
+
+
 class GrammarDeadEndError(TierError):
     """The grammar allowed no token the model could produce; escalate rather than retry."""
 
@@ -343,7 +432,8 @@ class EpistemicYieldError(CoreasonError):
 
     ``schema`` is the JSON schema the answer must satisfy and ``prompt`` the question, so a
     form can be built from the error alone; ``spec`` is the router's compiled view of the
-    schema (a :class:`~coreason_runtime.tensor.SchemaSpec`) when the router raised it.
+    schema (a :class:`~coreason_runtime.tensor.SchemaSpec`) when the router raised it;
+    ``failures`` what the request's verifiers still rejected last (each names a field).
     """
 
     def __init__(
@@ -353,12 +443,14 @@ class EpistemicYieldError(CoreasonError):
         schema: dict[str, Any] | None = None,
         prompt: str | None = None,
         spec: SchemaSpec | None = None,
+        failures: Sequence[Any] = (),
         **fields: Any,
     ) -> None:
         super().__init__(message, **fields)
         self.schema = schema
         self.prompt = prompt
         self.spec = spec
+        self.failures = list(failures)
 
 
 # --- workflow controls ---------------------------------------------------------------------
@@ -377,6 +469,16 @@ class ClientDisconnectedError(WorkflowAbortedError):
     """The client of a ``coreason serve`` request hung up: its decode stopped where it was."""
 
 
+class WorkflowPausedError(CoreasonError, TimeoutError):
+    """The workflow was paused (or preempted) and stayed so longer than the request would wait.
+
+    Raised before anything was reserved; resume the workflow (``rt.controls.resume``) and ask
+    again, or pass a longer ``pause_timeout``.
+    """
+
+    retryable = True
+
+
 # --- decode engine -------------------------------------------------------------------------
 
 
@@ -393,7 +495,17 @@ class SpanError(DecodeError, ValueError):
 
 
 class VerifierError(DecodeError):
-    """A verifier raised instead of returning a verdict; the session is unchanged."""
+    """A verifier did not judge: it raised (other than ``ValueError``), returned something that
+    is not a list of failures, or named a field the value does not have. A bug in the
+    verifier, not in the answer: never retried, never escalated. ``verifier`` names it."""
+
+    def __init__(self, message: str, *, verifier: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.verifier = verifier
+
+
+class VerifierTimeoutError(VerifierError, TimeoutError):
+    """A verifier did not return within its time limit (it is abandoned, not killed)."""
 
 
 class ThunkError(DecodeError, LookupError):

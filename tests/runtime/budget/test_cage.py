@@ -1,4 +1,4 @@
-"""BudgetCage: ceilings, reservations, metering and exact ledgers on every backend."""
+"""BudgetCage: ceilings, leases, metering and exact ledgers on every backend."""
 
 from __future__ import annotations
 
@@ -45,13 +45,22 @@ def test_settled_charge_is_exactly_what_was_consumed(cage: BudgetCage) -> None:
     assert ledger.by_tier == {"local": 39}
 
 
-def test_reservation_holds_budget_until_settled(cage: BudgetCage) -> None:
+def test_lease_holds_the_prompt_and_one_chunk_until_settled(cage: BudgetCage) -> None:
     cage.set("wf", ceiling=200)
     res = cage.open("wf", tokens_in=10, max_out=30, tier="local")
-    assert cage.get("wf").reserved == 100
-    assert cage.remaining("wf") == 100
+    assert cage.get("wf").reserved == 10 + 3 * 16  # the prompt and lease_tokens=16 outputs
+    assert cage.remaining("wf") == 200 - 58
     res.settle()
     assert cage.get("wf").reserved == 0
+
+
+def test_worst_case_reservation_holds_every_token_until_settled(cage: BudgetCage) -> None:
+    old = BudgetCage(cage.backend, cage.bus, lease_tokens=None, lease_wait=0)
+    old.set("wf", ceiling=200)
+    res = old.open("wf", tokens_in=10, max_out=30, tier="local")
+    assert old.get("wf").reserved == 100
+    res.settle()
+    assert old.get("wf").reserved == 0
 
 
 def test_grant_is_clipped_to_what_is_left(cage: BudgetCage) -> None:
@@ -165,7 +174,8 @@ def test_orphaned_reservation_of_a_dead_process_is_settled_at_its_checkpoint(
     )
     subprocess.run([sys.executable, "-c", script], check=False)
     during = SQLiteLedgerBackend(path).get("wf")
-    assert during is not None and during.reserved == 310
+    # the lease: the prompt and 16 outputs, grown by 16 more when 20 were charged
+    assert during is not None and during.reserved == 10 + 3 * 32
     cage = BudgetCage(SQLiteLedgerBackend(path), bus)
     ledger = cage.get("wf")
     assert (ledger.reserved, ledger.spent) == (0, 70)

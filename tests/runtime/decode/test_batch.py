@@ -167,6 +167,16 @@ class _Budget:
     out: int = 0
     max_out: int | None = None
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        self.check(tokens_in, tokens_out)
+        return True
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         if self.out + tokens_out > self.limit:
             msg = f"budget of {self.limit} tokens spent"
@@ -233,3 +243,49 @@ def test_batched_greedy_outputs_of_the_real_model_equal_each_alone(
     _together(real_engine, sessions)
     assert real_engine.largest_batch == len(prompts)
     assert [s.output_ids for s in sessions] == alone
+
+
+class _SlowRoom:
+    """A lease-like meter whose room comes only once ``room`` is set (it waits, as a budget
+    lease waits for requests in flight to settle)."""
+
+    max_out = 1 << 30
+
+    def __init__(self) -> None:
+        self.room = threading.Event()
+        self.waits = 0
+
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        while not self.room.wait(0.005):
+            self.waits += 1
+            if interrupted is not None and interrupted():
+                return False
+        return True
+
+    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        self.ensure(tokens_in, tokens_out)
+
+    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        pass
+
+
+def test_a_session_waiting_for_budget_room_does_not_stall_the_batch(
+    engine: DecodeEngine,
+) -> None:
+    alone = [_alone(engine, p, max_new_tokens=20, sampler=_hot(5)) for p in PROMPTS[:2]]
+    meter = _SlowRoom()
+    starved = engine.session(PROMPTS[0], max_new_tokens=20, sampler=_hot(5), meter=meter)
+    other = engine.session(PROMPTS[1], max_new_tokens=20, sampler=_hot(5))
+    engine.submit(starved)  # first: the batch meets it before the other
+    _together(engine, [other])
+    assert starved.n_generated == 0 and starved.state is SessionState.RUNNING
+    meter.room.set()
+    assert starved.wait(timeout=60) is SessionState.FINISHED
+    assert [starved.output_ids, other.output_ids] == alone
+    assert meter.waits > 0

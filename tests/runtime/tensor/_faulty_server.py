@@ -70,6 +70,11 @@ class FaultyServer:
     broken event), ``cut`` (``tokens`` chunks then the socket closes mid chunked body),
     ``no_finish`` (``tokens`` chunks then a clean end without ``finish_reason``), ``stall``
     (``tokens`` chunks, then silence).
+
+    Chunks hold ``words_per_chunk`` one-token words each. With ``continuous`` the server honours
+    ``stream_options.continuous_usage_stats`` (usage so far on every chunk, as vLLM does); with
+    ``strict_options`` it refuses that option with a 400, as a strict server does. The final
+    usage reports ``reported_out`` output tokens when set (a server counting differently).
     """
 
     mode: str
@@ -77,6 +82,10 @@ class FaultyServer:
     fail_first: int = 1
     retry_after: str = "1"
     prompt_tokens: int = 7
+    words_per_chunk: int = 1
+    continuous: bool = False
+    strict_options: bool = False
+    reported_out: int | None = None
     received: list[Received] = field(default_factory=list)
     port: int = 0
 
@@ -164,13 +173,24 @@ class FaultyServer:
         if mode == "forbidden":
             await _send_json(writer, 403, {"error": {"message": "forbidden"}}, {})
             return True
+        options = request.body.get("stream_options") or {}
+        asked = bool(options.get("continuous_usage_stats"))
+        if asked and self.strict_options:
+            message = "Unrecognized request argument: stream_options.continuous_usage_stats"
+            await _send_json(writer, 400, {"error": {"message": message}}, {})
+            return True
+        per_chunk = asked and self.continuous
         await _start_stream(writer)
         words = [f"w{i} " for i in range(self.tokens)]
-        for word in words:
-            await _send_chunk(writer, chunk_event(word))
+        step = self.words_per_chunk
+        for start in range(0, len(words), step):
+            sent = min(start + step, len(words))
+            usage = (self.prompt_tokens, sent) if per_chunk else None
+            await _send_chunk(writer, chunk_event("".join(words[start:sent]), usage=usage))
         if mode == "ok":
             await _send_chunk(writer, chunk_event(finish="stop"))
-            await _send_chunk(writer, chunk_event(usage=(self.prompt_tokens, self.tokens)))
+            reported = self.tokens if self.reported_out is None else self.reported_out
+            await _send_chunk(writer, chunk_event(usage=(self.prompt_tokens, reported)))
             await _send_chunk(writer, b"data: [DONE]\n\n")
             await _send_chunk(writer, b"")
             return True
@@ -216,7 +236,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Received | None:
 async def _send_json(
     writer: asyncio.StreamWriter, status: int, body: dict[str, Any], extra: dict[str, str]
 ) -> None:
-    reasons = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}
+    reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests"}
     data = json.dumps(body).encode()
     head = [
         f"HTTP/1.1 {status} {reasons.get(status, 'Error')}",

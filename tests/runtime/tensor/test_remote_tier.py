@@ -99,7 +99,7 @@ def test_request_carries_strict_schema_streaming_and_usage_options() -> None:
     assert sent.body["response_format"]["json_schema"]["strict"] is True
     assert sent.body["response_format"]["json_schema"]["schema"] == ANSWER
     assert sent.body["stream"] is True
-    assert sent.body["stream_options"] == {"include_usage": True}
+    assert sent.body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     assert sent.body["max_completion_tokens"] == 40
     assert sent.body["seed"] == 5
     assert sent.body["model"] == "oracle-model"
@@ -120,6 +120,74 @@ def test_token_counter_charges_lower_bounds_then_trues_up() -> None:
             request(), meter
         )
     assert meter.tokens_out == out.tokens_out == 4
+
+
+def test_usage_on_every_chunk_meters_each_chunk_exactly() -> None:
+    meter = CountingMeter()
+    with running("ok", tokens=12, words_per_chunk=4, continuous=True) as server:
+        out = tier_for(server.base_url).complete(request(), meter)
+    assert [n for _, n in meter.charges if n] == [4, 4, 4]
+    assert (meter.tokens_in, meter.tokens_out) == (out.tokens_in, out.tokens_out) == (7, 12)
+
+
+def test_a_server_refusing_usage_per_chunk_is_asked_again_without_it_and_never_again() -> None:
+    with running("ok", tokens=3, strict_options=True) as server:
+        tier = tier_for(server.base_url)
+        first = tier.complete(request(), UnmeteredMeter())
+        second = tier.complete(request(), UnmeteredMeter())
+        options = [r.body["stream_options"] for r in server.received]
+    assert first.text == second.text == "w0 w1 w2 "
+    assert options == [
+        {"include_usage": True, "continuous_usage_stats": True},
+        {"include_usage": True},
+        {"include_usage": True},
+    ]
+
+
+def test_chunks_without_usage_are_counted_with_the_tokenizer() -> None:
+    meter = CountingMeter()
+    with running("ok", tokens=12, words_per_chunk=4) as server:
+        tier = tier_for(server.base_url, token_counter=lambda t: len(t.split()))
+        out = tier.complete(request(), meter)
+    # the count of all text so far, less one (a last token may still grow), then the usage
+    assert [n for _, n in meter.charges if n] == [3, 4, 4]
+    assert meter.tokens_out == out.tokens_out == 12
+
+
+def test_a_tokenizer_that_cannot_count_falls_back_to_one_per_chunk() -> None:
+    meter = CountingMeter()
+    with running("ok", tokens=8, words_per_chunk=4) as server:
+        out = tier_for(server.base_url, token_counter=lambda t: None).complete(request(), meter)
+    assert [n for _, n in meter.charges if n] == [1, 1]
+    assert meter.tokens_out == out.tokens_out == 8
+
+
+def test_the_final_charge_equals_the_servers_usage_even_below_the_estimate() -> None:
+    cage = BudgetCage()
+    cage.set("wf-oracle", ceiling=10_000)
+    with running("ok", tokens=12, words_per_chunk=4, reported_out=10) as server:
+        tier = tier_for(server.base_url, token_counter=lambda t: len(t.split()))
+        lease = cage.open("wf-oracle", 7, 64, "oracle")
+        out = tier.complete(request(), lease)
+        lease.settle()
+    assert out.tokens_out == 10
+    assert cage.spent("wf-oracle") == 7 + 3 * 10
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_budget_cut_off_lands_within_one_chunk_of_the_ceiling(continuous: bool) -> None:
+    cage = BudgetCage()
+    cage.set("wf-oracle", ceiling=7 + 3 * 10)  # the prompt and 10 output tokens
+    counter = None if continuous else (lambda t: len(t.split()))
+    with running("ok", tokens=40, words_per_chunk=4, continuous=continuous) as server:
+        lease = cage.open("wf-oracle", 7, 64, "oracle")
+        with pytest.raises(BudgetExceededError):
+            tier_for(server.base_url, token_counter=counter).complete(request(), lease)
+        lease.settle()
+    # cut within one chunk (4 tokens, C=12) of Ω; a prompt the server never reported (no usage
+    # chunk arrived) is not charged, so the cut may land below Ω
+    assert abs(cage.spent("wf-oracle") - (7 + 3 * 10)) <= 3 * 4
+    assert 10 - 4 < cage.get("wf-oracle").tokens_out <= 10 + 4
 
 
 # --- schema limits -------------------------------------------------------------------------

@@ -85,6 +85,7 @@ from coreason_runtime._payloads._sim import (
     RbfPruned,
     SimStep,
 )
+from coreason_runtime._payloads._verify import FieldRepaired, RequestVerified
 
 __all__ = [
     "AttemptFailed",
@@ -117,6 +118,7 @@ __all__ = [
     "Escalated",
     "EstimateUpdated",
     "EventPayload",
+    "FieldRepaired",
     "HumanAnswered",
     "InvariantViolated",
     "Log",
@@ -127,6 +129,7 @@ __all__ = [
     "RequestFailed",
     "RequestFinished",
     "RequestStarted",
+    "RequestVerified",
     "RuntimeStarted",
     "RuntimeStopped",
     "ScheduleDecided",

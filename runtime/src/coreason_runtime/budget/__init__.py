@@ -1,10 +1,17 @@
-"""The budget cage: per-workflow ceilings, reservations, metering, and ledger stores."""
+"""The budget cage: per-workflow ceilings, leases that grow as tokens are consumed, ledgers."""
 
 from __future__ import annotations
 
 from coreason_runtime.budget._cage import DEFAULT_WORKFLOW, BudgetCage, Reservation
-from coreason_runtime.budget._models import Charge, Ledger, LedgerBackend, ReservationRecord
-from coreason_runtime.budget._sqlite import MemoryLedgerBackend, SQLiteLedgerBackend
+from coreason_runtime.budget._memory import MemoryLedgerBackend
+from coreason_runtime.budget._models import (
+    Charge,
+    LeaseGrowth,
+    Ledger,
+    LedgerBackend,
+    ReservationRecord,
+)
+from coreason_runtime.budget._sqlite import SQLiteLedgerBackend
 
 
 def __getattr__(name: str) -> object:
@@ -19,6 +26,7 @@ __all__ = [
     "DEFAULT_WORKFLOW",
     "BudgetCage",
     "Charge",
+    "LeaseGrowth",
     "Ledger",
     "LedgerBackend",
     "MemoryLedgerBackend",

@@ -1,12 +1,14 @@
-"""The BudgetCage: per-workflow ceilings Ω, reservations before dispatch, metering after.
+"""The BudgetCage: per-workflow ceilings Ω, leases that grow as tokens are consumed.
 
 A request's cost is C = w_in·T_in + w_out·T_out (default w_in = 1, w_out = 3). Before a tier is
-called, the cage reserves ``w_in·T_in + w_out·max_tokens`` — or whatever is left under Ω if that
-is less, as long as the prompt and one output token fit. Concurrent requests therefore can never
-together reserve more than Ω. While the tier runs it charges tokens to the reservation (the
-:class:`Reservation` is the tier's ``Meter``); the moment a charge would cross the grant the
-reservation raises :class:`BudgetExceededError` and the tier stops. Settling releases the grant
-and adds what was really consumed, in one atomic step.
+called, the cage leases the prompt and one chunk of output (``lease_tokens``); while the tier
+runs, the lease (a :class:`Reservation`, the tier's ``Meter``) grows chunk by chunk in atomic
+steps of the ledger store, so concurrent requests never together hold more than Ω. A request
+whose next chunk does not fit waits a bounded time (``lease_wait``) for leases in flight to
+settle, and is cut off with exactly what it consumed charged only when the room does not
+come. Settling releases the grant and adds what was really consumed, in one atomic step.
+``lease_tokens=None, lease_wait=0`` is the older scheme: the worst case reserved up front,
+refused at once.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from __future__ import annotations
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventBus, EventType
@@ -28,8 +29,10 @@ from coreason_runtime._exceptions import (
     InvalidCeilingError,
     UnknownWorkflowError,
 )
+from coreason_runtime.budget._lease import Releases, Reservation
+from coreason_runtime.budget._memory import MemoryLedgerBackend
 from coreason_runtime.budget._models import Charge, Ledger, LedgerBackend, ReservationRecord
-from coreason_runtime.budget._sqlite import MemoryLedgerBackend, SQLiteLedgerBackend
+from coreason_runtime.budget._sqlite import SQLiteLedgerBackend
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
@@ -37,10 +40,13 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_WORKFLOW", "BudgetCage", "Reservation"]
 
 DEFAULT_WORKFLOW = "default"
-_CHECKPOINT_EVERY_S = 0.5
+_EPS = 1e-9
 
 
 def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool):  # True is an int to Python, never a cost to a user
+        msg = f"{name} must be a number, got {value!r}"
+        raise InvalidCeilingError(msg)
     try:
         number = float(value)
     except (TypeError, ValueError) as e:
@@ -50,158 +56,6 @@ def _positive(name: str, value: float) -> float:
         msg = f"{name} must be a positive finite number, got {value!r}"
         raise InvalidCeilingError(msg)
     return number
-
-
-class Reservation:
-    """A grant held for one request; the tier's meter. Thread-safe.
-
-    Use :meth:`charge` as tokens are consumed; :attr:`max_out` says how many more output tokens
-    fit. :meth:`settle` (or leaving the ``with`` block of :meth:`BudgetCage.reserve`) writes the
-    real consumption to the ledger exactly once.
-    """
-
-    def __init__(self, cage: BudgetCage, record: ReservationRecord, estimated_in: int = 0) -> None:
-        self._cage = cage
-        self.record = record
-        self.estimated_in = estimated_in
-        self.granted = record.granted
-        self.tokens_in = 0
-        self.tokens_out = 0
-        self._lock = threading.Lock()
-        self._settled = False
-        self._last_checkpoint = time.monotonic()
-        self.exceeded = False
-
-    @property
-    def workflow_id(self) -> str:
-        return self.record.workflow_id
-
-    @property
-    def tier(self) -> str:
-        return self.record.tier
-
-    @property
-    def consumed(self) -> float:
-        return self._cage.cost(self.tokens_in, self.tokens_out)
-
-    @property
-    def max_out(self) -> int:
-        """Output tokens that still fit in the grant, keeping room for the prompt tokens that
-        were reserved but not yet charged (a stream learns its prompt size only at the end)."""
-        pending_in = max(self.estimated_in - self.tokens_in, 0)
-        left = self.granted - self.consumed - self._cage.weight_in * pending_in
-        return max(math.floor(left / self._cage.weight_out + 1e-9), 0)
-
-    def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        """Raise :class:`BudgetExceededError` if consuming this much more would cross the grant.
-
-        A tier that can stop *before* consuming (a local decoder) calls this first, so it never
-        overshoots; a stream that learns of tokens only after receiving them calls
-        :meth:`charge` alone and overshoots by at most that chunk.
-        """
-        with self._lock:
-            after = self._cage.cost(self.tokens_in + tokens_in, self.tokens_out + tokens_out)
-            if after > self.granted + 1e-9:
-                self._raise(after)
-
-    def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
-        """Record consumed tokens; raise :class:`BudgetExceededError` if they crossed the grant.
-
-        The tokens are recorded even when the charge raises: they were consumed.
-        """
-        if tokens_in < 0 or tokens_out < 0:
-            msg = f"token counts must be non-negative, got in={tokens_in}, out={tokens_out}"
-            raise ValueError(msg)
-        with self._lock:
-            if self._settled:
-                msg = "charge after settle: the reservation is closed"
-                raise BudgetExceededError(msg, workflow_id=self.workflow_id, tier=self.tier)
-            self.tokens_in += tokens_in
-            self.tokens_out += tokens_out
-            consumed = self.consumed
-            now = time.monotonic()
-            if now - self._last_checkpoint > _CHECKPOINT_EVERY_S:
-                self._last_checkpoint = now
-                self.checkpoint()
-            if consumed > self.granted + 1e-9:
-                self._raise(consumed)
-
-    def _raise(self, would_be: float) -> None:
-        self.exceeded = True
-        ledger = self._cage.backend.get(self.workflow_id)
-        msg = (
-            f"workflow {self.workflow_id!r}: ceiling Ω={ledger.ceiling if ledger else None} "
-            f"reached on tier {self.tier!r} after {self.tokens_in} tokens in and "
-            f"{self.tokens_out} out (C={self.consumed:g}, this request's grant "
-            f"{self.granted:g}); request cut off"
-        )
-        self._cage.bus.emit(
-            EventType.BUDGET_EXCEEDED,
-            workflow_id=self.workflow_id,
-            source="budget",
-            tier=self.tier,
-            stage="charge",
-            requested=would_be,
-            granted=self.granted,
-            consumed=self.consumed,
-        )
-        raise BudgetExceededError(
-            msg,
-            workflow_id=self.workflow_id,
-            tier=self.tier,
-            ceiling=ledger.ceiling if ledger else None,
-            spent=ledger.spent if ledger else None,
-            requested=would_be,
-            ledger=ledger,
-        )
-
-    def settle(self, note: str = "") -> Ledger | None:
-        """Release the grant and charge what was consumed; idempotent."""
-        with self._lock:
-            if self._settled:
-                return None
-            self._settled = True
-        return self._write(note)
-
-    def checkpoint(self) -> None:
-        """Record the consumption so far durably, so that if this process dies the orphaned
-        reservation is charged up to here (:meth:`charge` does it every 0.5 s)."""
-        self._cage.backend.checkpoint(
-            self.record.model_copy(
-                update={
-                    "consumed": self.consumed,
-                    "tokens_in": self.tokens_in,
-                    "tokens_out": self.tokens_out,
-                }
-            )
-        )
-
-    def _write(self, note: str) -> Ledger:
-        """Charge the ledger what was consumed and release the grant."""
-        charge = Charge(
-            workflow_id=self.workflow_id,
-            tier=self.tier,
-            tokens_in=self.tokens_in,
-            tokens_out=self.tokens_out,
-            cost=self.consumed,
-            ts=time.time(),
-            reservation_id=self.record.reservation_id,
-            note=note or ("cut off at ceiling" if self.exceeded else ""),
-        )
-        ledger = self._cage.backend.settle(self.record, charge)
-        self._cage.bus.emit(
-            EventType.BUDGET_CHARGED,
-            workflow_id=self.workflow_id,
-            source="budget",
-            tier=self.tier,
-            tokens_in=self.tokens_in,
-            tokens_out=self.tokens_out,
-            cost=charge.cost,
-            spent=ledger.spent,
-            ceiling=ledger.ceiling,
-            released=self.granted,
-        )
-        return ledger
 
 
 class BudgetCage:
@@ -217,6 +71,13 @@ class BudgetCage:
         Events ``budget.*`` are published here.
     weight_in, weight_out:
         C = weight_in·T_in + weight_out·T_out.
+    lease_tokens:
+        Output tokens a lease is granted at a time (its first chunk, and each growth);
+        ``None`` reserves the worst case (``max_tokens``) up front and never grows.
+    lease_wait:
+        The longest a request waits, in all, for leases in flight to give room back before
+        it is refused or cut off (0: at once). It is cut off sooner when no lease in flight
+        could give any back.
     """
 
     def __init__(
@@ -226,11 +87,22 @@ class BudgetCage:
         *,
         weight_in: float = 1.0,
         weight_out: float = 3.0,
+        lease_tokens: int | None = 16,
+        lease_wait: float = 30.0,
     ) -> None:
         self.backend: LedgerBackend = backend if backend is not None else MemoryLedgerBackend()
         self.bus = bus if bus is not None else EventBus()
         self.weight_in = _positive("weight_in", weight_in)
         self.weight_out = _positive("weight_out", weight_out)
+        if lease_tokens is not None and lease_tokens < 1:
+            msg = f"lease_tokens must be >= 1 or None, got {lease_tokens!r}"
+            raise ConfigurationError(msg)
+        if not math.isfinite(lease_wait) or lease_wait < 0:
+            msg = f"lease_wait must be a finite number of seconds >= 0, got {lease_wait!r}"
+            raise ConfigurationError(msg)
+        self.lease_tokens = lease_tokens
+        self.lease_wait = float(lease_wait)
+        self.releases = Releases()
         if self.backend.get(DEFAULT_WORKFLOW) is None:
             self.backend.set_ceiling(DEFAULT_WORKFLOW, None)
         self._recover_orphans()
@@ -254,7 +126,19 @@ class BudgetCage:
         else:
             msg = f"unknown budget backend {cfg.budget_backend!r}; use sqlite, redis or memory"
             raise ConfigurationError(msg)
-        return cls(backend, rt.bus, weight_in=cfg.weight_in, weight_out=cfg.weight_out)
+        return cls(
+            backend,
+            rt.bus,
+            weight_in=cfg.weight_in,
+            weight_out=cfg.weight_out,
+            lease_tokens=cfg.lease_tokens,
+            lease_wait=cfg.lease_wait,
+        )
+
+    @property
+    def leasing(self) -> bool:
+        """Whether grants grow as tokens are consumed (else the worst case is reserved)."""
+        return self.lease_tokens is not None
 
     # --- cost ------------------------------------------------------------------------------
 
@@ -277,6 +161,7 @@ class BudgetCage:
             raise InvalidCeilingError(msg)
         value = None if ceiling is None else _positive("ceiling", ceiling)
         ledger = self.backend.set_ceiling(workflow_id, value)
+        self.releases.notify()  # a raised ceiling is room for requests waiting on it
         self.bus.emit(
             EventType.BUDGET_SET,
             workflow_id=workflow_id,
@@ -331,8 +216,13 @@ class BudgetCage:
     # --- reservations ----------------------------------------------------------------------
 
     def open(self, workflow_id: str, tokens_in: int, max_out: int, tier: str) -> Reservation:
-        """Reserve ``w_in·tokens_in + w_out·max_out`` (or what is left, if at least one output
-        token fits) before dispatching to ``tier``. Call :meth:`Reservation.settle` after.
+        """Lease the prompt and the first chunk of output (at most ``max_out`` tokens) before
+        dispatching to ``tier``; the lease grows as the tier consumes. Call
+        :meth:`Reservation.settle` after.
+
+        Waits up to ``lease_wait`` for leases in flight to settle when the prompt and one
+        output token do not fit (and one of them could give room back); the grant is what is
+        left when that is less than the chunk.
 
         Raises
         ------
@@ -344,30 +234,17 @@ class BudgetCage:
         if tokens_in < 0 or max_out < 1:
             msg = f"need tokens_in >= 0 and max_out >= 1, got {tokens_in}, {max_out}"
             raise ValueError(msg)
+        first = max_out if self.lease_tokens is None else min(max_out, self.lease_tokens)
         record = ReservationRecord(
             reservation_id=uuid.uuid4().hex,
             workflow_id=workflow_id,
             tier=tier,
-            granted=self.cost(tokens_in, max_out),
+            granted=self.cost(tokens_in, first),
             pid=os.getpid(),
             host=socket.gethostname(),
             created=time.time(),
         )
-        minimum = self.cost(tokens_in, 1)
-        try:
-            grant = self.backend.reserve(record, minimum)
-        except BudgetExceededError:
-            self.bus.emit(
-                EventType.BUDGET_EXCEEDED,
-                workflow_id=workflow_id,
-                source="budget",
-                tier=tier,
-                stage="reserve",
-                requested=minimum,
-                granted=0.0,
-                consumed=0.0,
-            )
-            raise
+        grant = self._admit(record, self.cost(tokens_in, 1))
         record = record.model_copy(update={"granted": grant})
         self.bus.emit(
             EventType.BUDGET_RESERVED,
@@ -377,7 +254,34 @@ class BudgetCage:
             granted=grant,
             wanted=self.cost(tokens_in, max_out),
         )
-        return Reservation(self, record, estimated_in=tokens_in)
+        return Reservation(self, record, estimated_in=tokens_in, limit_out=max_out)
+
+    def _admit(self, record: ReservationRecord, minimum: float) -> float:
+        """Reserve ``record``, waiting for room while a lease in flight could give some back."""
+        deadline = time.monotonic() + self.lease_wait
+        last_try = False
+        while True:
+            seen = self.releases.generation
+            try:
+                return self.backend.reserve(record, minimum)
+            except BudgetExceededError:
+                if last_try:
+                    self.bus.emit(
+                        EventType.BUDGET_EXCEEDED,
+                        workflow_id=record.workflow_id,
+                        source="budget",
+                        tier=record.tier,
+                        stage="reserve",
+                        requested=minimum,
+                        granted=0.0,
+                        consumed=0.0,
+                    )
+                    raise
+            left = deadline - time.monotonic()
+            if left > 0 and self.backend.releasable(record.workflow_id) > _EPS:
+                self.releases.wait(seen, left)
+            else:  # nothing in flight can give room back: one decisive try, then refuse
+                last_try = True
 
     @contextmanager
     def reserve(
@@ -411,20 +315,9 @@ class BudgetCage:
         return ledger
 
     def _recover_orphans(self) -> None:
-        """Settle reservations left by crashed processes at their last checkpoint."""
-        for rec in self.backend.orphans():
-            charge = Charge(
-                workflow_id=rec.workflow_id,
-                tier=rec.tier,
-                tokens_in=rec.tokens_in,
-                tokens_out=rec.tokens_out,
-                cost=rec.consumed,
-                ts=time.time(),
-                reservation_id=rec.reservation_id,
-                note="recovered: process died mid-request; charged at last checkpoint",
-            )
-            with suppress(UnknownWorkflowError):
-                self.backend.settle(rec, charge)
+        """Settle reservations left by crashed processes at their last checkpoint (each once,
+        even when several processes recover at the same time)."""
+        self.backend.recover_orphans()
 
     def close(self) -> None:
         self.backend.close()

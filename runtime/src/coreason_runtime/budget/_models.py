@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Charge", "Ledger", "LedgerBackend", "ReservationRecord"]
+__all__ = ["Charge", "LeaseGrowth", "Ledger", "LedgerBackend", "ReservationRecord"]
 
 
 class Ledger(BaseModel):
@@ -48,7 +49,7 @@ class Charge(BaseModel):
 
 
 class ReservationRecord(BaseModel):
-    """A reservation as stored: its grant and the consumption last checkpointed."""
+    """A reservation (a lease) as stored: its grant and the consumption last checkpointed."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -62,6 +63,21 @@ class ReservationRecord(BaseModel):
     pid: int = 0
     host: str = ""
     created: float = 0.0
+
+
+@dataclass(frozen=True)
+class LeaseGrowth:
+    """What :meth:`LedgerBackend.grow` did to a lease, decided in one atomic step.
+
+    ``granted`` is the lease's grant now; ``grown`` whether it grew. When it did not, the
+    lease gave its unused grant back (``granted`` is its consumption) and waits.
+    ``releasable`` is the grant of the *other* leases of the workflow that are not waiting:
+    the most that settling them could give back. Zero means nothing in flight can free room.
+    """
+
+    granted: float
+    grown: bool
+    releasable: float
 
 
 @runtime_checkable
@@ -84,18 +100,37 @@ class LedgerBackend(Protocol):
         nothing, if that is below ``minimum``. Returns the grant."""
         ...
 
+    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
+        """Grow a lease: add ``min(want, remaining)`` to its grant if that is at least
+        ``minimum``, and checkpoint ``record``'s consumption. Otherwise give the grant above
+        ``record.consumed`` back and mark the lease waiting, so that the room it held can
+        serve others; a later grow clears the mark. Raises ``LedgerBackendError`` if the
+        lease is no longer stored (settled by crash recovery)."""
+        ...
+
+    def releasable(self, workflow_id: str) -> float:
+        """The grant of the workflow's leases that are not waiting (see :class:`LeaseGrowth`)."""
+        ...
+
     def checkpoint(self, record: ReservationRecord) -> None:
         """Persist the consumption so far, so a crash loses no charge."""
         ...
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
-        """Release the reservation and add the charge, in one step."""
+        """Release the reservation (its whole current grant, waiting or not) and add the
+        charge, in one step. A reservation settled before (by a recovery) charges nothing
+        again."""
         ...
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]: ...
 
     def orphans(self) -> list[ReservationRecord]:
         """Reservations whose owning process is gone (crashed mid-request)."""
+        ...
+
+    def recover_orphans(self, note: str = ...) -> list[Charge]:
+        """Settle every orphan at its last checkpoint, atomically with finding it: a recovery
+        racing another charges each orphan once. Returns the charges made."""
         ...
 
     def close(self) -> None: ...

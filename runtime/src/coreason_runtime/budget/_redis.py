@@ -12,7 +12,8 @@ from coreason_runtime._exceptions import (
     MissingExtraError,
     UnknownWorkflowError,
 )
-from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
+from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
+from coreason_runtime.budget._sqlite import RECOVERED_NOTE, recovered_charge
 
 __all__ = ["RedisLedgerBackend"]
 
@@ -36,11 +37,65 @@ redis.call('HSET', KEYS[2], ARGV[4] .. ':granted', tostring(grant))
 return {1, tostring(grant)}
 """
 
-# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list;
-# ARGV: id, cost, tokens_in, tokens_out, tier, charge json
+# KEYS[1] ledger hash, KEYS[2] reservation hash, KEYS[3] waiting leases hash;
+# ARGV: id, want, minimum, consumed, record json. A lease that cannot grow gives its grant above
+# what it consumed back and is marked waiting; the ledger's 'pinned' sums waiting grants.
+_GROW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '0', '0'} end
+local gkey = ARGV[1] .. ':granted'
+local old = redis.call('HGET', KEYS[2], gkey)
+if not old then return {-2, '0', '0'} end
+old = tonumber(old)
+local was_waiting = redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1
+local ceiling = redis.call('HGET', KEYS[1], 'ceiling')
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local pinned = tonumber(redis.call('HGET', KEYS[1], 'pinned') or '0')
+local add = tonumber(ARGV[2])
+if ceiling and ceiling ~= '' then
+  local available = tonumber(ceiling) - spent - reserved
+  if available < add then add = available end
+end
+if was_waiting then pinned = pinned - old end
+local granted = old
+local grown = 0
+if add >= tonumber(ARGV[3]) - 1e-9 then
+  granted = old + add
+  grown = 1
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  local consumed = tonumber(ARGV[4])
+  if consumed < granted then granted = consumed end
+  if granted < 0 then granted = 0 end
+  pinned = pinned + granted
+  redis.call('HSET', KEYS[3], ARGV[1], '1')
+end
+reserved = reserved + granted - old
+if reserved < 0 then reserved = 0 end
+if pinned < 0 then pinned = 0 end
+redis.call('HSET', KEYS[1], 'reserved', tostring(reserved), 'pinned', tostring(pinned))
+redis.call('HSET', KEYS[2], gkey, tostring(granted), ARGV[1], ARGV[5])
+local others = reserved - pinned
+if grown == 1 then others = others - granted end
+if others < 0 then others = 0 end
+return {grown, tostring(granted), tostring(others)}
+"""
+
+# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list, KEYS[4] waiting leases,
+# KEYS[5] the settled marker; ARGV: id, cost, tokens_in, tokens_out, tier, charge json,
+# marker ttl (s). A reservation gone with its settled marker set was settled before (by a
+# recovery): it charges nothing (0). A charge without a reservation (a human's answer) has no
+# marker.
 _SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local held = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
+if not held and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 local granted = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':granted') or '0')
+if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then
+  local pinned = tonumber(redis.call('HGET', KEYS[1], 'pinned') or '0') - granted
+  if pinned < 0 then pinned = 0 end
+  redis.call('HSET', KEYS[1], 'pinned', tostring(pinned))
+end
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
 local left = reserved - granted
 if left < 0 then left = 0 end
@@ -52,8 +107,19 @@ redis.call('HINCRBY', KEYS[1], 'requests', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'tier:' .. ARGV[5], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':granted')
 redis.call('RPUSH', KEYS[3], ARGV[6])
+if held then redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[7])) end
 return 1
 """
+
+# KEYS[1] reservations; ARGV: id, record json. A checkpoint never brings back a settled one.
+_CHECKPOINT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# how long a settled reservation is remembered (a late settle of it charges nothing)
+_SETTLED_TTL_S = 7 * 24 * 3600
 
 
 class RedisLedgerBackend:
@@ -79,6 +145,8 @@ class RedisLedgerBackend:
         try:
             self._reserve = self._r.register_script(_RESERVE)
             self._settle = self._r.register_script(_SETTLE)
+            self._checkpoint = self._r.register_script(_CHECKPOINT)
+            self._grow = self._r.register_script(_GROW)
             self._r.ping()
         except redis.RedisError as e:
             msg = f"cannot reach the Redis ledger store at {url}: {e}"
@@ -134,6 +202,7 @@ class RedisLedgerBackend:
 
     def reset(self, workflow_id: str) -> Ledger:
         led = self._require(workflow_id)
+        pinned = self._call(self._r.hget, self._k(workflow_id), "pinned") or "0"
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k(workflow_id), f"{self.prefix}:charges:{workflow_id}")
         pipe.hset(
@@ -141,6 +210,7 @@ class RedisLedgerBackend:
             mapping={
                 "ceiling": "" if led.ceiling is None else repr(led.ceiling),
                 "reserved": repr(led.reserved),
+                "pinned": pinned,
             },
         )
         self._call(pipe.execute)
@@ -184,21 +254,55 @@ class RedisLedgerBackend:
             )
         return float(value)
 
+    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
+        grown, granted, others = self._call(
+            self._grow,
+            keys=[
+                self._k(record.workflow_id),
+                f"{self.prefix}:reservations",
+                f"{self.prefix}:waiting",
+            ],
+            args=[
+                record.reservation_id,
+                repr(want),
+                repr(minimum),
+                repr(record.consumed),
+                record.model_dump_json(),
+            ],
+        )
+        if grown == -1:
+            msg = f"no ledger for workflow {record.workflow_id!r}; set one with budgets.set(...)"
+            raise UnknownWorkflowError(msg, workflow_id=record.workflow_id)
+        if grown == -2:
+            msg = f"lease {record.reservation_id} is no longer in {self.url} (recovered?)"
+            raise LedgerBackendError(msg)
+        return LeaseGrowth(granted=float(granted), grown=grown == 1, releasable=float(others))
+
+    def releasable(self, workflow_id: str) -> float:
+        reserved, pinned = self._call(self._r.hmget, self._k(workflow_id), "reserved", "pinned")
+        return max(float(reserved or 0) - float(pinned or 0), 0.0)
+
     def checkpoint(self, record: ReservationRecord) -> None:
         self._call(
-            self._r.hset,
-            f"{self.prefix}:reservations",
-            record.reservation_id,
-            record.model_dump_json(),
+            self._checkpoint,
+            keys=[f"{self.prefix}:reservations"],
+            args=[record.reservation_id, record.model_dump_json()],
         )
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
+        self._apply(record, charge)
+        return self._require(record.workflow_id)
+
+    def _apply(self, record: ReservationRecord, charge: Charge) -> bool:
+        """Settle in one script; False when the reservation was settled before (no charge)."""
         out = self._call(
             self._settle,
             keys=[
                 self._k(record.workflow_id),
                 f"{self.prefix}:reservations",
                 f"{self.prefix}:charges:{record.workflow_id}",
+                f"{self.prefix}:waiting",
+                f"{self.prefix}:settled:{record.reservation_id}",
             ],
             args=[
                 record.reservation_id,
@@ -207,12 +311,13 @@ class RedisLedgerBackend:
                 charge.tokens_out,
                 charge.tier,
                 charge.model_dump_json(),
+                _SETTLED_TTL_S,
             ],
         )
         if out == -1:
             msg = f"no ledger for workflow {record.workflow_id!r}"
             raise UnknownWorkflowError(msg, workflow_id=record.workflow_id)
-        return self._require(record.workflow_id)
+        return bool(out == 1)
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
         raw = self._call(self._r.lrange, f"{self.prefix}:charges:{workflow_id}", -limit, -1)
@@ -232,6 +337,20 @@ class RedisLedgerBackend:
                 granted = float(raw.get(f"{key}:granted", rec.granted))
                 out.append(rec.model_copy(update={"granted": granted}))
         return out
+
+    def recover_orphans(self, note: str = RECOVERED_NOTE) -> list[Charge]:
+        """Settle every orphan at its last checkpoint; the settle script re-checks each one
+        atomically, so recoveries racing on many workers charge it once."""
+        charges: list[Charge] = []
+        for record in self.orphans():
+            charge = recovered_charge(record, note)
+            try:
+                applied = self._apply(record, charge)
+            except UnknownWorkflowError:
+                continue  # its ledger was deleted meanwhile
+            if applied:
+                charges.append(charge)
+        return charges
 
     def close(self) -> None:
         self._r.close()

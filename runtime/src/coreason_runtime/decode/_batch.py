@@ -11,10 +11,12 @@ deadline) leaves the forward pass there, is settled at once, and the others go o
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from coreason_runtime.decode._fields import INTERRUPTED
 from coreason_runtime.decode._stepping import Planned
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from coreason_runtime.decode._session import DecodeSession
 
 __all__ = ["pick_batch", "step_batch"]
+
+WAITED = "waited"  # a step that only waited for budget room
 
 
 class Queued(Protocol):
@@ -70,10 +74,9 @@ def step_batch(engine: DecodeEngine, sessions: Sequence[DecodeSession]) -> None:
     """
     waiting: list[tuple[DecodeSession, Planned]] = []
     done: list[tuple[DecodeSession, str]] = []
+    ready = [s for s in sessions if s.enter_step() and _covered(engine, s)]
     with engine.lock:
-        for s in sessions:
-            if not s.enter_step():
-                continue
+        for s in ready:
             try:
                 planned = s.plan_step()
             except Exception as e:
@@ -91,6 +94,30 @@ def step_batch(engine: DecodeEngine, sessions: Sequence[DecodeSession]) -> None:
                 done.extend(_forward_group(engine, group, high=high))
     for s, result in done:
         s.leave_step(result)
+
+
+def _covered(engine: DecodeEngine, s: DecodeSession) -> bool:
+    """Whether the session's meter covers its next step now. A budget lease that must wait
+    for room (other requests settling, some of them in this very batch) waits on a thread of
+    its own, the session out of the batch meanwhile, so the engine's thread never blocks."""
+    try:
+        if s.cover_next(wait=False):
+            return True
+    except Exception as e:
+        s.fail_step(e)
+        return False
+
+    def wait_for_room() -> None:
+        try:
+            covered = s.cover_next()
+        except Exception as e:
+            s.fail_step(e)
+        else:
+            s.leave_step(WAITED if covered else INTERRUPTED)
+        engine.reschedule()
+
+    threading.Thread(target=wait_for_room, name=f"coreason-room-{s.id}", daemon=True).start()
+    return False
 
 
 def _forward_group(

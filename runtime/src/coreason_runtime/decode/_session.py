@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from coreason_runtime._controls import ControlState
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import DecodeError, RequestError, SessionStateError
+from coreason_runtime.decode._closing import Closing
 from coreason_runtime.decode._edit import Checkpoint, SessionEdit, SessionEditing
 from coreason_runtime.decode._fields import (
     FINISHED,
@@ -76,6 +77,11 @@ class DecodeSession(SessionSteps, SessionEditing):
         A cache already holding the first ``n`` prompt tokens and ``n`` (a prefix cache hit).
     on_token:
         Called on the driving thread, outside the model lock, after each committed token.
+    closing:
+        With a grammar: close the value before the tokens run out (``max_new_tokens`` or the
+        meter's grant) and close a string or container that loops (:class:`Closing`); a
+        :class:`Closing` to tune it, ``False`` to decode under the bare grammar.
+        ``closing.closed`` says whether it changed the output.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class DecodeSession(SessionSteps, SessionEditing):
         deadline: float | None = None,
         prefix: tuple[DynamicCache, int] | None = None,
         on_token: Callable[[DecodeSession], None] | None = None,
+        closing: bool | Closing = True,
     ) -> None:
         if not prompt_ids:
             msg = "a decode session needs at least one prompt token"
@@ -127,6 +134,10 @@ class DecodeSession(SessionSteps, SessionEditing):
         if isinstance(grammar, str):
             grammar = GrammarMask(engine.new_matcher(grammar), engine.info)
         self.grammar = grammar
+        if closing is True:
+            self.closing = Closing(engine.info) if grammar is not None else None
+        else:
+            self.closing = closing or None
         self.next_logits: torch.Tensor | None = None
         self.n_generated = 0
         self.finish_reason: str | None = None
@@ -366,8 +377,12 @@ class DecodeSession(SessionSteps, SessionEditing):
         if not self.enter_step():
             return None
         try:
-            with self.engine.lock, self.engine.stream_context(self.stream):
-                result = self._step()
+            # a budget lease waits for room here, outside the model lock (see cover_next)
+            if self.cover_next():
+                with self.engine.lock, self.engine.stream_context(self.stream):
+                    result = self._step()
+            else:
+                result = INTERRUPTED
         except BaseException as e:
             self.fail_step(e)
             raise

@@ -98,6 +98,45 @@ class SessionSteps(SessionFields):
             raise self._timed_out("inside a forward pass") from None
         raise error
 
+    def _done(self) -> str | None:
+        """Why the next step finishes without sampling (``"length"``, ``"grammar"``), if it does."""
+        if self.n_generated >= self.max_new_tokens:
+            return "length"
+        if self.grammar is not None and self.grammar.stopped:
+            return "grammar"
+        return None
+
+    def cover_next(self, *, wait: bool = True) -> bool:
+        """Make the meter cover what the next step consumes, *before* the model lock is taken.
+
+        A budget lease may wait for requests in flight to give room back; they need the
+        model lock to finish, so the wait happens here, outside it, and :meth:`_step` then
+        finds the room granted. A pause or a cancel ends the wait early (False: the step is
+        not run); with ``wait=False`` nothing waits (False: the room may come later; a batch
+        hands the session to a thread that waits). A passed deadline raises
+        :class:`TierTimeoutError`, a refused room ``BudgetExceededError``.
+        """
+        if self.meter is None:
+            return True
+        deadline, interrupt = self.deadline, self._interrupt
+
+        def interrupted() -> bool:
+            if not wait:
+                return True
+            return interrupt.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+        if not self._prefilled:
+            if self._prompt_charged:
+                return True
+            covered = self.meter.ensure(tokens_in=self.prompt_len, interrupted=interrupted)
+        elif self._done() is not None:
+            return True
+        else:
+            covered = self.meter.ensure(tokens_out=1, interrupted=interrupted)
+        if not covered and deadline is not None and time.monotonic() > deadline:
+            raise self._timed_out("waiting for budget")
+        return covered
+
     def _step(self) -> str:
         """Prefill the prompt or decode one token. Caller holds the model lock."""
         planned = self.plan_step()
@@ -119,13 +158,14 @@ class SessionSteps(SessionFields):
         """
         if not self._prefilled:
             return self._prefill()
-        if self.n_generated >= self.max_new_tokens:
-            return self._finish("length")
-        if self.grammar is not None and self.grammar.stopped:
-            return self._finish("grammar")
+        done = self._done()
+        if done is not None:
+            return self._finish(done)
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise self._timed_out("between tokens")
         if self.meter is not None:
+            if self.grammar is not None and self.grammar.accepting and self.meter.max_out < 1:
+                return self._finish("length")  # a complete value the grant ends: no error
             self.meter.check(tokens_out=1)  # stop *before* a token the budget cannot pay
         assert self.next_logits is not None
         logits = self._masked(self.next_logits)
@@ -173,6 +213,12 @@ class SessionSteps(SessionFields):
         out = self.grammar.apply(logits) if self.grammar is not None else logits.clone()
         if early:  # too early to stop: mask every stop token
             out[list(self.engine.stop_ids)] = float("-inf")
+        elif self.closing is not None and self.grammar is not None:  # never cut off mid-value
+            left = self.max_new_tokens - self.n_generated
+            if self.meter is not None:
+                left = min(left, self.meter.max_out)
+            output = self._tokens[self.prompt_len :]
+            out = self.closing.narrow(out, self.grammar, left, output, greedy=self.sampler.greedy)
         self.timings.mask += time.perf_counter() - t0
         return out
 

@@ -7,6 +7,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -14,7 +15,8 @@ from typing import Any, Literal, TypeVar
 from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._exceptions import ConfigurationError, TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
-from coreason_runtime.tensor._types import BaseTier
+from coreason_runtime.serve._limits import check_queue
+from coreason_runtime.tensor._types import BaseTier, UnmeteredMeter
 
 __all__ = ["Job", "ModelHost"]
 
@@ -40,15 +42,24 @@ class Job:
     temperature: float
     seed: int | None
     schema: Any = None
+    deadline: float | None = None  # monotonic; set at arrival, so queueing counts
     on_text: Callable[[str], None] | None = None
     controls: Controls = field(default_factory=Controls)
     workflow_id: str = field(default_factory=lambda: f"serve-{next(_job_ids)}")
     cancelled: threading.Event = field(default_factory=threading.Event)
     ticket: Ticket = field(init=False)
+    # counts the job's tokens as they are decoded (streamed usage reads it)
+    meter: UnmeteredMeter = field(init=False)
 
     def __post_init__(self) -> None:
         # opened now, so a cancel that comes while the job is queued already reaches it
         self.ticket = self.controls.open(self.workflow_id)
+        self.meter = UnmeteredMeter(self.max_tokens)
+
+    def limit_output(self, max_tokens: int) -> None:
+        """Decode at most ``max_tokens`` (what fits in the model's context beside the prompt)."""
+        self.max_tokens = max_tokens
+        self.meter = UnmeteredMeter(max_tokens)
 
     def cancel(self) -> None:
         """Stop the job: nobody will read its answer. Idempotent."""
@@ -67,12 +78,16 @@ class ModelHost:
     rest queue in arrival order. ``batch=1`` serves one request at a time.
     """
 
-    def __init__(self, source: Any, model_name: str, *, batch: int = 8) -> None:
+    def __init__(
+        self, source: Any, model_name: str, *, max_queue: int = 16, batch: int = 8
+    ) -> None:
         if batch < 1:
             msg = f"batch must be at least 1, got {batch}"
             raise ConfigurationError(msg)
         self.model_name = model_name
+        self.max_queue = max_queue
         self.batch = batch
+        self._seconds_per_request = 1.0  # a running mean of model time per request
         self._source = source
         self._backend: Backend | None = None
         self._error: str | None = None
@@ -155,16 +170,46 @@ class ModelHost:
 
     # --- model work ------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on a model thread, once fewer than ``batch`` requests run."""
+    def check_capacity(self) -> None:
+        """Raise :class:`ServerBusyError` if the queue is full now (nothing is taken)."""
         with self._count_lock:
+            check_queue(self._waiting, self.max_queue, self._seconds_per_request / self.batch)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)`` for a model thread; its future.
+
+        Raises
+        ------
+        ServerBusyError
+            ``max_queue`` requests are already queued or running (nothing was queued).
+        """
+        with self._count_lock:
+            check_queue(self._waiting, self.max_queue, self._seconds_per_request / self.batch)
             self._waiting += 1
         try:
-            future = self._executor.submit(fn, *args)
-            return await asyncio.wrap_future(future)
+            future = self._executor.submit(self._timed, fn, *args)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(lambda _: self._release())
+        return asyncio.wrap_future(future)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on a model thread, once fewer than ``batch`` requests run."""
+        return await self.submit(fn, *args)
+
+    def _timed(self, fn: Callable[..., T], *args: Any) -> T:
+        started = time.monotonic()
+        try:
+            return fn(*args)
         finally:
+            spent = time.monotonic() - started
             with self._count_lock:
-                self._waiting -= 1
+                self._seconds_per_request += 0.2 * (spent - self._seconds_per_request)
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._waiting -= 1
 
     def close(self) -> None:
         """Drop queued requests, wait for those decoding, then release the model.

@@ -69,6 +69,8 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     include_usage: bool = False
+    # vLLM's extension: usage (so far) on every chunk, so a client can meter the stream exactly
+    continuous_usage_stats: bool = False
 
 
 class ChatRequest(BaseModel):

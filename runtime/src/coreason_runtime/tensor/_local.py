@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from coreason_runtime._controls import Ticket
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
+    ContextLengthError,
     CoreasonError,
     RequestError,
     SchemaCompileError,
@@ -49,21 +50,25 @@ SYSTEM_HINT = (
 
 
 class _TextStream:
-    """Publishes a session's text as it grows: ``tokens.batch`` events and ``on_delta``."""
+    """Publishes a session's text as it grows: ``tokens.batch`` events and ``on_delta``; counts
+    its tokens on the request's ticket."""
 
     def __init__(
         self,
         tier: LocalTier,
+        ticket: Ticket,
         workflow_id: str | None,
         on_delta: Callable[[str], None] | None,
     ) -> None:
         self._tier = tier
+        self._ticket = ticket
         self._workflow_id = workflow_id
         self._on_delta = on_delta
         self._text = ""
         self._count = 0
 
     def on_token(self, session: DecodeSession) -> None:
+        self._ticket.count_tokens(1)  # the workflow's running count (views, handles)
         if session.n_generated % self._tier.stream_every == 0:
             self.flush(session)
 
@@ -93,8 +98,9 @@ class LocalTier(SteerableTier):
     """The local model as a steerable tier: its output always parses under the grammar.
 
     Sessions run on ``engine`` (the runtime's decode engine, sharing the model's lock), so
-    concurrent requests decode in one batch, their tokens sharing forward passes, and every mechanism of the engine (pause at a
-    layer boundary, checkpoints, span repair) applies to a request in flight. Prompts share
+    concurrent requests decode in one batch, their tokens sharing forward passes, and every
+    mechanism of the engine (pause at a layer boundary, checkpoints, span repair) applies to a
+    request in flight. Prompts share
     KV through a prefix cache bounded by ``prefix_cache_tokens``.
 
     Parameters
@@ -107,6 +113,10 @@ class LocalTier(SteerableTier):
         Where ``tokens.batch``, ``cache.prefix_reused`` and ``decode.*`` events go.
     engine
         The decode engine to run sessions on; one over ``loaded`` when omitted.
+    close_values
+        Close a value before the tokens run out, and close a looping string or array
+        (:class:`~coreason_runtime.decode._closing.Closing`); ``False`` decodes under the
+        bare grammar (benchmarks compare the two).
     """
 
     name = "local"
@@ -122,8 +132,10 @@ class LocalTier(SteerableTier):
         prefix_cache_tokens: int = 4096,
         stream_every: int = 8,
         timeout: float = DEFAULT_TIMEOUT,
+        close_values: bool = True,
     ) -> None:
         self.loaded = loaded
+        self.close_values = close_values
         self.bus = bus if bus is not None else (engine.bus if engine is not None else EventBus())
         self._own_engine = engine is None
         self.engine = engine or DecodeEngine(
@@ -153,6 +165,13 @@ class LocalTier(SteerableTier):
         """Stop the decode engine's thread if this tier made the engine."""
         if self._own_engine:
             self.engine.close()
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens, prompt and output together, the model attends to (its config's
+        ``max_position_embeddings``; None for an architecture that names no such bound)."""
+        n = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
 
     # --- prompts -----------------------------------------------------------------------------
 
@@ -213,9 +232,24 @@ class LocalTier(SteerableTier):
             Past ``request.timeout`` (or the tier's default), prefill included.
         SchemaCompileError, SchemaCompileTimeout
             The schema has no local grammar (the router skips the tier on these).
+        VerifierError
+            ``request.verify``'s verifiers misbehaved.
+
+        With ``request.verify`` the answer is verified in its session before the session is
+        let go, and each rejected field re-decoded in place (``VerifyJob.run``; the repair
+        tokens are charged to ``meter``); ``TierOutput.verification`` says what happened.
         """
         grammar = self._grammar(request.schema, request.workflow_id)
         messages = self.schema_messages(request.messages, request.schema)
+        finish = None
+        job = request.verify
+        if job is not None:
+            from coreason_runtime.verify._span import CountingMeter, SessionDraft
+
+            def finish(session: DecodeSession) -> Any:
+                repair_meter = CountingMeter(meter, request.ticket)
+                return job.run(SessionDraft(session), repair_meter, request.ticket.checkpoint)
+
         return self.decode(
             self.encode_messages(messages),
             max_tokens=request.max_tokens,
@@ -225,6 +259,7 @@ class LocalTier(SteerableTier):
             timeout=request.timeout,
             ticket=request.ticket,
             workflow_id=request.workflow_id,
+            finish=finish,
         )
 
     def complete_text(
@@ -288,14 +323,19 @@ class LocalTier(SteerableTier):
         workflow_id: str,
         on_delta: Callable[[str], None] | None = None,
         ignore_eos: bool = False,
+        finish: Callable[[DecodeSession], Any] | None = None,
     ) -> TierOutput:
         """Decode ``prompt`` as one session under the ticket's controls; its output.
+
+        ``finish(session)`` runs on the finished session before it is let go (verification
+        and span repair); what it returns is the output's ``verification``.
 
         Raises whatever stopped it, with this tier and the workflow named on the error.
         """
         if max_tokens < 1:
             msg = f"max_tokens must be at least 1, got {max_tokens}"
             raise RequestError(msg, workflow_id=workflow_id, tier=self.name)
+        self._fit_context(len(prompt), max_tokens, workflow_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         cache, reused = self.prefix_cache.lookup(prompt, self.loaded.model.config)
@@ -307,7 +347,7 @@ class LocalTier(SteerableTier):
                 reused=reused,
                 prefill=len(prompt) - reused,
             )
-        stream = _TextStream(self, workflow_id, on_delta)
+        stream = _TextStream(self, ticket, workflow_id, on_delta)
         session = self.engine.session(
             prompt,
             chat=False,
@@ -320,9 +360,14 @@ class LocalTier(SteerableTier):
             deadline=deadline,
             prefix=(cache, reused),
             on_token=stream.on_token,
+            closing=self.close_values,
         )
+        verification = None
         try:
             self._drive(session, ticket)
+            stream.flush(session, final=True)
+            if finish is not None:
+                verification = finish(session)
         except CoreasonError as e:
             e.tier = e.tier or self.name
             e.workflow_id = e.workflow_id or workflow_id
@@ -330,8 +375,26 @@ class LocalTier(SteerableTier):
         finally:
             if session.prefilled:  # the KV is exact for the tokens it holds, whatever happened
                 self.prefix_cache.store(list(session.tokens[: session.kv_length]), session.cache)
-        stream.flush(session, final=True)
-        return self._output(session, time.perf_counter() - started)
+        output = self._output(session, time.perf_counter() - started)
+        output.verification = verification
+        return output
+
+    def _fit_context(self, prompt_tokens: int, max_tokens: int, workflow_id: str) -> None:
+        """Refuse, before any prefill, a request the model's context cannot hold."""
+        context = self.context_length
+        if context is None or prompt_tokens + max_tokens <= context:
+            return
+        msg = (
+            f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the "
+            f"model's context of {context} tokens"
+        )
+        raise ContextLengthError(
+            msg,
+            limit=context,
+            size=prompt_tokens + max_tokens,
+            workflow_id=workflow_id,
+            tier=self.name,
+        )
 
     @staticmethod
     def _drive(session: DecodeSession, ticket: Ticket) -> None:
@@ -370,6 +433,7 @@ class LocalTier(SteerableTier):
             tokens_out=session.n_generated,
             model=self.loaded.name,
             finish_reason=finish,
+            closed=session.closing.closed if session.closing is not None else None,
             extra={
                 "revision": self.loaded.revision,
                 "reused_tokens": session.reused_tokens,

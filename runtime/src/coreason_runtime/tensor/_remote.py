@@ -35,6 +35,7 @@ from coreason_runtime.tensor._types import (
     TierOutput,
     TierRequest,
 )
+from coreason_runtime.tensor._usage import StreamMeter, TokenCounter, TokenizerCounter
 
 if TYPE_CHECKING:
     from openai import OpenAI, Stream
@@ -60,12 +61,14 @@ class RemoteTier(BlackBoxTier):
     The schema goes out as a strict ``response_format`` (``request.schema.openai``, built by the
     compiler); the answer streams back and is metered as it arrives: each content chunk is
     charged with ``meter.charge(tokens_out=n)`` before it is kept, the prompt tokens when the
-    server reports them, and the final ``usage`` trues the count up. ``n`` is a lower bound on
-    the chunk's real tokens, because meters take no credits: 1 per chunk (every content chunk
-    holds at least one token), or, with ``token_counter``, the growth of the count of all text
-    so far less one (the last token may still be growing). When the meter raises
-    :class:`BudgetExceededError` the HTTP stream is closed at once, so the overshoot is at most
-    one chunk. Only what really arrived is ever charged.
+    server reports them. ``n`` is exact when the server sends usage on every chunk (asked for
+    with ``stream_options.continuous_usage_stats``; a server that rejects the option is asked
+    again without it, and never again); otherwise a lower bound: with ``token_counter`` the
+    growth of the count of all text so far less one (the last token may still be growing),
+    else 1 per chunk. The final ``usage`` replaces the estimates (``meter.correct``), so the
+    charge equals the server's count. When the meter raises :class:`BudgetExceededError` the
+    HTTP stream is closed at once, so the cut-off lands within one chunk of the ceiling. Only
+    what really arrived is ever charged.
 
     Parameters
     ----------
@@ -74,7 +77,10 @@ class RemoteTier(BlackBoxTier):
     bus:
         Where ``tokens.batch`` and rate-limit ``runtime.log`` events go; optional.
     token_counter:
-        Counts the tokens of a text fragment; without one each content chunk counts as 1.
+        Counts the tokens of a text (None when it cannot), for the prompt estimate and for
+        chunks that carry no usage; without one such a chunk counts as 1.
+    usage_per_chunk:
+        Ask the server for usage on every chunk (``continuous_usage_stats``).
     rate_limit_attempts:
         How many requests to make in all while the server answers 429.
     max_retry_wait:
@@ -88,7 +94,8 @@ class RemoteTier(BlackBoxTier):
         config: OracleConfig,
         bus: EventBus | None = None,
         *,
-        token_counter: Callable[[str], int] | None = None,
+        token_counter: TokenCounter | None = None,
+        usage_per_chunk: bool = True,
         rate_limit_attempts: int = 3,
         max_retry_wait: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -103,6 +110,7 @@ class RemoteTier(BlackBoxTier):
         self.bus = bus
         self.model = config.model
         self.token_counter = token_counter
+        self.usage_per_chunk = usage_per_chunk
         self.rate_limit_attempts = rate_limit_attempts
         self.max_retry_wait = max_retry_wait
         self._sleep = sleep
@@ -121,9 +129,16 @@ class RemoteTier(BlackBoxTier):
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> RemoteTier | None:
-        """The runtime's oracle (``rt.config.oracle``) on ``rt.bus``, or ``None`` if unset."""
+        """The runtime's oracle (``rt.config.oracle``) on ``rt.bus``, or ``None`` if unset.
+
+        Streams without usage per chunk are counted with the tokenizer the config names
+        (``COREASON_ORACLE_TOKENIZER``), else the local model's, loaded on first use.
+        """
         config = rt.config.oracle
-        return None if config is None else cls(config, rt.bus)
+        if config is None:
+            return None
+        counter = TokenizerCounter(config.tokenizer or rt.config.model)
+        return cls(config, rt.bus, token_counter=counter)
 
     def _openai(self) -> OpenAI:
         with self._client_lock:
@@ -181,7 +196,7 @@ class RemoteTier(BlackBoxTier):
             "max_completion_tokens": max_out,
             "temperature": request.temperature,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": self._stream_options(),
             "timeout": timeout,
         }
         if request.seed is not None:
@@ -223,11 +238,23 @@ class RemoteTier(BlackBoxTier):
             return compiled.openai
         return {"type": "json_schema", "json_schema": compiled.openai}
 
+    def _stream_options(self) -> dict[str, bool]:
+        if self.usage_per_chunk:
+            return {"include_usage": True, "continuous_usage_stats": True}
+        return {"include_usage": True}
+
     def _open(self, body: dict[str, Any], request: TierRequest) -> Stream[ChatCompletionChunk]:
         import openai
 
         try:
             return self._openai().chat.completions.create(**body)  # type: ignore[no-any-return]
+        except openai.BadRequestError as e:
+            if not (self.usage_per_chunk and _rejects_usage_per_chunk(e)):
+                raise self._translate(e, request, started=False) from self._scrubbed(e)
+            # a strict server (OpenAI's own) refuses vLLM's option: count chunks instead
+            logger.info("the oracle refused continuous_usage_stats; counting chunks instead")
+            self.usage_per_chunk = False
+            return self._open({**body, "stream_options": self._stream_options()}, request)
         except openai.APIError as e:
             raise self._translate(e, request, started=False) from self._scrubbed(e)
 
@@ -261,10 +288,7 @@ class RemoteTier(BlackBoxTier):
         deadline: float,
         timeout: float,
     ) -> TierOutput:
-        parts: list[str] = []
-        charged_in = charged_out = 0
-        usage_in: int | None = None
-        usage_out: int | None = None
+        metered = StreamMeter(meter, self.token_counter)
         finish: str | None = None
         model = self.model
         unreported = 0  # tokens (and parts[reported:], their text) not yet published
@@ -273,48 +297,36 @@ class RemoteTier(BlackBoxTier):
         try:
             while (chunk := self._next_chunk(chunks, request, timeout)) is not None:
                 model = chunk.model or model
-                usage = chunk.usage
-                if usage is not None:
-                    usage_out = usage.completion_tokens
-                    if usage_in is None and usage.prompt_tokens is not None:
-                        usage_in = usage.prompt_tokens
-                        meter.charge(tokens_in=usage_in)
-                        charged_in = usage_in
-                for choice in chunk.choices or ():
-                    delta = choice.delta
-                    text = delta.content if delta is not None else None
-                    if text:
-                        n = self._count(text, parts, charged_out)
-                        # Charged before it is kept: a refusal closes the stream here.
-                        meter.charge(tokens_out=n)
-                        charged_out += n
-                        unreported += n
-                        parts.append(text)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+                choices = chunk.choices or ()
+                texts = [c.delta.content if c.delta is not None else None for c in choices]
+                # the chunk's usage (continuous usage) counts its text: charged with the text
+                unreported += metered.chunk("".join(t for t in texts if t) or None, chunk.usage)
+                for choice in choices:
+                    finish = choice.finish_reason or finish
                 if unreported >= _TOKENS_EVENT_EVERY:
-                    self._emit_tokens(request, "".join(parts[reported:]), unreported, charged_out)
-                    unreported, reported = 0, len(parts)
+                    self._emit_tokens(request, metered, reported, unreported)
+                    unreported, reported = 0, len(metered.parts)
                 if time.monotonic() > deadline:
                     msg = f"the oracle did not finish within {timeout:g}s"
                     raise TierTimeoutError(msg, workflow_id=request.workflow_id, tier=self.name)
         finally:
             stream.close()
             if unreported:
-                self._emit_tokens(request, "".join(parts[reported:]), unreported, charged_out)
+                self._emit_tokens(request, metered, reported, unreported)
         if finish is None:
             msg = (
-                f"the oracle's stream ended before a finish_reason ({charged_out} output tokens "
-                "received): cut off mid-way"
+                f"the oracle's stream ended before a finish_reason ({metered.charged_out} output "
+                "tokens received): cut off mid-way"
             )
             raise ProtocolError(msg, workflow_id=request.workflow_id, tier=self.name)
+        tokens_in, tokens_out = metered.final()
         return TierOutput(
-            text="".join(parts),
-            tokens_in=charged_in,
-            tokens_out=_true_up(meter, usage_out, charged_out),
+            text="".join(metered.parts),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
             model=model,
             finish_reason=finish,
-            extra={"usage_reported": usage_out is not None},
+            extra={"usage_reported": metered.usage_out is not None},
         )
 
     def _next_chunk(
@@ -340,37 +352,35 @@ class RemoteTier(BlackBoxTier):
                 msg, workflow_id=request.workflow_id, tier=self.name
             ) from self._scrubbed(e)
 
-    def _count(self, text: str, before: list[str], charged: int) -> int:
-        if self.token_counter is None:
-            return 1
-        so_far = int(self.token_counter("".join(before) + text))
-        return max(0, so_far - 1 - charged)
-
     def count_prompt(self, messages: Messages, compiled: CompiledSchema | None = None) -> int:
-        """An estimate of the prompt's tokens (the schema included), for the reservation."""
-        if self.token_counter is None:
+        """An estimate of the prompt's tokens (the schema included), for the lease."""
+        counts = [self.token_counter(m["content"]) for m in messages] if self.token_counter else []
+        if not counts or None in counts:
             return super().count_prompt(messages, compiled)
-        counter = self.token_counter
-        base = sum(int(counter(m["content"])) + 8 for m in messages)
-        if compiled is None:
+        base = sum(int(n or 0) + 8 for n in counts)
+        if compiled is None or self.token_counter is None:
             return base
         schema = compiled.openai if compiled.openai is not None else compiled.spec.json_schema
-        return base + int(counter(json.dumps(schema, separators=(",", ":")))) + 16
+        n_schema = self.token_counter(json.dumps(schema, separators=(",", ":")))
+        return base + (n_schema or 0) + 16
 
     @property
     def model_name(self) -> str:
         return self.model
 
-    def _emit_tokens(self, request: TierRequest, text: str, tokens: int, total: int) -> None:
+    def _emit_tokens(
+        self, request: TierRequest, metered: StreamMeter, since: int, tokens: int
+    ) -> None:
+        """Publish the text received since part ``since`` and its ``tokens``."""
         if self.bus is not None:
             self.bus.emit(
                 EventType.TOKENS,
                 workflow_id=request.workflow_id,
                 source="tier.oracle",
                 tier=self.name,
-                delta=text,
+                delta="".join(metered.parts[since:]),
                 tokens_out=tokens,
-                total_out=total,
+                total_out=metered.charged_out,
             )
 
     # --- errors, with the key scrubbed -------------------------------------------------------
@@ -428,20 +438,10 @@ def _root(e: BaseException) -> str:
     return type(e).__name__
 
 
-def _true_up(meter: Meter, usage_out: int | None, charged_out: int) -> int:
-    """The output tokens to report: the server's own count when it is higher than what was
-    charged (the difference is charged now), else what was charged (meters give no credit)."""
-    if usage_out is not None and usage_out > charged_out:
-        # charges were lower bounds, so the true-up is never negative
-        meter.charge(tokens_out=usage_out - charged_out)
-        return usage_out
-    if usage_out is not None and usage_out < charged_out:
-        logger.warning(
-            "oracle reported %d output tokens, %d were charged (no credit)",
-            usage_out,
-            charged_out,
-        )
-    return charged_out
+def _rejects_usage_per_chunk(e: Exception) -> bool:
+    """Whether a 400 names the usage-per-chunk option (a server that does not know it)."""
+    text = str(getattr(e, "message", "") or e)
+    return "continuous_usage_stats" in text or "stream_options" in text
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -6,7 +6,9 @@ import html
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,11 +19,14 @@ if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
     from coreason_runtime.tensor._compiler import UniversalCompiler
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+    from coreason_runtime.verify import RepairRecord, Verdict
+    from coreason_runtime.verify._driver import Outcome, VerifyJob
 
 __all__ = [
     "Attempt",
     "BaseTier",
     "BlackBoxTier",
+    "FailureKind",
     "Messages",
     "Meter",
     "Result",
@@ -37,8 +42,31 @@ Messages = list[dict[str, str]]
 T = TypeVar("T")
 
 
+class FailureKind(StrEnum):
+    """Why an attempt failed: what the correction policy builds the next attempt from."""
+
+    TRUNCATED = "truncated"  # the output ran to max_tokens (or the grant) mid-value
+    INVALID_JSON = "invalid_json"  # it ended, but is not JSON
+    SCHEMA_VIOLATION = "schema_violation"  # JSON that the schema rejects
+    VERIFIER_FAILURE = "verifier_failure"  # valid, but a verifier rejected it
+    TIMEOUT = "timeout"
+    DEAD_END = "dead_end"  # the grammar allowed no token the model could produce
+    TRANSPORT = "transport"  # the tier could not be reached or its stream broke
+    BUDGET = "budget"  # the ceiling was reached
+    ABORTED = "aborted"  # an operator aborted the workflow
+    COMPILE = "compile"  # no form of the schema for this tier: skipped
+    CRASH = "crash"  # the tier raised something it should not have
+
+
 class Attempt(BaseModel):
-    """One try on one tier: what it cost and how it failed, if it did."""
+    """One try on one tier: what it cost and how it failed, if it did.
+
+    ``failure`` classifies a failed attempt; ``max_tokens`` is the output limit it ran
+    under (it grows after a truncation); ``repeat_of`` names an earlier failed attempt of
+    the same tier whose output this one repeated token for token; ``closed`` says the
+    local tier closed the value early (``"budget"``: before the tokens ran out,
+    ``"repetition"``: a loop), so the answer may be shorter than the model wanted.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -54,6 +82,10 @@ class Attempt(BaseModel):
     model: str | None = None
     duration_s: float = 0.0
     skipped: bool = False
+    failure: FailureKind | None = None
+    max_tokens: int | None = None
+    repeat_of: int | None = None
+    closed: str | None = None
 
 
 @dataclass
@@ -62,7 +94,16 @@ class Result(Generic[T]):
 
     ``value`` is an instance of the requested pydantic model (or a ``dict``/value for a raw
     JSON schema); ``tier`` is the tier that answered; ``attempts`` lists every attempt made on
-    the way, failures included; ``cost`` is the total C charged for this call.
+    the way, failures included; ``cost`` is the total C charged for this call (span tiers'
+    repairs included). ``closed`` is
+    set when the local tier closed the value early (see :class:`Attempt`); the value was
+    validated all the same.
+
+    ``verified`` is true only when the request named verifiers (``verify=``) and every one of
+    them passed this value; ``verification`` is their verdict (how each decided), ``repairs``
+    every field repair tried on the way (accepted or not), in order. ``thunks`` are the lazy
+    fields still holding a ``⟦name(args)⟧`` placeholder (pointer -> ``(name, args)``), unpaid
+    until ``rt.router.force(result, pointer)``.
     """
 
     value: T
@@ -75,6 +116,11 @@ class Result(Generic[T]):
     seed: int | None = None
     schema_key: str | None = None
     revision: str | None = None
+    verified: bool = False
+    repairs: list[RepairRecord] = field(default_factory=list)
+    verification: Verdict | None = None
+    thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    closed: str | None = None
 
     @property
     def tokens_in(self) -> int:
@@ -97,6 +143,11 @@ class Result(Generic[T]):
             "attempts": len(self.attempts),
             "workflow_id": self.workflow_id,
             "schema_key": self.schema_key,
+            "verified": self.verified,
+            "repairs": [
+                {"field": r.field, "tier": r.tier, "accepted": r.accepted, "cost": r.cost}
+                for r in self.repairs
+            ],
         }
 
     def _value_json(self) -> str:
@@ -115,16 +166,43 @@ class Result(Generic[T]):
         return (
             f"<div class='coreason-result'><b>tier</b> {html.escape(self.tier)} · "
             f"<b>cost</b> {self.cost:g} · <b>workflow</b> {html.escape(self.workflow_id)}"
-            f" · <b>model</b> {html.escape(str(self.model))}"
+            f" · <b>model</b> {html.escape(str(self.model))}{self._verdict_html()}"
             f"<pre>{html.escape(self._value_json())}</pre>"
             "<table><tr><th>tier</th><th>#</th><th>in</th><th>out</th><th>C</th><th>status</th>"
-            f"</tr>{rows}</table></div>"
+            f"</tr>{rows}</table>{self._repairs_html()}</div>"
+        )
+
+    def _verdict_html(self) -> str:
+        if self.verification is None:
+            return " · <b>unverified</b>"
+        if self.verified:
+            how = ", ".join(sorted(set(self.verification.methods.values())))
+            return f" · <b style='color:#2ca02c'>verified</b> ({html.escape(how)})"
+        return (
+            f" · <b style='color:#d62728'>rejected</b>: {html.escape(self.verification.describe())}"
+        )
+
+    def _repairs_html(self) -> str:
+        if not self.repairs:
+            return ""
+        rows = "".join(
+            f"<tr><td>{html.escape(r.field)}</td><td>{html.escape(r.tier)}</td>"
+            f"<td>{'accepted' if r.accepted else 'rejected'}</td><td>{r.candidates}</td>"
+            f"<td>{r.tokens_in}</td><td>{r.tokens_out}</td><td>{r.cost:g}</td>"
+            f"<td><code>{html.escape(r.old)}</code> → <code>{html.escape(r.new)}</code></td></tr>"
+            for r in self.repairs
+        )
+        return (
+            "<table class='coreason-repairs'><tr><th>field</th><th>tier</th><th>repair</th>"
+            "<th>candidates</th><th>in</th><th>out</th><th>C</th><th>span</th></tr>"
+            f"{rows}</table>"
         )
 
     def __repr__(self) -> str:
+        verdict = "" if self.verification is None else f", verified={self.verified}"
         return (
-            f"Result(tier={self.tier!r}, cost={self.cost:g}, attempts={len(self.attempts)}, "
-            f"value={self.value!r})"
+            f"Result(tier={self.tier!r}, cost={self.cost:g}, attempts={len(self.attempts)}"
+            f"{verdict}, value={self.value!r})"
         )
 
 
@@ -146,36 +224,64 @@ class TierRequest:
     timeout: float | None = None
     attempt: int = 1
     ticket: Ticket = field(default_factory=Ticket.detached)
+    verify: VerifyJob | None = None
 
 
 @dataclass
 class TierOutput:
-    """What a tier produced, with the tokens it really consumed."""
+    """What a tier produced, with the tokens it really consumed.
+
+    ``finish_reason`` is ``"length"`` when the output ran out of tokens before it ended;
+    ``closed`` says a steerable tier ended the value early itself (see :class:`Attempt`).
+    """
 
     text: str
     tokens_in: int
     tokens_out: int
     model: str
     finish_reason: str = "stop"
+    closed: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    verification: Outcome | None = None
 
 
 @runtime_checkable
 class Meter(Protocol):
     """Charges tokens as they are consumed; raises ``BudgetExceededError`` to stop a tier.
 
-    ``max_out`` is how many output tokens the grant still allows. A tier that can stop
+    ``max_out`` is how many output tokens the budget could still grant. A tier that can stop
     *before* consuming (a local decoder) calls :meth:`check` first and never overshoots; a
     stream that learns of tokens only when they arrive calls :meth:`charge` alone and
     overshoots by at most that chunk. Tokens charged are recorded even when the charge raises.
+
+    A budget lease may *wait* (bounded) inside :meth:`check`, :meth:`charge` and
+    :meth:`ensure` for requests in flight to give room back. Code that holds a lock other
+    requests need in order to finish (the local model's lock) calls :meth:`ensure` *before*
+    taking it, so that :meth:`check` and :meth:`charge` under the lock find the room there;
+    ``interrupted`` lets a pause or an abort end the wait early.
     """
 
     @property
     def max_out(self) -> int: ...
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Make sure consuming this much more is covered; False if interrupted while waiting,
+        ``BudgetExceededError`` if it cannot be."""
+        ...
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None: ...
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None: ...
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        """Replace the counts charged so far by exact totals (a server's usage), up or down."""
+        ...
 
 
 class UnmeteredMeter:
@@ -190,12 +296,25 @@ class UnmeteredMeter:
     def max_out(self) -> int:
         return self._max_out - self.tokens_out
 
+    def ensure(
+        self,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        *,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Always covered: there is no ceiling."""
+        return True
+
     def check(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         """Never refuses: there is no ceiling."""
 
     def charge(self, tokens_in: int = 0, tokens_out: int = 0) -> None:
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
+
+    def correct(self, tokens_in: int, tokens_out: int) -> None:
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
 
 
 @runtime_checkable

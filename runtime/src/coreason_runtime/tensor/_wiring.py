@@ -74,5 +74,7 @@ def default_tiers(rt: Coordinator) -> list[Tier]:
     if rt.config.oracle is not None:
         from coreason_runtime.tensor._remote import RemoteTier
 
-        tiers.append(RemoteTier(rt.config.oracle, bus=rt.bus))
+        oracle = RemoteTier.for_runtime(rt)
+        if oracle is not None:
+            tiers.append(oracle)
     return tiers
