@@ -289,3 +289,44 @@ def test_a_session_waiting_for_budget_room_does_not_stall_the_batch(
     assert starved.wait(timeout=60) is SessionState.FINISHED
     assert [starved.output_ids, other.output_ids] == alone
     assert meter.waits > 0
+
+
+def test_a_dynamically_quantised_layer_computes_each_row_as_if_alone() -> None:
+    import torch
+    from coreason_runtime.models._fast import rowwise
+    from coreason_runtime.models._formats import Int4Linear, Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=False)
+    x = torch.randn(6, 64)
+    x[0] *= 50  # one loud row: a scale shared over the batch would coarsen the others
+    int8 = Int8Linear(lin)
+    alone = torch.cat([int8(x[i : i + 1]) for i in range(6)])
+    assert not torch.equal(int8(x), alone)  # one call scales the whole batch
+    assert torch.equal(rowwise(int8, x), alone)
+    int4 = Int4Linear(lin)  # weight-only: rows are independent, one call for the batch
+    assert torch.equal(rowwise(int4, x), torch.cat([int4(x[i : i + 1]) for i in range(6)]))
+
+
+@pytest.mark.model
+def test_batched_greedy_outputs_under_the_precision_map_equal_each_alone() -> None:
+    import torch
+    from coreason_runtime import EventBus
+    from coreason_runtime.models import load_model
+
+    from tests._fixtures.serve import shared_model_cache
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    loaded = load_model(device="cpu", cache_dir=shared_model_cache())
+    engine = DecodeEngine(loaded.model, loaded.tokenizer, bus=EventBus())
+    try:
+        prompts = [*PROMPTS, "Name a colour.", "Write a haiku about rain."]
+        alone = [_alone(engine, p, max_new_tokens=24) for p in prompts]
+        sessions = [engine.session(p, max_new_tokens=24) for p in prompts]
+        _together(engine, sessions)
+        assert engine.largest_batch == len(prompts)
+        assert [s.output_ids for s in sessions] == alone
+    finally:
+        engine.close()
+        torch.set_num_threads(threads)

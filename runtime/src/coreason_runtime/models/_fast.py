@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from coreason_runtime.models._formats import per_call_scaled
 from coreason_runtime.models._gate import GateHook
 
-__all__ = ["FastStep", "run_checks"]
+__all__ = ["FastStep", "rowwise", "run_checks"]
 
 Check = Callable[[], None]
 
@@ -164,9 +165,9 @@ class FastStep:
             b = len(rows)
             attn = layer.self_attn
             h = _rms(layer.input_layernorm, x)
-            q = attn.q_proj(h).view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            q = rowwise(attn.q_proj, h).view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            k = rowwise(attn.k_proj, h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            v = rowwise(attn.v_proj, h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
             outs = []
@@ -182,14 +183,30 @@ class FastStep:
                     )
                 )
             o = torch.cat(outs)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            x = x + rowwise(attn.o_proj, o.transpose(1, 2).reshape(b, 1, -1))
             mlp = layer.mlp
             h = _rms(layer.post_attention_layernorm, x)
-            x = x + mlp.down_proj(nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            x = x + rowwise(
+                mlp.down_proj,
+                nn.functional.silu(rowwise(mlp.gate_proj, h)) * rowwise(mlp.up_proj, h),
+            )
         if not rows:
             return x[:0, -1], rows
         out: torch.Tensor = _rms(self.norm, x)[:, -1]
         return out, rows
+
+
+def rowwise(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for a batch of rows, each row's result what it would be alone.
+
+    A dynamically quantised layer (fbgemm int8) scales its activations over the whole input
+    of a call, so one row's output would depend on the other rows of the batch: it runs row
+    by row. Every other layer computes each row on its own already and runs once.
+    """
+    if x.shape[0] > 1 and per_call_scaled(module):
+        return torch.cat([module(x[i : i + 1]) for i in range(x.shape[0])])
+    out: torch.Tensor = module(x)
+    return out
 
 
 def run_checks(

@@ -202,7 +202,9 @@ class LayerGate:
             return out
         head = model.get_output_embeddings()
         if not self._split_head or self.head_rows <= 0:
-            logits = head(hidden).float()
+            from coreason_runtime.models._fast import rowwise
+
+            logits = rowwise(head, hidden).float()
         else:
             from coreason_runtime.models._fast import run_checks
 
