@@ -330,3 +330,21 @@ def test_batched_greedy_outputs_under_the_precision_map_equal_each_alone() -> No
     finally:
         engine.close()
         torch.set_num_threads(threads)
+
+
+def test_a_full_engine_refuses_a_session_with_a_typed_error(engine: DecodeEngine) -> None:
+    from coreason_runtime._exceptions import ServerBusyError
+
+    engine.max_sessions = 2
+    held = [engine.session(p, max_new_tokens=8, sampler=_hot(6)) for p in PROMPTS[:2]]
+    for s in held:
+        s.pause(wait=False)  # parked: queued on the engine, not decoding
+        engine.submit(s, paused_ok=True)
+    extra = engine.session(PROMPTS[2], max_new_tokens=8)
+    with pytest.raises(ServerBusyError, match="full") as info:
+        engine.submit(extra)
+    assert info.value.retryable
+    assert extra.state is SessionState.CREATED  # nothing was queued
+    held[0].cancel()
+    assert held[0].wait(timeout=10) is SessionState.FINISHED
+    _together(engine, [extra])  # room again once one has left

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import DecodeError, RequestError
+from coreason_runtime._exceptions import DecodeError, RequestError, ServerBusyError
 from coreason_runtime.decode._batch import pick_batch, step_batch
 from coreason_runtime.decode._fields import SessionFields
 from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, new_matcher, tokenizer_info
@@ -86,6 +86,11 @@ class DecodeEngine:
     lock:
         The lock that serialises every forward pass on ``model`` (a ``LoadedModel``'s own,
         when the model is shared); a new one by default.
+    max_batch:
+        The most sessions of the engine's thread stepped together in one forward pass.
+    max_sessions:
+        The most sessions queued or decoding on the engine's thread; one more submitted is
+        refused with :class:`ServerBusyError` (None: no bound).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class DecodeEngine:
         bus: EventBus | None = None,
         lock: threading.RLock | None = None,
         max_batch: int = 16,
+        max_sessions: int | None = 256,
     ) -> None:
         import torch
 
@@ -133,6 +139,7 @@ class DecodeEngine:
         # continuous batching: how many sessions of the engine's thread step together, and
         # the tokens each workflow was served lately (fairness between workflows)
         self.max_batch = max_batch
+        self.max_sessions = max_sessions
         self._served: dict[str | None, int] = {}
         self.largest_batch = 0  # the most sessions one forward pass has stepped together
 
@@ -328,6 +335,9 @@ class DecodeEngine:
         if session.engine is not self:
             msg = f"session {session.id} belongs to another engine"
             raise RequestError(msg)
+        with self._sched:
+            if session not in self._sessions:
+                self._refuse_if_full(session)
         session.begin(paused_ok=paused_ok)
         with self._sched:
             if session not in self._sessions:
@@ -339,6 +349,18 @@ class DecodeEngine:
                 self._thread.start()
         self.reschedule()
         return session
+
+    def _refuse_if_full(self, session: DecodeSession) -> None:
+        """Under ``_sched``: raise :class:`ServerBusyError` when ``max_sessions`` are queued
+        or decoding (a bounded queue: never an unbounded wait)."""
+        live = [s for s in self._sessions if s.state is not SessionState.FINISHED]
+        if self.max_sessions is None or len(live) < self.max_sessions:
+            return
+        msg = (
+            f"the decode engine is full ({len(live)} sessions queued or decoding, at most "
+            f"{self.max_sessions}); retry in a moment"
+        )
+        raise ServerBusyError(msg, tier="local", workflow_id=session.workflow_id)
 
     def _runnable(self) -> list[DecodeSession]:
         return [s for s in self._sessions if s.state is SessionState.RUNNING and not s.executing]
