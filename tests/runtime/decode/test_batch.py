@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+import torch
 from coreason_runtime._exceptions import BudgetExceededError, TierTimeoutError
 from coreason_runtime.decode import DecodeEngine, DecodeSession, Sampler, SessionState
 from coreason_runtime.decode._batch import pick_batch
@@ -348,3 +349,29 @@ def test_a_full_engine_refuses_a_session_with_a_typed_error(engine: DecodeEngine
     held[0].cancel()
     assert held[0].wait(timeout=10) is SessionState.FINISHED
     _together(engine, [extra])  # room again once one has left
+
+
+def test_a_grammar_dead_end_finishes_one_session_and_not_the_others(
+    engine: DecodeEngine,
+) -> None:
+    from coreason_runtime._exceptions import GrammarDeadEndError
+
+    alone = _alone(engine, PROMPTS[0], max_new_tokens=20, sampler=_hot(7))
+    doomed = engine.session(PROMPTS[1], max_new_tokens=20, grammar=JSON_GRAMMAR)
+    fine = engine.session(PROMPTS[0], max_new_tokens=20, sampler=_hot(7))
+    mask = doomed.grammar
+    assert mask is not None
+    apply = mask.apply
+
+    def dead_end_after_three(logits: torch.Tensor) -> torch.Tensor:
+        if doomed.n_generated >= 3:  # as when no token the model has fits the grammar
+            msg = "the grammar allows no token here"
+            raise GrammarDeadEndError(msg)
+        return apply(logits)
+
+    mask.apply = dead_end_after_three  # type: ignore[method-assign]  # a test hook
+    _together(engine, [doomed, fine])
+    assert isinstance(doomed.error, GrammarDeadEndError)
+    assert doomed.n_generated == 3
+    assert fine.output_ids == alone
+    assert_consistent(fine)
