@@ -10,6 +10,7 @@ from coreason_runtime.models._loader import (
     list_models,
     load_model,
     load_tokenizer,
+    model_revision,
     pull,
 )
 from coreason_runtime.models._mapping import (
@@ -49,6 +50,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_tokenizer",
+    "model_revision",
     "probe_model",
     "pull",
     "read_map",
