@@ -32,6 +32,8 @@ from coreason_runtime.events import (
     DecodeStarted,
     EventPayload,
     PrefixReused,
+    RequestContinued,
+    RequestSuspended,
     SpanRepaired,
     StepDeclared,
     StepForced,
@@ -43,10 +45,18 @@ from coreason_runtime.events import (
     TaskStarted,
     ThunkForced,
     TokensBatch,
+    WorkerStatus,
     WorkflowControlChanged,
 )
 
-__all__ = ["BudgetState", "CacheState", "DagState", "DecodeState", "WorkflowState"]
+__all__ = [
+    "BudgetState",
+    "CacheState",
+    "DagState",
+    "DecodeState",
+    "WorkerState",
+    "WorkflowState",
+]
 
 
 # --- workflow controls ---------------------------------------------------------------------
@@ -54,19 +64,49 @@ __all__ = ["BudgetState", "CacheState", "DagState", "DecodeState", "WorkflowStat
 
 class WorkflowState:
     """Each workflow's control state (running, paused, preempted, aborted), from the
-    ``workflow.*`` events: whoever paused it (a magic, a button, the side panel, a script)."""
+    ``workflow.*`` events: whoever paused it (a magic, a button, the side panel, a script);
+    ``suspended`` while a request of it waits on a cluster for its ceiling to be raised."""
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
 
     def apply(self, events: Iterable[Event]) -> None:
         for ev in events:
-            if isinstance(ev.data, WorkflowControlChanged) and ev.workflow_id is not None:
+            if ev.workflow_id is None:
+                continue
+            if isinstance(ev.data, WorkflowControlChanged):
                 self.states[ev.workflow_id] = ev.data.state
+            elif isinstance(ev.data, RequestSuspended):
+                self.states[ev.workflow_id] = "suspended"
+            elif isinstance(ev.data, RequestContinued):
+                self.states[ev.workflow_id] = "running"
 
     def state(self, workflow_id: str) -> str:
         """The last state announced for ``workflow_id`` (``running`` if none was)."""
         return self.states.get(workflow_id, "running")
+
+
+class WorkerState:
+    """The workers of a cluster (``scale.worker`` events, relayed from the workers): each
+    one's last status (joined, alive, left), requests running and completed, C consumed."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerStatus] = {}
+
+    def apply(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if isinstance(ev.data, WorkerStatus):
+                self.workers[ev.data.worker] = ev.data
+
+    def summary(self) -> str:
+        """One line: ``w1 2 running, 5 done; w2 left`` (empty without workers)."""
+        parts = [
+            f"{name} left"
+            if w.state == "left"
+            else f"{name} {w.running} running, {w.completed} done"
+            for name, w in sorted(self.workers.items())
+        ]
+        return "; ".join(parts)
 
 
 # --- budgets -------------------------------------------------------------------------------

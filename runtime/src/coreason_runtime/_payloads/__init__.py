@@ -54,6 +54,7 @@ from coreason_runtime._payloads._runtime import (
     RuntimeStopped,
     WorkflowControlChanged,
 )
+from coreason_runtime._payloads._scale import RequestContinued, RequestSuspended, WorkerStatus
 from coreason_runtime._payloads._sched import (
     CriticalPath,
     DagSubmitted,
@@ -126,9 +127,11 @@ __all__ = [
     "RbfGated",
     "RbfGrown",
     "RbfPruned",
+    "RequestContinued",
     "RequestFailed",
     "RequestFinished",
     "RequestStarted",
+    "RequestSuspended",
     "RequestVerified",
     "RuntimeStarted",
     "RuntimeStopped",
@@ -155,6 +158,7 @@ __all__ = [
     "TxnRecovered",
     "VerifierFailed",
     "WhatIfDecided",
+    "WorkerStatus",
     "WorkflowControlChanged",
     "Yielded",
 ]
