@@ -157,16 +157,19 @@ class ControlBridge:
     # --- outgoing ------------------------------------------------------------------------------
 
     @property
-    def _relaying(self) -> bool:
-        return bool(getattr(self._local, "relaying", False))
+    def _relaying(self) -> str | None:
+        """What this thread is relaying from another member: an ``"intent"`` it applies, an
+        ``"event"`` it republishes, or None."""
+        relaying: str | None = getattr(self._local, "relaying", None)
+        return relaying
 
     @contextmanager
-    def _from_remote(self) -> Iterator[None]:
-        self._local.relaying = True
+    def _from_remote(self, what: str) -> Iterator[None]:
+        self._local.relaying = what
         try:
             yield
         finally:
-            self._local.relaying = False
+            self._local.relaying = None
 
     def _on_local_intent(self, event: Event) -> None:
         intent = INTENT_OF.get(event.type)
@@ -184,8 +187,11 @@ class ControlBridge:
         self._outbox.put((self.intents_channel, json.dumps(message)))
 
     def _on_local_event(self, event: Event) -> None:
-        if self._relaying:
+        relaying = self._relaying
+        if relaying == "event" or (relaying == "intent" and event.source == "controls"):
             return  # it came from another member: never echo it back
+        # what a remote intent caused here (a decode parked on this very thread) is this
+        # member's own event: it is sent like any other
         body = {"origin": self.member, "event": event.model_dump(mode="json")}
         self._outbox.put((self.events_channel, json.dumps(body)))
 
@@ -246,7 +252,7 @@ class ControlBridge:
         intent, wf = message["intent"], message["workflow_id"]
         reason = message.get("reason")
         note = f"{message.get('origin')}: {reason}" if reason else str(message.get("origin"))
-        with self._from_remote():
+        with self._from_remote("intent"):
             self.controls.apply(intent, wf, reason=note)
         self.received += 1
 
@@ -254,7 +260,7 @@ class ControlBridge:
         raw = dict(body["event"])
         raw["source"] = f"{body['origin']}/{raw.get('source') or ''}".rstrip("/")
         event = Event.model_validate(raw)
-        with self._from_remote():
+        with self._from_remote("event"):
             self.bus.publish(event)
 
     # --- durable state -------------------------------------------------------------------------
