@@ -158,14 +158,13 @@ class ControlBridge:
 
     @property
     def _relaying(self) -> str | None:
-        """What this thread is relaying from another member: an ``"intent"`` it applies, an
-        ``"event"`` it republishes, or None."""
-        relaying: str | None = getattr(self._local, "relaying", None)
-        return relaying
+        """What this thread is relaying from another member: ``"intent"``, ``"event"``, None."""
+        mode = getattr(self._local, "relaying", None)
+        return mode if isinstance(mode, str) else None
 
     @contextmanager
-    def _from_remote(self, what: str) -> Iterator[None]:
-        self._local.relaying = what
+    def _from_remote(self, kind: str) -> Iterator[None]:
+        self._local.relaying = kind
         try:
             yield
         finally:
@@ -187,11 +186,10 @@ class ControlBridge:
         self._outbox.put((self.intents_channel, json.dumps(message)))
 
     def _on_local_event(self, event: Event) -> None:
-        relaying = self._relaying
-        if relaying == "event" or (relaying == "intent" and event.source == "controls"):
+        mode = self._relaying
+        if mode == "event" or (mode == "intent" and event.type in INTENT_OF):
             return  # it came from another member: never echo it back
-        # what a remote intent caused here (a decode parked on this very thread) is this
-        # member's own event: it is sent like any other
+        # what applying a remote intent caused here (a decode parked at once) is this member's
         body = {"origin": self.member, "event": event.model_dump(mode="json")}
         self._outbox.put((self.events_channel, json.dumps(body)))
 
