@@ -24,6 +24,7 @@ from coreason_runtime._exceptions import (
     SchemaCompileError,
     WorkflowAbortedError,
 )
+from coreason_runtime._signals import interrupts_deferred
 from coreason_runtime.decode import DecodeEngine, DecodeSession, GrammarMask, Sampler, SessionState
 from coreason_runtime.tensor._compiler import LocalGrammar, UniversalCompiler
 from coreason_runtime.tensor._prefix import PrefixCache
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from coreason_runtime.models._loader import LoadedModel
 
 __all__ = ["LocalTier"]
+
+_ABANDON_WAIT_S = 10.0  # how long an abandoned session gets to leave the engine's step
 
 DEFAULT_TIMEOUT = 120.0
 SYSTEM_HINT = (
@@ -417,6 +420,10 @@ class LocalTier(SteerableTier):
                         session.resume()
             except BaseException:
                 session.cancel("abandoned")
+                # the engine's thread may be inside a step of it: let it stop before the
+                # caller settles the lease, so every token it consumed is charged
+                with interrupts_deferred():
+                    session.wait(timeout=_ABANDON_WAIT_S)
                 raise
         if session.error is not None:
             raise session.error
