@@ -156,6 +156,7 @@ class DecodeSession(SessionSteps, SessionEditing):
         self.preempted = False
         self.stream = engine.new_stream(priority)
         self.last_pause_latency: float | None = None
+        self.error: BaseException | None = None  # what finished the session, if it failed
 
     # --- read-only views ---------------------------------------------------------------------
 
@@ -373,26 +374,44 @@ class DecodeSession(SessionSteps, SessionEditing):
 
     def step(self) -> str | None:
         """Run one step if runnable. Returns what happened, or None when it must stop."""
-        with self._cv:
-            if self._state is not SessionState.RUNNING or self._executing:
-                return None
-            if self._pause_requested:
-                self._park(in_forward=False)
-                return None
-            self._executing = True
+        if not self.enter_step():
+            return None
         try:
-            # a budget lease waits for room here, outside the model lock (see _cover_next)
-            if self._cover_next():
+            # a budget lease waits for room here, outside the model lock (see cover_next)
+            if self.cover_next():
                 with self.engine.lock, self.engine.stream_context(self.stream):
                     result = self._step()
             else:
                 result = INTERRUPTED
         except BaseException as e:
-            with self._cv:
-                self._executing = False
-                self._finish(f"error: {type(e).__name__}: {e}")
-            self._announce_finish()
+            self.fail_step(e)
             raise
+        return self.leave_step(result)
+
+    def enter_step(self) -> bool:
+        """Mark a step as running if the session is runnable (a requested pause parks it
+        instead). Every step, alone or in a batch, goes enter → step → leave (or fail)."""
+        with self._cv:
+            if self._state is not SessionState.RUNNING or self._executing:
+                return False
+            if self._pause_requested:
+                self._park(in_forward=False)
+                return False
+            self._executing = True
+            return True
+
+    def fail_step(self, error: BaseException) -> None:
+        """The step raised ``error``: the session finishes with it as its reason (kept in
+        :attr:`error` for whoever waits on a session another thread drives)."""
+        with self._cv:
+            self._executing = False
+            self.error = error
+            self._finish(f"error: {type(error).__name__}: {error}")
+        self._announce_finish()
+
+    def leave_step(self, result: str) -> str | None:
+        """End a step that returned ``result``: park, finish or stay runnable; call
+        ``on_token``. Returns ``result``, or None when the session must stop stepping."""
         with self._cv:
             self._executing = False
             if self._cancel_reason is not None and self.state is not SessionState.FINISHED:
