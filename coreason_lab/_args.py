@@ -27,6 +27,7 @@ __all__ = [
     "RunArgs",
     "StatusArgs",
     "ThunkArgs",
+    "TiersArgs",
     "VersionArgs",
     "parse_line",
     "suggest",
@@ -183,6 +184,11 @@ class VersionArgs:
 
 
 @dataclass
+class TiersArgs:
+    """``tiers``: the tier matrix."""
+
+
+@dataclass
 class ReplayArgs:
     """``replay [on|off|clear]``: this notebook's exact replay record (no word: its state)."""
 
@@ -276,7 +282,7 @@ def _check(p: _Parser) -> None:
 
 def _dashboard(p: _Parser) -> None:
     p.add_argument("-w", "--workflow")
-    p.add_argument("-v", "--views", type=_names, help="budget,dag,cache,decode")
+    p.add_argument("-v", "--views", type=_names, help="budget,dag,cache,decode,route")
 
 
 def _control(p: _Parser) -> None:
@@ -309,7 +315,8 @@ VERBS: dict[str, tuple[type[Any], Callable[[_Parser], None], str]] = {
     "run": (RunArgs, _run, "force declared steps in dependency order, then check invariants"),
     "check": (CheckArgs, _check, "evaluate declared invariants now"),
     "status": (StatusArgs, _nothing, "ledgers, running requests, steps, invariants"),
-    "dashboard": (DashboardArgs, _dashboard, "live budget, DAG, cache and decode views"),
+    "dashboard": (DashboardArgs, _dashboard, "live budget, DAG, cache, decode, routing views"),
+    "tiers": (TiersArgs, _nothing, "the tier matrix: weights, capability, health, success, C"),
     "pause": (ControlArgs, _control, "pause a workflow at its next layer, token or step"),
     "resume": (ControlArgs, _control, "resume a paused workflow"),
     "abort": (ControlArgs, _control, "abort a workflow's running request or run"),

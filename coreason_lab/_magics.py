@@ -231,6 +231,13 @@ class CoreasonMagics(Magics):
             ]
         return [self.controls.apply(intent, wf, reason=f"%coreason {intent}") for wf in targets]
 
+    def handle_tiers(self, args: Any, cell: str | None) -> Any:
+        from coreason_runtime.route import tier_rows
+
+        from coreason_lab._widgets import tiers_html
+
+        return HTML(tiers_html(tier_rows(self.runtime), self.runtime.tiers.settings.policy))
+
     def handle_pause(self, args: Any, cell: str | None) -> Any:
         return self._control("pause", args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coreason_lab._widgets._dashboard import VIEWS, Dashboard
+from coreason_lab._widgets._route import RouteState, RouteView, tiers_html
 from coreason_lab._widgets._state import (
     BudgetState,
     CacheState,
@@ -24,6 +25,9 @@ __all__ = [
     "Dashboard",
     "DecodeState",
     "DecodeView",
+    "RouteState",
+    "RouteView",
     "WorkerState",
     "WorkflowState",
+    "tiers_html",
 ]

@@ -1,4 +1,4 @@
-"""The dashboard: four views behind one throttle, plus buttons that send control intents."""
+"""The dashboard: five views behind one throttle, plus buttons that send control intents."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from coreason_runtime import Controls, Event
 
 from coreason_lab._comm import honour_frontend_subshell
 from coreason_lab._throttle import Throttle
+from coreason_lab._widgets._route import RouteView
 from coreason_lab._widgets._state import WorkerState, WorkflowState
 from coreason_lab._widgets._views import (
     FIGURE_INTERVAL_S,
@@ -31,6 +32,7 @@ VIEWS: dict[str, type[View]] = {
     "dag": DagView,
     "cache": CacheView,
     "decode": DecodeView,
+    "route": RouteView,
 }
 
 
@@ -47,7 +49,7 @@ class Dashboard:
     workflow:
         Show and control one workflow; ``None`` shows all and controls the one picked.
     views:
-        Which of ``budget``, ``dag``, ``cache``, ``decode`` to show.
+        Which of ``budget``, ``dag``, ``cache``, ``decode``, ``route`` to show.
     max_updates_per_second, max_points:
         The throttle's rate and the cap on points kept per series.
     start:
@@ -80,6 +82,8 @@ class Dashboard:
                 self.views[name] = DagView()
             elif name == "cache":
                 self.views[name] = CacheView(max_points)
+            elif name == "route":
+                self.views[name] = RouteView(runtime)
             else:
                 self.views[name] = DecodeView()
         areas = sorted(

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.cache import SubgoalCache
     from coreason_runtime.decode import DecodeEngine
+    from coreason_runtime.plan import PlanRunner
+    from coreason_runtime.route import TierMatrix
     from coreason_runtime.sched import Scheduler
     from coreason_runtime.sim import WhatIfGate
     from coreason_runtime.tensor import TensorRouter
@@ -131,11 +133,26 @@ class Coordinator:
         return self.engine("budgets", BudgetCage.for_runtime)
 
     @property
+    def tiers(self) -> TierMatrix:
+        """The tier matrix: every tier the router may use, its weights, price and capability
+        (``$COREASON_HOME/tiers.toml``, ``COREASON_TIER_*``, or ``rt.tiers.add`` in code)."""
+        from coreason_runtime.route import TierMatrix
+
+        return self.engine("tiers", TierMatrix.for_runtime)
+
+    @property
     def router(self) -> TensorRouter:
         """The TensorRouter: local tier, oracle tier, then the human."""
         from coreason_runtime.tensor import TensorRouter
 
         return self.engine("router", TensorRouter.for_runtime)
+
+    @property
+    def plans(self) -> PlanRunner:
+        """Planners propose subgoal DAGs; this validates, gates, runs and learns from them."""
+        from coreason_runtime.plan import PlanRunner
+
+        return self.engine("plans", PlanRunner.for_runtime)
 
     @property
     def scheduler(self) -> Scheduler:

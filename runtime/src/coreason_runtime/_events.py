@@ -52,6 +52,9 @@ class EventType(StrEnum):
     REQUEST_CONTINUED = "request.continued"
     SCHEMA_COMPILED = "schema.compiled"
     PREFIX_REUSED = "cache.prefix_reused"
+    # routing: the policy's plan per request, tier health
+    ROUTE_DECIDED = "route.decided"
+    TIER_HEALTH = "route.tier_health"
     # budget cage
     BUDGET_SET = "budget.set"
     BUDGET_RESERVED = "budget.reserved"
@@ -143,6 +146,8 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.REQUEST_CONTINUED: P.RequestContinued,
         EventType.SCHEMA_COMPILED: P.SchemaCompiled,
         EventType.PREFIX_REUSED: P.PrefixReused,
+        EventType.ROUTE_DECIDED: P.RouteDecided,
+        EventType.TIER_HEALTH: P.TierHealthChanged,
         EventType.BUDGET_SET: P.BudgetSet,
         EventType.BUDGET_RESERVED: P.BudgetReserved,
         EventType.BUDGET_CHARGED: P.BudgetCharged,

@@ -31,6 +31,7 @@ The hierarchy::
     │   ├── ServerBusyError ...................... a bounded queue is full: retry after a while
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
+    │   └── EscalationRefusedError ............... the what-if gate refused the next tier
     ├── WorkflowAbortedError ..................... an operator aborted the workflow: no retry,
     │   │                                          no escalation, exactly what ran is charged
     │   └── ClientDisconnectedError .............. a `coreason serve` client hung up mid-request
@@ -114,6 +115,7 @@ __all__ = [
     "DecodeError",
     "DimensionError",
     "EpistemicYieldError",
+    "EscalationRefusedError",
     "EventPayloadError",
     "ExpressionParseError",
     "ExpressionTooLargeError",
@@ -451,6 +453,24 @@ class EpistemicYieldError(CoreasonError):
         self.prompt = prompt
         self.spec = spec
         self.failures = list(failures)
+
+
+class EscalationRefusedError(EpistemicYieldError):
+    """The what-if gate refused to escalate to a more expensive tier, so the question goes to
+    a human with the gate's reason: ``refused_tier`` and ``reason`` (its prediction fell
+    short of the gate's thresholds)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused_tier: str | None = None,
+        reason: str | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, **fields)
+        self.refused_tier = refused_tier
+        self.reason = reason
 
 
 # --- workflow controls ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `coreason` command: ask, serve, budget, models, worker, cluster, bench."""
+"""The `coreason` command: ask, serve, budget, tiers, models, worker, cluster, bench."""
 
 from __future__ import annotations
 
@@ -134,6 +134,19 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiers(args: argparse.Namespace) -> int:
+    """The tier matrix: each tier's kind, weights, capability, health, success rate and C."""
+    from coreason_runtime.route import format_tiers, tier_rows
+
+    with _runtime(args) as rt:
+        rows = tier_rows(rt)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(format_tiers(rows, rt.tiers.settings.policy))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     return int(args.models_func(args) or 0)
 
@@ -229,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("ceiling", nargs="?", type=float)
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(func=cmd_budget)
+
+    tiers = sub.add_parser("tiers", help="the tier matrix with observed success rate and cost")
+    tiers.add_argument("--json", action="store_true")
+    tiers.set_defaults(func=cmd_tiers)
 
     models = sub.add_parser("models", help="provision / list local models, precision maps")
     models_arguments(models)

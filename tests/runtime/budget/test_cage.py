@@ -180,3 +180,37 @@ def test_orphaned_reservation_of_a_dead_process_is_settled_at_its_checkpoint(
     ledger = cage.get("wf")
     assert (ledger.reserved, ledger.spent) == (0, 70)
     assert "recovered" in cage.history("wf")[-1].note
+
+
+# --- per-tier weights ----------------------------------------------------------------------
+
+
+def test_a_tier_with_its_own_weights_is_charged_by_them(cage: BudgetCage) -> None:
+    cage.set_tier_weights("oracle", 10, 30)
+    cage.set("wf", ceiling=None)
+    with cage.reserve("wf", tokens_in=5, max_out=4, tier="oracle") as res:
+        assert res.granted == 5 * 10 + 4 * 30
+        res.charge(tokens_in=5, tokens_out=2)
+    with cage.reserve("wf", tokens_in=5, max_out=4, tier="local") as res:
+        res.charge(tokens_in=5, tokens_out=2)
+    ledger = cage.get("wf")
+    assert ledger.by_tier == {"oracle": 110, "local": 11}
+    assert ledger.spent == 121 and cage.cost(5, 2) == 11 and cage.cost(5, 2, "oracle") == 110
+
+
+def test_max_out_uses_the_tiers_output_weight(cage: BudgetCage) -> None:
+    cage.set_tier_weights("oracle", weight_out=30)
+    cage.set("wf", ceiling=100)
+    res = cage.open("wf", tokens_in=10, max_out=50, tier="oracle")
+    assert res.granted == 100 and res.max_out == 3  # (100 - 10·1) / 30
+    res.charge(tokens_in=10, tokens_out=3)
+    with pytest.raises(BudgetExceededError):
+        res.charge(tokens_out=1)
+    res.settle()
+    assert cage.get("wf").spent == 10 + 4 * 30
+
+
+def test_bad_tier_weights_change_nothing(cage: BudgetCage) -> None:
+    with pytest.raises(InvalidCeilingError):
+        cage.set_tier_weights("oracle", 0, 3)
+    assert cage.weights("oracle") == (1.0, 3.0)

@@ -67,6 +67,27 @@ def test_the_first_grant_is_what_a_real_request_reserves(rt: Coordinator) -> Non
     assert reserved[0] == plan.first_grant
 
 
+def test_a_tier_with_weights_of_its_own_is_planned_and_leased_at_them(rt: Coordinator) -> None:
+    rt.budgets.set_tier_weights("oracle", 10, 30)
+    plan = rt.router.dry_run(
+        Answer, "What is one?", workflow_id="wf", max_tokens=100, tiers=["oracle"]
+    )
+    (oracle,) = plan.tiers
+    assert oracle.reserve == 10 * oracle.prompt_tokens + 30 * 100
+    assert oracle.minimum == 10 * oracle.prompt_tokens + 30
+    assert oracle.weights == (10, 30) and "C = 10·T_in + 30·T_out" in str(plan)
+    reserved: list[float] = []
+    sub = rt.bus.subscribe(
+        lambda e: reserved.append(e.data.granted) if isinstance(e.data, BudgetReserved) else None,
+        EventType.BUDGET_RESERVED,
+    )
+    rt.router.generate(Answer, "What is one?", workflow_id="wf", max_tokens=100, tiers=["oracle"])
+    sub.unsubscribe()
+    assert reserved[0] == plan.first_grant == oracle.lease
+    rt.budgets.set("short", ceiling=oracle.minimum - 1)  # the cage's weights would fit it
+    assert not rt.router.dry_run(Answer, "What is one?", workflow_id="short", tiers=["oracle"]).fits
+
+
 def test_a_dry_run_spends_and_reserves_nothing(rt: Coordinator) -> None:
     before = rt.budgets.get("wf")
     rt.router.dry_run(Answer, "What is one?", workflow_id="wf")

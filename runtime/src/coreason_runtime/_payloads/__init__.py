@@ -48,6 +48,7 @@ from coreason_runtime._payloads._requests import (
     TokensBatch,
     Yielded,
 )
+from coreason_runtime._payloads._route import RouteDecided, TierHealthChanged
 from coreason_runtime._payloads._runtime import (
     Log,
     RuntimeStarted,
@@ -133,6 +134,7 @@ __all__ = [
     "RequestStarted",
     "RequestSuspended",
     "RequestVerified",
+    "RouteDecided",
     "RuntimeStarted",
     "RuntimeStopped",
     "ScheduleDecided",
@@ -151,6 +153,7 @@ __all__ = [
     "TaskStarted",
     "ThunkDeclared",
     "ThunkForced",
+    "TierHealthChanged",
     "TokensBatch",
     "TxnAborted",
     "TxnCommitted",

@@ -345,6 +345,23 @@ class GrowingRBFNet:
             self._since = 0
             self.resets += 1
 
+    def reset_arm(self, arm: int) -> None:
+        """Forget how sure the network is about one output: its uncertainty goes back to the
+        prior, so the next observations of that arm rewrite it quickly (a change detector
+        that blames one arm calls this; the weights are kept as the starting point).
+
+        Raises
+        ------
+        InvalidArmError
+            ``arm`` is not an output of this network.
+        """
+        if isinstance(arm, bool) or not isinstance(arm, (int, np.integer)) or not 0 <= arm < self.k:
+            msg = f"arm must be an integer in [0, {self.k}), got {arm!r}"
+            raise InvalidArmError(msg)
+        self._ainv[arm] = np.eye(self.d + 1) / self.lam
+        self._n[: self._m, arm] = 0.0
+        self._cx = None
+
     def _grow(self, x: FloatArray, arm: int, err: float, nearest: float) -> None:
         m = self._m
         if m == self._c.shape[0]:

@@ -179,6 +179,15 @@ class LinUCB:
     def select(self, x: ArrayLike) -> int:
         return int(np.argmax(self.scores(self._feat(x))))
 
+    def estimate(self, x: ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Per arm at ``x``: the ridge estimate ``θᵀz`` and its width ``√(zᵀA⁻¹z)`` (the UCB
+        is ``mean + α·width``)."""
+        z = self._feat(x)
+        az = np.einsum("kij,j->ki", self._ainv, z)
+        mean: FloatArray = self._theta @ z
+        width: FloatArray = np.sqrt(np.maximum(az @ z, 0.0))
+        return mean, width
+
     def update(self, x: ArrayLike, arm: int, reward: float) -> None:
         z = self._feat(x)
         arm, r = _check_feedback(arm, reward, self.k)

@@ -1,6 +1,7 @@
 """The BudgetCage: per-workflow ceilings Ω, leases that grow as tokens are consumed.
 
-A request's cost is C = w_in·T_in + w_out·T_out (default w_in = 1, w_out = 3). Before a tier is
+A request's cost is C = w_in·T_in + w_out·T_out (default w_in = 1, w_out = 3; a tier may have
+weights of its own, :meth:`BudgetCage.set_tier_weights`). Before a tier is
 called, the cage leases the prompt and one chunk of output (``lease_tokens``); while the tier
 runs, the lease (a :class:`Reservation`, the tier's ``Meter``) grows chunk by chunk in atomic
 steps of the ledger store, so concurrent requests never together hold more than Ω. A request
@@ -18,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,10 @@ class BudgetCage:
     bus:
         Events ``budget.*`` are published here.
     weight_in, weight_out:
-        C = weight_in·T_in + weight_out·T_out.
+        C = weight_in·T_in + weight_out·T_out, for every tier without weights of its own.
+    tier_weights:
+        ``{tier: (w_in, w_out)}``: a tier's own weights (an oracle's tokens cost more than the
+        local model's); see :meth:`set_tier_weights`.
     lease_tokens:
         Output tokens a lease is granted at a time (its first chunk, and each growth);
         ``None`` reserves the worst case (``max_tokens``) up front and never grows.
@@ -90,11 +94,15 @@ class BudgetCage:
         weight_out: float = 3.0,
         lease_tokens: int | None = 16,
         lease_wait: float = 30.0,
+        tier_weights: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.backend: LedgerBackend = backend if backend is not None else MemoryLedgerBackend()
         self.bus = bus if bus is not None else EventBus()
         self.weight_in = _positive("weight_in", weight_in)
         self.weight_out = _positive("weight_out", weight_out)
+        self._tier_weights: dict[str, tuple[float, float]] = {}
+        for name, (w_in, w_out) in (tier_weights or {}).items():
+            self.set_tier_weights(name, w_in, w_out)
         if lease_tokens is not None and lease_tokens < 1:
             msg = f"lease_tokens must be >= 1 or None, got {lease_tokens!r}"
             raise ConfigurationError(msg)
@@ -143,9 +151,36 @@ class BudgetCage:
 
     # --- cost ------------------------------------------------------------------------------
 
-    def cost(self, tokens_in: int, tokens_out: int) -> float:
-        """C = w_in·T_in + w_out·T_out."""
-        return self.weight_in * tokens_in + self.weight_out * tokens_out
+    def cost(self, tokens_in: int, tokens_out: int, tier: str | None = None) -> float:
+        """C = w_in·T_in + w_out·T_out, with ``tier``'s own weights when it has them."""
+        w_in, w_out = self.weights(tier)
+        return w_in * tokens_in + w_out * tokens_out
+
+    def weights(self, tier: str | None = None) -> tuple[float, float]:
+        """``(w_in, w_out)`` of ``tier``: its own, else the cage's."""
+        if tier is not None:
+            own = self._tier_weights.get(tier)
+            if own is not None:
+                return own
+        return self.weight_in, self.weight_out
+
+    def set_tier_weights(
+        self, tier: str, weight_in: float | None = None, weight_out: float | None = None
+    ) -> tuple[float, float]:
+        """Give ``tier`` its own cost weights (``None`` keeps the cage's for that one).
+
+        Takes effect for requests opened afterwards; what was charged stays charged (the
+        ledgers hold C, not weights). Returns the tier's weights.
+
+        Raises
+        ------
+        InvalidCeilingError
+            A weight is not a positive finite number; nothing changes.
+        """
+        w_in = self.weight_in if weight_in is None else _positive("weight_in", weight_in)
+        w_out = self.weight_out if weight_out is None else _positive("weight_out", weight_out)
+        self._tier_weights[tier] = (w_in, w_out)
+        return w_in, w_out
 
     # --- ledgers ---------------------------------------------------------------------------
 
@@ -240,12 +275,12 @@ class BudgetCage:
             reservation_id=uuid.uuid4().hex,
             workflow_id=workflow_id,
             tier=tier,
-            granted=self.cost(tokens_in, first),
+            granted=self.cost(tokens_in, first, tier),
             pid=os.getpid(),
             host=socket.gethostname(),
             created=time.time(),
         )
-        reservation = self._admit(record, self.cost(tokens_in, 1), tokens_in, max_out)
+        reservation = self._admit(record, self.cost(tokens_in, 1, tier), tokens_in, max_out)
         try:  # a Ctrl-C before the caller holds the lease: settle it here
             with interrupts_deferred():
                 self.bus.emit(
@@ -254,7 +289,7 @@ class BudgetCage:
                     source="budget",
                     tier=tier,
                     granted=reservation.granted,
-                    wanted=self.cost(tokens_in, max_out),
+                    wanted=self.cost(tokens_in, max_out, tier),
                 )
         except BaseException:
             reservation.settle(note="interrupted")
@@ -345,7 +380,10 @@ class BudgetCage:
         self.backend.close()
 
     def __repr__(self) -> str:
+        own = "".join(
+            f" {t}: C={w[0]:g}·T_in+{w[1]:g}·T_out" for t, w in self._tier_weights.items()
+        )
         return (
             f"<BudgetCage backend={type(self.backend).__name__} "
-            f"C={self.weight_in:g}·T_in+{self.weight_out:g}·T_out>"
+            f"C={self.weight_in:g}·T_in+{self.weight_out:g}·T_out{own}>"
         )

@@ -97,7 +97,7 @@ class Reservation:
 
     @property
     def consumed(self) -> float:
-        return self._cage.cost(self.tokens_in, self.tokens_out)
+        return self._cage.cost(self.tokens_in, self.tokens_out, self.tier)
 
     @property
     def max_out(self) -> int:
@@ -107,6 +107,7 @@ class Reservation:
         A lease counts everything under Ω not yet spent by settled requests (leases in flight
         may give theirs back); a worst-case reservation counts its own grant only.
         """
+        w_in, w_out = self._cage.weights(self.tier)
         pending_in = max(self.estimated_in - self.tokens_in, 0)
         room = self.granted - self.consumed
         if self._cage.leasing:
@@ -114,8 +115,8 @@ class Reservation:
             ceiling = ledger.ceiling if ledger is not None else None
             spent = ledger.spent if ledger is not None else 0.0
             room = math.inf if ceiling is None else ceiling - spent - self.consumed
-        left = room - self._cage.weight_in * pending_in
-        fits = math.floor(left / self._cage.weight_out + _EPS) if math.isfinite(left) else 1 << 30
+        left = room - w_in * pending_in
+        fits = math.floor(left / w_out + _EPS) if math.isfinite(left) else 1 << 30
         if self.limit_out is not None:
             fits = min(fits, self.limit_out - self.tokens_out)
         return max(fits, 0)
@@ -198,7 +199,8 @@ class Reservation:
         """The grant these counts need: their C, and room for the prompt tokens estimated but
         not yet charged (a stream's prompt is reported at its end)."""
         pending_in = max(self.estimated_in - tokens_in, 0)
-        return self._cage.cost(tokens_in, tokens_out) + self._cage.weight_in * pending_in
+        w_in = self._cage.weights(self.tier)[0]
+        return self._cage.cost(tokens_in, tokens_out, self.tier) + w_in * pending_in
 
     def _cover(self, target: float, interrupted: Callable[[], bool] | None) -> bool:
         """Grow the grant to at least ``target``, waiting for room; raise when it cannot."""
@@ -250,13 +252,13 @@ class Reservation:
 
     def _ahead(self) -> float:
         """The C of one chunk of output: what a lease asks for when it grows."""
-        return self._cage.cost(0, self._cage.lease_tokens or 0)
+        return self._cage.cost(0, self._cage.lease_tokens or 0, self.tier)
 
     def _cap(self) -> float:
         """The most this request can use: its prompt and ``limit_out`` output tokens."""
         if self.limit_out is None:
             return math.inf
-        return self._cage.cost(max(self.estimated_in, self.tokens_in), self.limit_out)
+        return self._cage.cost(max(self.estimated_in, self.tokens_in), self.limit_out, self.tier)
 
     def _raise(self, would_be: float) -> NoReturn:
         self.exceeded = True

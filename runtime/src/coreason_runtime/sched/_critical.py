@@ -40,6 +40,7 @@ class TaskView:
     cores: int = 1
     gpus: int = 0
     order: int = 0  # submission order, for FIFO ties
+    reuse: float = 0.0  # how likely its result is reused (the subgoal cache's hit ratio)
 
     def expected_remaining(self) -> float:
         """Expected seconds to finish, counting retries through p_succ."""
@@ -111,7 +112,9 @@ class Policy(Protocol):
 
 
 class CriticalPathPolicy:
-    """CPCS: the expected remaining critical path (t̂/p_succ with retries) ranks every task."""
+    """CPCS: the expected remaining critical path (t̂/p_succ with retries) ranks every task;
+    a task whose result is likely reused (``reuse``, the subgoal cache's hit ratio) ranks
+    ``1 + reuse`` times higher, so what others will reuse is done first."""
 
     name = "cpcs"
 
@@ -119,7 +122,8 @@ class CriticalPathPolicy:
         self.preemptive = preemptive
 
     def priorities(self, tasks: Sequence[TaskView]) -> dict[str, float]:
-        return upward_ranks({t.id: t.expected_remaining() for t in tasks}, _successors(tasks))
+        ranks = upward_ranks({t.id: t.expected_remaining() for t in tasks}, _successors(tasks))
+        return {t.id: ranks[t.id] * (1.0 + t.reuse) for t in tasks}
 
 
 class HeftPolicy:

@@ -136,6 +136,7 @@ class _Dag:
                 order=t.order,
                 cores=t.spec.resources.cpu_cores,
                 gpus=t.spec.resources.gpu,
+                reuse=float(t.spec.meta.get("reuse", 0.0)),
             )
             for tid, t in self.tasks.items()
             if t.state not in TERMINAL

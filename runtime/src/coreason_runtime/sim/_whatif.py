@@ -112,10 +112,15 @@ class WhatIfGate:
         return True, "predicted gain clears the thresholds"
 
     def decide(
-        self, name: str, dry_run: Callable[[], Prediction] | Prediction, *, region: Any = None
+        self,
+        name: str,
+        dry_run: Callable[[], Prediction] | Prediction,
+        *,
+        region: Any = None,
+        workflow_id: str | None = None,
     ) -> Decision[Any]:
         """Run ``dry_run`` (or take a prediction already made), judge the prediction, log and
-        publish the decision."""
+        publish the decision (stamped with ``workflow_id``, else the gate's own)."""
         t0 = time.perf_counter()
         prediction = dry_run() if callable(dry_run) else dry_run
         elapsed = time.perf_counter() - t0
@@ -125,7 +130,7 @@ class WhatIfGate:
         if self.bus is not None:
             self.bus.emit(
                 EventType.WHATIF_ALLOWED if allowed else EventType.WHATIF_REFUSED,
-                workflow_id=self.workflow_id,
+                workflow_id=workflow_id or self.workflow_id,
                 source=self.source,
                 name=name,
                 allowed=allowed,

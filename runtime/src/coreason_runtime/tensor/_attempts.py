@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from coreason_runtime._controls import Ticket
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+    from coreason_runtime.tensor._verified import SpanGate
     from coreason_runtime.verify import Failure, RepairRecord, VerifyPolicy
     from coreason_runtime.verify._driver import Outcome as VerifyOutcome
     from coreason_runtime.verify._driver import VerifyJob
@@ -116,6 +117,8 @@ class TierRunner:
     span_tiers:
         With ``plan.verify``: the tiers asked for a field the answer's own candidates could
         not fix (``tensor._verified.field_tiers``).
+    span_gate:
+        Judges each of those span escalations (``tensor._verified.SpanGate``); None: all go.
     """
 
     def __init__(
@@ -125,12 +128,14 @@ class TierRunner:
         compile: Callable[[SchemaSpec, Tier], CompiledSchema],
         max_attempts: int,
         span_tiers: Sequence[FieldTier] = (),
+        span_gate: SpanGate | None = None,
     ) -> None:
         self.budgets = budgets
         self.bus = bus
         self.compile = compile
         self.max_attempts = max_attempts
         self.span_tiers = list(span_tiers)
+        self.span_gate = span_gate
 
     def run(
         self, tier: Tier, spec: SchemaSpec, conv: Conversation, plan: RequestPlan
@@ -268,7 +273,7 @@ class TierRunner:
         from coreason_runtime.tensor._verified import SpanTiers
         from coreason_runtime.verify._driver import VerifyJob
 
-        spans = SpanTiers(self.span_tiers, self.budgets, plan, conv)
+        spans = SpanTiers(self.span_tiers, self.budgets, plan, conv, self.span_gate)
         return VerifyJob(plan.verify, compiled.spec, plan.prompt, spans if spans.tiers else None)
 
     def _after_failure(
@@ -302,18 +307,19 @@ class TierRunner:
         if text:
             conv.outputs.setdefault(text, index)
         this = conv.next or Try(conv.messages, plan.max_tokens)
-        room = self._room(plan.workflow_id, meter.estimated_in)  # the same prompt again
+        room = self._room(plan.workflow_id, tier.name, meter.estimated_in)  # the same prompt
         conv.next = next_try(this, Outcome(kind, error, room, GROWTH_CAP * plan.max_tokens))
         if conv.next is not None:
             conv.messages = conv.next.messages
 
-    def _room(self, workflow_id: str, prompt_tokens: int) -> int | None:
-        """Output tokens Ω can still fund after a prompt of ``prompt_tokens`` (None: no Ω)."""
+    def _room(self, workflow_id: str, tier: str, prompt_tokens: int) -> int | None:
+        """Output tokens Ω can still fund on ``tier`` (at its own weights) after a prompt of
+        ``prompt_tokens`` (None: no Ω)."""
         left = self.budgets.remaining(workflow_id)
         if math.isinf(left):
             return None
-        spare = left - self.budgets.weight_in * prompt_tokens
-        return max(math.floor(spare / self.budgets.weight_out + 1e-9), 0)
+        w_in, w_out = self.budgets.weights(tier)
+        return max(math.floor((left - w_in * prompt_tokens) / w_out + 1e-9), 0)
 
     def _success(
         self,

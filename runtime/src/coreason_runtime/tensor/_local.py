@@ -160,6 +160,15 @@ class LocalTier(SteerableTier):
         compiler = UniversalCompiler(loaded, timeout=rt.config.compile_timeout, bus=rt.bus)
         return cls(loaded, compiler, bus=rt.bus, engine=engine, timeout=rt.config.local_timeout)
 
+    @classmethod
+    def for_model(cls, rt: Coordinator, model: str) -> LocalTier:
+        """Another in-kernel model than the runtime's: its own decode engine, ``rt.bus``."""
+        from coreason_runtime.models import load_model
+
+        loaded = load_model(model)
+        compiler = UniversalCompiler(loaded, timeout=rt.config.compile_timeout, bus=rt.bus)
+        return cls(loaded, compiler, bus=rt.bus, timeout=rt.config.local_timeout)
+
     @property
     def model_name(self) -> str:
         return self.loaded.name

@@ -3,13 +3,14 @@
 ``rt.router.dry_run(...)`` (``%%coreason ask ... --dry-run``, ``coreason ask --dry-run``) walks
 the cascade as :meth:`TensorRouter.generate` would and applies the budget cage's reservation
 rule: before each attempt the cage leases ``w_in·T_in + w_out·min(max_tokens, lease_tokens)``
-(the prompt and a first chunk of output; the lease grows as tokens come, up to
-``w_in·T_in + w_out·max_tokens``), clipped to what is left of Ω as long as the prompt and one
-output token fit, else it refuses. The plan names each tier, the form of the schema it would
-get (a grammar, OpenAI's strict form, or why it would be skipped), its exact prompt tokens, the
-first attempt's lease, the most one attempt can charge, and the worst case of the whole request
-(every try of every tier consuming its full allowance, never past Ω). Compiling the
-schema and counting tokens is all it does: no decoding, no reservation, no charge.
+(the prompt and a first chunk of output, at the tier's own weights where it has them; the lease
+grows as tokens come, up to ``w_in·T_in + w_out·max_tokens``), clipped to what is left of Ω as
+long as the prompt and one output token fit, else it refuses. The plan names each tier, the
+form of the schema it would get (a grammar, OpenAI's strict form, or why it would be skipped),
+its exact prompt tokens, the first attempt's lease, the most one attempt can charge, and the
+worst case of the whole request (every try of every tier consuming its full allowance, never
+past Ω). Compiling the schema and counting tokens is all it does: no decoding, no reservation,
+no charge.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class TierPlan:
     reserve: float  # C one attempt may charge at most (w_in·T_in + w_out·max_tokens)
     attempts: int  # tries at most (k_max)
     lease: float = 0.0  # C leased when the attempt starts (the prompt and a first chunk)
+    minimum: float = 0.0  # C of the prompt and one output token: below it the cage refuses
+    weights: tuple[float, float] | None = None  # the tier's own (w_in, w_out), if it has them
 
     @property
     def skipped(self) -> bool:
@@ -77,8 +80,7 @@ class DryRun:
         first = self.first
         if first is None:
             return None
-        minimum = self.weight_in * first.prompt_tokens + self.weight_out
-        if self.left < minimum:
+        if self.left < first.minimum:
             return None
         return min(first.lease or first.reserve, self.left)
 
@@ -104,12 +106,17 @@ class DryRun:
             f"max_tokens {self.max_tokens} per attempt",
         ]
         for t in self.tiers:
+            own = (
+                ""
+                if t.weights is None
+                else f" · C = {t.weights[0]:g}·T_in + {t.weights[1]:g}·T_out"
+            )
             detail = (
                 t.form
                 if t.skipped
                 else f"{t.form} · T_in {t.prompt_tokens} · lease C {t.lease:g} first, at most "
                 f"C {t.reserve:g} per attempt "
-                f"· ≤ {t.attempts} attempts"
+                f"· ≤ {t.attempts} attempts{own}"
             )
             out.append(f"  {t.tier} ({t.model}): {detail}")
         grant = self.first_grant
@@ -118,7 +125,7 @@ class DryRun:
             need = (
                 "no tier can take it"
                 if first is None
-                else f"refused: needs C {self.weight_in * first.prompt_tokens + self.weight_out:g}"
+                else f"refused: needs C {first.minimum:g}"
                 f" (the prompt and one output token), {left} left"
             )
             out.append(f"first attempt: {need}")
@@ -186,15 +193,18 @@ def plan_request(
             plan.tiers.append(TierPlan(tier.name, tier.model_name, reason, 0, 0.0, 0))
             continue
         tokens = tier.count_prompt(messages, compiled)
+        weights = budgets.weights(tier.name)  # each tier is leased at its own weights
         plan.tiers.append(
             TierPlan(
                 tier.name,
                 tier.model_name,
                 "grammar" if steerable else "openai strict",
                 tokens,
-                budgets.cost(tokens, max_tokens + (repair if steerable else 0)),
+                budgets.cost(tokens, max_tokens + (repair if steerable else 0), tier.name),
                 router.max_attempts_per_tier,
-                budgets.cost(tokens, first_chunk),
+                budgets.cost(tokens, first_chunk, tier.name),
+                budgets.cost(tokens, 1, tier.name),
+                None if weights == (budgets.weight_in, budgets.weight_out) else weights,
             )
         )
     return plan

@@ -9,15 +9,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from coreason_runtime._controls import Controls
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import (
-    EpistemicYieldError,
-    RequestError,
-    SchemaCompileError,
-)
+from coreason_runtime._exceptions import EpistemicYieldError, RequestError
 from coreason_runtime.budget import DEFAULT_WORKFLOW, BudgetCage
 from coreason_runtime.tensor._admission import checked_request, hold_while_paused, policy_of
 from coreason_runtime.tensor._attempts import Conversation, RequestPlan, TierRunner
@@ -25,14 +19,11 @@ from coreason_runtime.tensor._plan import DryRun, plan_request
 from coreason_runtime.tensor._replay import ReplayRecord
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 from coreason_runtime.tensor._stream import PartialStream
-from coreason_runtime.tensor._types import (
-    Attempt,
-    Result,
-    Tier,
-)
+from coreason_runtime.tensor._types import Result, Tier
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
+    from coreason_runtime.route import Routing
     from coreason_runtime.verify._tools import FieldTier
 
 __all__ = ["TensorRouter"]
@@ -105,6 +96,7 @@ class TensorRouter:
         self.pause_timeout = pause_timeout
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
+        self.routing: Routing | None = None  # the routing policy and gate, when attached
         self._tool_tiers = tool_tiers
         self.replay: ReplayRecord | None = None  # a notebook's exact replay, consulted first
 
@@ -125,6 +117,7 @@ class TensorRouter:
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
+        router.routing = rt.tiers.routing()
         router.replay = rt.engine("replay", ReplayRecord.for_runtime)
         return router
 
@@ -146,6 +139,8 @@ class TensorRouter:
             raise RequestError(msg)
         with self._lock:
             self._tiers = list(tiers)
+        if self.routing is not None:
+            self.routing.retier(names)
 
     @property
     def tool_tiers(self) -> list[FieldTier]:
@@ -329,24 +324,33 @@ class TensorRouter:
                 {"role": "user", "content": plan.prompt},
             ]
         )
+        # the routing hook: the policy's plan, the what-if gate on each escalation (of the
+        # request, or of one field to a span tier); without routing, the cascade in order
+        route = self.routing.begin(spec, plan, cascade) if self.routing is not None else None
         spans: list[FieldTier] = []
         if plan.verify is not None:
             from coreason_runtime.tensor._verified import field_tiers
 
             spans = field_tiers(plan.verify, self.tool_tiers, cascade, self.compile, plan)
-        runner = TierRunner(self.budgets, self.bus, self.compile, self.max_attempts_per_tier, spans)
-        for i, tier in enumerate(cascade):
-            if i:
+        gate = route.span_allowed if route is not None else None
+        runner = TierRunner(
+            self.budgets, self.bus, self.compile, self.max_attempts_per_tier, spans, gate
+        )
+        walk = route.walk() if route is not None else zip([None, *cascade], cascade, strict=False)
+        for prev, tier in walk:
+            if prev is not None:
                 self.bus.emit(
                     EventType.ESCALATED,
                     workflow_id=wf,
                     source="router",
-                    from_tier=cascade[i - 1].name,
+                    from_tier=prev.name,
                     to_tier=tier.name,
                     reason=conv.attempts[-1].error_type if conv.attempts else None,
                 )
             result = runner.run(tier, spec, conv, plan)
             if result is not None:
+                if route is not None:
+                    route.finish(result)
                 self.bus.emit(
                     EventType.REQUEST_FINISHED,
                     workflow_id=wf,
@@ -359,7 +363,8 @@ class TensorRouter:
                 if cache is not False:
                     self._admit_to_cache(spec, plan, result)
                 return result
-        raise self._yield(spec, plan, conv)
+        error = self._yield(spec, plan, conv)
+        raise error if route is None else route.fail(error, conv.repairs)
 
     def _yield(
         self, spec: SchemaSpec, plan: RequestPlan, conv: Conversation
@@ -453,41 +458,9 @@ class TensorRouter:
         ValidationFailure
             The answer does not satisfy the schema; nothing is recorded.
         """
-        spec = error.spec
-        if spec is None:
-            if error.schema is None:
-                msg = "this EpistemicYieldError carries no schema to validate against"
-                raise SchemaCompileError(msg)
-            spec = SchemaSpec.from_user(error.schema)
-        if isinstance(answer, BaseModel):
-            answer = answer.model_dump(mode="json")
-        value = spec.validate_value(answer)
-        wf = error.workflow_id or DEFAULT_WORKFLOW
-        self.budgets.record(wf, "human", note="Oracle Circuit: answered by a human")
-        attempt = Attempt(tier="human", index=1, ok=True, model="human")
-        attempts = [*error.attempts, attempt]
-        self.bus.emit(
-            EventType.HUMAN_ANSWERED, workflow_id=wf, source="router", schema_name=spec.name
-        )
-        self.bus.emit(
-            EventType.REQUEST_FINISHED,
-            workflow_id=wf,
-            source="router",
-            tier="human",
-            cost=sum(a.cost for a in attempts),
-            attempts=len(attempts),
-        )
-        text = value.model_dump_json() if isinstance(value, BaseModel) else str(answer)
-        return Result(
-            value=value,
-            tier="human",
-            attempts=attempts,
-            cost=sum(a.cost for a in attempts),
-            workflow_id=wf,
-            text=text,
-            model="human",
-            schema_key=spec.key,
-        )
+        from coreason_runtime.tensor._human import resolve_yield
+
+        return resolve_yield(self.budgets, self.bus, error, answer)
 
     def close(self) -> None:
         """Close every tier (connections, models)."""

@@ -17,6 +17,7 @@ from coreason_runtime._controls import Ticket
 
 if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
+    from coreason_runtime.route import RoutePlan
     from coreason_runtime.tensor._compiler import UniversalCompiler
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
     from coreason_runtime.verify import RepairRecord, Verdict
@@ -123,6 +124,7 @@ class Result(Generic[T]):
     verification: Verdict | None = None
     thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
     closed: str | None = None
+    route: RoutePlan | None = None  # the routing policy's plan and reason, when one routed it
     replayed: bool = False
 
     @property
@@ -151,6 +153,7 @@ class Result(Generic[T]):
                 {"field": r.field, "tier": r.tier, "accepted": r.accepted, "cost": r.cost}
                 for r in self.repairs
             ],
+            "route": None if self.route is None else self.route.reason,
             "replayed": self.replayed,
         }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,6 @@ from coreason_runtime.verify._span import TextDraft
 from coreason_runtime.verify._tools import FieldTier
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.tensor._attempts import Conversation, RequestPlan
     from coreason_runtime.tensor._router import TensorRouter
@@ -41,7 +39,7 @@ if TYPE_CHECKING:
     from coreason_runtime.tensor._types import Meter, Result
     from coreason_runtime.verify import VerifyPolicy
 
-__all__ = ["RemoteFieldTier", "SpanTiers", "field_tiers", "finish_verification"]
+__all__ = ["RemoteFieldTier", "SpanGate", "SpanTiers", "field_tiers", "finish_verification"]
 
 _FIELD_PROMPT = (
     "Question: {prompt}\n"
@@ -127,9 +125,15 @@ def field_tiers(
     return [by_name[n] for n in policy.span_tiers if n in by_name]
 
 
+SpanGate = Callable[[str, str, float], bool]
+"""``gate(tier, pointer, cost)``: may field ``pointer`` be asked of span tier ``tier`` at an
+estimated C of ``cost``? (The routing session's what-if gate, ``RouteSession.span_allowed``.)"""
+
+
 class SpanTiers:
     """The ``escalate`` of a request's jobs: asks each span tier in turn, each under its own
-    reservation (settled before its answer is handed back); their C is the request's too."""
+    reservation (settled before its answer is handed back); their C is the request's too.
+    With a ``gate``, a span tier it refuses is passed over (the gate keeps the refusal)."""
 
     def __init__(
         self,
@@ -137,15 +141,22 @@ class SpanTiers:
         budgets: BudgetCage,
         plan: RequestPlan,
         conv: Conversation,
+        gate: SpanGate | None = None,
     ) -> None:
         self.tiers = list(tiers)
         self.budgets = budgets
         self.plan = plan
         self.conv = conv
+        self.gate = gate
 
     def __call__(self, ask: FieldAsk) -> Iterator[FieldAnswer]:
         for tier in self.tiers:
             self.plan.ticket.checkpoint()
+            if self.gate is not None:
+                tokens_in, max_out = tier.estimate(ask)
+                cost = self.budgets.cost(tokens_in, max(1, max_out), tier.name)
+                if not self.gate(tier.name, ask.pointer, cost):
+                    continue
             answer = self._ask(tier, ask)
             if answer is not None:
                 yield answer
@@ -198,7 +209,7 @@ def finish_verification(
     if outcome is None:
         outcome = job.run(TextDraft(text), checkpoint=plan.ticket.checkpoint)
     records = [
-        r.model_copy(update={"cost": budgets.cost(r.tokens_in, r.tokens_out)})
+        r.model_copy(update={"cost": budgets.cost(r.tokens_in, r.tokens_out, tier.name)})
         if r.tier == "local"
         else r
         for r in outcome.repairs

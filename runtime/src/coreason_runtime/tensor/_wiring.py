@@ -23,16 +23,21 @@ __all__ = ["LazyLocalTier", "default_tiers"]
 
 
 class LazyLocalTier(SteerableTier):
-    """The local tier, loading its model on first use so that a Coordinator starts instantly.
+    """An in-kernel model tier, loading its model on first use so that a Coordinator starts
+    instantly.
 
     Everything but :attr:`model_name` and :meth:`close` loads the model; :meth:`load` returns
     the real :class:`~coreason_runtime.tensor.LocalTier` (its engine, prefix cache, ...).
+    ``model`` names another model than the runtime's (``rt.config.model``, which decodes on
+    ``rt.decode``); it gets a decode engine of its own. ``name`` is the tier's name.
     """
 
     name = "local"
 
-    def __init__(self, rt: Coordinator) -> None:
+    def __init__(self, rt: Coordinator, *, model: str | None = None, name: str = "local") -> None:
         self._rt = rt
+        self._model = model if model not in (None, rt.config.model) else None
+        self.name = name
         self._tier: LocalTier | None = None
         self._lock = threading.Lock()
 
@@ -46,12 +51,16 @@ class LazyLocalTier(SteerableTier):
             if self._tier is None:
                 from coreason_runtime.tensor._local import LocalTier
 
-                self._tier = LocalTier.for_runtime(self._rt)
+                if self._model is None:
+                    self._tier = LocalTier.for_runtime(self._rt)
+                else:
+                    self._tier = LocalTier.for_model(self._rt, self._model)
+                self._tier.name = self.name
             return self._tier
 
     @property
     def model_name(self) -> str:
-        return self._rt.config.model
+        return self._model or self._rt.config.model
 
     @property
     def revision(self) -> str | None:
@@ -79,12 +88,6 @@ class LazyLocalTier(SteerableTier):
 
 
 def default_tiers(rt: Coordinator) -> list[Tier]:
-    """``[local, oracle]``, or ``[local]`` when no oracle is configured."""
-    tiers: list[Tier] = [LazyLocalTier(rt)]
-    if rt.config.oracle is not None:
-        from coreason_runtime.tensor._remote import RemoteTier
-
-        oracle = RemoteTier.for_runtime(rt)
-        if oracle is not None:
-            tiers.append(oracle)
-    return tiers
+    """The runtime's tier matrix (``rt.tiers``), built: by default ``[local, oracle]``, or
+    ``[local]`` when no oracle is configured."""
+    return rt.tiers.build()
