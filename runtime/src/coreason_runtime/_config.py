@@ -18,6 +18,16 @@ def coreason_home() -> Path:
     return home
 
 
+def _mib(var: str, default: int | None) -> int | None:
+    """``$var`` in MiB as bytes (``none``: unbounded), else ``default``."""
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() == "none":
+        return None
+    return int(float(raw) * 2**20)
+
+
 def model_cache_dir() -> Path:
     """Where converted models live: ``$COREASON_MODEL_CACHE`` or ``$COREASON_HOME/models``."""
     explicit = os.environ.get("COREASON_MODEL_CACHE")
@@ -76,4 +86,12 @@ class RuntimeConfig:
     # workflow, cost 0); COREASON_SUBGOAL_CACHE=0 makes every request go to the tiers.
     subgoal_cache: bool = field(
         default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "1") != "0"
+    )
+    # KV blocks in tiers (rt.kv): capacity per tier in bytes (None: unbounded; a disk tier of
+    # 0 turns it off), from COREASON_KV_{GPU,RAM,DISK}_MB; tokens per block
+    kv_gpu_bytes: int | None = field(default_factory=lambda: _mib("COREASON_KV_GPU_MB", 2 << 30))
+    kv_ram_bytes: int | None = field(default_factory=lambda: _mib("COREASON_KV_RAM_MB", 1 << 30))
+    kv_disk_bytes: int | None = field(default_factory=lambda: _mib("COREASON_KV_DISK_MB", 8 << 30))
+    kv_block_tokens: int = field(
+        default_factory=lambda: int(os.environ.get("COREASON_KV_BLOCK_TOKENS", "64"))
     )

@@ -156,6 +156,7 @@ class SessionEditing(SessionFields):
             self._executing = True
         try:
             with self.engine.lock:
+                self._kv_ready()  # a demoted KV comes back from the block store first
                 self.sync()
                 ed = SessionEdit(self, self._kv_len if keep_from is None else keep_from)
                 try:
@@ -232,6 +233,7 @@ class SessionEditing(SessionFields):
             if self._executing:
                 msg = f"pause session {self.id} before restoring a checkpoint"
                 raise SessionStateError(msg)
+            self._kv_forget()  # the checkpoint's KV replaces a demoted one
             self._tokens = list(cp.tokens)
             self._origins = list(cp.origins)
             crop_to(self.cache, 0)

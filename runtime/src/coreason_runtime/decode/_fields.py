@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from coreason_runtime.decode._engine import DecodeEngine
     from coreason_runtime.decode._grammar import GrammarMask
     from coreason_runtime.decode._sampler import Sampler
+    from coreason_runtime.decode._store import BlockStore, Held
     from coreason_runtime.tensor._types import Meter
 
 __all__ = ["Origin", "SessionFields", "SessionState", "Step", "Timings"]
@@ -97,6 +98,8 @@ class SessionFields:
     n_generated: int
     finish_reason: str | None
     timings: Timings
+    kv: BlockStore | None
+    _kv_held: Held | None
     _tokens: list[int]
     _origins: list[Origin]
     _kv_len: int
@@ -121,3 +124,7 @@ class SessionFields:
         def layer_check(self) -> Callable[[], None]: ...
 
         def _finish(self, reason: str) -> str: ...
+
+        def _kv_ready(self) -> None: ...
+
+        def _kv_forget(self) -> None: ...

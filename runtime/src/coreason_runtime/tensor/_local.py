@@ -22,7 +22,14 @@ from coreason_runtime._exceptions import (
     SchemaCompileError,
     WorkflowAbortedError,
 )
-from coreason_runtime.decode import DecodeEngine, DecodeSession, GrammarMask, Sampler, SessionState
+from coreason_runtime.decode import (
+    BlockStore,
+    DecodeEngine,
+    DecodeSession,
+    GrammarMask,
+    Sampler,
+    SessionState,
+)
 from coreason_runtime.tensor._compiler import LocalGrammar, UniversalCompiler
 from coreason_runtime.tensor._prefix import PrefixCache
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
@@ -98,7 +105,9 @@ class LocalTier(SteerableTier):
     Sessions run on ``engine`` (the runtime's decode engine, sharing the model's lock), so
     several requests interleave token by token and every mechanism of the engine (pause at a
     layer boundary, checkpoints, span repair) applies to a request in flight. Prompts share
-    KV through a prefix cache bounded by ``prefix_cache_tokens``.
+    KV through the prefix cache, a view of the block store ``kv`` (or, without one, of a
+    private RAM-only store bounded by ``prefix_cache_tokens``); a paused or preempted
+    request hands its KV to that store while it waits.
 
     Parameters
     ----------
@@ -110,6 +119,8 @@ class LocalTier(SteerableTier):
         Where ``tokens.batch``, ``cache.prefix_reused`` and ``decode.*`` events go.
     engine
         The decode engine to run sessions on; one over ``loaded`` when omitted.
+    kv
+        The KV block store (``rt.kv``: RAM and disk tiers shared by the runtime).
     """
 
     name = "local"
@@ -125,6 +136,7 @@ class LocalTier(SteerableTier):
         prefix_cache_tokens: int = 4096,
         stream_every: int = 8,
         timeout: float = DEFAULT_TIMEOUT,
+        kv: BlockStore | None = None,
     ) -> None:
         self.loaded = loaded
         self.bus = bus if bus is not None else (engine.bus if engine is not None else EventBus())
@@ -133,7 +145,8 @@ class LocalTier(SteerableTier):
         )
         self.compiler = compiler or UniversalCompiler(loaded, bus=self.bus)
         self.info = self.engine.info
-        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens, store=kv)
+        self.kv = self.prefix_cache.blocks
         self.stream_every = max(1, stream_every)
         self.timeout = timeout
 
@@ -145,7 +158,14 @@ class LocalTier(SteerableTier):
         engine = rt.decode
         loaded = load_model(rt.config.model)
         compiler = UniversalCompiler(loaded, timeout=rt.config.compile_timeout, bus=rt.bus)
-        return cls(loaded, compiler, bus=rt.bus, engine=engine, timeout=rt.config.local_timeout)
+        return cls(
+            loaded,
+            compiler,
+            bus=rt.bus,
+            engine=engine,
+            timeout=rt.config.local_timeout,
+            kv=rt.kv,
+        )
 
     @property
     def model_name(self) -> str:
@@ -317,6 +337,7 @@ class LocalTier(SteerableTier):
             deadline=deadline,
             prefix=(cache, reused),
             on_token=stream.on_token,
+            kv=self.kv,
         )
         try:
             self._drive(session, ticket)
@@ -336,7 +357,9 @@ class LocalTier(SteerableTier):
         with ticket.track(session):
             while True:
                 if session.state is SessionState.PAUSED:
+                    session.demote()  # its KV waits in the block store, not in RAM
                     ticket.checkpoint()  # blocks until resumed; raises once aborted
+                    session.prefetch()  # the KV comes back while the session resumes
                     if session.state is SessionState.PAUSED:
                         session.resume()
                 if session.run() is SessionState.FINISHED:
