@@ -156,8 +156,7 @@ class SessionEditing(SessionFields):
             self._executing = True
         try:
             with self.engine.lock:
-                self._kv_ready()  # a demoted KV comes back from the block store first
-                self.sync()
+                self.sync()  # a demoted KV comes back first, and a pending last token
                 ed = SessionEdit(self, self._kv_len if keep_from is None else keep_from)
                 try:
                     yield ed
@@ -170,7 +169,9 @@ class SessionEditing(SessionFields):
                 self._cv.notify_all()
 
     def sync(self) -> None:
-        """Forward the last token a finished session left out of the KV (no-op otherwise)."""
+        """Make ``cache`` hold every token: take a demoted KV back from the block store, and
+        forward the last token a finished session left out of the KV (no-op otherwise)."""
+        self._kv_ready()
         pending = self._tokens[self._kv_len :]
         if not self._prefilled or not pending:
             return

@@ -61,10 +61,12 @@ class Held:
 
 @dataclass(frozen=True)
 class KVStats:
-    """Bytes and block groups per tier, and block reads served fast or not, since start."""
+    """Bytes and block groups per tier, block groups pinned by paused sessions, and block
+    reads since start: served from a fast tier (hits), from disk (misses), or lost."""
 
     tiers: dict[str, int]
     blocks: dict[str, int]
+    pinned: int
     hits: int
     misses: int
     absent: int
@@ -144,7 +146,9 @@ class BlockStore(RestoreMixin, MovesMixin):
         self._copies, self.gpu_bytes_cap = self._device_tier(device, gpu_bytes)
         self._pin = self._copies is not None
         self.disk = DiskTier(root, space) if root is not None and space is not None else None
-        self.predictor = Predictor(self.disk.dir / "predictor.json" if self.disk else None)
+        self.predictor = Predictor(
+            self.disk.dir / "predictor.json" if self.disk is not None else None
+        )
         self.background = Background(read_threads, self._writes_idle)
         if self.disk is not None:
             self.disk.scan()
@@ -204,7 +208,8 @@ class BlockStore(RestoreMixin, MovesMixin):
                 "ram": sum(e.ram is not None for e in self._entries.values()),
                 "disk": len(self.disk) if self.disk is not None else 0,
             }
-            return KVStats(self.tiers(), blocks, self.hits, self.misses, self.absent)
+            pinned = sum(e.pins > 0 for e in self._entries.values())
+            return KVStats(self.tiers(), blocks, pinned, self.hits, self.misses, self.absent)
 
     def _emit(self, type_: EventType, /, **data: Any) -> None:
         if self.bus is not None:
@@ -237,8 +242,9 @@ class BlockStore(RestoreMixin, MovesMixin):
         return e
 
     def _drop_entry(self, e: Entry) -> None:
-        """Under the lock: forget ``e`` if nothing holds a copy or is moving it."""
-        if e.fast or e.writing or e.loading is not None or e.busy:
+        """Under the lock: forget ``e`` if nothing holds a copy, is moving it or pins it (a
+        paused session's pin keeps its disk copy from being trimmed)."""
+        if e.fast or e.writing or e.loading is not None or e.busy or e.pins:
             return
         if self._entries.get(e.ref.digest) is e:
             del self._entries[e.ref.digest]
@@ -315,6 +321,8 @@ class BlockStore(RestoreMixin, MovesMixin):
                 e = self._entries.get(d)
                 if e is not None and e.pins > 0:
                     e.pins -= 1
+                    if not e.pins:
+                        self._drop_entry(e)
 
     def clear(self) -> None:
         """Forget every block held in memory (files on disk stay)."""
