@@ -92,7 +92,7 @@ class BudgetArgs:
 
 @dataclass
 class AskArgs:
-    """``ask [SCHEMA] [-w W] [-t a,b] [-n MAX_TOKENS] [-o VAR] [--background]``."""
+    """``ask [SCHEMA] [-w W] [-t a,b] [-n MAX_TOKENS] [-o VAR] [--verify V] [--background]``."""
 
     schema: str | None = None
     workflow: str | None = None
@@ -101,6 +101,7 @@ class AskArgs:
     into: str | None = None
     background: bool = False
     dashboard: bool | None = None
+    verify: str | None = None
 
 
 @dataclass
@@ -215,6 +216,10 @@ def _ask(p: _Parser) -> None:
         help="return a handle at once; the request runs on the runtime thread",
     )
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--verify",
+        help="verifiers, e.g. 'derivative(of=x**3, result=derivative)', or a callable's name",
+    )
 
 
 def _thunk(p: _Parser) -> None:

@@ -10,7 +10,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ipywidgets as W
-from coreason_runtime import Controls, EpistemicYieldError, Event, WorkflowAbortedError
+from coreason_runtime import (
+    Controls,
+    CoreasonError,
+    EpistemicYieldError,
+    Event,
+    WorkflowAbortedError,
+)
 from coreason_runtime.events import (
     AttemptFailed,
     AttemptFinished,
@@ -24,7 +30,7 @@ from coreason_lab._args import suggest
 from coreason_lab._display import ResultDisplay
 from coreason_lab._throttle import Throttle
 
-__all__ = ["AskHandle", "resolve_schema", "split_schema_cell"]
+__all__ = ["AskHandle", "parse_verifiers", "resolve_schema", "split_schema_cell"]
 
 
 def _schema_like(value: Any) -> bool:
@@ -62,6 +68,26 @@ def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
         )
         raise UsageError(msg)
     return value
+
+
+def parse_verifiers(text: str | None, ns: Mapping[str, Any]) -> Any:
+    """``--verify``'s verifiers: built-ins (``derivative(of=x**3, result=derivative)``) or
+    callables of the namespace, comma-separated; ``None`` without the option.
+
+    Raises
+    ------
+    UsageError
+        The text names something that is not a verifier.
+    """
+    if text is None:
+        return None
+    from coreason_runtime.verify._spec import parse_verify
+
+    try:
+        return parse_verify(text, ns)
+    except CoreasonError as e:
+        msg = f"%%coreason ask {e} (quote the whole option: --verify '...')"
+        raise UsageError(msg) from e
 
 
 def split_schema_cell(cell: str) -> tuple[str | None, str]:

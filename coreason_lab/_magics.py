@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 
 from coreason_lab._args import VERBS, DashboardArgs, build_parser, parse_line, suggest
-from coreason_lab._ask import AskHandle, resolve_schema, split_schema_cell
+from coreason_lab._ask import AskHandle, parse_verifiers, resolve_schema, split_schema_cell
 from coreason_lab._comm import CommBridge
 from coreason_lab._display import ResultDisplay, status_html
 from coreason_lab._oracle_circuit import OracleForm
@@ -361,6 +361,7 @@ class CoreasonMagics(Magics):
             "workflow_id": wf,
             "tiers": tiers,
             "max_tokens": args.max_tokens or (self.max_tokens or None),
+            "verify": parse_verifiers(args.verify, self.ns),
         }
         router = self.runtime.router
         future = self.runtime.call(lambda: router.generate(schema, prompt, **kwargs))

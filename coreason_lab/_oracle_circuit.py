@@ -87,6 +87,7 @@ class OracleForm:
             self._whole = True
         else:
             self._whole = False
+        rejected = self._rejected(error)
         rows: list[W.Widget] = []
         for name, node in props.items():
             kind, node, nullable = field_kind(self.schema, node if isinstance(node, dict) else {})
@@ -94,6 +95,8 @@ class OracleForm:
             widget = self._widget(kind, node, is_required)
             label = node.get("title") or name
             tip = node.get("description") or ""
+            if name in rejected:  # the verifiers' reason, beside the field it names
+                tip = f"✗ {rejected[name]}" + (f" · {tip}" if tip else "")
             rows.append(
                 W.HBox(
                     [
@@ -117,12 +120,29 @@ class OracleForm:
             "<b>Oracle Circuit</b>: every tier failed, so this question needs a human.<br>"
             f"<b>workflow</b> {html.escape(str(error.workflow_id))} · <b>attempts</b> "
             f"{html.escape(attempts)}<br><b>question</b> "
-            f"<pre style='white-space:pre-wrap'>{html.escape(error.prompt or '')}</pre></div>"
+            f"<pre style='white-space:pre-wrap'>{html.escape(error.prompt or '')}</pre>"
+            f"{self._rejected_html(error)}</div>"
         )
         self.button = W.Button(description="Submit answer", button_style="warning", icon="check")
         self.button.on_click(lambda _b: self.submit())
         self.message = W.HTML()
         self.widget = W.VBox([header, *rows, self.button, self.message])
+
+    def _rejected(self, error: EpistemicYieldError) -> dict[str, str]:
+        """Top-level field -> why the request's verifiers rejected it, for the form's rows."""
+        out: dict[str, str] = {}
+        for f in error.failures:
+            name = f.pointer[1:].split("/", 1)[0] if f.pointer else "answer"
+            name = name.replace("~1", "/").replace("~0", "~")
+            out[name] = "; ".join(filter(None, [out.get(name), f.message]))
+        return out
+
+    @staticmethod
+    def _rejected_html(error: EpistemicYieldError) -> str:
+        if not error.failures:
+            return ""
+        items = "".join(f"<li>{html.escape(f.describe())}</li>" for f in error.failures)
+        return f"<b>rejected by the verifiers</b><ul>{items}</ul>"
 
     @staticmethod
     def _widget(kind: str, node: dict[str, Any], required: bool) -> W.Widget:

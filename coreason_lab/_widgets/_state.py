@@ -345,6 +345,23 @@ class DecodeState:
             else:
                 self.chars -= len(head)
 
+    def _mark(self, old: str, new: str) -> None:
+        """Show a repair where it happened: the old span struck through, the new one marked;
+        appended when the old span is no longer in the (capped) stream."""
+        for i in range(len(self.spans) - 1, -1, -1):
+            text, kind = self.spans[i]
+            at = text.rfind(old) if kind == "text" and old else -1
+            if at < 0:
+                continue
+            parts = [(text[:at], "text"), (old, "replaced"), (new, "repaired")]
+            parts.append((text[at + len(old) :], "text"))
+            del self.spans[i]
+            for offset, part in enumerate(p for p in parts if p[0]):
+                self.spans.insert(i + offset, part)
+            self.chars += len(new)
+            return
+        self._add(new, "repaired")
+
     def apply(self, events: Iterable[Event]) -> None:
         for ev in events:
             p = ev.data
@@ -352,8 +369,9 @@ class DecodeState:
                 self.tokens += p.tokens_out
                 self._add(p.delta, "text")
             elif isinstance(p, SpanRepaired):
-                self.repairs += 1
-                self._add(p.new_text, "repaired")
+                if p.new_text != p.old_text:  # a rejected repair changed nothing
+                    self.repairs += 1
+                    self._mark(p.old_text, p.new_text)
             elif isinstance(p, DecodeInjected):
                 self._add(f"⟦+{p.n_tokens} tokens⟧", "injected")
             elif isinstance(p, ThunkForced):

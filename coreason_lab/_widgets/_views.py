@@ -30,6 +30,7 @@ STATE_COLOURS = {
 }
 SPAN_CSS = (
     "<style>.coreason-repaired{background:#ffe08a;text-decoration:underline wavy #c77c00}"
+    ".coreason-replaced{text-decoration:line-through;opacity:0.55}"
     ".coreason-injected{background:#d7ecff}"
     ".coreason-thunk{background:#d9f7d9;font-weight:bold}</style>"
 )

@@ -221,6 +221,52 @@ def test_decode_state_marks_repairs_and_forced_thunks() -> None:
     ]
 
 
+def test_decode_state_marks_a_repair_where_it_happened() -> None:
+    s = DecodeState()
+    fixed = ev(
+        EventType.SPAN_REPAIRED,
+        session="s1",
+        start=5,
+        old_end=9,
+        new_end=8,
+        old_text=' "3x^2*ln(x)"',
+        new_text=' "3*x**2"',
+        decoded_tokens=6,
+        prefilled_tokens=1,
+        candidates=2,
+        accepted=True,
+        reason="derivative",
+    )
+    s.apply([tokens('{"d": "3x^2*ln(x)"}', 9, 9), fixed])
+    assert list(s.spans) == [
+        ('{"d":', "text"),
+        (' "3x^2*ln(x)"', "replaced"),
+        (' "3*x**2"', "repaired"),
+        ("}", "text"),
+    ]
+    assert s.repairs == 1
+
+
+def test_a_repair_that_changed_nothing_is_not_shown() -> None:
+    s = DecodeState()
+    same = ev(
+        EventType.SPAN_REPAIRED,
+        session="s1",
+        start=0,
+        old_end=1,
+        new_end=1,
+        old_text="x",
+        new_text="x",
+        decoded_tokens=4,
+        prefilled_tokens=0,
+        candidates=4,
+        accepted=False,
+        reason="derivative",
+    )
+    s.apply([tokens("x", 1, 1), same])
+    assert list(s.spans) == [("x", "text")] and s.repairs == 0
+
+
 def test_decode_state_follows_its_workflows_controls() -> None:
     s = DecodeState()
     s.apply([control(EventType.WORKFLOW_PAUSED, "paused", "running")])

@@ -46,6 +46,8 @@ class EventType(StrEnum):
     ESCALATED = "request.escalated"
     YIELDED = "request.yielded"
     HUMAN_ANSWERED = "request.human_answered"
+    REQUEST_VERIFIED = "request.verified"
+    FIELD_REPAIRED = "request.field_repaired"
     SCHEMA_COMPILED = "schema.compiled"
     PREFIX_REUSED = "cache.prefix_reused"
     # budget cage
@@ -137,6 +139,8 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.ESCALATED: P.Escalated,
         EventType.YIELDED: P.Yielded,
         EventType.HUMAN_ANSWERED: P.HumanAnswered,
+        EventType.REQUEST_VERIFIED: P.RequestVerified,
+        EventType.FIELD_REPAIRED: P.FieldRepaired,
         EventType.SCHEMA_COMPILED: P.SchemaCompiled,
         EventType.PREFIX_REUSED: P.PrefixReused,
         EventType.BUDGET_SET: P.BudgetSet,

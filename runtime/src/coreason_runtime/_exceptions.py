@@ -12,6 +12,7 @@ The hierarchy::
     │   └── OracleSchemaLimitError ............... schema breaks OpenAI strict-mode limits
     ├── RequestError (+ValueError) ............... empty prompt, bad parameters
     ├── ValidationFailure (+ValueError) .......... output parsed but failed validation (retryable)
+    │   └── VerificationFailure .................. it validated, but a verifier rejected a field
     ├── BudgetError
     │   ├── BudgetExceededError .................. ceiling crossed: bypasses every retry
     │   ├── UnknownWorkflowError (+LookupError)
@@ -31,7 +32,9 @@ The hierarchy::
     ├── DecodeError .............................. decode sessions, span repair, thunks
     │   ├── SessionStateError .................... resume without pause, inject when finished
     │   ├── SpanError (+ValueError) .............. span out of range or over a special token
-    │   ├── VerifierError ........................ a verifier raised instead of judging
+    │   ├── VerifierError ........................ a verifier raised, returned garbage, named a
+    │   │   │                                      field the value lacks: a bug, never retried
+    │   │   └── VerifierTimeoutError (+TimeoutError) a verifier did not return in time
     │   └── ThunkError (+LookupError) ............ unknown or cyclic thunk, expander failed
     ├── SchedulerError ........................... DAGs, critical-path and slack schedulers
     │   ├── InvalidDAGError ...................... malformed DAG or task (not a ValueError:
@@ -144,7 +147,9 @@ __all__ = [
     "UnknownTransactionError",
     "UnknownWorkflowError",
     "ValidationFailure",
+    "VerificationFailure",
     "VerifierError",
+    "VerifierTimeoutError",
     "WorkerDiedError",
     "WorkflowAbortedError",
 ]
@@ -246,6 +251,26 @@ class ValidationFailure(CoreasonError, ValueError):
         self.output = output
 
 
+class VerificationFailure(ValidationFailure):
+    """The output validated, but a verifier rejected it (retryable with the failures fed back).
+
+    ``failures`` are the verifier's findings (each names a field by JSON pointer, with a
+    message); ``repairs`` the span repairs tried on the way, accepted or not.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failures: Sequence[Any] = (),
+        repairs: Sequence[Any] = (),
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, **fields)
+        self.failures = list(failures)
+        self.repairs = list(repairs)
+
+
 # --- budgets -------------------------------------------------------------------------------
 
 
@@ -337,7 +362,8 @@ class EpistemicYieldError(CoreasonError):
 
     ``schema`` is the JSON schema the answer must satisfy and ``prompt`` the question, so a
     form can be built from the error alone; ``spec`` is the router's compiled view of the
-    schema (a :class:`~coreason_runtime.tensor.SchemaSpec`) when the router raised it.
+    schema (a :class:`~coreason_runtime.tensor.SchemaSpec`) when the router raised it;
+    ``failures`` what the request's verifiers still rejected last (each names a field).
     """
 
     def __init__(
@@ -347,12 +373,14 @@ class EpistemicYieldError(CoreasonError):
         schema: dict[str, Any] | None = None,
         prompt: str | None = None,
         spec: SchemaSpec | None = None,
+        failures: Sequence[Any] = (),
         **fields: Any,
     ) -> None:
         super().__init__(message, **fields)
         self.schema = schema
         self.prompt = prompt
         self.spec = spec
+        self.failures = list(failures)
 
 
 # --- workflow controls ---------------------------------------------------------------------
@@ -387,7 +415,17 @@ class SpanError(DecodeError, ValueError):
 
 
 class VerifierError(DecodeError):
-    """A verifier raised instead of returning a verdict; the session is unchanged."""
+    """A verifier did not judge: it raised (other than ``ValueError``), returned something that
+    is not a list of failures, or named a field the value does not have. A bug in the
+    verifier, not in the answer: never retried, never escalated. ``verifier`` names it."""
+
+    def __init__(self, message: str, *, verifier: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.verifier = verifier
+
+
+class VerifierTimeoutError(VerifierError, TimeoutError):
+    """A verifier did not return within its time limit (it is abandoned, not killed)."""
 
 
 class ThunkError(DecodeError, LookupError):

@@ -40,8 +40,14 @@ def _load_schema(text: str) -> dict[str, Any]:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    """One structured request; prints the JSON value, then its tier and cost on stderr."""
+    """One structured request; prints the JSON value, then its tier, cost and verdict on
+    stderr (with ``--verify``, each field repair too)."""
     schema = _load_schema(args.schema)
+    verify = None
+    if args.verify:
+        from coreason_runtime.verify._spec import parse_verify
+
+        verify = parse_verify(args.verify)
     with _runtime(args) as rt:
         if args.workflow and args.ceiling is not None:
             rt.budgets.set(args.workflow, ceiling=args.ceiling)
@@ -52,13 +58,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             tiers=args.tiers.split(",") if args.tiers else None,
             seed=args.seed,
+            verify=verify,
         )
         print(json.dumps(res.value, indent=2))
+        verdict = "" if verify is None else f" verified={str(res.verified).lower()}"
         print(
             f"tier={res.tier} cost={res.cost:g} attempts={len(res.attempts)} "
-            f"spent={rt.budgets.spent(res.workflow_id):g}",
+            f"spent={rt.budgets.spent(res.workflow_id):g}{verdict}",
             file=sys.stderr,
         )
+        for r in res.repairs:
+            print(
+                f"repair {r.field} tier={r.tier} {'accepted' if r.accepted else 'rejected'} "
+                f"candidates={r.candidates} tokens_out={r.tokens_out} cost={r.cost:g} "
+                f"{r.old} -> {r.new or '-'}",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -169,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int, default=None)
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--model", default=None, help="local model id or folder")
+    ask.add_argument(
+        "--verify",
+        default=None,
+        help="verifiers, e.g. 'derivative(of=x**3, result=derivative)' (comma-separated)",
+    )
     ask.set_defaults(func=cmd_ask)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible server over the local tier")

@@ -86,6 +86,7 @@ from coreason_runtime._payloads._sim import (
     RbfPruned,
     SimStep,
 )
+from coreason_runtime._payloads._verify import FieldRepaired, RequestVerified
 
 __all__ = [
     "AttemptFailed",
@@ -118,6 +119,7 @@ __all__ = [
     "Escalated",
     "EstimateUpdated",
     "EventPayload",
+    "FieldRepaired",
     "HumanAnswered",
     "InvariantViolated",
     "KVFault",
@@ -132,6 +134,7 @@ __all__ = [
     "RequestFailed",
     "RequestFinished",
     "RequestStarted",
+    "RequestVerified",
     "RuntimeStarted",
     "RuntimeStopped",
     "ScheduleDecided",

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventType
-from coreason_runtime._exceptions import DecodeError, SessionStateError, SpanError
+from coreason_runtime._exceptions import (
+    BudgetExceededError,
+    DecodeError,
+    SessionStateError,
+    SpanError,
+    WorkflowAbortedError,
+)
 from coreason_runtime.decode._edit import SessionEdit
 from coreason_runtime.decode._offsets import TokenText
 from coreason_runtime.decode._sampler import Sampler
@@ -16,6 +22,8 @@ from coreason_runtime.decode._session import DecodeSession, Origin
 
 if TYPE_CHECKING:
     import torch
+
+    from coreason_runtime.tensor._types import Meter
 
 __all__ = ["RepairResult", "SpanContext", "check_span", "repair_span"]
 
@@ -75,29 +83,52 @@ def _prefix_len_matching(text: TokenText, toks: list[int], cut: str) -> int | No
 
 @dataclass(frozen=True)
 class _Redecode:
-    """How a span is re-decoded: sampler, grammar, token limit and where it ends."""
+    """How a span is re-decoded: a sampler per candidate (the last repeats), grammar, token
+    limit, where it ends, and the meter every decoded and re-prefilled token is charged to."""
 
-    sampler: Sampler
+    samplers: tuple[Sampler, ...]
     grammar: str | None
     limit: int
     stop: tuple[str, ...]
     keep_stop: bool
+    meter: Meter | None = None
+
+    def sampler(self, index: int) -> Sampler:
+        return self.samplers[min(index, len(self.samplers) - 1)]
+
+
+def _forward_metered(ed: SessionEdit, ids: Sequence[int], meter: Meter | None) -> torch.Tensor:
+    """``ed.forward(ids)``, the tokens paid for as input first (the budget may refuse them)."""
+    if meter is not None and ids:
+        meter.check(tokens_in=len(ids))
+        meter.charge(tokens_in=len(ids))
+    return ed.forward(ids)
 
 
 def _decode_candidate(
-    ed: SessionEdit, start: int, logits0: torch.Tensor, how: _Redecode, gen: torch.Generator
+    ed: SessionEdit,
+    start: int,
+    logits0: torch.Tensor,
+    how: _Redecode,
+    gen: torch.Generator,
+    index: int = 0,
 ) -> tuple[list[int], float, int, bool]:
     """Decode one candidate at ``start``; returns (tokens, mean logprob, decoded, in_cache)."""
     import torch
 
     engine = ed.session.engine
     mask = engine.new_mask(how.grammar) if how.grammar else None
+    sampler = how.sampler(index)
     toks: list[int] = []
     logprob = 0.0
     logits = logits0
     for _ in range(how.limit):
         masked = mask.apply(logits) if mask is not None else logits
-        tok = how.sampler.sample(masked, gen)
+        if how.meter is not None:
+            how.meter.check(tokens_out=1)  # stop before a token the budget cannot pay for
+        tok = sampler.sample(masked, gen)
+        if how.meter is not None:
+            how.meter.charge(tokens_out=1)  # sampled: paid for, even a stop token
         if tok in engine.stop_ids:
             break
         logprob += float(torch.log_softmax(masked, -1)[tok])
@@ -137,6 +168,9 @@ def repair_span(
     max_tokens: int | None = None,
     stop: Sequence[str] | None = None,
     reason: str | None = None,
+    meter: Meter | None = None,
+    temperatures: Sequence[float] | None = None,
+    keep_original: bool = False,
 ) -> RepairResult:
     """Regenerate tokens ``[start, end)`` of ``session`` and splice the result in place.
 
@@ -150,9 +184,12 @@ def repair_span(
     ----------
     candidates, accept:
         Decode up to ``candidates`` spans; keep the first ``accept(text)`` passes, else the
-        most likely. ``sampler`` defaults to the session's (T=0.7 for several candidates);
+        most likely (``keep_original``: the old span). ``sampler`` defaults to the session's
+        (T=0.7 for several candidates); ``temperatures`` is a ladder, one per candidate.
         ``grammar`` optionally constrains the span; ``max_tokens`` and ``stop`` bound it (by
         default it ends at a newline, kept only if the old span ended with one).
+    meter:
+        Charged every decoded token as output (checked first), every re-prefilled one as input.
 
     Raises
     ------
@@ -162,14 +199,10 @@ def repair_span(
         The session is running (pause it first) or was never prefilled.
     DecodeError
         The repair failed; the session is exactly as before.
+    BudgetExceededError, WorkflowAbortedError
+        From ``meter``: the budget refused a token; the session is exactly as before.
     """
-    check_span(session, start, end)
-    if candidates < 1:
-        msg = f"candidates must be >= 1, got {candidates}"
-        raise SpanError(msg)
-    if not session.prefilled and replacement is None:
-        msg = f"session {session.id} has no KV yet to re-decode from; run it first"
-        raise SessionStateError(msg)
+    _check_request(session, start, end, candidates, replacement)
     t0 = time.perf_counter()
     tokens = list(session.tokens)
     text = session.engine.text
@@ -181,27 +214,67 @@ def repair_span(
         end,
         reason,
     )
-    try:
-        with session.edit("repairing a span", keep_from=start, allow_finished=True) as ed:
-            if replacement is not None:
-                new, in_cache, decoded, tried, accepted = _replace(ed, ctx, replacement, accept)
-            else:
-                how = _redecode_plan(session, ctx, sampler, candidates, grammar, max_tokens, stop)
-                new, in_cache, decoded, tried, accepted = _candidates(
-                    ed, start, tokens, how, candidates, accept
-                )
-            prefilled = _splice(ed, start, end, new, in_cache)
-    except DecodeError:
-        raise
-    except Exception as e:
-        msg = f"repairing span [{start}, {end}) of {session.id} failed: {type(e).__name__}: {e}"
-        raise DecodeError(msg) from e
+    how = None
+    if replacement is None:
+        how = _redecode_plan(
+            session, ctx, sampler, candidates, grammar, max_tokens, stop, meter, temperatures
+        )
+    new, decoded, prefilled, tried, accepted = _edit(
+        session, ctx, tokens, how, replacement, candidates, accept, keep_original, meter
+    )
     result = RepairResult(
         start, end, start + len(new), ctx.span, text.text(new), decoded, prefilled, tried,
         accepted, time.perf_counter() - t0,
     )  # fmt: skip
     _announce(session, result, reason)
     return result
+
+
+def _edit(
+    session: DecodeSession,
+    ctx: SpanContext,
+    tokens: list[int],
+    how: _Redecode | None,
+    replacement: Replacement | None,
+    candidates: int,
+    accept: Callable[[str], bool] | None,
+    keep_original: bool,
+    meter: Meter | None,
+) -> tuple[list[int], int, int, int, bool]:
+    """The repair under the session's edit: (new tokens, decoded, prefilled, tried, accepted)."""
+    start, end = ctx.start, ctx.end
+    try:
+        with session.edit("repairing a span", keep_from=start, allow_finished=True) as ed:
+            if how is None:
+                assert replacement is not None
+                new, in_cache, decoded, tried, accepted = _replace(ed, ctx, replacement, accept)
+            else:
+                new, in_cache, decoded, tried, accepted = _candidates(
+                    ed, start, tokens, how, candidates, accept
+                )
+            if keep_original and not accepted:
+                ed.rollback()  # nothing passed: the session stays exactly as it was
+                new, prefilled = tokens[start:end], 0
+            else:
+                prefilled = _splice(ed, start, end, new, in_cache, meter)
+    except (DecodeError, BudgetExceededError, WorkflowAbortedError):
+        raise
+    except Exception as e:
+        msg = f"repairing span [{start}, {end}) of {session.id} failed: {type(e).__name__}: {e}"
+        raise DecodeError(msg) from e
+    return new, decoded, prefilled, tried, accepted
+
+
+def _check_request(
+    session: DecodeSession, start: int, end: int, candidates: int, replacement: object
+) -> None:
+    check_span(session, start, end)
+    if candidates < 1:
+        msg = f"candidates must be >= 1, got {candidates}"
+        raise SpanError(msg)
+    if not session.prefilled and replacement is None:
+        msg = f"session {session.id} has no KV yet to re-decode from; run it first"
+        raise SessionStateError(msg)
 
 
 def _announce(session: DecodeSession, result: RepairResult, reason: str | None) -> None:
@@ -247,17 +320,25 @@ def _redecode_plan(
     grammar: str | None,
     max_tokens: int | None,
     stop: Sequence[str] | None,
+    meter: Meter | None = None,
+    temperatures: Sequence[float] | None = None,
 ) -> _Redecode:
     if sampler is None:
         sampler = session.sampler if candidates == 1 else Sampler(temperature=0.7, seed=ctx.start)
+    samplers: tuple[Sampler, ...] = (sampler,)
+    if temperatures:
+        samplers = tuple(
+            Sampler(t, sampler.top_k, sampler.top_p, sampler.seed) for t in temperatures
+        )
     stops = ("\n",) if stop is None else tuple(stop)
     span_len = ctx.end - ctx.start
     return _Redecode(
-        sampler,
+        samplers,
         grammar,
         max_tokens or max(2 * span_len, span_len + 8),
         stops,
         any(ctx.span.endswith(s) for s in stops),
+        meter,
     )
 
 
@@ -271,15 +352,15 @@ def _candidates(
 ) -> tuple[list[int], int, int, int, bool]:
     """Decode up to ``candidates`` spans; the first accepted, else the most likely."""
     engine = ed.session.engine
-    gen = how.sampler.generator()
+    gen = how.sampler(0).generator()
     ed.crop(start - 1)  # one token re-run gives the logits at `start`
-    logits0 = ed.forward([tokens[start - 1]])
+    logits0 = _forward_metered(ed, [tokens[start - 1]], how.meter)
     best: tuple[float, list[int]] | None = None
     decoded = tried = 0
-    for _ in range(candidates):
+    for index in range(candidates):
         tried += 1
         ed.crop(start)
-        toks, score, n_dec, kept = _decode_candidate(ed, start, logits0, how, gen)
+        toks, score, n_dec, kept = _decode_candidate(ed, start, logits0, how, gen, index)
         decoded += n_dec
         if accept is None or accept(engine.text.text(toks)):
             return toks, len(toks) if kept else 0, decoded, tried, True
@@ -288,7 +369,14 @@ def _candidates(
     return (best[1] if best is not None else []), 0, decoded, tried, False
 
 
-def _splice(ed: SessionEdit, start: int, end: int, new: list[int], in_cache: int) -> int:
+def _splice(
+    ed: SessionEdit,
+    start: int,
+    end: int,
+    new: list[int],
+    in_cache: int,
+    meter: Meter | None = None,
+) -> int:
     """Put ``new`` in place of ``[start, end)``; re-prefill what follows. Tokens prefilled."""
     tokens = ed.tokens
     if ed.session.prefilled:
@@ -296,10 +384,10 @@ def _splice(ed: SessionEdit, start: int, end: int, new: list[int], in_cache: int
             ed.crop(start)
         rest = new[in_cache:] + tokens[end:]
         if rest:
-            logits = ed.forward(rest)
+            logits = _forward_metered(ed, rest, meter)
         else:  # nothing follows the splice: re-run the last kept token for its logits
             ed.crop(start + len(new) - 1)
-            logits = ed.forward([(tokens[:start] + new)[-1]])
+            logits = _forward_metered(ed, [(tokens[:start] + new)[-1]], meter)
     else:  # never prefilled: the splice is a token edit
         rest, logits = [], None
     origins = ed.origins[:start] + [Origin.REPAIRED] * len(new) + ed.origins[end:]

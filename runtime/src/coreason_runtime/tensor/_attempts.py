@@ -21,6 +21,7 @@ from coreason_runtime._exceptions import (
     CoreasonError,
     TierError,
     ValidationFailure,
+    VerifierError,
     WorkflowAbortedError,
 )
 from coreason_runtime.tensor._correction import reask, retry_policy
@@ -33,23 +34,36 @@ from coreason_runtime.tensor._types import (
     TierOutput,
     TierRequest,
 )
+from coreason_runtime.verify._lazy import grammar_spec, lazy_pointers, pending_thunks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from coreason_runtime._controls import Ticket
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+    from coreason_runtime.verify import Failure, RepairRecord, VerifyPolicy
+    from coreason_runtime.verify._driver import Outcome, VerifyJob
+    from coreason_runtime.verify._tools import FieldTier
 
 __all__ = ["Conversation", "RequestPlan", "TierRunner"]
 
 
 @dataclass
 class Conversation:
-    """The mutable state of one request across attempts: the messages and every attempt."""
+    """The mutable state of one request across attempts: the messages and every attempt;
+    with verifiers, every field repair, the C of span tiers (charged beside the attempts)
+    and the last verification failures."""
 
     messages: Messages
     attempts: list[Attempt] = field(default_factory=list)
+    repairs: list[RepairRecord] = field(default_factory=list)
+    side_cost: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def cost(self) -> float:
+        return sum(a.cost for a in self.attempts) + self.side_cost
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class RequestPlan:
     temperature: float = 0.0
     seed: int | None = None
     timeout: float | None = None
+    verify: VerifyPolicy | None = None
 
 
 class TierRunner:
@@ -78,6 +93,9 @@ class TierRunner:
         ``compile(spec, tier) -> CompiledSchema``.
     max_attempts:
         k_max: tries per tier, counting the first, for retryable failures.
+    span_tiers:
+        With ``plan.verify``: the tiers asked for a field the answer's own candidates could
+        not fix (``tensor._verified.field_tiers``).
     """
 
     def __init__(
@@ -86,11 +104,13 @@ class TierRunner:
         bus: EventBus,
         compile: Callable[[SchemaSpec, Tier], CompiledSchema],
         max_attempts: int,
+        span_tiers: Sequence[FieldTier] = (),
     ) -> None:
         self.budgets = budgets
         self.bus = bus
         self.compile = compile
         self.max_attempts = max_attempts
+        self.span_tiers = list(span_tiers)
 
     def run(
         self, tier: Tier, spec: SchemaSpec, conv: Conversation, plan: RequestPlan
@@ -101,13 +121,15 @@ class TierRunner:
         ------
         BudgetExceededError, WorkflowAbortedError
             The ceiling was reached, or an operator aborted: the request ends here.
+        VerifierError
+            A verifier misbehaved: a bug to fix, neither retried nor escalated.
         """
-        try:
-            compiled = self.compile(spec, tier)
+        steerable = isinstance(tier, SteerableTier)
+        try:  # a steerable tier may write a placeholder in a lazy field
+            compiled = self.compile(grammar_spec(spec) if steerable else spec, tier)
         except CoreasonError as e:
             self._record_skip(conv, tier, plan.workflow_id, e)
             return None
-        steerable = isinstance(tier, SteerableTier)
         form = compiled.grammar if steerable else compiled.openai
         missing = compiled.errors.get("grammar" if steerable else "openai")
         if form is None and missing is not None:
@@ -120,7 +142,7 @@ class TierRunner:
                 with attempt:
                     index += 1
                     return self._attempt(tier, compiled, conv, plan, index)
-        except (BudgetExceededError, WorkflowAbortedError) as e:
+        except (BudgetExceededError, WorkflowAbortedError, VerifierError) as e:
             e.attempts = list(conv.attempts)
             self.bus.emit(
                 EventType.REQUEST_FAILED,
@@ -143,6 +165,8 @@ class TierRunner:
         index: int,
     ) -> Result[Any]:
         wf = plan.workflow_id
+        steerable = isinstance(tier, SteerableTier)
+        job = self._job(compiled, conv, plan)
         # A greedy retry of a small model tends to repeat its wrong answer even with the
         # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
         request = TierRequest(
@@ -155,6 +179,7 @@ class TierRunner:
             timeout=plan.timeout,
             attempt=index,
             ticket=plan.ticket,
+            verify=job if steerable else None,
         )
         plan.ticket.checkpoint()  # a paused workflow holds here, before reserving anything
         self.bus.emit(
@@ -165,16 +190,28 @@ class TierRunner:
             attempt=index,
         )
         t0 = time.monotonic()
+        # span re-decodes in the tier's session are paid from the attempt's own grant
+        room = job.policy.repair_tokens if job is not None and steerable else 0
         meter = self.budgets.open(
-            wf, tier.count_prompt(conv.messages, compiled), plan.max_tokens, tier.name
+            wf, tier.count_prompt(conv.messages, compiled), plan.max_tokens + room, tier.name
         )
         output: TierOutput | None = None
+        outcome: Outcome | None = None
         # A steerable tier honours the ticket inside its forward passes; a black box is held
         # and stopped at its next metered chunk.
-        metered = meter if isinstance(tier, SteerableTier) else ControlledMeter(meter, plan.ticket)
+        metered = meter if steerable else ControlledMeter(meter, plan.ticket)
         try:
             output = tier.complete(request, metered)
-            value = compiled.validate_text(_from_strict(tier, compiled, output.text))
+            answer = _from_strict(tier, compiled, output.text)
+            value = compiled.validate_text(answer)
+            if job is not None:
+                from coreason_runtime.tensor._verified import finish_verification
+
+                outcome = finish_verification(
+                    job, tier, output, answer, conv, plan, self.budgets, self.bus, index
+                )
+                if outcome.text != answer:
+                    value = compiled.validate_text(outcome.text)
         except CoreasonError as e:
             e.tier = e.tier or tier.name
             e.workflow_id = e.workflow_id or wf
@@ -195,7 +232,19 @@ class TierRunner:
             meter.settle(note="interrupted")
             raise
         meter.settle()
-        return self._success(tier, compiled, conv, plan, index, meter, output, value, t0)
+        return self._success(tier, compiled, conv, plan, index, meter, output, value, t0, outcome)
+
+    def _job(
+        self, compiled: CompiledSchema, conv: Conversation, plan: RequestPlan
+    ) -> VerifyJob | None:
+        """What the attempt's answer is verified with (None: the request has no verifiers)."""
+        if plan.verify is None:
+            return None
+        from coreason_runtime.tensor._verified import SpanTiers
+        from coreason_runtime.verify._driver import VerifyJob
+
+        spans = SpanTiers(self.span_tiers, self.budgets, plan, conv)
+        return VerifyJob(plan.verify, compiled.spec, plan.prompt, spans if spans.tiers else None)
 
     def _success(
         self,
@@ -208,6 +257,7 @@ class TierRunner:
         output: TierOutput,
         value: Any,
         t0: float,
+        outcome: Outcome | None = None,
     ) -> Result[Any]:
         attempt = Attempt(
             tier=tier.name,
@@ -235,13 +285,21 @@ class TierRunner:
             value=value,
             tier=tier.name,
             attempts=list(conv.attempts),
-            cost=sum(a.cost for a in conv.attempts),
+            cost=conv.cost,
             workflow_id=plan.workflow_id,
-            text=output.text,
+            text=outcome.text if outcome is not None else output.text,
             model=output.model,
             seed=plan.seed,
             schema_key=compiled.key,
             revision=output.extra.get("revision"),
+            verified=outcome is not None and outcome.verified,
+            repairs=list(conv.repairs),
+            verification=outcome.verdict if outcome is not None else None,
+            thunks=(
+                outcome.thunks
+                if outcome is not None
+                else pending_thunks(output.text, lazy_pointers(compiled.spec.json_schema))
+            ),
         )
 
     def _record_failure(

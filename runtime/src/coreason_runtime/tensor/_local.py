@@ -230,9 +230,24 @@ class LocalTier(SteerableTier):
             Past ``request.timeout`` (or the tier's default), prefill included.
         SchemaCompileError, SchemaCompileTimeout
             The schema has no local grammar (the router skips the tier on these).
+        VerifierError
+            ``request.verify``'s verifiers misbehaved.
+
+        With ``request.verify`` the answer is verified in its session before the session is
+        let go, and each rejected field re-decoded in place (``VerifyJob.run``; the repair
+        tokens are charged to ``meter``); ``TierOutput.verification`` says what happened.
         """
         grammar = self._grammar(request.schema, request.workflow_id)
         messages = self.schema_messages(request.messages, request.schema)
+        finish = None
+        job = request.verify
+        if job is not None:
+            from coreason_runtime.verify._span import CountingMeter, SessionDraft
+
+            def finish(session: DecodeSession) -> Any:
+                repair_meter = CountingMeter(meter, request.ticket)
+                return job.run(SessionDraft(session), repair_meter, request.ticket.checkpoint)
+
         return self.decode(
             self.encode_messages(messages),
             max_tokens=request.max_tokens,
@@ -242,6 +257,7 @@ class LocalTier(SteerableTier):
             timeout=request.timeout,
             ticket=request.ticket,
             workflow_id=request.workflow_id,
+            finish=finish,
         )
 
     def complete_text(
@@ -305,8 +321,12 @@ class LocalTier(SteerableTier):
         workflow_id: str,
         on_delta: Callable[[str], None] | None = None,
         ignore_eos: bool = False,
+        finish: Callable[[DecodeSession], Any] | None = None,
     ) -> TierOutput:
         """Decode ``prompt`` as one session under the ticket's controls; its output.
+
+        ``finish(session)`` runs on the finished session before it is let go (verification
+        and span repair); what it returns is the output's ``verification``.
 
         Raises whatever stopped it, with this tier and the workflow named on the error.
         """
@@ -339,8 +359,12 @@ class LocalTier(SteerableTier):
             on_token=stream.on_token,
             kv=self.kv,
         )
+        verification = None
         try:
             self._drive(session, ticket)
+            stream.flush(session, final=True)
+            if finish is not None:
+                verification = finish(session)
         except CoreasonError as e:
             e.tier = e.tier or self.name
             e.workflow_id = e.workflow_id or workflow_id
@@ -348,8 +372,9 @@ class LocalTier(SteerableTier):
         finally:
             if session.prefilled:  # the KV is exact for the tokens it holds, whatever happened
                 self.prefix_cache.store(list(session.tokens[: session.kv_length]), session.cache)
-        stream.flush(session, final=True)
-        return self._output(session, time.perf_counter() - started)
+        output = self._output(session, time.perf_counter() - started)
+        output.verification = verification
+        return output
 
     @staticmethod
     def _drive(session: DecodeSession, ticket: Ticket) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import threading
 import time
@@ -15,7 +14,6 @@ from pydantic import BaseModel
 from coreason_runtime._controls import Controls
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
-    CoreasonError,
     EpistemicYieldError,
     RequestError,
     SchemaCompileError,
@@ -31,6 +29,8 @@ from coreason_runtime.tensor._types import (
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
+    from coreason_runtime.verify import VerifyPolicy
+    from coreason_runtime.verify._tools import FieldTier
 
 __all__ = ["TensorRouter"]
 
@@ -63,6 +63,10 @@ class TensorRouter:
         private set when omitted.
     max_attempts_per_tier:
         k_max: tries per tier, counting the first, for retryable failures.
+    tool_tiers:
+        Tiers that answer one field of a verified request outright (the span tiers before
+        any remote tier); by default the CAS (:class:`~coreason_runtime.verify._tools.
+        CasTier`).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class TensorRouter:
         executor: Callable[[Callable[[], Result[Any]]], concurrent.futures.Future[Any]]
         | None = None,
         controls: Controls | None = None,
+        tool_tiers: Sequence[FieldTier] | None = None,
     ) -> None:
         if max_attempts_per_tier < 1:
             msg = f"max_attempts_per_tier must be >= 1, got {max_attempts_per_tier}"
@@ -93,6 +98,7 @@ class TensorRouter:
         self.controls = controls if controls is not None else Controls(self.bus)
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
+        self._tool_tiers = tool_tiers
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> TensorRouter:
@@ -131,6 +137,19 @@ class TensorRouter:
         with self._lock:
             self._tiers = list(tiers)
 
+    @property
+    def tool_tiers(self) -> list[FieldTier]:
+        """The tool tiers a verified request's failing fields are sent to (CAS by default)."""
+        if self._tool_tiers is None:
+            from coreason_runtime.verify._tools import CasTier
+
+            self._tool_tiers = [CasTier()]
+        return list(self._tool_tiers)
+
+    def set_tool_tiers(self, tiers: Sequence[FieldTier]) -> None:
+        """Replace the tool tiers (``[]``: none)."""
+        self._tool_tiers = list(tiers)
+
     def tier(self, name: str) -> Tier:
         for t in self._tiers:
             if t.name == name:
@@ -161,7 +180,8 @@ class TensorRouter:
         seed: int | None = None,
         system: str | None = None,
         timeout: float | None = None,
-        cache: bool = True,
+        cache: bool | None = None,
+        verify: Any = None,
     ) -> Result[Any]:
         """Answer ``prompt`` with a value that validates against ``schema``.
 
@@ -179,13 +199,20 @@ class TensorRouter:
         max_tokens:
             Output tokens per attempt (default from the config).
         cache:
-            Consult (and feed) the subgoal cache, when one is attached; a verified hit is
-            answered by tier ``"cache"`` at no cost.
+            Consult the subgoal cache, when one is attached (a hit is answered by tier
+            ``"cache"`` at no cost): by default only for greedy requests (a sampled request
+            wants a fresh draw); ``True`` for sampled ones too, ``False`` never. A value is
+            admitted only when its verifiers passed, or when the request named none and was
+            greedy.
+        verify:
+            Verifiers (:mod:`coreason_runtime.verifiers`, callables ``value -> failures``, a
+            list, or a ``VerifyPolicy``). A rejected field is re-decoded in place, then asked
+            of the span tiers (CAS, a remote tier), then the request is retried, escalated.
 
         Returns
         -------
         Result
-            ``value``, ``tier``, ``attempts``, ``cost``.
+            ``value``, ``tier``, ``attempts``, ``cost``, ``verified``, ``repairs``.
 
         Raises
         ------
@@ -198,9 +225,13 @@ class TensorRouter:
         BudgetExceededError
             The ceiling was reached; no further attempt is made. Carries ``attempts``.
         EpistemicYieldError
-            Every tier failed; carries every attempt, the schema and the prompt.
+            Every tier failed; carries every attempt, the schema, the prompt, and the last
+            verification failures.
+        VerifierError
+            A verifier raised, returned garbage, named a missing field or timed out.
         """
         spec = SchemaSpec.from_user(schema)
+        policy = _policy(verify)
         if not isinstance(prompt, str) or not prompt.strip():
             msg = "prompt must be a non-empty string"
             raise RequestError(msg)
@@ -213,7 +244,9 @@ class TensorRouter:
         cascade = self._select(tiers)
         with self.controls.scope(wf) as ticket:
             ticket.checkpoint()  # a paused workflow holds here, before anything is reserved
-            plan = RequestPlan(wf, prompt, ticket, max_tokens, temperature, seed, timeout)
+            plan = RequestPlan(
+                wf, prompt, ticket, max_tokens, temperature, seed, timeout, verify=policy
+            )
             return self._cascade(spec, plan, cascade, system, cache=cache)
 
     def _cascade(
@@ -223,7 +256,7 @@ class TensorRouter:
         cascade: list[Tier],
         system: str | None,
         *,
-        cache: bool,
+        cache: bool | None,
     ) -> Result[Any]:
         wf = plan.workflow_id
         started = time.monotonic()
@@ -235,7 +268,8 @@ class TensorRouter:
             schema_key=spec.key,
             tiers=[t.name for t in cascade],
         )
-        cached = self._from_cache(spec, plan.prompt, wf) if cache else None
+        lookup = cache is True or (cache is None and plan.temperature == 0)
+        cached = self._from_cache(spec, plan) if lookup else None
         if cached is not None:
             return cached
         conv = Conversation(
@@ -244,7 +278,12 @@ class TensorRouter:
                 {"role": "user", "content": plan.prompt},
             ]
         )
-        runner = TierRunner(self.budgets, self.bus, self.compile, self.max_attempts_per_tier)
+        spans: list[FieldTier] = []
+        if plan.verify is not None:
+            from coreason_runtime.tensor._verified import field_tiers
+
+            spans = field_tiers(plan.verify, self.tool_tiers, cascade, self.compile, plan)
+        runner = TierRunner(self.budgets, self.bus, self.compile, self.max_attempts_per_tier, spans)
         for i, tier in enumerate(cascade):
             if i:
                 self.bus.emit(
@@ -266,8 +305,8 @@ class TensorRouter:
                     attempts=len(result.attempts),
                     duration_s=time.monotonic() - started,
                 )
-                if cache:
-                    self._admit_to_cache(spec, plan.prompt, result)
+                if cache is not False:
+                    self._admit_to_cache(spec, plan, result)
                 return result
         raise self._yield(spec, plan, conv)
 
@@ -275,11 +314,12 @@ class TensorRouter:
         self, spec: SchemaSpec, plan: RequestPlan, conv: Conversation
     ) -> EpistemicYieldError:
         wf = plan.workflow_id
-        cost = sum(a.cost for a in conv.attempts)
+        cost = conv.cost
         tried = ", ".join(f"{a.tier}#{a.index}: {a.error_type}" for a in conv.attempts) or "none"
+        rejected = "; ".join(f.describe() for f in conv.failures)
         msg = (
             f"every tier failed for workflow {wf!r} ({tried}); a human must answer. "
-            f"C charged: {cost:g}"
+            f"C charged: {cost:g}" + (f". Still rejected: {rejected}" if rejected else "")
         )
         self.bus.emit(
             EventType.YIELDED,
@@ -297,6 +337,7 @@ class TensorRouter:
             prompt=plan.prompt,
             spec=spec,
             ledger=self.budgets.get(wf),
+            failures=conv.failures,
         )
 
     def submit(self, schema: Any, prompt: str, **kwargs: Any) -> concurrent.futures.Future[Any]:
@@ -325,49 +366,30 @@ class TensorRouter:
 
     # --- the subgoal cache -------------------------------------------------------------------
 
-    def _from_cache(self, spec: SchemaSpec, prompt: str, wf: str) -> Result[Any] | None:
-        if self.cache is None:
-            return None
-        try:
-            hit = self.cache.lookup_request(spec.key, prompt, workflow_id=wf)
-        except CoreasonError:
-            logger.exception("subgoal cache lookup failed; asking the tiers")
-            return None
-        if hit is None or hit.value_json is None:
-            return None
-        try:
-            value = spec.validate_text(hit.value_json)
-        except CoreasonError:
-            return None  # a stale entry never reaches the user
-        attempt = Attempt(tier="cache", index=1, ok=True, output=hit.value_json)
-        self.bus.emit(
-            EventType.REQUEST_FINISHED,
-            workflow_id=wf,
-            source="router",
-            tier="cache",
-            cost=0.0,
-            attempts=1,
-            duration_s=0.0,
-        )
-        return Result(
-            value=value,
-            tier="cache",
-            attempts=[attempt],
-            cost=0.0,
-            workflow_id=wf,
-            text=hit.value_json,
-            schema_key=spec.key,
-        )
+    def _from_cache(self, spec: SchemaSpec, plan: RequestPlan) -> Result[Any] | None:
+        from coreason_runtime.tensor._cached import from_cache
 
-    def _admit_to_cache(self, spec: SchemaSpec, prompt: str, result: Result[Any]) -> None:
-        if self.cache is None or result.tier == "cache":
-            return
-        value = result.value
-        text = value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
-        try:
-            self.cache.admit_request(spec.key, prompt, text, result.workflow_id)
-        except CoreasonError:  # a cache that refuses must never fail an answered request
-            logger.exception("subgoal cache admission failed")
+        return from_cache(self.cache, self.bus, spec, plan)
+
+    def _admit_to_cache(self, spec: SchemaSpec, plan: RequestPlan, result: Result[Any]) -> None:
+        from coreason_runtime.tensor._cached import admit_to_cache
+
+        admit_to_cache(self.cache, spec, plan, result)
+
+    # --- lazy fields -------------------------------------------------------------------------
+
+    def force(self, result: Result[Any], pointer: str, **options: Any) -> Result[Any]:
+        """Force the thunk a lazy field of ``result`` still holds: a sub-request for that
+        field alone (``options`` as for :meth:`generate`); the new Result pays for both.
+
+        Raises
+        ------
+        RequestError
+            ``pointer`` holds no thunk in ``result``.
+        """
+        from coreason_runtime.tensor._verified import force_thunk
+
+        return force_thunk(self, result, pointer, **options)
 
     # --- the Oracle Circuit: a human answers -------------------------------------------------
 
@@ -422,3 +444,12 @@ class TensorRouter:
 
     def __repr__(self) -> str:
         return f"<TensorRouter tiers={self.tier_names} k_max={self.max_attempts_per_tier}>"
+
+
+def _policy(verify: Any) -> VerifyPolicy | None:
+    """``generate``'s ``verify=`` as a policy (None: the request names no verifier)."""
+    if verify is None:
+        return None
+    from coreason_runtime.verify import VerifyPolicy
+
+    return VerifyPolicy.of(verify)

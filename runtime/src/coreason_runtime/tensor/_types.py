@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
     from coreason_runtime.tensor._compiler import UniversalCompiler
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+    from coreason_runtime.verify import RepairRecord, Verdict
+    from coreason_runtime.verify._driver import Outcome, VerifyJob
 
 __all__ = [
     "Attempt",
@@ -63,7 +65,14 @@ class Result(Generic[T]):
 
     ``value`` is an instance of the requested pydantic model (or a ``dict``/value for a raw
     JSON schema); ``tier`` is the tier that answered; ``attempts`` lists every attempt made on
-    the way, failures included; ``cost`` is the total C charged for this call.
+    the way, failures included; ``cost`` is the total C charged for this call (span tiers'
+    repairs included).
+
+    ``verified`` is true only when the request named verifiers (``verify=``) and every one of
+    them passed this value; ``verification`` is their verdict (how each decided), ``repairs``
+    every field repair tried on the way (accepted or not), in order. ``thunks`` are the lazy
+    fields still holding a ``⟦name(args)⟧`` placeholder (pointer -> ``(name, args)``), unpaid
+    until ``rt.router.force(result, pointer)``.
     """
 
     value: T
@@ -76,6 +85,10 @@ class Result(Generic[T]):
     seed: int | None = None
     schema_key: str | None = None
     revision: str | None = None
+    verified: bool = False
+    repairs: list[RepairRecord] = field(default_factory=list)
+    verification: Verdict | None = None
+    thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def tokens_in(self) -> int:
@@ -98,6 +111,11 @@ class Result(Generic[T]):
             "attempts": len(self.attempts),
             "workflow_id": self.workflow_id,
             "schema_key": self.schema_key,
+            "verified": self.verified,
+            "repairs": [
+                {"field": r.field, "tier": r.tier, "accepted": r.accepted, "cost": r.cost}
+                for r in self.repairs
+            ],
         }
 
     def _value_json(self) -> str:
@@ -116,16 +134,43 @@ class Result(Generic[T]):
         return (
             f"<div class='coreason-result'><b>tier</b> {html.escape(self.tier)} · "
             f"<b>cost</b> {self.cost:g} · <b>workflow</b> {html.escape(self.workflow_id)}"
-            f" · <b>model</b> {html.escape(str(self.model))}"
+            f" · <b>model</b> {html.escape(str(self.model))}{self._verdict_html()}"
             f"<pre>{html.escape(self._value_json())}</pre>"
             "<table><tr><th>tier</th><th>#</th><th>in</th><th>out</th><th>C</th><th>status</th>"
-            f"</tr>{rows}</table></div>"
+            f"</tr>{rows}</table>{self._repairs_html()}</div>"
+        )
+
+    def _verdict_html(self) -> str:
+        if self.verification is None:
+            return " · <b>unverified</b>"
+        if self.verified:
+            how = ", ".join(sorted(set(self.verification.methods.values())))
+            return f" · <b style='color:#2ca02c'>verified</b> ({html.escape(how)})"
+        return (
+            f" · <b style='color:#d62728'>rejected</b>: {html.escape(self.verification.describe())}"
+        )
+
+    def _repairs_html(self) -> str:
+        if not self.repairs:
+            return ""
+        rows = "".join(
+            f"<tr><td>{html.escape(r.field)}</td><td>{html.escape(r.tier)}</td>"
+            f"<td>{'accepted' if r.accepted else 'rejected'}</td><td>{r.candidates}</td>"
+            f"<td>{r.tokens_in}</td><td>{r.tokens_out}</td><td>{r.cost:g}</td>"
+            f"<td><code>{html.escape(r.old)}</code> → <code>{html.escape(r.new)}</code></td></tr>"
+            for r in self.repairs
+        )
+        return (
+            "<table class='coreason-repairs'><tr><th>field</th><th>tier</th><th>repair</th>"
+            "<th>candidates</th><th>in</th><th>out</th><th>C</th><th>span</th></tr>"
+            f"{rows}</table>"
         )
 
     def __repr__(self) -> str:
+        verdict = "" if self.verification is None else f", verified={self.verified}"
         return (
-            f"Result(tier={self.tier!r}, cost={self.cost:g}, attempts={len(self.attempts)}, "
-            f"value={self.value!r})"
+            f"Result(tier={self.tier!r}, cost={self.cost:g}, attempts={len(self.attempts)}"
+            f"{verdict}, value={self.value!r})"
         )
 
 
@@ -147,6 +192,7 @@ class TierRequest:
     timeout: float | None = None
     attempt: int = 1
     ticket: Ticket = field(default_factory=Ticket.detached)
+    verify: VerifyJob | None = None
 
 
 @dataclass
@@ -159,6 +205,7 @@ class TierOutput:
     model: str
     finish_reason: str = "stop"
     extra: dict[str, Any] = field(default_factory=dict)
+    verification: Outcome | None = None
 
 
 @runtime_checkable
