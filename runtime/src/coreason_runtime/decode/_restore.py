@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from coreason_runtime._events import EventType
-from coreason_runtime.decode._blocks import ROOT, BlockRef, chain_of, fill_cache
+from coreason_runtime.decode._blocks import ROOT, BlockRef, block_digest, chain_of, fill_cache
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,8 @@ class RestoreMixin:
 
         def _start_read(self, ref: BlockRef) -> tuple[Future[bool] | None, bool]: ...
 
+        def _enforce(self) -> None: ...
+
     # --- matching ----------------------------------------------------------------------------
 
     def match(self, tokens: Sequence[int], limit: int | None = None) -> Plan:
@@ -84,7 +86,12 @@ class RestoreMixin:
                 break
             plan.append((ref, len(ref.tokens)))
             parent, pos = ref.digest, ref.end
-        rest = tokens[pos:limit]
+        rest = tuple(int(t) for t in tokens[pos:limit])
+        if rest and len(rest) < self.block_tokens:  # a partial block, maybe another process's
+            exact = BlockRef(block_digest(parent, rest), parent, pos, rest)
+            if self._known(exact):
+                plan.append((exact, len(rest)))
+                return plan
         if rest:
             child, n = self._best_child(parent, rest)
             if child is not None:
@@ -183,6 +190,7 @@ class RestoreMixin:
                 for e, _, _ in taken:
                     e.busy -= 1
                     self._touch(e)
+            self._enforce()  # blocks read for this restore were kept while it copied them
         absent = len(plan) - counts[0] - counts[1]
         recomputed = max(0, wanted - got) if wanted is not None else 0
         with self._lock:
