@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coreason_runtime._exceptions import ConfigurationError
+
 __all__ = ["DEFAULT_MODEL", "OracleConfig", "RuntimeConfig", "coreason_home", "model_cache_dir"]
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -25,7 +27,14 @@ def _mib(var: str, default: int | None) -> int | None:
         return default
     if raw.strip().lower() == "none":
         return None
-    return int(float(raw) * 2**20)
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0:  # also NaN
+        msg = f"${var} must be a size in MiB >= 0 or 'none', got {raw!r}"
+        raise ConfigurationError(msg)
+    return int(mib * 2**20)
 
 
 def model_cache_dir() -> Path:

@@ -259,3 +259,29 @@ def test_concurrent_restores_of_one_chain_all_get_the_exact_kv(tmp_path: Path) -
     for t in threads:
         t.join(30)
     assert results == [True] * 6
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_tier_capacities_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreason_runtime._config import RuntimeConfig
+
+    monkeypatch.setenv("COREASON_KV_RAM_MB", "1.5")
+    monkeypatch.setenv("COREASON_KV_DISK_MB", "none")
+    monkeypatch.setenv("COREASON_KV_GPU_MB", "0")
+    monkeypatch.setenv("COREASON_KV_BLOCK_TOKENS", "32")
+    cfg = RuntimeConfig()
+    assert (cfg.kv_ram_bytes, cfg.kv_disk_bytes, cfg.kv_gpu_bytes) == (3 << 19, None, 0)
+    assert cfg.kv_block_tokens == 32
+
+
+@pytest.mark.parametrize("raw", ["lots", "-1", "nan"])
+def test_a_bad_tier_capacity_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    from coreason_runtime._config import RuntimeConfig
+
+    monkeypatch.setenv("COREASON_KV_RAM_MB", raw)
+    with pytest.raises(ConfigurationError):
+        RuntimeConfig()
