@@ -3,7 +3,7 @@ KV blocks in tiers (GPU, RAM, disk)."""
 
 from __future__ import annotations
 
-from coreason_runtime.decode._blocks import KVSpace
+from coreason_runtime.decode._blocks import BlockRef, KVSpace, chain_of
 from coreason_runtime.decode._checkers import SchemaVerifier, UnitsVerifier
 from coreason_runtime.decode._engine import DecodeEngine, Preemptible
 from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, tokenizer_info
@@ -38,6 +38,7 @@ from coreason_runtime.decode._verify import (
 )
 
 __all__ = [
+    "BlockRef",
     "BlockStore",
     "Checkpoint",
     "DecodeEngine",
@@ -66,6 +67,7 @@ __all__ = [
     "UnitsVerifier",
     "Verdict",
     "Verifier",
+    "chain_of",
     "check_span",
     "crop_to",
     "expander",
