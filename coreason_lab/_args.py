@@ -187,7 +187,7 @@ class _Parser(argparse.ArgumentParser):
             unknown = message.split(":", 1)[1].split()
             options = [o for a in self._actions for o in a.option_strings]
             hint = "".join(suggest(u.split("=", 1)[0], options) for u in unknown if u[:1] == "-")
-        msg = f"%coreason {self.prog.split()[-1]}: {message}.{hint}\nusage: {self.format_usage()}"
+        msg = f"%coreason {self.prog.split()[-1]}: {message}.{hint}\n{self.format_usage()}"
         raise UsageError(msg.strip())
 
     def exit(self, status: int = 0, message: str | None = None) -> Any:  # type: ignore[override]

@@ -33,8 +33,20 @@ from coreason_lab._throttle import Throttle
 __all__ = ["AskHandle", "parse_verifiers", "resolve_schema", "split_schema_cell"]
 
 
+# IPython's output history is a dict in every namespace, never a schema.
+_HISTORY = frozenset({"Out", "_oh"})
+
+
 def _schema_like(value: Any) -> bool:
-    return (isinstance(value, type) and issubclass(value, BaseModel)) or isinstance(value, dict)
+    if isinstance(value, type):
+        return issubclass(value, BaseModel)
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _schema_names(ns: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        k for k, v in ns.items() if not k.startswith("_") and k not in _HISTORY and _schema_like(v)
+    )
 
 
 def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
@@ -47,7 +59,7 @@ def resolve_schema(name: str, ns: Mapping[str, Any]) -> Any:
     """
     head, *rest = name.split(".")
     if head not in ns:
-        schemas = sorted(k for k, v in ns.items() if not k.startswith("_") and _schema_like(v))
+        schemas = _schema_names(ns)
         hint = suggest(head, schemas) or suggest(head, [k for k in ns if not k.startswith("_")])
         known = f" Schemas in the namespace: {', '.join(schemas)}." if schemas else ""
         msg = f"%coreason ask: no schema named {name!r} in the namespace.{hint}{known}"

@@ -189,6 +189,9 @@ class CellInvariant:
                     return CellInvariantResult(self.name, False, f"{expr} is false")
             if self.unit is not None:
                 return self._check_unit(env)
+        except NameError as e:  # a typo in the invariant, not a violation: say so
+            e.add_note(f"in invariant {self.name!r}: {self.expressions or [self.of]}")
+            raise
         except Exception as e:
             return CellInvariantResult(self.name, False, f"{type(e).__name__}: {e}")
         return CellInvariantResult(self.name, True, "holds")

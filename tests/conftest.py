@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests._fixtures.models",
     "tests._fixtures.serve",
     "tests._fixtures.markers",
+    "tests._fixtures.fuzz",
 ]
 
 

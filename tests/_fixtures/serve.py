@@ -84,6 +84,7 @@ def start_serve(
     *,
     token: str | None = None,
     extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
     timeout: float = _READY_TIMEOUT,
 ) -> ServeProcess:
     """Start ``python -m coreason_runtime.serve`` and wait until ``/health`` says ``ok``."""
@@ -107,7 +108,16 @@ def start_serve(
     log = workdir / f"serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coreason_runtime.serve", "--port", str(port), "--model", model],
+            [
+                sys.executable,
+                "-m",
+                "coreason_runtime.serve",
+                "--port",
+                str(port),
+                "--model",
+                model,
+                *(extra_args or []),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

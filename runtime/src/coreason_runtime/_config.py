@@ -91,6 +91,11 @@ class RuntimeConfig:
     local_timeout: float = 120.0
     max_tokens: int = 256
     max_attempts_per_tier: int = 3
+    # A request that finds its workflow paused waits this long for a resume (saying so), then
+    # raises WorkflowPausedError; COREASON_PAUSE_TIMEOUT=inf waits without limit.
+    pause_timeout: float = field(
+        default_factory=lambda: float(os.environ.get("COREASON_PAUSE_TIMEOUT", "600"))
+    )
     # The router answers a question it has answered and verified before from `rt.cache` (any
     # workflow, cost 0); COREASON_SUBGOAL_CACHE=0 makes every request go to the tiers.
     subgoal_cache: bool = field(

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import RequestError, WorkflowAbortedError
+from coreason_runtime._exceptions import RequestError, WorkflowAbortedError, WorkflowPausedError
 
 if TYPE_CHECKING:
     from coreason_runtime.tensor._types import Meter
@@ -140,15 +140,27 @@ class Ticket:
         """The workflow's state as this ticket sees it (ABORTED once an abort reached it)."""
         return ControlState.ABORTED if self.aborted else self._controls.state(self.workflow_id)
 
-    def checkpoint(self) -> None:
+    @property
+    def held(self) -> bool:
+        """Whether a checkpoint would block now (paused or preempted, and not aborted)."""
+        return self.state.holds
+
+    def checkpoint(self, timeout: float | None = None) -> None:
         """Return at once while the workflow runs; block while paused; raise once aborted.
+
+        Parameters
+        ----------
+        timeout:
+            The longest to wait while paused (``None``: until resumed or aborted).
 
         Raises
         ------
         WorkflowAbortedError
             The operator aborted the workflow after this ticket was opened.
+        WorkflowPausedError
+            Still paused or preempted after ``timeout`` seconds.
         """
-        self._controls._checkpoint(self)
+        self._controls._checkpoint(self, timeout)
 
     @contextmanager
     def track(self, work: Controllable) -> Iterator[None]:
@@ -375,20 +387,33 @@ class Controls:
             flow = self._flows.get(ticket.workflow_id)
             return flow is not None and flow.abort_epoch > ticket.epoch
 
-    def _checkpoint(self, ticket: Ticket) -> None:
+    def _checkpoint(self, ticket: Ticket, timeout: float | None = None) -> None:
         with self._cv:
             flow = self._flow(ticket.workflow_id)
             if flow.state.holds and flow.abort_epoch <= ticket.epoch:
                 flow.waiting += 1
                 logger.info("workflow %r is %s; waiting for a resume", flow.workflow_id, flow.state)
                 try:
-                    while flow.state.holds and flow.abort_epoch <= ticket.epoch:
-                        self._cv.wait(_WAIT_SLICE_S)
+                    self._hold(flow, ticket, timeout)
                 finally:
                     flow.waiting -= 1
             if flow.abort_epoch > ticket.epoch:
                 msg = f"workflow {ticket.workflow_id!r} was aborted by its operator"
                 raise WorkflowAbortedError(msg, workflow_id=ticket.workflow_id)
+
+    def _hold(self, flow: _Flow, ticket: Ticket, timeout: float | None) -> None:
+        """Wait (holding ``_cv``) while ``flow`` is held for ``ticket``, at most ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while flow.state.holds and flow.abort_epoch <= ticket.epoch:
+            left = _WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                msg = (
+                    f"workflow {flow.workflow_id!r} is still {flow.state.value} after "
+                    f"{timeout:g} s; resume it with rt.controls.resume({flow.workflow_id!r}) "
+                    "and ask again"
+                )
+                raise WorkflowPausedError(msg, workflow_id=flow.workflow_id)
+            self._cv.wait(min(left, _WAIT_SLICE_S))
 
     def _track(self, ticket: Ticket, work: Controllable) -> ControlState:
         with self._cv:

@@ -11,6 +11,10 @@ The hierarchy::
     │   ├── SchemaCompileTimeout (+TimeoutError)  compile took longer than allowed
     │   └── OracleSchemaLimitError ............... schema breaks OpenAI strict-mode limits
     ├── RequestError (+ValueError) ............... empty prompt, bad parameters
+    │   ├── RequestTooLargeError ................. over a size limit (body, schema, prompt)
+    │   │   └── ContextLengthError ............... prompt + output exceed the model's context
+    │   ├── InvalidBodyError ..................... a served request that is not UTF-8 JSON
+    │   └── ModelNotFoundError (+LookupError) .... a served request names another model
     ├── ValidationFailure (+ValueError) .......... output parsed but failed validation (retryable)
     │   └── VerificationFailure .................. it validated, but a verifier rejected a field
     ├── BudgetError
@@ -24,11 +28,13 @@ The hierarchy::
     │   ├── RateLimitError ....................... 429 after honouring Retry-After
     │   ├── ProtocolError ........................ malformed SSE, stream cut mid-way
     │   ├── TierTimeoutError (+TimeoutError)
+    │   ├── ServerBusyError ...................... a bounded queue is full: retry after a while
     │   └── GrammarDeadEndError .................. the constrained decoder had no legal token
     ├── EpistemicYieldError ...................... every tier failed: a human must answer
     ├── WorkflowAbortedError ..................... an operator aborted the workflow: no retry,
     │   │                                          no escalation, exactly what ran is charged
     │   └── ClientDisconnectedError .............. a `coreason serve` client hung up mid-request
+    ├── WorkflowPausedError (+TimeoutError) ...... still paused when the request's wait ran out
     ├── DecodeError .............................. decode sessions, span repair, thunks
     │   ├── SessionStateError .................... resume without pause, inject when finished
     │   ├── SpanError (+ValueError) .............. span out of range or over a special token
@@ -99,6 +105,7 @@ __all__ = [
     "ConfigurationError",
     "ConstraintError",
     "ContextDimensionError",
+    "ContextLengthError",
     "CoreasonError",
     "DAGCycleError",
     "DecodeError",
@@ -110,6 +117,7 @@ __all__ = [
     "GrammarDeadEndError",
     "GridTooLargeError",
     "InvalidArmError",
+    "InvalidBodyError",
     "InvalidBudgetError",
     "InvalidCeilingError",
     "InvalidDAGError",
@@ -119,6 +127,7 @@ __all__ = [
     "InvariantViolationError",
     "LedgerBackendError",
     "MissingExtraError",
+    "ModelNotFoundError",
     "NoConsumerError",
     "NonFiniteStateError",
     "OracleSchemaLimitError",
@@ -126,10 +135,12 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "RequestError",
+    "RequestTooLargeError",
     "SchedulerError",
     "SchemaCompileError",
     "SchemaCompileTimeout",
     "SchemaError",
+    "ServerBusyError",
     "SessionStateError",
     "SimulationError",
     "SpanError",
@@ -152,6 +163,7 @@ __all__ = [
     "VerifierTimeoutError",
     "WorkerDiedError",
     "WorkflowAbortedError",
+    "WorkflowPausedError",
 ]
 
 
@@ -241,14 +253,56 @@ class RequestError(CoreasonError, ValueError):
     """A request's own parameters are wrong (empty prompt, max_tokens < 1, unknown tier)."""
 
 
+class RequestTooLargeError(RequestError):
+    """A request exceeds a size limit (body bytes, schema size, prompt tokens); nothing ran.
+
+    ``limit`` and ``size`` are in the limit's own unit (bytes or tokens).
+    """
+
+    def __init__(
+        self, message: str, *, limit: int | None = None, size: int | None = None, **fields: Any
+    ) -> None:
+        super().__init__(message, **fields)
+        self.limit = limit
+        self.size = size
+
+
+class InvalidBodyError(RequestError):
+    """A ``coreason serve`` request body is not UTF-8 JSON, or holds text that is not Unicode.
+
+    ``code`` is the OpenAI-style error code: ``invalid_json`` or ``invalid_unicode``.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_json", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.code = code
+
+
+class ModelNotFoundError(RequestError, LookupError):
+    """A ``coreason serve`` request names a model the server does not serve."""
+
+
+class ContextLengthError(RequestTooLargeError):
+    """The prompt and the output asked for do not fit in the model's context window.
+
+    Checked before prefill: no model time is spent on a request that cannot fit.
+    """
+
+
 class ValidationFailure(CoreasonError, ValueError):
-    """A tier's output did not validate against the schema. Retryable with the error fed back."""
+    """A tier's output did not validate against the schema. Retryable with the error fed back.
+
+    ``invalid_json`` is true when the output did not even parse as JSON.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, *, output: str = "", **fields: Any) -> None:
+    def __init__(
+        self, message: str, *, output: str = "", invalid_json: bool = False, **fields: Any
+    ) -> None:
         super().__init__(message, **fields)
         self.output = output
+        self.invalid_json = invalid_json
 
 
 class VerificationFailure(ValidationFailure):
@@ -350,6 +404,16 @@ class TierTimeoutError(TierError, TimeoutError):
     retryable = False
 
 
+class ServerBusyError(TierError):
+    """A bounded queue is full; ``retry_after`` seconds is a fair wait before retrying."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after = retry_after
+
+
 class GrammarDeadEndError(TierError):
     """The grammar allowed no token the model could produce; escalate rather than retry."""
 
@@ -397,6 +461,16 @@ class WorkflowAbortedError(CoreasonError):
 
 class ClientDisconnectedError(WorkflowAbortedError):
     """The client of a ``coreason serve`` request hung up: its decode stopped where it was."""
+
+
+class WorkflowPausedError(CoreasonError, TimeoutError):
+    """The workflow was paused (or preempted) and stayed so longer than the request would wait.
+
+    Raised before anything was reserved; resume the workflow (``rt.controls.resume``) and ask
+    again, or pass a longer ``pause_timeout``.
+    """
+
+    retryable = True
 
 
 # --- decode engine -------------------------------------------------------------------------

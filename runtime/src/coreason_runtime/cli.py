@@ -222,13 +222,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--`` before a negative number argparse would read as an option.
+
+    argparse takes ``-inf`` or ``-1e3`` for an unknown option; after ``--`` it is a value,
+    which the command then refuses with its own typed error (``coreason budget set wf -inf``).
+    """
+    args = list(argv)
+    if "--" in args:
+        return args
+    for i, token in enumerate(args):
+        if token.startswith("-") and token[1:2] not in ("", "-"):
+            try:
+                float(token)
+            except ValueError:
+                continue
+            return [*args[:i], "--", *args[i:]]
+    return args
+
+
+def _report(e: CoreasonError) -> None:
+    """An error on stderr: its type and message, then why each attempt failed."""
+    print(f"coreason: {type(e).__name__}: {e}", file=sys.stderr)
+    for a in e.attempts:
+        if a.ok:
+            continue
+        why = (a.error or "").strip().splitlines()
+        reason = why[0][:300] if why else "no reason recorded"
+        print(f"  {a.tier}#{a.index}: {a.error_type}: {reason}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coreason`` script."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except CoreasonError as e:
-        print(f"coreason: {type(e).__name__}: {e}", file=sys.stderr)
+        _report(e)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -33,7 +33,8 @@ def client(server: ServeProcess, token: str | None = None) -> httpx.Client:
 
 
 def chat(**extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "any", "messages": [{"role": "user", "content": "Hello"}]}
+    # "default" names whatever the server serves (the oracle tier's default model name)
+    body: dict[str, Any] = {"model": "default", "messages": [{"role": "user", "content": "Hello"}]}
     body.update(extra)
     return body
 
@@ -296,3 +297,63 @@ def test_malformed_requests_get_400_with_an_openai_error(
         r = c.post("/v1/chat/completions", json=chat(**bad))
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+# --- hostile input (issue: bounded inputs) ------------------------------------------------------
+
+
+def test_a_lone_surrogate_gets_400_and_the_connection_keeps_serving(
+    serve_process: ServeProcess,
+) -> None:
+    raw = b'{"messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}'
+    with client(serve_process) as c:
+        bad = c.post(
+            "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+        )
+        streamed = c.post(
+            "/v1/chat/completions",
+            content=raw.replace(b'"max_tokens"', b'"stream": true, "max_tokens"'),
+            headers={"content-type": "application/json"},
+        )
+        good = c.post("/v1/chat/completions", json=chat(max_tokens=2))  # same connection
+    for r in (bad, streamed):
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "invalid_unicode"
+    assert good.status_code == 200
+    assert "Traceback" not in serve_process.log.read_text()
+
+
+def test_a_self_referential_ref_is_an_invalid_schema(serve_process: ServeProcess) -> None:
+    with client(serve_process) as c:
+        r = c.post("/v1/chat/completions", json=chat(response_format=strict({"$ref": "#"})))
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "invalid_schema"
+    assert len(error["message"]) < 300 and "<state>" not in error["message"]
+
+
+def test_an_unknown_model_gets_404(serve_process: ServeProcess) -> None:
+    with client(serve_process) as c:
+        r = c.post("/v1/chat/completions", json={**chat(), "model": "gpt-nope"})
+        served = c.post(
+            "/v1/chat/completions", json={**chat(max_tokens=2), "model": serve_process.model}
+        )
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+    assert served.status_code == 200
+
+
+def test_a_prompt_longer_than_the_context_is_refused_at_once(serve_process: ServeProcess) -> None:
+    started = time.monotonic()
+    with client(serve_process) as c:
+        long = [{"role": "user", "content": "word " * 9000}]
+        r = c.post("/v1/chat/completions", json=chat(messages=long, max_tokens=2))
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    health = serve_process.health()
+    assert health["queued"] == 0
+    assert time.monotonic() - started < 30  # refused before the model: no prefill ran
+
+
+def test_the_openapi_document_is_served(serve_process: ServeProcess) -> None:
+    doc = httpx.get(f"{serve_process.url}/openapi.json").json()
+    assert {"/health", "/v1/models", "/v1/chat/completions"} <= set(doc["paths"])

@@ -128,7 +128,15 @@ def test_incompatible_all_of_is_a_compile_error(compiler: UniversalCompiler) -> 
     assert isinstance(compiled.errors["grammar"], SchemaCompileError)
 
 
-def test_unknown_format_is_a_compile_error(compiler: UniversalCompiler) -> None:
+def test_unknown_format_is_dropped_from_the_grammar(compiler: UniversalCompiler) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string", "format": "no-such"}}}
+    compiled = compiler.compile(schema)
+    assert compiled.grammar is not None
+    assert compiled.relaxed == ("format:no-such",)
+
+
+def test_unknown_format_is_a_compile_error_without_relaxing(model_tokenizer: Any) -> None:
+    compiler = UniversalCompiler(model_tokenizer, relax=False)
     schema = {"type": "object", "properties": {"a": {"type": "string", "format": "no-such"}}}
     assert isinstance(compiler.compile(schema).errors["grammar"], SchemaCompileError)
 
@@ -157,9 +165,9 @@ def test_compile_timeout_skips_and_late_result_fills_cache(
     release = threading.Event()
     real = compiler_module.compile_grammar
 
-    def slow_compile(*args: Any) -> Any:  # a compile that cannot finish before it is released
+    def slow_compile(*args: Any, **kwargs: Any) -> Any:  # cannot finish before it is released
         release.wait(60)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(compiler_module, "compile_grammar", slow_compile)
     props = {f"f{i}": {"type": "string", "pattern": f"^[a-z]{{{i + 1}}}[0-9]+$"} for i in range(40)}
@@ -243,3 +251,34 @@ def test_model_and_its_tokenizer_share_compiled_grammars(
 ) -> None:
     by_model = UniversalCompiler(tiny_model).compile(Point).grammar
     assert UniversalCompiler(model_tokenizer).compile(Point).grammar is by_model
+
+
+POINT = {"x": 1, "y": 2, "label": "a"}
+
+
+def test_free_whitespace_only_when_pretty_output_is_asked_for(
+    compiler: UniversalCompiler,
+) -> None:
+    compact = compiler.compile(SchemaSpec.from_user(Point))
+    pretty = compiler.compile(SchemaSpec.from_user(Point, pretty=True))
+    indented = json.dumps(POINT, indent=2)
+    assert _accepts(compiler, compact.grammar, json.dumps(POINT))
+    assert not _accepts(compiler, compact.grammar, indented)
+    assert _accepts(compiler, pretty.grammar, indented)
+    assert _accepts(compiler, pretty.grammar, json.dumps(POINT, separators=(",", ":")))
+
+
+def test_pretty_whitespace_is_bounded(compiler: UniversalCompiler) -> None:
+    pretty = compiler.compile(SchemaSpec.from_user(Point, pretty=True))
+    padded = '{"x": 1,' + "\n" + " " * 40 + '"y": 2, "label": "a"}'
+    assert not _accepts(compiler, pretty.grammar, padded)
+
+
+def test_a_schema_cannot_switch_free_whitespace_on_by_itself(compiler: UniversalCompiler) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "x-guidance": {"whitespace_flexible": True},
+    }
+    compiled = compiler.compile(schema)
+    assert not _accepts(compiler, compiled.grammar, '{"a":         1}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -362,3 +363,35 @@ def test_an_abort_mid_pass_charges_what_ran_and_caches_nothing_partial(
     again = fresh.complete(_request(schema), UnmeteredMeter())
     ref = LocalTier(tiny_model).complete(_request(schema), UnmeteredMeter())
     assert again.text == ref.text
+
+
+class Note(BaseModel):
+    """Unbounded strings: a random model fills them until the tokens run out."""
+
+    title: str
+    tags: list[str]
+    count: int
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_tight_max_tokens_closes_the_value_instead_of_cutting_it(
+    tier: LocalTier, seed: int
+) -> None:
+    note = tier.compiler.compile(Note)
+    out = tier.complete(_request(note, max_tokens=40, temperature=1.0, seed=seed), UnmeteredMeter())
+    assert out.tokens_out <= 40
+    assert isinstance(note.validate_text(out.text), Note)
+    assert out.finish_reason == "stop"
+    assert out.closed in {"budget", "repetition"}
+
+
+def test_a_refused_schema_decodes_under_its_relaxation(tier: LocalTier) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "not": {"const": 3}}, "ok": {"type": "boolean"}},
+        "required": ["n", "ok"],
+    }
+    compiled = tier.compiler.compile(schema)
+    assert compiled.relaxed == ("not",)
+    out = tier.complete(_request(compiled, max_tokens=40), UnmeteredMeter())
+    assert set(json.loads(out.text)) == {"n", "ok"}  # the grammar still shaped the value

@@ -295,3 +295,11 @@ def test_retries_sample_with_rising_temperature_and_fresh_seeds(rt: Coordinator)
     rt.router.generate(Derivative, "q", workflow_id="wf", seed=7)
     assert [r.temperature for r in local.requests] == [0.0, 0.4, 0.8]
     assert [r.seed for r in local.requests] == [7, 8, 9]
+
+
+def test_pretty_output_is_asked_of_the_grammar(rt: Coordinator) -> None:
+    local = ScriptedSteerableTier("local", [GOOD, GOOD])
+    rt.router.set_tiers([local])
+    rt.router.generate(Derivative, "q", workflow_id="wf", pretty=True)
+    rt.router.generate(Derivative, "q", workflow_id="wf", cache=False)
+    assert [r.schema.spec.pretty for r in local.requests] == [True, False]

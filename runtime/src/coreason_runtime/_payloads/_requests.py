@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from coreason_runtime._payloads._base import EventPayload
 
 __all__ = [
@@ -69,10 +71,12 @@ class AttemptFinished(EventPayload):
     tokens_in: int
     tokens_out: int
     cost: float
+    closed: str | None = None  # the local tier closed the value early ("budget", "repetition")
 
 
 class AttemptFailed(EventPayload):
-    """``attempt.failed``: an attempt failed (or the tier was skipped: ``skipped``)."""
+    """``attempt.failed``: an attempt failed (or the tier was skipped: ``skipped``);
+    ``failure`` classifies it (a :class:`~coreason_runtime.tensor.FailureKind` value)."""
 
     tier: str
     attempt: int
@@ -81,6 +85,7 @@ class AttemptFailed(EventPayload):
     cost: float
     retryable: bool
     skipped: bool = False  # True only when the router skipped the tier without trying it
+    failure: str | None = None
 
 
 class TokensBatch(EventPayload):
@@ -126,6 +131,8 @@ class SchemaCompiled(EventPayload):
     seconds: float
     forms: list[str]
     errors: dict[str, str]
+    # what the local grammar dropped or weakened from a schema the engine refused as written
+    relaxed: list[str] = Field(default_factory=list)
 
 
 class PrefixReused(EventPayload):

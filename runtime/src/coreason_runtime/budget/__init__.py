@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coreason_runtime.budget._cage import DEFAULT_WORKFLOW, BudgetCage, Reservation
+from coreason_runtime.budget._memory import MemoryLedgerBackend
 from coreason_runtime.budget._models import (
     Charge,
     LeaseGrowth,
@@ -10,7 +11,7 @@ from coreason_runtime.budget._models import (
     LedgerBackend,
     ReservationRecord,
 )
-from coreason_runtime.budget._sqlite import MemoryLedgerBackend, SQLiteLedgerBackend
+from coreason_runtime.budget._sqlite import SQLiteLedgerBackend
 
 
 def __getattr__(name: str) -> object:

@@ -19,7 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from coreason_runtime._events import EventBus, EventType
@@ -30,8 +30,9 @@ from coreason_runtime._exceptions import (
     UnknownWorkflowError,
 )
 from coreason_runtime.budget._lease import Releases, Reservation
+from coreason_runtime.budget._memory import MemoryLedgerBackend
 from coreason_runtime.budget._models import Charge, Ledger, LedgerBackend, ReservationRecord
-from coreason_runtime.budget._sqlite import MemoryLedgerBackend, SQLiteLedgerBackend
+from coreason_runtime.budget._sqlite import SQLiteLedgerBackend
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
@@ -43,6 +44,9 @@ _EPS = 1e-9
 
 
 def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool):  # True is an int to Python, never a cost to a user
+        msg = f"{name} must be a number, got {value!r}"
+        raise InvalidCeilingError(msg)
     try:
         number = float(value)
     except (TypeError, ValueError) as e:
@@ -311,20 +315,9 @@ class BudgetCage:
         return ledger
 
     def _recover_orphans(self) -> None:
-        """Settle reservations left by crashed processes at their last checkpoint."""
-        for rec in self.backend.orphans():
-            charge = Charge(
-                workflow_id=rec.workflow_id,
-                tier=rec.tier,
-                tokens_in=rec.tokens_in,
-                tokens_out=rec.tokens_out,
-                cost=rec.consumed,
-                ts=time.time(),
-                reservation_id=rec.reservation_id,
-                note="recovered: process died mid-request; charged at last checkpoint",
-            )
-            with suppress(UnknownWorkflowError):
-                self.backend.settle(rec, charge)
+        """Settle reservations left by crashed processes at their last checkpoint (each once,
+        even when several processes recover at the same time)."""
+        self.backend.recover_orphans()
 
     def close(self) -> None:
         self.backend.close()

@@ -118,13 +118,19 @@ class LedgerBackend(Protocol):
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
         """Release the reservation (its whole current grant, waiting or not) and add the
-        charge, in one step."""
+        charge, in one step. A reservation settled before (by a recovery) charges nothing
+        again."""
         ...
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]: ...
 
     def orphans(self) -> list[ReservationRecord]:
         """Reservations whose owning process is gone (crashed mid-request)."""
+        ...
+
+    def recover_orphans(self, note: str = ...) -> list[Charge]:
+        """Settle every orphan at its last checkpoint, atomically with finding it: a recovery
+        racing another charges each orphan once. Returns the charges made."""
         ...
 
     def close(self) -> None: ...

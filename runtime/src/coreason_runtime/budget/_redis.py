@@ -13,6 +13,7 @@ from coreason_runtime._exceptions import (
     UnknownWorkflowError,
 )
 from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
+from coreason_runtime.budget._sqlite import RECOVERED_NOTE, recovered_charge
 
 __all__ = ["RedisLedgerBackend"]
 
@@ -80,10 +81,15 @@ if others < 0 then others = 0 end
 return {grown, tostring(granted), tostring(others)}
 """
 
-# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list, KEYS[4] waiting leases;
-# ARGV: id, cost, tokens_in, tokens_out, tier, charge json
+# KEYS[1] ledger, KEYS[2] reservations, KEYS[3] charges list, KEYS[4] waiting leases,
+# KEYS[5] the settled marker; ARGV: id, cost, tokens_in, tokens_out, tier, charge json,
+# marker ttl (s). A reservation gone with its settled marker set was settled before (by a
+# recovery): it charges nothing (0). A charge without a reservation (a human's answer) has no
+# marker.
 _SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local held = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
+if not held and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 local granted = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':granted') or '0')
 if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then
   local pinned = tonumber(redis.call('HGET', KEYS[1], 'pinned') or '0') - granted
@@ -101,8 +107,19 @@ redis.call('HINCRBY', KEYS[1], 'requests', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'tier:' .. ARGV[5], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':granted')
 redis.call('RPUSH', KEYS[3], ARGV[6])
+if held then redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[7])) end
 return 1
 """
+
+# KEYS[1] reservations; ARGV: id, record json. A checkpoint never brings back a settled one.
+_CHECKPOINT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# how long a settled reservation is remembered (a late settle of it charges nothing)
+_SETTLED_TTL_S = 7 * 24 * 3600
 
 
 class RedisLedgerBackend:
@@ -128,6 +145,7 @@ class RedisLedgerBackend:
         try:
             self._reserve = self._r.register_script(_RESERVE)
             self._settle = self._r.register_script(_SETTLE)
+            self._checkpoint = self._r.register_script(_CHECKPOINT)
             self._grow = self._r.register_script(_GROW)
             self._r.ping()
         except redis.RedisError as e:
@@ -266,13 +284,17 @@ class RedisLedgerBackend:
 
     def checkpoint(self, record: ReservationRecord) -> None:
         self._call(
-            self._r.hset,
-            f"{self.prefix}:reservations",
-            record.reservation_id,
-            record.model_dump_json(),
+            self._checkpoint,
+            keys=[f"{self.prefix}:reservations"],
+            args=[record.reservation_id, record.model_dump_json()],
         )
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
+        self._apply(record, charge)
+        return self._require(record.workflow_id)
+
+    def _apply(self, record: ReservationRecord, charge: Charge) -> bool:
+        """Settle in one script; False when the reservation was settled before (no charge)."""
         out = self._call(
             self._settle,
             keys=[
@@ -280,6 +302,7 @@ class RedisLedgerBackend:
                 f"{self.prefix}:reservations",
                 f"{self.prefix}:charges:{record.workflow_id}",
                 f"{self.prefix}:waiting",
+                f"{self.prefix}:settled:{record.reservation_id}",
             ],
             args=[
                 record.reservation_id,
@@ -288,12 +311,13 @@ class RedisLedgerBackend:
                 charge.tokens_out,
                 charge.tier,
                 charge.model_dump_json(),
+                _SETTLED_TTL_S,
             ],
         )
         if out == -1:
             msg = f"no ledger for workflow {record.workflow_id!r}"
             raise UnknownWorkflowError(msg, workflow_id=record.workflow_id)
-        return self._require(record.workflow_id)
+        return bool(out == 1)
 
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
         raw = self._call(self._r.lrange, f"{self.prefix}:charges:{workflow_id}", -limit, -1)
@@ -313,6 +337,20 @@ class RedisLedgerBackend:
                 granted = float(raw.get(f"{key}:granted", rec.granted))
                 out.append(rec.model_copy(update={"granted": granted}))
         return out
+
+    def recover_orphans(self, note: str = RECOVERED_NOTE) -> list[Charge]:
+        """Settle every orphan at its last checkpoint; the settle script re-checks each one
+        atomically, so recoveries racing on many workers charge it once."""
+        charges: list[Charge] = []
+        for record in self.orphans():
+            charge = recovered_charge(record, note)
+            try:
+                applied = self._apply(record, charge)
+            except UnknownWorkflowError:
+                continue  # its ledger was deleted meanwhile
+            if applied:
+                charges.append(charge)
+        return charges
 
     def close(self) -> None:
         self._r.close()

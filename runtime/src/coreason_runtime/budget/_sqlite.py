@@ -7,11 +7,10 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-
-import psutil
 
 from coreason_runtime._exceptions import (
     BudgetExceededError,
@@ -19,8 +18,9 @@ from coreason_runtime._exceptions import (
     UnknownWorkflowError,
 )
 from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
+from coreason_runtime.budget._owners import owner_gone
 
-__all__ = ["MemoryLedgerBackend", "SQLiteLedgerBackend"]
+__all__ = ["RECOVERED_NOTE", "SQLiteLedgerBackend", "grow_grant", "recovered_charge"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledgers (
@@ -58,7 +58,24 @@ CREATE TABLE IF NOT EXISTS charges (
     note TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS charges_wf ON charges(workflow_id, id);
+CREATE INDEX IF NOT EXISTS charges_reservation ON charges(reservation_id);
 """
+
+RECOVERED_NOTE = "recovered: process died mid-request; charged at last checkpoint"
+
+
+def recovered_charge(record: ReservationRecord, note: str = RECOVERED_NOTE) -> Charge:
+    """The charge that settles an orphaned reservation at its last checkpoint."""
+    return Charge(
+        workflow_id=record.workflow_id,
+        tier=record.tier,
+        tokens_in=record.tokens_in,
+        tokens_out=record.tokens_out,
+        cost=record.consumed,
+        ts=time.time(),
+        reservation_id=record.reservation_id,
+        note=note,
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -73,7 +90,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
-def _grown(granted: float, consumed: float, add: float, minimum: float) -> tuple[float, bool]:
+def grow_grant(granted: float, consumed: float, add: float, minimum: float) -> tuple[float, bool]:
     """A lease's new grant and whether it grew: by ``add``, or trimmed to what it consumed."""
     if add >= minimum - 1e-9:
         return granted + add, True
@@ -113,8 +130,21 @@ class SQLiteLedgerBackend:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
-        _migrate(self._conn())
+        with self._store_errors("open"):
+            self._conn().executescript(_SCHEMA)
+            _migrate(self._conn())
+
+    @contextmanager
+    def _store_errors(self, what: str) -> Iterator[None]:
+        """Turn a failing store (read-only, disk full, corrupt file) into LedgerBackendError."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            msg = (
+                f"ledger store {self.path} could not {what}: {e} (is $COREASON_HOME "
+                "read-only, or its disk full?); nothing was charged"
+            )
+            raise LedgerBackendError(msg) from e
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -133,19 +163,21 @@ class SQLiteLedgerBackend:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
+        with self._store_errors("open"):
+            conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             msg = f"ledger store {self.path} is unavailable: {e}"
             raise LedgerBackendError(msg) from e
         try:
-            yield conn
+            with self._store_errors("write"):
+                yield conn
+                conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+                conn.execute("ROLLBACK")
             raise
-        else:
-            conn.execute("COMMIT")
 
     def _require(self, db: sqlite3.Connection, workflow_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,)).fetchone()
@@ -164,15 +196,17 @@ class SQLiteLedgerBackend:
             return _ledger(self._require(db, workflow_id))
 
     def get(self, workflow_id: str) -> Ledger | None:
-        row = (
-            self._conn()
-            .execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,))
-            .fetchone()
-        )
+        with self._store_errors("read"):
+            row = (
+                self._conn()
+                .execute("SELECT * FROM ledgers WHERE workflow_id=?", (workflow_id,))
+                .fetchone()
+            )
         return None if row is None else _ledger(row)
 
     def ledgers(self) -> list[Ledger]:
-        rows = self._conn().execute("SELECT * FROM ledgers ORDER BY workflow_id").fetchall()
+        with self._store_errors("read"):
+            rows = self._conn().execute("SELECT * FROM ledgers ORDER BY workflow_id").fetchall()
         return [_ledger(r) for r in rows]
 
     def reset(self, workflow_id: str) -> Ledger:
@@ -248,7 +282,9 @@ class SQLiteLedgerBackend:
                 raise LedgerBackendError(msg)
             ceiling = row["ceiling"]
             available = want if ceiling is None else ceiling - row["spent"] - row["reserved"]
-            granted, grown = _grown(res["granted"], record.consumed, min(want, available), minimum)
+            granted, grown = grow_grant(
+                res["granted"], record.consumed, min(want, available), minimum
+            )
             db.execute(
                 "UPDATE ledgers SET reserved=MAX(reserved+?, 0) WHERE workflow_id=?",
                 (granted - res["granted"], record.workflow_id),
@@ -294,45 +330,68 @@ class SQLiteLedgerBackend:
 
     def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
         with self._tx() as db:
-            res = db.execute(
-                "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
-            ).fetchone()
-            row = self._require(db, record.workflow_id)
-            by_tier = json.loads(row["by_tier"])
-            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
-            release = res["granted"] if res is not None else 0.0
-            db.execute(
-                "UPDATE ledgers SET reserved=MAX(reserved-?, 0), spent=spent+?, "
-                "tokens_in=tokens_in+?, tokens_out=tokens_out+?, requests=requests+1, by_tier=? "
-                "WHERE workflow_id=?",
-                (
-                    release,
-                    charge.cost,
-                    charge.tokens_in,
-                    charge.tokens_out,
-                    json.dumps(by_tier),
-                    record.workflow_id,
-                ),
-            )
-            db.execute("DELETE FROM reservations WHERE reservation_id=?", (record.reservation_id,))
-            db.execute(
-                "INSERT INTO charges(workflow_id, tier, tokens_in, tokens_out, cost, ts, "
-                "reservation_id, note) VALUES(?,?,?,?,?,?,?,?)",
-                (
-                    charge.workflow_id,
-                    charge.tier,
-                    charge.tokens_in,
-                    charge.tokens_out,
-                    charge.cost,
-                    charge.ts,
-                    charge.reservation_id,
-                    charge.note,
-                ),
-            )
+            self._apply(db, record, charge)
             return _ledger(self._require(db, record.workflow_id))
 
+    def _apply(self, db: sqlite3.Connection, record: ReservationRecord, charge: Charge) -> bool:
+        """Release ``record``'s grant and add ``charge``, inside the caller's transaction.
+
+        A reservation that is gone because it was already settled (a recovery settled it while
+        its owner was thought dead, or two recoveries raced) charges nothing: False.
+        """
+        res = db.execute(
+            "SELECT granted FROM reservations WHERE reservation_id=?", (record.reservation_id,)
+        ).fetchone()
+        row = self._require(db, record.workflow_id)
+        if res is None and self._settled(db, record.reservation_id):
+            return False
+        by_tier = json.loads(row["by_tier"])
+        by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
+        release = res["granted"] if res is not None else 0.0
+        db.execute(
+            "UPDATE ledgers SET reserved=MAX(reserved-?, 0), spent=spent+?, "
+            "tokens_in=tokens_in+?, tokens_out=tokens_out+?, requests=requests+1, by_tier=? "
+            "WHERE workflow_id=?",
+            (
+                release,
+                charge.cost,
+                charge.tokens_in,
+                charge.tokens_out,
+                json.dumps(by_tier),
+                record.workflow_id,
+            ),
+        )
+        db.execute("DELETE FROM reservations WHERE reservation_id=?", (record.reservation_id,))
+        db.execute(
+            "INSERT INTO charges(workflow_id, tier, tokens_in, tokens_out, cost, ts, "
+            "reservation_id, note) VALUES(?,?,?,?,?,?,?,?)",
+            (
+                charge.workflow_id,
+                charge.tier,
+                charge.tokens_in,
+                charge.tokens_out,
+                charge.cost,
+                charge.ts,
+                charge.reservation_id,
+                charge.note,
+            ),
+        )
+        return True
+
+    @staticmethod
+    def _settled(db: sqlite3.Connection, reservation_id: str) -> bool:
+        found = db.execute(
+            "SELECT 1 FROM charges WHERE reservation_id=? LIMIT 1", (reservation_id,)
+        ).fetchone()
+        return found is not None
+
     def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
-        rows = (
+        with self._store_errors("read"):
+            rows = self._history(workflow_id, limit)
+        return [Charge(**dict(r)) for r in reversed(rows)]
+
+    def _history(self, workflow_id: str, limit: int) -> list[sqlite3.Row]:
+        return (
             self._conn()
             .execute(
                 "SELECT workflow_id, tier, tokens_in, tokens_out, cost, ts, reservation_id, note "
@@ -341,160 +400,33 @@ class SQLiteLedgerBackend:
             )
             .fetchall()
         )
-        return [Charge(**dict(r)) for r in reversed(rows)]
 
     def orphans(self) -> list[ReservationRecord]:
-        host = socket.gethostname()
-        rows = self._conn().execute("SELECT * FROM reservations").fetchall()
-        return [
-            _record(r)
-            for r in rows
-            if r["host"] == host and r["pid"] != os.getpid() and not psutil.pid_exists(r["pid"])
-        ]
+        with self._store_errors("read"):
+            return self._orphans(self._conn())
+
+    @staticmethod
+    def _orphans(db: sqlite3.Connection) -> list[ReservationRecord]:
+        mine = (socket.gethostname(), os.getpid())
+        rows = db.execute("SELECT * FROM reservations WHERE host=? AND pid<>?", mine).fetchall()
+        return [_record(r) for r in rows if owner_gone(r["pid"], r["created"])]
+
+    def recover_orphans(self, note: str = RECOVERED_NOTE) -> list[Charge]:
+        """Settle every orphan at its last checkpoint, reading them inside the same transaction.
+
+        Two processes recovering at once serialise on the write lock: the second finds nothing
+        left to recover, so no orphan is charged twice.
+        """
+        charges: list[Charge] = []
+        with self._tx() as db:
+            for record in self._orphans(db):
+                charge = recovered_charge(record, note)
+                if self._apply(db, record, charge):
+                    charges.append(charge)
+        return charges
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
-
-
-class MemoryLedgerBackend:
-    """Ledgers in this process only (tests, scratch work); same semantics as SQLite."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ledgers: dict[str, Ledger] = {}
-        self._reservations: dict[str, ReservationRecord] = {}
-        self._waiting: set[str] = set()  # leases that gave their unused grant back and wait
-        self._charges: dict[str, list[Charge]] = {}
-
-    def _require(self, workflow_id: str) -> Ledger:
-        ledger = self._ledgers.get(workflow_id)
-        if ledger is None:
-            msg = f"no ledger for workflow {workflow_id!r}; set one with budgets.set(...)"
-            raise UnknownWorkflowError(msg, workflow_id=workflow_id)
-        return ledger
-
-    def set_ceiling(self, workflow_id: str, ceiling: float | None) -> Ledger:
-        with self._lock:
-            old = self._ledgers.get(workflow_id) or Ledger(workflow_id=workflow_id, ceiling=None)
-            self._ledgers[workflow_id] = new = old.model_copy(update={"ceiling": ceiling})
-            return new
-
-    def get(self, workflow_id: str) -> Ledger | None:
-        return self._ledgers.get(workflow_id)
-
-    def ledgers(self) -> list[Ledger]:
-        return sorted(self._ledgers.values(), key=lambda led: led.workflow_id)
-
-    def reset(self, workflow_id: str) -> Ledger:
-        with self._lock:
-            old = self._require(workflow_id)
-            new = Ledger(workflow_id=workflow_id, ceiling=old.ceiling, reserved=old.reserved)
-            self._ledgers[workflow_id] = new
-            self._charges.pop(workflow_id, None)
-            return new
-
-    def delete(self, workflow_id: str) -> None:
-        with self._lock:
-            self._require(workflow_id)
-            del self._ledgers[workflow_id]
-            self._charges.pop(workflow_id, None)
-
-    def reserve(self, record: ReservationRecord, minimum: float) -> float:
-        with self._lock:
-            led = self._require(record.workflow_id)
-            grant = min(record.granted, led.remaining)
-            if grant < minimum:
-                msg = (
-                    f"workflow {record.workflow_id!r}: request needs at least {minimum:g} but "
-                    f"only {max(led.remaining, 0):g} of Ω={led.ceiling:g} is left"
-                )
-                raise BudgetExceededError(
-                    msg,
-                    workflow_id=record.workflow_id,
-                    tier=record.tier,
-                    ceiling=led.ceiling,
-                    spent=led.spent,
-                    requested=minimum,
-                    ledger=led,
-                )
-            self._ledgers[record.workflow_id] = led.model_copy(
-                update={"reserved": led.reserved + grant}
-            )
-            self._reservations[record.reservation_id] = record.model_copy(update={"granted": grant})
-            return grant
-
-    def grow(self, record: ReservationRecord, want: float, minimum: float) -> LeaseGrowth:
-        with self._lock:
-            led = self._require(record.workflow_id)
-            old = self._reservations.get(record.reservation_id)
-            if old is None:
-                msg = f"lease {record.reservation_id} is no longer in memory (recovered?)"
-                raise LedgerBackendError(msg)
-            available = want if led.ceiling is None else led.remaining
-            granted, grown = _grown(old.granted, record.consumed, min(want, available), minimum)
-            self._ledgers[record.workflow_id] = led.model_copy(
-                update={"reserved": max(led.reserved + granted - old.granted, 0.0)}
-            )
-            self._reservations[record.reservation_id] = record.model_copy(
-                update={"granted": granted}
-            )
-            if grown:
-                self._waiting.discard(record.reservation_id)
-            else:
-                self._waiting.add(record.reservation_id)
-            others = self._releasable(record.workflow_id, but=record.reservation_id)
-            return LeaseGrowth(granted, grown, others)
-
-    def _releasable(self, workflow_id: str, but: str = "") -> float:
-        return sum(
-            r.granted
-            for r in self._reservations.values()
-            if r.workflow_id == workflow_id
-            and r.reservation_id not in self._waiting
-            and r.reservation_id != but
-        )
-
-    def releasable(self, workflow_id: str) -> float:
-        with self._lock:
-            return self._releasable(workflow_id)
-
-    def checkpoint(self, record: ReservationRecord) -> None:
-        with self._lock:
-            old = self._reservations.get(record.reservation_id)
-            if old is not None:  # the stored grant is the lease's; the record may be older
-                self._reservations[record.reservation_id] = record.model_copy(
-                    update={"granted": old.granted}
-                )
-
-    def settle(self, record: ReservationRecord, charge: Charge) -> Ledger:
-        with self._lock:
-            led = self._require(record.workflow_id)
-            res = self._reservations.pop(record.reservation_id, None)
-            self._waiting.discard(record.reservation_id)
-            by_tier = dict(led.by_tier)
-            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + charge.cost
-            new = led.model_copy(
-                update={
-                    "reserved": max(led.reserved - (res.granted if res else 0.0), 0.0),
-                    "spent": led.spent + charge.cost,
-                    "tokens_in": led.tokens_in + charge.tokens_in,
-                    "tokens_out": led.tokens_out + charge.tokens_out,
-                    "requests": led.requests + 1,
-                    "by_tier": by_tier,
-                }
-            )
-            self._ledgers[record.workflow_id] = new
-            self._charges.setdefault(record.workflow_id, []).append(charge)
-            return new
-
-    def history(self, workflow_id: str, limit: int = 1000) -> list[Charge]:
-        return list(self._charges.get(workflow_id, []))[-limit:]
-
-    def orphans(self) -> list[ReservationRecord]:
-        return []
-
-    def close(self) -> None:
-        pass

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from transformers import DynamicCache
 
     from coreason_runtime._events import EventType
+    from coreason_runtime.decode._closing import Closing
     from coreason_runtime.decode._engine import DecodeEngine
     from coreason_runtime.decode._grammar import GrammarMask
     from coreason_runtime.decode._sampler import Sampler
@@ -94,6 +95,7 @@ class SessionFields:
     cache: DynamicCache
     generator: torch.Generator
     grammar: GrammarMask | None
+    closing: Closing | None
     next_logits: torch.Tensor | None
     n_generated: int
     finish_reason: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,8 @@ class Sampler:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        bad_t = not math.isfinite(self.temperature) or self.temperature < 0
+        if bad_t or not 0 < self.top_p <= 1 or self.top_k < 0:
             msg = (
                 f"bad sampler settings: temperature={self.temperature}, top_k={self.top_k}, "
                 f"top_p={self.top_p}"
@@ -60,7 +62,10 @@ class Sampler:
 
         if self.greedy:
             return int(torch.argmax(logits))
-        scores = logits.float() / self.temperature
+        # in float64, shifted to max 0 first: a vanishing temperature then sends the others
+        # to -inf, never the best to +inf (inf - inf would make the softmax NaN)
+        scores = logits.double()
+        scores = (scores - scores.max()) / self.temperature
         if self.top_k:
             kth = torch.topk(scores, min(self.top_k, scores.numel())).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from coreason_runtime._controls import ControlState
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import DecodeError, RequestError, SessionStateError
+from coreason_runtime.decode._closing import Closing
 from coreason_runtime.decode._edit import Checkpoint, SessionEdit, SessionEditing
 from coreason_runtime.decode._fields import (
     FINISHED,
@@ -82,6 +83,11 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
         A :class:`~coreason_runtime.decode.BlockStore` that holds this session's KV while it
         is parked (see :meth:`demote`); with the store's ``demote_on_pause``, a pause hands
         the KV over as soon as the session parks on its own thread.
+    closing:
+        With a grammar: close the value before the tokens run out (``max_new_tokens`` or the
+        meter's grant) and close a string or container that loops (:class:`Closing`); a
+        :class:`Closing` to tune it, ``False`` to decode under the bare grammar.
+        ``closing.closed`` says whether it changed the output.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
         prefix: tuple[DynamicCache, int] | None = None,
         on_token: Callable[[DecodeSession], None] | None = None,
         kv: BlockStore | None = None,
+        closing: bool | Closing = True,
     ) -> None:
         if not prompt_ids:
             msg = "a decode session needs at least one prompt token"
@@ -136,6 +143,10 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
         if isinstance(grammar, str):
             grammar = GrammarMask(engine.new_matcher(grammar), engine.info)
         self.grammar = grammar
+        if closing is True:
+            self.closing = Closing(engine.info) if grammar is not None else None
+        else:
+            self.closing = closing or None
         self.next_logits: torch.Tensor | None = None
         self.n_generated = 0
         self.finish_reason: str | None = None

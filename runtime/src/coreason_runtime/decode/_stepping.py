@@ -112,6 +112,8 @@ class SessionSteps(SessionFields):
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise self._timed_out("between tokens")
         if self.meter is not None:
+            if self.grammar is not None and self.grammar.accepting and self.meter.max_out < 1:
+                return self._finish("length")  # a complete value the grant ends: no error
             self.meter.check(tokens_out=1)  # stop *before* a token the budget cannot pay
         assert self.next_logits is not None
         logits = self._masked(self.next_logits)
@@ -145,6 +147,12 @@ class SessionSteps(SessionFields):
         out = self.grammar.apply(logits) if self.grammar is not None else logits.clone()
         if early:  # too early to stop: mask every stop token
             out[list(self.engine.stop_ids)] = float("-inf")
+        elif self.closing is not None and self.grammar is not None:  # never cut off mid-value
+            left = self.max_new_tokens - self.n_generated
+            if self.meter is not None:
+                left = min(left, self.meter.max_out)
+            output = self._tokens[self.prompt_len :]
+            out = self.closing.narrow(out, self.grammar, left, output, greedy=self.sampler.greedy)
         self.timings.mask += time.perf_counter() - t0
         return out
 

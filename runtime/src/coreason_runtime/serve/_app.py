@@ -1,8 +1,14 @@
-"""The FastAPI app: ``/v1/chat/completions`` (streamed or not), ``/v1/models``, ``/health``."""
+"""The FastAPI app: ``/v1/chat/completions`` (streamed or not), ``/v1/models``, ``/health``.
+
+Every limit (body, model name, schema, context, queue, deadline) is checked before the model
+is touched (``serve/_limits.py``); every refusal is one OpenAI-style error with a stable code
+(``serve/_errors.py``); ``/openapi.json`` describes all of it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -16,22 +22,37 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coreason_runtime._exceptions import (
     ClientDisconnectedError,
-    CoreasonError,
     RequestError,
-    SchemaCompileTimeout,
-    SchemaError,
+    TierTimeoutError,
     WorkflowAbortedError,
 )
+from coreason_runtime.serve._errors import ApiError, api_error
 from coreason_runtime.serve._host import Job, ModelHost
+from coreason_runtime.serve._limits import (
+    DEFAULT_ALIASES,
+    BodyGuard,
+    ServeLimits,
+    check_model,
+    check_schema_size,
+    fit_context,
+    low_priority_worker,
+    request_deadline,
+)
+from coreason_runtime.serve._openapi import (
+    COMPLETION_RESPONSES,
+    Health,
+    ModelList,
+    error_responses,
+)
 from coreason_runtime.serve._protocol import (
     ChatRequest,
     ResponseFormat,
     chunk_body,
     completion_body,
-    error_body,
     new_completion_id,
     usage_body,
 )
@@ -57,6 +78,8 @@ def create_app(
     *,
     default_max_tokens: int = 256,
     max_tokens_ceiling: int = 4096,
+    limits: ServeLimits | None = None,
+    aliases: tuple[str, ...] = DEFAULT_ALIASES,
 ) -> FastAPI:
     """An OpenAI-compatible app over one local tier shared by every client.
 
@@ -69,70 +92,86 @@ def create_app(
         When given, every ``/v1`` request needs ``Authorization: Bearer <token>``; the
         ``COREASON_SERVE_TOKEN`` variable is read when this is ``None``.
     model_name:
-        The id reported by ``/v1/models`` and in every completion.
+        The id reported by ``/v1/models`` and in every completion; a request naming another
+        model (not one of ``aliases``) gets 404 ``model_not_found``.
     default_max_tokens, max_tokens_ceiling:
         The output limit when a request names none, and the most any request may ask for.
+    limits:
+        Body size, schema size, queue length and the request deadline (:class:`ServeLimits`).
     """
     if token is None:
         token = os.environ.get("COREASON_SERVE_TOKEN") or None
-    host = ModelHost(tier, model_name)
-    api = _Endpoints(host, model_name, default_max_tokens, max_tokens_ceiling)
+    limits = limits or ServeLimits()
+    host = ModelHost(tier, model_name, max_queue=limits.max_queue)
+    api = _Endpoints(host, model_name, default_max_tokens, max_tokens_ceiling, limits, aliases)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         host.start()
         yield
         host.close()
+        api._counter.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
-        title="coreason serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="coreason serve",
+        summary="OpenAI-compatible chat completions over one local model",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.host = host
     app.exception_handler(RequestValidationError)(_invalid)
+    app.exception_handler(StarletteHTTPException)(_http_error)
     app.exception_handler(_Unauthorized)(_unauthorized)
+    app.add_middleware(BodyGuard, limit=limits.max_body_bytes, refuse=_refusal)
     guarded = [Depends(_bearer(token))]
-    app.get("/health")(api.health)
-    app.get("/v1/models", dependencies=guarded)(api.models)
-    app.post("/v1/chat/completions", response_model=None, dependencies=guarded)(
-        api.chat_completions
-    )
+    app.get("/health", response_model=Health, responses=error_responses(503))(api.health)
+    app.get(
+        "/v1/models", response_model=ModelList, dependencies=guarded, responses=error_responses(401)
+    )(api.models)
+    app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        dependencies=guarded,
+        responses=COMPLETION_RESPONSES,
+    )(api.chat_completions)
     return app
 
 
-def _error(
-    status: int,
-    message: str,
-    type_: str = "invalid_request_error",
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-    param: str | None = None,
-) -> JSONResponse:
-    """An OpenAI-style error response."""
-    return JSONResponse(
-        error_body(message, type_, code, param), status_code=status, headers=headers
-    )
+def _refusal(e: RequestError) -> Callable[..., Awaitable[None]]:
+    """The ASGI response for a body the guard refused; the connection closes with it, so a
+    client sending megabytes stops instead of having them drained."""
+    error = api_error(e)
+    return ApiError(error.code, error.message, {**error.headers, "Connection": "close"}).response()
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """A request body that does not validate: 400 naming the first bad field."""
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":  # the body guard lets none through; kept exact
+        return ApiError("invalid_json", "the body is not valid JSON").response()
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     what = str(first.get("msg", "bad value")).removeprefix("Value error, ")
-    return _error(
-        400,
-        f"invalid request: {where}: {what}" if where else f"invalid request: {what}",
-        param=where or None,
-    )
+    message = f"invalid request: {where}: {what}" if where else f"invalid request: {what}"
+    return ApiError("invalid_value", message, param=where or None).response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Routing errors (no such path, wrong method) in the same shape as every other error."""
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+        return ApiError("not_found", message).response()
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+        return ApiError("method_not_allowed", message).response()
+    return ApiError("invalid_value", str(exc.detail)).response()
 
 
 async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-    return _error(
-        401,
-        "invalid or missing bearer token",
-        "invalid_request_error",
-        "invalid_api_key",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    return ApiError(
+        "invalid_api_key", "invalid or missing bearer token", {"WWW-Authenticate": "Bearer"}
+    ).response()
 
 
 def _bearer(token: str | None) -> Callable[[Request], Awaitable[None]]:
@@ -162,6 +201,11 @@ class _Endpoints:
     model_name: str
     default_max_tokens: int
     max_tokens_ceiling: int
+    limits: ServeLimits
+    aliases: tuple[str, ...]
+    # prompts are counted off the model thread, one at a time, at a low CPU priority: a
+    # flood of over-long prompts then slows the decoding of the others as little as it can
+    _counter: concurrent.futures.ThreadPoolExecutor = field(default_factory=low_priority_worker)
 
     async def health(self) -> JSONResponse:
         host = self.host
@@ -190,18 +234,29 @@ class _Endpoints:
         }
 
     async def chat_completions(self, body: ChatRequest, raw: Request) -> Response:
+        try:
+            return await self._chat(body, raw)
+        except Exception as e:  # every refusal, expected or not, answers in one shape
+            return api_error(e).response()
+
+    async def _chat(self, body: ChatRequest, raw: Request) -> Response:
+        deadline = request_deadline(self.limits)  # queueing and prefill count against it
         refusal = self._unavailable()
         if refusal is not None:
-            return refusal
+            return refusal.response()
+        check_model(body.model, self.model_name, self.aliases)
         job = Job(
             messages=body.chat(),
             max_tokens=body.limit(self.default_max_tokens, self.max_tokens_ceiling),
             temperature=body.temperature if body.temperature is not None else 1.0,
             seed=body.seed,
+            deadline=deadline,
         )
         refusal = await self._constrain(job, body.response_format)
         if refusal is not None:
-            return refusal
+            return refusal.response()
+        await self._fit(job, body)
+        self.host.check_capacity()  # 429 now, before a streamed answer sends its headers
         cid = new_completion_id()
         if body.stream:
             options = body.stream_options
@@ -211,54 +266,48 @@ class _Endpoints:
             return _stream(self.host, job, chunks)
         return await self._complete(job, cid, raw)
 
-    def _unavailable(self) -> JSONResponse | None:
+    def _unavailable(self) -> ApiError | None:
         """A 503 while the model loads (or after it failed to), else ``None``."""
         host = self.host
         if host.state == "ok":
             return None
-        message = (
-            f"model {self.model_name!r} is still loading; retry shortly"
-            if host.state == "loading"
-            else f"model failed to load: {host.error}"
-        )
-        return _error(
-            503,
-            message,
-            "server_error",
-            f"model_{host.state}",
-            headers={"Retry-After": "1"} if host.state == "loading" else None,
-        )
+        if host.state == "loading":
+            message = f"model {self.model_name!r} is still loading; retry shortly"
+            return ApiError("model_loading", message, {"Retry-After": "1"})
+        return ApiError("model_error", f"model {self.model_name!r} failed to load")
 
-    async def _constrain(self, job: Job, fmt: ResponseFormat | None) -> JSONResponse | None:
-        """Compile the response format's schema onto ``job``; an error response if it fails."""
+    async def _constrain(self, job: Job, fmt: ResponseFormat | None) -> ApiError | None:
+        """Compile the response format's schema onto ``job``; a refusal if it cannot be."""
         if fmt is None or fmt.type == "text":
             return None
         if fmt.type == "json_schema":
             if fmt.json_schema is None:
-                return _error(400, "response_format json_schema needs a 'json_schema' field")
+                message = "response_format json_schema needs a 'json_schema' field"
+                return ApiError("invalid_value", message, param="response_format")
             schema = fmt.json_schema.schema_
         else:
             schema = {"type": "object"}
         try:
-            # Compiling needs no model: it runs beside decoding, not queued behind it.
-            job.schema = await asyncio.to_thread(self.host.backend.compile, schema)
-        except SchemaCompileTimeout as e:
-            return _error(
-                503,
-                f"{e}; the grammar is still compiling, retry shortly",
-                "server_error",
-                "schema_compiling",
-                headers={"Retry-After": "1"},
-            )
-        except SchemaError as e:
-            return _error(
-                400, f"response_format schema cannot be enforced: {e}", code="invalid_schema"
-            )
+            check_schema_size(schema, self.limits.max_schema_bytes)
+        except RequestError as e:
+            return ApiError("schema_too_large", e.message, param="response_format")
+        # Compiling needs no model: it runs beside decoding, not queued behind it.
+        job.schema = await asyncio.to_thread(self.host.backend.compile, schema)
         return None
+
+    async def _fit(self, job: Job, body: ChatRequest) -> None:
+        """Count the prompt (off the model thread) and fit the output into the context."""
+        backend = self.host.backend
+        loop = asyncio.get_running_loop()
+        prompt = await loop.run_in_executor(self._counter, backend.count_prompt, job)
+        explicit = (body.max_completion_tokens or body.max_tokens) is not None
+        job.limit_output(
+            fit_context(prompt, job.max_tokens, backend.context_length, explicit=explicit)
+        )
 
     async def _complete(self, job: Job, cid: str, raw: Request) -> Response:
         """Decode ``job`` whole; stop decoding if the client leaves before the answer."""
-        task = asyncio.ensure_future(self.host.run(_generate, self.host, job))
+        task = self.host.submit(_generate, self.host, job)
         task.add_done_callback(_observed)
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
@@ -268,11 +317,6 @@ class _Endpoints:
             out = task.result()
         except ClientDisconnectedError:
             return Response(status_code=499)  # nobody is left to read it
-        except (RequestError, SchemaError) as e:
-            return _error(400, str(e))
-        except CoreasonError as e:
-            logger.warning("generation failed: %s", e)
-            return _error(500, f"generation failed: {e}", "server_error")
         return JSONResponse(
             completion_body(
                 cid, self.model_name, out.text, out.finish_reason, out.tokens_in, out.tokens_out
@@ -291,8 +335,12 @@ def _generate(host: ModelHost, job: Job) -> TierOutput:
         host.record(cancelled=True)
         msg = "the client disconnected before decoding began"
         raise ClientDisconnectedError(msg, tier="local", workflow_id=job.workflow_id)
+    left = None if job.deadline is None else job.deadline - time.monotonic()
+    if left is not None and left <= 0:
+        msg = "the request waited in the queue past its deadline"
+        raise TierTimeoutError(msg, tier="local", workflow_id=job.workflow_id)
     try:
-        out = host.backend.generate(job, job.meter)
+        out = host.backend.generate(job, job.meter, left)
     except WorkflowAbortedError as e:  # the job's controls: its client hung up mid-decode
         host.record(cancelled=True)
         msg = "the client disconnected; decoding stopped"
@@ -350,7 +398,7 @@ def _stream(host: ModelHost, job: Job, chunks: _Chunks) -> Response:
     job.on_text = on_text
 
     async def events() -> AsyncIterator[str]:
-        task = asyncio.ensure_future(host.run(_generate, host, job))
+        task = asyncio.ensure_future(host.run(_generate, host, job))  # busy: reported in-band
 
         def finished(t: asyncio.Future[TierOutput]) -> None:
             queue.put_nowait(None)
@@ -380,9 +428,8 @@ def _stream_end(task: asyncio.Future[TierOutput], streamed: str, chunks: _Chunks
     except ClientDisconnectedError:
         return
     except Exception as e:  # reported to the client in-band; the server keeps serving
-        logger.warning("streamed generation failed: %s", e)
         # OpenAI streams report a mid-stream failure as an error event, then stop.
-        yield _sse(error_body(f"generation failed: {e}", "server_error"))
+        yield _sse(api_error(e).body())
         return
     counted = (out.tokens_in, out.tokens_out)
     if out.text != streamed:

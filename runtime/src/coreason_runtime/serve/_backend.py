@@ -20,7 +20,16 @@ class Backend(Protocol):
 
     def compile(self, json_schema: dict[str, Any]) -> CompiledSchema: ...
 
-    def generate(self, job: Job, meter: Meter) -> TierOutput: ...
+    def generate(self, job: Job, meter: Meter, timeout: float | None = None) -> TierOutput: ...
+
+    def count_prompt(self, job: Job) -> int:
+        """The tokens the model would prefill for ``job`` (its schema hint included)."""
+        ...
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and output) the model can hold; None if unbounded."""
+        ...
 
     def close(self) -> None: ...
 
@@ -48,18 +57,28 @@ class TierBackend:
             raise err
         return compiled
 
-    def generate(self, job: Job, meter: Meter) -> TierOutput:
-        messages = job.messages
-        if job.schema is not None:
-            messages = self.tier.schema_messages(messages, job.schema)
+    def _messages(self, job: Job) -> list[dict[str, str]]:
+        if job.schema is None:
+            return job.messages
+        return self.tier.schema_messages(job.messages, job.schema)
+
+    def count_prompt(self, job: Job) -> int:
+        return self.tier.count_prompt(self._messages(job))
+
+    @property
+    def context_length(self) -> int | None:
+        return self.tier.context_length
+
+    def generate(self, job: Job, meter: Meter, timeout: float | None = None) -> TierOutput:
         return self.tier.complete_text(
-            messages,
+            self._messages(job),
             job.max_tokens,
             grammar=job.schema,
             on_delta=job.on_text,
             temperature=job.temperature,
             seed=job.seed,
             meter=meter,
+            timeout=timeout,
             ticket=job.ticket,
         )
 

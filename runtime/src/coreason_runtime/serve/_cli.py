@@ -8,18 +8,29 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from coreason_runtime._config import DEFAULT_MODEL, RuntimeConfig
 from coreason_runtime._exceptions import ConfigurationError, MissingExtraError
+from coreason_runtime.serve._limits import ServeLimits
 
-__all__ = ["add_arguments", "build_parser", "cmd_serve", "local_tier_loader", "main"]
+__all__ = [
+    "add_arguments",
+    "build_parser",
+    "cmd_serve",
+    "local_tier_loader",
+    "main",
+    "read_limits",
+    "read_token",
+]
 
 logger = logging.getLogger("coreason_runtime.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``coreason serve`` (host, port, model, token, stream interval)."""
+    """The options of ``coreason serve`` (host, port, model, token file, limits, stream
+    interval)."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -32,9 +43,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="model name, folder or .gguf (default $COREASON_MODEL or SmolLM2)",
     )
     parser.add_argument(
-        "--token",
+        "--token-file",
         default=None,
-        help="require `Authorization: Bearer TOKEN` (or $COREASON_SERVE_TOKEN)",
+        metavar="PATH",
+        help="require `Authorization: Bearer TOKEN`, TOKEN read from PATH (or set "
+        "$COREASON_SERVE_TOKEN); never on the command line, where `ps` shows it",
+    )
+    # Refused with a message, not unknown: a token in argv is visible to every local user.
+    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    limits = ServeLimits()
+    parser.add_argument(
+        "--max-body",
+        type=int,
+        default=limits.max_body_bytes,
+        metavar="BYTES",
+        help=f"largest request body (default {limits.max_body_bytes})",
+    )
+    parser.add_argument(
+        "--queue",
+        type=int,
+        default=limits.max_queue,
+        metavar="N",
+        help=f"requests queued or running before 429 (default {limits.max_queue})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=limits.request_timeout,
+        metavar="SECONDS",
+        help="deadline of a request from arrival, queueing and prefill included "
+        f"(default {limits.request_timeout:g})",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="the most output tokens a request may ask for (default 4096)",
     )
     parser.add_argument(
         "--stream-interval",
@@ -43,6 +88,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="tokens per streamed chunk (default 1, as OpenAI streams)",
     )
     return parser
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The bearer token: from ``--token-file``, else ``$COREASON_SERVE_TOKEN``, else none.
+
+    Raises
+    ------
+    ConfigurationError
+        ``--token`` was given (argv is world-readable), or the token file is unreadable/empty.
+    """
+    if getattr(args, "token", None):
+        msg = (
+            "--token would show the token to every user of this machine (ps); put it in a "
+            "file and pass --token-file PATH, or set COREASON_SERVE_TOKEN"
+        )
+        raise ConfigurationError(msg)
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            msg = f"cannot read the token file {path}: {type(e).__name__}"
+            raise ConfigurationError(msg) from None
+        if not token:
+            msg = f"the token file {path} is empty"
+            raise ConfigurationError(msg)
+        return token
+    return os.environ.get("COREASON_SERVE_TOKEN") or None
+
+
+def read_limits(args: argparse.Namespace) -> ServeLimits:
+    """The limits the options ask for (defaults for any not given)."""
+    base = ServeLimits()
+    limits = ServeLimits(
+        max_body_bytes=int(getattr(args, "max_body", base.max_body_bytes)),
+        max_schema_bytes=base.max_schema_bytes,
+        max_queue=int(getattr(args, "queue", base.max_queue)),
+        request_timeout=float(getattr(args, "timeout", base.request_timeout)),
+    )
+    if limits.max_body_bytes < 1024 or limits.max_queue < 1 or limits.request_timeout <= 0:
+        msg = "--max-body must be at least 1024, --queue at least 1, --timeout above 0"
+        raise ConfigurationError(msg)
+    return limits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +171,10 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` on ``args.host:args.port`` until interrupted.
 
-    ``args`` carries ``host``, ``port``, ``model``, ``token`` (``None`` reads
-    ``$COREASON_SERVE_TOKEN``) and ``stream_interval`` (tokens per streamed chunk). The model
-    loads in the background; ``/health`` answers ``"loading"`` until it is ready.
+    ``args`` carries ``host``, ``port``, ``model``, ``token_file`` (else
+    ``$COREASON_SERVE_TOKEN``), the limits and ``stream_interval`` (tokens per streamed
+    chunk). The model loads in the background; ``/health`` answers ``"loading"`` until it is
+    ready.
     """
     try:
         import uvicorn
@@ -99,11 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         msg = f"port must be between 0 and 65535, got {port}"
         raise ConfigurationError(msg)
     model = getattr(args, "model", None)
-    token = getattr(args, "token", None) or os.environ.get("COREASON_SERVE_TOKEN") or None
+    token = read_token(args)
+    limits = read_limits(args)
     if not _is_loopback(host) and token is None:
         print(
-            f"warning: serving on {host} without --token: anyone who can reach it can use "
-            "the model",
+            f"warning: serving on {host} without a token (--token-file or "
+            "$COREASON_SERVE_TOKEN): anyone who can reach it can use the model",
             file=sys.stderr,
         )
     name = model or os.environ.get("COREASON_MODEL") or DEFAULT_MODEL
@@ -111,7 +201,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if interval < 1:
         msg = f"--stream-interval must be at least 1, got {interval}"
         raise ConfigurationError(msg)
-    app = create_app(local_tier_loader(model, interval), token=token, model_name=name)
+    app = create_app(
+        local_tier_loader(model, interval),
+        token=token,
+        model_name=name,
+        limits=limits,
+        max_tokens_ceiling=int(getattr(args, "max_tokens", 4096)),
+    )
     print(
         f"coreason serve: {name} on http://{host}:{port}/v1 (model loading; GET /health)",
         file=sys.stderr,

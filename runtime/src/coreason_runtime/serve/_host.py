@@ -7,6 +7,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._exceptions import TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
+from coreason_runtime.serve._limits import check_queue
 from coreason_runtime.tensor._types import BaseTier, UnmeteredMeter
 
 __all__ = ["Job", "ModelHost"]
@@ -40,6 +42,7 @@ class Job:
     temperature: float
     seed: int | None
     schema: Any = None
+    deadline: float | None = None  # monotonic; set at arrival, so queueing counts
     on_text: Callable[[str], None] | None = None
     controls: Controls = field(default_factory=Controls)
     workflow_id: str = field(default_factory=lambda: f"serve-{next(_job_ids)}")
@@ -52,6 +55,11 @@ class Job:
         # opened now, so a cancel that comes while the job is queued already reaches it
         self.ticket = self.controls.open(self.workflow_id)
         self.meter = UnmeteredMeter(self.max_tokens)
+
+    def limit_output(self, max_tokens: int) -> None:
+        """Decode at most ``max_tokens`` (what fits in the model's context beside the prompt)."""
+        self.max_tokens = max_tokens
+        self.meter = UnmeteredMeter(max_tokens)
 
     def cancel(self) -> None:
         """Stop the job: nobody will read its answer. Idempotent."""
@@ -68,8 +76,10 @@ class ModelHost:
     one worker thread, so requests queue in arrival order and never interleave on the model.
     """
 
-    def __init__(self, source: Any, model_name: str) -> None:
+    def __init__(self, source: Any, model_name: str, *, max_queue: int = 16) -> None:
         self.model_name = model_name
+        self.max_queue = max_queue
+        self._seconds_per_request = 1.0  # a running mean of model time per request
         self._source = source
         self._backend: Backend | None = None
         self._error: str | None = None
@@ -152,16 +162,46 @@ class ModelHost:
 
     # --- serialised work ---------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the model thread, after every request queued before it."""
+    def check_capacity(self) -> None:
+        """Raise :class:`ServerBusyError` if the queue is full now (nothing is taken)."""
         with self._count_lock:
+            check_queue(self._waiting, self.max_queue, self._seconds_per_request)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)`` for the model thread; its future.
+
+        Raises
+        ------
+        ServerBusyError
+            ``max_queue`` requests are already queued or running (nothing was queued).
+        """
+        with self._count_lock:
+            check_queue(self._waiting, self.max_queue, self._seconds_per_request)
             self._waiting += 1
         try:
-            future = self._executor.submit(fn, *args)
-            return await asyncio.wrap_future(future)
+            future = self._executor.submit(self._timed, fn, *args)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(lambda _: self._release())
+        return asyncio.wrap_future(future)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the model thread, after every request queued before it."""
+        return await self.submit(fn, *args)
+
+    def _timed(self, fn: Callable[..., T], *args: Any) -> T:
+        started = time.monotonic()
+        try:
+            return fn(*args)
         finally:
+            spent = time.monotonic() - started
             with self._count_lock:
-                self._waiting -= 1
+                self._seconds_per_request += 0.2 * (spent - self._seconds_per_request)
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._waiting -= 1
 
     def close(self) -> None:
         """Drop queued requests, wait for the one decoding, then release the model.

@@ -5,11 +5,18 @@ then tries up to k_max times (tenacity), feeding the last failure back. Every at
 reservation from the :class:`~coreason_runtime.budget.BudgetCage` that is settled exactly once,
 whatever ends it — success, a typed failure, a crash inside the tier, or a ``KeyboardInterrupt``.
 A crossed ceiling and an operator's abort end the request at once: no retry, no escalation.
+
+Every failed attempt is classified (:class:`FailureKind`) and the next one built from the
+class (:func:`~coreason_runtime.tensor._correction.next_try`): a truncated answer gets more
+room when Ω allows, else a request to answer shorter, else the tier is left, so no attempt
+repeats an earlier one (a retry differs in its messages, its limit or its sampling); an
+output that repeats an earlier failed one token for token is marked (``repeat_of``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,14 +26,16 @@ from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     BudgetExceededError,
     CoreasonError,
+    LedgerBackendError,
     TierError,
     ValidationFailure,
     VerifierError,
     WorkflowAbortedError,
 )
-from coreason_runtime.tensor._correction import reask, retry_policy
+from coreason_runtime.tensor._correction import Outcome, Try, classify, next_try, retry_policy
 from coreason_runtime.tensor._types import (
     Attempt,
+    FailureKind,
     Messages,
     Result,
     SteerableTier,
@@ -43,7 +52,8 @@ if TYPE_CHECKING:
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
     from coreason_runtime.verify import Failure, RepairRecord, VerifyPolicy
-    from coreason_runtime.verify._driver import Outcome, VerifyJob
+    from coreason_runtime.verify._driver import Outcome as VerifyOutcome
+    from coreason_runtime.verify._driver import VerifyJob
     from coreason_runtime.verify._tools import FieldTier
 
 __all__ = ["Conversation", "RequestPlan", "TierRunner"]
@@ -53,17 +63,26 @@ __all__ = ["Conversation", "RequestPlan", "TierRunner"]
 class Conversation:
     """The mutable state of one request across attempts: the messages and every attempt;
     with verifiers, every field repair, the C of span tiers (charged beside the attempts)
-    and the last verification failures."""
+    and the last verification failures.
+
+    ``next`` is the next attempt's arguments on the current tier (``None``: leave it);
+    ``outputs`` maps every failed output of the current tier to its attempt.
+    """
 
     messages: Messages
     attempts: list[Attempt] = field(default_factory=list)
     repairs: list[RepairRecord] = field(default_factory=list)
     side_cost: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    next: Try | None = None
+    outputs: dict[str, int] = field(default_factory=dict)
 
     @property
     def cost(self) -> float:
         return sum(a.cost for a in self.attempts) + self.side_cost
+
+
+GROWTH_CAP = 4  # max_tokens grows after a truncation to at most this times the request's
 
 
 @dataclass(frozen=True)
@@ -119,8 +138,9 @@ class TierRunner:
 
         Raises
         ------
-        BudgetExceededError, WorkflowAbortedError
-            The ceiling was reached, or an operator aborted: the request ends here.
+        BudgetExceededError, LedgerBackendError, WorkflowAbortedError
+            The ceiling was reached, the ledger store failed, or an operator aborted: the
+            request ends here.
         VerifierError
             A verifier misbehaved: a bug to fix, neither retried nor escalated.
         """
@@ -136,13 +156,16 @@ class TierRunner:
             self._record_skip(conv, tier, plan.workflow_id, missing)
             return None
         conv.messages = [conv.messages[0], {"role": "user", "content": plan.prompt}]
+        conv.next, conv.outputs = Try(conv.messages, plan.max_tokens), {}
         index = 0
         try:
-            for attempt in retry_policy(self.max_attempts):
+            for attempt in retry_policy(self.max_attempts, lambda: conv.next is not None):
                 with attempt:
                     index += 1
                     return self._attempt(tier, compiled, conv, plan, index)
-        except (BudgetExceededError, WorkflowAbortedError, VerifierError) as e:
+        except (BudgetExceededError, LedgerBackendError, WorkflowAbortedError, VerifierError) as e:
+            # a crossed ceiling, a failing ledger store, an operator's abort, a broken
+            # verifier: no tier can help
             e.attempts = list(conv.attempts)
             self.bus.emit(
                 EventType.REQUEST_FAILED,
@@ -167,12 +190,13 @@ class TierRunner:
         wf = plan.workflow_id
         steerable = isinstance(tier, SteerableTier)
         job = self._job(compiled, conv, plan)
+        this = conv.next or Try(conv.messages, plan.max_tokens)
         # A greedy retry of a small model tends to repeat its wrong answer even with the
         # error fed back: later attempts sample (T rises by 0.4 a retry, seeds differ).
         request = TierRequest(
-            messages=list(conv.messages),
+            messages=list(this.messages),
             schema=compiled,
-            max_tokens=plan.max_tokens,
+            max_tokens=this.max_tokens,
             workflow_id=wf,
             temperature=max(plan.temperature, 0.4 * (index - 1)),
             seed=plan.seed if index == 1 else (plan.seed or 0) + index - 1,
@@ -192,11 +216,10 @@ class TierRunner:
         t0 = time.monotonic()
         # span re-decodes in the tier's session are paid from the attempt's own grant
         room = job.policy.repair_tokens if job is not None and steerable else 0
-        meter = self.budgets.open(
-            wf, tier.count_prompt(conv.messages, compiled), plan.max_tokens + room, tier.name
-        )
+        prompt_tokens = tier.count_prompt(request.messages, compiled)
+        meter = self.budgets.open(wf, prompt_tokens, request.max_tokens + room, tier.name)
         output: TierOutput | None = None
-        outcome: Outcome | None = None
+        outcome: VerifyOutcome | None = None
         # A steerable tier honours the ticket inside its forward passes; a black box is held
         # and stopped at its next metered chunk.
         metered = meter if steerable else ControlledMeter(meter, plan.ticket)
@@ -215,10 +238,8 @@ class TierRunner:
         except CoreasonError as e:
             e.tier = e.tier or tier.name
             e.workflow_id = e.workflow_id or wf
-            text = output.text if output is not None else _output_of(e)
             meter.settle()
-            self._record_failure(conv, tier, plan, index, meter, e, text, time.monotonic() - t0)
-            conv.messages = reask(conv.messages, e)
+            self._after_failure(tier, conv, plan, index, meter, e, output, t0)
             raise
         except Exception as e:  # a tier bug must not leak the reservation or crash the cascade
             meter.settle()
@@ -227,6 +248,7 @@ class TierRunner:
             self._record_failure(
                 conv, tier, plan, index, meter, wrapped, None, time.monotonic() - t0
             )
+            conv.next = None
             raise wrapped from e
         except BaseException:  # Ctrl-C, SystemExit: charge what ran, hold nothing, re-raise
             meter.settle(note="interrupted")
@@ -246,6 +268,50 @@ class TierRunner:
         spans = SpanTiers(self.span_tiers, self.budgets, plan, conv)
         return VerifyJob(plan.verify, compiled.spec, plan.prompt, spans if spans.tiers else None)
 
+    def _after_failure(
+        self,
+        tier: Tier,
+        conv: Conversation,
+        plan: RequestPlan,
+        index: int,
+        meter: Any,
+        error: CoreasonError,
+        output: TierOutput | None,
+        t0: float,
+    ) -> None:
+        """Record a failed attempt with its class, and plan the next one (``conv.next``)."""
+        text = output.text if output is not None else _output_of(error)
+        kind = classify(error, output)
+        repeat_of = conv.outputs.get(text) if text else None
+        self._record_failure(
+            conv,
+            tier,
+            plan,
+            index,
+            meter,
+            error,
+            text,
+            time.monotonic() - t0,
+            kind=kind,
+            repeat_of=repeat_of,
+            closed=output.closed if output is not None else None,
+        )
+        if text:
+            conv.outputs.setdefault(text, index)
+        this = conv.next or Try(conv.messages, plan.max_tokens)
+        room = self._room(plan.workflow_id, meter.estimated_in)  # the same prompt again
+        conv.next = next_try(this, Outcome(kind, error, room, GROWTH_CAP * plan.max_tokens))
+        if conv.next is not None:
+            conv.messages = conv.next.messages
+
+    def _room(self, workflow_id: str, prompt_tokens: int) -> int | None:
+        """Output tokens Ω can still fund after a prompt of ``prompt_tokens`` (None: no Ω)."""
+        left = self.budgets.remaining(workflow_id)
+        if math.isinf(left):
+            return None
+        spare = left - self.budgets.weight_in * prompt_tokens
+        return max(math.floor(spare / self.budgets.weight_out + 1e-9), 0)
+
     def _success(
         self,
         tier: Tier,
@@ -257,7 +323,7 @@ class TierRunner:
         output: TierOutput,
         value: Any,
         t0: float,
-        outcome: Outcome | None = None,
+        outcome: VerifyOutcome | None = None,
     ) -> Result[Any]:
         attempt = Attempt(
             tier=tier.name,
@@ -269,6 +335,8 @@ class TierRunner:
             output=output.text,
             model=output.model,
             duration_s=time.monotonic() - t0,
+            max_tokens=conv.next.max_tokens if conv.next is not None else plan.max_tokens,
+            closed=output.closed,
         )
         conv.attempts.append(attempt)
         self.bus.emit(
@@ -280,6 +348,7 @@ class TierRunner:
             tokens_in=attempt.tokens_in,
             tokens_out=attempt.tokens_out,
             cost=attempt.cost,
+            closed=attempt.closed,
         )
         return Result(
             value=value,
@@ -300,6 +369,7 @@ class TierRunner:
                 if outcome is not None
                 else pending_thunks(output.text, lazy_pointers(compiled.spec.json_schema))
             ),
+            closed=output.closed,
         )
 
     def _record_failure(
@@ -312,6 +382,10 @@ class TierRunner:
         error: CoreasonError,
         output: str | None,
         duration: float,
+        *,
+        kind: FailureKind = FailureKind.CRASH,
+        repeat_of: int | None = None,
+        closed: str | None = None,
     ) -> None:
         attempt = Attempt(
             tier=tier.name,
@@ -325,6 +399,10 @@ class TierRunner:
             output=output,
             model=tier.model_name,
             duration_s=duration,
+            failure=kind,
+            max_tokens=conv.next.max_tokens if conv.next is not None else plan.max_tokens,
+            repeat_of=repeat_of,
+            closed=closed,
         )
         conv.attempts.append(attempt)
         self.bus.emit(
@@ -337,6 +415,7 @@ class TierRunner:
             error=attempt.error,
             cost=attempt.cost,
             retryable=error.retryable,
+            failure=kind.value,
         )
 
     def _record_skip(self, conv: Conversation, tier: Tier, wf: str, error: CoreasonError) -> None:
@@ -347,6 +426,7 @@ class TierRunner:
             skipped=True,
             error=error.message,
             error_type=type(error).__name__,
+            failure=FailureKind.COMPILE,
         )
         conv.attempts.append(attempt)
         self.bus.emit(
@@ -360,6 +440,7 @@ class TierRunner:
             skipped=True,
             cost=0.0,
             retryable=False,
+            failure=FailureKind.COMPILE.value,
         )
 
 

@@ -19,19 +19,29 @@ from coreason_runtime._exceptions import (
 )
 from coreason_runtime.decode._grammar import TokenizerInfo, new_matcher, tokenizer_info
 from coreason_runtime.tensor._openai_strict import OpenAILimits, to_openai_strict, to_regex
+from coreason_runtime.tensor._relax import relax
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
 
 if TYPE_CHECKING:
     from coreason_runtime._events import EventBus
 
-__all__ = ["JSON_OPTIONS", "LocalGrammar", "UniversalCompiler"]
+__all__ = ["JSON_OPTIONS", "PRETTY_OPTIONS", "LocalGrammar", "UniversalCompiler"]
 
 # Compact but readable JSON: one space after ',' and ':', no free whitespace. A model can then
-# neither pad forever with whitespace nor spend tokens on it.
+# neither pad forever with whitespace nor spend tokens on it. These override a schema's own
+# "x-guidance" whitespace settings: free whitespace only where the caller asks for it.
 JSON_OPTIONS: dict[str, Any] = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",
+}
+# Pretty output (``SchemaSpec.pretty``): between tokens either nothing, one space, or one
+# newline and an indentation of at most 32 spaces, so whitespace cannot run away either.
+PRETTY_OPTIONS: dict[str, Any] = {
+    "whitespace_flexible": True,
+    "whitespace_pattern": r"(\n {0,32}| )?",
+    "item_separator": ",",
+    "key_separator": ":",
 }
 _CACHE_SIZE = 1024
 
@@ -41,12 +51,15 @@ class LocalGrammar:
     """An llguidance grammar, with a ready matcher for the tokenizer it was compiled against.
 
     :meth:`matcher` hands out fresh matchers: a copy of the compiled prototype when the
-    tokenizer matches (cheap), otherwise a new compile.
+    tokenizer matches (cheap), otherwise a new compile. ``relaxed`` names what was dropped
+    or weakened from a schema the engine refused as written (empty when it compiled as is):
+    outputs are validated against the original schema, which enforces it.
     """
 
     grammar: str
     tokenizer_ident: str | None
     compile_seconds: float
+    relaxed: tuple[str, ...] = ()
     _proto: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _others: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -76,21 +89,53 @@ def _new_matcher(info: TokenizerInfo, grammar: str) -> Any:
         raise SchemaCompileError(msg) from e
 
 
-def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> LocalGrammar:
+def compile_grammar(
+    json_schema: dict[str, Any],
+    info: TokenizerInfo | None,
+    *,
+    relaxed: bool = True,
+    pretty: bool = False,
+) -> LocalGrammar:
     """Compile a JSON schema to an llguidance grammar (and matcher, given a tokenizer).
+
+    With ``relaxed`` a schema the engine refuses compiles as its least relaxed form the engine
+    accepts (:mod:`._relax`), named in ``LocalGrammar.relaxed``. ``pretty`` allows bounded
+    whitespace (:data:`PRETTY_OPTIONS`) instead of the compact layout (:data:`JSON_OPTIONS`).
 
     Raises
     ------
     SchemaCompileError
-        Unsupported keywords, invalid or unsatisfiable schemas: deterministic, never retried.
+        Unsatisfiable or invalid schemas (and, without ``relaxed``, unsupported keywords):
+        deterministic, never retried.
     """
+    options = PRETTY_OPTIONS if pretty else JSON_OPTIONS
+    if not relaxed:
+        return _compile_exact(json_schema, info, options)
+    started = time.perf_counter()
+    grammar, _, steps = relax(json_schema, lambda s: _compile_exact(s, info, options), _is_refusal)
+    grammar.relaxed = tuple(steps)
+    grammar.compile_seconds = time.perf_counter() - started
+    return grammar
+
+
+def _is_refusal(error: Exception) -> bool:
+    """A refusal a relaxation may get past (not an unsatisfiable schema)."""
+    return isinstance(error, SchemaCompileError) and "unsatisfiable" not in error.message.lower()
+
+
+_UNSATISFIABLE = "the schema is unsatisfiable"
+
+
+def _compile_exact(
+    json_schema: dict[str, Any], info: TokenizerInfo | None, options: dict[str, Any]
+) -> LocalGrammar:
     import llguidance
 
     started = time.perf_counter()
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             json_schema,
-            defaults=JSON_OPTIONS,  # type: ignore[arg-type]  # a TypedDict at heart
+            overrides=options,  # type: ignore[arg-type]  # a TypedDict at heart
         )
     except (ValueError, TypeError) as e:
         msg = f"llguidance cannot read the schema: {e}"
@@ -102,9 +147,13 @@ def compile_grammar(json_schema: dict[str, Any], info: TokenizerInfo | None) -> 
             raise SchemaCompileError(msg)
         return LocalGrammar(grammar, None, time.perf_counter() - started)
     proto = _new_matcher(info, grammar)
+    first = proto.compute_bitmask()
+    if proto.is_error():  # e.g. a $ref cycle with no way out; its error is a state dump
+        msg = f"{_UNSATISFIABLE}: no JSON value can be generated (a $ref cycle with no base case?)"
+        raise SchemaCompileError(msg)
     # An unsatisfiable schema compiles to a grammar that allows nothing at all.
-    if not proto.is_accepting() and not any(proto.compute_bitmask()):
-        msg = "the schema is unsatisfiable: no JSON value satisfies it"
+    if not proto.is_accepting() and not any(first):
+        msg = f"{_UNSATISFIABLE}: no JSON value satisfies it"
         raise SchemaCompileError(msg)
     return LocalGrammar(grammar, info.ident, time.perf_counter() - started, _proto=proto)
 
@@ -126,7 +175,12 @@ def _cache_put(key: tuple[str, str], entry: _Entry) -> None:
 
 
 def _grammar_future(
-    key: tuple[str, str], json_schema: dict[str, Any], info: TokenizerInfo | None
+    key: tuple[str, str],
+    json_schema: dict[str, Any],
+    info: TokenizerInfo | None,
+    *,
+    relaxed: bool = True,
+    pretty: bool = False,
 ) -> concurrent.futures.Future[_Entry]:
     """The cached result, the compile already running, or a new compile in a daemon thread."""
     with _CACHE_LOCK:
@@ -143,7 +197,7 @@ def _grammar_future(
 
     def work() -> None:
         try:
-            entry: _Entry = compile_grammar(json_schema, info)
+            entry: _Entry = compile_grammar(json_schema, info, relaxed=relaxed, pretty=pretty)
         except SchemaCompileError as e:
             entry = e
         except Exception as e:  # a crash inside the grammar engine is a compile failure too
@@ -229,6 +283,11 @@ class UniversalCompiler:
         Schemas combining objects with ``allOf``/``unevaluatedProperties`` are left open,
         since closing their parts separately could change their meaning. ``strict=False``
         compiles raw schemas faithfully (JSONSchemaBench measures that).
+    relax
+        A schema the grammar engine refuses as written compiles relaxed (the keywords it
+        cannot express dropped or weakened, named in ``CompiledSchema.relaxed``) and the
+        local tier decodes under it; validation against the original schema enforces the
+        rest. ``relax=False`` skips the local tier for such schemas instead.
     """
 
     def __init__(
@@ -239,8 +298,10 @@ class UniversalCompiler:
         *,
         openai_limits: OpenAILimits | None = None,
         strict: bool = True,
+        relax: bool = True,
     ) -> None:
         self.strict = strict
+        self.relax = relax
         self.info = tokenizer_info(tokenizer)
         self.timeout = timeout
         self.bus = bus
@@ -271,7 +332,10 @@ class UniversalCompiler:
         target, key = spec.json_schema, spec.key
         if spec.model is not None or (self.strict and _closable(spec.json_schema)):
             target, key = closed_objects(spec.json_schema), f"{spec.key}:closed"
-        fut = _grammar_future((key, self.tokenizer_ident), target, self.info)
+        key += (":exact" if not self.relax else "") + (":pretty" if spec.pretty else "")
+        fut = _grammar_future(
+            (key, self.tokenizer_ident), target, self.info, relaxed=self.relax, pretty=spec.pretty
+        )
         try:
             entry = fut.result(timeout=wait)
         except concurrent.futures.TimeoutError:
@@ -301,6 +365,7 @@ class UniversalCompiler:
             regex=regex,
             errors=errors,
             compile_seconds=time.perf_counter() - started,
+            relaxed=grammar.relaxed if grammar is not None else (),
         )
         if self.bus is not None:
             self.bus.emit(
@@ -315,5 +380,6 @@ class UniversalCompiler:
                     if v is not None
                 ],
                 errors={k: f"{type(v).__name__}: {v}" for k, v in errors.items()},
+                relaxed=list(compiled.relaxed),
             )
         return compiled

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from coreason_runtime._controls import Ticket
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
+    ContextLengthError,
     CoreasonError,
     RequestError,
     SchemaCompileError,
@@ -121,6 +122,10 @@ class LocalTier(SteerableTier):
         The decode engine to run sessions on; one over ``loaded`` when omitted.
     kv
         The KV block store (``rt.kv``: RAM and disk tiers shared by the runtime).
+    close_values
+        Close a value before the tokens run out, and close a looping string or array
+        (:class:`~coreason_runtime.decode._closing.Closing`); ``False`` decodes under the
+        bare grammar (benchmarks compare the two).
     """
 
     name = "local"
@@ -137,8 +142,10 @@ class LocalTier(SteerableTier):
         stream_every: int = 8,
         timeout: float = DEFAULT_TIMEOUT,
         kv: BlockStore | None = None,
+        close_values: bool = True,
     ) -> None:
         self.loaded = loaded
+        self.close_values = close_values
         self.bus = bus if bus is not None else (engine.bus if engine is not None else EventBus())
         self.engine = engine or DecodeEngine(
             loaded.model, loaded.tokenizer, bus=self.bus, lock=loaded.lock
@@ -170,6 +177,13 @@ class LocalTier(SteerableTier):
     @property
     def model_name(self) -> str:
         return self.loaded.name
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens, prompt and output together, the model attends to (its config's
+        ``max_position_embeddings``; None for an architecture that names no such bound)."""
+        n = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
 
     # --- prompts -----------------------------------------------------------------------------
 
@@ -333,6 +347,7 @@ class LocalTier(SteerableTier):
         if max_tokens < 1:
             msg = f"max_tokens must be at least 1, got {max_tokens}"
             raise RequestError(msg, workflow_id=workflow_id, tier=self.name)
+        self._fit_context(len(prompt), max_tokens, workflow_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         cache, reused = self.prefix_cache.lookup(prompt, self.loaded.model.config)
@@ -358,6 +373,7 @@ class LocalTier(SteerableTier):
             prefix=(cache, reused),
             on_token=stream.on_token,
             kv=self.kv,
+            closing=self.close_values,
         )
         verification = None
         try:
@@ -375,6 +391,23 @@ class LocalTier(SteerableTier):
         output = self._output(session, time.perf_counter() - started)
         output.verification = verification
         return output
+
+    def _fit_context(self, prompt_tokens: int, max_tokens: int, workflow_id: str) -> None:
+        """Refuse, before any prefill, a request the model's context cannot hold."""
+        context = self.context_length
+        if context is None or prompt_tokens + max_tokens <= context:
+            return
+        msg = (
+            f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the "
+            f"model's context of {context} tokens"
+        )
+        raise ContextLengthError(
+            msg,
+            limit=context,
+            size=prompt_tokens + max_tokens,
+            workflow_id=workflow_id,
+            tier=self.name,
+        )
 
     @staticmethod
     def _drive(session: DecodeSession, ticket: Ticket) -> None:
@@ -406,6 +439,7 @@ class LocalTier(SteerableTier):
             tokens_out=session.n_generated,
             model=self.loaded.name,
             finish_reason=finish,
+            closed=session.closing.closed if session.closing is not None else None,
             extra={
                 "revision": self.loaded.revision,
                 "reused_tokens": session.reused_tokens,

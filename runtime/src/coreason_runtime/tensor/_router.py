@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from coreason_runtime._controls import Controls
+from coreason_runtime._controls import Controls, Ticket
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     EpistemicYieldError,
@@ -67,6 +67,9 @@ class TensorRouter:
         Tiers that answer one field of a verified request outright (the span tiers before
         any remote tier); by default the CAS (:class:`~coreason_runtime.verify._tools.
         CasTier`).
+    pause_timeout:
+        How long a request that finds its workflow paused waits for a resume (``math.inf``:
+        without limit) before raising :class:`WorkflowPausedError`.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class TensorRouter:
         | None = None,
         controls: Controls | None = None,
         tool_tiers: Sequence[FieldTier] | None = None,
+        pause_timeout: float = 600.0,
     ) -> None:
         if max_attempts_per_tier < 1:
             msg = f"max_attempts_per_tier must be >= 1, got {max_attempts_per_tier}"
@@ -96,6 +100,7 @@ class TensorRouter:
         self.system_prompt = system_prompt
         self._executor = executor
         self.controls = controls if controls is not None else Controls(self.bus)
+        self.pause_timeout = pause_timeout
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
         self._tool_tiers = tool_tiers
@@ -113,6 +118,7 @@ class TensorRouter:
             default_max_tokens=rt.config.max_tokens,
             executor=lambda fn: rt.call(fn),
             controls=rt.controls,
+            pause_timeout=rt.config.pause_timeout,
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
@@ -182,6 +188,8 @@ class TensorRouter:
         timeout: float | None = None,
         cache: bool | None = None,
         verify: Any = None,
+        pretty: bool = False,
+        pause_timeout: float | None = None,
     ) -> Result[Any]:
         """Answer ``prompt`` with a value that validates against ``schema``.
 
@@ -199,20 +207,22 @@ class TensorRouter:
         max_tokens:
             Output tokens per attempt (default from the config).
         cache:
-            Consult the subgoal cache, when one is attached (a hit is answered by tier
-            ``"cache"`` at no cost): by default only for greedy requests (a sampled request
-            wants a fresh draw); ``True`` for sampled ones too, ``False`` never. A value is
-            admitted only when its verifiers passed, or when the request named none and was
-            greedy.
+            Consult the subgoal cache (a hit: tier ``"cache"``, no cost): by default for greedy
+            requests only, ``True`` for sampled ones too, ``False`` never. Only values whose
+            verifiers passed (or greedy ones of requests naming none) are admitted.
         verify:
             Verifiers (:mod:`coreason_runtime.verifiers`, callables ``value -> failures``, a
             list, or a ``VerifyPolicy``). A rejected field is re-decoded in place, then asked
             of the span tiers (CAS, a remote tier), then the request is retried, escalated.
+        pretty:
+            Let the local tier indent its JSON (bounded whitespace); compact by default, so a
+            model can neither pad forever with whitespace nor spend tokens on it.
+        pause_timeout:
+            Seconds a request that finds its workflow paused waits (saying so, reserving
+            nothing) before :class:`WorkflowPausedError`; ``None``: the router's default
+            (``COREASON_PAUSE_TIMEOUT``, 600 s), ``math.inf``: no limit.
 
-        Returns
-        -------
-        Result
-            ``value``, ``tier``, ``attempts``, ``cost``, ``verified``, ``repairs``.
+        Returns a :class:`Result`: ``value``, ``tier``, ``attempts``, ``cost``, ``verified``...
 
         Raises
         ------
@@ -225,13 +235,28 @@ class TensorRouter:
         BudgetExceededError
             The ceiling was reached; no further attempt is made. Carries ``attempts``.
         EpistemicYieldError
-            Every tier failed; carries every attempt, the schema, the prompt, and the last
-            verification failures.
+            Every tier failed; carries the attempts, schema, prompt, last verifier failures.
         VerifierError
             A verifier raised, returned garbage, named a missing field or timed out.
+        WorkflowPausedError
+            The workflow stayed paused for ``pause_timeout``; nothing was reserved.
         """
-        spec = SchemaSpec.from_user(schema)
+        spec = SchemaSpec.from_user(schema, pretty=pretty)
         policy = _policy(verify)
+        max_tokens = self._checked(prompt, max_tokens)
+        wf = workflow_id or DEFAULT_WORKFLOW
+        self.budgets.get(wf)  # UnknownWorkflowError before any spend
+        cascade = self._select(tiers)
+        wait = self.pause_timeout if pause_timeout is None else pause_timeout
+        with self.controls.scope(wf) as ticket:
+            self._hold_while_paused(ticket, wait)  # before anything is reserved
+            plan = RequestPlan(
+                wf, prompt, ticket, max_tokens, temperature, seed, timeout, verify=policy
+            )
+            return self._cascade(spec, plan, cascade, system, cache=cache)
+
+    def _checked(self, prompt: object, max_tokens: object) -> int:
+        """The request's ``max_tokens`` (default filled in); ``RequestError`` for bad input."""
         if not isinstance(prompt, str) or not prompt.strip():
             msg = "prompt must be a non-empty string"
             raise RequestError(msg)
@@ -239,15 +264,24 @@ class TensorRouter:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
             raise RequestError(msg)
-        wf = workflow_id or DEFAULT_WORKFLOW
-        self.budgets.get(wf)  # UnknownWorkflowError before any spend
-        cascade = self._select(tiers)
-        with self.controls.scope(wf) as ticket:
-            ticket.checkpoint()  # a paused workflow holds here, before anything is reserved
-            plan = RequestPlan(
-                wf, prompt, ticket, max_tokens, temperature, seed, timeout, verify=policy
+        return max_tokens
+
+    @staticmethod
+    def _hold_while_paused(ticket: Ticket, timeout: float) -> None:
+        """Hold a request that finds its workflow paused, before anything is reserved: say so,
+        and wait at most ``timeout`` for a resume (then :class:`WorkflowPausedError`)."""
+        if ticket.held:
+            wf = ticket.workflow_id
+            bound = "without limit" if timeout == float("inf") else f"at most {timeout:g} s"
+            logger.warning(
+                "workflow %r is %s: this request waits for rt.controls.resume(%r) (%s; "
+                "nothing is reserved meanwhile)",
+                wf,
+                ticket.state.value,
+                wf,
+                bound,
             )
-            return self._cascade(spec, plan, cascade, system, cache=cache)
+        ticket.checkpoint(timeout)
 
     def _cascade(
         self,

@@ -8,6 +8,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,7 @@ __all__ = [
     "Attempt",
     "BaseTier",
     "BlackBoxTier",
+    "FailureKind",
     "Messages",
     "Meter",
     "Result",
@@ -40,8 +42,31 @@ Messages = list[dict[str, str]]
 T = TypeVar("T")
 
 
+class FailureKind(StrEnum):
+    """Why an attempt failed: what the correction policy builds the next attempt from."""
+
+    TRUNCATED = "truncated"  # the output ran to max_tokens (or the grant) mid-value
+    INVALID_JSON = "invalid_json"  # it ended, but is not JSON
+    SCHEMA_VIOLATION = "schema_violation"  # JSON that the schema rejects
+    VERIFIER_FAILURE = "verifier_failure"  # valid, but a verifier rejected it
+    TIMEOUT = "timeout"
+    DEAD_END = "dead_end"  # the grammar allowed no token the model could produce
+    TRANSPORT = "transport"  # the tier could not be reached or its stream broke
+    BUDGET = "budget"  # the ceiling was reached
+    ABORTED = "aborted"  # an operator aborted the workflow
+    COMPILE = "compile"  # no form of the schema for this tier: skipped
+    CRASH = "crash"  # the tier raised something it should not have
+
+
 class Attempt(BaseModel):
-    """One try on one tier: what it cost and how it failed, if it did."""
+    """One try on one tier: what it cost and how it failed, if it did.
+
+    ``failure`` classifies a failed attempt; ``max_tokens`` is the output limit it ran
+    under (it grows after a truncation); ``repeat_of`` names an earlier failed attempt of
+    the same tier whose output this one repeated token for token; ``closed`` says the
+    local tier closed the value early (``"budget"``: before the tokens ran out,
+    ``"repetition"``: a loop), so the answer may be shorter than the model wanted.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -57,6 +82,10 @@ class Attempt(BaseModel):
     model: str | None = None
     duration_s: float = 0.0
     skipped: bool = False
+    failure: FailureKind | None = None
+    max_tokens: int | None = None
+    repeat_of: int | None = None
+    closed: str | None = None
 
 
 @dataclass
@@ -66,7 +95,9 @@ class Result(Generic[T]):
     ``value`` is an instance of the requested pydantic model (or a ``dict``/value for a raw
     JSON schema); ``tier`` is the tier that answered; ``attempts`` lists every attempt made on
     the way, failures included; ``cost`` is the total C charged for this call (span tiers'
-    repairs included).
+    repairs included). ``closed`` is
+    set when the local tier closed the value early (see :class:`Attempt`); the value was
+    validated all the same.
 
     ``verified`` is true only when the request named verifiers (``verify=``) and every one of
     them passed this value; ``verification`` is their verdict (how each decided), ``repairs``
@@ -89,6 +120,7 @@ class Result(Generic[T]):
     repairs: list[RepairRecord] = field(default_factory=list)
     verification: Verdict | None = None
     thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    closed: str | None = None
 
     @property
     def tokens_in(self) -> int:
@@ -197,13 +229,18 @@ class TierRequest:
 
 @dataclass
 class TierOutput:
-    """What a tier produced, with the tokens it really consumed."""
+    """What a tier produced, with the tokens it really consumed.
+
+    ``finish_reason`` is ``"length"`` when the output ran out of tokens before it ended;
+    ``closed`` says a steerable tier ended the value early itself (see :class:`Attempt`).
+    """
 
     text: str
     tokens_in: int
     tokens_out: int
     model: str
     finish_reason: str = "stop"
+    closed: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     verification: Outcome | None = None
 

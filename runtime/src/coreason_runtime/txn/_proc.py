@@ -151,7 +151,13 @@ class GatedRun:
         return cpu
 
     def wait(self) -> float:
-        """Block until the run ends and reap it; returns the CPU seconds of its children."""
+        """Block until the run ends and reap it; returns the CPU seconds of its children.
+
+        Whatever the run left in its process group dies with it: a run killed from outside
+        (kill -9 of its shell) would otherwise leave its command running, orphaned.
+        """
         _, status, usage = os.wait4(self.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        return usage.ru_utime + usage.ru_stime
+        cpu = usage.ru_utime + usage.ru_stime
+        kill_group(self.pid)  # the group outlives its reaped leader while members remain
+        return cpu
