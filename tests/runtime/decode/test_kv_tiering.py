@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 from coreason_runtime import EventBus, EventType
 from coreason_runtime._exceptions import SessionStateError
-from coreason_runtime.decode import BlockStore, DecodeEngine, KVSpace, Sampler, repair_span
+from coreason_runtime.decode import (
+    BlockStore,
+    DecodeEngine,
+    DemandExecutor,
+    KVSpace,
+    Sampler,
+    expander,
+    repair_span,
+)
 from coreason_runtime.events import KVFault, KVMiss, KVRead
 from coreason_runtime.tensor._prefix import PrefixCache
 from transformers import DynamicCache
@@ -190,3 +198,19 @@ def test_two_sessions_with_one_prompt_share_the_blocks(engine: DecodeEngine, bus
         s.resume()
         s.run()
         assert_consistent(s)
+
+
+def test_a_thunk_forced_on_a_demoted_session_splices_into_the_restored_kv(
+    engine: DecodeEngine, bus: EventBus, tmp_path: Path
+) -> None:
+    store = tiny_store(engine, tmp_path, bus, ram_tokens=0)
+    s = engine.session("Work:", max_new_tokens=4, kv=store)
+    s.run(max_steps=1)
+    s.pause()
+    s.inject("a = ⟦da(x^3)⟧\nThe answer uses da.\n")
+    s.demote()
+    assert s.demoted and store.flush()
+    ex = DemandExecutor(s, default=expander(lambda thunk, context: "3x^2"))
+    assert ex.resolve() == ["da"]
+    assert not s.demoted and "a = 3x^2\n" in s.output_text
+    assert_consistent(s)
