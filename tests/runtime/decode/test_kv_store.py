@@ -285,3 +285,37 @@ def test_a_bad_tier_capacity_is_a_configuration_error(
     monkeypatch.setenv("COREASON_KV_RAM_MB", raw)
     with pytest.raises(ConfigurationError):
         RuntimeConfig()
+
+
+# --- the GPU tier (CUDA only) --------------------------------------------------------------
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU-only fallback")
+def test_without_cuda_a_cuda_device_gives_no_gpu_tier(tmp_path: Path) -> None:
+    store = disk_store(tmp_path, device="cuda:0", gpu_bytes=None)
+    store.put(A, toy_cache(A))
+    assert store.tiers()["gpu"] == 0 and store.tiers()["ram"] > 0
+
+
+@pytest.mark.skipif(not CUDA, reason="the GPU tier needs CUDA; untested on CPU-only machines")
+def test_blocks_of_a_cuda_cache_stay_on_the_device_and_come_back_from_disk(
+    tmp_path: Path,
+) -> None:
+    from transformers import DynamicCache
+
+    kv = toy_kv(A).to("cuda:0")
+    cache = DynamicCache()
+    for layer in range(kv.shape[0]):
+        cache.update(kv[layer, 0:1].clone(), kv[layer, 1:2].clone(), layer)
+    store = disk_store(tmp_path, device="cuda:0", gpu_bytes=None)
+    store.put(A, cache)
+    assert store.flush()
+    assert store.tiers()["gpu"] > 0 and store.tiers()["disk"] > 0
+    store.close()
+    restarted = disk_store(tmp_path, device="cuda:0", gpu_bytes=None, warm=False)
+    again = empty_cache()
+    assert restarted.lookup(A, again) == len(A)
+    assert again.layers[0].keys.device.type == "cuda"
+    assert torch.equal(cache_kv(again).cpu(), toy_kv(A))

@@ -207,6 +207,13 @@ class DeviceCopies:
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return out
 
+    def ready(self) -> None:
+        """Make the calling thread's current stream (the decoder's, which may be a priority
+        stream of its own) wait for every copy issued so far."""
+        import torch
+
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
     def to_host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Copies of device ``tensors`` in pinned host memory (waits for the copy)."""
         import torch

@@ -184,6 +184,8 @@ class RestoreMixin:
                 got = e.ref.start + use
                 counts[fut is not None] += 1
             if got:
+                if self._copies is not None:  # device copies made on other threads' streams
+                    self._copies.ready()
                 fill_cache(cache, parts, got)
         finally:
             with self._lock:
