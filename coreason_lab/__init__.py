@@ -15,6 +15,7 @@ from coreason_lab._ask import AskHandle
 from coreason_lab._comm import TARGET as COMM_TARGET
 from coreason_lab._comm import CommBridge
 from coreason_lab._display import ResultDisplay
+from coreason_lab._export import OfflineHTMLExporter, export_html
 from coreason_lab._magics import CoreasonMagics
 from coreason_lab._oracle_circuit import OracleForm
 from coreason_lab._steps import CellInvariant, CellInvariantViolation, CellThunk
@@ -31,10 +32,12 @@ __all__ = [
     "CellThunk",
     "CommBridge",
     "CoreasonMagics",
+    "OfflineHTMLExporter",
     "OracleForm",
     "ResultDisplay",
     "Throttle",
     "__version__",
+    "export_html",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
@@ -56,6 +59,7 @@ def load_ipython_extension(ipython: _Any, runtime: _Any = None) -> CoreasonMagic
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)  # so `%config CoreasonMagics` finds it
     magics.register_comm()  # a no-op outside a kernel (plain IPython has no frontend)
+    magics.errors.install(ipython)  # coreason errors as a few lines; %tb has the rest
     _loaded[id(ipython)] = magics
     return magics
 
@@ -67,6 +71,7 @@ def unload_ipython_extension(ipython: _Any) -> None:
     if magics is None:
         return
     magics.close()
+    magics.errors.uninstall()
     if magics in ipython.configurables:
         ipython.configurables.remove(magics)
     ipython.magics_manager.magics["line"].pop("coreason", None)

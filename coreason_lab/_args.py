@@ -19,8 +19,10 @@ __all__ = [
     "CheckArgs",
     "ControlArgs",
     "DashboardArgs",
+    "DebugArgs",
     "HelpArgs",
     "InvariantArgs",
+    "ReplayArgs",
     "ResetArgs",
     "RunArgs",
     "StatusArgs",
@@ -102,6 +104,8 @@ class AskArgs:
     background: bool = False
     dashboard: bool | None = None
     verify: str | None = None
+    dry_run: bool = False
+    stream: bool | None = None
 
 
 @dataclass
@@ -178,6 +182,18 @@ class VersionArgs:
     """``version``."""
 
 
+@dataclass
+class ReplayArgs:
+    """``replay [on|off|clear]``: this notebook's exact replay record (no word: its state)."""
+
+    action: str = "status"
+
+
+@dataclass
+class DebugArgs:
+    """``debug``: the full traceback of the last error."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (with a suggestion) instead of printing and exiting."""
 
@@ -219,6 +235,18 @@ def _ask(p: _Parser) -> None:
     p.add_argument(
         "--verify",
         help="verifiers, e.g. 'derivative(of=x**3, result=derivative)', or a callable's name",
+    )
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="show the tier plan, the reserved worst case and what is left of Ω; run nothing",
+    )
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the answer growing as tokens arrive (default: the stream setting)",
     )
 
 
@@ -268,6 +296,10 @@ def _nothing(p: _Parser) -> None:
     return None
 
 
+def _replay(p: _Parser) -> None:
+    p.add_argument("action", nargs="?", default="status", choices=["on", "off", "clear", "status"])
+
+
 #: verb -> (args class, parser builder, one-line help)
 VERBS: dict[str, tuple[type[Any], Callable[[_Parser], None], str]] = {
     "ask": (AskArgs, _ask, "a structured request through the router; body = prompt"),
@@ -285,6 +317,8 @@ VERBS: dict[str, tuple[type[Any], Callable[[_Parser], None], str]] = {
     "reset": (ResetArgs, _reset, "zero a workflow's ledger, or forget declared steps"),
     "help": (HelpArgs, _help, "this help, or one verb's options"),
     "version": (VersionArgs, _nothing, "versions of coreason-lab and coreason-runtime"),
+    "replay": (ReplayArgs, _replay, "this notebook's exact replay record: on, off, clear"),
+    "debug": (DebugArgs, _nothing, "the full traceback of the last error"),
 }
 
 

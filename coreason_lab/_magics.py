@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import concurrent.futures
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +18,9 @@ from coreason_lab._args import VERBS, DashboardArgs, build_parser, parse_line, s
 from coreason_lab._ask import AskHandle, parse_verifiers, resolve_schema, split_schema_cell
 from coreason_lab._comm import CommBridge
 from coreason_lab._display import ResultDisplay, status_html
+from coreason_lab._errors import ShortErrors
+from coreason_lab._live import StreamView, describe_ask, describe_run, run_request, wait_for
+from coreason_lab._notebook import notebook_name, replay_record, show_last_error, switch_replay
 from coreason_lab._oracle_circuit import OracleForm
 from coreason_lab._steps import CellInvariant, CellThunk
 from coreason_lab._steps_run import StepRunner
@@ -61,6 +64,9 @@ class CoreasonMagics(Magics):
     oracle_circuit = Bool(
         True, config=True, help="on EpistemicYieldError show the form (False: raise)"
     )
+    short_errors = Bool(True, config=True, help="coreason errors as a few lines (False: traceback)")
+    stream = Bool(True, config=True, help="show an ask's answer growing (--no-stream: off)")
+    replay = Bool(True, config=True, help="replay this notebook's recorded answers exactly")
 
     @validate("max_updates_per_second")
     def _check_rate(self, proposal: dict[str, Any]) -> float:
@@ -98,6 +104,8 @@ class CoreasonMagics(Magics):
         self.forms: list[OracleForm] = []
         self.dashboard: Any = None
         self.last_result: Any = None
+        self.errors = ShortErrors(lambda: bool(self.short_errors))
+        self._prepared: Any = None
 
     # --- the runtime --------------------------------------------------------------------------
 
@@ -107,6 +115,11 @@ class CoreasonMagics(Magics):
             from coreason_runtime import Coordinator
 
             self._runtime = Coordinator.default()
+        if self._prepared is not self._runtime:  # a notebook's requests go on its record
+            self._prepared = self._runtime
+            name = notebook_name(self.ns)
+            if name is not None and self.replay:
+                replay_record(self._runtime).use(name)
         return self._runtime
 
     def register_comm(self) -> bool:
@@ -149,6 +162,7 @@ class CoreasonMagics(Magics):
 
         The line is never interpolated: ``{x}`` and ``$x`` reach the parser as written.
         """
+        __tracebackhide__ = True
         verb, args = parse_line(line)
         if cell is not None and verb not in TAKES_BODY and cell.strip():
             msg = f"%%coreason {verb} takes no cell body; use the line magic `%coreason {verb}`"
@@ -280,6 +294,12 @@ class CoreasonMagics(Magics):
             raise UsageError(msg)
         return HTML(f"<pre>{build_parser(args.verb).format_help()}</pre>")
 
+    def handle_replay(self, args: Any, cell: str | None) -> Any:
+        return switch_replay(self.runtime, args.action, notebook_name(self.ns))
+
+    def handle_debug(self, args: Any, cell: str | None) -> None:
+        show_last_error(self.shell)
+
     def handle_version(self, args: Any, cell: str | None) -> str:
         import coreason_runtime
 
@@ -364,24 +384,40 @@ class CoreasonMagics(Magics):
             "verify": parse_verifiers(args.verify, self.ns),
         }
         router = self.runtime.router
+        if args.dry_run:
+            return router.dry_run(schema, prompt, **kwargs)
+        if not args.background:
+            return self._ask_now(router, schema, prompt, kwargs, into, args.stream)
         future = self.runtime.call(lambda: router.generate(schema, prompt, **kwargs))
-        if args.background:
-            handle = AskHandle(
-                future,
-                workflow_id=wf,
-                schema_name=name,
-                into=into,
-                namespace=self.ns,
-                controls=self.controls,
-                bus=self.runtime.bus,
-                open_circuit=self._open_circuit,
-                max_per_second=self.max_updates_per_second,
-            )
-            self.handles.append(handle)
-            self.ns[f"{into}_handle"] = handle
-            return handle
+        handle = AskHandle(
+            future,
+            workflow_id=wf,
+            schema_name=name,
+            into=into,
+            namespace=self.ns,
+            controls=self.controls,
+            bus=self.runtime.bus,
+            open_circuit=self._open_circuit,
+            max_per_second=self.max_updates_per_second,
+        )
+        self.handles.append(handle)
+        self.ns[f"{into}_handle"] = handle
+        return handle
+
+    def _ask_now(
+        self, router: Any, schema: Any, prompt: str, kwargs: Any, into: str, stream: bool | None
+    ) -> Any:
+        """A foreground ask: its answer streams into the cell; an interrupt stops it."""
+        __tracebackhide__ = True
+        wf = kwargs["workflow_id"]
+        streaming = self.stream if stream is None else stream
+        view = StreamView(into, self.max_updates_per_second) if streaming else None
+        future = self.runtime.call(
+            functools.partial(run_request, router, schema, prompt, kwargs, view)
+        )
         try:
-            result = self.wait(future, wf)
+            describe = functools.partial(describe_ask, workflow=wf)
+            result = wait_for(future, self.controls, wf, describe, view)
         except EpistemicYieldError as e:
             if not self.oracle_circuit:
                 raise
@@ -389,18 +425,6 @@ class CoreasonMagics(Magics):
         self.ns[into] = result.value
         self.last_result = result
         return ResultDisplay(result, name=into)
-
-    def wait(self, future: concurrent.futures.Future[Any], workflow: str) -> Any:
-        """Wait for runtime work from the main thread; Ctrl-C / interrupt aborts it cleanly."""
-        __tracebackhide__ = True
-        try:
-            while not future.done():
-                concurrent.futures.wait([future], timeout=0.2)
-        except KeyboardInterrupt:
-            self.controls.abort(workflow, reason="interrupted")
-            concurrent.futures.wait([future], timeout=30)
-            raise
-        return future.result()
 
     def _open_circuit(self, error: EpistemicYieldError, into: str) -> OracleForm:
         """Pause the workflow and build the form; an accepted answer resumes it."""
@@ -506,7 +530,8 @@ class CoreasonMagics(Magics):
             order = runner.order(args.targets or list(self.thunks))
         except ValueError as e:
             raise UsageError(f"%coreason run: {e}") from e
-        report = self.wait(runner.submit(order, wf), wf)
+        describe = describe_run(self.runtime.budgets, wf)
+        report = wait_for(runner.submit(order, wf), self.controls, wf, describe)
         if args.check and self.invariants:
             report.invariants = runner.check(list(self.invariants), wf).results
         return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import html
+import linecache
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,8 @@ class CellInvariantViolation(SimulationError):
 
 def evaluate_body(code: str, ns: dict[str, Any], filename: str) -> Any:
     """Execute ``code`` in ``ns``; the value of a final expression is returned (as in a cell)."""
+    # the body's own lines appear in its traceback, as a cell's do
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
     tree = ast.parse(code, filename=filename, mode="exec")
     last: ast.expr | None = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):

@@ -27,6 +27,9 @@ LONG_FUNCTIONS = {}
 FOREIGN_PRIVATES = {
     # ipykernel offers no public way to route a comm's messages to the frontend's subshell
     "coreason_lab/_comm.py: comm._reply_subshell_for",
+    # IPython's documented override point for showing a structured traceback (a kernel sends
+    # it as the cell's error); custom exception handlers have no public way to show one
+    "coreason_lab/_errors.py: shell._showtraceback",
     "coreason_lab/_magics.py: h._throttle",
     "coreason_lab/_widgets/_views.py: fig._data",
     "coreason_lab/_widgets/_views.py: fig._widget_data",

@@ -46,3 +46,12 @@ def test_notebook_executes(
         and "raises-exception" not in c.metadata.get("tags", [])
     ]
     assert errors == []
+    # no dependency speaks in a cell: a warning or a progress bar is fixed at its cause
+    noise = [
+        (c.source.splitlines()[0], o.get("text", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == "stderr"
+    ]
+    assert noise == []

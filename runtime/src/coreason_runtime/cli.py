@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from coreason_runtime._exceptions import CoreasonError
+from coreason_runtime._signals import interrupt_summary
 from coreason_runtime.serve._cli import add_arguments as serve_arguments
 
 __all__ = ["build_parser", "main"]
@@ -41,7 +42,11 @@ def _load_schema(text: str) -> dict[str, Any]:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """One structured request; prints the JSON value, then its tier, cost and verdict on
-    stderr (with ``--verify``, each field repair too)."""
+    stderr (with ``--verify``, each field repair too).
+
+    ``--dry-run`` prints the tier plan, the reserved worst case and what is left of Ω instead,
+    running nothing (``--ceiling`` still sets Ω first).
+    """
     schema = _load_schema(args.schema)
     verify = None
     if args.verify:
@@ -51,6 +56,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     with _runtime(args) as rt:
         if args.workflow and args.ceiling is not None:
             rt.budgets.set(args.workflow, ceiling=args.ceiling)
+        if args.dry_run:
+            plan = rt.router.dry_run(
+                schema,
+                args.prompt,
+                workflow_id=args.workflow,
+                max_tokens=args.max_tokens,
+                tiers=args.tiers.split(",") if args.tiers else None,
+            )
+            print(plan)
+            return 0
         res = rt.router.generate(
             schema,
             args.prompt,
@@ -189,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="verifiers, e.g. 'derivative(of=x**3, result=derivative)' (comma-separated)",
     )
+    ask.add_argument(
+        "--dry-run", action="store_true", help="print the tier plan and reserved cost; run nothing"
+    )
     ask.set_defaults(func=cmd_ask)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible server over the local tier")
@@ -260,7 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CoreasonError as e:
         _report(e)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        summary = interrupt_summary(e)  # what the interrupted request ran and cost
+        if summary is not None:
+            print(f"coreason: {summary}", file=sys.stderr)
         return 130
 
 

@@ -29,6 +29,7 @@ from coreason_runtime._exceptions import (
     InvalidCeilingError,
     UnknownWorkflowError,
 )
+from coreason_runtime._signals import interrupts_deferred
 from coreason_runtime.budget._lease import Releases, Reservation
 from coreason_runtime.budget._memory import MemoryLedgerBackend
 from coreason_runtime.budget._models import Charge, Ledger, LedgerBackend, ReservationRecord
@@ -244,26 +245,41 @@ class BudgetCage:
             host=socket.gethostname(),
             created=time.time(),
         )
-        grant = self._admit(record, self.cost(tokens_in, 1))
-        record = record.model_copy(update={"granted": grant})
-        self.bus.emit(
-            EventType.BUDGET_RESERVED,
-            workflow_id=workflow_id,
-            source="budget",
-            tier=tier,
-            granted=grant,
-            wanted=self.cost(tokens_in, max_out),
-        )
-        return Reservation(self, record, estimated_in=tokens_in, limit_out=max_out)
+        reservation = self._admit(record, self.cost(tokens_in, 1), tokens_in, max_out)
+        try:  # a Ctrl-C before the caller holds the lease: settle it here
+            with interrupts_deferred():
+                self.bus.emit(
+                    EventType.BUDGET_RESERVED,
+                    workflow_id=workflow_id,
+                    source="budget",
+                    tier=tier,
+                    granted=reservation.granted,
+                    wanted=self.cost(tokens_in, max_out),
+                )
+        except BaseException:
+            reservation.settle(note="interrupted")
+            raise
+        return reservation
 
-    def _admit(self, record: ReservationRecord, minimum: float) -> float:
-        """Reserve ``record``, waiting for room while a lease in flight could give some back."""
+    def _admit(
+        self, record: ReservationRecord, minimum: float, tokens_in: int, max_out: int
+    ) -> Reservation:
+        """Reserve ``record``, waiting for room while a lease in flight could give some back.
+
+        A Ctrl-C inside the ledger's bookkeeping is held until it ends; if it then stops the
+        caller before it holds the lease, the lease is settled here (the wait for room stays
+        interruptible: nothing is held while waiting).
+        """
         deadline = time.monotonic() + self.lease_wait
         last_try = False
         while True:
             seen = self.releases.generation
+            lease: Reservation | None = None
             try:
-                return self.backend.reserve(record, minimum)
+                with interrupts_deferred():
+                    grant = self.backend.reserve(record, minimum)
+                    granted = record.model_copy(update={"granted": grant})
+                    lease = Reservation(self, granted, estimated_in=tokens_in, limit_out=max_out)
             except BudgetExceededError:
                 if last_try:
                     self.bus.emit(
@@ -277,6 +293,12 @@ class BudgetCage:
                         consumed=0.0,
                     )
                     raise
+            except BaseException:
+                if lease is not None:
+                    lease.settle(note="interrupted")
+                raise
+            else:
+                return lease
             left = deadline - time.monotonic()
             if left > 0 and self.backend.releasable(record.workflow_id) > _EPS:
                 self.releases.wait(seen, left)

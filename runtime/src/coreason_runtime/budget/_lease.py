@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from coreason_runtime._events import EventType
 from coreason_runtime._exceptions import BudgetExceededError
+from coreason_runtime._signals import interrupts_deferred
 from coreason_runtime.budget._models import Charge, Ledger, ReservationRecord
 
 if TYPE_CHECKING:
@@ -238,10 +239,11 @@ class Reservation:
                     "tokens_out": self.tokens_out,
                 }
             )
-        growth = self._cage.backend.grow(record, want, need)
-        with self._lock:
-            before, self.granted = self.granted, growth.granted
-            self.record = self.record.model_copy(update={"granted": growth.granted})
+        with interrupts_deferred():  # the store's grant and ours change together
+            growth = self._cage.backend.grow(record, want, need)
+            with self._lock:
+                before, self.granted = self.granted, growth.granted
+                self.record = self.record.model_copy(update={"granted": growth.granted})
         if growth.grown:
             return None
         return growth.granted < before - _EPS, growth.releasable
@@ -289,15 +291,19 @@ class Reservation:
     # --- settling ------------------------------------------------------------------------------
 
     def settle(self, note: str = "") -> Ledger | None:
-        """Release the grant and charge what was consumed; idempotent."""
-        with self._lock:
-            if self._settled:
-                return None
-            self._settled = True
-        try:
-            return self._write(note)
-        finally:
-            self._cage.releases.notify()
+        """Release the grant and charge what was consumed; idempotent.
+
+        A Ctrl-C arriving meanwhile is delivered once the ledger is written.
+        """
+        with interrupts_deferred():
+            with self._lock:
+                if self._settled:
+                    return None
+                self._settled = True
+            try:
+                return self._write(note)
+            finally:
+                self._cage.releases.notify()
 
     def checkpoint(self) -> None:
         """Record the consumption so far durably, so that if this process dies the orphaned

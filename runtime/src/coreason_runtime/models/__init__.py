@@ -9,6 +9,7 @@ from coreason_runtime.models._loader import (
     list_models,
     load_model,
     load_tokenizer,
+    model_revision,
     pull,
 )
 from coreason_runtime.models._tiny import tiny_llama
@@ -21,6 +22,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_tokenizer",
+    "model_revision",
     "pull",
     "tiny_llama",
 ]

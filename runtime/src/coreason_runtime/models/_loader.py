@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,6 +289,34 @@ def _dtype_name(dtype: str | torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def model_revision(name: str | None = None, *, cache_dir: Path | None = None) -> str:
+    """The revision :func:`load_model` would report for ``name``, without loading it.
+
+    Read from the converted model's manifest (converting it first if it never was), so a
+    request can be keyed by the exact weights (replay) before any weights are in memory.
+    """
+    name = _resolve_name(name)
+    loaded = [m for (n, _, _), m in _LOADED.items() if n == name]
+    if loaded:
+        return loaded[0].revision
+    cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
+    return _revision(_local_folder(name, cache))
+
+
 def load_tokenizer(name: str | None = None, *, cache_dir: Path | None = None) -> Any:
     """Only the tokenizer of a model (converting the model first if it never was)."""
     from transformers import AutoTokenizer
@@ -345,9 +374,10 @@ def load_model(
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch_dtype, local_files_only=True
-            )
+            with _no_progress_bars():  # a notebook cell would show transformers' loading bar
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=torch_dtype, local_files_only=True
+                )
             model.to(dev)
         except (OSError, ValueError, RuntimeError) as e:
             msg = f"cannot load model {name!r} from {folder}: {e}"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from coreason_runtime._signals import add_interrupt_note, interrupt_summary
 from coreason_runtime.tensor._correction import REPAIRS, is_retryable, reask
+from coreason_runtime.tensor._plan import DryRun, TierPlan
+from coreason_runtime.tensor._replay import ReplayRecord
 from coreason_runtime.tensor._router import TensorRouter
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec, schema_key
 from coreason_runtime.tensor._scripted import ScriptedSteerableTier, ScriptedTier
+from coreason_runtime.tensor._stream import Partial, PartialStream, PartialValues, parse_partial
 from coreason_runtime.tensor._types import (
     Attempt,
     BaseTier,
@@ -45,9 +49,14 @@ __all__ = [
     "BaseTier",
     "BlackBoxTier",
     "CompiledSchema",
+    "DryRun",
     "LocalTier",
     "Meter",
+    "Partial",
+    "PartialStream",
+    "PartialValues",
     "RemoteTier",
+    "ReplayRecord",
     "Result",
     "SchemaSpec",
     "ScriptedSteerableTier",
@@ -56,10 +65,14 @@ __all__ = [
     "TensorRouter",
     "Tier",
     "TierOutput",
+    "TierPlan",
     "TierRequest",
     "UniversalCompiler",
     "UnmeteredMeter",
+    "add_interrupt_note",
+    "interrupt_summary",
     "is_retryable",
+    "parse_partial",
     "reask",
     "schema_key",
 ]

@@ -32,6 +32,7 @@ from coreason_runtime._exceptions import (
     VerifierError,
     WorkflowAbortedError,
 )
+from coreason_runtime._signals import interrupt_note
 from coreason_runtime.tensor._correction import Outcome, Try, classify, next_try, retry_policy
 from coreason_runtime.tensor._types import (
     Attempt,
@@ -250,8 +251,10 @@ class TierRunner:
             )
             conv.next = None
             raise wrapped from e
-        except BaseException:  # Ctrl-C, SystemExit: charge what ran, hold nothing, re-raise
+        except BaseException as e:  # Ctrl-C, SystemExit: charge what ran, hold nothing, re-raise
             meter.settle(note="interrupted")
+            facts = {"tokens_out": meter.tokens_out, "cost": meter.consumed, "tier": tier.name}
+            interrupt_note(e, workflow_id=wf, **facts)
             raise
         meter.settle()
         return self._success(tier, compiled, conv, plan, index, meter, output, value, t0, outcome)

@@ -185,6 +185,10 @@ class LocalTier(SteerableTier):
         n = getattr(self.loaded.model.config, "max_position_embeddings", None)
         return int(n) if isinstance(n, int) and n > 0 else None
 
+    @property
+    def revision(self) -> str | None:
+        return self.loaded.revision
+
     # --- prompts -----------------------------------------------------------------------------
 
     def compile(self, spec: SchemaSpec) -> CompiledSchema:

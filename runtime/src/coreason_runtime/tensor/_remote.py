@@ -28,6 +28,7 @@ from coreason_runtime._exceptions import (
     TierUnavailableError,
 )
 from coreason_runtime._redact import redact_exception, redact_text, secret_values
+from coreason_runtime.tensor._cutoff import CloseOnAbort
 from coreason_runtime.tensor._types import (
     BlackBoxTier,
     Messages,
@@ -222,7 +223,14 @@ class RemoteTier(BlackBoxTier):
             ) from e
         # The timeout bounds the answer itself; honoured Retry-After waits come before it.
         deadline = time.monotonic() + timeout
-        return self._consume(stream, request, meter, deadline, timeout)
+        closer = CloseOnAbort(stream)
+        with request.ticket.track(closer):
+            try:
+                return self._consume(stream, request, meter, deadline, timeout)
+            except CoreasonError:
+                if closer.fired:  # the abort cut the connection: that is what ended it
+                    request.ticket.checkpoint()
+                raise
 
     # --- one attempt: opening the stream -----------------------------------------------------
 

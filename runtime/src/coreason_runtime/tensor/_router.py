@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-import logging
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from coreason_runtime._controls import Controls, Ticket
+from coreason_runtime._controls import Controls
 from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import (
     EpistemicYieldError,
@@ -19,8 +19,12 @@ from coreason_runtime._exceptions import (
     SchemaCompileError,
 )
 from coreason_runtime.budget import DEFAULT_WORKFLOW, BudgetCage
+from coreason_runtime.tensor._admission import checked_request, hold_while_paused, policy_of
 from coreason_runtime.tensor._attempts import Conversation, RequestPlan, TierRunner
+from coreason_runtime.tensor._plan import DryRun, plan_request
+from coreason_runtime.tensor._replay import ReplayRecord
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
+from coreason_runtime.tensor._stream import PartialStream
 from coreason_runtime.tensor._types import (
     Attempt,
     Result,
@@ -29,12 +33,10 @@ from coreason_runtime.tensor._types import (
 
 if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
-    from coreason_runtime.verify import VerifyPolicy
     from coreason_runtime.verify._tools import FieldTier
 
 __all__ = ["TensorRouter"]
 
-logger = logging.getLogger("coreason_runtime.router")
 
 SYSTEM_PROMPT = (
     "You are a careful assistant for mathematics, algorithms and physics. Answer with a single "
@@ -104,6 +106,7 @@ class TensorRouter:
         self._lock = threading.Lock()
         self.cache: Any = None  # a SubgoalCache consulted before any tier, when attached
         self._tool_tiers = tool_tiers
+        self.replay: ReplayRecord | None = None  # a notebook's exact replay, consulted first
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> TensorRouter:
@@ -122,6 +125,7 @@ class TensorRouter:
         )
         if rt.config.subgoal_cache:
             router.cache = rt.cache
+        router.replay = rt.engine("replay", ReplayRecord.for_runtime)
         return router
 
     # --- tiers -------------------------------------------------------------------------------
@@ -242,46 +246,59 @@ class TensorRouter:
             The workflow stayed paused for ``pause_timeout``; nothing was reserved.
         """
         spec = SchemaSpec.from_user(schema, pretty=pretty)
-        policy = _policy(verify)
-        max_tokens = self._checked(prompt, max_tokens)
+        policy = policy_of(verify)
+        max_tokens = checked_request(prompt, max_tokens, self.default_max_tokens)
         wf = workflow_id or DEFAULT_WORKFLOW
         self.budgets.get(wf)  # UnknownWorkflowError before any spend
-        cascade = self._select(tiers)
+        cascade = self.select(tiers)
         wait = self.pause_timeout if pause_timeout is None else pause_timeout
         with self.controls.scope(wf) as ticket:
-            self._hold_while_paused(ticket, wait)  # before anything is reserved
+            hold_while_paused(ticket, wait)  # before anything is reserved
             plan = RequestPlan(
                 wf, prompt, ticket, max_tokens, temperature, seed, timeout, verify=policy
             )
-            return self._cascade(spec, plan, cascade, system, cache=cache)
+            return self._run(spec, plan, cascade, system, cache)
 
-    def _checked(self, prompt: object, max_tokens: object) -> int:
-        """The request's ``max_tokens`` (default filled in); ``RequestError`` for bad input."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            msg = "prompt must be a non-empty string"
-            raise RequestError(msg)
-        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
-            raise RequestError(msg)
-        return max_tokens
+    def _run(
+        self,
+        spec: SchemaSpec,
+        plan: RequestPlan,
+        cascade: list[Tier],
+        system: str | None,
+        cache: bool | None,
+    ) -> Result[Any]:
+        """The cascade, or the notebook's replay record when it has the request."""
+        run = functools.partial(self._cascade, spec, plan, cascade, system, cache=cache)
+        if self.replay is None:
+            return run()
+        sys_prompt, k = system or self.system_prompt, self.max_attempts_per_tier
+        key = self.replay.key(spec, plan, cascade, sys_prompt, k)
+        return self.replay.answer(key, spec, plan, [t.name for t in cascade], run)
 
-    @staticmethod
-    def _hold_while_paused(ticket: Ticket, timeout: float) -> None:
-        """Hold a request that finds its workflow paused, before anything is reserved: say so,
-        and wait at most ``timeout`` for a resume (then :class:`WorkflowPausedError`)."""
-        if ticket.held:
-            wf = ticket.workflow_id
-            bound = "without limit" if timeout == float("inf") else f"at most {timeout:g} s"
-            logger.warning(
-                "workflow %r is %s: this request waits for rt.controls.resume(%r) (%s; "
-                "nothing is reserved meanwhile)",
-                wf,
-                ticket.state.value,
-                wf,
-                bound,
-            )
-        ticket.checkpoint(timeout)
+    def stream(self, schema: Any, prompt: str, **kwargs: Any) -> PartialStream:
+        """:meth:`generate`, streamed: iterate :class:`Partial` values as tokens arrive.
+
+        Takes the arguments of :meth:`generate`. Each item's ``value`` is the JSON parsed so
+        far; the last item is ``final``, with the validated value and the ``Result``. Leaving
+        the loop early aborts the workflow's running work (it settles what ran).
+        """
+        return PartialStream(self, schema, prompt, kwargs)
+
+    def dry_run(
+        self,
+        schema: Any,
+        prompt: str,
+        *,
+        workflow_id: str | None = None,
+        tiers: Sequence[str] | None = None,
+        max_tokens: int | None = None,
+        system: str | None = None,
+        verify: Any = None,
+    ) -> DryRun:
+        """What :meth:`generate` would reserve, tier by tier, and what is left of Ω: compiles
+        and counts tokens only (see :func:`~coreason_runtime.tensor._plan.plan_request`)."""
+        options = {"tiers": tiers, "max_tokens": max_tokens, "system": system, "verify": verify}
+        return plan_request(self, schema, prompt, workflow_id or DEFAULT_WORKFLOW, **options)
 
     def _cascade(
         self,
@@ -383,7 +400,8 @@ class TensorRouter:
             return fut
         return self._executor(lambda: self.generate(schema, prompt, **kwargs))
 
-    def _select(self, names: Sequence[str] | None) -> list[Tier]:
+    def select(self, names: Sequence[str] | None) -> list[Tier]:
+        """The cascade restricted to ``names``, in its order (all tiers for ``None``)."""
         if names is None:
             return list(self._tiers)
         if isinstance(names, str):
@@ -478,12 +496,3 @@ class TensorRouter:
 
     def __repr__(self) -> str:
         return f"<TensorRouter tiers={self.tier_names} k_max={self.max_attempts_per_tier}>"
-
-
-def _policy(verify: Any) -> VerifyPolicy | None:
-    """``generate``'s ``verify=`` as a policy (None: the request names no verifier)."""
-    if verify is None:
-        return None
-    from coreason_runtime.verify import VerifyPolicy
-
-    return VerifyPolicy.of(verify)

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from coreason_runtime._controls import ControlledMeter
+from coreason_runtime._events import EventBus, EventType
 from coreason_runtime._exceptions import CoreasonError
 from coreason_runtime.tensor._schema import CompiledSchema
 from coreason_runtime.tensor._types import (
@@ -39,6 +41,11 @@ class _Scripted(BaseTier):
         The tier's name in results and ledgers (``"local"``, ``"oracle"`` ...).
     steps:
         Consumed in order; the last one repeats when ``repeat_last`` is true.
+    bus:
+        When given, the output streams there as ``tokens.batch`` events, one per token, as a
+        real tier's does (``rt.router.stream`` and ``%%coreason ask`` show it growing).
+    delay:
+        Seconds per output token, to stand in for a decoder's pace.
     """
 
     def __init__(
@@ -48,9 +55,13 @@ class _Scripted(BaseTier):
         *,
         repeat_last: bool = False,
         model: str = "scripted",
+        bus: EventBus | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.name = name
         self.model = model
+        self.bus = bus
+        self.delay = delay
         self._steps = list(steps)
         self._repeat_last = repeat_last
         self._lock = threading.Lock()
@@ -88,9 +99,21 @@ class _Scripted(BaseTier):
         pieces = text.split(" ")
         produced: list[str] = []
         for piece in pieces[: request.max_tokens]:
+            if self.delay:
+                time.sleep(self.delay)
             meter.check(tokens_out=1)
             meter.charge(tokens_out=1)
             produced.append(piece)
+            if self.bus is not None:
+                self.bus.emit(
+                    EventType.TOKENS,
+                    workflow_id=request.workflow_id,
+                    source=self.name,
+                    tier=self.name,
+                    delta=piece if len(produced) == 1 else f" {piece}",
+                    tokens_out=1,
+                    total_out=len(produced),
+                )
         out = " ".join(produced)
         finish = "stop" if len(produced) == len(pieces) else "length"
         return TierOutput(

@@ -104,6 +104,8 @@ class Result(Generic[T]):
     every field repair tried on the way (accepted or not), in order. ``thunks`` are the lazy
     fields still holding a ``⟦name(args)⟧`` placeholder (pointer -> ``(name, args)``), unpaid
     until ``rt.router.force(result, pointer)``.
+    ``replayed``: answered from the notebook's replay record (the recorded attempts, nothing
+    charged).
     """
 
     value: T
@@ -121,6 +123,7 @@ class Result(Generic[T]):
     verification: Verdict | None = None
     thunks: dict[str, tuple[str, str]] = field(default_factory=dict)
     closed: str | None = None
+    replayed: bool = False
 
     @property
     def tokens_in(self) -> int:
@@ -148,6 +151,7 @@ class Result(Generic[T]):
                 {"field": r.field, "tier": r.tier, "accepted": r.accepted, "cost": r.cost}
                 for r in self.repairs
             ],
+            "replayed": self.replayed,
         }
 
     def _value_json(self) -> str:
@@ -167,6 +171,7 @@ class Result(Generic[T]):
             f"<div class='coreason-result'><b>tier</b> {html.escape(self.tier)} · "
             f"<b>cost</b> {self.cost:g} · <b>workflow</b> {html.escape(self.workflow_id)}"
             f" · <b>model</b> {html.escape(str(self.model))}{self._verdict_html()}"
+            f"{' · <b>replayed</b> (nothing charged)' if self.replayed else ''}"
             f"<pre>{html.escape(self._value_json())}</pre>"
             "<table><tr><th>tier</th><th>#</th><th>in</th><th>out</th><th>C</th><th>status</th>"
             f"</tr>{rows}</table>{self._repairs_html()}</div>"
@@ -358,6 +363,11 @@ class BaseTier(ABC):
     def model_name(self) -> str:
         """The model behind the tier, for attempts and results (default: the tier's name)."""
         return self.name
+
+    @property
+    def revision(self) -> str | None:
+        """The exact weights behind :attr:`model_name`, when the tier knows them (replay keys)."""
+        return None
 
     def compile(self, spec: SchemaSpec) -> CompiledSchema:
         """Every form of ``spec`` a tier may need, with no tokenizer: the OpenAI strict form, a

@@ -53,6 +53,16 @@ class LazyLocalTier(SteerableTier):
     def model_name(self) -> str:
         return self._rt.config.model
 
+    @property
+    def revision(self) -> str | None:
+        """The weights' revision, read from the model's manifest: the model stays unloaded
+        (a replayed request never needs it)."""
+        if self._tier is not None:
+            return self._tier.revision
+        from coreason_runtime.models import model_revision
+
+        return model_revision(self._rt.config.model)
+
     def compile(self, spec: SchemaSpec) -> CompiledSchema:
         return self.load().compile(spec)
 
