@@ -86,13 +86,15 @@ def main() -> None:
         ["mode", "pauses", "p50 ms", "p99 ms", "max ms", "token step ms"],
         rows,
         notes=(
-            f"SmolLM2-135M-Instruct (fp32, CPU, 30 decoder layers), sampled decoding; each "
+            f"SmolLM2-135M-Instruct ({engine.precision}, CPU, 30 decoder layers), sampled "
+            f"decoding; each "
             f"pause lands at a random moment 0.2–1.2 token steps after the decode thread starts. "
             f"Latency = `pause()` call until the session is parked with its KV cropped to the "
             f"last committed token. IDS checks at every decoder-layer boundary and between the "
-            f"LM head's row blocks of {LayerGate.head_rows} rows (`LayerGate`): the head, "
-            f"49,152 x 576, is the largest single product of this model (~11 ms, four layers' "
-            f"worth) and was the p99 before it was split. p99 ratio baseline / IDS: "
+            f"LM head's row blocks of {LayerGate.head_rows} rows (`LayerGate`) when it is fp32: "
+            f"the head, 49,152 x 576, is the largest single product of this model (~11 ms, four "
+            f"layers' worth) and was the p99 before it was split (a precision map's int8 head "
+            f"is one short product). p99 ratio baseline / IDS: "
             f"{ratio:.1f}×. Load average while it ran: {os.getloadavg()[0]:.1f} on 2 cores; "
             f"torch threads: {THREADS}."
         ),

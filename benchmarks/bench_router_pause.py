@@ -149,6 +149,7 @@ def main() -> None:
             )
         rt.decode.layer_checks = True
         exact, raised, worst = aborts(rt, trials, random.Random(1), step_s)
+        precision = rt.decode.precision
         rt.close()
     load = os.getloadavg()[0]
     write_section(
@@ -159,7 +160,8 @@ def main() -> None:
         ["mode", "pauses", "p50 ms", "p99 ms", "max ms", "token step ms"],
         rows,
         notes=(
-            f"SmolLM2-135M-Instruct (fp32, CPU), greedy, grammar on (a JSON object with a free "
+            f"SmolLM2-135M-Instruct ({precision}, CPU), greedy, grammar on (a JSON object with "
+            f"a free "
             f"string), one long answer paused {n} times at random moments 0.2–1.2 token steps "
             f"apart, resumed each time. Latency = `rt.controls.pause(wf)` called until the "
             f"request's decode session publishes `decode.paused` (parked at a layer boundary, "

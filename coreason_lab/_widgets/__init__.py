@@ -8,6 +8,7 @@ from coreason_lab._widgets._state import (
     CacheState,
     DagState,
     DecodeState,
+    WorkerState,
     WorkflowState,
 )
 from coreason_lab._widgets._views import BudgetView, CacheView, DagView, DecodeView
@@ -23,5 +24,6 @@ __all__ = [
     "Dashboard",
     "DecodeState",
     "DecodeView",
+    "WorkerState",
     "WorkflowState",
 ]

@@ -14,7 +14,7 @@ from coreason_runtime import Controls, Event
 
 from coreason_lab._comm import honour_frontend_subshell
 from coreason_lab._throttle import Throttle
-from coreason_lab._widgets._state import WorkflowState
+from coreason_lab._widgets._state import WorkerState, WorkflowState
 from coreason_lab._widgets._views import (
     FIGURE_INTERVAL_S,
     BudgetView,
@@ -82,10 +82,13 @@ class Dashboard:
                 self.views[name] = CacheView(max_points)
             else:
                 self.views[name] = DecodeView()
-        areas = sorted({a for v in self.views.values() for a in v.areas} | {"budget", "workflow"})
+        areas = sorted(
+            {a for v in self.views.values() for a in v.areas} | {"budget", "workflow", "scale"}
+        )
         # what the controls hold now; the events replayed and delivered below keep it current
         self.workflows = WorkflowState()
         self.workflows.states.update({c.workflow_id: c.state for c in controls.workflows()})
+        self.cluster = WorkerState()  # a cluster's workers, when their events are relayed here
         self.throttle = Throttle(
             runtime.bus, areas, max_per_second=max_updates_per_second, start=start
         )
@@ -153,7 +156,10 @@ class Dashboard:
             self._redraw.daemon = True
             self._redraw.start()
         self.workflows.apply(batch)
+        self.cluster.apply(batch)
         states = ", ".join(f"{wf}: {state}" for wf, state in self.workflows.states.items())
+        if self.cluster.workers:
+            states = " · ".join(filter(None, (states, f"workers: {self.cluster.summary()}")))
         now = time.monotonic()
         # The status line carries the throttle's counters, which change with every batch:
         # resent at once when a workflow's state changes, else at most once a second (each

@@ -36,6 +36,8 @@ from coreason_runtime.events import (
     KVMoved,
     KVRead,
     PrefixReused,
+    RequestContinued,
+    RequestSuspended,
     SpanRepaired,
     StepDeclared,
     StepForced,
@@ -47,6 +49,7 @@ from coreason_runtime.events import (
     TaskStarted,
     ThunkForced,
     TokensBatch,
+    WorkerStatus,
     WorkflowControlChanged,
 )
 
@@ -56,6 +59,7 @@ __all__ = [
     "DagState",
     "DecodeState",
     "KVTiersState",
+    "WorkerState",
     "WorkflowState",
 ]
 
@@ -65,19 +69,49 @@ __all__ = [
 
 class WorkflowState:
     """Each workflow's control state (running, paused, preempted, aborted), from the
-    ``workflow.*`` events: whoever paused it (a magic, a button, the side panel, a script)."""
+    ``workflow.*`` events: whoever paused it (a magic, a button, the side panel, a script);
+    ``suspended`` while a request of it waits on a cluster for its ceiling to be raised."""
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
 
     def apply(self, events: Iterable[Event]) -> None:
         for ev in events:
-            if isinstance(ev.data, WorkflowControlChanged) and ev.workflow_id is not None:
+            if ev.workflow_id is None:
+                continue
+            if isinstance(ev.data, WorkflowControlChanged):
                 self.states[ev.workflow_id] = ev.data.state
+            elif isinstance(ev.data, RequestSuspended):
+                self.states[ev.workflow_id] = "suspended"
+            elif isinstance(ev.data, RequestContinued):
+                self.states[ev.workflow_id] = "running"
 
     def state(self, workflow_id: str) -> str:
         """The last state announced for ``workflow_id`` (``running`` if none was)."""
         return self.states.get(workflow_id, "running")
+
+
+class WorkerState:
+    """The workers of a cluster (``scale.worker`` events, relayed from the workers): each
+    one's last status (joined, alive, left), requests running and completed, C consumed."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerStatus] = {}
+
+    def apply(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if isinstance(ev.data, WorkerStatus):
+                self.workers[ev.data.worker] = ev.data
+
+    def summary(self) -> str:
+        """One line: ``w1 2 running, 5 done; w2 left`` (empty without workers)."""
+        parts = [
+            f"{name} left"
+            if w.state == "left"
+            else f"{name} {w.running} running, {w.completed} done"
+            for name, w in sorted(self.workers.items())
+        ]
+        return "; ".join(parts)
 
 
 # --- budgets -------------------------------------------------------------------------------
@@ -374,6 +408,7 @@ class DecodeState:
         self.repairs = 0
         self.forced = 0
         self.state = "idle"
+        self.precision = ""  # of the model the last session decoded on
 
     def _add(self, text: str, kind: str) -> None:
         if not text:
@@ -429,6 +464,8 @@ class DecodeState:
 
     def _follow(self, p: EventPayload) -> None:
         """The stream's state: a session's lifecycle, or its workflow's controls."""
+        if isinstance(p, DecodeStarted):
+            self.precision = p.precision
         if isinstance(p, (DecodeStarted, DecodeResumed)):
             self.state = "decoding"
         elif isinstance(p, DecodePaused):

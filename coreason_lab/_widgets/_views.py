@@ -434,6 +434,8 @@ class DecodeView(View):
         body = "".join(fragments[span] for span in spans)
         self.html.value = (
             f"<div>{SPAN_CSS}<small>{html.escape(s.state)} · {s.tokens} tokens · {s.repairs} "
-            f"repaired · {s.forced} thunks forced</small><pre style='white-space:pre-wrap'>"
+            f"repaired · {s.forced} thunks forced"
+            f"{' · ' + html.escape(s.precision) if s.precision else ''}</small>"
+            "<pre style='white-space:pre-wrap'>"
             f"{body}</pre></div>"
         )

@@ -57,11 +57,19 @@ class Kernel:
         self.comm_msgs: list[dict[str, Any]] = []
 
     def run(self, code: str, timeout: float = 60.0) -> str:
-        """Execute ``code`` on the main shell; returns stdout. Raises on an error reply."""
-        out: list[str] = []
-        reply = self.kc.execute_interactive(
-            code, timeout=timeout, output_hook=lambda m: self._hook(m, out)
-        )
+        """Execute ``code`` on the main shell; returns stdout. Raises on an error reply.
+
+        A request the kernel aborted unrun (ipykernel aborts what reaches it while it is still
+        clearing its queue after an error) is sent again, at most twice.
+        """
+        for _ in range(3):
+            out: list[str] = []
+            reply = self.kc.execute_interactive(
+                code, timeout=timeout, output_hook=lambda m, out=out: self._hook(m, out)
+            )
+            if reply["content"]["status"] != "aborted":
+                break
+            time.sleep(0.2)
         if reply["content"]["status"] != "ok":
             c = reply["content"]
             msg = f"{c.get('ename')}: {c.get('evalue')}\n" + "\n".join(c.get("traceback", []))

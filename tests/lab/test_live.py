@@ -87,15 +87,16 @@ def interrupt_after_first_token(rt: Coordinator) -> threading.Thread:
     """SIGINT to the main thread once the request's first token is out (as Jupyter's ■ does)."""
     main = threading.main_thread().ident
     assert main is not None
-    first = threading.Event()
+    first, done = threading.Event(), threading.Event()
     sub = rt.bus.subscribe(lambda e: first.set(), EventType.TOKENS)
 
     def send() -> None:
-        if first.wait(30):
+        if first.wait(30) and not done.is_set():
             signal.pthread_kill(main, signal.SIGINT)
         sub.unsubscribe()
 
     t = threading.Thread(target=send)
+    t.done = done  # type: ignore[attr-defined]  # set once the cell has returned
     t.start()
     return t
 
@@ -104,6 +105,7 @@ def run_interrupted(ip: InteractiveShell, rt: Coordinator, code: str) -> tuple[A
     t = interrupt_after_first_token(rt)
     with capture_output() as out:
         result = ip.run_cell(code)
+    t.done.set()  # type: ignore[attr-defined]  # too late to interrupt: send nothing
     t.join()
     return result, ANSI.sub("", out.stdout + out.stderr)
 
@@ -112,7 +114,7 @@ def run_interrupted(ip: InteractiveShell, rt: Coordinator, code: str) -> tuple[A
 def test_an_interrupted_ask_ends_with_one_line_and_an_exact_ledger(
     ip: InteractiveShell, rt: Coordinator, wf: str, stream: str
 ) -> None:
-    streaming(rt, LONG, delay=0.01)
+    streaming(rt, LONG, delay=0.05)  # 20 s uninterrupted: room for a starved sender thread
     result, text = run_interrupted(ip, rt, f"%%coreason ask Answer -w wf -n 400{stream}\nlong?")
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     ledger = rt.budgets.get("wf")
@@ -131,7 +133,7 @@ def test_an_interrupted_ask_ends_with_one_line_and_an_exact_ledger(
 def test_an_interrupted_plain_generate_ends_with_one_line(
     ip: InteractiveShell, rt: Coordinator, wf: str
 ) -> None:
-    streaming(rt, LONG, delay=0.01)
+    streaming(rt, LONG, delay=0.05)  # 20 s uninterrupted: room for a starved sender thread
     ip.user_ns["rt"] = rt
     result, text = run_interrupted(
         ip, rt, "res = rt.router.generate(Answer, 'long?', workflow_id='wf', max_tokens=400)"
@@ -148,7 +150,7 @@ def test_an_interrupted_plain_generate_ends_with_one_line(
 def test_an_interrupted_run_ends_with_one_line(
     ip: InteractiveShell, rt: Coordinator, wf: str
 ) -> None:
-    streaming(rt, LONG, delay=0.01)
+    streaming(rt, LONG, delay=0.05)  # 20 s uninterrupted: room for a starved sender thread
     ip.user_ns["rt"] = rt
     ip.run_cell_magic(
         "coreason",

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from coreason_runtime import Event, EventType
+from coreason_runtime import Event, EventBus, EventType
 from coreason_runtime.sched import SubgoalDAG, TaskSpec
 from pydantic import ValidationError
 
@@ -18,6 +18,7 @@ from coreason_lab._widgets import (
     DagView,
     DecodeState,
     DecodeView,
+    WorkerState,
     WorkflowState,
     _views,
 )
@@ -309,6 +310,37 @@ def test_workflow_state_keeps_the_last_control_of_each_workflow() -> None:
         ]
     )
     assert s.states == {"wf": "aborted"} and s.state("other") == "running"
+
+
+def test_workflow_state_shows_a_request_suspended_at_its_ceiling_until_it_continues() -> None:
+    bus = EventBus()
+    s = WorkflowState()
+    suspended = bus.emit(
+        EventType.REQUEST_SUSPENDED,
+        workflow_id="wf",
+        request_id="r1",
+        reason="ceiling",
+        ceiling=100.0,
+        spent=99.0,
+    )
+    s.apply([suspended])
+    assert s.state("wf") == "suspended"
+    s.apply([bus.emit(EventType.REQUEST_CONTINUED, workflow_id="wf", request_id="r1", by="top_up")])
+    assert s.state("wf") == "running"
+
+
+def test_worker_state_summarises_a_clusters_workers() -> None:
+    bus = EventBus()
+    s = WorkerState()
+    beat = {"host": "h", "pid": 1, "task_queue": "q"}
+    s.apply(
+        [
+            bus.emit(EventType.WORKER_STATUS, worker="w2", state="alive", running=2, **beat),
+            bus.emit(EventType.WORKER_STATUS, worker="w1", state="alive", completed=5, **beat),
+            bus.emit(EventType.WORKER_STATUS, worker="w2", state="left", **beat),
+        ]
+    )
+    assert s.summary() == "w1 0 running, 5 done; w2 left"
 
 
 def test_decode_state_keeps_only_the_last_characters() -> None:

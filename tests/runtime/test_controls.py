@@ -200,3 +200,17 @@ def test_an_abort_skips_retries_and_escalation(rt: Coordinator) -> None:
     assert isinstance(out[0], WorkflowAbortedError)
     assert oracle.requests == []
     assert rt.budgets.spent("wf") == 0
+
+
+def test_wait_stopped_waits_for_the_aborted_work_only() -> None:
+    controls = Controls()
+    old = controls.open("wf")
+    controls.abort("wf")
+    new = controls.open("wf")  # opened after the abort: not waited for
+    assert controls.wait_stopped("wf", timeout=0.05) is False  # the aborted ticket is open
+    closer = threading.Timer(0.1, controls.close, args=(old,))
+    closer.start()
+    assert controls.wait_stopped("wf", timeout=10) is True
+    closer.join()
+    assert controls.status("wf").running == 1  # the new work goes on
+    controls.close(new)

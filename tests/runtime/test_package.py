@@ -19,7 +19,8 @@ def test_runtime_imports_no_jupyter_module() -> None:
     loaded = _modules_after(
         "import coreason_runtime\n"
         "for name in ('budget', 'tensor', 'tensor._local', 'tensor._remote', 'models', 'serve',"
-        " 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal', 'cli'):\n"
+        " 'decode', 'sched', 'txn', 'cache', 'sim', 'bandit', 'scale._temporal', 'scale._worker',"
+        " 'scale._client', 'scale._cluster', 'cli'):\n"
         "    __import__('coreason_runtime.' + name)"
     )
     jupyterish = {

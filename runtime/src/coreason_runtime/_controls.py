@@ -304,6 +304,19 @@ class Controls:
         with self._cv:
             return [self._status(f) for f in self._flows.values()]
 
+    def wait_stopped(self, workflow_id: str, timeout: float) -> bool:
+        """Wait until the work an abort of ``workflow_id`` stopped has ended: every ticket
+        opened before the abort closed, so every lease it held is settled. False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            flow = self._flow(workflow_id)
+            while any(flow.abort_epoch > t.epoch for t in flow.tickets):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
     # --- scopes ------------------------------------------------------------------------------
 
     @contextmanager

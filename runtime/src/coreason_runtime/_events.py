@@ -48,6 +48,8 @@ class EventType(StrEnum):
     HUMAN_ANSWERED = "request.human_answered"
     REQUEST_VERIFIED = "request.verified"
     FIELD_REPAIRED = "request.field_repaired"
+    REQUEST_SUSPENDED = "request.suspended"
+    REQUEST_CONTINUED = "request.continued"
     SCHEMA_COMPILED = "schema.compiled"
     PREFIX_REUSED = "cache.prefix_reused"
     # budget cage
@@ -120,6 +122,8 @@ class EventType(StrEnum):
     WORKFLOW_RESUMED = "workflow.resumed"
     WORKFLOW_PREEMPTED = "workflow.preempted"
     WORKFLOW_ABORTED = "workflow.aborted"
+    # workers of a cluster (Temporal + Redis)
+    WORKER_STATUS = "scale.worker"
     # runtime
     RUNTIME_STARTED = "runtime.started"
     RUNTIME_STOPPED = "runtime.stopped"
@@ -141,6 +145,8 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.HUMAN_ANSWERED: P.HumanAnswered,
         EventType.REQUEST_VERIFIED: P.RequestVerified,
         EventType.FIELD_REPAIRED: P.FieldRepaired,
+        EventType.REQUEST_SUSPENDED: P.RequestSuspended,
+        EventType.REQUEST_CONTINUED: P.RequestContinued,
         EventType.SCHEMA_COMPILED: P.SchemaCompiled,
         EventType.PREFIX_REUSED: P.PrefixReused,
         EventType.BUDGET_SET: P.BudgetSet,
@@ -203,6 +209,7 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.WORKFLOW_RESUMED: P.WorkflowControlChanged,
         EventType.WORKFLOW_PREEMPTED: P.WorkflowControlChanged,
         EventType.WORKFLOW_ABORTED: P.WorkflowControlChanged,
+        EventType.WORKER_STATUS: P.WorkerStatus,
         EventType.RUNTIME_STARTED: P.RuntimeStarted,
         EventType.RUNTIME_STOPPED: P.RuntimeStopped,
         EventType.LOG: P.Log,

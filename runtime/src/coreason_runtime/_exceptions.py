@@ -42,6 +42,9 @@ The hierarchy::
     │   │   │                                      field the value lacks: a bug, never retried
     │   │   └── VerifierTimeoutError (+TimeoutError) a verifier did not return in time
     │   └── ThunkError (+LookupError) ............ unknown or cyclic thunk, expander failed
+    ├── PrecisionError (+ValueError) ............. per-operator precision maps
+    │   ├── PrecisionBudgetError ................. a map breaks its quality budget: refused
+    │   └── PrecisionMapError .................... a map for other weights, or unreadable
     ├── SchedulerError ........................... DAGs, critical-path and slack schedulers
     │   ├── InvalidDAGError ...................... malformed DAG or task (not a ValueError:
     │   │   │                                      raised inside pydantic validators, unwrapped)
@@ -131,6 +134,9 @@ __all__ = [
     "NoConsumerError",
     "NonFiniteStateError",
     "OracleSchemaLimitError",
+    "PrecisionBudgetError",
+    "PrecisionError",
+    "PrecisionMapError",
     "PreconditionError",
     "ProtocolError",
     "RateLimitError",
@@ -504,6 +510,32 @@ class VerifierTimeoutError(VerifierError, TimeoutError):
 
 class ThunkError(DecodeError, LookupError):
     """A thunk is unknown, cyclic, or its expander failed; nothing was spliced."""
+
+
+# --- per-operator precision ----------------------------------------------------------------
+
+
+class PrecisionError(CoreasonError, ValueError):
+    """A per-operator precision map cannot be built, read or applied."""
+
+
+class PrecisionBudgetError(PrecisionError):
+    """A precision map breaks its quality budget, so it is refused.
+
+    ``measured`` holds what validation found (perplexity increase, KL, greedy agreement) and
+    ``budget`` the limits it was held to.
+    """
+
+    def __init__(
+        self, message: str, *, measured: dict[str, float], budget: dict[str, float | None]
+    ) -> None:
+        super().__init__(message, tier="local")
+        self.measured = dict(measured)
+        self.budget = dict(budget)
+
+
+class PrecisionMapError(PrecisionError):
+    """A precision map names other weights or other modules, or cannot be read."""
 
 
 # --- scheduling ----------------------------------------------------------------------------

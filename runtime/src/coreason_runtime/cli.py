@@ -1,4 +1,4 @@
-"""The `coreason` command: ask, serve, budget, models, worker, bench."""
+"""The `coreason` command: ask, serve, budget, models, worker, cluster, bench."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 from coreason_runtime._exceptions import CoreasonError
 from coreason_runtime._signals import interrupt_summary
+from coreason_runtime.models._cli import add_arguments as models_arguments
+from coreason_runtime.scale._cluster_cli import add_arguments as cluster_arguments
 from coreason_runtime.serve._cli import add_arguments as serve_arguments
 
 __all__ = ["build_parser", "main"]
@@ -133,11 +135,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from coreason_runtime.models import _cli
-
-    if args.action == "pull":
-        return int(_cli.cmd_pull(args) or 0)
-    return int(_cli.cmd_list(args) or 0)
+    return int(args.models_func(args) or 0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -148,24 +146,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Temporal worker executing structured requests on this machine's runtime."""
-    import asyncio
+    import os
 
-    from coreason_runtime.scale import make_worker
+    from coreason_runtime.scale import WorkerOptions, run_worker
 
-    async def run() -> None:
-        from temporalio.client import Client
-
-        client = await Client.connect(args.temporal)
-        with _runtime(args) as rt:
-            worker = make_worker(client, rt, task_queue=args.queue)
-            print(
-                f"worker on task queue {args.queue!r} at {args.temporal}; Ctrl-C stops it",
-                file=sys.stderr,
-            )
-            await worker.run()
-
-    asyncio.run(run())
+    redis_url = args.redis or os.environ.get("COREASON_REDIS_URL")
+    if not redis_url:
+        msg = "coreason worker needs the deployment's Redis: --redis URL or COREASON_REDIS_URL"
+        raise SystemExit(msg)
+    run_worker(
+        WorkerOptions(
+            redis_url=redis_url,
+            temporal=args.temporal,
+            deployment=args.deployment,
+            name=args.name,
+            task_queue=args.queue,
+            concurrency=args.concurrency,
+            setup=args.setup,
+            model=args.model,
+        )
+    )
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Start (``up``), stop (``down``) or show (``status``) a deployment on this machine."""
+    from coreason_runtime.scale._cluster_cli import run
+
+    return run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -222,16 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(func=cmd_budget)
 
-    models = sub.add_parser("models", help="provision / list local models")
-    models.add_argument("action", choices=["pull", "list"], nargs="?", default="list")
-    models.add_argument("name", nargs="?", default=None)
+    models = sub.add_parser("models", help="provision / list local models, precision maps")
+    models_arguments(models)
     models.set_defaults(func=cmd_models)
 
     worker = sub.add_parser("worker", help="run a Temporal worker for structured requests")
     worker.add_argument("--temporal", default="127.0.0.1:7233", help="Temporal frontend address")
+    worker.add_argument("--redis", default=None, help="the deployment's Redis URL")
+    worker.add_argument("--deployment", default="default")
+    worker.add_argument("--name", default=None, help="this worker's name (default host-pid)")
     worker.add_argument("--queue", default="coreason")
+    worker.add_argument("--concurrency", type=int, default=4, help="requests at once")
+    worker.add_argument("--setup", default=None, help="module:function called with the runtime")
     worker.add_argument("--model", default=None)
     worker.set_defaults(func=cmd_worker)
+
+    cluster = sub.add_parser("cluster", help="Temporal, Redis and N workers on this machine")
+    cluster_arguments(cluster)
+    cluster.set_defaults(func=cmd_cluster)
 
     bench = sub.add_parser("bench", help="run a benchmark (writes its row to BENCHMARKS.md)")
     bench.add_argument("name", nargs="?", default=None)

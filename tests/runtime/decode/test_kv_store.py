@@ -319,3 +319,12 @@ def test_blocks_of_a_cuda_cache_stay_on_the_device_and_come_back_from_disk(
     assert restarted.lookup(A, again) == len(A)
     assert again.layers[0].keys.device.type == "cuda"
     assert torch.equal(cache_kv(again).cpu(), toy_kv(A))
+
+
+def test_a_precision_map_names_its_own_kv_space() -> None:
+    from coreason_runtime.decode._blocks import precision_id
+
+    assert precision_id({}) == ""
+    a = precision_id({"model.layers.0.mlp": "bf16"})
+    assert a != precision_id({"model.layers.0.mlp": "int8"}) and len(a) == 16
+    assert toy_space(precision=a).id != toy_space().id

@@ -214,3 +214,20 @@ def test_a_thunk_forced_on_a_demoted_session_splices_into_the_restored_kv(
     assert ex.resolve() == ["da"]
     assert not s.demoted and "a = 3x^2\n" in s.output_text
     assert_consistent(s)
+
+
+def test_a_demoted_session_frees_its_cache_memory(engine: DecodeEngine, bus: EventBus) -> None:
+    import gc
+    import weakref
+
+    s = engine.session(PROMPT, max_new_tokens=12, sampler=HOT, kv=tiny_store(engine, None, bus))
+    s.run(max_steps=4)
+    keys = s.cache.layers[0].keys
+    storage = weakref.ref(keys if keys._base is None else keys._base)
+    del keys
+    s.pause()
+    gc.collect()
+    assert s.demoted and storage() is None  # neither the tensors nor a growth buffer remain
+    s.resume()
+    s.run()
+    assert_consistent(s)

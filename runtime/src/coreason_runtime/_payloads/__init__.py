@@ -55,6 +55,7 @@ from coreason_runtime._payloads._runtime import (
     RuntimeStopped,
     WorkflowControlChanged,
 )
+from coreason_runtime._payloads._scale import RequestContinued, RequestSuspended, WorkerStatus
 from coreason_runtime._payloads._sched import (
     CriticalPath,
     DagSubmitted,
@@ -131,9 +132,11 @@ __all__ = [
     "RbfGated",
     "RbfGrown",
     "RbfPruned",
+    "RequestContinued",
     "RequestFailed",
     "RequestFinished",
     "RequestStarted",
+    "RequestSuspended",
     "RequestVerified",
     "RuntimeStarted",
     "RuntimeStopped",
@@ -160,6 +163,7 @@ __all__ = [
     "TxnRecovered",
     "VerifierFailed",
     "WhatIfDecided",
+    "WorkerStatus",
     "WorkflowControlChanged",
     "Yielded",
 ]

@@ -23,12 +23,14 @@ __all__ = [
 
 
 class DecodeStarted(EventPayload):
-    """``decode.started``: a session began decoding after ``prompt_tokens`` of prompt."""
+    """``decode.started``: a session began decoding after ``prompt_tokens`` of prompt, on a
+    model whose weights run in ``precision`` (``fp32``, or a summary of its precision map)."""
 
     session: str
     offset: int
     prompt_tokens: int
     priority: int
+    precision: str
 
 
 class DecodePaused(EventPayload):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from coreason_runtime._exceptions import (
@@ -13,13 +15,18 @@ from coreason_runtime._exceptions import (
     UnknownWorkflowError,
 )
 from coreason_runtime.budget._models import Charge, LeaseGrowth, Ledger, ReservationRecord
+from coreason_runtime.budget._owners import owner_gone
 from coreason_runtime.budget._sqlite import RECOVERED_NOTE, recovered_charge
 
 __all__ = ["RedisLedgerBackend"]
 
-# KEYS[1] ledger hash, KEYS[2] reservation hash; ARGV: want, minimum, record json, id
+# KEYS[1] ledger hash, KEYS[2] reservation hash; ARGV: want, minimum, record json, id.
+# A reservation already held is granted again unchanged: the client resends a script whose
+# reply a dropped connection lost (a Redis restart), and it must not be reserved twice.
 _RESERVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local held = redis.call('HGET', KEYS[2], ARGV[4] .. ':granted')
+if held then return {1, held} end
 local ceiling = redis.call('HGET', KEYS[1], 'ceiling')
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
@@ -122,6 +129,17 @@ return 1
 _SETTLED_TTL_S = 7 * 24 * 3600
 
 
+_FOREIGN_ORPHAN_AFTER_S = 3600.0
+
+
+def local_owner_gone(record: ReservationRecord) -> bool:
+    """Whether ``record``'s owner is gone: by pid and start time on this host; on another
+    host (whose processes this one cannot see) once the reservation is an hour old."""
+    if record.host == socket.gethostname():
+        return owner_gone(record.pid, record.created)
+    return record.created < time.time() - _FOREIGN_ORPHAN_AFTER_S
+
+
 class RedisLedgerBackend:
     """Ledgers as Redis hashes under ``prefix``; every read-check-write is one Lua script.
 
@@ -131,9 +149,20 @@ class RedisLedgerBackend:
         ``redis://host:port/db``.
     prefix:
         Key namespace, so several projects can share one server.
+    owner_gone:
+        ``owner_gone(record) -> bool``: whether the process that made a reservation is gone,
+        so the reservation is an orphan. By default a process of this host is tested by pid
+        and start time, and another host's reservation counts as orphaned after an hour; a
+        cluster passes its workers' liveness (``coreason_runtime.scale``).
     """
 
-    def __init__(self, url: str, prefix: str = "coreason:budget") -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "coreason:budget",
+        *,
+        owner_gone: Callable[[ReservationRecord], bool] | None = None,
+    ) -> None:
         try:
             import redis
         except ImportError as e:
@@ -141,6 +170,7 @@ class RedisLedgerBackend:
         self._redis_mod = redis
         self.url = url
         self.prefix = prefix
+        self.owner_gone = owner_gone or local_owner_gone
         self._r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0)
         try:
             self._reserve = self._r.register_script(_RESERVE)
@@ -324,16 +354,15 @@ class RedisLedgerBackend:
         return [Charge.model_validate_json(x) for x in raw]
 
     def orphans(self) -> list[ReservationRecord]:
-        # Reservations in a shared store belong to many hosts; a record older than an hour
-        # whose request never settled is treated as orphaned.
+        # Reservations in a shared store belong to many hosts and processes: `owner_gone`
+        # says which owners are gone.
         raw = self._call(self._r.hgetall, f"{self.prefix}:reservations")
-        cutoff = time.time() - 3600
         out = []
         for key, value in raw.items():
             if key.endswith(":granted"):
                 continue
             rec = ReservationRecord.model_validate(json.loads(value))
-            if rec.created < cutoff:
+            if self.owner_gone(rec):
                 granted = float(raw.get(f"{key}:granted", rec.granted))
                 out.append(rec.model_copy(update={"granted": granted}))
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from coreason_runtime.decode._blocks import BlockRef, KVSpace, chain_of
 from coreason_runtime.decode._checkers import SchemaVerifier, UnitsVerifier
-from coreason_runtime.decode._engine import DecodeEngine, Preemptible
+from coreason_runtime.decode._engine import DecodeEngine, Preemptible, TokenGroups
 from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, tokenizer_info
 from coreason_runtime.decode._kv import KVSnapshot, crop_to, kv_max_abs_diff
 from coreason_runtime.decode._offsets import TokenText
@@ -62,6 +62,7 @@ __all__ = [
     "StepFailure",
     "SympyVerifier",
     "Thunk",
+    "TokenGroups",
     "TokenText",
     "TokenizerInfo",
     "UnitsVerifier",

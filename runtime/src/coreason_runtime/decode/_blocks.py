@@ -30,7 +30,7 @@ __all__ = [
     "block_tensors",
     "chain_of",
     "fill_cache",
-    "release_cache",
+    "precision_id",
     "tokenizer_fingerprint",
 ]
 
@@ -85,6 +85,14 @@ class KVSpace:
             block_tokens=block_tokens,
             precision=precision,
         )
+
+
+def precision_id(modules: dict[str, str]) -> str:
+    """16 hex digits naming a precision map's module formats ("" when every module is fp32)."""
+    if not modules:
+        return ""
+    text = json.dumps(sorted(modules.items()))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -165,11 +173,3 @@ def fill_cache(cache: DynamicCache, layers: Sequence[Sequence[torch.Tensor]], le
             have[idx].keys, have[idx].values = keys, values
         else:
             cache.update(keys, values, idx)
-
-
-def release_cache(cache: DynamicCache) -> None:
-    """Drop every layer's tensors, so their memory is freed (a crop keeps views of it)."""
-    layers: list[Any] = list(cache.layers)
-    for layer in layers:
-        layer.keys = layer.values = None
-        layer.is_initialized = False

@@ -75,7 +75,10 @@ class SessionEdit:
 
     def forward(self, ids: Sequence[int]) -> torch.Tensor:
         """Append ``ids`` to the KV (not interruptible); the next-token logits."""
-        logits = self.session.engine.forward(self.session, ids, interruptible=False)
+        engine = self.session.engine  # repaired spans run at full precision with token groups
+        logits = engine.forward(
+            self.session, ids, interruptible=False, high=engine.token_groups is not None
+        )
         self.session._kv_len += len(ids)
         return logits
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from coreason_runtime._coordinator import Coordinator
 
-__all__ = ["DecodeEngine", "Preemptible"]
+__all__ = ["DecodeEngine", "Preemptible", "TokenGroups"]
 
 logger = logging.getLogger("coreason_runtime.decode")
 
@@ -40,6 +41,29 @@ class Preemptible(SchedPreemptible, Protocol):
 
     @property
     def priority(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """Per-token-group precision: which forward passes use the full-precision copies that a
+    precision map keeps of its most sensitive layers (``PrecisionMap.sensitive``).
+
+    A step whose sampled distribution had at least ``entropy`` nats (the cheap run-time
+    probe) runs the next forward pass at full precision, and so does every forward pass of
+    an edit (a span being repaired).
+    """
+
+    entropy: float = 2.0
+
+
+def precision_label(pmap: Any) -> str:
+    """``fp32``, or a one-line summary of the precision map a model was loaded with."""
+    if pmap is None or not pmap.modules:
+        return "fp32"
+    counts = ", ".join(f"{n} {fmt}" for fmt, n in pmap.counts().items())
+    v = pmap.validation
+    quality = f"; perplexity {100 * v.ppl_increase:+.2f}%" if v is not None else ""
+    return f"POPB map: {counts} modules{quality}"
 
 
 class DecodeEngine:
@@ -83,6 +107,10 @@ class DecodeEngine:
         # False: a pause waits for the token step to end (the baseline the benchmark measures)
         self.layer_checks = True
         self.gate = LayerGate.for_model(self.model)
+        # set by a precision map that keeps full-precision copies (models._formats)
+        self.switch: Any = getattr(self.model, "precision_switch", None)
+        self.token_groups: TokenGroups | None = None
+        self.precision = precision_label(getattr(self.model, "precision_map", None))
         eos = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
         for extra in ("<|im_end|>", "<|endoftext|>"):
             tid = tokenizer.convert_tokens_to_ids(extra)
@@ -177,14 +205,26 @@ class DecodeEngine:
     # --- the forward pass --------------------------------------------------------------------
 
     def forward(
-        self, session: SessionFields, ids: Sequence[int], *, interruptible: bool
+        self,
+        session: SessionFields,
+        ids: Sequence[int],
+        *,
+        interruptible: bool,
+        high: bool = False,
     ) -> torch.Tensor:
         """Append ``ids`` to ``session.cache``; returns the next-token logits (1-D, float32).
 
         With ``interruptible`` the session's :meth:`~DecodeSession.layer_check` runs at every
-        layer boundary (a pause raises ``Interrupted``; the caller crops the cache back).
+        layer boundary (a pause raises ``Interrupted``; the caller crops the cache back). With
+        ``high`` the layers a precision map keeps in two precisions run their fp32 copy.
         """
-        return self._run(session.cache, ids, session if interruptible else None)
+        if not high or self.switch is None:
+            return self._run(session.cache, ids, session if interruptible else None)
+        self.switch.high = True
+        try:
+            return self._run(session.cache, ids, session if interruptible else None)
+        finally:
+            self.switch.high = False
 
     def _run(
         self, cache: DynamicCache, ids: Sequence[int], session: SessionFields | None

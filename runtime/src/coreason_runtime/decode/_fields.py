@@ -70,11 +70,14 @@ class Step:
 
 @dataclass
 class Timings:
-    """Seconds a session spent in each part of its steps (per-token breakdowns)."""
+    """Seconds a session spent in each part of its steps (per-token breakdowns), and how many
+    forward passes ran with full-precision copies (per-token-group precision)."""
 
     prefill: float = 0.0
     forward: float = 0.0
     mask: float = 0.0
+    sample: float = 0.0
+    high_steps: int = 0
 
 
 class SessionFields:
@@ -102,6 +105,7 @@ class SessionFields:
     timings: Timings
     kv: BlockStore | None
     _kv_held: Held | None
+    step_entropy: float = 0.0  # of the last sampled distribution, while token groups are on
     _tokens: list[int]
     _origins: list[Origin]
     _kv_len: int

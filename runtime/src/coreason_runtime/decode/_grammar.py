@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,17 @@ def tokenizer_info(obj: Any, *, n_vocab: int | None = None) -> TokenizerInfo | N
     return info
 
 
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _helper() -> ThreadPoolExecutor:
+    """The one helper thread that computes grammar masks while forward passes run."""
+    with _TOKINFO_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="coreason-mask"))
+        return _POOL[0]
+
+
 def new_matcher(info: TokenizerInfo, grammar: str) -> Any:
     """A fresh llguidance ``LLMatcher`` for ``grammar`` (Lark, regex or JSON grammar string).
 
@@ -106,15 +118,68 @@ class GrammarMask:
 
     :meth:`apply` is the runtime's one masking function. The bitmask is written in place by
     llguidance and unpacked with numpy (llguidance's torch kernel compiles for tens of
-    seconds on a CPU at its first call).
+    seconds on a CPU at its first call). :meth:`prefetch` computes the next mask on a helper
+    thread (llguidance and numpy release the GIL) while the caller runs the forward pass;
+    every use of the matcher first waits for that computation.
     """
 
     def __init__(self, matcher: Any, info: TokenizerInfo) -> None:
         import numpy as np
 
-        self.matcher = matcher
+        self._matcher = matcher
         self.info = info
         self._bits = np.zeros((info.vocab_size + 31) // 32, dtype=np.int32)
+        self._pending: Future[None] | None = None
+        self._forbid: Any = None  # torch bool tensor of the current state, once computed
+
+    @property
+    def matcher(self) -> Any:
+        """The llguidance matcher, for a caller that may change its state (after any mask
+        computation in flight has finished; the computed mask is dropped)."""
+        m = self._m()
+        self._forbid = None
+        return m
+
+    def _m(self) -> Any:
+        """The matcher, once no helper thread is using it."""
+        self._settle()
+        return self._matcher
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _compute(self) -> None:
+        """Fill the bitmask and the forbidden-token tensor for the matcher's current state."""
+        import numpy as np
+        import torch
+
+        m = self._matcher
+        m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        if m.is_error():
+            self._forbid = None
+            return
+        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")
+        self._forbid = torch.from_numpy(allowed[: self.info.vocab_size] == 0)
+
+    def prefetch(self) -> None:
+        """Start computing the mask of the current state on the helper thread."""
+        if self._pending is None and self._forbid is None:
+            self._pending = _helper().submit(self._compute)
+
+    def _forbidden(self) -> Any:
+        self._settle()
+        if self._forbid is None:
+            self._compute()
+        m = self._matcher
+        if m.is_error() or self._forbid is None:
+            msg = f"grammar error: {m.get_error()}"
+            raise GrammarDeadEndError(msg)
+        if bool(self._forbid.all()):
+            msg = "the grammar allows no token here"
+            raise GrammarDeadEndError(msg)
+        return self._forbid
 
     def allowed(self) -> np.ndarray[Any, Any]:
         """A boolean array over the vocabulary: the tokens the grammar allows next.
@@ -124,26 +189,14 @@ class GrammarMask:
         GrammarDeadEndError
             The matcher is in error, or allows no token at all.
         """
-        import numpy as np
-
-        m = self.matcher
-        m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-        if m.is_error():
-            msg = f"grammar error: {m.get_error()}"
-            raise GrammarDeadEndError(msg)
-        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")
-        allowed = allowed[: self.info.vocab_size].astype(bool)
-        if not allowed.any():
-            msg = "the grammar allows no token here"
-            raise GrammarDeadEndError(msg)
-        return allowed
+        out: np.ndarray[Any, Any] = (~self._forbidden()).numpy()
+        return out
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (1-D) with every token the grammar forbids set to ``-inf`` (a copy)."""
         import torch
 
-        allowed = self.allowed()[: logits.shape[-1]]
-        forbid = torch.from_numpy(~allowed)
+        forbid = self._forbidden()[: logits.shape[-1]]
         if forbid.shape[0] < logits.shape[-1]:  # logits wider than the tokenizer: never allowed
             pad = torch.ones(logits.shape[-1] - forbid.shape[0], dtype=torch.bool)
             forbid = torch.cat([forbid, pad])
@@ -157,8 +210,9 @@ class GrammarMask:
         GrammarDeadEndError
             The grammar rejects the token.
         """
-        if not self.matcher.consume_token(token):
-            msg = f"grammar rejected token {token}: {self.matcher.get_error()}"
+        m = self.matcher
+        if not m.consume_token(token):
+            msg = f"grammar rejected token {token}: {m.get_error()}"
             raise GrammarDeadEndError(msg)
 
     def rollback(self, n: int) -> None:
@@ -169,13 +223,13 @@ class GrammarMask:
     @property
     def stopped(self) -> bool:
         """The grammar is complete and allows nothing more."""
-        return bool(self.matcher.is_stopped())
+        return bool(self._m().is_stopped())
 
     @property
     def accepting(self) -> bool:
         """What was consumed so far is a complete value."""
-        return bool(self.matcher.is_accepting())
+        return bool(self._m().is_accepting())
 
     def copy(self) -> GrammarMask:
         """An independent mask at the same grammar state (checkpoints)."""
-        return GrammarMask(self.matcher.deep_copy(), self.info)
+        return GrammarMask(self._m().deep_copy(), self.info)

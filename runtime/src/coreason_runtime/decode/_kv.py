@@ -1,4 +1,12 @@
-"""KV-cache surgery on a transformers DynamicCache: crop per layer, snapshot, splice, compare."""
+"""KV-cache surgery on a transformers DynamicCache: crop per layer, snapshot, splice, compare.
+
+The caches the runtime makes (:func:`new_cache`) hold each layer's keys and values in a
+buffer that grows by doubling (:class:`GrowingLayer`): appending a token writes in place
+instead of concatenating (which copies the whole layer and allocates every token). A layer's
+``keys``/``values`` are views of that buffer, valid until the layer is next updated; crops
+are views too, and a layer whose tensors were replaced from outside (a restored snapshot) is
+copied back into a buffer at its next update.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +17,96 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache
 
-__all__ = ["KVSnapshot", "crop_to", "kv_length", "kv_max_abs_diff", "new_cache"]
+__all__ = ["KVSnapshot", "crop_to", "kv_length", "kv_max_abs_diff", "new_cache", "release_cache"]
+
+_LAYER_CLASS: list[type] = []
+
+
+def _growing_layer() -> type:
+    """The :class:`GrowingLayer` class (built on first use: transformers is imported lazily)."""
+    if _LAYER_CLASS:
+        return _LAYER_CLASS[0]
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc,no-untyped-call]  # untyped base
+        """A DynamicLayer whose keys and values are views of a buffer grown by doubling."""
+
+        keys: Any
+        values: Any
+
+        def __init__(self) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]  # transformers is untyped
+            self._kbuf: torch.Tensor | None = None
+            self._vbuf: torch.Tensor | None = None
+
+        def _backed(self, n: int, new: torch.Tensor) -> bool:
+            buf = self._kbuf
+            if buf is None or buf.shape[:-2] != new.shape[:-2] or buf.dtype != new.dtype:
+                return False
+            if n == 0:
+                return True
+            keys = self.keys
+            return bool(keys.data_ptr() == buf.data_ptr() and keys.stride() == buf.stride())
+
+        def _regrow(self, n: int, new: torch.Tensor, capacity: int) -> None:
+            shape = (*new.shape[:-2], capacity, new.shape[-1])
+            kbuf = torch.empty(shape, dtype=new.dtype, device=new.device)
+            vbuf = torch.empty(shape, dtype=new.dtype, device=new.device)
+            if n:
+                kbuf[..., :n, :].copy_(self.keys[..., :n, :])
+                vbuf[..., :n, :].copy_(self.values[..., :n, :])
+            self._kbuf, self._vbuf = kbuf, vbuf
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.get_seq_length()
+            end = n + key_states.shape[-2]
+            if not self._backed(n, key_states) or end > self._kbuf.shape[-2]:  # type: ignore[union-attr]
+                self._regrow(n, key_states, max(64, 2 * end))
+            kbuf, vbuf = self._kbuf, self._vbuf
+            assert kbuf is not None and vbuf is not None
+            kbuf[..., n:end, :].copy_(key_states)
+            vbuf[..., n:end, :].copy_(value_states)
+            self.keys, self.values = kbuf[..., :end, :], vbuf[..., :end, :]
+            return self.keys, self.values
+
+        def reset(self) -> None:
+            self._kbuf = self._vbuf = None
+            super().reset()
+
+    _LAYER_CLASS.append(GrowingLayer)
+    return GrowingLayer
 
 
 def new_cache(config: Any) -> DynamicCache:
-    """An empty DynamicCache for a model with ``config``."""
+    """An empty DynamicCache for a model with ``config``, its full-attention layers growing
+    in place (:class:`GrowingLayer`)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
-    return DynamicCache(config=config)
+    cache = DynamicCache(config=config)
+    layer_class = _growing_layer()
+    layers: list[Any] = cache.layers
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer:  # sliding-window layers keep their own rules
+            layers[i] = layer_class()
+    return cache
+
+
+def release_cache(cache: DynamicCache) -> None:
+    """Drop every layer's tensors and growth buffers, so their memory is freed (a crop keeps
+    views of it; a :class:`GrowingLayer` keeps its buffer)."""
+    layers: list[Any] = list(cache.layers)
+    for layer in layers:
+        growing = bool(_LAYER_CLASS) and isinstance(layer, _LAYER_CLASS[0])
+        if growing:  # (a flag, not a narrowing: the class is built at run time)
+            layer._kbuf = layer._vbuf = None
+        layer.keys = layer.values = None
+        layer.is_initialized = False
 
 
 def kv_length(cache: DynamicCache) -> int:

@@ -267,6 +267,7 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
                 offset=len(self._tokens),
                 prompt_tokens=self.prompt_len,
                 priority=self._priority,
+                precision=self.engine.precision,
             )
 
     def control(self, state: ControlState) -> None:

@@ -24,6 +24,7 @@ from coreason_runtime.decode._fields import (
     SessionFields,
 )
 from coreason_runtime.decode._kv import crop_to
+from coreason_runtime.models._probe import step_entropy
 
 if TYPE_CHECKING:
     import torch
@@ -54,8 +55,12 @@ class SessionSteps(SessionFields):
     def _forward(self, ids: Sequence[int]) -> torch.Tensor | None:
         """Append ``ids`` to the KV; None if a pause or cancel abandoned the pass (cropped)."""
         base = self._kv_len
+        groups = self.engine.token_groups
+        high = groups is not None and self._prefilled and self.step_entropy >= groups.entropy
         try:
-            return self.engine.forward(self, ids, interruptible=True)
+            logits = self.engine.forward(self, ids, interruptible=True, high=high)
+            self.timings.high_steps += high
+            return logits
         except Interrupted:
             crop_to(self.cache, base)
             return None
@@ -117,8 +122,12 @@ class SessionSteps(SessionFields):
             self.meter.check(tokens_out=1)  # stop *before* a token the budget cannot pay
         assert self.next_logits is not None
         logits = self._masked(self.next_logits)
+        t0 = time.perf_counter()
         rng = self.generator.get_state()
         tok = self.sampler.sample(logits, self.generator)
+        if self.engine.token_groups is not None:
+            self.step_entropy = step_entropy(logits)
+        self.timings.sample += time.perf_counter() - t0
         if tok in self.engine.stop_ids:
             if self.meter is not None:
                 self.meter.charge(tokens_out=1)  # it was sampled: it is paid for
@@ -168,6 +177,8 @@ class SessionSteps(SessionFields):
         if last:  # the final token's forward pass is deferred until something needs it
             self.next_logits = None
         else:
+            if self.grammar is not None:  # the next mask is computed while the forward runs
+                self.grammar.prefetch()
             t0 = time.perf_counter()
             logits = self._forward([tok])
             if logits is None:  # abandoned: redo this step identically later

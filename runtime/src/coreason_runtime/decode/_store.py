@@ -34,6 +34,7 @@ from coreason_runtime.decode._blocks import (
     KVSpace,
     block_tensors,
     chain_of,
+    precision_id,
 )
 from coreason_runtime.decode._disk import DiskTier
 from coreason_runtime.decode._kv import kv_length
@@ -172,12 +173,15 @@ class BlockStore(RestoreMixin, MovesMixin):
 
         cfg = rt.config
         loaded = load_model(cfg.model)
+        # a per-operator precision map changes the keys and values: its formats name the space
+        modules = loaded.precision.modules if loaded.precision is not None else {}
         space = KVSpace.of(
             loaded.model,
             loaded.tokenizer,
             name=loaded.name,
             revision=loaded.revision,
             block_tokens=cfg.kv_block_tokens,
+            precision=precision_id(modules),
         )
         return cls(
             space,

@@ -12,8 +12,8 @@ else (the token loop, span repair, thunk splicing, checkpoints) sees an ordinary
 from __future__ import annotations
 
 from coreason_runtime._exceptions import SessionStateError
-from coreason_runtime.decode._blocks import release_cache
 from coreason_runtime.decode._fields import SessionFields, SessionState
+from coreason_runtime.decode._kv import release_cache
 
 __all__ = ["SessionTiering"]
 

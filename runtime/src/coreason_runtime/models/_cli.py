@@ -1,9 +1,10 @@
-"""Handlers for `coreason models pull|list`: argparse Namespace in, exit code out."""
+"""Handlers for `coreason models pull|list|precision`: argparse Namespace in, exit code out."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -15,23 +16,43 @@ __all__ = ["add_arguments", "cmd_list", "cmd_pull"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``pull``/``list`` subcommands to a ``models`` parser (optional helper)."""
-    sub = parser.add_subparsers(dest="models_command", required=True)
-    p = sub.add_parser("pull", help="convert/fetch a model for offline use")
+    """Add the ``pull``/``list``/``precision`` subcommands to a ``models`` parser."""
+    sub = parser.add_subparsers(dest="models_command")
+    parser.set_defaults(models_func=cmd_list, json=False, cache_dir=None, name=None)
+    p = sub.add_parser("pull", help="convert/fetch a model for offline use (and its precision map)")
     p.add_argument("name", nargs="?", default=None, help="model id, folder or .gguf file")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.set_defaults(func=cmd_pull)
+    p.add_argument(
+        "--no-precision", dest="precision", action="store_false", help="skip the precision map"
+    )
+    p.set_defaults(models_func=cmd_pull)
     ls = sub.add_parser("list", help="list local models")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--cache-dir", type=Path, default=None)
-    ls.set_defaults(func=cmd_list)
+    ls.set_defaults(models_func=cmd_list)
+    from coreason_runtime.models._precision_cli import add_precision_arguments
+
+    add_precision_arguments(sub)
 
 
 def cmd_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Provision ``args.name`` (default model when absent); prints the folder it loads from."""
+    """Provision ``args.name`` (default model when absent); prints the folder it loads from.
+
+    A converted model also gets its validated precision map unless ``--no-precision``.
+    """
     out = out or sys.stdout
+    if getattr(args, "precision", False):  # probing takes minutes: say what it is doing
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[coreason] %(message)s"))
+        log = logging.getLogger("coreason_runtime.models")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
-        folder = pull(getattr(args, "name", None), cache_dir=getattr(args, "cache_dir", None))
+        folder = pull(
+            getattr(args, "name", None),
+            cache_dir=getattr(args, "cache_dir", None),
+            precision=getattr(args, "precision", False),
+        )
     except CoreasonError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from coreason_runtime._exceptions import ConfigurationError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LayerGate", "decoder_layers"]
+__all__ = ["GateHook", "LayerGate", "decoder_layers"]
 
 Check = Callable[[], None]
 
@@ -46,6 +46,28 @@ def decoder_layers(model: Any) -> Sequence[Any]:
     raise ConfigurationError(msg)
 
 
+class GateHook:
+    """The forward pre-hook a :class:`LayerGate` puts on each decoder layer.
+
+    It holds its gate weakly and is shared, not copied, by ``copy.deepcopy`` (a copied model
+    keeps working; its own gate adds its own hooks).
+    """
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: LayerGate) -> None:
+        self._gate = weakref.ref(gate)
+
+    def __call__(self, module: Any, args: Any) -> None:
+        gate = self._gate()
+        check = None if gate is None else gate.check
+        if check is not None:
+            check()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GateHook:
+        return self
+
+
 class LayerGate:
     """The per-model hooks that run the calling thread's check at layer boundaries.
 
@@ -58,10 +80,12 @@ class LayerGate:
     def __init__(self, model: Any) -> None:
         self._local = threading.local()
         self._model_ref = weakref.ref(model)
-        self.handles = [
-            layer.register_forward_pre_hook(self._hook) for layer in decoder_layers(model)
-        ]
+        hook = GateHook(self)
+        self.handles = [layer.register_forward_pre_hook(hook) for layer in decoder_layers(model)]
         self._split_head = self._can_split(model)
+        from coreason_runtime.models._fast import FastStep
+
+        self._fast = FastStep.for_model(model)
 
     @classmethod
     def for_model(cls, model: Any) -> LayerGate:
@@ -101,33 +125,40 @@ class LayerGate:
         finally:
             self._local.check = previous
 
-    def _hook(self, module: Any, args: Any) -> None:
-        check = getattr(self._local, "check", None)
-        if check is not None:
-            check()
-
     # --- the forward pass --------------------------------------------------------------------
 
     def last_logits(self, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """Append ``input_ids`` (shape ``[1, n]``) to ``cache``; next-token logits (1-D, fp32).
 
         The caller holds whatever lock serialises the model and runs under ``no_grad`` or
-        ``inference_mode``. With a check installed and a splittable head, the head runs in
-        row blocks with the check between them.
+        ``inference_mode``. One new token of a Llama-family model takes the lean step
+        (:class:`~coreason_runtime.models._fast.FastStep`, checks between its layers);
+        anything else runs the model's own forward. With a check installed and a splittable
+        head, the head runs in row blocks with the check between them.
         """
         model = self._model_ref()
         assert model is not None
         check = self.check
+        fast = self._fast
+        if fast is not None and input_ids.shape[1] == 1 and fast.usable(cache):
+            return self._head(model, fast.hidden(input_ids, cache, check), check)
         if check is None or not self._split_head or self.head_rows <= 0:
             out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
             last: torch.Tensor = out.logits[0, -1].float()
             return last
-        import torch
-
         hidden = model.get_decoder()(
             input_ids=input_ids, cache=cache, use_cache=True
         ).last_hidden_state[0, -1]
+        return self._head(model, hidden, check)
+
+    def _head(self, model: Any, hidden: torch.Tensor, check: Check | None) -> torch.Tensor:
+        """The LM head on one hidden state; in row blocks with ``check`` between them."""
+        import torch
+
         head = model.get_output_embeddings()
+        if check is None or not self._split_head or self.head_rows <= 0:
+            out: torch.Tensor = head(hidden)
+            return out.float()
         parts = []
         for i, rows in enumerate(head.weight.split(self.head_rows)):
             if i:

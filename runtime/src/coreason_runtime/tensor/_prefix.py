@@ -55,7 +55,9 @@ class PrefixCache:
         tokens it already holds."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=config) if config is not None else DynamicCache()
+        from coreason_runtime.decode._kv import new_cache
+
+        cache = new_cache(config) if config is not None else DynamicCache()
         reused = self.blocks.lookup(list(prompt), cache, limit=len(prompt) - 1, session=session)
         if reused:
             self.hits += 1

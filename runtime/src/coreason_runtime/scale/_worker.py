@@ -1,0 +1,223 @@
+"""One worker of a deployment: its runtime, its control bridge, its registry entry, its reaper.
+
+``coreason worker --temporal HOST:7233 --redis URL`` runs :func:`run_worker`. The worker's
+ledgers are the deployment's (Redis); its controls are joined to every other member's by a
+:class:`ControlBridge`; it announces itself in the registry and beats; and a reaper settles the
+reservations of dead workers (at their last checkpoint) every few seconds, so a SIGKILLed
+worker's lease never blocks a budget for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from coreason_runtime._exceptions import ConfigurationError, LedgerBackendError
+from coreason_runtime.scale._activities import AskActivities
+from coreason_runtime.scale._ceilings import CeilingChanges
+from coreason_runtime.scale._control_bridge import ControlBridge
+from coreason_runtime.scale._registry import ClusterLiveness, WorkerRegistry
+from coreason_runtime.scale._temporal import make_worker
+from coreason_runtime.scale._workflow import TASK_QUEUE
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from coreason_runtime._coordinator import Coordinator
+    from coreason_runtime.budget import BudgetCage
+
+__all__ = ["ClusterWorker", "WorkerOptions", "cluster_runtime", "load_setup", "run_worker"]
+
+logger = logging.getLogger("coreason_runtime.scale")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How ``coreason worker`` runs (each has a command-line flag)."""
+
+    redis_url: str
+    temporal: str = "127.0.0.1:7233"
+    deployment: str = "default"
+    name: str | None = None
+    task_queue: str = TASK_QUEUE
+    concurrency: int = 4
+    setup: str | None = None
+    model: str | None = None
+    home: Path | None = None
+    reap_every: float = 2.0
+
+
+def load_setup(spec: str) -> Any:
+    """``"package.module:function"`` imported: a function called with the worker's runtime
+    before it takes work (to set its tiers, register verifiers ...)."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        msg = f"--setup must be 'module:function', got {spec!r}"
+        raise ConfigurationError(msg)
+    return getattr(importlib.import_module(module), name)
+
+
+def cluster_runtime(
+    redis_url: str,
+    deployment: str = "default",
+    *,
+    model: str | None = None,
+    home: Path | None = None,
+) -> Coordinator:
+    """A runtime whose ledgers and subgoal cache are the deployment's Redis, whose ledgers
+    know which owners of reservations are gone from the deployment's worker registry.
+
+    Every store shared by the deployment is wired here: the ledgers, the subgoal cache (through
+    ``redis_url``), and, once there is one, the KV disk tier's shared folder.
+    """
+    from coreason_runtime import Coordinator, RuntimeConfig
+    from coreason_runtime.budget import BudgetCage
+    from coreason_runtime.budget._redis import RedisLedgerBackend
+
+    overrides: dict[str, Any] = {"budget_backend": "redis", "redis_url": redis_url}
+    if model:
+        overrides["model"] = model
+    if home is not None:
+        overrides["home"] = home
+    rt = Coordinator(RuntimeConfig(**overrides))
+    # an engine of the runtime, so that closing the runtime closes its connection
+    liveness = rt.engine("cluster_liveness", lambda rt: ClusterLiveness(redis_url, deployment))
+
+    def budgets(rt: Coordinator) -> BudgetCage:
+        cage = BudgetCage.for_runtime(rt)  # the cage as configured, on the Redis store
+        if isinstance(cage.backend, RedisLedgerBackend):
+            cage.backend.owner_gone = liveness  # a worker elsewhere is gone when its beat is
+        return cage
+
+    rt.engine("budgets", budgets)
+    return rt
+
+
+class ClusterWorker:
+    """A Temporal worker on ``rt``, joined to its deployment (bridge, registry, reaper).
+
+    Use ``async with ClusterWorker(...)`` or :meth:`run` (until :meth:`stop`).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        rt: Coordinator,
+        *,
+        redis_url: str,
+        deployment: str = "default",
+        name: str | None = None,
+        task_queue: str = TASK_QUEUE,
+        concurrency: int = 4,
+        reap_every: float = 2.0,
+    ) -> None:
+        self.rt = rt
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.bridge = ControlBridge(
+            rt.controls,
+            rt.bus,
+            redis_url,
+            deployment=deployment,
+            member=self.name,
+            forward_events=True,
+        )
+        self.ceilings = CeilingChanges(rt.budgets, redis_url, deployment)
+        self.activities = AskActivities(
+            rt, worker=self.name, bridge=self.bridge, ceilings=self.ceilings
+        )
+        acts = self.activities
+        self.registry = WorkerRegistry(
+            redis_url,
+            deployment,
+            self.name,
+            task_queue,
+            rt.bus,
+            counts=lambda: (acts.running, acts.completed),
+        )
+        self.worker = make_worker(
+            client, rt, task_queue, activities=self.activities, concurrency=concurrency
+        )
+        self.reap_every = reap_every
+        self._stop = threading.Event()
+        self._stopped = asyncio.Event()
+        self._reaper: threading.Thread | None = None
+
+    def _reap(self) -> None:
+        while not self._stop.wait(self.reap_every):
+            try:
+                self.rt.budgets.backend.recover_orphans()
+            except LedgerBackendError:
+                logger.warning("worker %r: orphan recovery failed; retrying", self.name)
+
+    async def __aenter__(self) -> ClusterWorker:
+        self.bridge.start()
+        self.registry.start()
+        self._reaper = threading.Thread(target=self._reap, name="coreason-reaper", daemon=True)
+        self._reaper.start()
+        await self.worker.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.worker.__aexit__(*exc)
+        finally:
+            self._stop.set()
+            self.registry.stop()
+            self.bridge.close()
+            self.ceilings.close()
+            if self._reaper is not None:
+                self._reaper.join(timeout=5)
+
+    async def run(self) -> None:
+        """Work until :meth:`stop` (or SIGTERM / SIGINT when installed by :func:`run_worker`)."""
+        async with self:
+            await self._stopped.wait()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (from the worker's event loop)."""
+        self._stopped.set()
+
+
+def run_worker(opts: WorkerOptions) -> None:
+    """Run one worker until SIGTERM or Ctrl-C (``coreason worker --temporal ... --redis ...``)."""
+
+    async def main() -> None:
+        from temporalio.client import Client
+
+        client = await Client.connect(opts.temporal)
+        with cluster_runtime(
+            opts.redis_url, opts.deployment, model=opts.model, home=opts.home
+        ) as rt:
+            if opts.setup:
+                load_setup(opts.setup)(rt)
+            worker = ClusterWorker(
+                client,
+                rt,
+                redis_url=opts.redis_url,
+                deployment=opts.deployment,
+                name=opts.name,
+                task_queue=opts.task_queue,
+                concurrency=opts.concurrency,
+                reap_every=opts.reap_every,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.stop)
+            logger.warning(
+                "worker %r on task queue %r at %s (deployment %r)",
+                worker.name,
+                opts.task_queue,
+                opts.temporal,
+                opts.deployment,
+            )
+            await worker.run()
+
+    asyncio.run(main())
