@@ -275,6 +275,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)  # the 2 cores are shared with other jobs
     lm = load_model(device="cpu")
     engine = DecodeEngine(lm.model, lm.tokenizer)
+    counts = lm.precision.counts() if lm.precision is not None else {}
     space = KVSpace.of(lm.model, lm.tokenizer, name=lm.name, revision=lm.revision)
     home = Path(tempfile.mkdtemp(prefix="bench-kv-"))
     load = [os.getloadavg()[0]]
@@ -288,7 +289,7 @@ def main() -> None:
     finally:
         engine.close()
         shutil.rmtree(home, ignore_errors=True)
-    report(rows, paused, info, tpot, load)
+    report(rows, paused, info, tpot, load, counts)
 
 
 def report(
@@ -297,11 +298,14 @@ def report(
     info: dict[str, Any],
     tpot: list[object],
     load: list[float],
+    counts: dict[str, int],
 ) -> None:
     table = [[f"TTFT {r[0]} tokens ({r[1]} MB KV)", *r[2:]] for r in rows]
     ratio = info["all_ram"] / max(1, info["held"])
+    fmt = ", ".join(f"{n} modules {f}" for f, n in counts.items()) or "every module fp32"
     notes = f"""
-SmolLM2-135M-Instruct, fp32, CPU, torch threads {THREADS}; blocks of 64 tokens per layer, one
+SmolLM2-135M-Instruct on CPU with its precision map ({fmt}; KV in fp32), torch threads
+{THREADS}; blocks of 64 tokens per layer, one
 checksummed file per block and layer under a temporary `$COREASON_HOME/kv`. TTFT = prefix
 lookup + prefill of the remaining prompt (a 9-token question) + the first sampled token, on
 the real `DecodeSession` path; every restored continuation produced the same token as the
