@@ -93,6 +93,20 @@ def test_a_pause_in_one_runtime_parks_a_decode_in_another_until_resumed(
     worker.budgets.reset("wf")
     started = _seen(worker, EventType.TOKENS)
     parked = _seen(notebook, EventType.DECODE_PAUSED, source_prefix="w1/")
+    held = threading.Event()
+
+    def hold_until_the_intent_arrives(event: Any) -> None:
+        # The answer is a few tokens long: the decode waits after its first token until the
+        # notebook's pause has crossed Redis, so it cannot finish before the intent lands.
+        if not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 30
+            while worker.controls.state("wf") is not ControlState.PAUSED:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+
+    worker.bus.subscribe(hold_until_the_intent_arrives, EventType.TOKENS)
     t, out = _in_thread(lambda: _ask(worker))
     assert started.wait(30)
     notebook.controls.pause("wf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -108,11 +109,19 @@ def test_plan_change_during_the_run_kills_its_process_group(tt: ToolTransactions
     assert tt.drop_consumer("sim-1") == [txn.id]
     with pytest.raises(TransactionAbortedError):
         future.result(timeout=10)
-    assert not [
-        p
-        for p in group
-        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-    ]
+
+    def alive() -> list[int]:
+        out = []
+        for p in group:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+        return out
+
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously: give it a moment
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
     assert tt.log.get(txn.id)["state"] == "aborted"
 
 

@@ -83,7 +83,7 @@ class Reservation:
         self.tokens_out = 0
         self._lock = threading.Lock()
         self._settled = False
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = 0.0  # the first charge (the prompt) is made durable at once
         self.exceeded = False
         self.waited = 0.0  # seconds spent waiting for room, over the lease's life
 

@@ -157,16 +157,18 @@ class ControlBridge:
     # --- outgoing ------------------------------------------------------------------------------
 
     @property
-    def _relaying(self) -> bool:
-        return bool(getattr(self._local, "relaying", False))
+    def _relaying(self) -> str | None:
+        """What this thread is relaying from another member: ``"intent"``, ``"event"``, None."""
+        mode = getattr(self._local, "relaying", None)
+        return mode if isinstance(mode, str) else None
 
     @contextmanager
-    def _from_remote(self) -> Iterator[None]:
-        self._local.relaying = True
+    def _from_remote(self, kind: str) -> Iterator[None]:
+        self._local.relaying = kind
         try:
             yield
         finally:
-            self._local.relaying = False
+            self._local.relaying = None
 
     def _on_local_intent(self, event: Event) -> None:
         intent = INTENT_OF.get(event.type)
@@ -184,8 +186,10 @@ class ControlBridge:
         self._outbox.put((self.intents_channel, json.dumps(message)))
 
     def _on_local_event(self, event: Event) -> None:
-        if self._relaying:
+        mode = self._relaying
+        if mode == "event" or (mode == "intent" and event.type in INTENT_OF):
             return  # it came from another member: never echo it back
+        # what applying a remote intent caused here (a decode parked at once) is this member's
         body = {"origin": self.member, "event": event.model_dump(mode="json")}
         self._outbox.put((self.events_channel, json.dumps(body)))
 
@@ -246,7 +250,7 @@ class ControlBridge:
         intent, wf = message["intent"], message["workflow_id"]
         reason = message.get("reason")
         note = f"{message.get('origin')}: {reason}" if reason else str(message.get("origin"))
-        with self._from_remote():
+        with self._from_remote("intent"):
             self.controls.apply(intent, wf, reason=note)
         self.received += 1
 
@@ -254,7 +258,7 @@ class ControlBridge:
         raw = dict(body["event"])
         raw["source"] = f"{body['origin']}/{raw.get('source') or ''}".rstrip("/")
         event = Event.model_validate(raw)
-        with self._from_remote():
+        with self._from_remote("event"):
             self.bus.publish(event)
 
     # --- durable state -------------------------------------------------------------------------
