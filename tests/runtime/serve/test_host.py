@@ -1,4 +1,4 @@
-"""The server's model host in-process: background loading, and one model use at a time."""
+"""The server's model host in-process: background loading, and a bounded batch of model uses."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import threading
 import time
 
 import pytest
-from coreason_runtime import TierUnavailableError
+from coreason_runtime import ConfigurationError, TierUnavailableError
 from coreason_runtime.serve import create_app
 from coreason_runtime.serve._host import ModelHost
 from coreason_runtime.tensor import ScriptedTier
 from fastapi.testclient import TestClient
 
 
-def test_jobs_run_one_at_a_time_in_arrival_order() -> None:
-    host = ModelHost(ScriptedTier("local", []), "m")
+def _run_jobs(batch: int, n: int) -> tuple[list[int], list[int], int]:
+    """Run ``n`` sleeping jobs on a host of ``batch``: results, finishing order, peak."""
+    host = ModelHost(ScriptedTier("local", []), "m", batch=batch)
     active = 0
     peak = 0
     order: list[int] = []
@@ -26,22 +27,38 @@ def test_jobs_run_one_at_a_time_in_arrival_order() -> None:
         with lock:
             active += 1
             peak = max(peak, active)
-        time.sleep(0.02)
+        time.sleep(0.05)
         with lock:
             active -= 1
             order.append(i)
         return i
 
     async def main() -> list[int]:
-        return list(await asyncio.gather(*(host.run(job, i) for i in range(5))))
+        return list(await asyncio.gather(*(host.run(job, i) for i in range(n))))
 
     try:
         results = asyncio.run(main())
     finally:
         host.close()
+    return results, order, peak
+
+
+def test_jobs_run_one_at_a_time_in_arrival_order_with_batch_one() -> None:
+    results, order, peak = _run_jobs(1, 5)
     assert results == [0, 1, 2, 3, 4]
     assert order == [0, 1, 2, 3, 4]
     assert peak == 1
+
+
+def test_up_to_batch_jobs_run_at_once_and_the_rest_queue() -> None:
+    results, _, peak = _run_jobs(3, 7)
+    assert results == list(range(7))
+    assert peak == 3
+
+
+def test_a_batch_below_one_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="batch"):
+        ModelHost(ScriptedTier("local", []), "m", batch=0)
 
 
 def test_health_says_loading_until_the_loader_returns_then_ok() -> None:

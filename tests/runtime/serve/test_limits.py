@@ -245,7 +245,8 @@ def test_a_full_queue_answers_429_with_retry_after(
 
 def test_the_deadline_covers_the_wait_in_the_queue(backend: Backend) -> None:
     limits = ServeLimits(request_timeout=0.3, max_queue=4)
-    app = create_app(backend, model_name=MODEL, limits=limits)
+    # one decode at a time: "late" queues behind the held one (as it would behind a full batch)
+    app = create_app(backend, model_name=MODEL, limits=limits, batch=1)
     with TestClient(app, raise_server_exceptions=False) as c:
         held = _hold(c, backend, 1)
         late: list[httpx.Response] = []

@@ -230,6 +230,29 @@ def test_concurrent_requests_match_serial_ones(tier: LocalTier, reading: Compile
     assert results == [expected] * 3
 
 
+def test_concurrent_requests_decode_in_one_batch_as_each_would_alone(
+    tier: LocalTier, reading: CompiledSchema
+) -> None:
+    requests = [_request(reading, temperature=1.0, seed=i, workflow_id=f"wf{i}") for i in range(4)]
+    expected = [tier.complete(r, UnmeteredMeter()).text for r in requests]
+    tier.engine.largest_batch = 0
+    results: dict[int, str] = {}
+    start = threading.Barrier(len(requests))
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = tier.complete(requests[i], UnmeteredMeter()).text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(expected)) > 1  # the seeds give different answers
+    assert [results[i] for i in range(len(requests))] == expected
+    assert tier.engine.largest_batch >= 2  # their tokens shared forward passes
+
+
 def test_complete_text_streams_an_unconstrained_answer(tier: LocalTier) -> None:
     deltas: list[str] = []
     out = tier.complete_text(

@@ -139,3 +139,17 @@ def test_a_replayed_request_is_announced(rt: Coordinator, record: ReplayRecord) 
     rt.router.generate(Answer, "one?", workflow_id="wf")
     finished = [e for e in rt.bus.history([EventType.REQUEST_FINISHED]) if e.source == "replay"]
     assert len(finished) == 1 and finished[0].data.cost == 0  # type: ignore[attr-defined]
+
+
+def test_the_same_verifiers_key_alike_and_different_ones_do_not() -> None:
+    from coreason_runtime.tensor._replay import _policy_key
+    from coreason_runtime.verify import VerifyPolicy
+    from coreason_runtime.verify._spec import parse_verify
+
+    def key(text: str) -> object:
+        return _policy_key(VerifyPolicy.of(parse_verify(text)))
+
+    same = "derivative(of=sin(x)**2, result=derivative)"
+    assert key(same) == key(same)  # parsed twice: new objects, one key
+    assert "0x" not in repr(key(same))  # nothing keyed by a memory address
+    assert key(same) != key("derivative(of=cos(x), result=derivative)")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coreason_runtime._events import EventBus, EventType
-from coreason_runtime._exceptions import DecodeError, RequestError
+from coreason_runtime._exceptions import DecodeError, RequestError, ServerBusyError
+from coreason_runtime.decode._batch import pick_batch, step_batch
 from coreason_runtime.decode._fields import SessionFields
 from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, new_matcher, tokenizer_info
 from coreason_runtime.decode._kv import new_cache
@@ -85,6 +86,11 @@ class DecodeEngine:
     lock:
         The lock that serialises every forward pass on ``model`` (a ``LoadedModel``'s own,
         when the model is shared); a new one by default.
+    max_batch:
+        The most sessions of the engine's thread stepped together in one forward pass.
+    max_sessions:
+        The most sessions queued or decoding on the engine's thread; one more submitted is
+        refused with :class:`ServerBusyError` (None: no bound).
     """
 
     def __init__(
@@ -94,6 +100,8 @@ class DecodeEngine:
         *,
         bus: EventBus | None = None,
         lock: threading.RLock | None = None,
+        max_batch: int = 16,
+        max_sessions: int | None = 256,
     ) -> None:
         import torch
 
@@ -128,6 +136,12 @@ class DecodeEngine:
         self._sched = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # continuous batching: how many sessions of the engine's thread step together, and
+        # the tokens each workflow was served lately (fairness between workflows)
+        self.max_batch = max_batch
+        self.max_sessions = max_sessions
+        self._served: dict[str | None, int] = {}
+        self.largest_batch = 0  # the most sessions one forward pass has stepped together
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> DecodeEngine:
@@ -238,6 +252,38 @@ class DecodeEngine:
             # a check at every layer boundary and between the LM head's row blocks
             return self.gate.last_logits(torch.tensor([list(ids)], device=self.device), cache)
 
+    def can_batch(self, sessions: Sequence[SessionFields]) -> bool:
+        """Whether these sessions' next tokens can share one forward pass."""
+        return self.gate.can_batch([s.cache for s in sessions])
+
+    def forward_batch(
+        self,
+        sessions: Sequence[SessionFields],
+        tokens: Sequence[int],
+        *,
+        high: bool,
+        dropped: Callable[[int, Exception], None],
+    ) -> list[torch.Tensor | None]:
+        """Append ``tokens[i]`` to ``sessions[i].cache`` for all ``i`` in one forward pass.
+
+        Each session's layer check runs at every layer boundary; one that raises drops that
+        session from the pass there (``dropped(i, error)``, its logits None) and the others
+        go on. Needs :meth:`can_batch`.
+        """
+        import torch
+
+        checks = [s.layer_check() if self.layer_checks else None for s in sessions]
+        caches = [s.cache for s in sessions]
+        switch = self.switch if high else None
+        with self.lock, torch.no_grad():
+            if switch is not None:
+                switch.high = True
+            try:
+                return self.gate.batch_logits(tokens, caches, checks, dropped)
+            finally:
+                if switch is not None:
+                    switch.high = False
+
     def prefill(self, ids: Sequence[int]) -> tuple[DynamicCache, torch.Tensor]:
         """A fresh cache holding ``ids`` and the next-token logits: the full-recompute reference."""
         cache = new_cache(self.model.config)
@@ -279,15 +325,20 @@ class DecodeEngine:
         s.run()
         return s
 
-    def submit(self, session: DecodeSession) -> DecodeSession:
-        """Queue ``session`` on the engine's thread; a more urgent one preempts the current."""
+    def submit(self, session: DecodeSession, *, paused_ok: bool = False) -> DecodeSession:
+        """Queue ``session`` on the engine's thread, to step in a batch with the others of its
+        priority; a more urgent one preempts them. A paused session (``paused_ok``) is queued
+        and steps once resumed."""
         if self._closed:
             msg = "this DecodeEngine is closed"
             raise DecodeError(msg)
         if session.engine is not self:
             msg = f"session {session.id} belongs to another engine"
             raise RequestError(msg)
-        session.begin()
+        with self._sched:
+            if session not in self._sessions:
+                self._refuse_if_full(session)
+        session.begin(paused_ok=paused_ok)
         with self._sched:
             if session not in self._sessions:
                 self._sessions.append(session)
@@ -298,6 +349,18 @@ class DecodeEngine:
                 self._thread.start()
         self.reschedule()
         return session
+
+    def _refuse_if_full(self, session: DecodeSession) -> None:
+        """Under ``_sched``: raise :class:`ServerBusyError` when ``max_sessions`` are queued
+        or decoding (a bounded queue: never an unbounded wait)."""
+        live = [s for s in self._sessions if s.state is not SessionState.FINISHED]
+        if self.max_sessions is None or len(live) < self.max_sessions:
+            return
+        msg = (
+            f"the decode engine is full ({len(live)} sessions queued or decoding, at most "
+            f"{self.max_sessions}); retry in a moment"
+        )
+        raise ServerBusyError(msg, tier="local", workflow_id=session.workflow_id)
 
     def _runnable(self) -> list[DecodeSession]:
         return [s for s in self._sessions if s.state is SessionState.RUNNING and not s.executing]
@@ -310,14 +373,16 @@ class DecodeEngine:
     def reschedule(self) -> None:
         """Wake the loop and preempt the running session if a more urgent one is runnable."""
         with self._sched:
-            running = [s for s in self._sessions if s.executing]
             waiting = self._runnable()
-            if running and waiting and max(w.priority for w in waiting) > running[0].priority:
-                running[0].interrupt()
+            if waiting:
+                top = max(w.priority for w in waiting)
+                for s in self._sessions:
+                    if s.executing and s.priority < top:
+                        s.interrupt()
             self._sched.notify_all()
 
     def _loop(self) -> None:
-        last: DecodeSession | None = None
+        last: list[DecodeSession] = []
         while True:
             with self._sched:
                 self._sessions = [s for s in self._sessions if s.state is not SessionState.FINISHED]
@@ -328,35 +393,39 @@ class DecodeEngine:
                     ]
                 if self._closed:
                     return
-                # most urgent first; among equals, keep running the one that ran last
-                chosen = max(self._runnable(), key=lambda s: (s.priority, s is last))
-            if (
-                last is not None
-                and last is not chosen
-                and last.state is SessionState.RUNNING
-                and not last.preempted
-            ):  # preempted at a token boundary
-                last.preempted = True
-                last.emit(
+                batch = pick_batch(self._runnable(), self._served, self.max_batch)
+            self._announce_preemptions(last, batch)
+            try:
+                step_batch(self, batch)
+            except Exception:  # a step's error finishes its session; never the engine thread
+                logger.exception("a batch step failed on the engine thread")
+            for s in batch:
+                self._served[s.workflow_id] = self._served.get(s.workflow_id, 0) + 1
+                if s.preempted:  # abandoned mid-forward for a more urgent session
+                    s.emit(
+                        EventType.DECODE_PAUSED, offset=len(s), reason="preempted", in_forward=True
+                    )
+            if len(self._served) > 4 * self.max_batch:  # forget workflows long gone
+                self._served = {s.workflow_id: 0 for s in self._sessions}
+            last = batch
+
+    def _announce_preemptions(self, last: list[DecodeSession], batch: list[DecodeSession]) -> None:
+        """Sessions of the last batch left out of this one were preempted at a token
+        boundary; sessions preempted before and chosen now resume."""
+        for s in last:
+            if s not in batch and s.state is SessionState.RUNNING and not s.preempted:
+                s.preempted = True
+                s.emit(
                     EventType.DECODE_PAUSED,
-                    offset=len(last),
+                    offset=len(s),
                     reason="preempted",
                     in_forward=False,
-                    by=chosen.id,
+                    by=batch[0].id,
                 )
-            if chosen.preempted:
-                chosen.preempted = False
-                chosen.emit(EventType.DECODE_RESUMED, offset=len(chosen), reason="rescheduled")
-            try:
-                chosen.step()
-            except Exception:  # the session finished with the error as its reason; go on
-                logger.debug("session %s failed on the engine thread", chosen.id, exc_info=True)
-                continue
-            if chosen.preempted:  # abandoned mid-forward for a more urgent session
-                chosen.emit(
-                    EventType.DECODE_PAUSED, offset=len(chosen), reason="preempted", in_forward=True
-                )
-            last = chosen
+        for s in batch:
+            if s.preempted:
+                s.preempted = False
+                s.emit(EventType.DECODE_RESUMED, offset=len(s), reason="rescheduled")
 
     def close(self) -> None:
         """Stop the engine thread. Idempotent; the model's layer gate stays with the model."""

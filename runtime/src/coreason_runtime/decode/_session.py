@@ -165,6 +165,7 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
         self.preempted = False
         self.stream = engine.new_stream(priority)
         self.last_pause_latency: float | None = None
+        self.error: BaseException | None = None  # what finished the session, if it failed
 
     # --- read-only views ---------------------------------------------------------------------
 
@@ -386,9 +387,26 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
 
     def step(self) -> str | None:
         """Run one step if runnable. Returns what happened, or None when it must stop."""
+        if not self.enter_step():
+            return None
+        try:
+            # a budget lease waits for room here, outside the model lock (see cover_next)
+            if self.cover_next():
+                with self.engine.lock, self.engine.stream_context(self.stream):
+                    result = self._step()
+            else:
+                result = INTERRUPTED
+        except BaseException as e:
+            self.fail_step(e)
+            raise
+        return self.leave_step(result)
+
+    def enter_step(self) -> bool:
+        """Mark a step as running if the session is runnable (a requested pause parks it
+        instead). Every step, alone or in a batch, goes enter → step → leave (or fail)."""
         with self._cv:
             if self._state is not SessionState.RUNNING or self._executing:
-                return None
+                return False
             parked = self._pause_requested
             if parked:
                 self._park(in_forward=False)
@@ -396,21 +414,27 @@ class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
                 self._executing = True
         if parked:
             self._after_park()
-            return None
+            return False
         try:
             self._kv_ready()  # a demoted KV comes back first (waiting only for what is on disk)
-            # a budget lease waits for room here, outside the model lock (see _cover_next)
-            if self._cover_next():
-                with self.engine.lock, self.engine.stream_context(self.stream):
-                    result = self._step()
-            else:
-                result = INTERRUPTED
         except BaseException as e:
-            with self._cv:
-                self._executing = False
-                self._finish(f"error: {type(e).__name__}: {e}")
-            self._announce_finish()
+            self.fail_step(e)
             raise
+        return True
+
+    def fail_step(self, error: BaseException) -> None:
+        """The step raised ``error``: the session finishes with it as its reason (kept in
+        :attr:`error` for whoever waits on a session another thread drives)."""
+        with self._cv:
+            self._executing = False
+            self.error = error
+            self._finish(f"error: {type(error).__name__}: {error}")
+        self._announce_finish()
+
+    def leave_step(self, result: str) -> str | None:
+        """End a step that returned ``result``: park, finish or stay runnable; call
+        ``on_token``. Returns ``result``, or None when the session must stop stepping."""
+        parked = False
         with self._cv:
             self._executing = False
             if self._cancel_reason is not None and self.state is not SessionState.FINISHED:

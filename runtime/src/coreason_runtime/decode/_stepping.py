@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coreason_runtime._exceptions import TierTimeoutError
@@ -29,7 +30,19 @@ from coreason_runtime.models._probe import step_entropy
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SessionSteps"]
+__all__ = ["Planned", "SessionSteps"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A sampled token waiting for its forward pass (``forward=False``: the session's last
+    token, whose pass is deferred). ``rng`` rewinds the sampler if the pass is abandoned;
+    ``base`` is the KV length the pass starts from."""
+
+    token: int
+    rng: torch.Tensor
+    forward: bool
+    base: int
 
 
 class SessionSteps(SessionFields):
@@ -55,21 +68,35 @@ class SessionSteps(SessionFields):
     def _forward(self, ids: Sequence[int]) -> torch.Tensor | None:
         """Append ``ids`` to the KV; None if a pause or cancel abandoned the pass (cropped)."""
         base = self._kv_len
-        groups = self.engine.token_groups
-        high = groups is not None and self._prefilled and self.step_entropy >= groups.entropy
+        high = self.wants_high
         try:
             logits = self.engine.forward(self, ids, interruptible=True, high=high)
-            self.timings.high_steps += high
-            return logits
-        except Interrupted:
-            crop_to(self.cache, base)
+        except BaseException as e:
+            self.landed(base, e)
             return None
-        except DeadlinePassed:
-            crop_to(self.cache, base)
+        self.timings.high_steps += high
+        return logits
+
+    def forward_planned(self, planned: Planned) -> torch.Tensor | None:
+        """The forward pass of a planned token, alone (see :meth:`_forward`)."""
+        return self._forward([planned.token])
+
+    @property
+    def wants_high(self) -> bool:
+        """The next forward pass runs the precision map's full-precision copies."""
+        groups = self.engine.token_groups
+        return groups is not None and self._prefilled and self.step_entropy >= groups.entropy
+
+    def landed(self, base: int, error: BaseException) -> None:
+        """A forward pass from KV length ``base`` ended with ``error``: crop the cache back and
+        return None for an interrupt (the step is redone later), or raise what stops decoding.
+        """
+        crop_to(self.cache, base)
+        if isinstance(error, Interrupted):
+            return None
+        if isinstance(error, DeadlinePassed):
             raise self._timed_out("inside a forward pass") from None
-        except BaseException:
-            crop_to(self.cache, base)
-            raise
+        raise error
 
     def _done(self) -> str | None:
         """Why the next step finishes without sampling (``"length"``, ``"grammar"``), if it does."""
@@ -79,20 +106,23 @@ class SessionSteps(SessionFields):
             return "grammar"
         return None
 
-    def _cover_next(self) -> bool:
+    def cover_next(self, *, wait: bool = True) -> bool:
         """Make the meter cover what the next step consumes, *before* the model lock is taken.
 
         A budget lease may wait for requests in flight to give room back; they need the
         model lock to finish, so the wait happens here, outside it, and :meth:`_step` then
         finds the room granted. A pause or a cancel ends the wait early (False: the step is
-        not run); a passed deadline raises :class:`TierTimeoutError`, a refused room
-        ``BudgetExceededError``.
+        not run); with ``wait=False`` nothing waits (False: the room may come later; a batch
+        hands the session to a thread that waits). A passed deadline raises
+        :class:`TierTimeoutError`, a refused room ``BudgetExceededError``.
         """
         if self.meter is None:
             return True
         deadline, interrupt = self.deadline, self._interrupt
 
         def interrupted() -> bool:
+            if not wait:
+                return True
             return interrupt.is_set() or (deadline is not None and time.monotonic() > deadline)
 
         if not self._prefilled:
@@ -109,6 +139,23 @@ class SessionSteps(SessionFields):
 
     def _step(self) -> str:
         """Prefill the prompt or decode one token. Caller holds the model lock."""
+        planned = self.plan_step()
+        if not isinstance(planned, Planned):
+            return planned
+        logits = None
+        if planned.forward:
+            t0 = time.perf_counter()
+            logits = self._forward([planned.token])
+            self.timings.forward += time.perf_counter() - t0
+        return self.commit_step(planned, logits)
+
+    def plan_step(self) -> str | Planned:
+        """Everything of a step before its forward pass: prefill, checks, mask, sample.
+
+        Returns what happened when the step needs no forward pass of a new token (the prompt
+        was prefilled, the session finished), else the sampled token to forward and commit
+        with :meth:`commit_step` (a batch forwards several sessions' tokens together).
+        """
         if not self._prefilled:
             return self._prefill()
         done = self._done()
@@ -132,7 +179,17 @@ class SessionSteps(SessionFields):
             if self.meter is not None:
                 self.meter.charge(tokens_out=1)  # it was sampled: it is paid for
             return self._finish("eos")
-        return self._advance(tok, rng)
+        if self.grammar is not None:
+            t0 = time.perf_counter()
+            self.grammar.consume(tok)
+            self.timings.mask += time.perf_counter() - t0
+        last = self.n_generated + 1 >= self.max_new_tokens or (
+            self.grammar is not None and self.grammar.stopped
+        )
+        if not last and self.grammar is not None:  # the next mask runs while the forward does
+            self.grammar.prefetch()
+        # the final token's forward pass is deferred until something needs it
+        return Planned(tok, rng, forward=not last, base=self._kv_len)
 
     def _prefill(self) -> str:
         if self.meter is not None and not self._prompt_charged:
@@ -165,30 +222,21 @@ class SessionSteps(SessionFields):
         self.timings.mask += time.perf_counter() - t0
         return out
 
-    def _advance(self, tok: int, rng: torch.Tensor) -> str:
-        """Commit a sampled (non-stop) token: grammar, KV, meter, stop strings."""
-        if self.grammar is not None:
-            t0 = time.perf_counter()
-            self.grammar.consume(tok)
-            self.timings.mask += time.perf_counter() - t0
-        last = self.n_generated + 1 >= self.max_new_tokens or (
-            self.grammar is not None and self.grammar.stopped
-        )
-        if last:  # the final token's forward pass is deferred until something needs it
-            self.next_logits = None
-        else:
-            if self.grammar is not None:  # the next mask is computed while the forward runs
-                self.grammar.prefetch()
-            t0 = time.perf_counter()
-            logits = self._forward([tok])
+    def commit_step(self, planned: Planned, logits: torch.Tensor | None) -> str:
+        """Commit a planned (non-stop) token with its forward pass's ``logits`` (None for a
+        deferred last token, or an abandoned pass: the step is then rewound to be redone
+        identically): KV, meter, stop strings."""
+        tok = planned.token
+        if planned.forward:
             if logits is None:  # abandoned: redo this step identically later
-                self.generator.set_state(rng)
+                self.generator.set_state(planned.rng)
                 if self.grammar is not None:
                     self.grammar.rollback(1)
                 return INTERRUPTED
-            self.timings.forward += time.perf_counter() - t0
             self.next_logits = logits
             self._kv_len += 1
+        else:
+            self.next_logits = None
         self._tokens.append(tok)
         self._origins.append(Origin.GENERATED)
         self.n_generated += 1
@@ -196,7 +244,7 @@ class SessionSteps(SessionFields):
             self.meter.charge(tokens_out=1)
         if self.stop and self._hit(self.stop):
             return self._finish("stop")
-        if last:
+        if not planned.forward:
             done = self.grammar is not None and self.grammar.stopped
             return self._finish("grammar" if done else "length")
         if self.pause_on and self._hit(self.pause_on):  # e.g. a tool call: park for a result

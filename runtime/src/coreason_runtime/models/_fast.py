@@ -15,15 +15,16 @@ attention; everything else (prefills, other architectures) runs through transfor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from coreason_runtime.models._formats import per_call_scaled
 from coreason_runtime.models._gate import GateHook
 
-__all__ = ["FastStep"]
+__all__ = ["FastStep", "rowwise", "run_checks"]
 
 Check = Callable[[], None]
 
@@ -122,3 +123,108 @@ class FastStep:
             x = x + mlp.down_proj(nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
         out: torch.Tensor = _rms(self.norm, x)[0, -1]
         return out
+
+    def _rope_rows(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at each row's position ([B, 1, 1, head_dim])."""
+        self._rope(max(positions))
+        idx = torch.tensor(positions, device=self._cos.device)
+        return self._cos[idx][:, None, None], self._sin[idx][:, None, None]
+
+    def hidden_rows(
+        self,
+        tokens: torch.Tensor,
+        caches: Sequence[Any],
+        checks: Sequence[Check | None],
+        dropped: Callable[[int, Exception], None],
+    ) -> tuple[torch.Tensor, list[int]]:
+        """One new token per sequence (``tokens`` shape ``[B]``), each appended to its own
+        cache: the batched step of continuous batching.
+
+        The projections and MLPs run once for the whole batch (their weights are read once);
+        RoPE and attention run per row over that row's own cache layer, at its own position,
+        so sequences of any lengths batch without padding. Each row's check runs at every
+        layer boundary: a row whose check raises leaves the batch there (``dropped(row,
+        error)`` is called at once; its cache holds the layers already run, for the caller to
+        crop) and the others go on. Returns the final hidden states of the rows still in the
+        batch (``[B', d]``) and their indices.
+        """
+        rows = list(range(len(caches)))
+        positions = [
+            (c.layers[0].get_seq_length() if c.layers[0].is_initialized else 0) for c in caches
+        ]
+        cos, sin = self._rope_rows(positions)
+        half = self.head_dim // 2
+        x = self.embed(tokens.view(-1, 1))
+        for i, layer in enumerate(self.layers):
+            keep = run_checks(rows, checks, dropped)
+            if keep is not None:
+                rows = [rows[j] for j in keep]
+                if not rows:
+                    break
+                x, cos, sin = x[keep], cos[keep], sin[keep]
+            b = len(rows)
+            attn = layer.self_attn
+            h = _rms(layer.input_layernorm, x)
+            q = rowwise(attn.q_proj, h).view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            k = rowwise(attn.k_proj, h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            v = rowwise(attn.v_proj, h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
+            outs = []
+            for j, row in enumerate(rows):
+                keys, values = caches[row].layers[i].update(k[j : j + 1], v[j : j + 1])
+                outs.append(
+                    nn.functional.scaled_dot_product_attention(
+                        q[j : j + 1],
+                        keys,
+                        values,
+                        scale=self.scaling,
+                        enable_gqa=self.n_kv != self.n_heads,
+                    )
+                )
+            o = torch.cat(outs)
+            x = x + rowwise(attn.o_proj, o.transpose(1, 2).reshape(b, 1, -1))
+            mlp = layer.mlp
+            h = _rms(layer.post_attention_layernorm, x)
+            x = x + rowwise(
+                mlp.down_proj,
+                nn.functional.silu(rowwise(mlp.gate_proj, h)) * rowwise(mlp.up_proj, h),
+            )
+        if not rows:
+            return x[:0, -1], rows
+        out: torch.Tensor = _rms(self.norm, x)[:, -1]
+        return out, rows
+
+
+def rowwise(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for a batch of rows, each row's result what it would be alone.
+
+    A dynamically quantised layer (fbgemm int8) scales its activations over the whole input
+    of a call, so one row's output would depend on the other rows of the batch: it runs row
+    by row. Every other layer computes each row on its own already and runs once.
+    """
+    if x.shape[0] > 1 and per_call_scaled(module):
+        return torch.cat([module(x[i : i + 1]) for i in range(x.shape[0])])
+    out: torch.Tensor = module(x)
+    return out
+
+
+def run_checks(
+    rows: Sequence[int],
+    checks: Sequence[Check | None],
+    dropped: Callable[[int, Exception], None],
+) -> list[int] | None:
+    """Run each row's check; the positions (in ``rows``) to keep, or None to keep them all."""
+    failed: list[int] = []
+    for j, row in enumerate(rows):
+        check = checks[row]
+        if check is None:
+            continue
+        try:
+            check()
+        except Exception as e:  # an interrupt, a deadline: this row leaves the batch
+            failed.append(j)
+            dropped(row, e)
+    if not failed:
+        return None
+    return [j for j in range(len(rows)) if j not in failed]

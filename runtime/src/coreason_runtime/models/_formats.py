@@ -43,6 +43,7 @@ __all__ = [
     "formats_for",
     "kind_of",
     "module_bytes",
+    "per_call_scaled",
 ]
 
 FORMATS = ("fp32", "bf16", "int8", "int4")
@@ -206,6 +207,14 @@ class DualLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = (self.high if self.switch.high else self.low)(x)
         return out
+
+
+def per_call_scaled(module: nn.Module) -> bool:
+    """Whether ``module`` quantises its input with one scale per call (fbgemm dynamic int8),
+    so a row's output depends on the other rows computed with it."""
+    if isinstance(module, DualLinear):
+        return not module.switch.high and isinstance(module.low, Int8Linear)
+    return isinstance(module, Int8Linear)
 
 
 _CLASSES: dict[tuple[str, str], type[nn.Module]] = {

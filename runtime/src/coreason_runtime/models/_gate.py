@@ -169,6 +169,63 @@ class LayerGate:
             logits = logits + head.bias
         return logits.float()
 
+    def can_batch(self, caches: Sequence[Any]) -> bool:
+        """Whether :meth:`batch_logits` can step these caches together (a Llama-family model
+        whose lean step applies to every one of them)."""
+        fast = self._fast
+        return fast is not None and all(fast.usable(c) for c in caches)
+
+    def batch_logits(
+        self,
+        tokens: Sequence[int],
+        caches: Sequence[Any],
+        checks: Sequence[Check | None],
+        dropped: Callable[[int, Exception], None],
+    ) -> list[torch.Tensor | None]:
+        """Append ``tokens[i]`` to ``caches[i]`` for every ``i`` in one batched forward pass;
+        each row's next-token logits (1-D, fp32), or None for a row whose check raised (it
+        left the batch at that layer boundary; ``dropped(i, error)`` was called then).
+
+        Needs :meth:`can_batch`. The caller holds the model lock, under ``no_grad``. The
+        head runs on the batch's hidden states in row blocks, the checks between blocks.
+        """
+        import torch
+
+        model = self._model_ref()
+        fast = self._fast
+        assert model is not None and fast is not None
+        device = fast.embed.weight.device
+        ids = torch.tensor(list(tokens), device=device)
+        hidden, rows = fast.hidden_rows(ids, caches, checks, dropped)
+        out: list[torch.Tensor | None] = [None] * len(caches)
+        if not rows:
+            return out
+        head = model.get_output_embeddings()
+        if not self._split_head or self.head_rows <= 0:
+            from coreason_runtime.models._fast import rowwise
+
+            logits = rowwise(head, hidden).float()
+        else:
+            from coreason_runtime.models._fast import run_checks
+
+            parts: list[torch.Tensor] = []
+            for i, block in enumerate(head.weight.split(self.head_rows)):
+                keep = run_checks(rows, checks, dropped) if i else None
+                if keep is not None:
+                    rows = [rows[j] for j in keep]
+                    if not rows:
+                        return out
+                    hidden = hidden[keep]
+                    parts = [p[keep] for p in parts]
+                parts.append(hidden @ block.T)
+            logits = torch.cat(parts, dim=1)
+            if head.bias is not None:
+                logits = logits + head.bias
+            logits = logits.float()
+        for j, row in enumerate(rows):
+            out[row] = logits[j]
+        return out
+
     def close(self) -> None:
         """Remove the hooks (tests; the gate otherwise lives as long as its model)."""
         for h in self.handles:

@@ -78,6 +78,7 @@ def create_app(
     *,
     default_max_tokens: int = 256,
     max_tokens_ceiling: int = 4096,
+    batch: int = 8,
     limits: ServeLimits | None = None,
     aliases: tuple[str, ...] = DEFAULT_ALIASES,
 ) -> FastAPI:
@@ -98,11 +99,14 @@ def create_app(
         The output limit when a request names none, and the most any request may ask for.
     limits:
         Body size, schema size, queue length and the request deadline (:class:`ServeLimits`).
+    batch:
+        How many requests decode at once, batched on the model (``1``: one at a time); the
+        queue (``limits.max_queue``) counts them with the requests waiting.
     """
     if token is None:
         token = os.environ.get("COREASON_SERVE_TOKEN") or None
     limits = limits or ServeLimits()
-    host = ModelHost(tier, model_name, max_queue=limits.max_queue)
+    host = ModelHost(tier, model_name, max_queue=limits.max_queue, batch=batch)
     api = _Endpoints(host, model_name, default_max_tokens, max_tokens_ceiling, limits, aliases)
 
     @contextlib.asynccontextmanager

@@ -16,7 +16,8 @@ __all__ = ["Backend", "TierBackend", "adapt"]
 
 
 class Backend(Protocol):
-    """The server's view of its model; every call runs on the model thread."""
+    """The server's view of its model; calls run on the model threads (``batch`` of them, so
+    ``generate`` must allow concurrent calls: the local tier batches them)."""
 
     def compile(self, json_schema: dict[str, Any]) -> CompiledSchema: ...
 

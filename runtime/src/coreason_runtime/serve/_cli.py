@@ -30,7 +30,7 @@ logger = logging.getLogger("coreason_runtime.serve")
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``coreason serve`` (host, port, model, token file, limits, stream
-    interval)."""
+    interval, batch)."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -86,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="tokens per streamed chunk (default 1, as OpenAI streams)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="requests decoded at once, batched on the model (default 8; 1: one at a time)",
     )
     return parser
 
@@ -172,9 +178,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` on ``args.host:args.port`` until interrupted.
 
     ``args`` carries ``host``, ``port``, ``model``, ``token_file`` (else
-    ``$COREASON_SERVE_TOKEN``), the limits and ``stream_interval`` (tokens per streamed
-    chunk). The model loads in the background; ``/health`` answers ``"loading"`` until it is
-    ready.
+    ``$COREASON_SERVE_TOKEN``), the limits, ``stream_interval`` (tokens per streamed
+    chunk) and ``batch`` (requests decoded at once). The model loads in the background;
+    ``/health`` answers ``"loading"`` until it is ready.
     """
     try:
         import uvicorn
@@ -201,12 +207,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if interval < 1:
         msg = f"--stream-interval must be at least 1, got {interval}"
         raise ConfigurationError(msg)
+    batch = int(getattr(args, "batch", 8))
+    if batch < 1:
+        msg = f"--batch must be at least 1, got {batch}"
+        raise ConfigurationError(msg)
     app = create_app(
         local_tier_loader(model, interval),
         token=token,
         model_name=name,
         limits=limits,
         max_tokens_ceiling=int(getattr(args, "max_tokens", 4096)),
+        batch=batch,
     )
     print(
         f"coreason serve: {name} on http://{host}:{port}/v1 (model loading; GET /health)",

@@ -1,4 +1,4 @@
-"""The one model every client shares: loaded in the background, used one request at a time."""
+"""The one model every client shares: loaded in the background, its requests decoded in a batch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from coreason_runtime._controls import Controls, Ticket
-from coreason_runtime._exceptions import TierUnavailableError
+from coreason_runtime._exceptions import ConfigurationError, TierUnavailableError
 from coreason_runtime.serve._backend import Backend, adapt
 from coreason_runtime.serve._limits import check_queue
 from coreason_runtime.tensor._types import BaseTier, UnmeteredMeter
@@ -31,7 +31,7 @@ _job_ids = itertools.count(1)
 
 @dataclass
 class Job:
-    """One served request, decoded on the model thread under its own workflow controls.
+    """One served request, decoded on a model thread under its own workflow controls.
 
     :meth:`cancel` (the client hung up) aborts the job's workflow: its decode stops at the
     next decoder-layer boundary, or before it starts if it is still queued.
@@ -69,23 +69,31 @@ class Job:
 
 
 class ModelHost:
-    """Owns the backend: loads it off the event loop and serialises every use of it.
+    """Owns the backend: loads it off the event loop and bounds how many requests use it.
 
     ``source`` is a ready tier or a zero-argument loader returning one; a loader runs on a
-    background thread so ``/health`` answers ``"loading"`` meanwhile. All model work runs on
-    one worker thread, so requests queue in arrival order and never interleave on the model.
+    background thread so ``/health`` answers ``"loading"`` meanwhile. Up to ``batch``
+    requests run at once, each waiting on its decode session while the decode engine steps
+    them together (continuous batching: one forward pass per token for all of them); the
+    rest queue in arrival order. ``batch=1`` serves one request at a time.
     """
 
-    def __init__(self, source: Any, model_name: str, *, max_queue: int = 16) -> None:
+    def __init__(
+        self, source: Any, model_name: str, *, max_queue: int = 16, batch: int = 8
+    ) -> None:
+        if batch < 1:
+            msg = f"batch must be at least 1, got {batch}"
+            raise ConfigurationError(msg)
         self.model_name = model_name
         self.max_queue = max_queue
+        self.batch = batch
         self._seconds_per_request = 1.0  # a running mean of model time per request
         self._source = source
         self._backend: Backend | None = None
         self._error: str | None = None
         self._ready = threading.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="coreason-serve-model"
+            max_workers=batch, thread_name_prefix="coreason-serve-model"
         )
         self._waiting = 0
         self.served = 0
@@ -160,15 +168,15 @@ class ModelHost:
             raise TierUnavailableError(msg, tier="local")
         return self._backend
 
-    # --- serialised work ---------------------------------------------------------------------
+    # --- model work ------------------------------------------------------------------------
 
     def check_capacity(self) -> None:
         """Raise :class:`ServerBusyError` if the queue is full now (nothing is taken)."""
         with self._count_lock:
-            check_queue(self._waiting, self.max_queue, self._seconds_per_request)
+            check_queue(self._waiting, self.max_queue, self._seconds_per_request / self.batch)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Queue ``fn(*args)`` for the model thread; its future.
+        """Queue ``fn(*args)`` for a model thread; its future.
 
         Raises
         ------
@@ -176,7 +184,7 @@ class ModelHost:
             ``max_queue`` requests are already queued or running (nothing was queued).
         """
         with self._count_lock:
-            check_queue(self._waiting, self.max_queue, self._seconds_per_request)
+            check_queue(self._waiting, self.max_queue, self._seconds_per_request / self.batch)
             self._waiting += 1
         try:
             future = self._executor.submit(self._timed, fn, *args)
@@ -187,7 +195,7 @@ class ModelHost:
         return asyncio.wrap_future(future)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the model thread, after every request queued before it."""
+        """Run ``fn(*args)`` on a model thread, once fewer than ``batch`` requests run."""
         return await self.submit(fn, *args)
 
     def _timed(self, fn: Callable[..., T], *args: Any) -> T:
@@ -204,7 +212,7 @@ class ModelHost:
             self._waiting -= 1
 
     def close(self) -> None:
-        """Drop queued requests, wait for the one decoding, then release the model.
+        """Drop queued requests, wait for those decoding, then release the model.
 
         A model still loading is released by the loader once it is done.
         """

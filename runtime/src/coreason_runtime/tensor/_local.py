@@ -2,13 +2,15 @@
 
 The tier has no token loop of its own: it builds a :class:`~coreason_runtime.decode.
 DecodeSession` (grammar mask, meter, deadline, a reused prefix from the prefix cache) and
-drives it on the caller's thread. The workflow's controls reach the session through the
-request's ticket: a pause parks it at the next decoder-layer boundary (the model is free for
-other sessions meanwhile), a resume continues it, an abort cancels it.
+submits it to the engine's thread, where it steps in one batch with every other session
+decoding there (concurrent asks, background asks, served requests); the caller's thread waits.
+The workflow's controls reach the session through the request's ticket: a pause parks it at
+the next decoder-layer boundary (the others go on), a resume continues it, an abort cancels it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -21,8 +23,10 @@ from coreason_runtime._exceptions import (
     CoreasonError,
     RequestError,
     SchemaCompileError,
+    SessionStateError,
     WorkflowAbortedError,
 )
+from coreason_runtime._signals import interrupts_deferred
 from coreason_runtime.decode import (
     BlockStore,
     DecodeEngine,
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
     from coreason_runtime.models._loader import LoadedModel
 
 __all__ = ["LocalTier"]
+
+_ABANDON_WAIT_S = 10.0  # how long an abandoned session gets to leave the engine's step
 
 DEFAULT_TIMEOUT = 120.0
 SYSTEM_HINT = (
@@ -104,11 +110,11 @@ class LocalTier(SteerableTier):
     """The local model as a steerable tier: its output always parses under the grammar.
 
     Sessions run on ``engine`` (the runtime's decode engine, sharing the model's lock), so
-    several requests interleave token by token and every mechanism of the engine (pause at a
-    layer boundary, checkpoints, span repair) applies to a request in flight. Prompts share
-    KV through the prefix cache, a view of the block store ``kv`` (or, without one, of a
-    private RAM-only store bounded by ``prefix_cache_tokens``); a paused or preempted
-    request hands its KV to that store while it waits.
+    concurrent requests decode in one batch, their tokens sharing forward passes, and every
+    mechanism of the engine (pause at a layer boundary, checkpoints, span repair) applies to a
+    request in flight. Prompts share KV through the prefix cache, a view of the block store
+    ``kv`` (or, without one, of a private RAM-only store bounded by ``prefix_cache_tokens``); a
+    paused or preempted request hands its KV to that store while it waits.
 
     Parameters
     ----------
@@ -147,6 +153,7 @@ class LocalTier(SteerableTier):
         self.loaded = loaded
         self.close_values = close_values
         self.bus = bus if bus is not None else (engine.bus if engine is not None else EventBus())
+        self._own_engine = engine is None
         self.engine = engine or DecodeEngine(
             loaded.model, loaded.tokenizer, bus=self.bus, lock=loaded.lock
         )
@@ -177,6 +184,11 @@ class LocalTier(SteerableTier):
     @property
     def model_name(self) -> str:
         return self.loaded.name
+
+    def close(self) -> None:
+        """Stop the decode engine's thread if this tier made the engine."""
+        if self._own_engine:
+            self.engine.close()
 
     @property
     def context_length(self) -> int | None:
@@ -415,17 +427,31 @@ class LocalTier(SteerableTier):
 
     @staticmethod
     def _drive(session: DecodeSession, ticket: Ticket) -> None:
-        """Run ``session`` to the end on this thread, honouring the ticket's controls."""
+        """Run ``session`` to the end on the engine's thread, batched with every other session
+        decoding there (concurrent requests, background asks), honouring the ticket's controls.
+
+        Waits on this thread; whatever stopped the session (a budget, a deadline) is raised
+        here. Leaving early (an interrupt of this thread) cancels the session.
+        """
         with ticket.track(session):
-            while True:
-                if session.state is SessionState.PAUSED:
-                    session.demote()  # its KV waits in the block store, not in RAM
+            session.engine.submit(session, paused_ok=True)
+            try:
+                while session.wait() is not SessionState.FINISHED:
+                    with contextlib.suppress(SessionStateError):  # resumed meanwhile: keep it
+                        session.demote()  # its KV waits in the block store, not in RAM
                     ticket.checkpoint()  # blocks until resumed; raises once aborted
                     session.prefetch()  # the KV comes back while the session resumes
                     if session.state is SessionState.PAUSED:
                         session.resume()
-                if session.run() is SessionState.FINISHED:
-                    break
+            except BaseException:
+                session.cancel("abandoned")
+                # the engine's thread may be inside a step of it: let it stop before the
+                # caller settles the lease, so every token it consumed is charged
+                with interrupts_deferred():
+                    session.wait(timeout=_ABANDON_WAIT_S)
+                raise
+        if session.error is not None:
+            raise session.error
         if session.finish_reason == "aborted":
             ticket.checkpoint()  # raises WorkflowAbortedError with the workflow named
             msg = f"session {session.id} was cancelled"

@@ -285,21 +285,34 @@ def _result_body(result: Result[Any]) -> dict[str, Any]:
 
 
 def _policy_key(policy: VerifyPolicy | None) -> Any:
-    """What of a request's verifiers decides its outcome (a check holding a callable keys by
-    its repr, so it may miss across kernels: a miss runs the request, never a wrong replay)."""
+    """What of a request's verifiers decides its outcome, described by value (types, fields,
+    functions by name), so the same verifiers key alike in every kernel."""
     if policy is None:
         return None
-
-    def part(check: Any) -> list[Any]:
-        state = vars(check) if hasattr(check, "__dict__") else {}
-        fields = {k: repr(v) for k, v in sorted(state.items())}
-        return [type(check).__module__, type(check).__qualname__, check.name, fields]
-
     return {
-        "checks": [part(c) for c in policy.checks],
+        "checks": [_described(c) for c in policy.checks],
         "candidates": policy.candidates,
         "temperatures": list(policy.temperatures),
         "repair": policy.repair,
         "span_tiers": None if policy.span_tiers is None else list(policy.span_tiers),
         "repair_tokens": policy.repair_tokens,
     }
+
+
+def _described(obj: Any, depth: int = 0) -> Any:
+    """``obj`` as plain JSON by value: no memory addresses, so stable across processes."""
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    if depth > 6:
+        return type(obj).__qualname__
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = [_described(x, depth + 1) for x in obj]
+        return sorted(items, key=repr) if isinstance(obj, set | frozenset) else items
+    if isinstance(obj, dict):
+        return {str(k): _described(v, depth + 1) for k, v in sorted(obj.items(), key=repr)}
+    if callable(obj) and hasattr(obj, "__qualname__"):  # a function: by its name
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    if hasattr(obj, "__dict__"):
+        kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        return [kind, _described(vars(obj), depth + 1)]
+    return repr(obj)  # SymPy expressions and other slotted values print by value
