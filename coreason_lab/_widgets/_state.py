@@ -31,6 +31,10 @@ from coreason_runtime.events import (
     DecodeResumed,
     DecodeStarted,
     EventPayload,
+    KVFault,
+    KVMiss,
+    KVMoved,
+    KVRead,
     PrefixReused,
     RequestContinued,
     RequestSuspended,
@@ -54,6 +58,7 @@ __all__ = [
     "CacheState",
     "DagState",
     "DecodeState",
+    "KVTiersState",
     "WorkerState",
     "WorkflowState",
 ]
@@ -309,10 +314,44 @@ def _cache_name(p: EventPayload) -> str | None:
     return None
 
 
+@dataclass
+class KVTiersState:
+    """The KV block store, from the ``kv.*`` events: bytes per tier (GPU, RAM, disk) after
+    the latest one, block reads served from a fast tier (hits) or from disk (misses), the
+    decoder's total wait on misses, and faults detected."""
+
+    tiers: dict[str, int] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+    absent: int = 0
+    wait_ms: float = 0.0
+    faults: int = 0
+
+    @property
+    def ratio(self) -> float:
+        total = self.hits + self.misses + self.absent
+        return self.hits / total if total else 0.0
+
+    def apply(self, p: EventPayload) -> bool:
+        """Fold one payload in; False if it is not a ``kv.*`` one."""
+        if not isinstance(p, (KVRead, KVMiss, KVMoved, KVFault)):
+            return False
+        self.tiers = dict(p.tiers)
+        if isinstance(p, KVRead):
+            self.hits += p.hits
+            self.misses += p.misses
+            self.absent += p.absent
+            self.wait_ms += p.wait_ms
+        elif isinstance(p, KVFault):
+            self.faults += p.blocks
+        return True
+
+
 class CacheState:
-    """Hits and misses (total and per cache) and the hit ratio over time."""
+    """Hits and misses (total and per cache), the hit ratio over time, and the KV tiers."""
 
     def __init__(self, max_points: int = 500) -> None:
+        self.kv = KVTiersState()
         self.hits = 0
         self.misses = 0
         self.admits = 0
@@ -332,6 +371,8 @@ class CacheState:
         for ev in events:
             p = ev.data
             name = _cache_name(p)
+            if self.kv.apply(p):
+                continue
             if name is not None:
                 hit = not isinstance(p, CacheLookupMiss)
                 self.hits += hit

@@ -16,7 +16,13 @@ import ipywidgets as W
 import numpy as np
 from coreason_runtime import Event, EventType
 
-from coreason_lab._widgets._state import BudgetState, CacheState, DagState, DecodeState
+from coreason_lab._widgets._state import (
+    BudgetState,
+    CacheState,
+    DagState,
+    DecodeState,
+    KVTiersState,
+)
 
 __all__ = ["BudgetView", "CacheView", "DagView", "DecodeView", "View"]
 
@@ -341,9 +347,9 @@ class DagView(View):
 
 
 class CacheView(View):
-    """Cache hits, misses and the hit ratio over time."""
+    """Cache hits, misses and the hit ratio over time; KV bytes per tier and block hits."""
 
-    areas = ("cache",)
+    areas = ("cache", "kv")
     title = "Caches"
 
     def __init__(self, max_points: int = 500) -> None:
@@ -377,8 +383,18 @@ class CacheView(View):
         self.counts.value = (
             f"<b>hits</b> {s.hits} · <b>misses</b> {s.misses} · "
             f"<b>ratio</b> {s.ratio:.2f} · admitted {s.admits} · "
-            f"evicted {s.evicts}<br><small>{per}</small>"
+            f"evicted {s.evicts}<br><small>{per}</small>{_kv_line(s.kv)}"
         )
+
+
+def _kv_line(kv: KVTiersState) -> str:
+    if not kv.tiers:
+        return ""
+    mib = " · ".join(f"{t} {b / 2**20:.1f} MiB" for t, b in kv.tiers.items())
+    return (
+        f"<br><b>KV</b> {mib} · block hits {kv.hits}/{kv.hits + kv.misses + kv.absent} "
+        f"({kv.ratio:.2f}) · waited {kv.wait_ms:.0f} ms · faults {kv.faults}"
+    )
 
 
 class DecodeView(View):

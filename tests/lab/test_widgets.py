@@ -186,6 +186,30 @@ def test_cache_state_counts_hits_misses_and_ratio() -> None:
     assert len(s.series) == 1
 
 
+def test_cache_state_shows_kv_bytes_per_tier_and_the_block_hit_ratio() -> None:
+    tiers = {"gpu": 0, "ram": 2048, "disk": 4096}
+    read = {"session": None, "reason": "prefix", "tokens": 64, "blocks": 4, "absent": 0}
+    s = CacheState()
+    s.apply(
+        [
+            ev(EventType.KV_READ, **read, hits=3, misses=1, wait_ms=2.5, tiers=tiers),
+            ev(
+                EventType.KV_DEMOTED,
+                blocks=2,
+                bytes=1024,
+                src="ram",
+                dst="disk",
+                reason="capacity",
+                tiers={**tiers, "ram": 1024},
+            ),
+            ev(EventType.KV_FAULT, reason="checksum", detail="x.kvb", blocks=1, tiers=tiers),
+        ]
+    )
+    assert (s.kv.hits, s.kv.misses, s.kv.ratio, s.kv.faults) == (3, 1, 0.75, 1)
+    assert s.kv.tiers == tiers and s.kv.wait_ms == 2.5
+    assert (s.hits, s.misses) == (0, 0)  # block reads are not cache lookups
+
+
 def test_decode_state_marks_repairs_and_forced_thunks() -> None:
     s = DecodeState()
     s.apply(

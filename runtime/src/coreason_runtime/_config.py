@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coreason_runtime._exceptions import ConfigurationError
+
 __all__ = ["DEFAULT_MODEL", "OracleConfig", "RuntimeConfig", "coreason_home", "model_cache_dir"]
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -16,6 +18,23 @@ def coreason_home() -> Path:
     home = Path(os.environ.get("COREASON_HOME", "~/.coreason")).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def _mib(var: str, default: int | None) -> int | None:
+    """``$var`` in MiB as bytes (``none``: unbounded), else ``default``."""
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() == "none":
+        return None
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0:  # also NaN
+        msg = f"${var} must be a size in MiB >= 0 or 'none', got {raw!r}"
+        raise ConfigurationError(msg)
+    return int(mib * 2**20)
 
 
 def model_cache_dir() -> Path:
@@ -81,4 +100,12 @@ class RuntimeConfig:
     # workflow, cost 0); COREASON_SUBGOAL_CACHE=0 makes every request go to the tiers.
     subgoal_cache: bool = field(
         default_factory=lambda: os.environ.get("COREASON_SUBGOAL_CACHE", "1") != "0"
+    )
+    # KV blocks in tiers (rt.kv): capacity per tier in bytes (None: unbounded; a disk tier of
+    # 0 turns it off), from COREASON_KV_{GPU,RAM,DISK}_MB; tokens per block
+    kv_gpu_bytes: int | None = field(default_factory=lambda: _mib("COREASON_KV_GPU_MB", 2 << 30))
+    kv_ram_bytes: int | None = field(default_factory=lambda: _mib("COREASON_KV_RAM_MB", 1 << 30))
+    kv_disk_bytes: int | None = field(default_factory=lambda: _mib("COREASON_KV_DISK_MB", 8 << 30))
+    kv_block_tokens: int = field(
+        default_factory=lambda: int(os.environ.get("COREASON_KV_BLOCK_TOKENS", "64"))
     )

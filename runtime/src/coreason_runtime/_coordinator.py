@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from coreason_runtime.bandit import BanditLab
     from coreason_runtime.budget import BudgetCage
     from coreason_runtime.cache import SubgoalCache
-    from coreason_runtime.decode import DecodeEngine
+    from coreason_runtime.decode import BlockStore, DecodeEngine
     from coreason_runtime.plan import PlanRunner
     from coreason_runtime.route import TierMatrix
     from coreason_runtime.sched import Scheduler
@@ -181,6 +181,13 @@ class Coordinator:
         from coreason_runtime.decode import DecodeEngine
 
         return self.engine("decode", DecodeEngine.for_runtime)
+
+    @property
+    def kv(self) -> BlockStore:
+        """KV blocks of the local model in tiers: GPU, RAM, ``$COREASON_HOME/kv`` on disk."""
+        from coreason_runtime.decode import BlockStore
+
+        return self.engine("kv", BlockStore.for_runtime)
 
     @property
     def whatif(self) -> WhatIfGate:

@@ -104,6 +104,12 @@ class EventType(StrEnum):
     CACHE_GRAFT = "cache.graft"
     CHECKPOINT_SAVED = "cache.checkpoint_saved"
     CHECKPOINT_RESTORED = "cache.checkpoint_restored"
+    # KV block tiers (GPU, RAM, disk)
+    KV_READ = "kv.read"
+    KV_MISS = "kv.miss"
+    KV_PROMOTED = "kv.promoted"
+    KV_DEMOTED = "kv.demoted"
+    KV_FAULT = "kv.fault"
     # simulation
     SIM_STEP = "sim.step"
     CELL_REFINED = "sim.refined"
@@ -191,6 +197,11 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.CACHE_GRAFT: P.CacheGrafted,
         EventType.CHECKPOINT_SAVED: P.CheckpointSaved,
         EventType.CHECKPOINT_RESTORED: P.CheckpointRestored,
+        EventType.KV_READ: P.KVRead,
+        EventType.KV_MISS: P.KVMiss,
+        EventType.KV_PROMOTED: P.KVMoved,
+        EventType.KV_DEMOTED: P.KVMoved,
+        EventType.KV_FAULT: P.KVFault,
         EventType.SIM_STEP: P.SimStep,
         EventType.CELL_REFINED: P.CellRefined,
         EventType.CELL_COARSENED: P.CellCoarsened,

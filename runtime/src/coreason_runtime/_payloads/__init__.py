@@ -29,6 +29,7 @@ from coreason_runtime._payloads._decode import (
     ThunkForced,
     VerifierFailed,
 )
+from coreason_runtime._payloads._kv import KVFault, KVMiss, KVMoved, KVRead
 from coreason_runtime._payloads._requests import (
     AttemptFailed,
     AttemptFinished,
@@ -123,6 +124,10 @@ __all__ = [
     "FieldRepaired",
     "HumanAnswered",
     "InvariantViolated",
+    "KVFault",
+    "KVMiss",
+    "KVMoved",
+    "KVRead",
     "Log",
     "PrefixReused",
     "RbfGated",

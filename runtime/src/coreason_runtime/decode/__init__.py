@@ -1,7 +1,9 @@
-"""Decode sessions over an explicit KV cache: pause/resume/inject, span repair, lazy thunks."""
+"""Decode sessions over an explicit KV cache: pause/resume/inject, span repair, lazy thunks,
+KV blocks in tiers (GPU, RAM, disk)."""
 
 from __future__ import annotations
 
+from coreason_runtime.decode._blocks import BlockRef, KVSpace, chain_of
 from coreason_runtime.decode._checkers import SchemaVerifier, UnitsVerifier
 from coreason_runtime.decode._engine import DecodeEngine, Preemptible, TokenGroups
 from coreason_runtime.decode._grammar import GrammarMask, TokenizerInfo, tokenizer_info
@@ -17,6 +19,7 @@ from coreason_runtime.decode._session import (
     SessionState,
     Step,
 )
+from coreason_runtime.decode._store import BlockStore, KVStats
 from coreason_runtime.decode._thunks import (
     DemandExecutor,
     Expander,
@@ -35,6 +38,8 @@ from coreason_runtime.decode._verify import (
 )
 
 __all__ = [
+    "BlockRef",
+    "BlockStore",
     "Checkpoint",
     "DecodeEngine",
     "DecodeSession",
@@ -42,6 +47,8 @@ __all__ = [
     "Expander",
     "GrammarMask",
     "KVSnapshot",
+    "KVSpace",
+    "KVStats",
     "ModelExpander",
     "Origin",
     "Preemptible",
@@ -61,6 +68,7 @@ __all__ = [
     "UnitsVerifier",
     "Verdict",
     "Verifier",
+    "chain_of",
     "check_span",
     "crop_to",
     "expander",

@@ -159,7 +159,7 @@ class SessionEditing(SessionFields):
             self._executing = True
         try:
             with self.engine.lock:
-                self.sync()
+                self.sync()  # a demoted KV comes back first, and a pending last token
                 ed = SessionEdit(self, self._kv_len if keep_from is None else keep_from)
                 try:
                     yield ed
@@ -172,7 +172,9 @@ class SessionEditing(SessionFields):
                 self._cv.notify_all()
 
     def sync(self) -> None:
-        """Forward the last token a finished session left out of the KV (no-op otherwise)."""
+        """Make ``cache`` hold every token: take a demoted KV back from the block store, and
+        forward the last token a finished session left out of the KV (no-op otherwise)."""
+        self._kv_ready()
         pending = self._tokens[self._kv_len :]
         if not self._prefilled or not pending:
             return
@@ -235,6 +237,7 @@ class SessionEditing(SessionFields):
             if self._executing:
                 msg = f"pause session {self.id} before restoring a checkpoint"
                 raise SessionStateError(msg)
+            self._kv_forget()  # the checkpoint's KV replaces a demoted one
             self._tokens = list(cp.tokens)
             self._origins = list(cp.origins)
             crop_to(self.cache, 0)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from coreason_runtime.decode._engine import DecodeEngine
     from coreason_runtime.decode._grammar import GrammarMask
     from coreason_runtime.decode._sampler import Sampler
+    from coreason_runtime.decode._store import BlockStore, Held
     from coreason_runtime.tensor._types import Meter
 
 __all__ = ["Origin", "SessionFields", "SessionState", "Step", "Timings"]
@@ -102,6 +103,8 @@ class SessionFields:
     n_generated: int
     finish_reason: str | None
     timings: Timings
+    kv: BlockStore | None
+    _kv_held: Held | None
     step_entropy: float = 0.0  # of the last sampled distribution, while token groups are on
     _tokens: list[int]
     _origins: list[Origin]
@@ -127,3 +130,7 @@ class SessionFields:
         def layer_check(self) -> Callable[[], None]: ...
 
         def _finish(self, reason: str) -> str: ...
+
+        def _kv_ready(self) -> None: ...
+
+        def _kv_forget(self) -> None: ...

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache
 
-__all__ = ["KVSnapshot", "crop_to", "kv_length", "kv_max_abs_diff", "new_cache"]
+__all__ = ["KVSnapshot", "crop_to", "kv_length", "kv_max_abs_diff", "new_cache", "release_cache"]
 
 _LAYER_CLASS: list[type] = []
 
@@ -95,6 +95,18 @@ def new_cache(config: Any) -> DynamicCache:
         if type(layer) is DynamicLayer:  # sliding-window layers keep their own rules
             layers[i] = layer_class()
     return cache
+
+
+def release_cache(cache: DynamicCache) -> None:
+    """Drop every layer's tensors and growth buffers, so their memory is freed (a crop keeps
+    views of it; a :class:`GrowingLayer` keeps its buffer)."""
+    layers: list[Any] = list(cache.layers)
+    for layer in layers:
+        growing = bool(_LAYER_CLASS) and isinstance(layer, _LAYER_CLASS[0])
+        if growing:  # (a flag, not a narrowing: the class is built at run time)
+            layer._kbuf = layer._vbuf = None
+        layer.keys = layer.values = None
+        layer.is_initialized = False
 
 
 def kv_length(cache: DynamicCache) -> int:

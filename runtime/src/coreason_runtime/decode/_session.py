@@ -35,12 +35,14 @@ from coreason_runtime.decode._grammar import GrammarMask
 from coreason_runtime.decode._kv import crop_to, new_cache
 from coreason_runtime.decode._sampler import Sampler
 from coreason_runtime.decode._stepping import SessionSteps
+from coreason_runtime.decode._tiering import SessionTiering
 
 if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache
 
     from coreason_runtime.decode._engine import DecodeEngine
+    from coreason_runtime.decode._store import BlockStore
     from coreason_runtime.tensor._types import Meter
 
 __all__ = ["Checkpoint", "DecodeSession", "Origin", "SessionEdit", "SessionState", "Step"]
@@ -48,7 +50,7 @@ __all__ = ["Checkpoint", "DecodeSession", "Origin", "SessionEdit", "SessionState
 _ids = itertools.count(1)
 
 
-class DecodeSession(SessionSteps, SessionEditing):
+class DecodeSession(SessionSteps, SessionEditing, SessionTiering):
     """A reasoning chain decoded step by step under the runtime's control.
 
     ``stop`` strings finish the session; ``pause_on`` strings park it (a tool call: inject
@@ -77,6 +79,10 @@ class DecodeSession(SessionSteps, SessionEditing):
         A cache already holding the first ``n`` prompt tokens and ``n`` (a prefix cache hit).
     on_token:
         Called on the driving thread, outside the model lock, after each committed token.
+    kv:
+        A :class:`~coreason_runtime.decode.BlockStore` that holds this session's KV while it
+        is parked (see :meth:`demote`); with the store's ``demote_on_pause``, a pause hands
+        the KV over as soon as the session parks on its own thread.
     closing:
         With a grammar: close the value before the tokens run out (``max_new_tokens`` or the
         meter's grant) and close a string or container that loops (:class:`Closing`); a
@@ -102,6 +108,7 @@ class DecodeSession(SessionSteps, SessionEditing):
         deadline: float | None = None,
         prefix: tuple[DynamicCache, int] | None = None,
         on_token: Callable[[DecodeSession], None] | None = None,
+        kv: BlockStore | None = None,
         closing: bool | Closing = True,
     ) -> None:
         if not prompt_ids:
@@ -122,6 +129,8 @@ class DecodeSession(SessionSteps, SessionEditing):
         self.meter = meter
         self.deadline = deadline
         self.on_token = on_token
+        self.kv = kv
+        self._kv_held = None
         self._tokens: list[int] = [int(t) for t in prompt_ids]
         self._origins: list[Origin] = [Origin.PROMPT] * len(self._tokens)
         self.prompt_len = len(self._tokens)
@@ -287,8 +296,11 @@ class DecodeSession(SessionSteps, SessionEditing):
             self._pause_requested = True
             self._pause_t0 = t0
             self._interrupt.set()
-            if not self._executing:
+            parked_here = not self._executing
+            if parked_here:
                 self._park(in_forward=False)
+        if parked_here and wait:
+            self._after_park()
         if wait and not self._parked.wait(timeout):
             msg = f"session {self.id} did not reach a pause point within {timeout} s"
             raise DecodeError(msg)
@@ -343,6 +355,7 @@ class DecodeSession(SessionSteps, SessionEditing):
         with self._cv:
             self._state = SessionState.RUNNING
             self._cv.notify_all()
+        self.prefetch()  # a demoted KV starts coming back before the next step needs it
         self.emit(EventType.DECODE_RESUMED, offset=len(self._tokens))
         self.engine.reschedule()
 
@@ -394,11 +407,20 @@ class DecodeSession(SessionSteps, SessionEditing):
         with self._cv:
             if self._state is not SessionState.RUNNING or self._executing:
                 return False
-            if self._pause_requested:
+            parked = self._pause_requested
+            if parked:
                 self._park(in_forward=False)
-                return False
-            self._executing = True
-            return True
+            else:
+                self._executing = True
+        if parked:
+            self._after_park()
+            return False
+        try:
+            self._kv_ready()  # a demoted KV comes back first (waiting only for what is on disk)
+        except BaseException as e:
+            self.fail_step(e)
+            raise
+        return True
 
     def fail_step(self, error: BaseException) -> None:
         """The step raised ``error``: the session finishes with it as its reason (kept in
@@ -412,6 +434,7 @@ class DecodeSession(SessionSteps, SessionEditing):
     def leave_step(self, result: str) -> str | None:
         """End a step that returned ``result``: park, finish or stay runnable; call
         ``on_token``. Returns ``result``, or None when the session must stop stepping."""
+        parked = False
         with self._cv:
             self._executing = False
             if self._cancel_reason is not None and self.state is not SessionState.FINISHED:
@@ -422,11 +445,14 @@ class DecodeSession(SessionSteps, SessionEditing):
                 self._cv.notify_all()
             elif self._pause_requested:
                 self._park(in_forward=result == INTERRUPTED)
-                return None
+                parked = True
             elif result == INTERRUPTED:  # preempted by a more urgent session, still runnable
                 self._interrupt.clear()
                 self.preempted = True
                 return None
+        if parked:
+            self._after_park()
+            return None
         if result == FINISHED:
             self._announce_finish()
             return None
@@ -434,7 +460,15 @@ class DecodeSession(SessionSteps, SessionEditing):
             self.on_token(self)
         return result
 
+    def _after_park(self) -> None:
+        """On the thread that parked the session: hand its KV to the block store if the
+        store says so (the session is idle, so this thread has time)."""
+        if self.kv is not None and self.kv.demote_on_pause:
+            self._demote(strict=False)
+
     def _finish(self, reason: str) -> str:
+        if self._kv_held is not None:  # a store may now evict what it held for this session
+            self._kv_held.release()
         with self._cv:
             self._state = SessionState.FINISHED
             self.finish_reason = reason

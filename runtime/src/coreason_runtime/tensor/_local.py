@@ -10,6 +10,7 @@ the next decoder-layer boundary (the others go on), a resume continues it, an ab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -22,10 +23,18 @@ from coreason_runtime._exceptions import (
     CoreasonError,
     RequestError,
     SchemaCompileError,
+    SessionStateError,
     WorkflowAbortedError,
 )
 from coreason_runtime._signals import interrupts_deferred
-from coreason_runtime.decode import DecodeEngine, DecodeSession, GrammarMask, Sampler, SessionState
+from coreason_runtime.decode import (
+    BlockStore,
+    DecodeEngine,
+    DecodeSession,
+    GrammarMask,
+    Sampler,
+    SessionState,
+)
 from coreason_runtime.tensor._compiler import LocalGrammar, UniversalCompiler
 from coreason_runtime.tensor._prefix import PrefixCache
 from coreason_runtime.tensor._schema import CompiledSchema, SchemaSpec
@@ -103,8 +112,9 @@ class LocalTier(SteerableTier):
     Sessions run on ``engine`` (the runtime's decode engine, sharing the model's lock), so
     concurrent requests decode in one batch, their tokens sharing forward passes, and every
     mechanism of the engine (pause at a layer boundary, checkpoints, span repair) applies to a
-    request in flight. Prompts share
-    KV through a prefix cache bounded by ``prefix_cache_tokens``.
+    request in flight. Prompts share KV through the prefix cache, a view of the block store
+    ``kv`` (or, without one, of a private RAM-only store bounded by ``prefix_cache_tokens``); a
+    paused or preempted request hands its KV to that store while it waits.
 
     Parameters
     ----------
@@ -116,6 +126,8 @@ class LocalTier(SteerableTier):
         Where ``tokens.batch``, ``cache.prefix_reused`` and ``decode.*`` events go.
     engine
         The decode engine to run sessions on; one over ``loaded`` when omitted.
+    kv
+        The KV block store (``rt.kv``: RAM and disk tiers shared by the runtime).
     close_values
         Close a value before the tokens run out, and close a looping string or array
         (:class:`~coreason_runtime.decode._closing.Closing`); ``False`` decodes under the
@@ -135,6 +147,7 @@ class LocalTier(SteerableTier):
         prefix_cache_tokens: int = 4096,
         stream_every: int = 8,
         timeout: float = DEFAULT_TIMEOUT,
+        kv: BlockStore | None = None,
         close_values: bool = True,
     ) -> None:
         self.loaded = loaded
@@ -146,7 +159,8 @@ class LocalTier(SteerableTier):
         )
         self.compiler = compiler or UniversalCompiler(loaded, bus=self.bus)
         self.info = self.engine.info
-        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens, store=kv)
+        self.kv = self.prefix_cache.blocks
         self.stream_every = max(1, stream_every)
         self.timeout = timeout
 
@@ -158,7 +172,14 @@ class LocalTier(SteerableTier):
         engine = rt.decode
         loaded = load_model(rt.config.model)
         compiler = UniversalCompiler(loaded, timeout=rt.config.compile_timeout, bus=rt.bus)
-        return cls(loaded, compiler, bus=rt.bus, engine=engine, timeout=rt.config.local_timeout)
+        return cls(
+            loaded,
+            compiler,
+            bus=rt.bus,
+            engine=engine,
+            timeout=rt.config.local_timeout,
+            kv=rt.kv,
+        )
 
     @classmethod
     def for_model(cls, rt: Coordinator, model: str) -> LocalTier:
@@ -376,6 +397,7 @@ class LocalTier(SteerableTier):
             deadline=deadline,
             prefix=(cache, reused),
             on_token=stream.on_token,
+            kv=self.kv,
             closing=self.close_values,
         )
         verification = None
@@ -424,7 +446,10 @@ class LocalTier(SteerableTier):
             session.engine.submit(session, paused_ok=True)
             try:
                 while session.wait() is not SessionState.FINISHED:
+                    with contextlib.suppress(SessionStateError):  # resumed meanwhile: keep it
+                        session.demote()  # its KV waits in the block store, not in RAM
                     ticket.checkpoint()  # blocks until resumed; raises once aborted
+                    session.prefetch()  # the KV comes back while the session resumes
                     if session.state is SessionState.PAUSED:
                         session.resume()
             except BaseException:
