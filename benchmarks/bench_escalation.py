@@ -132,7 +132,7 @@ def main() -> None:
                 return super().complete(request, meter)
 
         oracle = SamplingOracle(
-            OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="coreason-local"), bus=rt.bus
+            OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="default"), bus=rt.bus
         )
         rt.router.set_tiers([LazyLocalTier(rt), oracle])
         task_list = tasks(N_TASKS)

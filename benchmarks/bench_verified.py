@@ -196,7 +196,7 @@ def main() -> None:
                 return super().complete(request, meter)
 
         oracle = SamplingOracle(
-            OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="coreason-local"),
+            OracleConfig(base_url=f"http://127.0.0.1:{port}/v1", model="default"),
             bus=rt.bus,
         )
         rt.router.set_tiers([LazyLocalTier(rt), oracle])
