@@ -53,6 +53,8 @@ def _quantity(text: Any, unit: str | None) -> Any:
         pint.errors.PintError,
         SyntaxError,
         tokenize.TokenError,  # an unclosed bracket: "2.1 ("
+        AssertionError,  # pint's parser asserts on some malformed input: "s2/{]m^"
+        ArithmeticError,  # "1/0 J", "1*5^6e8"
         TypeError,
         AttributeError,
         KeyError,
