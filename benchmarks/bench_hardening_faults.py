@@ -81,6 +81,8 @@ def main() -> None:
     finally:
         chain.stop()
     load = os.getloadavg()[0]
+    clean = all(r[2] == r[3] == r[4] == r[5] == 0 for r in rows)
+    goal = f"Goal (every count 0): {'met' if clean else 'MISSED'}."
     write_section(
         "bench_hardening_faults",
         "A kill -9 at a random point of a request leaves the ledger exact (spent = Σ charges, "
@@ -105,7 +107,8 @@ def main() -> None:
             "0–0.8 s into `%%coreason ask`. Serve: `coreason serve` (tiny model) killed "
             "0.05–1 s into a streamed oracle request; the client gets a typed error, its "
             "ledger is exact, the restarted server is healthy (and is the next victim). "
-            f"Load average {load:.1f} on 2 cores; {time.perf_counter() - t0:.0f} s in all. "
+            f"{goal} Load average {load:.1f} on 2 cores; "
+            f"{time.perf_counter() - t0:.0f} s in all. "
             "`FAULT_TRIALS_<VICTIM>` sets a victim's count."
         ),
     )

@@ -79,6 +79,8 @@ def main() -> None:
         )
     ]
     load = os.getloadavg()[0]
+    met = same and again[1][0] == again[1][1] == 0 and again[0] < first[0]
+    goal = f"Goal (0 tokens, same answers, less wall time): {'met' if met else 'MISSED'}."
     write_section(
         "bench_lab_replay",
         "Re-running the executed tour answers every request from the notebook's replay record: "
@@ -93,7 +95,7 @@ def main() -> None:
             f"each run. Answers identical to the first run's (value and tier of every ask "
             f"cell, {len(first[2])} of them): {'yes' if same else 'NO'}. Wall time includes "
             f"starting the kernel; a replayed run still loads nothing but the model's manifest "
-            f"for the key. Load average {load:.1f} on 2 cores; "
+            f"for the key. {goal} Load average {load:.1f} on 2 cores; "
             f"{time.perf_counter() - t0:.0f} s in all."
         ),
     )

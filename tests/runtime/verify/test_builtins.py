@@ -106,6 +106,8 @@ def test_units_check_dimension_and_magnitude_with_pint() -> None:
     assert _verdict(check, {"energy": 9.0})[0] == []  # a number is read in the unit
     assert "dimension" in _verdict(check, {"energy": "9 N"})[0][0].message
     assert "expected 9 J" in _verdict(check, {"energy": "8 J"})[0][0].message
+    for unreadable in ("9 (J", "s2/{]m^", "1*5^6e8", "1/0 J"):  # each once escaped pint
+        assert "cannot read" in _verdict(check, {"energy": unreadable})[0][0].message
 
 
 def test_a_declared_invariant_over_fields() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +49,16 @@ def _quantity(text: Any, unit: str | None) -> Any:
         else:
             msg = f"expected a quantity, got {type(text).__name__}"
             raise ValueError(msg)
-    except (pint.errors.PintError, SyntaxError, TypeError, AttributeError, KeyError) as e:
+    except (
+        pint.errors.PintError,
+        SyntaxError,
+        tokenize.TokenError,  # an unclosed bracket: "2.1 ("
+        AssertionError,  # pint's parser asserts on some malformed input: "s2/{]m^"
+        ArithmeticError,  # "1/0 J", "1*5^6e8"
+        TypeError,
+        AttributeError,
+        KeyError,
+    ) as e:
         msg = f"not a quantity: {e}"
         raise ValueError(msg) from e
     return q
