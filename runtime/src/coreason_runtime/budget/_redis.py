@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from coreason_runtime._exceptions import (
     BudgetExceededError,
     LedgerBackendError,
@@ -127,6 +129,7 @@ return 1
 
 # how long a settled reservation is remembered (a late settle of it charges nothing)
 _SETTLED_TTL_S = 7 * 24 * 3600
+_RECONNECT_S = 8.0  # how long a lost connection is retried (a Redis restart takes about 1 s)
 
 
 _FOREIGN_ORPHAN_AFTER_S = 3600.0
@@ -186,11 +189,25 @@ class RedisLedgerBackend:
         return f"{self.prefix}:ledger:{workflow_id}"
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; a lost connection (a restarting server) is retried for up to
+        ``_RECONNECT_S``, any other failure is a ``LedgerBackendError`` at once. A reservation
+        or settlement whose reply was lost is found done on retry (both scripts are idempotent);
+        a growth repeated that way only holds more of Ω until its lease settles."""
+        redis = self._redis_mod
+        transient = (redis.ConnectionError, redis.TimeoutError)
         try:
-            return fn(*args, **kwargs)
-        except self._redis_mod.RedisError as e:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(transient),
+                stop=stop_after_delay(_RECONNECT_S),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    return fn(*args, **kwargs)
+        except redis.RedisError as e:
             msg = f"Redis ledger store at {self.url} failed: {e}"
             raise LedgerBackendError(msg) from e
+        raise AssertionError("unreachable")  # Retrying either returns or raises
 
     def _ledger(self, workflow_id: str, h: dict[str, str]) -> Ledger:
         ceiling = h.get("ceiling")
