@@ -274,6 +274,15 @@ def report(
             " (the oracle route decoded nothing: every oracle request failed at once, so "
             "its C is 0 and the cascade/oracle ratio means nothing)"
         )
+    if span_ratio is None:
+        verdict += (
+            f" (≥3×: neither local route fixed a task — whole retries decoded "
+            f"{by['full retry'][5]} tokens, span candidates {by['span, local'][5]}, for 0 "
+            "fixes — so there is no tokens-per-fix to "
+            "compare; what bounds it is the model: SmolLM2-135M does not produce these values "
+            "at any temperature on the ladder, and only a tier that can compute the field "
+            "(the CAS) or a stronger oracle fixes them)"
+        )
     notes = (
         f"Tokens per fix, full retry / span repair (local candidates): "
         f"{retry_fix:.1f} / {span_fix:.1f} = {_show(span_ratio, '.2f')}× "
