@@ -4,8 +4,8 @@ correction and relaxed grammars, with peers on the same schemas in the same run.
 
 Schemas: the first ``--n`` of a folder in the order of sha256(file name), keeping those whose
 compact JSON is at most ``--max-chars`` characters (the whole schema goes into the prompt of
-a 135M model). Run it on the shared sample and on a drawn one
-(``benchmarks/draw_jsonschemabench.py``).
+a 135M model). ``--data`` takes several folders, one set each, all in one run and one
+section: the shared sample and a drawn one (``benchmarks/draw_jsonschemabench.py``).
 
 Peers (``--peers PYTHON``) run in a scratch venv, never a project dependency:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -67,16 +68,23 @@ def pick(folder: Path, n: int, max_chars: int) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def policy_before_issue_18() -> Iterator[None]:
     """The correction loop before: a truncation was fed back like any failed validation,
-    with the same max_tokens."""
-    from coreason_runtime.tensor import _correction
+    with the same max_tokens, and an output repeating an earlier failed one was tried again."""
+    from coreason_runtime.tensor import _attempts, _correction
     from coreason_runtime.tensor._types import FailureKind
 
     saved = _correction.NEXT[FailureKind.TRUNCATED]
+    saved_next = _attempts.next_try
+
+    def next_ignoring_repeats(last: Any, outcome: Any) -> Any:
+        return saved_next(last, dataclasses.replace(outcome, repeat_of=None))
+
     _correction.NEXT[FailureKind.TRUNCATED] = _correction.NEXT[FailureKind.INVALID_JSON]
+    _attempts.next_try = next_ignoring_repeats  # type: ignore[assignment]
     try:
         yield
     finally:
         _correction.NEXT[FailureKind.TRUNCATED] = saved
+        _attempts.next_try = saved_next
 
 
 def valid_by_jsonschema(schema: dict[str, Any], text: str) -> bool:
@@ -178,7 +186,8 @@ def score_peer(rows: list[dict[str, Any]], jobs: list[dict[str, Any]], max_token
 def run_peers(
     python: str, loaded: Any, items: list[dict[str, Any]], max_tokens: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each peer on the same chat prompts, in the scratch venv (``_peers_structured.py``)."""
+    """Each peer on the same chat prompts, in the scratch venv (``_peers_structured.py``):
+    one process per peer for every set, rows in the order of ``items``."""
     from coreason_runtime.models._loader import pull
 
     jobs = peer_jobs(loaded, items)
@@ -232,7 +241,7 @@ def _pct(a: int, b: int) -> str:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Every run's rows, with what the notes need (``meta``)."""
+    """Every run's rows per set of schemas, with what the notes need (``meta``)."""
     import torch
     from coreason_runtime.models import load_model
 
@@ -240,32 +249,50 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     load = [os.getloadavg()[0]]
     loaded = load_model()
-    items = pick(args.data, args.n, args.max_chars)
+    picked = {str(folder): pick(folder, args.n, args.max_chars) for folder in args.data}
     kw = {"max_tokens": args.max_tokens, "attempts": args.attempts}
-    before = run_local(loaded, items, after=False, **kw)
-    load.append(os.getloadavg()[0])
-    after = run_local(loaded, items, after=True, **kw)
-    load.append(os.getloadavg()[0])
-    peers = run_peers(args.peers, loaded, items, args.max_tokens) if args.peers else {}
-    load.append(os.getloadavg()[0])
-    meta = {"schemas": len(items), "seconds": time.perf_counter() - started, "load": load}
-    return {"meta": meta, "before": before, "after": after, **peers}
+    sets: dict[str, dict[str, Any]] = {}
+    for folder, items in picked.items():
+        sets[folder] = {"before": run_local(loaded, items, after=False, **kw)}
+        load.append(os.getloadavg()[0])
+        sets[folder]["after"] = run_local(loaded, items, after=True, **kw)
+        load.append(os.getloadavg()[0])
+    if args.peers:
+        every = [item for items in picked.values() for item in items]
+        peers = run_peers(args.peers, loaded, every, args.max_tokens)
+        for peer, rows in peers.items():
+            at = 0
+            for folder, items in picked.items():
+                sets[folder][peer] = rows[at : at + len(items)]
+                at += len(items)
+        load.append(os.getloadavg()[0])
+    meta = {
+        "schemas": {folder: len(items) for folder, items in picked.items()},
+        "seconds": time.perf_counter() - started,
+        "load": load,
+    }
+    return {"meta": meta, "sets": sets}
 
 
 def rescore(args: argparse.Namespace, dump: dict[str, Any]) -> None:
     """Judge the peers' rows of a dump again (the rows themselves are kept as they ran)."""
     from coreason_runtime.models import load_model
 
-    peers = [k for k in ("outlines", "xgrammar") if k in dump]
-    if peers:
-        jobs = peer_jobs(load_model(), pick(args.data, args.n, args.max_chars))
-        for peer in peers:
-            score_peer(dump[peer], jobs, args.max_tokens)
+    loaded = None
+    for folder, runs in dump["sets"].items():
+        peers = [k for k in ("outlines", "xgrammar") if k in runs]
+        if peers:
+            loaded = loaded or load_model()
+            jobs = peer_jobs(loaded, pick(Path(folder), args.n, args.max_chars))
+            for peer in peers:
+                score_peer(runs[peer], jobs, args.max_tokens)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--data", type=Path, nargs="+", default=[DATA], help="folders of schemas: one set each"
+    )
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--max-chars", type=int, default=3000)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -282,6 +309,11 @@ def main() -> None:
     if args.from_dump is not None:
         dump = json.loads(args.from_dump.read_text())
         dump.setdefault("meta", json.loads(args.meta) if args.meta else {})
+        if "sets" not in dump:  # a dump of one set, written before sets
+            runs = {
+                k: dump.pop(k) for k in ("before", "after", "outlines", "xgrammar") if k in dump
+            }
+            dump["sets"] = {str(args.data[0]): runs}
         rescore(args, dump)
     else:
         dump = measure(args)
@@ -290,61 +322,102 @@ def main() -> None:
     report(args, dump)
 
 
+def _row(label: str, run: str, runs: list[dict[str, Any]]) -> list[object]:
+    s = summary(runs)
+    cost = s["cost_per_valid"]
+    return [
+        label,
+        run,
+        _pct(s["ok"], s["n"]),
+        _pct(s["truncated_lost"], s["n"]),
+        s["truncated_attempts"],
+        _pct(s["refused"], s["n"]),
+        s["accepted_invalid"],
+        s["closed"],
+        round(s["tokens_per_valid"], 1) if s["ok"] else "-",
+        round(cost, 1) if cost == cost else "-",
+    ]
+
+
+def _label(folder: str) -> str:
+    name = Path(folder).name
+    return "shared sample" if name == DATA.name else f"`{name}` (drawn)"
+
+
+def _goals(dump: dict[str, Any]) -> str:
+    """Each set's goals (no truncation lost, >= 90% answered, 0 invalid), met or MISSED."""
+    parts = []
+    for folder, runs in dump["sets"].items():
+        s = summary(runs["after"])
+        b = summary(runs["before"])
+        checks = [
+            ("no answer lost to truncation", s["truncated_lost"] == 0),
+            (">= 90% answered locally", s["n"] and s["ok"] >= 0.9 * s["n"]),
+            ("0 invalid returned", s["accepted_invalid"] == 0),
+            (
+                "tokens per valid no more than before",
+                s["tokens_per_valid"] <= b["tokens_per_valid"],
+            ),
+        ]
+        said = "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in checks)
+        parts.append(f"{_label(folder)}: {said}")
+    return "Goals, after: " + ". ".join(parts) + "."
+
+
 def report(args: argparse.Namespace, dump: dict[str, Any]) -> None:
-    peers = {k: dump[k] for k in ("outlines", "xgrammar") if k in dump}
     meta = dump["meta"]
     rows: list[list[object]] = []
-    for name, runs in [
-        ("local, before (bare grammar, exact compile, truncation re-asked)", dump["before"]),
-        ("local, after (closing, relaxed compile, truncation-aware)", dump["after"]),
-        *[(f"peer: {p} (1 attempt)", r) for p, r in peers.items()],
-    ]:
-        s = summary(runs)
+    ran: set[str] = set()
+    for folder, runs in dump["sets"].items():
+        label = _label(folder)
         rows.append(
-            [
-                name,
-                _pct(s["ok"], s["n"]),
-                _pct(s["truncated_lost"], s["n"]),
-                s["truncated_attempts"],
-                _pct(s["refused"], s["n"]),
-                s["accepted_invalid"],
-                s["closed"],
-                round(s["tokens_per_valid"], 1),
-                round(s["cost_per_valid"], 1)
-                if s["cost_per_valid"] == s["cost_per_valid"]
-                else "-",
-            ]
+            _row(label, "local, before (bare grammar, exact compile, old retries)", runs["before"])
         )
-    shared = args.data.name == DATA.name
-    where = "the shared sample" if shared else f"`{args.data.name}` (drawn)"
+        rows.append(
+            _row(label, "local, after (closing, relaxed compile, truncation-aware)", runs["after"])
+        )
+        for peer in ("outlines", "xgrammar"):
+            if peer in runs:
+                ran.add(peer)
+                rows.append(_row(label, f"peer: {peer} (1 attempt)", runs[peer]))
+    counts = meta.get("schemas", {})
+    sizes = ", ".join(f"{n} from {_label(f)}" for f, n in counts.items()) if counts else "-"
     load = ", ".join(f"{x:.1f}" for x in meta.get("load", []))
     notes = (
-        f"{meta.get('schemas', len(dump['after']))} schemas from {where}: the first by sha256 "
-        f"of the file name whose compact JSON is at most {args.max_chars} characters. "
-        f"SmolLM2-135M-Instruct on CPU ({args.threads} torch thread(s)), greedy first attempt "
-        f"with seed 0, up to {args.attempts} attempts (later ones sample at T=0.4, 0.8, as the "
-        f"router does), max_tokens {args.max_tokens}, the router's local tier only (a failure "
-        f"yields), prompt: {PROMPT!r} with the local tier's schema hint. 'truncated: lost' "
-        f"counts schemas left unanswered with a truncated attempt among their failures (a peer: "
-        f"its answer ran to the limit and does not parse). 'invalid returned': for the local "
-        f"tier, accepted answers that fail a jsonschema re-check against the original schema "
-        f"(goal 0); for a peer, JSON it returned that the schema rejects (peers do not "
-        f"validate). Tokens per valid answer: output tokens of every attempt (failed ones "
-        f"included) over the answered schemas; C = T_in + 3 T_out likewise. Peers decode the "
-        f"same chat prompt (same tokenizer, same chat template) greedily with "
-        f"{args.max_tokens} new tokens, once: outlines "
-        f"{'' if 'outlines' in peers else '(not run) '}with its default backend, transformers "
-        f"+ xgrammar {'' if 'xgrammar' in peers else '(not run) '}through its logits "
-        f"processor (its default JSON whitespace); they have no correction loop. "
-        f"{meta.get('seconds', float('nan')):.0f} s in all; load average {load or '-'} (start, "
-        f"after before, after after, end) on the shared 2-core machine."
+        f"Schemas: {sizes}; in each folder the first by sha256 of the file name whose compact "
+        f"JSON is at most {args.max_chars} characters. The drawn set is every MaskBench schema "
+        f"of guidance-ai/jsonschemabench (maskbench/data at ba103c73) not in the shared sample "
+        f"whose name hashes into bucket 3 of 10 (int(sha256(name)[:8], 16) % 10 == 3): 1,078 "
+        f"schemas, written by `benchmarks/draw_jsonschemabench.py --repo <git copy> --out "
+        f"/tmp/c18/jsb-draw`. SmolLM2-135M-Instruct on CPU ({args.threads} torch thread(s)), "
+        f"greedy first attempt with seed 0, up to {args.attempts} attempts (later ones sample "
+        f"at T=0.4, 0.8, as the router does), max_tokens {args.max_tokens}, the router's local "
+        f"tier only (a failure yields), prompt: {PROMPT!r} with the local tier's schema hint. "
+        f"'before' is the bare grammar with exact compile and the old retries (a truncation "
+        f"re-asked at the same max_tokens, an output repeating an earlier failure tried "
+        f"again); 'after' adds length-aware closing, relaxed compile, truncation-aware retries "
+        f"and leaving the tier on a repeated failed output. 'truncated: lost' counts schemas "
+        f"left unanswered with a truncated attempt among their failures (a peer: its answer "
+        f"ran to the limit and does not parse). 'invalid returned': for the local tier, "
+        f"accepted answers that fail a jsonschema re-check against the original schema (goal "
+        f"0); for a peer, JSON it returned that the schema rejects (peers do not validate). "
+        f"Tokens per valid answer: output tokens of every attempt (failed ones included) over "
+        f"the answered schemas; C = T_in + 3 T_out likewise. Peers decode the same chat prompt "
+        f"(same tokenizer, same chat template) greedily with {args.max_tokens} new tokens, "
+        f"once: outlines {'' if 'outlines' in ran else '(not run) '}with its default backend, "
+        f"transformers + xgrammar {'' if 'xgrammar' in ran else '(not run) '}through its "
+        f"logits processor (its default JSON whitespace); they have no correction loop. "
+        f"{_goals(dump)} {meta.get('seconds', float('nan')):.0f} s in all; load average "
+        f"{load or '-'} (start, after each local run, end) on the shared 2-core machine."
     )
+    data = " ".join(str(d) for d in args.data)
     write_section(
         args.section,
         "A local answer is never lost to truncation, and the correction loop never repeats an "
         "identical failed attempt: share of JSONSchemaBench schemas answered validly by the "
         "local tier, truncations, refusals, invalid returned (0), tokens per valid answer.",
         [
+            "set",
             "run",
             "valid answers",
             "truncated: lost",
@@ -357,9 +430,8 @@ def report(args: argparse.Namespace, dump: dict[str, Any]) -> None:
         ],
         rows,
         notes=notes,
-        command=f".venv/bin/python benchmarks/bench_structured_complete.py --data {args.data} "
-        f"--n {args.n} --section {args.section}"
-        + (" --peers /tmp/peers-venv/bin/python" if peers else ""),
+        command=f".venv/bin/python benchmarks/bench_structured_complete.py --data {data} "
+        f"--n {args.n} --section {args.section}" + (f" --peers {args.peers}" if args.peers else ""),
     )
 
 

@@ -35,7 +35,8 @@ def test_ask_failures_say_why_each_attempt_failed(
 ) -> None:
     def runtime(args: object) -> Coordinator:
         rt = Coordinator(RuntimeConfig(home=home, subgoal_cache=False))
-        rt.router.set_tiers([ScriptedTier("local", ['{"n": "three"}'], repeat_last=True)])
+        wrong = ['{"n": "three"}', '{"n": "four"}', '{"n": "five"}']  # three distinct failures
+        rt.router.set_tiers([ScriptedTier("local", wrong)])
         return rt
 
     monkeypatch.setattr("coreason_runtime.cli._runtime", runtime)

@@ -48,6 +48,12 @@ def ok(value: Answer) -> list[Failure]:
 VERIFY = VerifyPolicy.of(ok, span_tiers=["expert"])
 
 
+def wrong_each_time() -> ScriptedTier:
+    """A local tier whose every attempt is wrong differently (an identical failed answer would
+    leave the tier after its second attempt)."""
+    return ScriptedTier("local", [lambda r: f'{{"value": "wrong {r.attempt}"}}'], repeat_last=True)
+
+
 @pytest.fixture
 def rt(home: Path) -> Iterator[Coordinator]:
     runtime = Coordinator()
@@ -115,7 +121,7 @@ def test_a_refused_span_escalation_is_on_the_result_another_tier_answered(
 
 def test_a_span_tier_whose_answers_fail_is_no_longer_asked(rt: Coordinator) -> None:
     expert = Expert('"still wrong"')
-    rt.router.set_tiers([ScriptedTier("local", [WRONG], repeat_last=True)])
+    rt.router.set_tiers([wrong_each_time()])
     rt.router.set_tool_tiers([expert])
     rt.budgets.set_tier_weights("expert", 10, 400)  # C = 5,000: pays while p̂ > 0.5
     with pytest.raises(EpistemicYieldError) as first:
@@ -133,7 +139,7 @@ def test_what_the_span_gate_learned_survives_a_restart(home: Path) -> None:
         rt = Coordinator()
         rt.budgets.set("wf", ceiling=None)
         expert = Expert('"still wrong"')
-        rt.router.set_tiers([ScriptedTier("local", [WRONG], repeat_last=True)])
+        rt.router.set_tiers([wrong_each_time()])
         rt.router.set_tool_tiers([expert])
         rt.budgets.set_tier_weights("expert", 10, 400)
         return rt, expert

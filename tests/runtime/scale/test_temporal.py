@@ -65,7 +65,7 @@ def test_answered_request_runs_as_an_activity_and_charges_the_shared_ledger(
 def test_yield_waits_for_a_human_signal_and_rejects_invalid_answers(
     temporal_server, worker_rt: Coordinator
 ) -> None:
-    worker_rt.router.set_tiers([ScriptedTier("local", ["no json"] * 3)])
+    worker_rt.router.set_tiers([ScriptedTier("local", [f"no json {i}" for i in range(3)])])
 
     async def scenario(client, queue):
         handle = await start_request(

@@ -104,6 +104,15 @@ def test_a_truncation_after_asking_shorter_escalates() -> None:
     assert next_try(last, Outcome(FailureKind.TRUNCATED, CUT, 60, 400)) is None
 
 
+@pytest.mark.parametrize(
+    "kind", [FailureKind.TRUNCATED, FailureKind.SCHEMA_VIOLATION, FailureKind.INVALID_JSON]
+)
+def test_an_output_repeating_an_earlier_failure_leaves_the_tier(kind: FailureKind) -> None:
+    last = Try(MSGS, 100)
+    assert next_try(last, Outcome(kind, CUT, None, 400)) is not None
+    assert next_try(last, Outcome(kind, CUT, None, 400, repeat_of=1)) is None
+
+
 @pytest.mark.parametrize("kind", [FailureKind.TIMEOUT, FailureKind.DEAD_END, FailureKind.CRASH])
 def test_deterministic_failures_leave_the_tier(kind: FailureKind) -> None:
     assert next_try(Try(MSGS, 100), Outcome(kind, CUT, None, 400)) is None
@@ -135,12 +144,59 @@ def test_a_truncation_under_a_tight_ceiling_asks_for_less(rt: Coordinator) -> No
 
 
 def test_every_failed_attempt_records_its_class_and_repeats(rt: Coordinator) -> None:
-    rt.router.set_tiers([ScriptedTier("local", ['{"expression": "x"}'] * 3)])
+    x, y = '{"expression": "x"}', '{"expression": "y"}'
+    rt.router.set_tiers([ScriptedTier("local", [x, y, x])])
     with pytest.raises(EpistemicYieldError) as info:
         rt.router.generate(Derivative, "q", workflow_id="wf")
     attempts = info.value.attempts
     assert [a.failure for a in attempts] == [FailureKind.SCHEMA_VIOLATION] * 3
-    assert [a.repeat_of for a in attempts] == [None, 1, 1]
+    assert [a.repeat_of for a in attempts] == [None, None, 1]
+
+
+def test_an_identical_failed_answer_is_never_paid_for_again(rt: Coordinator) -> None:
+    same = '{"expression": "x"}'  # a schema violation, the same tokens every time
+    local = ScriptedTier("local", [same, same, GOOD])
+    oracle = ScriptedTier("oracle", [GOOD])
+    rt.router.set_tiers([local, oracle])
+    res = rt.router.generate(Derivative, "q", workflow_id="wf")
+    # the second answer repeated the first despite the error fed back and a fresh seed:
+    # the local tier is left instead of paying for the same answer a third time
+    assert len(local.requests) == 2 and res.tier == "oracle"
+    assert [(a.tier, a.index, a.failure, a.repeat_of) for a in res.attempts] == [
+        ("local", 1, FailureKind.SCHEMA_VIOLATION, None),
+        ("local", 2, FailureKind.SCHEMA_VIOLATION, 1),
+        ("oracle", 1, None, None),
+    ]
+    assert rt.budgets.spent("wf") == pytest.approx(sum(a.cost for a in res.attempts))
+    assert res.cost == pytest.approx(rt.budgets.spent("wf"))
+
+
+class _CappedTier(SteerableTier):
+    """A tier whose server stops every answer after 3 tokens, whatever ``max_tokens`` says."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.requests: list[TierRequest] = []
+
+    def complete(self, request: TierRequest, meter: Meter) -> TierOutput:
+        self.requests.append(request)
+        meter.charge(tokens_in=3, tokens_out=3)
+        text = '{"expression": "x'
+        return TierOutput(text=text, tokens_in=3, tokens_out=3, model="m", finish_reason="length")
+
+
+def test_a_truncation_repeated_at_a_larger_limit_leaves_the_tier(rt: Coordinator) -> None:
+    local = _CappedTier()
+    rt.router.set_tiers([local, ScriptedTier("oracle", [GOOD])])
+    res = rt.router.generate(Derivative, "q", workflow_id="wf", max_tokens=4)
+    assert [r.max_tokens for r in local.requests] == [4, 8]  # no third try at 16
+    assert [(a.tier, a.failure, a.repeat_of) for a in res.attempts] == [
+        ("local", FailureKind.TRUNCATED, None),
+        ("local", FailureKind.TRUNCATED, 1),
+        ("oracle", None, None),
+    ]
+    assert rt.budgets.spent("wf") == pytest.approx(sum(a.cost for a in res.attempts))
 
 
 def test_a_failed_event_names_the_class(rt: Coordinator) -> None:

@@ -69,7 +69,7 @@ def test_validation_error_text_is_fed_back_to_the_next_attempt(rt: Coordinator) 
 
 
 def test_at_most_three_attempts_per_tier_then_escalation(rt: Coordinator) -> None:
-    local = ScriptedTier("local", ["nope"] * 5)
+    local = ScriptedTier("local", [f"nope{i}" for i in range(5)])  # five distinct answers
     oracle = ScriptedTier("oracle", [GOOD])
     rt.router.set_tiers([local, oracle])
     escalations = []
@@ -98,7 +98,8 @@ def test_authentication_failure_escalates_without_retry(rt: Coordinator) -> None
 
 
 def test_every_tier_failing_yields_with_every_attempt(rt: Coordinator) -> None:
-    rt.router.set_tiers([ScriptedTier("local", ["a"] * 3), ScriptedTier("oracle", ["b"] * 3)])
+    local = ScriptedTier("local", ["a1", "a2", "a3"])
+    rt.router.set_tiers([local, ScriptedTier("oracle", ["b1", "b2", "b3"])])
     with pytest.raises(EpistemicYieldError) as info:
         rt.router.generate(Derivative, "q", workflow_id="wf")
     err = info.value
@@ -290,7 +291,7 @@ def test_cache_can_be_bypassed_per_request(cached_rt: Coordinator) -> None:
 
 
 def test_retries_sample_with_rising_temperature_and_fresh_seeds(rt: Coordinator) -> None:
-    local = ScriptedTier("local", ["bad", "bad", GOOD])
+    local = ScriptedTier("local", ["bad", "worse", GOOD])
     rt.router.set_tiers([local])
     rt.router.generate(Derivative, "q", workflow_id="wf", seed=7)
     assert [r.temperature for r in local.requests] == [0.0, 0.4, 0.8]

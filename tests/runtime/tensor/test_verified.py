@@ -106,7 +106,8 @@ def test_rejected_everywhere_yields_with_the_failing_field(rt: Coordinator) -> N
 
 
 def test_the_request_escalates_when_every_local_answer_is_rejected(rt: Coordinator) -> None:
-    local = ScriptedSteerableTier("local", [WRONG], repeat_last=True)
+    wrong = [WRONG, WRONG.replace("x**2*ln(x)", "x"), WRONG.replace("x**2*ln(x)", "2")]
+    local = ScriptedSteerableTier("local", wrong)  # three distinct rejected answers
     rt.router.set_tiers([local, ScriptedTier("oracle", [GOOD])])
     policy = V.policy(CHECK, span_tiers=())
     res = rt.router.generate(Derivative, "d/dx x**2", workflow_id="wf", verify=policy)

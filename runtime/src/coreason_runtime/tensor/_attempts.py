@@ -10,7 +10,9 @@ Every failed attempt is classified (:class:`FailureKind`) and the next one built
 class (:func:`~coreason_runtime.tensor._correction.next_try`): a truncated answer gets more
 room when Ω allows, else a request to answer shorter, else the tier is left, so no attempt
 repeats an earlier one (a retry differs in its messages, its limit or its sampling); an
-output that repeats an earlier failed one token for token is marked (``repeat_of``).
+output that repeats an earlier failed one token for token is marked (``repeat_of``) and
+ends the tier: it gave the same answer to a changed request, so no request built from it can
+be told apart in what it buys, and the same failed tokens are never paid for a third time.
 """
 
 from __future__ import annotations
@@ -308,7 +310,8 @@ class TierRunner:
             conv.outputs.setdefault(text, index)
         this = conv.next or Try(conv.messages, plan.max_tokens)
         room = self._room(plan.workflow_id, tier.name, meter.estimated_in)  # the same prompt
-        conv.next = next_try(this, Outcome(kind, error, room, GROWTH_CAP * plan.max_tokens))
+        cap = GROWTH_CAP * plan.max_tokens
+        conv.next = next_try(this, Outcome(kind, error, room, cap, repeat_of=repeat_of))
         if conv.next is not None:
             conv.messages = conv.next.messages
 

@@ -6,7 +6,8 @@ classified (:func:`classify`: truncated, invalid JSON, schema violation, verifie
 timeout, dead end, ...); :func:`next_try` then builds the next request from the class, a pure
 function dispatched by a dict: a truncated answer gets more room when Ω allows, else an
 instruction to answer shorter, else the tier is left; a rejected answer is fed back with the
-exact error (Prompt_{k+1} = Prompt_k + Traceback_k).
+exact error (Prompt_{k+1} = Prompt_k + Traceback_k); an output that repeats an earlier failed
+one of the tier leaves it (the same failure is never paid for again).
 """
 
 from __future__ import annotations
@@ -147,13 +148,15 @@ class Outcome:
     """What a failed attempt tells the policy.
 
     ``room`` is how many output tokens Ω can still fund after the next prompt (``None``:
-    no ceiling); ``cap`` the most ``max_tokens`` may grow to.
+    no ceiling); ``cap`` the most ``max_tokens`` may grow to; ``repeat_of`` the earlier
+    failed attempt of the tier whose output this one repeated token for token.
     """
 
     kind: FailureKind
     error: CoreasonError
     room: int | None = None
     cap: int = 0
+    repeat_of: int | None = None
 
 
 def _after_truncation(last: Try, out: Outcome) -> Try | None:
@@ -184,7 +187,16 @@ NEXT: dict[FailureKind, Callable[[Try, Outcome], Try | None]] = {
 
 
 def next_try(last: Try, outcome: Outcome) -> Try | None:
-    """The next attempt's arguments after a failure, or ``None`` to leave the tier."""
+    """The next attempt's arguments after a failure, or ``None`` to leave the tier.
+
+    An output that repeats an earlier failed one leaves the tier whatever its class: the same
+    tokens came back although the request had changed (the error fed back, a higher
+    temperature and a fresh seed, or more room / "answer shorter" after a truncation, e.g. a
+    server capping its output below what was asked), so nothing distinct is left to ask, and
+    another try would pay for the same failure again.
+    """
+    if outcome.repeat_of is not None:
+        return None
     step = NEXT.get(outcome.kind)
     return step(last, outcome) if step is not None else None
 
