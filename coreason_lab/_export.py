@@ -11,7 +11,11 @@ were. :class:`OfflineHTMLExporter` puts everything in the page instead:
 * anywidget's module, taken from the installed ``anywidget`` package and defined under its
   name, so the widget manager finds it without fetching it;
 * each anywidget's own code (plotly's ``FigureWidget`` carries its ~5 MB bundle as ``_esm``),
-  stored once per distinct module however many figures share it.
+  stored once per distinct module however many figures share it;
+* MathJax 3 (``mathjax``'s ``es5/tex-svg-full.js``, vendored by the same script: every TeX
+  extension and the SVG glyphs in one 2.3 MB file) where the notebook has math to typeset
+  (:func:`has_math`; ``OfflineHTMLExporter.mathjax`` = ``"always"`` or ``"never"`` overrides),
+  in place of the lab template's MathJax 2 from a CDN.
 
 Use it with ``jupyter nbconvert --to coreason_lab.OfflineHTMLExporter notebook.ipynb`` (or
 ``--to coreason-html`` once the package's entry point is installed), or call
@@ -21,19 +25,23 @@ Use it with ``jupyter nbconvert --to coreason_lab.OfflineHTMLExporter notebook.i
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
 from nbconvert import HTMLExporter
-from traitlets import Unicode, default
+from traitlets import CaselessStrEnum, Unicode, default
 
-__all__ = ["OfflineHTMLExporter", "drop_stale_buffers", "export_html", "share_modules"]
+__all__ = ["OfflineHTMLExporter", "drop_stale_buffers", "export_html", "has_math", "share_modules"]
 
 _STATIC = Path(__file__).resolve().parent / "_static"
 _STATE = "application/vnd.jupyter.widget-state+json"
 _SHARE_FROM = 10_000  # characters: an _esm at least this long is stored once and shared
 _ANYWIDGET_DEFINE = 'define(["@jupyter-widgets/base"], widget_default);'
+# what MathJax would find: its delimiters, and the environments it typesets outside math mode
+_MATH_MARKS = ("$", "\\(", "\\[", "\\begin{")
+_MATH_OUTPUTS = ("text/latex", "text/markdown", "text/html")
 
 
 def _script(text: str) -> str:
@@ -64,6 +72,36 @@ def share_modules(nb: Any) -> list[str]:
             modules.append(esm)
         model["state"]["_esm"] = f"coreason-esm:{modules.index(esm)}"
     return modules
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string in a JSON-like ``node`` (a widget's state), skipping its ``_esm`` code."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key != "_esm":
+                yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def has_math(nb: Any) -> bool:
+    """Whether MathJax would typeset anything in ``nb``'s page: a LaTeX output, or a math
+    delimiter in a markdown cell, a markdown or HTML output, or a widget's saved state."""
+    texts: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            texts.append(cell.source)
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "text/latex" in data:
+                return True
+            texts.extend(str(data[mime]) for mime in _MATH_OUTPUTS if mime in data)
+    state = nb.metadata.get("widgets", {}).get(_STATE, {}).get("state", {})
+    texts.extend(_strings(state))
+    return any(mark in text for text in texts for mark in _MATH_MARKS)
 
 
 def _child(node: Any, key: Any) -> Any:
@@ -122,7 +160,15 @@ class OfflineHTMLExporter(HTMLExporter):  # type: ignore[misc]
     offline_assets = Unicode(
         str(_STATIC / "offline"),
         config=True,
-        help="folder holding require.js, embed-amd.js and shared-modules.js",
+        help="folder holding require.js, embed-amd.js, shared-modules.js and MathJax's scripts",
+    )
+
+    mathjax = CaselessStrEnum(
+        ["auto", "always", "never"],
+        default_value="auto",
+        config=True,
+        help="put MathJax (2.3 MB) in the page: where the notebook has math (auto), or always, "
+        "or never (math stays TeX source)",
     )
 
     def from_notebook_node(
@@ -138,9 +184,20 @@ class OfflineHTMLExporter(HTMLExporter):  # type: ignore[misc]
             "shared_modules": _script((folder / "shared-modules.js").read_text()),
             "anywidget": _script(_anywidget_module()),
             "modules": share_modules(nb),
+            "mathjax": self._mathjax(folder, nb),
         }
         body, out = super().from_notebook_node(nb, resources=resources, **kw)
         return str(body), out
+
+    def _mathjax(self, folder: Path, nb: Any) -> dict[str, str] | None:
+        """MathJax's configuration, MathJax, and the widget manager's MathJax 2 shim."""
+        if self.mathjax == "never" or (self.mathjax == "auto" and not has_math(nb)):
+            return None
+        return {
+            "config": _script((folder / "mathjax-config.js").read_text()),
+            "script": _script((folder / "tex-svg-full.js").read_text()),
+            "hub": _script((folder / "mathjax-hub.js").read_text()),
+        }
 
 
 def export_html(notebook: Path, out: Path | None = None) -> Path:

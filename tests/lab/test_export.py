@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
@@ -13,6 +14,7 @@ from coreason_lab._export import (
     OfflineHTMLExporter,
     drop_stale_buffers,
     export_html,
+    has_math,
     share_modules,
 )
 
@@ -86,3 +88,60 @@ def test_the_exporter_is_found_by_nbconvert_by_its_import_path() -> None:
     from nbconvert.exporters import get_exporter
 
     assert get_exporter("coreason_lab.OfflineHTMLExporter") is OfflineHTMLExporter
+
+
+def notebook_with(*cells: nbformat.NotebookNode) -> Any:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = list(cells)
+    return nb
+
+
+def latex_output(tex: str) -> Any:
+    cell = nbformat.v4.new_code_cell("x**3")
+    cell.outputs = [
+        nbformat.v4.new_output("execute_result", {"text/latex": tex, "text/plain": "x**3"})
+    ]
+    return cell
+
+
+def test_math_is_found_in_markdown_latex_outputs_and_widget_state() -> None:
+    assert has_math(notebook_with(nbformat.v4.new_markdown_cell("cubes: $x^3$")))
+    assert has_math(notebook_with(nbformat.v4.new_markdown_cell(r"\begin{align} a \end{align}")))
+    assert has_math(notebook_with(latex_output(r"$\displaystyle x^{3}$")))
+    assert has_math(notebook_with_state({"m": {"state": {"value": "$y = x^2$"}}}))
+
+
+def test_a_notebook_without_math_is_found_to_have_none() -> None:
+    code = nbformat.v4.new_code_cell("cost = 3")
+    code.outputs = [nbformat.v4.new_output("stream", text="$ echo in a stream is not typeset\n")]
+    assert not has_math(notebook_with(nbformat.v4.new_markdown_cell("# A plot"), code))
+    assert not has_math(notebook_with_state({"a": figure("export const x = '$';" * 1_000)}))
+
+
+def test_a_page_with_math_carries_mathjax_and_loads_none(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(notebook_with(latex_output(r"$\displaystyle x^{3}$")), path)
+    page = export_html(path).read_text()
+    assert "cdnjs.cloudflare.com/ajax/libs/mathjax" not in page
+    assert "text/x-mathjax-config" not in page  # the lab template's MathJax 2 set-up is gone
+    mathjax = (OFFLINE / "tex-svg-full.js").read_text()
+    assert mathjax[:2_000] in page and mathjax[-2_000:] in page
+    assert "MathJax.Hub = {" not in page and "mj.Hub = {" in page  # the widgets' shim
+
+
+def test_a_page_without_math_carries_no_mathjax(tmp_path: Path) -> None:
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(notebook_with(nbformat.v4.new_markdown_cell("# A plot")), path)
+    page = export_html(path).read_text()
+    assert "mathjax" not in page.lower()
+    assert len(page) < 1_000_000
+
+
+def test_mathjax_can_be_asked_for_always_or_never(tmp_path: Path) -> None:
+    plain = notebook_with(nbformat.v4.new_markdown_cell("# A plot"))
+    with_math = notebook_with(latex_output("$x$"))
+    always = OfflineHTMLExporter(mathjax="always")  # type: ignore[no-untyped-call]
+    never = OfflineHTMLExporter(mathjax="never")  # type: ignore[no-untyped-call]
+    tail = (OFFLINE / "tex-svg-full.js").read_text()[-2_000:]
+    assert tail in always.from_notebook_node(plain)[0]
+    assert "MathJax" not in never.from_notebook_node(with_math)[0]
