@@ -23,9 +23,16 @@ from coreason_runtime.scale._registry import WorkerInfo, workers
 from coreason_runtime.scale._servers import RedisServer, TemporalDevServer
 from coreason_runtime.scale._workflow import TASK_QUEUE
 
-__all__ = ["LocalCluster"]
+__all__ = ["LocalCluster", "threads_per_worker"]
 
 STATE_FILE = "cluster.json"
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Compute threads for each of ``workers`` workers sharing ``cores`` (this machine's):
+    the cores shared out, at least one each (more workers than cores then oversubscribe)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(workers, 1))
 
 
 class LocalCluster:
@@ -44,6 +51,9 @@ class LocalCluster:
         the default cascade (the local model).
     concurrency:
         Requests each worker runs at once.
+    threads:
+        Torch compute threads per worker; by default this machine's cores shared out
+        (``cores // workers``, at least 1), so the workers do not oversubscribe the cores.
     env:
         Extra environment for the workers (``COREASON_SUBGOAL_CACHE=0`` ...).
     temporal_port, redis_port:
@@ -59,6 +69,7 @@ class LocalCluster:
         task_queue: str = TASK_QUEUE,
         setup: str | None = None,
         concurrency: int = 4,
+        threads: int | None = None,
         env: dict[str, str] | None = None,
         temporal_port: int | None = None,
         redis_port: int | None = None,
@@ -70,6 +81,7 @@ class LocalCluster:
         self.task_queue = task_queue
         self.setup = setup
         self.concurrency = concurrency
+        self.threads = threads or threads_per_worker(workers)
         self.env = dict(env or {})
         self.redis = RedisServer(self.workdir / "redis", redis_port, persistent=True)
         self.temporal = TemporalDevServer(self.workdir / "temporal", temporal_port)
@@ -133,6 +145,8 @@ class LocalCluster:
             self.task_queue,
             "--concurrency",
             str(self.concurrency),
+            "--threads",
+            str(self.threads),
         ]
         return command + (["--setup", self.setup] if self.setup else [])
 
@@ -142,7 +156,8 @@ class LocalCluster:
         name = name or f"w{self._spawned}"
         home = self.workdir / "workers" / name
         home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "COREASON_HOME": str(home), "OMP_NUM_THREADS": "1", **self.env}
+        threads = str(self.threads)  # OpenMP's pool too, not only torch's intra-op threads
+        env = {**os.environ, "COREASON_HOME": str(home), "OMP_NUM_THREADS": threads, **self.env}
         with (home / "worker.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 self.worker_command(name), env=env, stdout=log, stderr=subprocess.STDOUT
@@ -205,6 +220,7 @@ class LocalCluster:
             "redis_url": self.redis_url,
             "deployment": self.deployment,
             "task_queue": self.task_queue,
+            "threads_per_worker": self.threads,
             "workdir": str(self.workdir),
             "supervisor": os.getpid(),
             "pids": {
