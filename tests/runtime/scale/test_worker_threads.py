@@ -1,5 +1,6 @@
-"""A worker's compute budget: torch threads shared out among the workers of one machine, and
-the model loaded before the worker takes its first request."""
+"""What a cluster's workers get on one machine: a share of its cores (torch threads), the
+model loaded before they take a request, and the stores they share (the converted models,
+the KV disk tier)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,40 @@ def test_coreason_worker_takes_threads_and_no_warm(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("COREASON_WORKER_THREADS", "2")
     main(["worker", "--redis", "redis://127.0.0.1:1"])
     assert [(o.threads, o.warm) for o in seen] == [(3, False), (2, True)]
+
+
+def test_workers_share_the_model_cache_and_the_kv_disk_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COREASON_MODEL_CACHE", str(tmp_path / "models"))
+    cluster = LocalCluster(tmp_path / "c", workers=2, env={"COREASON_SUBGOAL_CACHE": "0"})
+    one, two = (cluster.worker_env(tmp_path / "c" / "workers" / n) for n in ("w1", "w2"))
+    assert one["COREASON_HOME"] != two["COREASON_HOME"]  # each its own home and log
+    for env in (one, two):  # converted once, loaded by all; KV written by one, read by all
+        assert env["COREASON_MODEL_CACHE"] == str(tmp_path / "models")
+        assert env["COREASON_KV_DIR"] == str(cluster.workdir / "kv")
+        assert env["OMP_NUM_THREADS"] == str(cluster.threads)
+        assert env["COREASON_SUBGOAL_CACHE"] == "0"
+    mine = LocalCluster(tmp_path / "d", env={"COREASON_KV_DIR": str(tmp_path / "elsewhere")})
+    assert mine.worker_env(tmp_path)["COREASON_KV_DIR"] == str(tmp_path / "elsewhere")
+
+
+def test_the_kv_disk_tier_lives_where_coreason_kv_dir_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COREASON_KV_DIR", str(tmp_path / "shared-kv"))
+    assert RuntimeConfig(home=tmp_path / "home").kv_dir == tmp_path / "shared-kv"
+    monkeypatch.delenv("COREASON_KV_DIR")
+    assert RuntimeConfig(home=tmp_path / "home").kv_dir is None  # $COREASON_HOME/kv
+
+
+def test_a_runtime_puts_its_kv_blocks_in_the_shared_folder(tmp_path: Path) -> None:
+    from tests._fixtures.serve import tiny_model_folder
+
+    config = RuntimeConfig(
+        home=tmp_path / "home", model=str(tiny_model_folder()), kv_dir=tmp_path / "shared-kv"
+    )
+    with Coordinator(config) as rt:
+        disk = rt.kv.disk
+        assert disk is not None
+        assert disk.dir.parent == tmp_path / "shared-kv"

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coreason_runtime._config import model_cache_dir
 from coreason_runtime._exceptions import ConfigurationError, WorkerDiedError
 from coreason_runtime.scale._registry import WorkerInfo, workers
 from coreason_runtime.scale._servers import RedisServer, TemporalDevServer
@@ -150,17 +151,32 @@ class LocalCluster:
         ]
         return command + (["--setup", self.setup] if self.setup else [])
 
+    def worker_env(self, home: Path) -> dict[str, str]:
+        """A worker's environment: its own ``$COREASON_HOME``; the models converted once for
+        all (this process's model cache, so every worker loads the same weights and precision
+        map); one KV disk tier for all (``<workdir>/kv``, content-addressed: KV one worker
+        wrote is a hit on another); its share of the cores. ``env`` overrides any of them."""
+        return {
+            **os.environ,
+            "COREASON_HOME": str(home),
+            "COREASON_MODEL_CACHE": str(model_cache_dir()),
+            "COREASON_KV_DIR": str(self.workdir / "kv"),
+            "OMP_NUM_THREADS": str(self.threads),  # OpenMP's pool too, not only torch's
+            **self.env,
+        }
+
     def start_worker(self, name: str | None = None) -> str:
         """Start one more worker process; returns its name."""
         self._spawned += 1
         name = name or f"w{self._spawned}"
         home = self.workdir / "workers" / name
         home.mkdir(parents=True, exist_ok=True)
-        threads = str(self.threads)  # OpenMP's pool too, not only torch's intra-op threads
-        env = {**os.environ, "COREASON_HOME": str(home), "OMP_NUM_THREADS": threads, **self.env}
         with (home / "worker.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                self.worker_command(name), env=env, stdout=log, stderr=subprocess.STDOUT
+                self.worker_command(name),
+                env=self.worker_env(home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return name
 
