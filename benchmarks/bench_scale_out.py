@@ -28,6 +28,7 @@ REQUESTS = int(os.environ.get("REQUESTS", "60"))
 BUDGETS = 4
 WORKERS = 3
 KILL_EVERY_S = float(os.environ.get("KILL_EVERY_S", "3"))
+KILLS = int(os.environ.get("KILLS", "6"))  # then the run finishes (see _Killer)
 TOKEN_S = float(os.environ.get("TOKEN_S", "0.1"))  # paced tokens in the ledger runs
 HEARTBEAT_S = 3.0
 MODEL_REQUESTS = int(os.environ.get("MODEL_REQUESTS", "24"))
@@ -84,17 +85,19 @@ def _leases(redis_url: str) -> dict[str, dict[str, Any]]:
 class _Killer(threading.Thread):
     """As soon as a worker holds a lease with consumption (mid-request, by construction),
     SIGKILLs the one holding the most, notes the leases it left behind, starts a replacement;
-    then waits ``every`` seconds before the next kill."""
+    then waits ``every`` seconds before the next kill, ``kills`` times. Unbounded, it would
+    starve the run: a killed request is retried after the heartbeat timeout, on a worker the
+    next kill then targets, since it now holds the only leases."""
 
-    def __init__(self, cluster: Any, every: float) -> None:
+    def __init__(self, cluster: Any, every: float, kills: int) -> None:
         super().__init__(daemon=True)
-        self.cluster, self.every = cluster, every
+        self.cluster, self.every, self.most = cluster, every, kills
         self.stop = threading.Event()
         self.kills = 0
         self.orphaned: dict[str, str] = {}  # reservation id → workflow id
 
     def run(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.kills < self.most:
             procs = {p.pid: n for n, p in list(self.cluster.procs.items()) if p.poll() is None}
             held: dict[int, int] = {}
             for rec in _leases(self.cluster.redis_url).values():
@@ -126,7 +129,7 @@ def ledger_run(cluster: Any, rt: Any, client: Any, tag: str, kill: bool) -> dict
     per_budget = REQUESTS / BUDGETS
     for b in budgets:  # room for about 80% of the requests: the rest must stop at Ω
         rt.budgets.set(b, ceiling=0.8 * per_budget * cost + 0.5 * cost)
-    killer = _Killer(cluster, KILL_EVERY_S)
+    killer = _Killer(cluster, KILL_EVERY_S, KILLS)
     t0 = time.perf_counter()
     handles = [
         client.ask(
@@ -313,7 +316,7 @@ def main() -> None:
             rt, client = _client(cluster, base / "client")
             for label, kill in (
                 (f"{WORKERS} workers", False),
-                (f"{WORKERS} workers, kill -9 every {KILL_EVERY_S:g} s", True),
+                (f"{WORKERS} workers, {KILLS} × kill -9, {KILL_EVERY_S:g} s apart", True),
             ):
                 f = ledger_run(cluster, rt, client, "kill" if kill else "calm", kill)
                 rows.append(_ledger_row(label, f))
@@ -415,8 +418,8 @@ def _write(ledger_rows: list[list[Any]], scaling: list[list[Any]], seconds: floa
         + f"\n\nLoad average {load[0]:.1f} / {load[1]:.1f} at the end, on {os.cpu_count()} "
         f"cores (shared with other jobs); {seconds:.0f} s in all.",
         command=(
-            f"REQUESTS={REQUESTS} MODEL_REQUESTS={MODEL_REQUESTS} KILL_EVERY_S={KILL_EVERY_S:g} "
-            ".venv/bin/python benchmarks/bench_scale_out.py"
+            f"REQUESTS={REQUESTS} MODEL_REQUESTS={MODEL_REQUESTS} KILLS={KILLS} "
+            f"KILL_EVERY_S={KILL_EVERY_S:g} .venv/bin/python benchmarks/bench_scale_out.py"
         ),
     )
 
@@ -429,10 +432,12 @@ def _ledger_notes() -> str:
         "budget's requests; the rest suspend at Ω and are topped up (2 requests' worth; "
         "again if they suspend again, as when a recovered lease took the room). Overshoot "
         "is sampled (spent − Ω) while the run goes. `consumed by workers` is each worker's "
-        "own tally of the charges it settled (kept in Redis). In the kill run, every "
-        f"{KILL_EVERY_S:g} s (from the first lease with consumption on) the worker holding "
-        "the most such leases is SIGKILLed (so each kill lands mid-request) and a "
-        "replacement started; the leases still held by its pid after the kill are its "
+        "own tally of the charges it settled (kept in Redis). In the kill run, "
+        f"{KILLS} times, {KILL_EVERY_S:g} s apart (from the first lease with consumption on), "
+        "the worker holding the most such leases is SIGKILLed (so each kill lands "
+        "mid-request) and a replacement started (kills without end would starve the run: "
+        "each kill's requests are retried after the heartbeat timeout on the worker the next "
+        "kill targets); the leases still held by its pid after the kill are its "
         "orphans, and `leases recovered` counts those a survivor settled with the `recovered` "
         "note (charged at the lease's last checkpoint, `recovered C`). `failed` = workflows "
         "that ended in an error (retries spent). `spent − consumed − recovered` = 0 means every "
