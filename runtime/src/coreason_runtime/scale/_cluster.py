@@ -99,8 +99,9 @@ class LocalCluster:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> LocalCluster:
-        """Start the servers and the workers; return once every worker has joined."""
+    def start(self, timeout: float = 300.0) -> LocalCluster:
+        """Start the servers and the workers; return once every worker has joined (a worker
+        on a model loads it first: on a busy machine that takes a while)."""
         try:
             self.redis.start()
             self.temporal.start()
@@ -202,7 +203,7 @@ class LocalCluster:
         """The deployment's workers as its Redis knows them (alive or not)."""
         return workers(self.redis_url, self.deployment)
 
-    def wait_for_workers(self, names: list[str], timeout: float = 120.0) -> None:
+    def wait_for_workers(self, names: list[str], timeout: float = 300.0) -> None:
         """Return once each named worker beats.
 
         Raises

@@ -135,8 +135,9 @@ def cluster_runtime(
     """A runtime whose ledgers and subgoal cache are the deployment's Redis, whose ledgers
     know which owners of reservations are gone from the deployment's worker registry.
 
-    Every store shared by the deployment is wired here: the ledgers, the subgoal cache (through
-    ``redis_url``), and, once there is one, the KV disk tier's shared folder.
+    The ledgers and the subgoal cache are shared through ``redis_url``; the KV disk tier is
+    shared through a folder, ``$COREASON_KV_DIR`` (``LocalCluster`` gives all its workers one;
+    workers on several machines need a shared file system there).
     """
     from coreason_runtime import Coordinator, RuntimeConfig
     from coreason_runtime.budget import BudgetCage
