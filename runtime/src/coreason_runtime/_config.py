@@ -37,6 +37,11 @@ def _mib(var: str, default: int | None) -> int | None:
     return int(mib * 2**20)
 
 
+def _path_env(var: str) -> Path | None:
+    raw = os.environ.get(var, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 def model_cache_dir() -> Path:
     """Where converted models live: ``$COREASON_MODEL_CACHE`` or ``$COREASON_HOME/models``."""
     explicit = os.environ.get("COREASON_MODEL_CACHE")
@@ -109,3 +114,6 @@ class RuntimeConfig:
     kv_block_tokens: int = field(
         default_factory=lambda: int(os.environ.get("COREASON_KV_BLOCK_TOKENS", "64"))
     )
+    # The KV disk tier's folder: $COREASON_KV_DIR, else $COREASON_HOME/kv. Processes may share
+    # one (blocks are content-addressed files renamed into place): a cluster's workers do.
+    kv_dir: Path | None = field(default_factory=lambda: _path_env("COREASON_KV_DIR"))

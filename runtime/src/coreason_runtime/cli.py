@@ -167,6 +167,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not redis_url:
         msg = "coreason worker needs the deployment's Redis: --redis URL or COREASON_REDIS_URL"
         raise SystemExit(msg)
+    threads = args.threads or os.environ.get("COREASON_WORKER_THREADS")
     run_worker(
         WorkerOptions(
             redis_url=redis_url,
@@ -177,6 +178,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             setup=args.setup,
             model=args.model,
+            threads=int(threads) if threads else None,
+            warm=args.warm,
         )
     )
     return 0
@@ -260,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=4, help="requests at once")
     worker.add_argument("--setup", default=None, help="module:function called with the runtime")
     worker.add_argument("--model", default=None)
+    worker.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch compute threads (default $COREASON_WORKER_THREADS, else torch's default)",
+    )
+    worker.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        help="take requests before the model is loaded (the first one loads it)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     cluster = sub.add_parser("cluster", help="Temporal, Redis and N workers on this machine")

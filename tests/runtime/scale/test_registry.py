@@ -41,7 +41,7 @@ def _dead_pid() -> int:
 def test_a_worker_joins_beats_tallies_its_charges_and_leaves(redis_url: str) -> None:
     bus = EventBus()
     registry = WorkerRegistry(
-        redis_url, "dep", "w1", "q", bus, counts=lambda: (2, 5), every=0.1
+        redis_url, "dep", "w1", "q", bus, counts=lambda: (2, 5), every=0.1, threads=2
     ).start()
     bus.emit(
         EventType.BUDGET_CHARGED,
@@ -57,6 +57,7 @@ def test_a_worker_joins_beats_tallies_its_charges_and_leaves(redis_url: str) -> 
     )
     (me,) = workers(redis_url, "dep")
     assert (me.name, me.alive, me.running, me.completed, me.task_queue) == ("w1", True, 2, 5, "q")
+    assert me.threads == 2
     assert consumed_by_worker(redis_url, "dep") == {"w1": {"wf": 4.0}}
     wait_for(
         lambda: sum(1 for e in bus.history(["scale"]) if e.data.state == "alive") >= 2,

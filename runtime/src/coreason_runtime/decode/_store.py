@@ -168,7 +168,8 @@ class BlockStore(RestoreMixin, MovesMixin):
 
     @classmethod
     def for_runtime(cls, rt: Coordinator) -> BlockStore:
-        """The runtime's store for its default model: disk tier in ``$COREASON_HOME/kv``."""
+        """The runtime's store for its default model: disk tier in ``rt.config.kv_dir``
+        (``$COREASON_KV_DIR``), else ``$COREASON_HOME/kv``."""
         from coreason_runtime.models import load_model
 
         cfg = rt.config
@@ -185,7 +186,7 @@ class BlockStore(RestoreMixin, MovesMixin):
         )
         return cls(
             space,
-            root=rt.home / "kv" if cfg.kv_disk_bytes != 0 else None,
+            root=(cfg.kv_dir or rt.home / "kv") if cfg.kv_disk_bytes != 0 else None,
             ram_bytes=cfg.kv_ram_bytes,
             gpu_bytes=cfg.kv_gpu_bytes,
             disk_bytes=cfg.kv_disk_bytes,

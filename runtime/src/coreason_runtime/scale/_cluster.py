@@ -18,14 +18,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coreason_runtime._config import model_cache_dir
 from coreason_runtime._exceptions import ConfigurationError, WorkerDiedError
 from coreason_runtime.scale._registry import WorkerInfo, workers
 from coreason_runtime.scale._servers import RedisServer, TemporalDevServer
 from coreason_runtime.scale._workflow import TASK_QUEUE
 
-__all__ = ["LocalCluster"]
+__all__ = ["LocalCluster", "threads_per_worker"]
 
 STATE_FILE = "cluster.json"
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Compute threads for each of ``workers`` workers sharing ``cores`` (this machine's):
+    the cores shared out, at least one each (more workers than cores then oversubscribe)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(workers, 1))
 
 
 class LocalCluster:
@@ -44,6 +52,9 @@ class LocalCluster:
         the default cascade (the local model).
     concurrency:
         Requests each worker runs at once.
+    threads:
+        Torch compute threads per worker; by default this machine's cores shared out
+        (``cores // workers``, at least 1), so the workers do not oversubscribe the cores.
     env:
         Extra environment for the workers (``COREASON_SUBGOAL_CACHE=0`` ...).
     temporal_port, redis_port:
@@ -59,6 +70,7 @@ class LocalCluster:
         task_queue: str = TASK_QUEUE,
         setup: str | None = None,
         concurrency: int = 4,
+        threads: int | None = None,
         env: dict[str, str] | None = None,
         temporal_port: int | None = None,
         redis_port: int | None = None,
@@ -70,6 +82,7 @@ class LocalCluster:
         self.task_queue = task_queue
         self.setup = setup
         self.concurrency = concurrency
+        self.threads = threads or threads_per_worker(workers)
         self.env = dict(env or {})
         self.redis = RedisServer(self.workdir / "redis", redis_port, persistent=True)
         self.temporal = TemporalDevServer(self.workdir / "temporal", temporal_port)
@@ -86,8 +99,9 @@ class LocalCluster:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> LocalCluster:
-        """Start the servers and the workers; return once every worker has joined."""
+    def start(self, timeout: float = 300.0) -> LocalCluster:
+        """Start the servers and the workers; return once every worker has joined (a worker
+        on a model loads it first: on a busy machine that takes a while)."""
         try:
             self.redis.start()
             self.temporal.start()
@@ -133,8 +147,24 @@ class LocalCluster:
             self.task_queue,
             "--concurrency",
             str(self.concurrency),
+            "--threads",
+            str(self.threads),
         ]
         return command + (["--setup", self.setup] if self.setup else [])
+
+    def worker_env(self, home: Path) -> dict[str, str]:
+        """A worker's environment: its own ``$COREASON_HOME``; the models converted once for
+        all (this process's model cache, so every worker loads the same weights and precision
+        map); one KV disk tier for all (``<workdir>/kv``, content-addressed: KV one worker
+        wrote is a hit on another); its share of the cores. ``env`` overrides any of them."""
+        return {
+            **os.environ,
+            "COREASON_HOME": str(home),
+            "COREASON_MODEL_CACHE": str(model_cache_dir()),
+            "COREASON_KV_DIR": str(self.workdir / "kv"),
+            "OMP_NUM_THREADS": str(self.threads),  # OpenMP's pool too, not only torch's
+            **self.env,
+        }
 
     def start_worker(self, name: str | None = None) -> str:
         """Start one more worker process; returns its name."""
@@ -142,10 +172,12 @@ class LocalCluster:
         name = name or f"w{self._spawned}"
         home = self.workdir / "workers" / name
         home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "COREASON_HOME": str(home), "OMP_NUM_THREADS": "1", **self.env}
         with (home / "worker.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                self.worker_command(name), env=env, stdout=log, stderr=subprocess.STDOUT
+                self.worker_command(name),
+                env=self.worker_env(home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return name
 
@@ -171,7 +203,7 @@ class LocalCluster:
         """The deployment's workers as its Redis knows them (alive or not)."""
         return workers(self.redis_url, self.deployment)
 
-    def wait_for_workers(self, names: list[str], timeout: float = 120.0) -> None:
+    def wait_for_workers(self, names: list[str], timeout: float = 300.0) -> None:
         """Return once each named worker beats.
 
         Raises
@@ -205,6 +237,7 @@ class LocalCluster:
             "redis_url": self.redis_url,
             "deployment": self.deployment,
             "task_queue": self.task_queue,
+            "threads_per_worker": self.threads,
             "workdir": str(self.workdir),
             "supervisor": os.getpid(),
             "pids": {

@@ -15,6 +15,7 @@ __all__ = ["add_arguments", "run"]
 
 _CONNECT = """\
 Temporal {temporal} · Redis {redis_url} · deployment {deployment!r} · workers {workers}
+({threads_per_worker} torch threads each)
 From Python (a notebook):
     from coreason_runtime.scale import ClusterClient, cluster_runtime
     rt = cluster_runtime({redis_url!r}, {deployment!r})
@@ -31,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deployment", default="default")
     parser.add_argument("--queue", default="coreason")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per worker (default cores//N)"
+    )
     parser.add_argument("--setup", default=None, help="module:function each worker calls")
     parser.add_argument("--temporal-port", type=int, default=7233)
     parser.add_argument("--redis-port", type=int, default=6379)
@@ -52,6 +56,7 @@ def _up(args: argparse.Namespace) -> int:
         task_queue=args.queue,
         setup=args.setup,
         concurrency=args.concurrency,
+        threads=args.threads,
         temporal_port=args.temporal_port,
         redis_port=args.redis_port,
     )

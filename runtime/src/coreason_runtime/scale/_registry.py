@@ -45,6 +45,7 @@ class WorkerInfo:
     alive: bool
     running: int = 0
     completed: int = 0
+    threads: int | None = None
 
 
 def _client(url: str) -> Any:
@@ -70,6 +71,8 @@ class WorkerRegistry:
         ``counts() -> (running, completed)`` requests of this worker.
     every:
         Seconds between beats; the liveness key lives three beats.
+    threads:
+        The worker's torch compute threads (``None``: torch's default or no torch).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class WorkerRegistry:
         *,
         counts: Callable[[], tuple[int, int]] = lambda: (0, 0),
         every: float = 1.0,
+        threads: int | None = None,
     ) -> None:
         import os
 
@@ -90,6 +94,7 @@ class WorkerRegistry:
         self.bus = bus
         self.counts = counts
         self.every = every
+        self.threads = threads
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.started = time.time()
@@ -112,6 +117,7 @@ class WorkerRegistry:
             "pid": self.pid,
             "task_queue": self.task_queue,
             "started": self.started,
+            "threads": self.threads,
         }
         self._r.hset(f"{self.prefix}:workers", self.key, json.dumps(entry))
         self._sub = self.bus.subscribe(self._tally, EventType.BUDGET_CHARGED)
@@ -206,6 +212,7 @@ def workers(redis_url: str, deployment: str = "default") -> list[WorkerInfo]:
                     alive=beat is not None,
                     running=running,
                     completed=completed,
+                    threads=e.get("threads"),
                 )
             )
         return sorted(out, key=lambda w: w.started)

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,15 @@ if TYPE_CHECKING:
     from coreason_runtime._coordinator import Coordinator
     from coreason_runtime.budget import BudgetCage
 
-__all__ = ["ClusterWorker", "WorkerOptions", "cluster_runtime", "load_setup", "run_worker"]
+__all__ = [
+    "ClusterWorker",
+    "WorkerOptions",
+    "cluster_runtime",
+    "load_setup",
+    "run_worker",
+    "use_threads",
+    "warm_tiers",
+]
 
 logger = logging.getLogger("coreason_runtime.scale")
 
@@ -53,6 +62,57 @@ class WorkerOptions:
     model: str | None = None
     home: Path | None = None
     reap_every: float = 2.0
+    threads: int | None = None
+    warm: bool = True
+
+
+def use_threads(threads: int | None) -> int | None:
+    """Give this process's torch ``threads`` compute threads. Workers sharing a machine each
+    take a share of its cores: N workers at torch's default (one thread per core, or
+    ``OMP_NUM_THREADS``) would run N × cores threads fighting over the same cores. Returns the
+    count torch now uses; ``None`` (torch left as it is, not even imported) when ``threads``
+    is ``None`` or torch is not installed (a worker without a model).
+
+    Raises
+    ------
+    ConfigurationError
+        ``threads`` is below 1.
+    """
+    if threads is None:
+        return None
+    if threads < 1:
+        msg = f"--threads must be at least 1, got {threads}"
+        raise ConfigurationError(msg)
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return int(torch.get_num_threads())
+
+
+_WARM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+}
+
+
+def warm_tiers(rt: Coordinator) -> list[str]:
+    """Load what the runtime's steerable tiers load on first use (the model, its tokenizer's
+    grammar tables, a compiled grammar), so a worker takes no request it would first spend
+    seconds loading for; returns the names of the tiers warmed. Black-box tiers load nothing.
+    """
+    from coreason_runtime.tensor._schema import SchemaSpec
+    from coreason_runtime.tensor._types import SteerableTier
+
+    spec = SchemaSpec.from_user(_WARM_SCHEMA)
+    warmed = []
+    for tier in rt.router.tiers:
+        if isinstance(tier, SteerableTier):
+            tier.compile(spec)
+            warmed.append(tier.name)
+    return warmed
 
 
 def load_setup(spec: str) -> Any:
@@ -75,8 +135,9 @@ def cluster_runtime(
     """A runtime whose ledgers and subgoal cache are the deployment's Redis, whose ledgers
     know which owners of reservations are gone from the deployment's worker registry.
 
-    Every store shared by the deployment is wired here: the ledgers, the subgoal cache (through
-    ``redis_url``), and, once there is one, the KV disk tier's shared folder.
+    The ledgers and the subgoal cache are shared through ``redis_url``; the KV disk tier is
+    shared through a folder, ``$COREASON_KV_DIR`` (``LocalCluster`` gives all its workers one;
+    workers on several machines need a shared file system there).
     """
     from coreason_runtime import Coordinator, RuntimeConfig
     from coreason_runtime.budget import BudgetCage
@@ -118,6 +179,7 @@ class ClusterWorker:
         task_queue: str = TASK_QUEUE,
         concurrency: int = 4,
         reap_every: float = 2.0,
+        threads: int | None = None,
     ) -> None:
         self.rt = rt
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -141,6 +203,7 @@ class ClusterWorker:
             task_queue,
             rt.bus,
             counts=lambda: (acts.running, acts.completed),
+            threads=threads,
         )
         self.worker = make_worker(
             client, rt, task_queue, activities=self.activities, concurrency=concurrency
@@ -189,6 +252,8 @@ class ClusterWorker:
 def run_worker(opts: WorkerOptions) -> None:
     """Run one worker until SIGTERM or Ctrl-C (``coreason worker --temporal ... --redis ...``)."""
 
+    threads = use_threads(opts.threads)
+
     async def main() -> None:
         from temporalio.client import Client
 
@@ -198,6 +263,10 @@ def run_worker(opts: WorkerOptions) -> None:
         ) as rt:
             if opts.setup:
                 load_setup(opts.setup)(rt)
+            if opts.warm:  # before joining: a request must not wait for a model to load
+                t0 = time.perf_counter()
+                warmed = warm_tiers(rt)
+                logger.warning("warmed %s in %.1f s", warmed, time.perf_counter() - t0)
             worker = ClusterWorker(
                 client,
                 rt,
@@ -207,16 +276,18 @@ def run_worker(opts: WorkerOptions) -> None:
                 task_queue=opts.task_queue,
                 concurrency=opts.concurrency,
                 reap_every=opts.reap_every,
+                threads=threads,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, worker.stop)
             logger.warning(
-                "worker %r on task queue %r at %s (deployment %r)",
+                "worker %r on task queue %r at %s (deployment %r, %s torch threads)",
                 worker.name,
                 opts.task_queue,
                 opts.temporal,
                 opts.deployment,
+                threads,
             )
             await worker.run()
 
