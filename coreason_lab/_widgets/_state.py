@@ -34,6 +34,7 @@ from coreason_runtime.events import (
     KVFault,
     KVMiss,
     KVMoved,
+    KVPredicted,
     KVRead,
     PrefixReused,
     RequestContinued,
@@ -318,7 +319,8 @@ def _cache_name(p: EventPayload) -> str | None:
 class KVTiersState:
     """The KV block store, from the ``kv.*`` events: bytes per tier (GPU, RAM, disk) after
     the latest one, block reads served from a fast tier (hits) or from disk (misses), the
-    decoder's total wait on misses, and faults detected."""
+    decoder's total wait on misses, faults detected, and how the predictor's prefetches
+    fared (blocks in RAM in time, late, never read)."""
 
     tiers: dict[str, int] = field(default_factory=dict)
     hits: int = 0
@@ -326,6 +328,7 @@ class KVTiersState:
     absent: int = 0
     wait_ms: float = 0.0
     faults: int = 0
+    predicted: list[int] = field(default_factory=lambda: [0, 0, 0])
 
     @property
     def ratio(self) -> float:
@@ -334,10 +337,13 @@ class KVTiersState:
 
     def apply(self, p: EventPayload) -> bool:
         """Fold one payload in; False if it is not a ``kv.*`` one."""
-        if not isinstance(p, (KVRead, KVMiss, KVMoved, KVFault)):
+        if not isinstance(p, (KVRead, KVMiss, KVMoved, KVFault, KVPredicted)):
             return False
         self.tiers = dict(p.tiers)
-        if isinstance(p, KVRead):
+        if isinstance(p, KVPredicted):
+            got = (p.hits, p.late, p.wasted)
+            self.predicted = [a + b for a, b in zip(self.predicted, got, strict=True)]
+        elif isinstance(p, KVRead):
             self.hits += p.hits
             self.misses += p.misses
             self.absent += p.absent

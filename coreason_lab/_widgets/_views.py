@@ -391,9 +391,11 @@ def _kv_line(kv: KVTiersState) -> str:
     if not kv.tiers:
         return ""
     mib = " · ".join(f"{t} {b / 2**20:.1f} MiB" for t, b in kv.tiers.items())
+    in_time, late, wasted = kv.predicted
     return (
         f"<br><b>KV</b> {mib} · block hits {kv.hits}/{kv.hits + kv.misses + kv.absent} "
-        f"({kv.ratio:.2f}) · waited {kv.wait_ms:.0f} ms · faults {kv.faults}"
+        f"({kv.ratio:.2f}) · waited {kv.wait_ms:.0f} ms · faults {kv.faults} · "
+        f"predicted {in_time} in time, {late} late, {wasted} wasted"
     )
 
 

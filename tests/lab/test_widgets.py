@@ -203,9 +203,20 @@ def test_cache_state_shows_kv_bytes_per_tier_and_the_block_hit_ratio() -> None:
                 tiers={**tiers, "ram": 1024},
             ),
             ev(EventType.KV_FAULT, reason="checksum", detail="x.kvb", blocks=1, tiers=tiers),
+            ev(
+                EventType.KV_PREDICTED,
+                session=None,
+                hits=2,
+                late=1,
+                wasted=3,
+                bytes=512,
+                wait_ms=1.0,
+                tiers=tiers,
+            ),
         ]
     )
     assert (s.kv.hits, s.kv.misses, s.kv.ratio, s.kv.faults) == (3, 1, 0.75, 1)
+    assert s.kv.predicted == [2, 1, 3]
     assert s.kv.tiers == tiers and s.kv.wait_ms == 2.5
     assert (s.hits, s.misses) == (0, 0)  # block reads are not cache lookups
 

@@ -110,6 +110,7 @@ class EventType(StrEnum):
     KV_PROMOTED = "kv.promoted"
     KV_DEMOTED = "kv.demoted"
     KV_FAULT = "kv.fault"
+    KV_PREDICTED = "kv.predicted"
     # simulation
     SIM_STEP = "sim.step"
     CELL_REFINED = "sim.refined"
@@ -202,6 +203,7 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType(
         EventType.KV_PROMOTED: P.KVMoved,
         EventType.KV_DEMOTED: P.KVMoved,
         EventType.KV_FAULT: P.KVFault,
+        EventType.KV_PREDICTED: P.KVPredicted,
         EventType.SIM_STEP: P.SimStep,
         EventType.CELL_REFINED: P.CellRefined,
         EventType.CELL_COARSENED: P.CellCoarsened,

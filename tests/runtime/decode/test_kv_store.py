@@ -14,6 +14,9 @@ from coreason_runtime.decode._blocks import chain_of
 from coreason_runtime.events import KVMiss, KVMoved, KVRead
 
 from tests.runtime.decode._kv_helpers import (
+    DIM,
+    HEADS,
+    LAYERS,
     cache_kv,
     disk_store,
     empty_cache,
@@ -85,6 +88,35 @@ def test_a_restored_cache_never_shares_memory_with_the_stored_blocks() -> None:
     again = empty_cache()
     store.lookup(A[:4], again)
     assert torch.equal(cache_kv(again), toy_kv(A[:4]))
+
+
+def test_a_growing_cache_takes_the_blocks_in_place_and_appends_without_copying_them() -> None:
+    from coreason_runtime.decode._kv import new_cache
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        hidden_size=HEADS * DIM,
+        vocab_size=16,
+    )
+    store = BlockStore(ram_tokens=100)
+    store.put(A, toy_cache(A))
+    cache = new_cache(config)
+    assert store.lookup(A, cache, limit=14) == 14  # three blocks and half of the fourth
+    assert torch.equal(cache_kv(cache), toy_kv(A[:14]))
+    full = toy_kv(A)
+    start = [layer.keys.data_ptr() for layer in cache.layers]
+    for n in (14, 15):  # the question's tokens, then a decoded one
+        for i, layer in enumerate(cache.layers):
+            layer.update(full[i, 0:1, :, n : n + 1].clone(), full[i, 1:2, :, n : n + 1].clone())
+    assert torch.equal(cache_kv(cache), toy_kv(A[:16]))
+    assert [layer.keys.data_ptr() for layer in cache.layers] == start  # appended in place
+    cache.layers[0].keys.zero_()  # the cache's buffer is its own, not a stored block
+    again = empty_cache()
+    store.lookup(A, again)
+    assert torch.equal(cache_kv(again), toy_kv(A))
 
 
 def test_nothing_stored_reuses_nothing() -> None:

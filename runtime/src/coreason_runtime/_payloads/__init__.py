@@ -29,7 +29,7 @@ from coreason_runtime._payloads._decode import (
     ThunkForced,
     VerifierFailed,
 )
-from coreason_runtime._payloads._kv import KVFault, KVMiss, KVMoved, KVRead
+from coreason_runtime._payloads._kv import KVFault, KVMiss, KVMoved, KVPredicted, KVRead
 from coreason_runtime._payloads._requests import (
     AttemptFailed,
     AttemptFinished,
@@ -127,6 +127,7 @@ __all__ = [
     "KVFault",
     "KVMiss",
     "KVMoved",
+    "KVPredicted",
     "KVRead",
     "Log",
     "PrefixReused",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from coreason_runtime._payloads._base import EventPayload
 
-__all__ = ["KVFault", "KVMiss", "KVMoved", "KVRead"]
+__all__ = ["KVFault", "KVMiss", "KVMoved", "KVPredicted", "KVRead"]
 
 
 class KVRead(EventPayload):
@@ -42,10 +42,25 @@ class KVMiss(EventPayload):
     tiers: dict[str, int]
 
 
+class KVPredicted(EventPayload):
+    """``kv.predicted``: how the prefetches the predictor started after the previous read
+    fared at this read: ``hits`` block groups were in RAM when read (the decoder did not
+    wait), ``late`` were still on their way (it waited ``wait_ms`` for them), ``wasted`` were
+    not read (``bytes`` read from disk for nothing; they leave RAM first)."""
+
+    session: str | None
+    hits: int
+    late: int
+    wasted: int
+    bytes: int
+    wait_ms: float
+    tiers: dict[str, int]
+
+
 class KVMoved(EventPayload):
     """``kv.promoted`` / ``kv.demoted``: ``blocks`` block groups (``bytes``) went from tier
     ``src`` to ``dst`` (``"none"`` when dropped) because of ``reason`` ("prefetch", "demand",
-    "warmup", "pause", "capacity", "write")."""
+    "warmup", "predicted", "pause", "capacity", "write")."""
 
     blocks: int
     bytes: int

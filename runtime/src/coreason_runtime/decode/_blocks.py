@@ -158,11 +158,17 @@ def block_tensors(cache: DynamicCache, start: int, end: int) -> list[torch.Tenso
 
 def fill_cache(cache: DynamicCache, layers: Sequence[Sequence[torch.Tensor]], length: int) -> None:
     """Make the empty ``cache`` hold the first ``length`` positions of the blocks given per
-    layer (``layers[i]`` is layer i's block tensors in order); one copy per layer."""
+    layer (``layers[i]`` is layer i's block tensors in order); one copy per layer. A layer
+    that grows in place (the runtime's caches) takes the blocks straight into its buffer,
+    with room for the tokens that follow, so its next update does not copy the whole
+    restored context again."""
     import torch
 
     have: list[Any] = list(cache.layers)
     for idx, parts in enumerate(layers):
+        if idx < len(have) and hasattr(have[idx], "adopt"):
+            have[idx].adopt(parts, length)
+            continue
         joined = torch.cat(list(parts), dim=2) if len(parts) > 1 else parts[0]
         joined = joined[:, :, :length]
         if len(parts) == 1:

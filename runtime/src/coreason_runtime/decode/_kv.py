@@ -10,6 +10,7 @@ copied back into a buffer at its next update.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,26 @@ def _growing_layer() -> type:
             vbuf[..., n:end, :].copy_(value_states)
             self.keys, self.values = kbuf[..., :end, :], vbuf[..., :end, :]
             return self.keys, self.values
+
+        def adopt(self, parts: Sequence[torch.Tensor], length: int) -> None:
+            """Hold the first ``length`` positions of ``parts`` (blocks ``[2, heads, n,
+            dim]``, keys then values, in order) in a fresh buffer with room to grow: one copy
+            per block, and the next update appends in place instead of copying it all."""
+            first = parts[0]
+            capacity = max(64, length + max(256, length // 8))
+            shape = (2, 1, first.shape[1], capacity, first.shape[-1])
+            kv = torch.empty(shape, dtype=first.dtype, device=first.device)
+            pos = 0
+            for part in parts:
+                n = min(int(part.shape[-2]), length - pos)
+                if n <= 0:
+                    break
+                kv[:, 0, :, pos : pos + n].copy_(part[:, :, :n])
+                pos += n
+            self._kbuf, self._vbuf = kv[0], kv[1]
+            keys, values = kv[0][..., :pos, :], kv[1][..., :pos, :]
+            self.lazy_initialization(keys, values)
+            self.keys, self.values = keys, values
 
         def reset(self) -> None:
             self._kbuf = self._vbuf = None

@@ -46,6 +46,7 @@ class Entry:
     pins: int = 0  # paused sessions holding it
     reads: int = 0  # requests that reused it
     busy: int = 0  # restores copying from it right now
+    speculative: bool = False  # brought in by a prediction and not read since
     last: int = 0
 
     @property
@@ -99,8 +100,11 @@ class MovesMixin:
 
     @staticmethod
     def _rank(e: Entry) -> tuple[int, int]:
-        """Eviction order: paused sessions' blocks, then ordinary ones, then recurring ones;
-        least recently used first within each."""
+        """Eviction order: predicted blocks no one has read yet (their disk copy stays, so a
+        wrong prediction never pushes anything else out), paused sessions' blocks, then
+        ordinary ones, then recurring ones; least recently used first within each."""
+        if e.speculative:
+            return -1, e.last
         if e.reads >= 2:
             return 2, e.last
         return (0 if e.pins else 1), e.last

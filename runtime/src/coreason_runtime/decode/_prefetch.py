@@ -3,7 +3,10 @@
 * :class:`Predictor` — a light model of which block chains are read next: a recency and
   frequency score per chain (a recurring system prompt or few-shot block is read again and
   again; the last turn of a conversation is read by the next), persisted beside the blocks so
-  a restarted kernel warms the likeliest chains from disk before the first request needs them.
+  a restarted kernel warms the likeliest chains from disk before the first request needs them;
+  and a first-order (bigram) model over the stream of reads, learnt while the store runs:
+  after the chain ending in block A was read, which chains were read next and how often, so
+  the store prefetches the likeliest successor while the reader of A prefills and decodes.
   The structural rules (a resumed session needs all its blocks; a paused one's blocks go
   first) live in the store, which knows the sessions.
 * :class:`Background` — the copy threads: a pool that reads blocks from disk (prefetch and
@@ -48,24 +51,33 @@ class Predictor:
     atomically.
     """
 
-    def __init__(self, path: Path | None = None, *, max_chains: int = 64) -> None:
+    def __init__(
+        self, path: Path | None = None, *, max_chains: int = 64, min_share: float = 0.3
+    ) -> None:
         self.path = path
         self.max_chains = max_chains
+        self.min_share = min_share
         self._chains: dict[str, dict[str, Any]] = {}
+        self._next: dict[str, dict[str, float]] = {}  # chain read -> chains read after it
+        self._last: str | None = None
         self._lock = threading.Lock()
         if path is not None:
             self._load(path)
 
     def _load(self, path: Path) -> None:
         try:
-            chains = json.loads(path.read_text())["chains"]
+            saved = json.loads(path.read_text())
+            chains, following = saved["chains"], saved.get("next", {})
         except (OSError, ValueError, KeyError, TypeError):
             return  # a missing or damaged file only loses the warm-up hint
-        if not isinstance(chains, dict):
+        if not isinstance(chains, dict) or not isinstance(following, dict):
             return
         for key, c in chains.items():
             if isinstance(c, dict) and isinstance(c.get("blocks"), list):
                 self._chains[key] = c
+        for key, row in following.items():
+            if isinstance(row, dict) and all(isinstance(v, int | float) for v in row.values()):
+                self._next[key] = {k: float(v) for k, v in row.items()}
 
     def record(self, digests: Sequence[bytes], *, weight: float = 1.0) -> None:
         """``digests`` (a chain, first block first) were just read, or will be."""
@@ -83,6 +95,29 @@ class Predictor:
                 worst = min(self._chains, key=lambda k: self._decayed(self._chains[k], now))
                 del self._chains[worst]
 
+    def follow(self, digests: Sequence[bytes], *, fanout: int = 2) -> list[list[bytes]]:
+        """``digests`` (a chain) were just read: count the transition from the previous read
+        to this one, and return the chains likeliest to be read next (at most ``fanout``,
+        each read after this chain at least ``min_share`` of the times, likeliest first)."""
+        if not digests:
+            return []
+        key = digests[-1].hex()
+        with self._lock:
+            if self._last is not None:
+                row = self._next.setdefault(self._last, {})
+                row[key] = row.get(key, 0.0) + 1.0
+                if len(self._next) > self.max_chains:  # forget the least-used rows
+                    del self._next[min(self._next, key=lambda k: sum(self._next[k].values()))]
+            self._last = key
+            row = self._next.get(key, {})
+            total = sum(row.values())
+            ranked = sorted(row.items(), key=lambda kv: -kv[1])
+            return [
+                [bytes.fromhex(h) for h in self._chains[nxt]["blocks"]]
+                for nxt, n in ranked[:fanout]
+                if n >= self.min_share * total and nxt in self._chains
+            ]
+
     @staticmethod
     def _decayed(c: dict[str, Any], now: float) -> float:
         age = max(0.0, now - float(c.get("at", now)))
@@ -99,7 +134,7 @@ class Predictor:
         if self.path is None:
             return
         with self._lock:
-            text = json.dumps({"chains": self._chains})
+            text = json.dumps({"chains": self._chains, "next": self._next})
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,18 @@ write side (puts, capacity, the disk writer). A restore plans the blocks it need
 disk reads for those not in a fast tier (or joins reads a prefetch already started), then
 copies the blocks into the cache in order, waiting on a block only when it is reached; the
 time spent waiting is the miss time, published with the hit counts.
+
+After each prefix read the predictor's bigram model names the chains likeliest to be read
+next, and their blocks still on disk are prefetched into the RAM left free (never evicting
+anything for a guess) while the reader prefills and decodes. The next read settles those
+guesses (``kv.predicted``): blocks found in RAM are hits, blocks still arriving are late (the
+wait is metered), blocks not read are wasted and leave RAM first.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -52,6 +59,10 @@ class RestoreMixin:
     hits: int
     misses: int
     absent: int
+    foresight: list[int]  # predicted blocks: hits, late, wasted
+    _predicted: dict[bytes, int]  # predicted blocks being or already prefetched -> bytes
+    _ram: list[int]
+    _leaving: list[int]
     _lock: threading.RLock
     _entries: dict[bytes, Entry]
     _children: dict[bytes, set[bytes]]
@@ -139,7 +150,9 @@ class RestoreMixin:
                 if e is not None:
                     e.reads += 1
         got = self._restore(plan, cache, reason="prefix", session=session, wanted=None)
-        self.predictor.record([ref.digest for ref, _ in plan])
+        digests = [ref.digest for ref, _ in plan]
+        self.predictor.record(digests)
+        self._foresee(self.predictor.follow(digests))
         return got
 
     def restore_held(self, held: Held, cache: DynamicCache, *, session: str | None = None) -> int:
@@ -162,7 +175,9 @@ class RestoreMixin:
         wanted: int | None,
     ) -> int:
         taken, started = self._take(plan)
-        got, waited, miss_bytes = 0, 0.0, 0
+        with self._lock:
+            foreseen = {e.ref.digest for e, _, _ in taken} & self._predicted.keys()
+        got, waited, miss_bytes, late_wait = 0, 0.0, 0, 0.0
         counts = [0, 0]  # blocks used that were in a fast tier, and that came from disk
         parts: list[list[torch.Tensor]] = []
         try:
@@ -170,7 +185,9 @@ class RestoreMixin:
                 if fut is not None:
                     t0 = time.perf_counter()
                     ok = fut.result()
-                    waited += time.perf_counter() - t0
+                    dt = time.perf_counter() - t0
+                    waited += dt
+                    late_wait += dt if e.ref.digest in foreseen else 0.0
                     miss_bytes += e.nbytes
                     if not ok:
                         break
@@ -222,7 +239,80 @@ class RestoreMixin:
             )
         if started:
             self._promoted(started, miss_bytes, "demand")
+        if reason == "prefix":
+            self._settle(taken, late_wait, session)
         return got
+
+    # --- predictions -------------------------------------------------------------------------
+
+    def _settle(
+        self,
+        taken: list[tuple[Entry, int, Future[bool] | None]],
+        late_wait: float,
+        session: str | None,
+    ) -> None:
+        """Score the blocks the last prediction prefetched against this read's blocks."""
+        hits = late = 0
+        with self._lock:
+            outstanding, self._predicted = self._predicted, {}
+            for e, _, fut in taken:
+                if outstanding.pop(e.ref.digest, None) is not None:
+                    hits += fut is None
+                    late += fut is not None
+            wasted = len(outstanding)
+            self.foresight[0] += hits
+            self.foresight[1] += late
+            self.foresight[2] += wasted
+        if hits or late or wasted:
+            self._emit(
+                EventType.KV_PREDICTED,
+                session=session,
+                hits=hits,
+                late=late,
+                wasted=wasted,
+                bytes=sum(outstanding.values()),
+                wait_ms=1000 * late_wait,
+            )
+
+    def _room(self) -> tuple[float, float]:
+        """Bytes and tokens RAM can take before it is over capacity (inf: no capacity)."""
+        with self._lock:
+            b, t = self._ram[0] - self._leaving[0], self._ram[1] - self._leaving[1]
+        room_b = math.inf if self.ram_bytes_cap is None else self.ram_bytes_cap - b
+        room_t = math.inf if self.ram_tokens_cap is None else self.ram_tokens_cap - t
+        return room_b, room_t
+
+    def _foresee(self, chains: Sequence[Sequence[bytes]]) -> int:
+        """Prefetch, into free RAM only, the blocks of ``chains`` that are only on disk;
+        returns the reads started. The blocks stay marked as guesses until read."""
+        if self.disk is None or not chains:
+            return 0
+        room_b, room_t = self._room()
+        refs: list[BlockRef] = []
+        sizes: dict[bytes, int] = {}
+        for chain in chains:
+            for digest in chain:
+                with self._lock:
+                    e = self._entries.get(digest)
+                    if digest in sizes or (e is not None and (e.fast or e.loading is not None)):
+                        continue
+                block = self.disk.get(digest)
+                if block is None:
+                    break
+                room_b -= block.nbytes
+                room_t -= len(block.ref.tokens)
+                if room_b < 0 or room_t < 0:
+                    break
+                refs.append(block.ref)
+                sizes[digest] = block.nbytes
+        with self._lock:  # held until marked: a read cannot land unmarked
+            started = self.prefetch(refs, reason="predicted")
+            for ref in refs:
+                e = self._entries.get(ref.digest)
+                if e is not None and e.loading is not None:
+                    e.speculative = True
+                    self._predicted[ref.digest] = sizes[ref.digest]
+        return started
 
     def _take(self, plan: Plan) -> tuple[list[tuple[Entry, int, Future[bool] | None]], int]:
         """Mark the planned blocks busy (so nothing evicts them mid-copy) and start the
@@ -240,6 +330,7 @@ class RestoreMixin:
                     started += new
                     e = self._entries[ref.digest]
                 e.busy += 1
+                e.speculative = False
                 taken.append((e, use, fut))
         return taken, started
 

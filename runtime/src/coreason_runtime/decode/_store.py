@@ -62,8 +62,9 @@ class Held:
 
 @dataclass(frozen=True)
 class KVStats:
-    """Bytes and block groups per tier, block groups pinned by paused sessions, and block
-    reads since start: served from a fast tier (hits), from disk (misses), or lost."""
+    """Bytes and block groups per tier, block groups pinned by paused sessions, block reads
+    since start: served from a fast tier (hits), from disk (misses), or lost; and the blocks
+    the predictor prefetched: in RAM when read, still arriving when read, or never read."""
 
     tiers: dict[str, int]
     blocks: dict[str, int]
@@ -71,6 +72,9 @@ class KVStats:
     hits: int
     misses: int
     absent: int
+    predicted_hits: int = 0
+    predicted_late: int = 0
+    predicted_wasted: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -142,6 +146,8 @@ class BlockStore(RestoreMixin, MovesMixin):
         self._leaving = [0, 0]  # of those, bytes and tokens already on their way out
         self._gpu = 0
         self.hits = self.misses = self.absent = 0
+        self.foresight = [0, 0, 0]
+        self._predicted: dict[bytes, int] = {}
         self._burst = [0, 0]  # blocks and bytes demoted by the writer since it was last idle
         self._disk_full_until = 0.0
         self._copies, self.gpu_bytes_cap = self._device_tier(device, gpu_bytes)
@@ -214,7 +220,15 @@ class BlockStore(RestoreMixin, MovesMixin):
                 "disk": len(self.disk) if self.disk is not None else 0,
             }
             pinned = sum(e.pins > 0 for e in self._entries.values())
-            return KVStats(self.tiers(), blocks, pinned, self.hits, self.misses, self.absent)
+            return KVStats(
+                self.tiers(),
+                blocks,
+                pinned,
+                self.hits,
+                self.misses,
+                self.absent,
+                *self.foresight,
+            )
 
     def _emit(self, type_: EventType, /, **data: Any) -> None:
         if self.bus is not None:
@@ -273,6 +287,11 @@ class BlockStore(RestoreMixin, MovesMixin):
         return refs
 
     def _put_block(self, ref: BlockRef, cache: DynamicCache, *, copy: bool) -> Entry | None:
+        with self._lock:
+            e = self._entries.get(ref.digest)
+            loading = e.loading if e is not None else None
+        if loading is not None:  # a read in flight may fail (a deleted file): let it land
+            loading.result()
         with self._lock:
             e = self._entries.get(ref.digest)
             if e is not None and (e.fast or e.loading is not None):
