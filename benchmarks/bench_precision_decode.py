@@ -1,6 +1,8 @@
 """Per-operator precision (POPB) on the real SmolLM2, grammar on, one run: decode tokens/s,
 perplexity and weights in memory for fp32, uniform bf16, uniform int8, the validated POPB map
-(with and without per-token-group precision), and llama.cpp on the shipped GGUF.
+(with and without per-token-group precision), and llama.cpp on the shipped GGUF; and each
+map's verified-answer rate on a fixed subset of ``benchmarks/verified_tasks.py`` (first
+answer, no retry or repair: ``benchmarks/_precision_verified.py``).
 
 Goals: the map decodes >= 2.5x fp32's tokens/s at <= 1% perplexity increase, and at least as
 fast as llama.cpp (>= 1.0x) with the same grammar, prompts and output lengths.
@@ -140,7 +142,8 @@ BOUND = (
     "sampling and Python ~7 ms of ~146 ms), and in it torch's int4 weight-only and fbgemm "
     "int8 kernels dequantise per call with fp32 activations, where llama.cpp multiplies Q4_1 "
     "weights by q8 activations in one fused dot product; the loop around the model is no "
-    "longer the gap. "
+    "longer the gap, and compiling the step with torch.compile does not shorten it "
+    "(bench_decode_compile: no compiled form is a clear win over the eager step). "
 )
 
 
