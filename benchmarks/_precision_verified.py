@@ -12,6 +12,7 @@ or pint's own answer).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -110,4 +111,5 @@ def verified_rates(
                 log(f"verified {i} {task.kind} [{label}]: {ok} {correct} {answer}")
     finally:
         rt.close()
+        shutil.rmtree(home, ignore_errors=True)
     return out
