@@ -1,6 +1,8 @@
 """Per-operator precision (POPB) on the real SmolLM2, grammar on, one run: decode tokens/s,
 perplexity and weights in memory for fp32, uniform bf16, uniform int8, the validated POPB map
-(with and without per-token-group precision), and llama.cpp on the shipped GGUF.
+(with and without per-token-group precision), and llama.cpp on the shipped GGUF; and each
+map's verified-answer rate on a fixed subset of ``benchmarks/verified_tasks.py`` (first
+answer, no retry or repair: ``benchmarks/_precision_verified.py``).
 
 Goals: the map decodes >= 2.5x fp32's tokens/s at <= 1% perplexity increase, and at least as
 fast as llama.cpp (>= 1.0x) with the same grammar, prompts and output lengths.
@@ -140,8 +142,21 @@ BOUND = (
     "sampling and Python ~7 ms of ~146 ms), and in it torch's int4 weight-only and fbgemm "
     "int8 kernels dequantise per call with fp32 activations, where llama.cpp multiplies Q4_1 "
     "weights by q8 activations in one fused dot product; the loop around the model is no "
-    "longer the gap. "
+    "longer the gap, and compiling the step with torch.compile does not shorten it "
+    "(bench_decode_compile: no compiled form is a clear win over the eager step). "
 )
+
+
+def _verified(lm: Any, engines: dict[str, Any], n: int) -> dict[str, Any]:
+    """Each map's first-answer verified rate on ``n`` tasks (in its own decode loop)."""
+    if n <= 0:
+        return {}
+    from benchmarks._precision_verified import verified_rates
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    return verified_rates(lm, engines, n, log=log)
 
 
 def main() -> None:
@@ -151,6 +166,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     parser.add_argument("--entropy", type=float, default=2.0, help="token-group threshold")
     parser.add_argument("--llamacpp-python", default="/tmp/llamacpp-venv/bin/python")
+    parser.add_argument(
+        "--verified-tasks", type=int, default=24, help="verified-answer subset (0: skip)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -196,6 +214,7 @@ def main() -> None:
             if peer is not None:
                 runs["llama.cpp"].append(peer.ask({"ids": ids}))
             print({k: len(v) for k, v in runs.items()}, file=sys.stderr, flush=True)
+    verified = _verified(lm, engines, args.verified_tasks)
     results: dict[str, dict[str, Any]] = {}
     ppl_ref, _, ref_logp = perplexity(base, val_ids)
     for label, model in variants.items():
@@ -206,6 +225,7 @@ def main() -> None:
             "outs": [x["out"] for x in r],
             "high": sum(x["high"] for x in r) / max(1, sum(x["tokens"] for x in r)),
             "mb": _weights_mb(model),
+            "verified": verified.get(label),
         }
         results[label]["ppl"], results[label]["kl"], _ = perplexity(model, val_ids, ref_logp)
     peer_result = None
@@ -217,6 +237,35 @@ def main() -> None:
         }
         peer.close()
     report(args, results, peer_result, ppl_ref, pmap, gguf)
+
+
+def _same_answers(mine: Any, ref: Any) -> str:
+    """How many task answers are exactly fp32's (the same greedy answer to the same task)."""
+    if not mine or not ref:
+        return "n/a"
+    same = sum(a == b for a, b in zip(mine.answers, ref.answers, strict=True))
+    return f"{same}/{mine.tasks}"
+
+
+def _verified_note(results: dict[str, dict[str, Any]]) -> str:
+    """How the verified-answer column was measured, with the rate per kind per map."""
+    rates = {k: r["verified"] for k, r in results.items() if r["verified"]}
+    if not rates:
+        return "Verified-answer rate: not measured (--verified-tasks 0). "
+    first = next(iter(rates.values()))
+    kinds = ", ".join(f"{k} {n}" for k, (_, n) in first.by_kind.items())
+    per = "; ".join(
+        f"{label}: " + ", ".join(f"{k} {v}/{n}" for k, (v, n) in r.by_kind.items())
+        for label, r in rates.items()
+    )
+    return (
+        f"Verified (first answer): {first.tasks} tasks of benchmarks/verified_tasks.py "
+        f"({kinds}; bench_verified's spread subset), each map through the router and the "
+        "local tier on its own decode engine, grammar on, greedy, seed 0, max 48 tokens; "
+        "the task's verifier judges the first answer as decoded (no retry, no span repair), "
+        f"so the rate is the map's alone; correct: bench_verified's independent audit. Per "
+        f"kind: {per}. "
+    )
 
 
 def report(
@@ -248,6 +297,9 @@ def report(
                 round(agreement(r["outs"], fp32["outs"]), 2),
                 r["mb"],
                 f"{100 * r['high']:.0f}%" if label.endswith("groups") else "-",
+                r["verified"].cell() if r["verified"] else "n/a",
+                f"{r['verified'].correct}/{r['verified'].tasks}" if r["verified"] else "n/a",
+                _same_answers(r["verified"], fp32["verified"]),
             ]
         )
     if peer is not None and llama_tps is not None:
@@ -264,6 +316,9 @@ def report(
                 "n/a",
                 round(gguf.stat().st_size / 1e6, 1) if gguf else "n/a",
                 "-",
+                "n/a",
+                "n/a",
+                "n/a",
             ]
         )
     popb = results["POPB map"]
@@ -287,9 +342,11 @@ def report(
         f"Goal >= 2.5x fp32 at <= 1% ppl: {'met' if goal_fp32 else 'MISSED'}; goal >= 1.0x "
         f"llama.cpp: {'met' if goal_peer else 'MISSED' if llama_tps else 'not measured'}. "
         f"{'' if goal_peer or not llama_tps else BOUND}"
-        "Token groups' quality columns score the map alone (perplexity and KL are measured "
-        "outside the decode loop, where the entropy switch never fires), so they cannot show "
-        "what the fp32 steps buy; their speed column is measured in the loop. "
+        f"{_verified_note(results)}"
+        "Token groups: perplexity and KL score the map alone (measured outside the decode "
+        "loop, where the entropy switch never fires); greedy agreement, the verified rate and "
+        "tok/s are measured in the decode loop, where the sensitive steps do run in fp32, so "
+        "those columns show what the fp32 steps buy and what they cost. "
         f"Load average during the run: {load}."
     )
     md = write_section(
@@ -307,9 +364,13 @@ def report(
             "greedy agreement",
             "weights MB",
             "high-precision steps",
+            "verified (first answer)",
+            "correct (audit)",
+            "task answers as fp32's",
         ],
         rows,
         notes=notes,
+        command=" ".join([".venv/bin/python benchmarks/bench_precision_decode.py", *sys.argv[1:]]),
     )
     print(md)
 
