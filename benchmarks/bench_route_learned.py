@@ -87,6 +87,7 @@ class Run:
     verified: int = 0
     cost: float = 0.0
     regret: float = 0.0
+    regrets: list[float] = field(default_factory=list)
     tried: list[set[str]] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -158,14 +159,17 @@ def play(name: str, tasks: list[Task], best: list[float], degrades: str = "local
             current[0] = task.rid
             clock.local.task = task
             try:
-                res = rt.router.generate(task.schema, task.prompt, workflow_id="bench", tiers=tiers)
+                res = rt.router.generate(
+                    task.schema, task.prompt, workflow_id="bench", tiers=tiers, verify=task.verify
+                )
                 attempts, ok = res.attempts, True
             except EpistemicYieldError as e:
                 attempts, ok = e.attempts, False
             cost = sum(a.cost for a in attempts)
             run.verified += ok
             run.cost += cost
-            run.regret += best[task.rid] - (float(ok) - LAM * cost)
+            run.regrets.append(best[task.rid] - (float(ok) - LAM * cost))
+            run.regret += run.regrets[-1]
             run.tried.append({a.tier for a in attempts if not a.skipped})
         run.seconds = time.perf_counter() - t0
         rt.close()
@@ -204,7 +208,7 @@ def payoffs(run: Run, tasks: list[Task], degrades: str) -> tuple[int, int]:
             clock.local.task = task
             try:
                 res = rt.router.generate(
-                    task.schema, task.prompt, workflow_id="bench", tiers=[tier]
+                    task.schema, task.prompt, workflow_id="bench", tiers=[tier], verify=task.verify
                 )
                 paid += 1.0 - LAM * res.cost > 0
             except EpistemicYieldError:
