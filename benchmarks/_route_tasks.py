@@ -425,13 +425,14 @@ def cas_tier() -> FunctionTier:
     return FunctionTier("cas", _cas, accepts=lambda s: s.name in _CAS_SCHEMAS)
 
 
-def plan_values(
+Walk = Callable[[tuple[str, ...]], tuple[float, float, float]]
+
+
+def _walker(
     clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(reward, C, accuracy) expected of the best plan over ``tiers`` on ``task`` under the
-    true profiles (every ordered subset enumerated; asking nobody earns 0), and of the static
-    cascade ``tiers`` in order."""
-    import itertools
+) -> Walk:
+    """(reward, C, accuracy) expected of walking an order of tiers on ``task`` under the true
+    profiles (each tier given up to 3 attempts)."""
 
     def stats(t: str) -> tuple[float, float]:
         if t == "cas":
@@ -454,13 +455,37 @@ def plan_values(
             reach *= 1.0 - p
         return total, cost, acc
 
-    best = (0.0, 0.0, 0.0)
+    return walk
+
+
+def best_plan(walk: Walk, tiers: list[str]) -> tuple[tuple[str, ...], tuple[float, float, float]]:
+    """The order of tiers whose walk earns the most (every ordered subset enumerated; asking
+    nobody earns 0), and its (reward, C, accuracy)."""
+    import itertools
+
+    best: tuple[tuple[str, ...], tuple[float, float, float]] = ((), (0.0, 0.0, 0.0))
     for k in range(1, len(tiers) + 1):
         for order in itertools.permutations(tiers, k):
             v = walk(order)
-            if v[0] > best[0]:
-                best = v
-    return best, walk(tuple(tiers))
+            if v[0] > best[1][0]:
+                best = (order, v)
+    return best
+
+
+def plan_values(
+    clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(reward, C, accuracy) expected of the best plan over ``tiers`` on ``task`` under the
+    true profiles, and of the static cascade ``tiers`` in order."""
+    walk = _walker(clock, task, lam, costs, tiers)
+    return best_plan(walk, tiers)[1], walk(tuple(tiers))
+
+
+def clairvoyant_order(
+    clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
+) -> list[str]:
+    """The best plan's tiers on ``task``, knowing every profile (a bound, not a policy)."""
+    return list(best_plan(_walker(clock, task, lam, costs, tiers), tiers)[0])
 
 
 def true_value(

@@ -180,8 +180,31 @@ def test_the_cost_book_learns_per_tier_and_family() -> None:
     assert book.predict("oracle", "calculus") == 100.0
     book.observe("oracle", "calculus", 300.0)
     book.observe("oracle", "calculus", 500.0)
-    assert book.predict("oracle", "calculus") == pytest.approx(340.0)
-    assert book.predict("oracle", "physics") == pytest.approx(340.0)  # the tier's average
+    # the prior counts as one observation: (100 + 300 + 500) / 3
+    assert book.predict("oracle", "calculus") == pytest.approx(300.0)
+    assert book.predict("oracle", "physics") == pytest.approx(300.0)  # the tier's average
+    for _ in range(40):
+        book.observe("oracle", "calculus", 1000.0)
+    # past 1/rate observations it is a moving average: a change of price is followed
+    assert book.predict("oracle", "calculus") == pytest.approx(1000.0, rel=1e-3)
+
+
+def test_one_costly_first_request_does_not_price_a_tier_out() -> None:
+    # a first oracle request that needed three attempts (errors fed back) costs 12000: the
+    # cost alone (λC = 1.2) would rule the oracle out for good, since it is never tried again
+    f = Featurizer()
+    policy = make_policy("learned", ["kinetic", "oracle"], f.dims, costs={"oracle": 2100.0})
+    ctx = _ctx(f, "matrix", 0)
+    policy.observe(ctx, "kinetic", False, 300.0)
+    policy.observe(ctx, "oracle", True, 12000.0)
+    est = policy.estimates(_ctx(f, "matrix", 1), ["kinetic", "oracle"])["oracle"]
+    assert est.cost == pytest.approx(7050.0)  # shrunk toward the prior, not replaced
+    # its success is learned apart from its C: one verified answer reads as p ≈ 1, not as
+    # the reward 1 − 1.2 it earned, and the oracle is still worth trying
+    assert est.p > 0.9 and est.optimistic > 0
+    book = CostBook()  # without a prior, the first observation is the estimate
+    book.observe("oracle", "algebra", 12000.0)
+    assert book.predict("oracle", "algebra") == 12000.0
 
 
 def test_threshold_router_routes_once_by_its_learned_probability() -> None:
