@@ -31,7 +31,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ from coreason_runtime.events import WhatIfDecided  # noqa: E402
 from coreason_runtime.route import (  # noqa: E402
     EscalationGate,
     Featurizer,
+    RequestContext,
+    RoutePlan,
     Routing,
     RoutingPolicy,
     ThresholdRouter,
@@ -64,6 +66,7 @@ from benchmarks._route_tasks import (  # noqa: E402
     Task,
     attempt_cost,
     cas_tier,
+    clairvoyant_order,
     plan_values,
     workload,
 )
@@ -79,6 +82,7 @@ DEGRADE_AT, DEGRADE_BY = N // 2, 1.2
 #: which tier degrades half-way: the most used one (local), and, as a second scenario, one
 #: that only a part of the traffic reaches (kinetic)
 SCENARIOS = ("local", "kinetic")
+CLAIRVOYANT = "clairvoyant (knows every profile: a bound)"
 
 
 @dataclass
@@ -106,10 +110,11 @@ def _runtime(home: Path, clock: Clock) -> Coordinator:
     return rt
 
 
-def _bandit(
-    name: str, *, drift: bool = True, gate: bool = True
-) -> Callable[[Coordinator], Routing]:
-    def build(rt: Coordinator) -> Routing:
+Builder = Callable[[Coordinator, Clock], Routing]
+
+
+def _bandit(name: str, *, drift: bool = True, gate: bool = True) -> Builder:
+    def build(rt: Coordinator, clock: Clock) -> Routing:
         f = Featurizer()
         kind = "learned" if name.startswith("learned") else name
         policy: RoutingPolicy = make_policy(
@@ -121,13 +126,46 @@ def _bandit(
     return build
 
 
-def _threshold(rt: Coordinator) -> Routing:
+def _threshold(rt: Coordinator, clock: Clock) -> Routing:
     f = Featurizer()
     return Routing(ThresholdRouter(f.dims, seed=SEED), featurizer=f, bus=rt.bus)
 
 
+class Clairvoyant:
+    """Knows every tier's true profile on every request and plays the best plan: not a policy
+    (nothing real knows this) but the floor of the regret on these very draws, since the
+    best plan in expectation still meets unlucky draws."""
+
+    name = "clairvoyant"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def plan(self, ctx: RequestContext, candidates: Sequence[str]) -> RoutePlan:
+        task = self.clock.task
+        costs = {k: attempt_cost(k, task) for k in ("local", "kinetic", "oracle")} | {"cas": 10.0}
+        order = clairvoyant_order(self.clock, task, LAM, costs, list(candidates))
+        return RoutePlan(
+            policy=self.name,
+            family=ctx.family,
+            tiers=order,
+            skipped={t: "not in the best plan" for t in candidates if t not in order},
+            reason="the best plan under the true profiles",
+        )
+
+    def observe(self, ctx: RequestContext, tier: str, success: bool, cost: float) -> None:
+        """It knows already."""
+
+    def degraded(self) -> dict[str, str]:
+        return {}
+
+
+def _clairvoyant(rt: Coordinator, clock: Clock) -> Routing:
+    return Routing(Clairvoyant(clock), bus=rt.bus)
+
+
 #: name -> (tiers the request may use, routing builder or None for the plain cascade)
-POLICIES: dict[str, tuple[list[str], Callable[[Coordinator], Routing] | None]] = {
+POLICIES: dict[str, tuple[list[str], Builder | None]] = {
     "static cascade": (CASCADE, None),
     "oracle only": (["oracle"], None),
     "cheapest only (local)": (["local"], None),
@@ -137,6 +175,7 @@ POLICIES: dict[str, tuple[list[str], Callable[[Coordinator], Routing] | None]] =
     "learned (GRBF + drift watch + gate)": (CASCADE, _bandit("learned")),
     "learned, no drift watch": (CASCADE, _bandit("learned", drift=False)),
     "learned, no gate": (CASCADE, _bandit("learned", gate=False)),
+    CLAIRVOYANT: (CASCADE, _clairvoyant),
 }
 
 
@@ -146,7 +185,7 @@ def play(name: str, tasks: list[Task], best: list[float], degrades: str = "local
     run = Run(name)
     with tempfile.TemporaryDirectory() as tmp:
         rt = _runtime(Path(tmp), clock)
-        rt.router.routing = build(rt) if build is not None else None
+        rt.router.routing = build(rt, clock) if build is not None else None
         current: list[int] = [0]
 
         def on_refused(event: Any) -> None:

@@ -166,13 +166,45 @@ def test_drift_watch_alarms_after_at_most_h_over_p_minus_delta_failures() -> Non
 def test_a_held_tier_is_probed_and_trusted_again_after_successes() -> None:
     watch = DriftWatch(probe_every=3, recover=2)
     for _ in range(10):
-        watch.observe("t", False, 0.95)
+        if watch.observe("t", False, 0.95):
+            break
     assert "t" in watch.reasons()
     probes = [watch.probe(["t"]) for _ in range(6)]
     assert probes.count("t") == 2
     watch.observe("t", True, 0.5)
     watch.observe("t", True, 0.5)
     assert watch.reasons() == {}
+
+
+def test_a_tier_that_stays_broken_is_probed_at_doubling_intervals() -> None:
+    watch = DriftWatch(probe_every=3, recover=2, max_interval=12)
+    while not watch.observe("t", False, 0.95):
+        pass
+    probes = []
+    for plan in range(1, 40):
+        if watch.probe(["t"]) == "t":
+            probes.append(plan)
+            watch.observe("t", False, 0.5)  # the probe fails
+    assert probes == [3, 9, 21, 33]  # 3, then 6, 12, 12 (the cap) plans apart
+
+
+def test_a_probe_waits_for_a_request_the_held_tier_would_take_first() -> None:
+    f = Featurizer()
+    policy = make_policy("learned", ["cas", "kinetic"], f.dims, costs={"cas": 10, "kinetic": 300})
+    for i in range(60):
+        policy.observe(_ctx(f, "differentiate", i), "cas", True, 10.0)
+        policy.observe(_ctx(f, "matrix", i), "kinetic", True, 300.0)
+    i = 100
+    while "kinetic" not in policy.degraded():
+        i += 1
+        policy.observe(_ctx(f, "matrix", i), "kinetic", False, 300.0)
+    # the probe falls due 10 plans after the alarm; a derivative the CAS answers for 10 C
+    # is no request to spend it on (until it is a whole interval overdue)
+    for j in range(15):
+        plan = policy.plan(_ctx(f, "differentiate", 200 + j), ["cas", "kinetic"])
+        assert plan.tiers == ["cas"], plan
+    plan = policy.plan(_ctx(f, "matrix", 300), ["kinetic"])  # the CAS does not do matrices
+    assert plan.tiers == ["kinetic"] and plan.reason.startswith("probing kinetic")
 
 
 def test_the_cost_book_learns_per_tier_and_family() -> None:

@@ -254,8 +254,10 @@ class BanditPolicy:
         λ and the exploration weight on the approximator's width.
     drift:
         Watch each tier for a drop in its success (Page–Hinkley on ``s − p̂``): a tier that
-        starts failing is reset in the approximator and left out of plans except for a probe
-        every ``probe_every`` requests, until ``recover`` probes in a row succeed.
+        starts failing is reset in the approximator and left out of plans except for probes
+        (the first ``probe_every`` requests after the alarm, then at doubling intervals while
+        they fail, each on a request the tier would be tried first on), until ``recover``
+        probes in a row succeed.
     """
 
     def __init__(
@@ -305,7 +307,7 @@ class BanditPolicy:
         est = self.estimates(ctx, candidates)
         held = self.watch.held(candidates) if self.watch is not None else {}
         usable = [t for t in candidates if t not in held]
-        probe = self.watch.probe(candidates) if self.watch is not None else None
+        probe = self._probe(est, candidates, usable)
         order, skipped = order_tiers(usable or list(candidates), est, self.min_tiers)
         skipped.update({t: why for t, why in held.items() if t not in order})
         reason = "best r/p first: " + ", ".join(
@@ -323,6 +325,24 @@ class BanditPolicy:
             reason=reason,
             estimates=est,
         )
+
+    def _probe(
+        self, est: dict[str, TierEstimate], candidates: Sequence[str], usable: list[str]
+    ) -> str | None:
+        """The held tier to probe first in this plan, if one is due and this request is one it
+        would be tried first on were it trusted (or its probe is overdue): a probe spent on a
+        request another tier answers for less (a CAS on a derivative) tells little."""
+        if self.watch is None:
+            return None
+        self.watch.tick()
+        tier = self.watch.due(candidates)
+        if tier is None:
+            return None
+        trusted, _ = order_tiers([*usable, tier], est, self.min_tiers)
+        if trusted[:1] != [tier] and not self.watch.overdue(tier):
+            return None
+        self.watch.probed(tier)
+        return tier
 
     def observe(self, ctx: RequestContext, tier: str, success: bool, cost: float) -> None:
         arm = self.arms.get(tier)
