@@ -257,7 +257,8 @@ class BanditPolicy:
         starts failing is reset in the approximator and left out of plans except for probes
         (the first ``probe_every`` requests after the alarm, then at doubling intervals while
         they fail, each on a request the tier would be tried first on), until ``recover``
-        probes in a row succeed.
+        probes in a row succeed. ``drift_threshold`` is the Page–Hinkley ``h``: the alarm
+        comes after at most ``⌈h / (p̂ − δ)⌉`` failures where ``p̂`` was predicted.
     """
 
     def __init__(
@@ -271,6 +272,7 @@ class BanditPolicy:
         drift: bool = True,
         probe_every: int = 10,
         recover: int = 2,
+        drift_threshold: float = 2.0,
         min_tiers: int = 1,
         name: str | None = None,
     ) -> None:
@@ -278,7 +280,11 @@ class BanditPolicy:
         self.arms = {a: i for i, a in enumerate(arms)}
         self.lam, self.alpha = lam, alpha
         self.costs = costs or CostBook()
-        self.watch = DriftWatch(probe_every=probe_every, recover=recover) if drift else None
+        self.watch = (
+            DriftWatch(threshold=drift_threshold, probe_every=probe_every, recover=recover)
+            if drift
+            else None
+        )
         self.min_tiers = min_tiers
         self.counts: dict[str, int] = dict.fromkeys(arms, 0)
         self.name = name or approximator.name
