@@ -21,6 +21,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import sympy as sp
@@ -28,8 +29,13 @@ from coreason_runtime.route import FunctionTier
 from coreason_runtime.tensor import BlackBoxTier, Meter, SchemaSpec, TierOutput, TierRequest
 from pydantic import BaseModel, model_validator
 
+from benchmarks import _route_verified as V
+from benchmarks.verified_tasks import TASKS
+
 X = sp.Symbol("x")
 FAMILIES = ("derivative", "antiderivative", "roots", "eigen", "kinematics", "extract")
+#: the share of requests drawn from the verified-answers task set
+VERIFIED_SHARE = 0.5
 
 
 def _same(a: str, b: sp.Expr) -> bool:
@@ -137,7 +143,11 @@ CITIES = ["London", "Erlangen", "Moscow", "Brno", "Paris"]
 
 @dataclass(frozen=True)
 class Task:
-    """One request: its family, prompt, latent difficulty, and right and wrong answers."""
+    """One request: its family, prompt, latent difficulty, and right and wrong answers.
+
+    A request drawn from the verified-answers task set also carries its problem's index
+    (``problem``) and schema (``model``): it is verified by that problem's own verifier.
+    """
 
     rid: int
     family: str
@@ -145,10 +155,17 @@ class Task:
     difficulty: float
     right: dict[str, Any]
     wrong: dict[str, Any]
+    problem: int | None = None
+    model: type[BaseModel] | None = None
 
     @property
     def schema(self) -> type[BaseModel]:
-        return SCHEMAS[self.family]
+        return self.model if self.model is not None else SCHEMAS[self.family]
+
+    @property
+    def verify(self) -> Any:
+        """The request's ``verify=`` (``None``: the schema's own validator verifies)."""
+        return None if self.problem is None else V.policy(TASKS[self.problem])
 
 
 def _poly_terms(rng: random.Random, n: int) -> sp.Expr:
@@ -241,10 +258,23 @@ def make_task(rid: int, family: str, rng: random.Random) -> Task:
     )
 
 
-def workload(n: int, seed: int) -> list[Task]:
-    """``n`` requests, families mixed uniformly at random."""
+def verified_task(rid: int, index: int) -> Task:
+    """Problem ``index`` of the verified-answers task set as request ``rid``."""
+    p = TASKS[index]
+    right, wrong = V.answers(index)
+    return Task(rid, V.FAMILY[p.kind], p.prompt, V.difficulty(p), right, wrong, index, p.schema)
+
+
+def workload(n: int, seed: int, verified: float = VERIFIED_SHARE) -> list[Task]:
+    """``n`` requests: each drawn from the verified-answers task set with probability
+    ``verified`` (a problem uniformly at random), else from a scripted family (uniformly)."""
     rng = random.Random(seed)
-    return [make_task(i, rng.choice(FAMILIES), rng) for i in range(n)]
+    return [
+        verified_task(i, rng.randrange(len(TASKS)))
+        if rng.random() < verified
+        else make_task(i, rng.choice(FAMILIES), rng)
+        for i in range(n)
+    ]
 
 
 # --- tiers ---------------------------------------------------------------------------------
@@ -259,6 +289,8 @@ SKILL: dict[str, dict[str, float]] = {
         "eigen": -0.4,
         "kinematics": 0.1,
         "extract": 0.85,
+        "limit": 0.0,
+        "physics": 0.05,
     },
     # a mid-size model behind an OpenAI-compatible server (vLLM, SGLang, coreason serve)
     "kinetic": {
@@ -268,6 +300,8 @@ SKILL: dict[str, dict[str, float]] = {
         "eigen": 0.3,
         "kinematics": 0.6,
         "extract": 1.1,
+        "limit": 0.55,
+        "physics": 0.6,
     },
     # a frontier oracle
     "oracle": {
@@ -277,6 +311,8 @@ SKILL: dict[str, dict[str, float]] = {
         "eigen": 1.1,
         "kinematics": 1.3,
         "extract": 1.5,
+        "limit": 1.25,
+        "physics": 1.3,
     },
 }
 #: C weights per tier: (w_in, w_out), in the ratio of their prices.
@@ -341,32 +377,66 @@ class ProfileTier(BlackBoxTier):
         )
 
 
-def _cas(spec: SchemaSpec, prompt: str) -> dict[str, str]:
-    m = re.search(r"(?:Differentiate|Integrate) (.+?) with respect to x", prompt)
+_CAS_PROMPT = re.compile(
+    r"(?:Differentiate|Integrate|Find an antiderivative of) (.+?) with respect to x"
+)
+_CAS_SCHEMAS = ("Derivative", "Antiderivative", "DerivativeAnswer", "AntiderivativeAnswer")
+
+
+def _cas_value(schema: str, prompt: str) -> dict[str, str]:
+    m = _CAS_PROMPT.search(prompt)
     if m is None:
         raise ValueError("no expression in x to work on")
     e = sp.sympify(m.group(1))
-    if spec.name == "Derivative":
+    if schema == "Derivative":
         return {"expression": str(e), "derivative": str(sp.diff(e, X))}
+    if schema == "DerivativeAnswer":
+        return {"derivative": str(sp.diff(e, X))}
+    if schema == "AntiderivativeAnswer":
+        return {"antiderivative": str(sp.integrate(e, X))}
     return {"integrand": str(e), "antiderivative": str(sp.integrate(e, X))}
+
+
+def _cas(spec: SchemaSpec, prompt: str) -> dict[str, str]:
+    return _cas_value(spec.name, prompt)
+
+
+def cas_answers(task: Task) -> bool:
+    """Whether the CAS tier's answer to ``task`` is verified (for the optimum's plans)."""
+    if task.problem is None:
+        return task.family in ("derivative", "antiderivative")
+    return _cas_verified(task.problem)
+
+
+@cache
+def _cas_verified(index: int) -> bool:
+    p = TASKS[index]
+    if p.schema.__name__ not in _CAS_SCHEMAS:
+        return False
+    try:
+        value = p.schema.model_validate(_cas_value(p.schema.__name__, p.prompt))
+    except ValueError:
+        return False
+    return not p.check()(value.model_dump())
 
 
 def cas_tier() -> FunctionTier:
     """SymPy as a tool tier: derivatives and antiderivatives only, priced by its CPU time."""
-    return FunctionTier("cas", _cas, accepts=lambda s: s.name in ("Derivative", "Antiderivative"))
+    return FunctionTier("cas", _cas, accepts=lambda s: s.name in _CAS_SCHEMAS)
 
 
-def plan_values(
+Walk = Callable[[tuple[str, ...]], tuple[float, float, float]]
+
+
+def _walker(
     clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(reward, C, accuracy) expected of the best plan over ``tiers`` on ``task`` under the
-    true profiles (every ordered subset enumerated; asking nobody earns 0), and of the static
-    cascade ``tiers`` in order."""
-    import itertools
+) -> Walk:
+    """(reward, C, accuracy) expected of walking an order of tiers on ``task`` under the true
+    profiles (each tier given up to 3 attempts)."""
 
     def stats(t: str) -> tuple[float, float]:
         if t == "cas":
-            ok = task.family in ("derivative", "antiderivative")
+            ok = cas_answers(task)
             return (1.0 if ok else 0.0), costs["cas"]
         p = clock.p_attempt(t, task)
         solve = 1.0 - (1.0 - p) ** 3
@@ -385,13 +455,37 @@ def plan_values(
             reach *= 1.0 - p
         return total, cost, acc
 
-    best = (0.0, 0.0, 0.0)
+    return walk
+
+
+def best_plan(walk: Walk, tiers: list[str]) -> tuple[tuple[str, ...], tuple[float, float, float]]:
+    """The order of tiers whose walk earns the most (every ordered subset enumerated; asking
+    nobody earns 0), and its (reward, C, accuracy)."""
+    import itertools
+
+    best: tuple[tuple[str, ...], tuple[float, float, float]] = ((), (0.0, 0.0, 0.0))
     for k in range(1, len(tiers) + 1):
         for order in itertools.permutations(tiers, k):
             v = walk(order)
-            if v[0] > best[0]:
-                best = v
-    return best, walk(tuple(tiers))
+            if v[0] > best[1][0]:
+                best = (order, v)
+    return best
+
+
+def plan_values(
+    clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(reward, C, accuracy) expected of the best plan over ``tiers`` on ``task`` under the
+    true profiles, and of the static cascade ``tiers`` in order."""
+    walk = _walker(clock, task, lam, costs, tiers)
+    return best_plan(walk, tiers)[1], walk(tuple(tiers))
+
+
+def clairvoyant_order(
+    clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
+) -> list[str]:
+    """The best plan's tiers on ``task``, knowing every profile (a bound, not a policy)."""
+    return list(best_plan(_walker(clock, task, lam, costs, tiers), tiers)[0])
 
 
 def true_value(

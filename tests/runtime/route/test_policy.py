@@ -166,7 +166,8 @@ def test_drift_watch_alarms_after_at_most_h_over_p_minus_delta_failures() -> Non
 def test_a_held_tier_is_probed_and_trusted_again_after_successes() -> None:
     watch = DriftWatch(probe_every=3, recover=2)
     for _ in range(10):
-        watch.observe("t", False, 0.95)
+        if watch.observe("t", False, 0.95):
+            break
     assert "t" in watch.reasons()
     probes = [watch.probe(["t"]) for _ in range(6)]
     assert probes.count("t") == 2
@@ -175,13 +176,67 @@ def test_a_held_tier_is_probed_and_trusted_again_after_successes() -> None:
     assert watch.reasons() == {}
 
 
+def test_a_tier_that_stays_broken_is_probed_at_doubling_intervals() -> None:
+    watch = DriftWatch(probe_every=3, recover=2, max_interval=12)
+    while not watch.observe("t", False, 0.95):
+        pass
+    probes = []
+    for plan in range(1, 40):
+        if watch.probe(["t"]) == "t":
+            probes.append(plan)
+            watch.observe("t", False, 0.5)  # the probe fails
+    assert probes == [3, 9, 21, 33]  # 3, then 6, 12, 12 (the cap) plans apart
+
+
+def test_a_probe_waits_for_a_request_the_held_tier_would_take_first() -> None:
+    f = Featurizer()
+    policy = make_policy("learned", ["cas", "kinetic"], f.dims, costs={"cas": 10, "kinetic": 300})
+    for i in range(60):
+        policy.observe(_ctx(f, "differentiate", i), "cas", True, 10.0)
+        policy.observe(_ctx(f, "matrix", i), "kinetic", True, 300.0)
+    i = 100
+    while "kinetic" not in policy.degraded():
+        i += 1
+        policy.observe(_ctx(f, "matrix", i), "kinetic", False, 300.0)
+    # the probe falls due 10 plans after the alarm; a derivative the CAS answers for 10 C
+    # is no request to spend it on (until it is a whole interval overdue)
+    for j in range(15):
+        plan = policy.plan(_ctx(f, "differentiate", 200 + j), ["cas", "kinetic"])
+        assert plan.tiers == ["cas"], plan
+    plan = policy.plan(_ctx(f, "matrix", 300), ["kinetic"])  # the CAS does not do matrices
+    assert plan.tiers == ["kinetic"] and plan.reason.startswith("probing kinetic")
+
+
 def test_the_cost_book_learns_per_tier_and_family() -> None:
     book = CostBook(prior={"oracle": 100.0})
     assert book.predict("oracle", "calculus") == 100.0
     book.observe("oracle", "calculus", 300.0)
     book.observe("oracle", "calculus", 500.0)
-    assert book.predict("oracle", "calculus") == pytest.approx(340.0)
-    assert book.predict("oracle", "physics") == pytest.approx(340.0)  # the tier's average
+    # the prior counts as one observation: (100 + 300 + 500) / 3
+    assert book.predict("oracle", "calculus") == pytest.approx(300.0)
+    assert book.predict("oracle", "physics") == pytest.approx(300.0)  # the tier's average
+    for _ in range(40):
+        book.observe("oracle", "calculus", 1000.0)
+    # past 1/rate observations it is a moving average: a change of price is followed
+    assert book.predict("oracle", "calculus") == pytest.approx(1000.0, rel=1e-3)
+
+
+def test_one_costly_first_request_does_not_price_a_tier_out() -> None:
+    # a first oracle request that needed three attempts (errors fed back) costs 12000: the
+    # cost alone (λC = 1.2) would rule the oracle out for good, since it is never tried again
+    f = Featurizer()
+    policy = make_policy("learned", ["kinetic", "oracle"], f.dims, costs={"oracle": 2100.0})
+    ctx = _ctx(f, "matrix", 0)
+    policy.observe(ctx, "kinetic", False, 300.0)
+    policy.observe(ctx, "oracle", True, 12000.0)
+    est = policy.estimates(_ctx(f, "matrix", 1), ["kinetic", "oracle"])["oracle"]
+    assert est.cost == pytest.approx(7050.0)  # shrunk toward the prior, not replaced
+    # its success is learned apart from its C: one verified answer reads as p ≈ 1, not as
+    # the reward 1 − 1.2 it earned, and the oracle is still worth trying
+    assert est.p > 0.9 and est.optimistic > 0
+    book = CostBook()  # without a prior, the first observation is the estimate
+    book.observe("oracle", "algebra", 12000.0)
+    assert book.predict("oracle", "algebra") == 12000.0
 
 
 def test_threshold_router_routes_once_by_its_learned_probability() -> None:

@@ -1,11 +1,14 @@
 """Routing policies: which tiers a request tries, in which order, and where it stops.
 
-A bandit policy predicts, per tier, the reward ``r = verified success − λ·C`` at the request's
-features (:class:`Approximator`: the growing RBF network, or LinUCB as a baseline) and a cost
-``Ĉ``, so ``p̂ = r̂ + λĈ``. Walking tiers ``t₁, t₂, …`` (each tried only if those before it
-failed) earns ``Σᵢ rᵢ · Πⱼ₍ⱼ₎ (1 − pⱼ)``: the order that maximises it sorts tiers by ``r/p``
-(an exchange argument), and a tier with ``r ≤ 0`` only lowers it, so the plan stops before
-it. Exploration is optimism: the plan uses ``r̂ + α·width``.
+A bandit policy predicts, per tier, the chance ``p̂`` of a verified success at the request's
+features (:class:`Approximator`: the growing RBF network, or LinUCB as a baseline) and, apart,
+its cost ``Ĉ`` (:class:`CostBook`), so the reward is ``r̂ = p̂ − λĈ``: the two are learned
+separately so that one costly request (retries, errors fed back) does not read as a tier that
+fails, and a tier's drift in quality is watched on ``p̂`` alone. Walking tiers
+``t₁, t₂, …`` (each tried only if those before it failed) earns
+``Σᵢ rᵢ · Πⱼ₍ⱼ₎ (1 − pⱼ)``: the order that maximises it sorts tiers by ``r/p`` (an exchange
+argument), and a tier with ``r ≤ 0`` only lowers it, so the plan stops before it.
+Exploration is optimism: the plan uses ``min(1, p̂ + α·width) − λĈ``.
 """
 
 from __future__ import annotations
@@ -114,11 +117,11 @@ class StaticCascade:
         return {}
 
 
-# --- approximators of the reward -----------------------------------------------------------
+# --- approximators of the success probability ------------------------------------------
 
 
 class Approximator(Protocol):
-    """Per-arm reward estimates with a width for exploration, learned online."""
+    """Per-arm estimates (of verified success) with a width for exploration, learned online."""
 
     name: str
 
@@ -168,28 +171,35 @@ class LinearApproximator:
 
 @dataclass
 class CostBook:
-    """C per tier, learned as a moving average per (tier, family), then per tier, else a prior.
+    """C per tier, learned per (tier, family), then per tier, else a prior.
 
-    ``prior(tier)`` is the cost assumed before a tier was ever seen.
+    ``prior(tier)`` is the cost assumed before a tier was ever seen; it also counts as
+    ``prior_weight`` observations afterwards, so one unlucky first request (three attempts,
+    the errors fed back) does not price a tier out before a second one is ever tried: the
+    estimate is the mean of the prior and the observations until ``1/rate`` of them, then a
+    moving average at ``rate`` (a tier's price can change).
     """
 
     prior: dict[str, float] = field(default_factory=dict)
     rate: float = 0.2
-    _by_family: dict[tuple[str, str], float] = field(default_factory=dict)
-    _by_tier: dict[str, float] = field(default_factory=dict)
+    prior_weight: float = 1.0
+    _by_family: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+    _by_tier: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def predict(self, tier: str, family: str) -> float:
-        got = self._by_family.get((tier, family))
-        if got is None:
-            got = self._by_tier.get(tier, self.prior.get(tier, 0.0))
-        return got
+        got = self._by_family.get((tier, family)) or self._by_tier.get(tier)
+        return got[0] if got is not None else self.prior.get(tier, 0.0)
+
+    def _step(self, old: tuple[float, int] | None, tier: str, cost: float) -> tuple[float, int]:
+        w = self.prior_weight if tier in self.prior else 0.0
+        mean, n = old if old is not None else (self.prior.get(tier, 0.0), 0)
+        step = max(self.rate, 1.0 / (n + 1 + w))
+        return mean + step * (cost - mean), n + 1
 
     def observe(self, tier: str, family: str, cost: float) -> None:
-        """One tier's C on one request (its first observation replaces the prior outright)."""
-        old = self._by_family.get((tier, family))
-        self._by_family[tier, family] = cost if old is None else old + self.rate * (cost - old)
-        old = self._by_tier.get(tier)
-        self._by_tier[tier] = cost if old is None else old + self.rate * (cost - old)
+        """One tier's C on one request."""
+        self._by_family[tier, family] = self._step(self._by_family.get((tier, family)), tier, cost)
+        self._by_tier[tier] = self._step(self._by_tier.get(tier), tier, cost)
 
 
 def order_tiers(
@@ -231,20 +241,24 @@ def order_tiers(
 
 
 class BanditPolicy:
-    """A contextual bandit over tiers: reward ``success − λ·C`` learned per tier.
+    """A contextual bandit over tiers: reward ``p̂ − λĈ`` per tier, ``p̂`` (verified success)
+    and ``Ĉ`` learned apart.
 
     Parameters
     ----------
     approximator:
-        The reward model (:class:`RBFApproximator` for the learned policy).
+        The success model (:class:`RBFApproximator` for the learned policy).
     arms:
         The tier names, in arm order; a tier not among them is planned with no knowledge.
     lam, alpha:
         λ and the exploration weight on the approximator's width.
     drift:
         Watch each tier for a drop in its success (Page–Hinkley on ``s − p̂``): a tier that
-        starts failing is reset in the approximator and left out of plans except for a probe
-        every ``probe_every`` requests, until ``recover`` probes in a row succeed.
+        starts failing is reset in the approximator and left out of plans except for probes
+        (the first ``probe_every`` requests after the alarm, then at doubling intervals while
+        they fail, each on a request the tier would be tried first on), until ``recover``
+        probes in a row succeed. ``drift_threshold`` is the Page–Hinkley ``h``: the alarm
+        comes after at most ``⌈h / (p̂ − δ)⌉`` failures where ``p̂`` was predicted.
     """
 
     def __init__(
@@ -258,6 +272,7 @@ class BanditPolicy:
         drift: bool = True,
         probe_every: int = 10,
         recover: int = 2,
+        drift_threshold: float = 2.0,
         min_tiers: int = 1,
         name: str | None = None,
     ) -> None:
@@ -265,7 +280,11 @@ class BanditPolicy:
         self.arms = {a: i for i, a in enumerate(arms)}
         self.lam, self.alpha = lam, alpha
         self.costs = costs or CostBook()
-        self.watch = DriftWatch(probe_every=probe_every, recover=recover) if drift else None
+        self.watch = (
+            DriftWatch(threshold=drift_threshold, probe_every=probe_every, recover=recover)
+            if drift
+            else None
+        )
         self.min_tiers = min_tiers
         self.counts: dict[str, int] = dict.fromkeys(arms, 0)
         self.name = name or approximator.name
@@ -276,16 +295,16 @@ class BanditPolicy:
         for t in tiers:
             cost = self.costs.predict(t, ctx.family)
             arm = self.arms.get(t)
-            r = float(mean[arm]) if arm is not None else 0.0
+            raw = float(mean[arm]) if arm is not None else 0.0
             w = float(width[arm]) if arm is not None else math.inf
-            p = min(1.0, max(0.0, r + self.lam * cost))
-            best = 1.0 - self.lam * cost  # a sure success is the most a tier can earn
-            opt = r + self.alpha * w if math.isfinite(w) else best
+            p = min(1.0, max(0.0, raw))
+            # a sure success is the most a tier can earn
+            p_opt = min(1.0, raw + self.alpha * w) if math.isfinite(w) else 1.0
             out[t] = TierEstimate(
                 p=p,
                 cost=cost,
                 reward=p - self.lam * cost,
-                optimistic=min(opt, best),
+                optimistic=p_opt - self.lam * cost,
                 n=self.counts.get(t, 0),
             )
         return out
@@ -294,7 +313,7 @@ class BanditPolicy:
         est = self.estimates(ctx, candidates)
         held = self.watch.held(candidates) if self.watch is not None else {}
         usable = [t for t in candidates if t not in held]
-        probe = self.watch.probe(candidates) if self.watch is not None else None
+        probe = self._probe(est, candidates, usable)
         order, skipped = order_tiers(usable or list(candidates), est, self.min_tiers)
         skipped.update({t: why for t, why in held.items() if t not in order})
         reason = "best r/p first: " + ", ".join(
@@ -313,17 +332,34 @@ class BanditPolicy:
             estimates=est,
         )
 
+    def _probe(
+        self, est: dict[str, TierEstimate], candidates: Sequence[str], usable: list[str]
+    ) -> str | None:
+        """The held tier to probe first in this plan, if one is due and this request is one it
+        would be tried first on were it trusted (or its probe is overdue): a probe spent on a
+        request another tier answers for less (a CAS on a derivative) tells little."""
+        if self.watch is None:
+            return None
+        self.watch.tick()
+        tier = self.watch.due(candidates)
+        if tier is None:
+            return None
+        trusted, _ = order_tiers([*usable, tier], est, self.min_tiers)
+        if trusted[:1] != [tier] and not self.watch.overdue(tier):
+            return None
+        self.watch.probed(tier)
+        return tier
+
     def observe(self, ctx: RequestContext, tier: str, success: bool, cost: float) -> None:
         arm = self.arms.get(tier)
         if arm is None:
             return
         if self.watch is not None:
             mean, _ = self.approximator.predict(ctx.x)
-            expected = self.costs.predict(tier, ctx.family)
-            p = min(1.0, max(0.0, float(mean[arm]) + self.lam * expected))
+            p = min(1.0, max(0.0, float(mean[arm])))
             if self.watch.observe(tier, success, p):
                 self.approximator.reset_arm(arm)
-        self.approximator.update(ctx.x, arm, float(success) - self.lam * cost)
+        self.approximator.update(ctx.x, arm, float(success))
         self.costs.observe(tier, ctx.family, cost)
         self.counts[tier] = self.counts.get(tier, 0) + 1
 

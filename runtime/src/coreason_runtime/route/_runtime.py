@@ -27,17 +27,20 @@ if TYPE_CHECKING:
 
 __all__ = ["make_policy", "prior_costs", "routing_for_runtime"]
 
-#: The growing RBF network's settings for routing: contexts in [-1, 1]^d, rewards in [-1, 1],
-#: a few hundred requests to learn from, tiers whose quality changes: a short memory
-#: (γ = 0.99, about 100 updates) and early, wide units.
+#: The growing RBF network's settings for routing: contexts in [-1, 1]^d, success in [0, 1],
+#: a few hundred requests to learn from, early units fine enough to tell requests of one
+#: family apart (σ from 0.2). The memory is long (γ = 0.998, about 500 updates): a tier whose
+#: quality changes is the drift watch's to catch (it resets that arm), so the estimates need
+#: not pay for a short memory's variance on every request. Chosen on seed 1 (and checked on
+#: seed 2) of bench_route_learned; the benchmark reports seed 7.
 RBF_SETTINGS: dict[str, float] = {
-    "delta_max": 1.2,
-    "delta_min": 0.8,
+    "delta_max": 0.8,
+    "delta_min": 0.4,
     "delta_tau": 300.0,
     "err_min": 0.2,
-    "sigma_min": 0.4,
+    "sigma_min": 0.2,
     "sigma_max": 1.2,
-    "gamma": 0.99,
+    "gamma": 0.998,
     "reset_ratio": 0.0,  # drift is watched per tier (DriftWatch), not pooled
     "prune_every": 200,
     "prune_min_age": 300,
