@@ -21,7 +21,9 @@ from tests.lab.conftest import tiers
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ANSWER = '{"value": 42}'
-LONG = '{"value": ' + "4" * 300 + "}"  # ~300 tokens of a scripted tier: time to interrupt it
+# 301 tokens of a scripted tier (it splits on spaces): time to interrupt it. Never valid JSON, so
+# a cell that was not interrupted fails loudly rather than answering.
+LONG = '{"value": ' + " ".join("4" * 300) + "}"
 
 
 @pytest.fixture
