@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,13 @@ os.environ.setdefault(
 # two cores, and torch's spinning worker threads otherwise make each of them several times
 # slower (measured: 4–5 CPU-s against 0.6 CPU-s for one short answer of the real model).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Ctrl-C raises KeyboardInterrupt here whoever started the suite: a shell that runs it in the
+# background without job control (`nohup pytest &`, some CI runners) starts Python with SIGINT
+# ignored, and then the tests that send the kernel's interrupt (SIGINT to this process, as
+# Jupyter's stop button does) would wait for an interrupt that never arrives.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Servers and models each live in their own fixture module.
 pytest_plugins = [
