@@ -277,3 +277,36 @@ def test_answers_a_verifier_rejects_are_failures_the_policy_learns_from(
     res = rt.router.generate(Answer, "differentiate x**9", workflow_id="wf", tiers=["local"])
     assert res.verified is False and res.value.value == "wrong"
     assert routing.stats()["local"].successes == 1
+
+
+@pytest.mark.parametrize(("oracle_cost", "refused"), [(25_000.0, True), (5_000.0, False)])
+def test_a_plan_that_jumps_to_a_dear_tier_is_judged_by_the_gate(
+    rt: Coordinator, oracle_cost: float, refused: bool
+) -> None:
+    # local never answers and is dear; the oracle always answers: the plan goes straight to the
+    # oracle, passing over the cascade's entry tier, and the gate judges that jump (p = 1
+    # against λC = 2.5 is refused; against λC = 0.5 it pays)
+    f = Featurizer()
+    costs = {"local": 20_000.0, "oracle": oracle_cost}
+    policy = make_policy("linucb", ["local", "oracle"], f.dims, lam=1e-4, costs=costs)
+    spec = SchemaSpec.from_user(Answer)
+    for i in range(30):
+        ctx = f.context(spec, f"eigenvalues of matrix {i}")
+        policy.observe(ctx, "local", False, costs["local"])
+        policy.observe(ctx, "oracle", True, oracle_cost)
+    rt.router.routing = Routing(policy, featurizer=f, gate=EscalationGate(lam=1e-4, bus=rt.bus))
+    rt.router.set_tiers(_scripted(["nope"], [GOOD]))
+    if refused:
+        with pytest.raises(EscalationRefusedError) as info:
+            rt.router.generate(Answer, "eigenvalues of matrix B", workflow_id="wf")
+        assert info.value.refused_tier == "oracle" and info.value.attempts == []
+        assert rt.budgets.get("wf").spent == 0  # neither tier was paid
+        res = rt.router.resolve_yield(info.value, {"value": "from a person"})
+        assert res.tier == "human"
+    else:
+        res = rt.router.generate(Answer, "eigenvalues of matrix B", workflow_id="wf")
+        assert res.tier == "oracle" and {a.tier for a in res.attempts} == {"oracle"}
+        assert res.route is not None and res.route.tiers == ["oracle"]
+    kind = EventType.WHATIF_REFUSED if refused else EventType.WHATIF_ALLOWED
+    names = [e.data.name for e in rt.bus.history([kind]) if isinstance(e.data, WhatIfDecided)]
+    assert names == ["escalate local->oracle"]

@@ -159,7 +159,7 @@ class Routing:
             reason=chosen.reason,
             estimates={t: e.model_dump() for t, e in chosen.estimates.items()},
         )
-        return RouteSession(self, ctx, chosen, list(cascade), plan.workflow_id)
+        return RouteSession(self, ctx, chosen, list(cascade), plan.workflow_id, candidates)
 
     def learn(
         self, ctx: RequestContext, outcomes: list[TierOutcome], workflow_id: str | None
@@ -265,6 +265,7 @@ class RouteSession:
         plan: RoutePlan,
         cascade: list[Tier],
         workflow_id: str,
+        capable: Sequence[str] = (),
     ) -> None:
         self.routing = routing
         self.ctx = ctx
@@ -272,6 +273,9 @@ class RouteSession:
         self.workflow_id = workflow_id
         by_name = {t.name: t for t in cascade}
         self.tiers = [by_name[n] for n in plan.tiers]
+        # the cascade's first tier able to take the request: a plan that starts past it jumps
+        # straight to a dearer tier, and the gate judges that jump as it judges an escalation
+        self._entry = capable[0] if capable else None
         # beyond the plan: tiers it judged not worth their price, which the gate may allow
         self._beyond = [
             by_name[n]
@@ -286,24 +290,33 @@ class RouteSession:
     def walk(self) -> Iterator[tuple[Tier | None, Tier]]:
         """``(previous, tier)`` for each tier to try. The gate judges every escalation: a tier
         it refuses is passed over (the refusal kept, with its reason) and the next one judged;
-        after the plan's tiers, those it stopped before are judged too."""
+        after the plan's tiers, those it stopped before are judged too. A plan that starts past
+        the cascade's entry tier (the first able to take the request) is judged on that jump:
+        a tier whose predicted return does not clear the gate is not paid for just because it
+        was planned first."""
         queue = list(self.tiers)
         gated = self.routing.gate is not None
         prev: Tier | None = None
+        if queue and self._entry is not None and queue[0].name != self._entry:
+            # the plan passes over the entry tier: its first tier is judged as an escalation
+            # from there (a request whose every planned tier is refused goes to the human)
+            entry = self._entry
+            while queue and queue[0].name != entry and not self._allowed(entry, queue[0]):
+                queue.pop(0)
         while queue or (gated and prev is not None and self._beyond):
             tier = queue.pop(0) if queue else self._beyond.pop(0)
-            if prev is not None and not self._allowed(prev, tier):
+            if prev is not None and not self._allowed(prev.name, tier):
                 continue
             yield prev, tier
             prev = tier
 
-    def _allowed(self, prev: Tier, tier: Tier) -> bool:
+    def _allowed(self, prev: str, tier: Tier) -> bool:
         gate = self.routing.gate
         if gate is None:
             return True
         decision = gate.escalate(
             self.ctx.family,
-            prev.name,
+            prev,
             tier.name,
             self.plan.estimates.get(tier.name),
             workflow_id=self.workflow_id,
