@@ -220,9 +220,21 @@ def test_load_model_refuses_a_cuda_map_on_the_cpu_and_the_cli_shows_per_device(
         args.device = device
         assert cmd_precision(args, out=out) == 0
         assert expected in out.getvalue()
+    args.device = "mps"
+    assert cmd_precision(args, out=io.StringIO()) == 1  # a typed error, said on stderr
     args.action, args.device = "off", "cpu"
     assert cmd_precision(args, out=io.StringIO()) == 0
     assert read_map(folder, "cuda") == gpu  # off for the CPU leaves the CUDA map
+
+
+def test_the_precision_command_takes_a_device() -> None:
+    from coreason_runtime.models._precision_cli import add_precision_arguments
+
+    parser = argparse.ArgumentParser()
+    add_precision_arguments(parser.add_subparsers())
+    args = parser.parse_args(["precision", "build", "--device", "cuda"])
+    assert (args.action, args.device) == ("build", "cuda")
+    assert parser.parse_args(["precision"]).device is None  # the device models load on
 
 
 # --- on a CUDA device ----------------------------------------------------------------------------

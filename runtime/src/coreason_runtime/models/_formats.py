@@ -21,7 +21,9 @@ fp8       e4m3 weights, a scale per output row; ``F.scaled_mm``        1 (+ 4 / 
 
 int8 and int4 linear layers run only on the CPU (their kernels are CPU kernels); the others
 run anywhere. What a device is *offered* (:func:`candidates`) is what is fast there: on the
-CPU bf16, int8 and int4; on CUDA bf16, fp16 and fp8. Linear layers take every format;
+CPU bf16, int8 and int4; on CUDA bf16, fp16 and fp8. (On the development CPU fp16 timed
+faster than bf16 but slower than int8, and fp8, cast up on every call, far slower than fp32;
+see :mod:`._formats_gpu`.) Linear layers take every format;
 embeddings take fp32, bf16 or int8 (per-row scales); norms fp32 or bf16. torchao's CPU paths
 call these same aten kernels, so it is not a dependency.
 
