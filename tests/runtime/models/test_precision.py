@@ -211,7 +211,9 @@ def test_load_model_applies_the_map_beside_the_model(
     plain = load_model(str(folder), cache_dir=tmp_path / "cache", precision="fp32")
     assert plain.precision is None and plain is not loaded
     out = io.StringIO()
-    args = argparse.Namespace(action="show", name=str(folder), cache_dir=None, json=False)
+    args = argparse.Namespace(
+        action="show", name=str(folder), cache_dir=None, json=False, device="cpu"
+    )
     assert cmd_precision(args, out=out) == 0
     assert "within budget" in out.getvalue() and fmt in out.getvalue()
     out = io.StringIO()

@@ -1,22 +1,31 @@
-"""Number formats a module can run in on this CPU, as drop-in replacements for its modules.
+"""Number formats a module can run in, as drop-in replacements for its modules.
 
-Decoding a small model on a CPU reads every weight once per token, so a token costs about
-what its weights weigh: a format that stores fewer bytes and has a fast kernel here decodes
-faster. The formats are the ones torch 2.13 runs fast on an x86 CPU without extra packages:
+Decoding a small model reads every weight once per token, so a token costs about what its
+weights weigh: a format that stores fewer bytes and has a fast kernel on the device decodes
+faster. The formats are the ones torch 2.13 runs without extra packages:
 
-========  ===========================================================  ==================
-format    kernel                                                       bytes / weight
-========  ===========================================================  ==================
-fp32      the module as loaded                                         4
-bf16      ``F.linear`` in bfloat16 (AVX512-BF16 where the CPU has it)  2
-int8      fbgemm dynamic quantisation: int8 weights per output row,    1
+========  ===========================================================  ==============  =====
+format    kernel                                                       bytes / weight  fast
+========  ===========================================================  ==============  =====
+fp32      the module as loaded                                         4               both
+bf16      ``F.linear`` in bfloat16 (AVX512-BF16 where the CPU has it)  2               both
+int8      fbgemm dynamic quantisation: int8 weights per output row,    1 (+ 8 / row)   CPU
           activations quantised per call, int32 accumulation
-int4      weight-only, groups of 32 (asymmetric), bf16 activations     0.5 (+ scales)
+int4      weight-only, groups of 32 (asymmetric), bf16 activations     0.5 (+ scales)  CPU
           (``_weight_int4pack_mm_for_cpu``)
-========  ===========================================================  ==================
+fp16      ``F.linear`` in float16 (:mod:`._formats_gpu`)               2               CUDA
+fp8       e4m3 weights, a scale per output row; ``F.scaled_mm``        1 (+ 4 / row)   CUDA
+          with per-row activation scales on compute capability >= 8.9,
+          else cast to fp16/bf16 (:mod:`._formats_gpu`)
+========  ===========================================================  ==============  =====
 
-Linear layers take any format; embeddings take fp32, bf16 or int8 (per-row scales); norms
-fp32 or bf16. torchao's CPU paths call these same aten kernels, so it is not a dependency.
+int8 and int4 linear layers run only on the CPU (their kernels are CPU kernels); the others
+run anywhere. What a device is *offered* (:func:`candidates`) is what is fast there: on the
+CPU bf16, int8 and int4; on CUDA bf16, fp16 and fp8. (On the development CPU fp16 timed
+faster than bf16 but slower than int8, and fp8, cast up on every call, far slower than fp32;
+see :mod:`._formats_gpu`.) Linear layers take every format;
+embeddings take fp32, bf16 or int8 (per-row scales); norms fp32 or bf16. torchao's CPU paths
+call these same aten kernels, so it is not a dependency.
 
 A :class:`DualLinear` keeps a low-precision and a full-precision copy of one layer and runs
 the one its :class:`PrecisionSwitch` selects: the per-token-group mode, where sensitive steps
@@ -33,12 +42,16 @@ import torch
 from torch import nn
 
 from coreason_runtime._exceptions import PrecisionError
+from coreason_runtime.models._formats_gpu import Fp8Linear, Fp16Linear
 
 __all__ = [
+    "CANDIDATES",
     "FORMATS",
     "DualLinear",
     "PrecisionSwitch",
+    "candidates",
     "convert",
+    "device_kind",
     "format_of",
     "formats_for",
     "kind_of",
@@ -46,7 +59,12 @@ __all__ = [
     "per_call_scaled",
 ]
 
-FORMATS = ("fp32", "bf16", "int8", "int4")
+FORMATS = ("fp32", "bf16", "int8", "int4", "fp16", "fp8")
+# the formats worth probing on each kind of device (fp32 is always there)
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "cpu": ("bf16", "int8", "int4"),
+    "cuda": ("bf16", "fp16", "fp8"),
+}
 INT4_GROUP = 32
 
 
@@ -221,10 +239,42 @@ _CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("linear", "bf16"): Bf16Linear,
     ("linear", "int8"): Int8Linear,
     ("linear", "int4"): Int4Linear,
+    ("linear", "fp16"): Fp16Linear,
+    ("linear", "fp8"): Fp8Linear,
     ("embedding", "bf16"): Bf16Embedding,
     ("embedding", "int8"): Int8Embedding,
     ("norm", "bf16"): Bf16Norm,
 }
+
+
+# formats whose kernels exist only on some kinds of device (the rest run anywhere)
+_ONLY_ON: dict[tuple[str, str], str] = {("linear", "int8"): "cpu", ("linear", "int4"): "cpu"}
+
+
+def device_kind(device: str | torch.device) -> str:
+    """``"cpu"`` or ``"cuda"``: the kind of device a map is built for (``cuda:1`` is cuda).
+
+    Raises
+    ------
+    PrecisionError
+        No precision formats are defined for that kind of device.
+    """
+    kind = torch.device(device).type
+    if kind not in CANDIDATES:
+        msg = f"precision maps exist for {sorted(CANDIDATES)} devices, not {kind!r}"
+        raise PrecisionError(msg)
+    return kind
+
+
+def candidates(device: str | torch.device) -> tuple[str, ...]:
+    """The formats offered (probed, solved over) on ``device``: those fast there."""
+    return CANDIDATES[device_kind(device)]
+
+
+def _device_of(module: nn.Module) -> str:
+    for t in [*module.parameters(), *module.buffers()]:
+        return t.device.type
+    return "cpu"
 
 
 def kind_of(module: nn.Module) -> str:
@@ -240,8 +290,12 @@ def kind_of(module: nn.Module) -> str:
 
 
 def formats_for(module: nn.Module) -> tuple[str, ...]:
-    """The formats an fp32 ``module`` can be converted to (``fp32`` first)."""
-    return ("fp32", *(fmt for (kind, fmt) in _CLASSES if kind == kind_of(module)))
+    """The formats an fp32 ``module`` can be converted to on its device (``fp32`` first)."""
+    kind, where = kind_of(module), _device_of(module)
+    return (
+        "fp32",
+        *(f for (k, f) in _CLASSES if k == kind and _ONLY_ON.get((k, f), where) == where),
+    )
 
 
 def format_of(module: nn.Module) -> str:
@@ -257,13 +311,16 @@ def convert(module: nn.Module, fmt: str) -> nn.Module:
     Raises
     ------
     PrecisionError
-        ``module`` cannot take ``fmt``.
+        ``module`` cannot take ``fmt`` (on the device it is on).
     """
     if fmt == "fp32":
         return module
     cls = _CLASSES.get((kind_of(module), fmt))
-    if cls is None:
-        msg = f"a {type(module).__name__} cannot run in {fmt!r} (it takes {formats_for(module)})"
+    if cls is None or fmt not in formats_for(module):
+        msg = (
+            f"a {type(module).__name__} on {_device_of(module)} cannot run in {fmt!r} "
+            f"(it takes {formats_for(module)})"
+        )
         raise PrecisionError(msg)
     with torch.no_grad():
         return cls(module)

@@ -368,10 +368,10 @@ def load_model(
     cache_dir
         Overrides the model cache (``$COREASON_MODEL_CACHE`` / ``$COREASON_HOME/models``).
     precision
-        The per-operator precision map to apply (fp32 CPU weights only): ``"auto"`` (the
-        validated map saved beside the model by ``coreason models pull``, if any;
-        ``$COREASON_PRECISION`` overrides), ``"fp32"`` (none), a map file or a
-        :class:`~coreason_runtime.models.PrecisionMap`.
+        The per-operator precision map to apply (fp32 weights only; a map is built for one
+        kind of device, CPU or CUDA): ``"auto"`` (the validated map saved beside the model
+        for this kind of device, if any; ``$COREASON_PRECISION`` overrides), ``"fp32"``
+        (none), a map file or a :class:`~coreason_runtime.models.PrecisionMap`.
 
     Raises
     ------
@@ -382,7 +382,8 @@ def load_model(
     PrecisionBudgetError
         The map breaks its quality budget (it is refused, not applied).
     PrecisionMapError
-        A map named explicitly is for other weights, or unreadable.
+        A map named explicitly is for other weights, or unreadable; a map for another kind
+        of device.
     """
     import torch
 
@@ -441,12 +442,17 @@ def _read_weights(name: str, folder: Path, dtype: torch.dtype, device: str) -> t
 def _precision_map(
     precision: str | PrecisionMap | None, folder: Path, revision: str, dtype: str, device: str
 ) -> PrecisionMap | None:
-    """The map to apply (maps are built for fp32 weights on the CPU; "auto" skips others)."""
+    """The map to apply (maps are built for fp32 weights on a CPU or CUDA device; "auto"
+    skips other dtypes and devices)."""
+    import torch
+
+    from coreason_runtime.models._formats import CANDIDATES, device_kind
     from coreason_runtime.models._precision import resolve_map
 
-    if precision == "auto" and (dtype != "float32" or device != "cpu"):
+    kind = torch.device(device).type
+    if precision == "auto" and (dtype != "float32" or kind not in CANDIDATES):
         return None
-    return resolve_map(precision, folder, revision)
+    return resolve_map(precision, folder, revision, device_kind(device))
 
 
 def list_models(*, cache_dir: Path | None = None) -> list[ModelInfo]:

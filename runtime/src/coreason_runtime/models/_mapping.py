@@ -6,6 +6,10 @@ the multiple-choice knapsack). Summed single-module KLs only estimate the KL of 
 once, so :func:`build_precision_map` validates the whole map (:func:`validate`: perplexity and
 KL on held-out text, greedy continuations of fixed prompts, all against fp32) and halves the
 allowance until a map keeps the budget; an all-fp32 map always does.
+
+A map is built on the device the model is on, from the formats offered there
+(:func:`~._formats.candidates`: bf16/int8/int4 on the CPU, bf16/fp16/fp8 on CUDA), and
+records that kind of device; it is applied only on the same kind.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from coreason_runtime.models._probe import (
     ProbeTable,
     Progress,
     chat_ids,
+    device_of,
     group_of,
     probe_model,
 )
@@ -88,6 +93,7 @@ def perplexity(
     """(perplexity of ``ids`` under ``model``, mean KL from ``ref`` log-probs, log-probs)."""
     import torch
 
+    ids = ids.to(device_of(model))
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
     nll = float(-logp.gather(1, ids[0, 1:, None]).mean())
@@ -102,7 +108,8 @@ def greedy_tokens(model: Any, tokenizer: Any, prompt: str, n: int) -> list[int]:
 
     msgs = [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    x = torch.tensor([tokenizer(ids, add_special_tokens=False)["input_ids"]])
+    device = device_of(model)
+    x = torch.tensor([tokenizer(ids, add_special_tokens=False)["input_ids"]], device=device)
     cache = DynamicCache(config=model.config)
     out: list[int] = []
     with torch.no_grad():
@@ -110,7 +117,7 @@ def greedy_tokens(model: Any, tokenizer: Any, prompt: str, n: int) -> list[int]:
             logits = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1).logits
             tok = int(logits[0, -1].argmax())
             out.append(tok)
-            x = torch.tensor([[tok]])
+            x = torch.tensor([[tok]], device=device)
     return out
 
 
@@ -148,12 +155,15 @@ def validate(
     )
 
 
+_QUANTISED = ("int8", "int4", "fp8")
+
+
 def _sensitive(table: ProbeTable, modules: dict[str, str], share: float) -> tuple[str, ...]:
     """The most sensitive quantised linear layers: the ``share`` with the highest probe KL."""
     scored = []
     for name, fmt in modules.items():
         kl = table.kl(name, fmt)
-        if kl is not None and fmt in ("int8", "int4") and group_of(name) != name:
+        if kl is not None and fmt in _QUANTISED and group_of(name) != name:
             scored.append((kl, name))
     scored.sort(reverse=True)
     return tuple(sorted(n for _, n in scored[: max(1, round(share * len(scored)))]))
@@ -167,23 +177,32 @@ def build_precision_map(
     revision: str,
     budget: QualityBudget | None = None,
     table: ProbeTable | None = None,
-    formats: Sequence[str] = ("bf16", "int8", "int4"),
+    formats: Sequence[str] | None = None,
     sensitive_share: float = 0.1,
     progress: Progress | None = None,
 ) -> tuple[PrecisionMap, ProbeTable]:
     """Probe ``model`` (fp32, left unchanged), solve, and validate until a map keeps ``budget``.
 
+    ``formats`` defaults to the candidates of the model's device; the map records that kind
+    of device (``cpu`` or ``cuda``). A given ``table`` must have been probed on that kind.
     The KL allowance starts at ``log(1 + budget.ppl_increase)`` (a perplexity ratio in nats)
     and is halved after each map that fails validation, at most five times; the all-fp32 map
     is the fallback. Returns the validated map and the probe table.
     """
+    from coreason_runtime._exceptions import PrecisionError
+    from coreason_runtime.models._formats import device_kind
+
     budget = budget or QualityBudget()
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
+    device = device_kind(device_of(model))
     if table is None:
         table = probe_model(
             model, tokenizer, name=name, revision=revision, formats=formats, progress=say
         )
+    if table.device != device:
+        msg = f"the probe table was measured on {table.device}; the model is on {device}"
+        raise PrecisionError(msg)
     fp32_cost = sum(c.get("fp32", 0.0) for c in table.costs.values())
     allowance = math.log1p(budget.ppl_increase)
     tried: list[dict[str, Any]] = []
@@ -191,7 +210,7 @@ def build_precision_map(
         modules, cost, kl_sum = solve(table, allowance)
         sensitive = _sensitive(table, modules, sensitive_share) if modules else ()
         candidate = copy.deepcopy(model)
-        apply_map(candidate, PrecisionMap(name, revision, modules))
+        apply_map(candidate, PrecisionMap(name, revision, modules, device=device))
         v = validate(candidate, model, tokenizer)
         del candidate
         broken = budget.breaches(v)
@@ -216,6 +235,7 @@ def build_precision_map(
         cost_us=round(cost, 1),
         cost_us_fp32=round(fp32_cost, 1),
         notes=notes,
+        device=device,
     )
     return pmap, table
 
@@ -227,28 +247,35 @@ def ensure_map(
     budget: QualityBudget | None = None,
     rebuild: bool = False,
     progress: Progress | None = None,
+    device: str | None = None,
 ) -> PrecisionMap:
     """The validated map saved beside a converted model, built (probes included) if missing.
 
     ``coreason models pull`` calls this for the models it converts, so the default model
-    loads with a validated map. The probe table is saved beside it (``precision-probe.json``).
+    loads with a validated map. The map is for the kind of ``device`` (default: the one
+    :func:`load_model` picks, CUDA when available); the probe table is saved beside it
+    (``precision-probe.json``, or ``precision-probe-cuda.json`` for CUDA).
     """
     import json
 
-    from coreason_runtime.models._loader import _revision, load_model, pull
-    from coreason_runtime.models._precision import PROBE_FILE, _write_json, read_map, write_map
+    from coreason_runtime.models._formats import device_kind
+    from coreason_runtime.models._loader import _pick_device, _revision, load_model, pull
+    from coreason_runtime.models._precision import _write_json, probe_file, read_map, write_map
 
     folder = pull(name, cache_dir=cache_dir, precision=False)
     budget = budget or QualityBudget()
-    current = None if rebuild else _current(read_map(folder), _revision(folder), budget)
+    dev = _pick_device(device)
+    kind = device_kind(dev)
+    current = None if rebuild else _current(read_map(folder, kind), _revision(folder), budget)
     if current is not None:  # validated for these weights: nothing to load
         return current
-    loaded = load_model(name, cache_dir=cache_dir, precision="fp32")
+    loaded = load_model(name, cache_dir=cache_dir, precision="fp32", device=dev)
     table = None
-    probe_path = folder / PROBE_FILE
+    probe_path = folder / probe_file(kind)
     if not rebuild and probe_path.is_file():
         cached = ProbeTable.from_json(json.loads(probe_path.read_text()))
-        table = cached if cached.revision == loaded.revision else None
+        fresh = cached.revision == loaded.revision and cached.device == kind
+        table = cached if fresh else None
     with loaded.lock:
         pmap, table = build_precision_map(
             loaded.model,
@@ -276,16 +303,19 @@ def _current(
 
 
 def install_map(path: Any, name: str | None = None, *, cache_dir: Any = None) -> PrecisionMap:
-    """Validate the map at ``path`` on this machine and save it beside the model.
+    """Validate the map at ``path`` on this machine, on the kind of device it was built for,
+    and save it beside the model.
 
     Raises
     ------
     PrecisionMapError
-        The map is unreadable or for other weights.
+        The map is unreadable or for other weights, or for CUDA on a machine without it.
     PrecisionBudgetError
         Validated here, it breaks its budget: it is not installed.
     """
     from pathlib import Path
+
+    import torch
 
     from coreason_runtime._exceptions import PrecisionMapError
     from coreason_runtime.models._loader import load_model, pull
@@ -295,14 +325,19 @@ def install_map(path: Any, name: str | None = None, *, cache_dir: Any = None) ->
     if pmap is None:
         msg = f"no precision map at {path}"
         raise PrecisionMapError(msg)
+    if pmap.device == "cuda" and not torch.cuda.is_available():
+        msg = f"the map at {path} is for a CUDA device; this machine has none to validate it on"
+        raise PrecisionMapError(msg)
     folder = pull(name, cache_dir=cache_dir, precision=False)
-    loaded = load_model(name, cache_dir=cache_dir, precision="fp32")
+    loaded = load_model(name, cache_dir=cache_dir, precision="fp32", device=pmap.device)
     if pmap.revision != loaded.revision:
         msg = f"the map is for revision {pmap.revision}; {loaded.name} is {loaded.revision}"
         raise PrecisionMapError(msg)
     with loaded.lock:
         candidate = copy.deepcopy(loaded.model)
-        apply_map(candidate, PrecisionMap(pmap.model, pmap.revision, pmap.modules))
+        apply_map(
+            candidate, PrecisionMap(pmap.model, pmap.revision, pmap.modules, device=pmap.device)
+        )
         v = validate(candidate, loaded.model, loaded.tokenizer)
     checked = dataclasses.replace(pmap, validation=v)
     checked.check()  # refused before it is written

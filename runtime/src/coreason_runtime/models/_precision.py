@@ -1,11 +1,14 @@
 """Per-operator precision maps (POPB): which format each module of a model runs in.
 
 A :class:`PrecisionMap` names, for the modules that do not stay in fp32, the format they run
-in (``bf16``, ``int8``, ``int4``; see :mod:`._formats`), the quality budget it was chosen
-under, and what validation measured. It is saved as ``precision.json`` beside the converted
-model (``$COREASON_HOME/models/<model>/``) and applied when the model loads. A map is only
-applied once validated for exactly these weights; one that breaks its budget is refused with
-:class:`~coreason_runtime.PrecisionBudgetError`.
+in (``bf16``, ``int8``, ``int4`` on the CPU; ``bf16``, ``fp16``, ``fp8`` on CUDA; see
+:mod:`._formats`), the kind of device it was built for, the quality budget it was chosen
+under, and what validation measured. It is saved beside the converted model
+(``$COREASON_HOME/models/<model>/``) as ``precision.json`` (a CPU map) or
+``precision-cuda.json`` (a CUDA map) and applied when the model loads on that kind of device.
+A map is only applied once validated for exactly these weights on that kind of device; one
+that breaks its budget is refused with :class:`~coreason_runtime.PrecisionBudgetError`, one
+for the other kind of device with :class:`~coreason_runtime.PrecisionMapError`.
 
 ``sensitive`` lists modules that keep a full-precision copy beside their low-precision one:
 steps the decode loop judges sensitive run them at full precision (per token group).
@@ -34,6 +37,8 @@ __all__ = [
     "QualityBudget",
     "Validation",
     "apply_map",
+    "map_file",
+    "probe_file",
     "read_map",
     "resolve_map",
     "write_map",
@@ -44,6 +49,17 @@ logger = logging.getLogger("coreason_runtime.models")
 MAP_FILE = "precision.json"
 PROBE_FILE = "precision-probe.json"
 _VERSION = 1
+
+
+def map_file(device: str = "cpu") -> str:
+    """The file name of the map for a kind of device: ``precision.json`` for the CPU (as
+    before maps had devices), ``precision-cuda.json`` for CUDA."""
+    return MAP_FILE if device == "cpu" else f"precision-{device}.json"
+
+
+def probe_file(device: str = "cpu") -> str:
+    """The file name of the probe table for a kind of device (as :func:`map_file`)."""
+    return PROBE_FILE if device == "cpu" else f"precision-probe-{device}.json"
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class PrecisionMap:
     cost_us: float = 0.0
     cost_us_fp32: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     @property
     def valid(self) -> bool:
@@ -160,15 +177,17 @@ class PrecisionMap:
                 cost_us=float(data.get("cost_us", 0.0)),
                 cost_us_fp32=float(data.get("cost_us_fp32", 0.0)),
                 notes=dict(data.get("notes", {})),
+                device=str(data.get("device", "cpu")),  # maps before devices were CPU maps
             )
         except (KeyError, TypeError, AttributeError) as e:
             msg = f"malformed precision map: {e}"
             raise PrecisionMapError(msg) from e
 
 
-def write_map(pmap: PrecisionMap, folder: Path, name: str = MAP_FILE) -> Path:
-    """Save ``pmap`` as ``folder/name`` atomically (a reader sees the old file or the new)."""
-    return _write_json(pmap.to_json(), Path(folder) / name)
+def write_map(pmap: PrecisionMap, folder: Path, name: str | None = None) -> Path:
+    """Save ``pmap`` as ``folder/name`` atomically (a reader sees the old file or the new);
+    ``name`` defaults to the file for the map's device (:func:`map_file`)."""
+    return _write_json(pmap.to_json(), Path(folder) / (name or map_file(pmap.device)))
 
 
 def _write_json(data: dict[str, Any], path: Path) -> Path:
@@ -181,11 +200,12 @@ def _write_json(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def read_map(path: Path) -> PrecisionMap | None:
-    """The map at ``path`` (a file, or a model folder holding one); None if there is none."""
+def read_map(path: Path, device: str = "cpu") -> PrecisionMap | None:
+    """The map at ``path`` (a file, or a model folder holding one for the kind of ``device``);
+    None if there is none."""
     path = Path(path)
     if path.is_dir():
-        path = path / MAP_FILE
+        path = path / map_file(device)
     if not path.is_file():
         return None
     try:
@@ -222,11 +242,13 @@ def apply_map(
     Raises
     ------
     PrecisionMapError
-        The map names a module the model does not have, or a format it cannot take.
+        The map was built for another kind of device than the one ``model`` is on, or names a
+        module the model does not have, or a format it cannot take.
     """
     from coreason_runtime._exceptions import PrecisionError
     from coreason_runtime.models._formats import DualLinear, PrecisionSwitch, convert
 
+    check_device(pmap, model)
     switch = switch or PrecisionSwitch()
     names = dict(model.named_modules())
     for name, fmt in sorted(pmap.modules.items()):
@@ -247,11 +269,39 @@ def apply_map(
     return pmap.counts()
 
 
+def check_device(pmap: PrecisionMap, model: Any) -> None:
+    """Refuse ``pmap`` unless it was built for the kind of device ``model`` is on.
+
+    Raises
+    ------
+    PrecisionMapError
+        A CPU map on a CUDA model or the other way round: formats, costs and validation differ.
+    """
+    from coreason_runtime.models._formats import device_kind
+    from coreason_runtime.models._probe import device_of
+
+    _same_device(pmap, device_kind(device_of(model)))
+
+
+def _same_device(pmap: PrecisionMap, device: str) -> None:
+    if pmap.device != device:
+        msg = (
+            f"the precision map for {pmap.model} was built and validated on {pmap.device}; "
+            f"it is not applied on {device}: build one there "
+            f"(`coreason models precision build --device {device}`)"
+        )
+        raise PrecisionMapError(msg)
+
+
 def resolve_map(
-    precision: str | PrecisionMap | None, folder: Path | None, revision: str
+    precision: str | PrecisionMap | None,
+    folder: Path | None,
+    revision: str,
+    device: str = "cpu",
 ) -> PrecisionMap | None:
-    """The map ``load_model`` applies: ``"auto"`` (the one beside the model, if it was
-    validated for these weights under this torch), ``"fp32"``/``None`` (none), a path, or a map.
+    """The map ``load_model`` applies on a ``device`` kind: ``"auto"`` (the one beside the
+    model for that kind of device, if it was validated for these weights under this torch),
+    ``"fp32"``/``None`` (none), a path, or a map.
 
     ``$COREASON_PRECISION`` replaces ``"auto"`` when set (``fp32`` turns maps off).
 
@@ -260,7 +310,8 @@ def resolve_map(
     PrecisionBudgetError
         The map breaks its budget (or was never validated): it is refused, never applied.
     PrecisionMapError
-        An explicitly named map is for other weights, or unreadable.
+        The map was built for another kind of device; or an explicitly named map is for other
+        weights, or unreadable.
     """
     import torch
 
@@ -273,14 +324,15 @@ def resolve_map(
     if isinstance(precision, PrecisionMap):
         pmap: PrecisionMap | None = precision
     elif precision == "auto":
-        pmap = read_map(folder) if folder is not None else None
+        pmap = read_map(folder, device) if folder is not None else None
     else:
-        pmap = read_map(Path(precision))
+        pmap = read_map(Path(precision), device)
         if pmap is None:
             msg = f"no precision map at {precision}"
             raise PrecisionMapError(msg)
     if pmap is None:
         return None
+    _same_device(pmap, device)  # never a CPU map on a GPU or the other way round
     pmap.check()  # a map over its budget is refused, wherever it came from
     stale = pmap.revision != revision or (
         pmap.validation is not None and pmap.validation.torch != torch.__version__

@@ -10,10 +10,10 @@ from typing import Any, TextIO
 
 from coreason_runtime._exceptions import CoreasonError
 from coreason_runtime.models._precision import (
-    MAP_FILE,
-    PROBE_FILE,
     PrecisionMap,
     QualityBudget,
+    map_file,
+    probe_file,
     read_map,
 )
 
@@ -31,6 +31,12 @@ def add_precision_arguments(sub: Any) -> None:
     p.add_argument("--greedy-match", type=float, default=None, help="build: least agreement")
     p.add_argument("--rebuild", action="store_true", help="build: probe again from scratch")
     p.add_argument("--json", action="store_true", help="show: machine-readable output")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="show/build/off: the map for this device, cpu or cuda (default: the one models "
+        "load on, CUDA when available); apply validates a map on the device it was built for",
+    )
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(models_func=cmd_precision)
 
@@ -40,7 +46,7 @@ def describe_map(pmap: PrecisionMap) -> list[str]:
     from coreason_runtime.models._probe import group_of
 
     v = pmap.validation
-    lines = [f"model {pmap.model} (revision {pmap.revision})"]
+    lines = [f"model {pmap.model} (revision {pmap.revision}), a map for {pmap.device}"]
     b = pmap.budget
     lines.append(
         f"budget: perplexity +{100 * b.ppl_increase:g}%"
@@ -85,11 +91,20 @@ def _folder(args: argparse.Namespace) -> Path:
     return pull(args.name, cache_dir=args.cache_dir, precision=False)
 
 
+def _device(args: argparse.Namespace) -> str:
+    """The kind of device (``cpu``/``cuda``) the command is about."""
+    from coreason_runtime.models._formats import device_kind
+    from coreason_runtime.models._loader import _pick_device
+
+    return device_kind(_pick_device(args.device))
+
+
 def _show(args: argparse.Namespace, out: TextIO) -> int:
     folder = _folder(args)
-    pmap = read_map(folder)
+    device = _device(args)
+    pmap = read_map(folder, device)
     if args.json:
-        probe = folder / PROBE_FILE
+        probe = folder / probe_file(device)
         data = {
             "folder": str(folder),
             "map": pmap.to_json() if pmap else None,
@@ -98,8 +113,8 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(data, indent=1), file=out)
         return 0
     if pmap is None:
-        print(f"no precision map in {folder}: the model loads in fp32", file=out)
-        print("build one with `coreason models precision build`", file=out)
+        print(f"no precision map for {device} in {folder}: the model loads in fp32", file=out)
+        print(f"build one with `coreason models precision build --device {device}`", file=out)
         return 0
     for line in describe_map(pmap):
         print(line, file=out)
@@ -118,6 +133,7 @@ def _build(args: argparse.Namespace, out: TextIO) -> int:
         budget=_budget(args),
         rebuild=args.rebuild,
         progress=say,
+        device=args.device,
     )
     for line in describe_map(pmap):
         print(line, file=out)
@@ -138,8 +154,9 @@ def _apply(args: argparse.Namespace, out: TextIO) -> int:
 
 def _off(args: argparse.Namespace, out: TextIO) -> int:
     folder = _folder(args)
-    (folder / MAP_FILE).unlink(missing_ok=True)
-    print(f"removed the precision map of {folder}: the model loads in fp32", file=out)
+    device = _device(args)
+    (folder / map_file(device)).unlink(missing_ok=True)
+    print(f"removed the {device} precision map of {folder}: it loads in fp32 there", file=out)
     return 0
 
 

@@ -8,7 +8,9 @@ decoder from the module's layer, on the hidden states fp32 produced there.
 
 :func:`module_costs` times each group of modules (one role across all layers) in each format
 the way a decode step calls them (one token, every layer in turn, weights cold in cache), so
-a map is chosen on what the formats really cost on this CPU.
+a map is chosen on what the formats really cost on this device. The formats probed by default
+are the ones offered on the model's device (:func:`~._formats.candidates`): bf16, int8 and
+int4 on the CPU; bf16, fp16 and fp8 on CUDA.
 
 :func:`step_entropy` is the cheap run-time probe: the entropy of a step's distribution, which
 the decode loop can read at every token to decide whether a step is sensitive.
@@ -34,6 +36,7 @@ __all__ = [
     "ProbeRow",
     "ProbeTable",
     "chat_ids",
+    "device_of",
     "group_of",
     "module_costs",
     "probe_model",
@@ -59,7 +62,8 @@ class ProbeRow:
 
 @dataclass
 class ProbeTable:
-    """Every probe of one model: per-module quality, per-group cost (µs per decode token)."""
+    """Every probe of one model: per-module quality, per-group cost (µs per decode token),
+    on one kind of device (``cpu`` or ``cuda``: costs and formats differ between them)."""
 
     model: str
     revision: str
@@ -69,6 +73,7 @@ class ProbeTable:
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
     bytes: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    device: str = "cpu"
 
     def kl(self, name: str, fmt: str) -> float | None:
         for r in self.rows:
@@ -105,6 +110,15 @@ def targets(model: Any) -> list[tuple[str, tuple[str, ...]]]:
         if len(fmts) > 1 and name:
             out.append((name, fmts[1:]))
     return out
+
+
+def device_of(model: Any) -> torch.device:
+    """The device ``model``'s first parameter is on (where its inputs must go)."""
+    import torch
+
+    for p in model.parameters():
+        return p.device  # type: ignore[no-any-return]
+    return torch.device("cpu")
 
 
 def chat_ids(tokenizer: Any, chats: Sequence[Chat], limit: int) -> list[int]:
@@ -222,22 +236,29 @@ def probe_model(
     *,
     name: str = "",
     revision: str = "",
-    formats: Sequence[str] = ("bf16", "int8", "int4"),
+    formats: Sequence[str] | None = None,
     tokens: int = 96,
     chats: Sequence[Chat] = CALIBRATION,
     progress: Progress | None = None,
 ) -> ProbeTable:
     """Probe every module of ``model`` in every format of ``formats`` it can take.
 
+    ``formats`` defaults to the candidates of the model's device (:func:`~._formats.candidates`).
     Each probe converts one module, replays the model from that module's layer on the
     calibration tokens (``tokens`` of them), and records the mean KL divergence from fp32 and
     the change in loss; then the per-group costs are timed (:func:`module_costs`).
     """
     import torch
 
+    from coreason_runtime.models._formats import candidates
+
     t0 = time.perf_counter()
-    ids = torch.tensor([chat_ids(tokenizer, chats, tokens)])
-    table = ProbeTable(model=name, revision=revision, tokens=int(ids.shape[1]), loss_fp32=0.0)
+    device = device_of(model)
+    formats = candidates(device) if formats is None else tuple(formats)
+    ids = torch.tensor([chat_ids(tokenizer, chats, tokens)], device=device)
+    table = ProbeTable(
+        model=name, revision=revision, tokens=int(ids.shape[1]), loss_fp32=0.0, device=device.type
+    )
     with torch.no_grad():
         replay = _Replay(model, ids)
         table.loss_fp32 = replay.loss
@@ -256,13 +277,24 @@ def probe_model(
 
 
 def module_costs(
-    model: Any, *, formats: Sequence[str] = ("fp32", "bf16", "int8", "int4"), reps: int = 5
+    model: Any, *, formats: Sequence[str] | None = None, reps: int = 5
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
     """Per group and format: µs per decode token (all of the group's modules, one token each,
-    in layer order; the fastest of ``reps`` passes) and bytes of weights."""
+    in layer order; the fastest of ``reps`` passes) and bytes of weights.
+
+    ``formats`` defaults to fp32 and the candidates of the model's device; on CUDA each pass
+    is timed to the end of its kernels (``torch.cuda.synchronize``).
+    """
     import torch
 
-    from coreason_runtime.models._formats import convert, formats_for, module_bytes
+    from coreason_runtime.models._formats import candidates, convert, formats_for, module_bytes
+
+    device = device_of(model)
+    formats = ("fp32", *candidates(device)) if formats is None else tuple(formats)
+
+    def sync() -> None:  # a CUDA kernel returns before it has run
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     groups: dict[str, list[Any]] = {}
     for name, module in model.named_modules():
@@ -280,9 +312,11 @@ def module_costs(
                 x = _example_input(modules[0])
                 best = float("inf")
                 for _ in range(reps):
+                    sync()
                     t = time.perf_counter()
                     for m in converted:
                         m(x)
+                    sync()
                     best = min(best, time.perf_counter() - t)
                 costs[group][fmt] = round(1e6 * best, 2)
                 sizes[group][fmt] = sum(module_bytes(m) for m in converted)
@@ -292,8 +326,9 @@ def module_costs(
 def _example_input(module: Any) -> torch.Tensor:
     import torch
 
+    device = device_of(module)
     if isinstance(module, torch.nn.Embedding):
-        return torch.tensor([[1]])
+        return torch.tensor([[1]], device=device)
     if isinstance(module, torch.nn.Linear):
-        return torch.randn(1, 1, module.in_features)
-    return torch.randn(1, 1, module.weight.shape[0])
+        return torch.randn(1, 1, module.in_features, device=device)
+    return torch.randn(1, 1, module.weight.shape[0], device=device)
