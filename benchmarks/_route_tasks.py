@@ -426,21 +426,24 @@ def cas_tier() -> FunctionTier:
 
 
 Walk = Callable[[tuple[str, ...]], tuple[float, float, float]]
+#: attempts a profile tier gets on one request (a repeated failed output leaves the tier)
+TRIES = 2
 
 
 def _walker(
     clock: Clock, task: Task, lam: float, costs: dict[str, float], tiers: list[str]
 ) -> Walk:
     """(reward, C, accuracy) expected of walking an order of tiers on ``task`` under the true
-    profiles (each tier given up to 3 attempts)."""
+    profiles. A tier gets 2 attempts at most: its slip is deterministic (the same wrong answer
+    each time), and the correction loop leaves a tier whose output repeats a failed one."""
 
     def stats(t: str) -> tuple[float, float]:
         if t == "cas":
             ok = cas_answers(task)
             return (1.0 if ok else 0.0), costs["cas"]
         p = clock.p_attempt(t, task)
-        solve = 1.0 - (1.0 - p) ** 3
-        attempts = solve / p if p > 0 else 3.0
+        solve = 1.0 - (1.0 - p) ** TRIES
+        attempts = solve / p if p > 0 else float(TRIES)
         return solve, costs[t] * attempts
 
     s = {t: stats(t) for t in tiers}

@@ -258,7 +258,12 @@ class BanditPolicy:
         (the first ``probe_every`` requests after the alarm, then at doubling intervals while
         they fail, each on a request the tier would be tried first on), until ``recover``
         probes in a row succeed. ``drift_threshold`` is the Page–Hinkley ``h``: the alarm
-        comes after at most ``⌈h / (p̂ − δ)⌉`` failures where ``p̂`` was predicted.
+        comes after at most ``⌈h / (p̂ − δ)⌉`` failures where ``p̂`` was predicted (4 at
+        ``p̂ = 1``). It is 3, not less: a tier's per-request success is a noisy signal (the
+        correction loop leaves a tier whose output repeats a failed one, so a tier often gets
+        two tries, not three), and ``p̂`` misfits hard requests (a difficulty the features
+        barely see): at ``h = 2`` three unlucky hard requests in a row held a healthy tier,
+        which cost more than the watch saved (bench_route_learned, seeds 1 and 2).
     """
 
     def __init__(
@@ -272,7 +277,7 @@ class BanditPolicy:
         drift: bool = True,
         probe_every: int = 10,
         recover: int = 2,
-        drift_threshold: float = 2.0,
+        drift_threshold: float = 3.0,
         min_tiers: int = 1,
         name: str | None = None,
     ) -> None:
