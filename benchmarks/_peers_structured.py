@@ -1,15 +1,21 @@
 """Peers for bench_structured_complete, run by a scratch venv's python (never the project's):
 outlines with its default backend, and transformers + xgrammar's logits processor.
 
-    python _peers_structured.py PEER JOBS.json OUT.json
+    python _peers_structured.py PEER JOBS.json OUT.json [START]
 
-JOBS.json: {"model": folder, "max_tokens": n, "jobs": [{"file", "schema", "messages"}]};
-OUT.json: one row per job, {"file", "text" (None on an error), "tokens_out", "seconds"}.
+JOBS.json: {"model": folder, "max_tokens": n, "jobs": [{"file", "schema", "messages"}],
+"memory_gib": cap}; OUT.json: one row per job from START on, {"file", "text" (None on an
+error), "tokens_out", "seconds", "error"}, rewritten after every job, so a peer process that
+dies on one schema (a regex automaton that outgrows memory is killed, not raised) keeps the
+rows before it and the caller starts a new process after that schema. The address space is
+capped at ``memory_gib`` (default 8) so such a schema fails fast instead of taking the
+machine's memory.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from typing import Any
@@ -48,8 +54,11 @@ RUN = {"outlines": _outlines, "xgrammar": _xgrammar}
 
 def main() -> None:
     peer, todo, done = sys.argv[1:4]
+    start = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     with open(todo) as f:
         spec = json.load(f)
+    cap = int(float(spec.get("memory_gib", 8)) * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,7 +66,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     rows = []
-    for job in spec["jobs"]:
+    for job in spec["jobs"][start:]:
         prompt = tok.apply_chat_template(
             job["messages"], tokenize=False, add_generation_prompt=True
         )
@@ -78,6 +87,8 @@ def main() -> None:
             }
         )
         print(peer, json.dumps(rows[-1])[:200], flush=True)
+        with open(done, "w") as f:
+            json.dump(rows, f)
     with open(done, "w") as f:
         json.dump(rows, f)
 

@@ -196,25 +196,41 @@ def run_peers(
         todo = Path(tmp) / "jobs.json"
         todo.write_text(json.dumps({"model": str(pull()), "max_tokens": max_tokens, "jobs": jobs}))
         for peer in ("outlines", "xgrammar"):
-            done = Path(tmp) / f"{peer}.json"
-            proc = subprocess.run(
-                [
-                    python,
-                    str(ROOT / "benchmarks" / "_peers_structured.py"),
-                    peer,
-                    str(todo),
-                    str(done),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0 or not done.exists():
-                print(f"peer {peer} failed:\n{proc.stderr[-3000:]}", flush=True)
+            rows = _peer_rows(python, peer, todo, Path(tmp) / f"{peer}.json", len(jobs))
+            if rows is None:
                 continue
-            rows = json.loads(done.read_text())
             score_peer(rows, jobs, max_tokens)
             results[peer] = rows
     return results
+
+
+def _peer_rows(
+    python: str, peer: str, todo: Path, done: Path, n: int
+) -> list[dict[str, Any]] | None:
+    """One row per job: the peer runs in a process from the first job it has no row for; when
+    the process dies (killed at its memory cap on a schema, say) that job's row says so and a
+    new process goes on from the next one. ``None`` when the peer does not run at all."""
+    rows: list[dict[str, Any]] = []
+    while len(rows) < n:
+        start = len(rows)
+        done.unlink(missing_ok=True)
+        script = str(ROOT / "benchmarks" / "_peers_structured.py")
+        cmd = [python, script, peer, str(todo), str(done), str(start)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        rows += json.loads(done.read_text()) if done.exists() else []
+        if proc.returncode == 0 and len(rows) == n:
+            break
+        if len(rows) == start and start == 0 and proc.returncode > 0:
+            print(f"peer {peer} failed:\n{proc.stderr[-3000:]}", flush=True)
+            return None
+        if len(rows) < n:  # the process died on job len(rows)
+            job = json.loads(todo.read_text())["jobs"][len(rows)]
+            why = f"peer process died (exit {proc.returncode}) on this schema"
+            print(f"peer {peer}: {why}: {job['file']}", flush=True)
+            rows.append(
+                {"file": job["file"], "text": None, "tokens_out": 0, "seconds": 0.0, "error": why}
+            )
+    return rows
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -344,6 +360,24 @@ def _label(folder: str) -> str:
     return "shared sample" if name == DATA.name else f"`{name}` (drawn)"
 
 
+def _peer_deaths(dump: dict[str, Any]) -> str:
+    """The schemas a peer's process died on (each counted unanswered for that peer)."""
+    died = [
+        f"{peer} on {row['file']}"
+        for runs in dump["sets"].values()
+        for peer in ("outlines", "xgrammar")
+        for row in runs.get(peer, [])
+        if str(row.get("error") or "").startswith("peer process died")
+    ]
+    if not died:
+        return ""
+    return (
+        "A peer's process died (killed at its 8 GiB address-space cap, or aborted) on: "
+        + ", ".join(died)
+        + "; each counts unanswered for that peer, and a new process went on from the next. "
+    )
+
+
 def _goals(dump: dict[str, Any]) -> str:
     """Each set's goals (no truncation lost, >= 90% answered, 0 invalid), met or MISSED."""
     parts = []
@@ -407,8 +441,9 @@ def report(args: argparse.Namespace, dump: dict[str, Any]) -> None:
         f"once: outlines {'' if 'outlines' in ran else '(not run) '}with its default backend, "
         f"transformers + xgrammar {'' if 'xgrammar' in ran else '(not run) '}through its "
         f"logits processor (its default JSON whitespace); they have no correction loop. "
-        f"{_goals(dump)} {meta.get('seconds', float('nan')):.0f} s in all; load average "
-        f"{load or '-'} (start, after each local run, end) on the shared 2-core machine."
+        f"{_peer_deaths(dump)}{_goals(dump)} {meta.get('seconds', float('nan')):.0f} s in all; "
+        f"load average {load or '-'} (start, after each local run, end) on the shared 2-core "
+        "machine."
     )
     data = " ".join(str(d) for d in args.data)
     write_section(
