@@ -65,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(int(spec.get("threads", 1)))
     tok = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for job in spec["jobs"][start:]:
         prompt = tok.apply_chat_template(
             job["messages"], tokenize=False, add_generation_prompt=True
@@ -89,8 +89,6 @@ def main() -> None:
         print(peer, json.dumps(rows[-1])[:200], flush=True)
         with open(done, "w") as f:
             json.dump(rows, f)
-    with open(done, "w") as f:
-        json.dump(rows, f)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,10 @@ def score_peer(rows: list[dict[str, Any]], jobs: list[dict[str, Any]], max_token
         row["cost"] = job["tokens_in"] + 3 * row["tokens_out"] if text is not None else 0.0
 
 
+#: the address space a peer process may take (a schema that outgrows it kills that process)
+PEER_MEMORY_GIB = 8
+
+
 def run_peers(
     python: str, loaded: Any, items: list[dict[str, Any]], max_tokens: int
 ) -> dict[str, list[dict[str, Any]]]:
@@ -194,9 +198,10 @@ def run_peers(
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         todo = Path(tmp) / "jobs.json"
-        todo.write_text(json.dumps({"model": str(pull()), "max_tokens": max_tokens, "jobs": jobs}))
+        spec = {"model": str(pull()), "max_tokens": max_tokens, "jobs": jobs}
+        todo.write_text(json.dumps({**spec, "memory_gib": PEER_MEMORY_GIB}))
         for peer in ("outlines", "xgrammar"):
-            rows = _peer_rows(python, peer, todo, Path(tmp) / f"{peer}.json", len(jobs))
+            rows = _peer_rows(python, peer, todo, Path(tmp) / f"{peer}.json", jobs)
             if rows is None:
                 continue
             score_peer(rows, jobs, max_tokens)
@@ -205,11 +210,12 @@ def run_peers(
 
 
 def _peer_rows(
-    python: str, peer: str, todo: Path, done: Path, n: int
+    python: str, peer: str, todo: Path, done: Path, jobs: list[dict[str, Any]]
 ) -> list[dict[str, Any]] | None:
     """One row per job: the peer runs in a process from the first job it has no row for; when
     the process dies (killed at its memory cap on a schema, say) that job's row says so and a
     new process goes on from the next one. ``None`` when the peer does not run at all."""
+    n = len(jobs)
     rows: list[dict[str, Any]] = []
     while len(rows) < n:
         start = len(rows)
@@ -224,7 +230,7 @@ def _peer_rows(
             print(f"peer {peer} failed:\n{proc.stderr[-3000:]}", flush=True)
             return None
         if len(rows) < n:  # the process died on job len(rows)
-            job = json.loads(todo.read_text())["jobs"][len(rows)]
+            job = jobs[len(rows)]
             why = f"peer process died (exit {proc.returncode}) on this schema"
             print(f"peer {peer}: {why}: {job['file']}", flush=True)
             rows.append(
@@ -372,7 +378,8 @@ def _peer_deaths(dump: dict[str, Any]) -> str:
     if not died:
         return ""
     return (
-        "A peer's process died (killed at its 8 GiB address-space cap, or aborted) on: "
+        f"A peer's process died (killed at its {PEER_MEMORY_GIB} GiB address-space cap, or "
+        "aborted) on: "
         + ", ".join(died)
         + "; each counts unanswered for that peer, and a new process went on from the next. "
     )

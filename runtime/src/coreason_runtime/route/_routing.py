@@ -297,12 +297,13 @@ class RouteSession:
         queue = list(self.tiers)
         gated = self.routing.gate is not None
         prev: Tier | None = None
-        if queue and self._entry is not None and queue[0].name != self._entry:
-            # the plan passes over the entry tier: its first tier is judged as an escalation
-            # from there (a request whose every planned tier is refused goes to the human)
-            entry = self._entry
-            while queue and queue[0].name != entry and not self._allowed(entry, queue[0]):
-                queue.pop(0)
+        # a plan that passes over the entry tier: its first tier is judged as an escalation
+        # from there (a request whose every planned tier is refused goes to the human)
+        entry = self._entry
+        while entry is not None and queue and queue[0].name != entry:
+            if self._allowed(entry, queue[0]):
+                break
+            queue.pop(0)
         while queue or (gated and prev is not None and self._beyond):
             tier = queue.pop(0) if queue else self._beyond.pop(0)
             if prev is not None and not self._allowed(prev.name, tier):
